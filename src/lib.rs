@@ -1,0 +1,32 @@
+//! Portcullis: a registry front door. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod manifest;
+pub mod reference;
+pub mod state;
+pub mod storage;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use state::AppState;
+
+/// The whole HTTP application.
+pub fn build_router(state: Arc<AppState>) -> axum::Router {
+    api::router(state)
+}
+
+/// Serves on an already bound listener until `shutdown` resolves, then lets
+/// in-flight requests finish. Tests bind `127.0.0.1:0` and hand the listener
+/// here, so there is no window in which another process could take the port.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, build_router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,83 @@
+//! The storage driver: the small set of object operations every backend provides.
+//!
+//! A driver knows nothing of registries: it stores byte objects under
+//! `/`-separated keys built by [`super::paths`]. Everything registry-shaped
+//! (digests, links, upload sessions) lives above it in [`super::Storage`], so a
+//! new backend (S3 next) implements only this trait and must pass the shared
+//! suite in [`super::driver_suite`].
+//!
+//! Keys are relative, `/`-separated, never empty, never contain `.`/`..`
+//! components or a leading `/`; drivers may still refuse anything else as
+//! defence in depth.
+
+use std::io;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+/// A stream of bytes read from, or about to be written to, storage.
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Nothing is stored under that key (or prefix).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A key the driver refuses to touch (it would escape its root).
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// Reads a small object whole (links, session metadata, manifests).
+    async fn get(&self, key: &str) -> Result<Bytes>;
+
+    /// Writes a small object whole, atomically: a concurrent or later reader
+    /// sees the previous content or the new one, never a mix or a prefix.
+    async fn put(&self, key: &str, content: Bytes) -> Result<()>;
+
+    /// Streams an object from `offset`, `len` bytes or to the end when `None`.
+    /// The caller has checked the range against [`Driver::stat`].
+    async fn read(&self, key: &str, offset: u64, len: Option<u64>) -> Result<ByteStream>;
+
+    /// Size in bytes of an object.
+    async fn stat(&self, key: &str) -> Result<u64>;
+
+    /// Opens an appender on an object, creating it empty when absent. Bytes
+    /// written through it become part of the object only on
+    /// [`Appender::commit`]; [`Appender::abort`] (or a crash) leaves the object
+    /// as it was when the appender was opened. Callers serialize appenders on
+    /// one key.
+    async fn append(&self, key: &str) -> Result<Box<dyn Appender>>;
+
+    /// Names (not full keys) of the direct children under a prefix, sorted,
+    /// objects and sub-prefixes alike. `NotFound` when the prefix holds nothing.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Moves an object to `to`, atomically replacing whatever was there.
+    async fn rename(&self, from: &str, to: &str) -> Result<()>;
+
+    /// Deletes an object, or everything under a prefix. `NotFound` when
+    /// nothing was there.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+#[async_trait]
+pub trait Appender: Send {
+    /// Size of the object including the bytes written through this appender so far.
+    fn size(&self) -> u64;
+
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+
+    /// Makes the written bytes durable and part of the object; returns its size.
+    async fn commit(self: Box<Self>) -> Result<u64>;
+
+    /// Forgets the written bytes: the object is as it was before the appender opened.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}

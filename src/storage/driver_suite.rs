@@ -1,0 +1,1 @@
+//! The conformance suite every storage driver must pass (skeleton).

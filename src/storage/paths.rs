@@ -1,0 +1,184 @@
+//! The one place storage keys are built. Nothing else in the crate spells a key.
+//!
+//! ```text
+//! <root>/
+//! ├── blobs/
+//! │   └── <alg>/<hex[0..2]>/<hex>          content, immutable: layers, configs, manifests
+//! ├── repositories/
+//! │   └── <name>/                          any depth; a name component never starts with `_`
+//! │       ├── _layers/<alg>/<hex>          link (empty): this repository may read that blob
+//! │       ├── _manifests/
+//! │       │   ├── revisions/<alg>/<hex>    link: a manifest of this repository; holds its media type
+//! │       │   └── tags/<tag>               the digest the tag points at
+//! │       └── _referrers/<alg>/<hex>/<alg>-<hex>
+//! │                                        descriptor (JSON) of a manifest of this repository
+//! │                                        whose `subject` is <alg>:<hex> (first part)
+//! └── uploads/
+//!     └── <uuid>/
+//!         ├── data                         bytes received so far
+//!         ├── info                         JSON: repository, start time
+//!         └── hashstate                    JSON: offset + SHA-256 state at that offset
+//! ```
+//!
+//! Every argument is an already validated newtype ([`RepoName`], [`Tag`],
+//! [`Digest`], [`UploadId`]): none of them can hold `..`, `/` where it does not
+//! belong, or an empty component, so no key can leave its subtree.
+
+use uuid::Uuid;
+
+use crate::reference::{Algorithm, Digest, RepoName, Tag};
+
+/// An upload session id: a UUID, parsed at the edge like every other name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UploadId(pub Uuid);
+
+impl UploadId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        // Only the hyphenated lower-case form we hand out; anything else is
+        // not one of our sessions.
+        let id = Uuid::try_parse(s).ok()?;
+        (id.hyphenated().to_string() == s).then_some(Self(id))
+    }
+}
+
+impl Default for UploadId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for UploadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+pub const BLOBS: &str = "blobs";
+pub const REPOSITORIES: &str = "repositories";
+pub const UPLOADS: &str = "uploads";
+
+/// Name components reserved for the per-repository metadata; a valid
+/// repository name component can never take these forms.
+pub const LAYERS_DIR: &str = "_layers";
+pub const MANIFESTS_DIR: &str = "_manifests";
+pub const REFERRERS_DIR: &str = "_referrers";
+
+pub fn blob_data(d: &Digest) -> String {
+    format!(
+        "{BLOBS}/{}/{}/{}",
+        d.algorithm().as_str(),
+        &d.hex()[..2],
+        d.hex()
+    )
+}
+
+pub fn repository(repo: &RepoName) -> String {
+    format!("{REPOSITORIES}/{repo}")
+}
+
+pub fn layer_link(repo: &RepoName, d: &Digest) -> String {
+    format!(
+        "{REPOSITORIES}/{repo}/{LAYERS_DIR}/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
+pub fn manifest_revision(repo: &RepoName, d: &Digest) -> String {
+    format!(
+        "{REPOSITORIES}/{repo}/{MANIFESTS_DIR}/revisions/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
+pub fn manifest_revisions(repo: &RepoName, alg: Algorithm) -> String {
+    format!(
+        "{REPOSITORIES}/{repo}/{MANIFESTS_DIR}/revisions/{}",
+        alg.as_str()
+    )
+}
+
+pub fn tags(repo: &RepoName) -> String {
+    format!("{REPOSITORIES}/{repo}/{MANIFESTS_DIR}/tags")
+}
+
+pub fn tag(repo: &RepoName, tag: &Tag) -> String {
+    format!("{REPOSITORIES}/{repo}/{MANIFESTS_DIR}/tags/{tag}")
+}
+
+pub fn referrers(repo: &RepoName, subject: &Digest) -> String {
+    format!(
+        "{REPOSITORIES}/{repo}/{REFERRERS_DIR}/{}/{}",
+        subject.algorithm().as_str(),
+        subject.hex()
+    )
+}
+
+pub fn referrer(repo: &RepoName, subject: &Digest, referrer: &Digest) -> String {
+    format!(
+        "{}/{}",
+        referrers(repo, subject),
+        referrer_entry_name(referrer)
+    )
+}
+
+/// The file name of a referrer entry: `<alg>-<hex>` (no `:` in keys, which
+/// some object stores and file systems handle badly).
+pub fn referrer_entry_name(d: &Digest) -> String {
+    format!("{}-{}", d.algorithm().as_str(), d.hex())
+}
+
+pub fn upload(id: UploadId) -> String {
+    format!("{UPLOADS}/{id}")
+}
+
+pub fn upload_data(id: UploadId) -> String {
+    format!("{UPLOADS}/{id}/data")
+}
+
+pub fn upload_info(id: UploadId) -> String {
+    format!("{UPLOADS}/{id}/info")
+}
+
+pub fn upload_hashstate(id: UploadId) -> String {
+    format!("{UPLOADS}/{id}/hashstate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        let repo = RepoName::parse("a/b/c").unwrap();
+        let d = Algorithm::Sha256.digest_of(b"");
+        let hex = d.hex().to_owned();
+        assert_eq!(blob_data(&d), format!("blobs/sha256/e3/{hex}"));
+        assert_eq!(
+            layer_link(&repo, &d),
+            format!("repositories/a/b/c/_layers/sha256/{hex}")
+        );
+        assert_eq!(
+            tag(&repo, &Tag::parse("v1").unwrap()),
+            "repositories/a/b/c/_manifests/tags/v1"
+        );
+        assert_eq!(
+            referrer(&repo, &d, &d),
+            format!("repositories/a/b/c/_referrers/sha256/{hex}/sha256-{hex}")
+        );
+    }
+
+    #[test]
+    fn upload_ids() {
+        let id = UploadId::new();
+        assert_eq!(UploadId::parse(&id.to_string()), Some(id));
+        assert_eq!(UploadId::parse("../../etc"), None);
+        assert_eq!(UploadId::parse(&id.to_string().to_uppercase()), None);
+        assert_eq!(UploadId::parse(&id.0.simple().to_string()), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! Shared test harness: a real Portcullis server on an ephemeral port, owning
+//! its temporary data directory.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use portcullis::config::Config;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// A running in-process server. Dropping it stops the server and removes its data.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub dir: TempDir,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server on `127.0.0.1:0` with a fresh data directory.
+    pub async fn start() -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir")).await
+    }
+
+    /// Starts a server over an existing data directory (e.g. to restart over
+    /// the same data).
+    pub async fn start_in(dir: TempDir) -> Self {
+        let mut config = Config::default();
+        config.storage.root = dir.path().join("data");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = portcullis::AppState::new(config).await.expect("state");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(portcullis::serve(listener, Arc::clone(&state), async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            url,
+            dir,
+            client,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server gracefully and hands back its data directory.
+    pub async fn stop(mut self) -> TempDir {
+        self.shutdown().await;
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server");
+        }
+    }
+
+    /// `self.url` + `path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
