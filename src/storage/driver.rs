@@ -49,12 +49,13 @@ pub trait Driver: Send + Sync + 'static {
     /// Size in bytes of an object.
     async fn stat(&self, key: &str) -> Result<u64>;
 
-    /// Opens an appender on an object, creating it empty when absent. Bytes
-    /// written through it become part of the object only on
-    /// [`Appender::commit`]; [`Appender::abort`] (or a crash) leaves the object
-    /// as it was when the appender was opened. Callers serialize appenders on
-    /// one key.
-    async fn append(&self, key: &str) -> Result<Box<dyn Appender>>;
+    /// Opens an appender that continues an object from byte `at`, creating it
+    /// empty when absent (`at` must then be 0). Bytes stored past `at` (left by
+    /// a crash before the caller recorded them) are discarded. Written bytes
+    /// count only after [`Appender::commit`]; [`Appender::abort`] leaves the
+    /// object `at` bytes long. The caller records committed sizes itself and
+    /// serializes appenders on one key. `InvalidKey` when `at` is past the end.
+    async fn append(&self, key: &str, at: u64) -> Result<Box<dyn Appender>>;
 
     /// Names (not full keys) of the direct children under a prefix, sorted,
     /// objects and sub-prefixes alike. `NotFound` when the prefix holds nothing.

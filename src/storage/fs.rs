@@ -35,7 +35,7 @@ impl Driver for FsDriver {
     async fn stat(&self, _key: &str) -> Result<u64> {
         todo!()
     }
-    async fn append(&self, _key: &str) -> Result<Box<dyn Appender>> {
+    async fn append(&self, _key: &str, _at: u64) -> Result<Box<dyn Appender>> {
         todo!()
     }
     async fn list(&self, _prefix: &str) -> Result<Vec<String>> {
