@@ -64,7 +64,7 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: Option<String>,
     pub detail: Option<serde_json::Value>,
-    pub headers: HeaderMap,
+    pub headers: Box<HeaderMap>,
 }
 
 impl ApiError {
@@ -73,7 +73,7 @@ impl ApiError {
             code,
             message: None,
             detail: None,
-            headers: HeaderMap::new(),
+            headers: Box::default(),
         }
     }
 
@@ -117,7 +117,7 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
-        response.headers_mut().extend(self.headers);
+        response.headers_mut().extend(*self.headers);
         response
     }
 }
@@ -127,7 +127,9 @@ impl From<ReferenceError> for ApiError {
         match e {
             ReferenceError::Name => ErrorCode::NameInvalid.into(),
             ReferenceError::Tag => ApiError::new(ErrorCode::TagInvalid).message("invalid tag"),
-            ReferenceError::Digest => ApiError::new(ErrorCode::DigestInvalid).message("invalid digest"),
+            ReferenceError::Digest => {
+                ApiError::new(ErrorCode::DigestInvalid).message("invalid digest")
+            }
             ReferenceError::Algorithm => ApiError::new(ErrorCode::DigestInvalid)
                 .message("unsupported digest algorithm (sha256 and sha512 are)"),
         }
@@ -148,13 +150,17 @@ impl From<StorageError> for ApiError {
                 ApiError::new(ErrorCode::NameUnknown).detail(json!({ "name": n.to_string() }))
             }
             StorageError::UploadUnknown => ErrorCode::BlobUploadUnknown.into(),
-            StorageError::DigestMismatch { expected, actual } => ApiError::new(ErrorCode::DigestInvalid)
-                .detail(json!({ "expected": expected.to_string(), "actual": actual.to_string() })),
+            StorageError::DigestMismatch { expected, actual } => ApiError::new(
+                ErrorCode::DigestInvalid,
+            )
+            .detail(json!({ "expected": expected.to_string(), "actual": actual.to_string() })),
             StorageError::RangeMismatch { current } => ApiError::new(ErrorCode::RangeInvalid)
                 .message("chunk does not start at the end of the upload")
                 .header(RANGE, upload_range(current)),
-            StorageError::SizeMismatch { declared, received } => ApiError::new(ErrorCode::SizeInvalid)
-                .detail(json!({ "declared": declared, "received": received })),
+            StorageError::SizeMismatch { declared, received } => {
+                ApiError::new(ErrorCode::SizeInvalid)
+                    .detail(json!({ "declared": declared, "received": received }))
+            }
             StorageError::ManifestInvalid(reason) => {
                 ApiError::new(ErrorCode::ManifestInvalid).detail(json!({ "reason": reason }))
             }

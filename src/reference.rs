@@ -32,8 +32,10 @@ pub const MAX_NAME_LEN: usize = 255;
 // and each starts and ends with [a-z0-9], so no component can be `.`, `..`,
 // empty, or begin with `_` (which the storage layout reserves).
 static NAME_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
-        .expect("static regex")
+    Regex::new(
+        r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$",
+    )
+    .expect("static regex")
 });
 static TAG_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$").expect("static regex"));
@@ -116,11 +118,10 @@ impl Algorithm {
 
     /// The digest of `data` under this algorithm.
     pub fn digest_of(self, data: &[u8]) -> Digest {
-        let hex = match self {
-            Algorithm::Sha256 => hex::encode(sha2::Sha256::digest(data)),
-            Algorithm::Sha512 => hex::encode(sha2::Sha512::digest(data)),
-        };
-        Digest { algorithm: self, hex }
+        match self {
+            Algorithm::Sha256 => Digest::from_sha256(&sha2::Sha256::digest(data)),
+            Algorithm::Sha512 => Digest::from_sha512(&sha2::Sha512::digest(data)),
+        }
     }
 }
 
@@ -145,7 +146,9 @@ impl Digest {
         }
         let algorithm = Algorithm::from_name(alg).ok_or(ReferenceError::Algorithm)?;
         if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(ReferenceError::Digest);
         }
@@ -153,6 +156,22 @@ impl Digest {
             algorithm,
             hex: hex.to_owned(),
         })
+    }
+
+    /// The digest with the given raw SHA-256 output.
+    pub fn from_sha256(raw: &[u8]) -> Self {
+        Self {
+            algorithm: Algorithm::Sha256,
+            hex: hex::encode(raw),
+        }
+    }
+
+    /// The digest with the given raw SHA-512 output.
+    pub fn from_sha512(raw: &[u8]) -> Self {
+        Self {
+            algorithm: Algorithm::Sha512,
+            hex: hex::encode(raw),
+        }
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -218,12 +237,34 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["a", "library/alpine", "a/b/c/d/e/f/g/h", "a.b_c__d---e/f0", "0/1"] {
+        for ok in [
+            "a",
+            "library/alpine",
+            "a/b/c/d/e/f/g/h",
+            "a.b_c__d---e/f0",
+            "0/1",
+        ] {
             assert!(RepoName::parse(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "A", "a/", "/a", "a//b", "..", "a/../b", "a/./b", "%2e", "a/%2e%2e/b", "_a", "a_",
-            "a___b", "a/_layers", "a b", "a\0b", "a\\b", "é",
+            "",
+            "A",
+            "a/",
+            "/a",
+            "a//b",
+            "..",
+            "a/../b",
+            "a/./b",
+            "%2e",
+            "a/%2e%2e/b",
+            "_a",
+            "a_",
+            "a___b",
+            "a/_layers",
+            "a b",
+            "a\0b",
+            "a\\b",
+            "é",
         ] {
             assert_eq!(RepoName::parse(bad), Err(ReferenceError::Name), "{bad:?}");
         }

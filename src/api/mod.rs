@@ -1,9 +1,140 @@
 //! HTTP: the only module that knows about requests and responses.
+//!
+//! Every `/v2/` request goes through [`dispatch`]: parse it into an
+//! [`Endpoint`], authorize it once from the endpoint's required access, then
+//! one `match` hands it to its handler.
+
+mod blobs;
+pub mod endpoint;
+mod lists;
+mod manifests;
+mod referrers;
+mod uploads;
 
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+
+pub use endpoint::{Access, Action, Endpoint};
+
 use crate::AppState;
+use crate::error::{ApiError, ErrorCode};
+use crate::storage::ByteStream;
+
+pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+pub const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+pub const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
 pub fn router(state: Arc<AppState>) -> axum::Router {
-    axum::Router::new().with_state(state)
+    axum::Router::new()
+        .route("/v2", axum::routing::any(dispatch))
+        .route("/v2/", axum::routing::any(dispatch))
+        .route("/v2/{*rest}", axum::routing::any(dispatch))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound) })
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let result = match Endpoint::parse(&parts.method, parts.uri.path(), parts.uri.query()) {
+        // Authorization comes here, once, from `endpoint.required_access()`.
+        Ok(endpoint) => handle(&state, endpoint, &parts.headers, body).await,
+        Err(e) => Err(e),
+    };
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response
+        .headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    response
+}
+
+async fn handle(
+    state: &AppState,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let storage = &state.storage;
+    match endpoint {
+        Endpoint::Base => Ok(json_response(
+            StatusCode::OK,
+            "application/json",
+            "{}".into(),
+        )),
+        Endpoint::Catalog(page) => lists::catalog(storage, page).await,
+        Endpoint::Tags { name, page } => lists::tags(storage, &name, page).await,
+        Endpoint::GetManifest {
+            name,
+            reference,
+            head,
+        } => manifests::get(storage, &name, &reference, head, headers).await,
+        Endpoint::PutManifest { name, reference } => {
+            manifests::put(storage, &name, &reference, headers, body).await
+        }
+        Endpoint::DeleteManifest { name, reference } => {
+            manifests::delete(storage, &name, &reference).await
+        }
+        Endpoint::GetBlob { name, digest, head } => {
+            blobs::get(storage, &name, &digest, head, headers).await
+        }
+        Endpoint::DeleteBlob { name, digest } => blobs::delete(storage, &name, &digest).await,
+        Endpoint::StartUpload { name, start } => {
+            uploads::start(storage, &name, start, headers, body).await
+        }
+        Endpoint::UploadStatus { name, id } => uploads::status(storage, &name, id).await,
+        Endpoint::PatchUpload { name, id } => {
+            uploads::patch(storage, &name, id, headers, body).await
+        }
+        Endpoint::FinishUpload { name, id, digest } => {
+            uploads::finish(storage, &name, id, &digest, headers, body).await
+        }
+        Endpoint::CancelUpload { name, id } => uploads::cancel(storage, &name, id).await,
+        Endpoint::Referrers {
+            name,
+            subject,
+            artifact_type,
+        } => referrers::list(storage, &name, &subject, artifact_type).await,
+    }
+}
+
+/// A request body as the storage layer's byte stream.
+fn byte_stream(body: Body) -> ByteStream {
+    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+fn json_response(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// An empty response with the given status and headers (values we built
+/// ourselves, so always valid).
+fn empty(status: StatusCode, headers: &[(HeaderName, String)]) -> Response {
+    let mut response = (status, Body::empty()).into_response();
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(name.clone(), v);
+        }
+    }
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}
+
+/// `Content-Length` as sent by the client, if any and valid.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }

@@ -1,5 +1,5 @@
 //! Registry storage: blobs, upload sessions, manifests, tags and referrers over
-//! a [`Driver`].
+//! a [`Driver`]. The tree it keeps is drawn in [`paths`].
 //!
 //! Invariants (see ARCHITECTURE.md):
 //! - a blob becomes visible only by a rename after its digest was verified;
@@ -10,16 +10,20 @@
 pub mod driver;
 pub mod driver_suite;
 pub mod fs;
+mod manifests;
 pub mod paths;
+mod uploads;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 pub use driver::{Appender, ByteStream, Driver, DriverError};
+pub use manifests::{ManifestPut, StoredManifest};
 pub use paths::UploadId;
+pub use uploads::Chunk;
 
-use crate::reference::{Digest, Reference, RepoName};
+use crate::reference::{Digest, RepoName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -51,26 +55,140 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// Maps a driver's `NotFound` to the registry error that absence means here.
+trait OrUnknown<T> {
+    fn or_unknown(self, unknown: impl FnOnce() -> StorageError) -> Result<T>;
+}
+
+impl<T> OrUnknown<T> for std::result::Result<T, DriverError> {
+    fn or_unknown(self, unknown: impl FnOnce() -> StorageError) -> Result<T> {
+        match self {
+            Err(DriverError::NotFound(_)) => Err(unknown()),
+            other => Ok(other?),
+        }
+    }
+}
+
 pub struct Storage {
     driver: Arc<dyn Driver>,
+    upload_locks: uploads::Locks,
 }
 
 impl Storage {
     pub fn new(driver: Arc<dyn Driver>) -> Self {
-        Self { driver }
+        Self {
+            driver,
+            upload_locks: uploads::Locks::default(),
+        }
     }
 
     pub fn driver(&self) -> &Arc<dyn Driver> {
         &self.driver
     }
 
-    pub async fn blob_size(&self, _repo: &RepoName, _digest: &Digest) -> Result<u64> {
-        todo!()
+    /// Size of a blob linked to `repo`; `BlobUnknown` when it is not linked
+    /// there (whether or not another repository has it).
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let unknown = || StorageError::BlobUnknown(digest.clone());
+        self.driver
+            .stat(&paths::layer_link(repo, digest))
+            .await
+            .or_unknown(unknown)?;
+        self.driver
+            .stat(&paths::blob_data(digest))
+            .await
+            .or_unknown(unknown)
     }
 
-    pub async fn manifest_delete(&self, _repo: &RepoName, _reference: &Reference) -> Result<()> {
-        todo!()
+    /// Streams `len` bytes (or the rest) of a blob from `offset`. The caller
+    /// checked the blob with [`Storage::blob_size`] and the range against it.
+    pub async fn blob_read(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream> {
+        self.driver
+            .read(&paths::blob_data(digest), offset, len)
+            .await
+            .or_unknown(|| StorageError::BlobUnknown(digest.clone()))
     }
 
-    pub async fn put_placeholder(&self, _b: Bytes) {}
+    /// Unlinks a blob from a repository. The content stays for other
+    /// repositories until garbage collection.
+    pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.driver
+            .delete(&paths::layer_link(repo, digest))
+            .await
+            .or_unknown(|| StorageError::BlobUnknown(digest.clone()))
+    }
+
+    /// Links a blob of `from` into `to`. `false` when `from` does not have it.
+    pub async fn blob_mount(
+        &self,
+        from: &RepoName,
+        to: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool> {
+        match self.blob_size(from, digest).await {
+            Ok(_) => {
+                self.link_blob(to, digest).await?;
+                Ok(true)
+            }
+            Err(StorageError::BlobUnknown(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        Ok(self
+            .driver
+            .put(&paths::layer_link(repo, digest), Bytes::new())
+            .await?)
+    }
+
+    /// Whether anything was ever stored for `repo`.
+    async fn repository_exists(&self, repo: &RepoName) -> Result<bool> {
+        match self.driver.list(&paths::repository(repo)).await {
+            Ok(children) => Ok(children.iter().any(|c| c.starts_with('_'))),
+            Err(DriverError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every repository, sorted. A directory is a repository when it holds
+    /// one of the `_`-prefixed metadata directories; names nest (`a` and
+    /// `a/b` can both be repositories).
+    pub async fn catalog(&self) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        let mut pending: Vec<Option<RepoName>> = vec![None];
+        while let Some(name) = pending.pop() {
+            let key = match &name {
+                None => paths::REPOSITORIES.to_owned(),
+                Some(name) => paths::repository(name),
+            };
+            let children = match self.driver.list(&key).await {
+                Ok(c) => c,
+                Err(DriverError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(name) = &name
+                && children.iter().any(|c| c.starts_with('_'))
+            {
+                found.push(name.to_string());
+            }
+            for child in children.iter().filter(|c| !c.starts_with('_')) {
+                let full = match &name {
+                    None => child.clone(),
+                    Some(name) => format!("{name}/{child}"),
+                };
+                // Anything that is not a valid name was not made by us: skip it.
+                if let Ok(repo) = RepoName::parse(&full) {
+                    pending.push(Some(repo));
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
 }

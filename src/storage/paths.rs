@@ -133,6 +133,12 @@ pub fn referrer_entry_name(d: &Digest) -> String {
     format!("{}-{}", d.algorithm().as_str(), d.hex())
 }
 
+/// The referrer digest an entry name written by [`referrer`] stands for.
+pub fn parse_referrer_entry_name(name: &str) -> Option<Digest> {
+    let (alg, hex) = name.split_once('-')?;
+    Digest::parse(&format!("{alg}:{hex}")).ok()
+}
+
 pub fn upload(id: UploadId) -> String {
     format!("{UPLOADS}/{id}")
 }
@@ -167,6 +173,11 @@ mod tests {
             tag(&repo, &Tag::parse("v1").unwrap()),
             "repositories/a/b/c/_manifests/tags/v1"
         );
+        assert_eq!(
+            parse_referrer_entry_name(&referrer_entry_name(&d)),
+            Some(d.clone())
+        );
+        assert_eq!(parse_referrer_entry_name("sha256-../x"), None);
         assert_eq!(
             referrer(&repo, &d, &d),
             format!("repositories/a/b/c/_referrers/sha256/{hex}/sha256-{hex}")

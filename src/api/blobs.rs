@@ -1,0 +1,131 @@
+//! Blob reads (whole and ranged) and deletes.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{CONTENT_DIGEST, empty};
+use crate::error::{ApiError, ErrorCode};
+use crate::reference::{Digest, RepoName};
+use crate::storage::Storage;
+
+pub async fn get(
+    storage: &Storage,
+    name: &RepoName,
+    digest: &Digest,
+    head: bool,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let size = storage.blob_size(name, digest).await?;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value) => match parse_range(value, size) {
+            RangeRequest::Satisfiable(start, end) => Some((start, end)),
+            RangeRequest::Unsatisfiable => {
+                return Err(ApiError::new(ErrorCode::RangeInvalid)
+                    .message("requested range not satisfiable")
+                    .header(header::CONTENT_RANGE, format!("bytes */{size}")));
+            }
+            // A header we do not understand (several ranges, other units) is
+            // ignored, as HTTP allows: the whole blob is sent.
+            RangeRequest::Ignored => None,
+        },
+        None => None,
+    };
+    let (status, offset, len) = match range {
+        Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        None => (StatusCode::OK, 0, size),
+    };
+    let body = if head || len == 0 {
+        Body::empty()
+    } else {
+        Body::from_stream(storage.blob_read(digest, offset, Some(len)).await?)
+    };
+    let mut response = (status, body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert(CONTENT_DIGEST, v);
+    }
+    if let Some((start, end)) = range
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}"))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(response)
+}
+
+pub async fn delete(
+    storage: &Storage,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<Response, ApiError> {
+    storage.blob_delete(name, digest).await?;
+    Ok(empty(
+        StatusCode::ACCEPTED,
+        &[(CONTENT_DIGEST, digest.to_string())],
+    ))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeRequest {
+    /// Inclusive byte offsets, within the blob.
+    Satisfiable(u64, u64),
+    Unsatisfiable,
+    Ignored,
+}
+
+/// A single `bytes=` range against a blob of `size` bytes (RFC 9110 §14.1.2).
+fn parse_range(value: &str, size: u64) -> RangeRequest {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Ignored;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Ignored;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeRequest::Ignored;
+    };
+    let parse = |s: &str| s.trim().parse::<u64>().ok();
+    match (first.trim().is_empty(), parse(first), parse(last)) {
+        // `bytes=-n`: the last n bytes.
+        (true, _, Some(n)) if n > 0 && size > 0 => {
+            RangeRequest::Satisfiable(size.saturating_sub(n), size - 1)
+        }
+        (true, _, Some(_)) => RangeRequest::Unsatisfiable,
+        (false, Some(start), _) if start >= size => RangeRequest::Unsatisfiable,
+        (false, Some(start), None) if last.trim().is_empty() => {
+            RangeRequest::Satisfiable(start, size - 1)
+        }
+        (false, Some(start), Some(end)) if end >= start => {
+            RangeRequest::Satisfiable(start, end.min(size - 1))
+        }
+        _ => RangeRequest::Ignored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RangeRequest::*;
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Satisfiable(0, 9));
+        assert_eq!(parse_range("bytes=90-200", 100), Satisfiable(90, 99));
+        assert_eq!(parse_range("bytes=10-", 100), Satisfiable(10, 99));
+        assert_eq!(parse_range("bytes=-10", 100), Satisfiable(90, 99));
+        assert_eq!(parse_range("bytes=-1000", 100), Satisfiable(0, 99));
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), Ignored);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Ignored);
+        assert_eq!(parse_range("items=0-1", 100), Ignored);
+        assert_eq!(parse_range("bytes=x-y", 100), Ignored);
+    }
+}

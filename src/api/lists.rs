@@ -1,0 +1,101 @@
+//! Tag lists and the catalog, with `n`/`last` pagination and `Link` headers.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use serde_json::json;
+
+use super::endpoint::Page;
+use super::json_response;
+use crate::error::ApiError;
+use crate::reference::RepoName;
+use crate::storage::Storage;
+
+/// The most entries one page returns, whatever `n` asks: clients follow `Link`.
+const MAX_PAGE: usize = 10_000;
+
+pub async fn tags(storage: &Storage, name: &RepoName, page: Page) -> Result<Response, ApiError> {
+    let all = storage.tags(name).await?;
+    let (items, next) = paginate(all, &page);
+    let body = json!({ "name": name.as_str(), "tags": items }).to_string();
+    let path = format!("/v2/{name}/tags/list");
+    Ok(with_link(
+        json_response(StatusCode::OK, "application/json", body),
+        &path,
+        next,
+    ))
+}
+
+pub async fn catalog(storage: &Storage, page: Page) -> Result<Response, ApiError> {
+    let all = storage.catalog().await?;
+    let (items, next) = paginate(all, &page);
+    let body = json!({ "repositories": items }).to_string();
+    Ok(with_link(
+        json_response(StatusCode::OK, "application/json", body),
+        "/v2/_catalog",
+        next,
+    ))
+}
+
+/// A page of a sorted list: the entries after `last`, at most `n`, and the
+/// `(n, last)` of the next page when entries remain.
+fn paginate(sorted: Vec<String>, page: &Page) -> (Vec<String>, Option<(usize, String)>) {
+    let start = match &page.last {
+        Some(last) => sorted.partition_point(|item| item <= last),
+        None => 0,
+    };
+    let n = page.n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    let mut rest = sorted.into_iter().skip(start);
+    let items: Vec<String> = rest.by_ref().take(n).collect();
+    let more = rest.next().is_some();
+    let next = match items.last() {
+        Some(last) if more => Some((n, last.clone())),
+        _ => None,
+    };
+    (items, next)
+}
+
+fn with_link(mut response: Response, path: &str, next: Option<(usize, String)>) -> Response {
+    if let Some((n, last)) = next {
+        let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+        if let Ok(v) = HeaderValue::from_str(&format!("<{path}?n={n}&last={last}>; rel=\"next\"")) {
+            response.headers_mut().insert(header::LINK, v);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn pages() {
+        let all = list(&["a", "b", "c", "d"]);
+        let page = |n, last: Option<&str>| Page {
+            n,
+            last: last.map(str::to_owned),
+        };
+        assert_eq!(
+            paginate(all.clone(), &page(None, None)),
+            (all.clone(), None)
+        );
+        assert_eq!(
+            paginate(all.clone(), &page(Some(2), None)),
+            (list(&["a", "b"]), Some((2, "b".into())))
+        );
+        assert_eq!(
+            paginate(all.clone(), &page(Some(2), Some("b"))),
+            (list(&["c", "d"]), None)
+        );
+        assert_eq!(
+            paginate(all.clone(), &page(None, Some("bb"))),
+            (list(&["c", "d"]), None)
+        );
+        assert_eq!(paginate(all.clone(), &page(Some(0), None)), (vec![], None));
+        assert_eq!(paginate(all, &page(Some(9), Some("z"))), (vec![], None));
+    }
+}

@@ -1,0 +1,269 @@
+//! Manifests, tags and referrers.
+//!
+//! A manifest's bytes are stored as a blob (content-addressed, immutable); the
+//! repository holds a revision link naming its media type, tags naming its
+//! digest, and for a manifest with a `subject`, a referrer entry under that
+//! subject. Links are written after the content they point at, so a crash
+//! never leaves a tag or revision pointing at nothing.
+
+use bytes::Bytes;
+
+use super::{DriverError, OrUnknown, Result, Storage, StorageError, paths};
+use crate::manifest::{self, Descriptor, MAX_MANIFEST_BYTES};
+use crate::reference::{Digest, Reference, RepoName, Tag};
+
+/// A manifest as stored: its digest, media type and exact bytes.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Bytes,
+}
+
+/// What a manifest push stored.
+#[derive(Debug, Clone)]
+pub struct ManifestPut {
+    pub digest: Digest,
+    /// The `subject` the manifest refers to, for the `OCI-Subject` header.
+    pub subject: Option<Digest>,
+}
+
+impl Storage {
+    /// The digest and media type a reference names in `repo`.
+    pub async fn manifest_resolve(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, String)> {
+        let unknown = || StorageError::ManifestUnknown(reference.to_string());
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(tag) => {
+                let target = self
+                    .driver
+                    .get(&paths::tag(repo, tag))
+                    .await
+                    .or_unknown(unknown)?;
+                let target = std::str::from_utf8(&target).map_err(|_| unknown())?;
+                Digest::parse(target.trim()).map_err(|_| unknown())?
+            }
+        };
+        let media_type = self
+            .driver
+            .get(&paths::manifest_revision(repo, &digest))
+            .await
+            .or_unknown(unknown)?;
+        let media_type = String::from_utf8(media_type.to_vec()).map_err(|_| unknown())?;
+        Ok((digest, media_type))
+    }
+
+    /// Size of the manifest a resolved digest names.
+    pub async fn manifest_size(&self, digest: &Digest) -> Result<u64> {
+        self.driver
+            .stat(&paths::blob_data(digest))
+            .await
+            .or_unknown(|| StorageError::ManifestUnknown(digest.to_string()))
+    }
+
+    pub async fn manifest_get(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let (digest, media_type) = self.manifest_resolve(repo, reference).await?;
+        let content = self
+            .driver
+            .get(&paths::blob_data(&digest))
+            .await
+            .or_unknown(|| StorageError::ManifestUnknown(reference.to_string()))?;
+        Ok(StoredManifest {
+            digest,
+            media_type,
+            content,
+        })
+    }
+
+    /// Checks and stores a manifest under a tag or a digest.
+    pub async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<ManifestPut> {
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(StorageError::ManifestTooLarge {
+                limit: MAX_MANIFEST_BYTES,
+            });
+        }
+        let parsed = manifest::parse(content_type, &body)
+            .map_err(|e| StorageError::ManifestInvalid(e.to_string()))?;
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let actual = expected.algorithm().digest_of(&body);
+                if &actual != expected {
+                    return Err(StorageError::DigestMismatch {
+                        expected: expected.clone(),
+                        actual,
+                    });
+                }
+                actual
+            }
+            Reference::Tag(_) => crate::reference::Algorithm::Sha256.digest_of(&body),
+        };
+
+        for blob in &parsed.blobs {
+            match self.blob_size(repo, blob).await {
+                Err(StorageError::BlobUnknown(d)) => {
+                    return Err(StorageError::ManifestBlobUnknown(d));
+                }
+                other => other?,
+            };
+        }
+        for child in &parsed.children {
+            let exists = self
+                .driver
+                .stat(&paths::manifest_revision(repo, child))
+                .await;
+            if let Err(DriverError::NotFound(_)) = exists {
+                return Err(StorageError::ManifestBlobUnknown(child.clone()));
+            }
+            exists?;
+        }
+
+        let size = body.len() as u64;
+        let blob = paths::blob_data(&digest);
+        if let Err(DriverError::NotFound(_)) = self.driver.stat(&blob).await {
+            self.driver.put(&blob, body).await?;
+        }
+        self.driver
+            .put(
+                &paths::manifest_revision(repo, &digest),
+                Bytes::from(parsed.media_type.clone()),
+            )
+            .await?;
+        if let Reference::Tag(tag) = reference {
+            self.driver
+                .put(&paths::tag(repo, tag), Bytes::from(digest.to_string()))
+                .await?;
+        }
+        // The subject need not exist (yet): referrers are listed by the
+        // subject's digest whether or not it is ever pushed.
+        let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
+        if let Some(subject) = &subject {
+            let entry = parsed.referrer_descriptor(digest.clone(), size);
+            self.driver
+                .put(
+                    &paths::referrer(repo, subject, &digest),
+                    serde_json::to_vec(&entry)
+                        .expect("descriptor serializes")
+                        .into(),
+                )
+                .await?;
+        }
+        Ok(ManifestPut { digest, subject })
+    }
+
+    /// Deleting a tag removes just the tag; deleting a digest removes the
+    /// manifest from the repository with every tag pointing at it and its
+    /// referrer entry.
+    pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let unknown = || StorageError::ManifestUnknown(reference.to_string());
+        let digest = match reference {
+            Reference::Tag(tag) => {
+                return self
+                    .driver
+                    .delete(&paths::tag(repo, tag))
+                    .await
+                    .or_unknown(unknown);
+            }
+            Reference::Digest(d) => d,
+        };
+        let stored = self.manifest_get(repo, reference).await?;
+        for tag in self.tag_names(repo).await? {
+            let Ok(tag) = Tag::parse(&tag) else { continue };
+            let key = paths::tag(repo, &tag);
+            match self.driver.get(&key).await {
+                Ok(target) if target.as_ref() == digest.to_string().as_bytes() => {
+                    ignore_missing(self.driver.delete(&key).await)?;
+                }
+                Ok(_) | Err(DriverError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Ok(parsed) = manifest::parse(Some(&stored.media_type), &stored.content)
+            && let Some(subject) = parsed.subject
+        {
+            ignore_missing(
+                self.driver
+                    .delete(&paths::referrer(repo, &subject.digest, digest))
+                    .await,
+            )?;
+        }
+        self.driver
+            .delete(&paths::manifest_revision(repo, digest))
+            .await
+            .or_unknown(unknown)
+    }
+
+    /// Tags of a repository, sorted. `NameUnknown` when the repository does
+    /// not exist.
+    pub async fn tags(&self, repo: &RepoName) -> Result<Vec<String>> {
+        let tags = self.tag_names(repo).await?;
+        if tags.is_empty() && !self.repository_exists(repo).await? {
+            return Err(StorageError::NameUnknown(repo.clone()));
+        }
+        Ok(tags)
+    }
+
+    async fn tag_names(&self, repo: &RepoName) -> Result<Vec<String>> {
+        match self.driver.list(&paths::tags(repo)).await {
+            Ok(mut tags) => {
+                tags.sort();
+                Ok(tags)
+            }
+            Err(DriverError::NotFound(_)) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Descriptors of the manifests in `repo` whose subject is `subject`,
+    /// sorted by digest. Empty (not an error) when there are none.
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>> {
+        let dir = paths::referrers(repo, subject);
+        let entries = match self.driver.list(&dir).await {
+            Ok(entries) => entries,
+            Err(DriverError::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut found = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Some(referrer) = paths::parse_referrer_entry_name(&entry) else {
+                continue;
+            };
+            let content = match self
+                .driver
+                .get(&paths::referrer(repo, subject, &referrer))
+                .await
+            {
+                Ok(c) => c,
+                // Deleted between list and get.
+                Err(DriverError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match serde_json::from_slice::<Descriptor>(&content) {
+                Ok(d) => found.push(d),
+                Err(e) => tracing::warn!(entry, error = %e, "unreadable referrer entry skipped"),
+            }
+        }
+        found.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(found)
+    }
+}
+
+fn ignore_missing(r: std::result::Result<(), DriverError>) -> Result<()> {
+    match r {
+        Err(DriverError::NotFound(_)) => Ok(()),
+        other => Ok(other?),
+    }
+}

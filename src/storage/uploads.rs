@@ -1,0 +1,317 @@
+//! Upload sessions: bytes are appended to the session's own area while they
+//! are hashed, and become a blob only by a rename after the digest matched.
+//!
+//! The session's truth is its `hashstate` record: the committed size and the
+//! SHA-256 state at that size. It is written after every append commits, so a
+//! session survives a restart (or moves to another replica) without rehashing,
+//! and bytes a crash left past the recorded size are discarded by the next
+//! append. A crash between the append and the record only makes that chunk
+//! look unsent; the client learns the real offset from the `Range` it is given.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
+use tokio::sync::Mutex;
+
+use super::{ByteStream, OrUnknown, Result, Storage, StorageError, paths};
+use crate::reference::{Algorithm, Digest, RepoName};
+use paths::UploadId;
+
+/// Striped locks serializing work on one session within this process. Striping
+/// bounds memory without bookkeeping for abandoned sessions.
+pub(super) struct Locks([Mutex<()>; 64]);
+
+impl Default for Locks {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| Mutex::new(())))
+    }
+}
+
+impl Locks {
+    fn of(&self, id: UploadId) -> &Mutex<()> {
+        &self.0[(id.0.as_u128() % 64) as usize]
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Info {
+    repository: String,
+    started_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HashRecord {
+    offset: u64,
+    /// Hex of the serialized SHA-256 state after `offset` bytes.
+    sha256: String,
+}
+
+struct Session {
+    id: UploadId,
+    offset: u64,
+    hasher: sha2::Sha256,
+}
+
+impl Session {
+    fn record(&self) -> Bytes {
+        let record = HashRecord {
+            offset: self.offset,
+            sha256: hex::encode(self.hasher.serialize()),
+        };
+        Bytes::from(serde_json::to_vec(&record).expect("plain struct serializes"))
+    }
+}
+
+/// What a caller knows about the bytes it hands over.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Chunk {
+    /// Where the client says the bytes start (`Content-Range`); must be the
+    /// session's current size.
+    pub start: Option<u64>,
+    /// How many bytes the client declared (`Content-Length` or the range).
+    pub len: Option<u64>,
+}
+
+impl Storage {
+    pub async fn upload_start(&self, repo: &RepoName) -> Result<UploadId> {
+        let id = UploadId::new();
+        let started_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let info = Info {
+            repository: repo.to_string(),
+            started_at,
+        };
+        let session = Session {
+            id,
+            offset: 0,
+            hasher: sha2::Sha256::new(),
+        };
+        self.driver
+            .put(
+                &paths::upload_info(id),
+                serde_json::to_vec(&info)
+                    .expect("plain struct serializes")
+                    .into(),
+            )
+            .await?;
+        self.driver
+            .put(&paths::upload_hashstate(id), session.record())
+            .await?;
+        Ok(id)
+    }
+
+    /// Bytes received so far.
+    pub async fn upload_size(&self, repo: &RepoName, id: UploadId) -> Result<u64> {
+        Ok(self.load_session(repo, id).await?.offset)
+    }
+
+    /// Appends a chunk (all of it or nothing) and returns the new size.
+    pub async fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        chunk: Chunk,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let _guard = self.upload_locks.of(id).lock().await;
+        let mut session = self.load_session(repo, id).await?;
+        self.append(&mut session, chunk, body).await?;
+        Ok(session.offset)
+    }
+
+    /// Appends an optional last chunk, verifies the digest and moves the bytes
+    /// into place as a blob linked to `repo`. Returns the blob's size. On a
+    /// digest mismatch the session stays as it was, so nothing is lost.
+    pub async fn upload_finish(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        digest: &Digest,
+        last: Option<(Chunk, ByteStream)>,
+    ) -> Result<u64> {
+        let _guard = self.upload_locks.of(id).lock().await;
+        let mut session = self.load_session(repo, id).await?;
+        if let Some((chunk, body)) = last {
+            self.append(&mut session, chunk, body).await?;
+        }
+        let data = paths::upload_data(id);
+        let actual = match digest.algorithm() {
+            Algorithm::Sha256 => Digest::from_sha256(session.hasher.clone().finalize().as_slice()),
+            // Only SHA-256 is kept incrementally (what nearly every client
+            // uses); a SHA-512 upload is hashed once more at the end.
+            Algorithm::Sha512 => self.rehash_sha512(&data, session.offset).await?,
+        };
+        if &actual != digest {
+            return Err(StorageError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        self.ensure_exact_length(&data, session.offset).await?;
+        let blob = paths::blob_data(digest);
+        // Same digest, same bytes: an existing blob (a concurrent or earlier
+        // push) is already right, and replacing it would be too.
+        match self.driver.stat(&blob).await {
+            Ok(_) => {}
+            Err(super::DriverError::NotFound(_)) => self.driver.rename(&data, &blob).await?,
+            Err(e) => return Err(e.into()),
+        }
+        self.link_blob(repo, digest).await?;
+        self.delete_session(id).await;
+        Ok(session.offset)
+    }
+
+    pub async fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<()> {
+        let _guard = self.upload_locks.of(id).lock().await;
+        self.load_session(repo, id).await?;
+        self.driver
+            .delete(&paths::upload(id))
+            .await
+            .or_unknown(|| StorageError::UploadUnknown)
+    }
+
+    /// A whole blob in one request: a session that lives for this call only.
+    pub async fn blob_put(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        chunk: Chunk,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let id = self.upload_start(repo).await?;
+        let result = self
+            .upload_finish(repo, id, digest, Some((chunk, body)))
+            .await;
+        if result.is_err() {
+            self.delete_session(id).await;
+        }
+        result
+    }
+
+    async fn delete_session(&self, id: UploadId) {
+        // The blob is already in place (or the session is being abandoned):
+        // a leftover session directory is garbage for gc, not an error.
+        if let Err(e) = self.driver.delete(&paths::upload(id)).await {
+            tracing::warn!(upload = %id, error = %e, "could not remove upload session");
+        }
+    }
+
+    async fn load_session(&self, repo: &RepoName, id: UploadId) -> Result<Session> {
+        let unknown = || StorageError::UploadUnknown;
+        let info = self
+            .driver
+            .get(&paths::upload_info(id))
+            .await
+            .or_unknown(unknown)?;
+        let info: Info = serde_json::from_slice(&info).map_err(|_| unknown())?;
+        // A session belongs to the repository it was started in: it cannot be
+        // continued (or finished into) another one.
+        if info.repository != repo.as_str() {
+            return Err(unknown());
+        }
+        let record = self
+            .driver
+            .get(&paths::upload_hashstate(id))
+            .await
+            .or_unknown(unknown)?;
+        let record: HashRecord = serde_json::from_slice(&record).map_err(|_| unknown())?;
+        let state = hex::decode(&record.sha256).map_err(|_| unknown())?;
+        let state =
+            SerializedState::<sha2::Sha256>::try_from(state.as_slice()).map_err(|_| unknown())?;
+        let hasher = sha2::Sha256::deserialize(&state).map_err(|_| unknown())?;
+        Ok(Session {
+            id,
+            offset: record.offset,
+            hasher,
+        })
+    }
+
+    /// Streams `body` onto the session; on any failure the session is left as
+    /// it was (the appender rolls back, the record is not rewritten).
+    async fn append(
+        &self,
+        session: &mut Session,
+        chunk: Chunk,
+        mut body: ByteStream,
+    ) -> Result<()> {
+        if let Some(start) = chunk.start
+            && start != session.offset
+        {
+            return Err(StorageError::RangeMismatch {
+                current: session.offset,
+            });
+        }
+        let mut appender = self
+            .driver
+            .append(&paths::upload_data(session.id), session.offset)
+            .await?;
+        let mut hasher = session.hasher.clone();
+        let mut received = 0u64;
+        let outcome: Result<()> = async {
+            while let Some(bytes) = body.next().await {
+                let bytes = bytes.map_err(StorageError::BodyRead)?;
+                received += bytes.len() as u64;
+                if let Some(declared) = chunk.len
+                    && received > declared
+                {
+                    return Err(StorageError::SizeMismatch { declared, received });
+                }
+                hasher.update(&bytes);
+                appender.write(bytes).await?;
+            }
+            match chunk.len {
+                Some(declared) if declared != received => {
+                    Err(StorageError::SizeMismatch { declared, received })
+                }
+                _ => Ok(()),
+            }
+        }
+        .await;
+        if let Err(e) = outcome {
+            if let Err(abort) = appender.abort().await {
+                tracing::warn!(upload = %session.id, error = %abort, "could not roll back chunk");
+            }
+            return Err(e);
+        }
+        let size = appender.commit().await?;
+        let updated = Session {
+            id: session.id,
+            offset: size,
+            hasher,
+        };
+        self.driver
+            .put(&paths::upload_hashstate(session.id), updated.record())
+            .await?;
+        *session = updated;
+        Ok(())
+    }
+
+    async fn rehash_sha512(&self, data: &str, len: u64) -> Result<Digest> {
+        let mut hasher = sha2::Sha512::new();
+        if len > 0 {
+            let mut stream = self.driver.read(data, 0, Some(len)).await?;
+            while let Some(bytes) = stream.next().await {
+                hasher.update(&bytes.map_err(super::DriverError::Io)?);
+            }
+        }
+        Ok(Digest::from_sha512(hasher.finalize().as_slice()))
+    }
+
+    /// Makes the session's data object exactly `len` bytes: creates it when no
+    /// byte was ever sent, and drops bytes a crash left past the record.
+    async fn ensure_exact_length(&self, data: &str, len: u64) -> Result<()> {
+        match self.driver.stat(data).await {
+            Ok(size) if size == len => Ok(()),
+            Ok(_) | Err(super::DriverError::NotFound(_)) => {
+                let appender = self.driver.append(data, len).await?;
+                appender.commit().await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
