@@ -1,1 +1,140 @@
-fn main() {}
+//! The `portcullis` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Registry front door and built-in OCI registry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the server (with no options: 127.0.0.1:5000, data under ./data).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address to listen on, overriding the configuration.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Storage directory, overriding the configuration.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validates a configuration file and lists every problem in it.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let mut config = match config {
+                Some(path) => match Config::load(&path) {
+                    Ok(config) => config,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Config::default(),
+            };
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            if let Some(dir) = data_dir {
+                config.storage.root = dir;
+            }
+            serve(config)
+        }
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_tracing(&config.log.level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let root = config.storage.root.clone();
+    let state = portcullis::AppState::new(config)
+        .await
+        .map_err(|e| format!("cannot open storage at {}: {e}", root.display()))?;
+    // Scripts and tests read this line to learn the bound port (`--listen 127.0.0.1:0`).
+    println!("portcullis listening on http://{addr}");
+    tracing::info!(%addr, storage = %root.display(), "listening");
+    portcullis::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM; the server then stops accepting and lets
+/// in-flight requests finish.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down, letting in-flight requests finish");
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
