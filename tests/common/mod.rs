@@ -2,6 +2,8 @@
 //! its temporary data directory.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::Arc;
 
 use portcullis::config::Config;

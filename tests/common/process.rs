@@ -1,0 +1,74 @@
+//! The real `portcullis` binary as a child process, for tests that need a
+//! separate process (signals, crashes, command-line behaviour, external clients).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A `portcullis serve` child on an ephemeral port. Killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// `127.0.0.1:PORT`, for clients that want a registry host.
+    pub host: String,
+}
+
+impl ServerProcess {
+    /// Starts `portcullis serve --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>`
+    /// and waits for the line announcing the bound address (no sleeps: the
+    /// line is printed after the listener is bound).
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("PORTCULLIS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn portcullis");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read announcement");
+        let url = line
+            .trim()
+            .strip_prefix("portcullis listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        let host = url.trim_start_matches("http://").to_owned();
+        Self { child, url, host }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or an OOM kill.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`) without waiting.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal})");
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
