@@ -19,11 +19,16 @@ impl ServerProcess {
     /// and waits for the line announcing the bound address (no sleeps: the
     /// line is printed after the listener is bound).
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let data_dir = data_dir.to_str().expect("UTF-8 temp path");
+        Self::start_with(&[&["--data-dir", data_dir], extra].concat())
+    }
+
+    /// Starts `portcullis serve --listen 127.0.0.1:0 <args…>`.
+    pub fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .env("PORTCULLIS_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
