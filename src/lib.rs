@@ -1,6 +1,7 @@
 //! Portcullis: a registry front door. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod manifest;
