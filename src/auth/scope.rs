@@ -146,7 +146,7 @@ fn valid_name(name: &str) -> bool {
         }
         parts.next();
     }
-    parts.all(|c| valid_component(c)) && !name.ends_with('/')
+    parts.all(valid_component) && !name.ends_with('/')
 }
 
 fn valid_host(host: &str) -> bool {
