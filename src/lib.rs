@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod manifest;
+pub mod policy;
 pub mod reference;
 pub mod state;
 pub mod storage;

@@ -1,0 +1,432 @@
+//! Access policy: who may pull, push or delete which repositories.
+//!
+//! Rules come from `policies/*.toml`, read in file-name order, and are tried
+//! in that order: the **first** rule that matches the caller and the
+//! repository decides what is granted (possibly nothing), and when no rule
+//! matches, nothing is granted. A rule file looks like:
+//!
+//! ```toml
+//! [[rule]]
+//! description = "everyone pushes to their own namespace"
+//! users = ["*"]                       # any authenticated user
+//! repositories = ["${user}/**"]
+//! actions = ["pull", "push"]
+//! ```
+//!
+//! Who: `users` (names, or `*` for any authenticated user), `groups`,
+//! `anonymous = true`. Where from: `from` (addresses or CIDR blocks). What:
+//! `repositories` globs, where `*` stays inside one path segment and `**`
+//! spans any number of them, and `${user}` / `${group}` stand for the
+//! caller's name and each of their groups; `catalog = true` lets the rule
+//! answer for the registry catalog. `actions`: `pull`, `push`, `delete`,
+//! `*`, or `[]` to deny explicitly.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::auth::scope::Action;
+use crate::config::line_col;
+
+/// Who is asking, as far as the policy is concerned.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// `None` for an anonymous caller.
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    /// The client's address, for `from` conditions; `None` when unknown
+    /// (such a caller matches no rule that has a `from`).
+    pub addr: Option<IpAddr>,
+}
+
+/// Where a rule was written, for `policy explain` and error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOrigin {
+    pub file: PathBuf,
+    pub line: usize,
+    /// Position of the rule among all rules, from 1.
+    pub index: usize,
+    pub description: Option<String>,
+}
+
+impl std::fmt::Display for RuleOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} (rule #{})",
+            self.file.display(),
+            self.line,
+            self.index
+        )?;
+        if let Some(d) = &self.description {
+            write!(f, " \"{d}\"")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the policy decided for one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Granted actions: the intersection of those asked for and those the
+    /// deciding rule allows.
+    pub granted: Vec<Action>,
+    /// The rule that decided; `None` when none matched (default deny).
+    pub rule: Option<RuleOrigin>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{col}: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    origin: RuleOrigin,
+    users: Vec<String>,
+    groups: Vec<String>,
+    anonymous: bool,
+    from: Vec<IpNet>,
+    repositories: Vec<Glob>,
+    catalog: bool,
+    actions: Vec<Action>,
+}
+
+/// One rule as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    description: Option<String>,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    anonymous: bool,
+    #[serde(default)]
+    from: Vec<String>,
+    #[serde(default)]
+    repositories: Vec<String>,
+    #[serde(default)]
+    catalog: bool,
+    actions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    rule: Vec<toml::Spanned<RawRule>>,
+}
+
+impl Policy {
+    /// Loads every `*.toml` in `dir`, in file-name order. A missing directory
+    /// is an empty policy (which denies everything).
+    pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
+        let read_err = |source| PolicyError::Read {
+            file: dir.to_owned(),
+            source,
+        };
+        let mut files = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(read_err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(read_err(e)),
+        };
+        files.retain(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file());
+        files.sort();
+        let mut policy = Policy::default();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| PolicyError::Read {
+                file: file.clone(),
+                source,
+            })?;
+            policy.add_file(&file, &text)?;
+        }
+        Ok(policy)
+    }
+
+    /// Appends the rules of one file (after those already loaded).
+    pub fn add_file(&mut self, file: &Path, text: &str) -> Result<(), PolicyError> {
+        let invalid = |offset: usize, message: String| {
+            let (line, col) = line_col(text, offset);
+            PolicyError::Invalid {
+                file: file.to_owned(),
+                line,
+                col,
+                message,
+            }
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            invalid(
+                e.span().map_or(0, |s| s.start),
+                e.message().trim_end().to_owned(),
+            )
+        })?;
+        for spanned in raw.rule {
+            let offset = spanned.span().start;
+            let raw = spanned.into_inner();
+            let index = self.rules.len() + 1;
+            let origin = RuleOrigin {
+                file: file.to_owned(),
+                line: line_col(text, offset).0,
+                index,
+                description: raw.description.clone(),
+            };
+            let rule = Rule::from_raw(raw, origin).map_err(|m| invalid(offset, m))?;
+            self.rules.push(rule);
+        }
+        Ok(())
+    }
+
+    /// Decides which of `wanted` the caller may do on repository `name`.
+    pub fn decide(&self, caller: &Caller, name: &str, wanted: &[Action]) -> Decision {
+        for rule in &self.rules {
+            if rule.admits(caller) && rule.repositories.iter().any(|g| g.matches(name, caller)) {
+                return Decision {
+                    granted: intersect(wanted, &rule.actions),
+                    rule: Some(rule.origin.clone()),
+                };
+            }
+        }
+        Decision {
+            granted: Vec::new(),
+            rule: None,
+        }
+    }
+
+    /// Whether the caller may list the catalog: the first matching rule with
+    /// `catalog = true` decides (it allows when it grants any action).
+    pub fn decide_catalog(&self, caller: &Caller) -> Decision {
+        for rule in &self.rules {
+            if rule.catalog && rule.admits(caller) {
+                let granted = if rule.actions.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![Action::Pull]
+                };
+                return Decision {
+                    granted,
+                    rule: Some(rule.origin.clone()),
+                };
+            }
+        }
+        Decision {
+            granted: Vec::new(),
+            rule: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+fn intersect(wanted: &[Action], allowed: &[Action]) -> Vec<Action> {
+    let mut granted: Vec<Action> = wanted
+        .iter()
+        .copied()
+        .filter(|a| allowed.contains(a))
+        .collect();
+    granted.sort();
+    granted.dedup();
+    granted
+}
+
+impl Rule {
+    fn from_raw(raw: RawRule, origin: RuleOrigin) -> Result<Self, String> {
+        if raw.users.is_empty() && raw.groups.is_empty() && !raw.anonymous {
+            return Err(
+                "a rule must say who it is for: `users`, `groups` or `anonymous = true`".into(),
+            );
+        }
+        if raw.repositories.is_empty() && !raw.catalog {
+            return Err("a rule must name `repositories` or set `catalog = true`".into());
+        }
+        let mut actions = Vec::new();
+        for action in &raw.actions {
+            match action.as_str() {
+                "*" => actions.extend(Action::ALL),
+                other => {
+                    actions.push(Action::parse(other).ok_or_else(|| {
+                        format!("unknown action `{other}` (pull, push, delete, *)")
+                    })?)
+                }
+            }
+        }
+        actions.sort();
+        actions.dedup();
+        let from = raw
+            .from
+            .iter()
+            .map(|s| parse_net(s).ok_or_else(|| format!("`{s}` is not an address or CIDR block")))
+            .collect::<Result<_, _>>()?;
+        let repositories = raw
+            .repositories
+            .iter()
+            .map(|p| Glob::parse(p))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            origin,
+            users: raw.users,
+            groups: raw.groups,
+            anonymous: raw.anonymous,
+            from,
+            repositories,
+            catalog: raw.catalog,
+            actions,
+        })
+    }
+
+    fn admits(&self, caller: &Caller) -> bool {
+        let who = match &caller.user {
+            None => self.anonymous,
+            Some(user) => {
+                self.users.iter().any(|u| u == "*" || u == user)
+                    || self.groups.iter().any(|g| caller.groups.contains(g))
+            }
+        };
+        let from = self.from.is_empty()
+            || caller
+                .addr
+                .is_some_and(|addr| self.from.iter().any(|net| net.contains(&canonical(addr))));
+        who && from
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack listeners) compare as IPv4.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// A repository pattern: segments separated by `/`, each either `**` (any
+/// number of segments, including none) or a literal with `*` wildcards that
+/// stay inside the segment, and `${user}` / `${group}` placeholders.
+#[derive(Debug, Clone)]
+struct Glob {
+    segments: Vec<String>,
+}
+
+impl Glob {
+    fn parse(pattern: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("repository pattern `{pattern}`: {why}");
+        if pattern.is_empty() {
+            return Err(bad("empty"));
+        }
+        let segments: Vec<String> = pattern.split('/').map(str::to_owned).collect();
+        for s in &segments {
+            if s.is_empty() {
+                return Err(bad("empty path segment"));
+            }
+            if s.contains("**") && s != "**" {
+                return Err(bad("`**` must be a whole path segment"));
+            }
+            let rest = s.replace("${user}", "").replace("${group}", "");
+            if rest.contains('$') || rest.contains('{') || rest.contains('}') {
+                return Err(bad("unknown placeholder (use ${user} or ${group})"));
+            }
+        }
+        Ok(Self { segments })
+    }
+
+    fn matches(&self, name: &str, caller: &Caller) -> bool {
+        let uses_group = self.segments.iter().any(|s| s.contains("${group}"));
+        if uses_group {
+            caller
+                .groups
+                .iter()
+                .any(|group| self.matches_with(name, caller.user.as_deref(), Some(group)))
+        } else {
+            self.matches_with(name, caller.user.as_deref(), None)
+        }
+    }
+
+    fn matches_with(&self, name: &str, user: Option<&str>, group: Option<&str>) -> bool {
+        let mut expanded = Vec::with_capacity(self.segments.len());
+        for segment in &self.segments {
+            let mut s = segment.clone();
+            for (placeholder, value) in [("${user}", user), ("${group}", group)] {
+                if s.contains(placeholder) {
+                    // A value that could act as a pattern or a path
+                    // separator must not widen the rule.
+                    match value.filter(|v| !v.is_empty() && !v.contains(['/', '*'])) {
+                        Some(v) => s = s.replace(placeholder, v),
+                        None => return false,
+                    }
+                }
+            }
+            expanded.push(s);
+        }
+        let parts: Vec<&str> = name.split('/').collect();
+        match_segments(&expanded, &parts)
+    }
+}
+
+fn match_segments(pattern: &[String], name: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((first, rest)) if first == "**" => {
+            (0..=name.len()).any(|skip| match_segments(rest, &name[skip..]))
+        }
+        Some((first, rest)) => match name.split_first() {
+            Some((part, tail)) => wildcard(first, part) && match_segments(rest, tail),
+            None => false,
+        },
+    }
+}
+
+/// `*` matches any run of characters within one segment.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(i) => rest = &rest[i + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests;

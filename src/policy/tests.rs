@@ -1,0 +1,333 @@
+use std::path::Path;
+
+use super::*;
+use Action::*;
+
+fn policy(files: &[(&str, &str)]) -> Policy {
+    let mut policy = Policy::default();
+    for (name, text) in files {
+        policy
+            .add_file(Path::new(name), text)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    policy
+}
+
+fn user(name: &str, groups: &[&str]) -> Caller {
+    Caller {
+        user: Some(name.to_owned()),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        addr: None,
+    }
+}
+
+fn anonymous() -> Caller {
+    Caller::default()
+}
+
+const DEFAULTS: &str = r#"
+[[rule]]
+description = "admins"
+groups = ["admins"]
+repositories = ["**"]
+actions = ["*"]
+catalog = true
+
+[[rule]]
+description = "own namespace"
+users = ["*"]
+repositories = ["${user}/**"]
+actions = ["pull", "push"]
+
+[[rule]]
+description = "read everything"
+users = ["*"]
+repositories = ["**"]
+actions = ["pull"]
+"#;
+
+#[test]
+fn first_match_wins_and_grants_the_intersection() {
+    let p = policy(&[("10-defaults.toml", DEFAULTS)]);
+    let alice = user("alice", &[]);
+    let d = p.decide(&alice, "alice/app", &[Pull, Push, Delete]);
+    assert_eq!(d.granted, [Pull, Push]);
+    assert_eq!(d.rule.as_ref().unwrap().index, 2);
+    assert_eq!(d.rule.unwrap().line, 9, "the `[[rule]]` header line");
+    let d = p.decide(&alice, "bob/app", &[Pull, Push]);
+    assert_eq!(d.granted, [Pull]);
+    assert_eq!(
+        d.rule.unwrap().description.as_deref(),
+        Some("read everything")
+    );
+    let d = p.decide(&user("root", &["admins"]), "bob/app", &[Delete]);
+    assert_eq!(d.granted, [Delete]);
+}
+
+#[test]
+fn no_match_denies() {
+    let p = policy(&[("a.toml", DEFAULTS)]);
+    let d = p.decide(&anonymous(), "library/alpine", &[Pull]);
+    assert!(d.granted.is_empty());
+    assert!(d.rule.is_none());
+    assert!(
+        Policy::default()
+            .decide(&user("a", &[]), "a", &[Pull])
+            .granted
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_empty_action_list_denies_explicitly_before_later_rules() {
+    let p = policy(&[
+        (
+            "00-deny.toml",
+            "[[rule]]\nusers = [\"mallory\"]\nrepositories = [\"**\"]\nactions = []\n",
+        ),
+        ("10-defaults.toml", DEFAULTS),
+    ]);
+    let d = p.decide(&user("mallory", &[]), "mallory/x", &[Pull]);
+    assert!(d.granted.is_empty());
+    assert_eq!(d.rule.unwrap().file, Path::new("00-deny.toml"));
+}
+
+#[test]
+fn order_across_files_is_the_load_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("20-pull.toml"),
+        "[[rule]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("10-push.toml"),
+        "[[rule]]\nusers = [\"*\"]\nrepositories = [\"team/*\"]\nactions = [\"pull\", \"push\"]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("README.md"), "not a policy").unwrap();
+    let p = Policy::load_dir(dir.path()).unwrap();
+    assert_eq!(p.len(), 2);
+    let d = p.decide(&user("u", &[]), "team/app", &[Push]);
+    assert_eq!(d.granted, [Push]);
+    assert!(d.rule.unwrap().file.ends_with("10-push.toml"));
+}
+
+#[test]
+fn single_star_stays_in_a_segment_double_star_spans() {
+    let p = policy(&[(
+        "a.toml",
+        "[[rule]]\nusers = [\"*\"]\nrepositories = [\"team/*\", \"lib/**/base\", \"x*y\"]\nactions = [\"pull\"]\n",
+    )]);
+    let u = user("u", &[]);
+    let allowed = |name: &str| !p.decide(&u, name, &[Pull]).granted.is_empty();
+    assert!(allowed("team/app"));
+    assert!(!allowed("team/app/sub"));
+    assert!(!allowed("team"));
+    assert!(allowed("lib/base"));
+    assert!(allowed("lib/a/b/c/base"));
+    assert!(!allowed("lib/a/b/c/other"));
+    assert!(allowed("xy"));
+    assert!(allowed("x-and-y"));
+    assert!(!allowed("x/y"));
+}
+
+#[test]
+fn wildcards() {
+    assert!(wildcard("*", ""));
+    assert!(wildcard("a*", "abc"));
+    assert!(wildcard("*c", "abc"));
+    assert!(wildcard("a*b*c", "a-b-c"));
+    assert!(!wildcard("a*b*c", "a-c"));
+    assert!(!wildcard("ab*ba", "aba"));
+    assert!(wildcard("abc", "abc"));
+    assert!(!wildcard("abc", "abcd"));
+}
+
+#[test]
+fn user_and_group_placeholders() {
+    let p = policy(&[(
+        "a.toml",
+        r#"
+[[rule]]
+groups = ["*"]
+users = ["*"]
+repositories = ["teams/${group}/**", "home/${user}"]
+actions = ["push"]
+"#,
+    )]);
+    let carol = user("carol", &["web", "ops"]);
+    assert_eq!(p.decide(&carol, "teams/ops/tool", &[Push]).granted, [Push]);
+    assert_eq!(p.decide(&carol, "teams/web/site", &[Push]).granted, [Push]);
+    assert!(p.decide(&carol, "teams/db/x", &[Push]).granted.is_empty());
+    assert_eq!(p.decide(&carol, "home/carol", &[Push]).granted, [Push]);
+    assert!(p.decide(&carol, "home/dave", &[Push]).granted.is_empty());
+    // A user name that looks like a pattern matches only itself.
+    assert!(
+        p.decide(&user("*", &[]), "home/anything", &[Push])
+            .granted
+            .is_empty()
+    );
+}
+
+#[test]
+fn groups_and_anonymous() {
+    let p = policy(&[(
+        "a.toml",
+        r#"
+[[rule]]
+groups = ["ci"]
+repositories = ["builds/**"]
+actions = ["pull", "push", "delete"]
+
+[[rule]]
+anonymous = true
+repositories = ["public/**"]
+actions = ["pull"]
+"#,
+    )]);
+    assert_eq!(
+        p.decide(&user("bot", &["ci"]), "builds/x", &[Delete])
+            .granted,
+        [Delete]
+    );
+    assert!(
+        p.decide(&user("bob", &[]), "builds/x", &[Pull])
+            .granted
+            .is_empty()
+    );
+    assert_eq!(
+        p.decide(&anonymous(), "public/x", &[Pull, Push]).granted,
+        [Pull]
+    );
+    // `anonymous` means unauthenticated only.
+    assert!(
+        p.decide(&user("bob", &[]), "public/x", &[Pull])
+            .granted
+            .is_empty()
+    );
+}
+
+#[test]
+fn address_conditions() {
+    let p = policy(&[(
+        "a.toml",
+        r#"
+[[rule]]
+users = ["*"]
+from = ["10.0.0.0/8", "192.168.1.7", "fd00::/8"]
+repositories = ["**"]
+actions = ["push"]
+"#,
+    )]);
+    let at = |addr: &str| Caller {
+        addr: Some(addr.parse().unwrap()),
+        ..user("u", &[])
+    };
+    assert_eq!(p.decide(&at("10.1.2.3"), "r", &[Push]).granted, [Push]);
+    assert_eq!(
+        p.decide(&at("::ffff:10.1.2.3"), "r", &[Push]).granted,
+        [Push]
+    );
+    assert_eq!(p.decide(&at("192.168.1.7"), "r", &[Push]).granted, [Push]);
+    assert_eq!(p.decide(&at("fd12::1"), "r", &[Push]).granted, [Push]);
+    assert!(
+        p.decide(&at("192.168.1.8"), "r", &[Push])
+            .granted
+            .is_empty()
+    );
+    assert!(p.decide(&user("u", &[]), "r", &[Push]).granted.is_empty());
+}
+
+#[test]
+fn catalog_rules() {
+    let p = policy(&[("a.toml", DEFAULTS)]);
+    assert_eq!(p.decide_catalog(&user("root", &["admins"])).granted, [Pull]);
+    assert!(p.decide_catalog(&user("alice", &[])).granted.is_empty());
+}
+
+#[test]
+fn bad_files_are_refused_with_file_line_and_reason() {
+    let cases = [
+        (
+            "[[rule]]\nusers = [\"a\"]\nrepositories = [\"**\"]\nactions = [\"write\"]\n",
+            1,
+            "unknown action `write`",
+        ),
+        (
+            "[[rule]]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n",
+            1,
+            "must say who",
+        ),
+        (
+            "\n[[rule]]\nusers = [\"a\"]\nactions = [\"pull\"]\n",
+            2,
+            "must name `repositories`",
+        ),
+        (
+            "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a**\"]\nactions = []\n",
+            1,
+            "whole path segment",
+        ),
+        (
+            "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a//b\"]\nactions = []\n",
+            1,
+            "empty path segment",
+        ),
+        (
+            "[[rule]]\nusers = [\"a\"]\nrepositories = [\"${usr}\"]\nactions = []\n",
+            1,
+            "unknown placeholder",
+        ),
+        (
+            "[[rule]]\nusers = [\"a\"]\nfrom = [\"10.0.0.0/33\"]\nrepositories = [\"a\"]\nactions = []\n",
+            1,
+            "CIDR",
+        ),
+        (
+            "[[rule]]\nuser = [\"a\"]\nrepositories = [\"a\"]\nactions = []\n",
+            2,
+            "unknown field `user`",
+        ),
+        (
+            "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a\"]\n",
+            1,
+            "missing field `actions`",
+        ),
+        ("[[rule]\n", 1, ""),
+    ];
+    for (text, line, reason) in cases {
+        let err = Policy::default()
+            .add_file(Path::new("p/10-x.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("p/10-x.toml:{line}:")),
+            "{text:?} → {err}"
+        );
+        assert!(err.contains(reason), "{text:?} → {err}");
+    }
+}
+
+#[test]
+fn the_shipped_default_policies_load_and_say_what_the_readme_promises() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let p = Policy::load_dir(&dir).unwrap();
+    let alice = user("alice", &[]);
+    assert_eq!(
+        p.decide(&alice, "alice/app", &[Pull, Push]).granted,
+        [Pull, Push]
+    );
+    assert_eq!(p.decide(&alice, "bob/app", &[Pull, Push]).granted, [Pull]);
+    assert!(p.decide(&alice, "bob/app", &[Delete]).granted.is_empty());
+    let admin = user("root", &["admins"]);
+    assert_eq!(
+        p.decide(&admin, "any/thing", &[Pull, Push, Delete]).granted,
+        [Pull, Push, Delete]
+    );
+    assert!(
+        p.decide(&anonymous(), "alice/app", &[Pull])
+            .granted
+            .is_empty()
+    );
+}
