@@ -2,3 +2,4 @@
 //! carries. The policy engine that decides what they may do is in `policy`.
 
 pub mod scope;
+pub mod users;
