@@ -1,0 +1,348 @@
+//! Token signing keys: generation, loading from `certs/`, key ids, JWKS.
+//!
+//! Each key is a pair of files in the key directory, `token-<stamp>.key`
+//! (PKCS#8 PEM) and `token-<stamp>.crt` (a self-signed certificate of its
+//! public key). The key whose name sorts last signs; every key present
+//! verifies, so rotating is: generate a new pair, let the old tokens expire,
+//! delete the old pair. `bundle.crt` concatenates every certificate: it is
+//! what an external registry's `rootcertbundle` points at.
+//!
+//! Registries find the verifying key in different ways, so tokens carry all
+//! of them: `x5c` (the certificate, for distribution 2.8 and 3.x), `kid` as
+//! the libtrust key id (distribution 2.8) — and the JWKS published at
+//! `/.well-known/jwks.json` lists each key under both its libtrust id and its
+//! RFC 7638 thumbprint (distribution 3.x).
+
+use std::path::{Path, PathBuf};
+
+use data_encoding::{BASE32_NOPAD, BASE64};
+use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, ThumbprintHash};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("no signing key in {0} (run `portcullis keygen`)")]
+    NoKey(PathBuf),
+    #[error("key generation failed: {0}")]
+    Generate(String),
+}
+
+/// The signature algorithms Portcullis signs with, and the only ones it
+/// accepts: never `none`, never an HMAC (which would let a public key be
+/// used as a shared secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Es256,
+    Rs256,
+}
+
+impl KeyKind {
+    pub fn algorithm(self) -> Algorithm {
+        match self {
+            KeyKind::Es256 => Algorithm::ES256,
+            KeyKind::Rs256 => Algorithm::RS256,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "es256" => Some(KeyKind::Es256),
+            "rs256" => Some(KeyKind::Rs256),
+            _ => None,
+        }
+    }
+}
+
+/// One loaded key: what signs, what verifies, and how registries name it.
+pub struct TokenKey {
+    pub kind: KeyKind,
+    /// libtrust key id: what distribution 2.8 matches `kid` against.
+    pub libtrust_id: String,
+    /// RFC 7638 SHA-256 thumbprint: what distribution 3.x matches `kid` against.
+    pub thumbprint: String,
+    /// DER of the certificate, base64 (standard, padded), as `x5c` wants it.
+    pub x5c: String,
+    pub encoding: EncodingKey,
+    pub decoding: DecodingKey,
+    jwk: Jwk,
+    pub file: PathBuf,
+}
+
+impl TokenKey {
+    fn load(key_path: &Path) -> Result<Self, KeyError> {
+        let cert_path = key_path.with_extension("crt");
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| KeyError::Io {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let invalid = |p: &Path, m: String| KeyError::Invalid {
+            path: p.to_owned(),
+            message: m,
+        };
+        let key_pem = read(key_path)?;
+        let cert_pem = read(&cert_path)?;
+        let pair = KeyPair::from_pem(&key_pem).map_err(|e| invalid(key_path, e.to_string()))?;
+        let kind = if pair.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) {
+            KeyKind::Es256
+        } else if pair.is_compatible(&rcgen::PKCS_RSA_SHA256) {
+            KeyKind::Rs256
+        } else {
+            return Err(invalid(
+                key_path,
+                "unsupported key type (ECDSA P-256 or RSA expected)".into(),
+            ));
+        };
+        let encoding = match kind {
+            KeyKind::Es256 => EncodingKey::from_ec_pem(key_pem.as_bytes()),
+            KeyKind::Rs256 => EncodingKey::from_rsa_pem(key_pem.as_bytes()),
+        }
+        .map_err(|e| invalid(key_path, e.to_string()))?;
+        let cert_der = pem_contents(&cert_pem, "CERTIFICATE")
+            .ok_or_else(|| invalid(&cert_path, "no CERTIFICATE block".into()))?;
+        let spki = pair.subject_public_key_info();
+        let public_pem = pem_encode("PUBLIC KEY", &spki);
+        let decoding = match kind {
+            KeyKind::Es256 => DecodingKey::from_ec_pem(public_pem.as_bytes()),
+            KeyKind::Rs256 => DecodingKey::from_rsa_pem(public_pem.as_bytes()),
+        }
+        .map_err(|e| invalid(key_path, e.to_string()))?;
+        let mut jwk = Jwk::from_encoding_key(&encoding, kind.algorithm())
+            .map_err(|e| invalid(key_path, e.to_string()))?;
+        let thumbprint = jwk.thumbprint(ThumbprintHash::SHA256);
+        jwk.common.key_algorithm = Some(match kind {
+            KeyKind::Es256 => KeyAlgorithm::ES256,
+            KeyKind::Rs256 => KeyAlgorithm::RS256,
+        });
+        Ok(Self {
+            kind,
+            libtrust_id: libtrust_key_id(&spki),
+            thumbprint,
+            x5c: BASE64.encode(&cert_der),
+            encoding,
+            decoding,
+            jwk,
+            file: key_path.to_owned(),
+        })
+    }
+
+    /// Whether a token's `kid` names this key (either way of naming it).
+    pub fn answers_to(&self, kid: &str) -> bool {
+        kid == self.libtrust_id || kid == self.thumbprint
+    }
+}
+
+/// All token keys of a directory: the newest signs, all verify.
+pub struct KeyRing {
+    keys: Vec<TokenKey>,
+}
+
+impl KeyRing {
+    /// Loads every `token-*.key` of `dir` (with its `.crt`).
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        let io = |source| KeyError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "key")
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("token-"))
+            })
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(KeyError::NoKey(dir.to_owned()));
+        }
+        let keys = paths
+            .iter()
+            .map(|p| TokenKey::load(p))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { keys })
+    }
+
+    /// Loads the directory, generating a first key when it has none (the
+    /// embedded default's first start).
+    pub fn load_or_generate(dir: &Path, kind: KeyKind) -> Result<Self, KeyError> {
+        match Self::load(dir) {
+            Err(KeyError::NoKey(_)) => {
+                generate(dir, kind)?;
+                Self::load(dir)
+            }
+            Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                generate(dir, kind)?;
+                Self::load(dir)
+            }
+            other => other,
+        }
+    }
+
+    pub fn signer(&self) -> &TokenKey {
+        self.keys.last().expect("a key ring is never empty")
+    }
+
+    /// The key a token's `kid` names, if it is one of ours.
+    pub fn find(&self, kid: &str) -> Option<&TokenKey> {
+        self.keys.iter().find(|k| k.answers_to(kid))
+    }
+
+    pub fn keys(&self) -> &[TokenKey] {
+        &self.keys
+    }
+
+    /// The public keys as a JWKS, each under both of its ids.
+    pub fn jwks(&self) -> JwkSet {
+        let mut keys = Vec::new();
+        for key in &self.keys {
+            for id in [&key.thumbprint, &key.libtrust_id] {
+                let mut jwk = key.jwk.clone();
+                jwk.common.key_id = Some(id.clone());
+                jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+                jwk.common.x509_chain = Some(vec![key.x5c.clone()]);
+                keys.push(jwk);
+            }
+        }
+        JwkSet { keys }
+    }
+}
+
+/// Writes a new key pair and certificate into `dir` (created if missing),
+/// and rewrites `bundle.crt`. Returns the new key's path. The private key
+/// file is created readable by its owner only.
+pub fn generate(dir: &Path, kind: KeyKind) -> Result<PathBuf, KeyError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| KeyError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let gen_err = |e: &dyn std::fmt::Display| KeyError::Generate(e.to_string());
+    let pair = match kind {
+        KeyKind::Es256 => {
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| gen_err(&e))?
+        }
+        KeyKind::Rs256 => {
+            use rsa::pkcs8::EncodePrivateKey;
+            let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+                .map_err(|e| gen_err(&e))?;
+            let pem = key
+                .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+                .map_err(|e| gen_err(&e))?;
+            KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256)
+                .map_err(|e| gen_err(&e))?
+        }
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| gen_err(&e))?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "Portcullis token signer");
+    params.distinguished_name = name;
+    // Valid from an hour ago (clocks of verifying registries drift) for ten
+    // years: the certificate only carries the key; rotation is by key files.
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(3650);
+    let cert = params.self_signed(&pair).map_err(|e| gen_err(&e))?;
+
+    let stamp = stamp();
+    let key_path = dir.join(format!("token-{stamp}.key"));
+    write_new(&key_path, pair.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
+    let cert_path = key_path.with_extension("crt");
+    write_new(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
+    write_bundle(dir)?;
+    Ok(key_path)
+}
+
+/// `bundle.crt`: every token certificate of the directory, for registries
+/// that trust Portcullis (`auth.token.rootcertbundle`).
+pub fn write_bundle(dir: &Path) -> Result<(), KeyError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| KeyError::Io { path, source }
+    };
+    let mut certs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "crt")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("token-"))
+        })
+        .collect();
+    certs.sort();
+    let mut bundle = String::new();
+    for cert in certs {
+        bundle.push_str(&std::fs::read_to_string(&cert).map_err(io(&cert))?);
+    }
+    let path = dir.join("bundle.crt");
+    let tmp = dir.join(".bundle.crt.tmp");
+    std::fs::write(&tmp, bundle).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+fn write_new(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    let mut file = options.open(path)?;
+    file.write_all(content)?;
+    file.sync_all()
+}
+
+/// A sortable, unique-enough file stamp: seconds since the epoch, zero
+/// padded, plus random bits for two keys generated in one second.
+fn stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let random = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{secs:012}-{random}")
+}
+
+/// The libtrust key id: SHA-256 of the DER SubjectPublicKeyInfo, first 240
+/// bits, base32 without padding, in groups of four joined by `:`.
+pub fn libtrust_key_id(spki_der: &[u8]) -> String {
+    let digest = Sha256::digest(spki_der);
+    let encoded = BASE32_NOPAD.encode(&digest[..30]);
+    encoded
+        .as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).expect("base32 is ASCII"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn pem_contents(pem: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)? + begin.len();
+    let stop = start + pem[start..].find(&end)?;
+    let body: String = pem[start..stop].split_whitespace().collect();
+    BASE64.decode(body.as_bytes()).ok()
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let body = BASE64.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

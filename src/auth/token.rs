@@ -1,0 +1,135 @@
+//! Registry bearer tokens (JWT): claims, signing, strict verification.
+//!
+//! Verification trusts nothing in the token before its signature checks
+//! out: the key is looked up by `kid` among our own keys only (never taken
+//! from `x5c` or `jwk` in the token), the algorithm must be the one that key
+//! signs with (so `none`, or HS256 keyed with our public key, cannot pass),
+//! and issuer, audience, expiry and not-before are checked with a small
+//! leeway for clock drift between replicas.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::keys::KeyRing;
+use super::scope::AccessEntry;
+
+/// Clock drift tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    /// The account name; empty for an anonymous caller.
+    pub sub: String,
+    /// One string, not an array: distribution 2.8 accepts nothing else.
+    pub aud: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+    pub access: Vec<AccessEntry>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("token signed with an unknown key")]
+    UnknownKey,
+    #[error("token algorithm not accepted")]
+    Algorithm,
+    #[error("token signature invalid")]
+    Signature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token issuer not accepted")]
+    Issuer,
+    #[error("token audience not accepted")]
+    Audience,
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Claims {
+    /// Claims for a token valid from now for `lifetime`.
+    pub fn new(
+        issuer: &str,
+        subject: &str,
+        audience: &str,
+        lifetime: Duration,
+        access: Vec<AccessEntry>,
+    ) -> Self {
+        let now = now();
+        Self {
+            iss: issuer.to_owned(),
+            sub: subject.to_owned(),
+            aud: audience.to_owned(),
+            exp: now + lifetime.as_secs(),
+            // Slightly in the past, so that a registry whose clock is a
+            // little behind ours accepts the token at once.
+            nbf: now.saturating_sub(LEEWAY_SECS),
+            iat: now,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            access,
+        }
+    }
+}
+
+/// Signs claims with the ring's current key; the header names the key by
+/// its libtrust id and carries the certificate in `x5c`.
+pub fn sign(keys: &KeyRing, claims: &Claims) -> Result<String, TokenError> {
+    let key = keys.signer();
+    let mut header = Header::new(key.kind.algorithm());
+    header.typ = Some("JWT".to_owned());
+    header.kid = Some(key.libtrust_id.clone());
+    header.x5c = Some(vec![key.x5c.clone()]);
+    jsonwebtoken::encode(&header, claims, &key.encoding)
+        .map_err(|e| TokenError::Sign(e.to_string()))
+}
+
+/// Verifies a token and returns its claims.
+pub fn verify(
+    keys: &KeyRing,
+    token: &str,
+    issuer: &str,
+    audience: &str,
+) -> Result<Claims, TokenError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+    let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+    let key = keys.find(kid).ok_or(TokenError::UnknownKey)?;
+    if header.alg != key.kind.algorithm() {
+        return Err(TokenError::Algorithm);
+    }
+    let mut validation = Validation::new(key.kind.algorithm());
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_nbf = true;
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    use jsonwebtoken::errors::ErrorKind;
+    jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidIssuer => TokenError::Issuer,
+            ErrorKind::InvalidAudience => TokenError::Audience,
+            ErrorKind::InvalidAlgorithm => TokenError::Algorithm,
+            ErrorKind::InvalidSignature => TokenError::Signature,
+            _ => TokenError::Malformed,
+        })
+}
+
+#[cfg(test)]
+mod tests;
