@@ -149,6 +149,17 @@ fn assert_created(response: &Response, repo: &str, digest: &str) {
     assert_eq!(header_str(response, "docker-content-digest"), digest);
 }
 
+/// A refused chunk: 416 `RANGE_INVALID`, with what a client needs to resume
+/// (docker registry API, "Chunked Upload"): the session's `Location`,
+/// `Docker-Upload-UUID` and the `Range` received so far.
+async fn assert_refused_chunk(response: Response, location: &str, range: &str) {
+    assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(header_str(&response, "range"), range);
+    assert_eq!(header_str(&response, "location"), location);
+    assert!(location.ends_with(header_str(&response, "docker-upload-uuid")));
+    assert_eq!(error_code(response).await, "RANGE_INVALID");
+}
+
 /// A body of unknown length (chunked transfer encoding) in `piece`-byte parts.
 fn streamed(data: &[u8], piece: usize) -> reqwest::Body {
     let parts: Vec<bytes::Bytes> = data
@@ -390,9 +401,7 @@ async fn out_of_order_and_repeated_chunks_are_416_and_lose_nothing() {
 
     // A first chunk that does not start at 0.
     let response = patch_at(&server, &location, 10, &data[10..20]).await;
-    assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(header_str(&response, "range"), "0-0");
-    assert_eq!(error_code(response).await, "RANGE_INVALID");
+    assert_refused_chunk(response, &location, "0-0").await;
 
     let response = patch_at(&server, &location, 0, &data[..1000]).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
@@ -405,13 +414,7 @@ async fn out_of_order_and_repeated_chunks_are_416_and_lose_nothing() {
         (1001, &data[1001..2000]),
     ] {
         let response = patch_at(&server, &location, at, chunk).await;
-        assert_eq!(
-            response.status(),
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "chunk at {at}"
-        );
-        assert_eq!(header_str(&response, "range"), "0-999");
-        assert_eq!(error_code(response).await, "RANGE_INVALID");
+        assert_refused_chunk(response, &location, "0-999").await;
     }
     // A refused chunk on the closing PUT is refused the same way.
     let response = server
@@ -422,8 +425,7 @@ async fn out_of_order_and_repeated_chunks_are_416_and_lose_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(header_str(&response, "range"), "0-999");
+    assert_refused_chunk(response, &location, "0-999").await;
 
     let response = status(&server, &location).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
@@ -545,6 +547,17 @@ async fn unknown_upload_is_blob_upload_unknown() {
         let response = patch_at(&server, location, 0, b"x").await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "PATCH {location}");
         assert_eq!(error_code(response).await, "BLOB_UPLOAD_UNKNOWN");
+        // An unknown session is the answer even when the range is bad too.
+        let response = server
+            .client
+            .patch(server.at(location))
+            .header(header::CONTENT_RANGE, "bad")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "PATCH {location}");
+        assert_eq!(error_code(response).await, "BLOB_UPLOAD_UNKNOWN");
 
         let response = server
             .client
@@ -595,17 +608,19 @@ async fn chunk_length_disagreeing_with_its_range_is_refused() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(response).await, "SIZE_INVALID");
 
-    // A Content-Range that is not a range at all.
-    let response = server
-        .client
-        .patch(server.at(&location))
-        .header(header::CONTENT_RANGE, "five-ten")
-        .body(data[..5].to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(error_code(response).await, "RANGE_INVALID");
+    // A Content-Range that is not a range at all is refused like an
+    // out-of-order one, with the offset to continue from.
+    for range in ["five-ten", "9-0", "10"] {
+        let response = server
+            .client
+            .patch(server.at(&location))
+            .header(header::CONTENT_RANGE, range)
+            .body(data[..5].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_refused_chunk(response, &location, "0-0").await;
+    }
 
     let response = status(&server, &location).await;
     assert_eq!(header_str(&response, "range"), "0-0");
@@ -965,4 +980,38 @@ async fn racing_chunks_on_one_session_are_serialized() {
     let response = put_close(&server, &location, &digest).await;
     assert_created(&response, "race", &digest);
     assert_blob(&server, "race", &digest, &data).await;
+}
+
+/// A chunk refused before its body was read leaves the rest of the body on
+/// the connection, which the server then closes: the answer must say so,
+/// or a keep-alive client reuses a dead connection for its next request
+/// (the GET for the upload's status, typically). Raw TCP, to see exactly
+/// what the connection carries.
+#[tokio::test]
+async fn early_refusal_closes_the_connection_openly() {
+    let server = TestServer::start().await;
+    let location = start(&server, "early").await;
+    let addr = server.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Headers only: the server decides before any body byte arrives.
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {addr}\r\nContent-Range: 5-65540\r\n\
+         Content-Length: 65536\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // The server closes after answering, so reading to the end terminates.
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 416 "), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+
+    // Through an ordinary pooled client the same refusal does not break the
+    // next request.
+    for _ in 0..20 {
+        let response = patch_at(&server, &location, 5, &[1u8; 65536]).await;
+        assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        let response = status(&server, &location).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
 }
