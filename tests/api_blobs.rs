@@ -380,3 +380,40 @@ async fn large_blob_is_streamed_up_and_down() {
         &data[start..start + 100]
     );
 }
+
+#[tokio::test]
+async fn bad_names_and_methods_get_their_codes() {
+    let server = TestServer::start().await;
+    let digest = sha256(b"x");
+    // (`a/_layers` would collide with the storage tree's metadata directory.)
+    for name in ["Upper/case", "a//b", "-lead", "a/_layers", "a/b."] {
+        let response = server
+            .client
+            .get(blob_url(&server, name, &digest))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{name}");
+        assert_eq!(error_code(response).await, "NAME_INVALID", "{name}");
+    }
+    // Blobs are written through uploads only.
+    for method in [
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::POST,
+    ] {
+        let response = server
+            .client
+            .request(method.clone(), blob_url(&server, "repo", &digest))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method}"
+        );
+        assert_eq!(error_code(response).await, "UNSUPPORTED", "{method}");
+    }
+}

@@ -236,6 +236,20 @@ async fn post_then_put_with_the_whole_body() {
     assert_created(&response, "post/put", &digest);
     assert_blob(&server, "post/put", &digest, &data).await;
 
+    // Clients that percent-encode the digest's colon are understood.
+    let other = random_bytes(10);
+    let other_digest = sha256(&other);
+    let location = start(&server, "post/put").await;
+    let response = server
+        .client
+        .put(server.at(&with_digest(&location, &other_digest.replace(':', "%3A"))))
+        .body(other.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_created(&response, "post/put", &other_digest);
+    assert_blob(&server, "post/put", &other_digest, &other).await;
+
     // A finished session is gone.
     let response = status(&server, &location).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
@@ -928,6 +942,10 @@ async fn concurrent_pushes_of_the_same_blob_all_succeed() {
     for repo in repos {
         assert_blob(&server, &repo, &digest, &data).await;
     }
+    // Every session was finished and cleared away, none lost in the race.
+    let uploads = server.dir.path().join("data/uploads");
+    let left = std::fs::read_dir(&uploads).map_or(0, |entries| entries.count());
+    assert_eq!(left, 0, "sessions left in {uploads:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
