@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 
@@ -52,7 +52,26 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     response
         .headers_mut()
         .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    // An error is often answered before the request body was read (a chunk
+    // at the wrong offset, an unknown session); hyper then closes the
+    // connection rather than read the rest. Say so, or a keep-alive client
+    // puts the connection back in its pool and its next request fails.
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error())
+        && parts.version <= Version::HTTP_11
+        && has_body(&parts.headers)
+    {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
+}
+
+/// Whether a request announced a body (HTTP/1 framing).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || content_length(headers).is_some_and(|n| n > 0)
 }
 
 async fn handle(

@@ -60,11 +60,19 @@ pub async fn patch(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let chunk = chunk_of(headers)?;
-    let size = storage
-        .upload_append(name, id, chunk, byte_stream(body))
-        .await?;
-    Ok(session_response(StatusCode::ACCEPTED, name, id, size))
+    let result = async {
+        let chunk = chunk_of(headers)?;
+        Ok::<_, ApiError>(
+            storage
+                .upload_append(name, id, chunk, byte_stream(body))
+                .await?,
+        )
+    }
+    .await;
+    match result {
+        Ok(size) => Ok(session_response(StatusCode::ACCEPTED, name, id, size)),
+        Err(e) => Err(refused_chunk(storage, name, id, e).await),
+    }
 }
 
 pub async fn finish(
@@ -76,13 +84,40 @@ pub async fn finish(
     body: Body,
 ) -> Result<Response, ApiError> {
     // An empty body is the common "close the session" PUT: no chunk to append.
-    let last = if body.size_hint().exact() == Some(0) {
-        None
-    } else {
-        Some((chunk_of(headers)?, byte_stream(body)))
-    };
-    storage.upload_finish(name, id, digest, last).await?;
-    Ok(created(name, digest))
+    let result = async {
+        let last = if body.size_hint().exact() == Some(0) {
+            None
+        } else {
+            Some((chunk_of(headers)?, byte_stream(body)))
+        };
+        Ok::<_, ApiError>(storage.upload_finish(name, id, digest, last).await?)
+    }
+    .await;
+    match result {
+        Ok(_) => Ok(created(name, digest)),
+        Err(e) => Err(refused_chunk(storage, name, id, e).await),
+    }
+}
+
+/// A refused chunk (416) tells the client where to resume, as a `202` would:
+/// the session's `Location`, `Docker-Upload-UUID` and the `Range` received
+/// so far (docker registry API, "Chunked Upload"). Other errors pass as they are.
+async fn refused_chunk(storage: &Storage, name: &RepoName, id: UploadId, e: ApiError) -> ApiError {
+    if e.code != ErrorCode::RangeInvalid {
+        return e;
+    }
+    let mut e = e
+        .header(header::LOCATION, format!("/v2/{name}/blobs/uploads/{id}"))
+        .header(UPLOAD_UUID, id.to_string());
+    // An unreadable Content-Range is refused before the session is read.
+    if !e.headers.contains_key(header::RANGE) {
+        match storage.upload_size(name, id).await {
+            Ok(size) => e = e.header(header::RANGE, upload_range(size)),
+            // No such session after all: that is the answer then.
+            Err(unknown) => return unknown.into(),
+        }
+    }
+    e
 }
 
 pub async fn cancel(
