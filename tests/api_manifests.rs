@@ -281,6 +281,18 @@ async fn media_type_is_taken_from_the_body_when_content_type_is_generic() {
     .await;
     assert_pushed(&r, repo, &body);
     assert_served(&server, repo, "p", OCI_MANIFEST, &body).await;
+
+    // No Content-Type at all: the body's mediaType decides too.
+    let body = image(&server, repo, DOCKER_MANIFEST, "none").await;
+    let r = server
+        .client
+        .put(server.at(&format!("/v2/{repo}/manifests/none")))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_pushed(&r, repo, &body);
+    assert_served(&server, repo, "none", DOCKER_MANIFEST, &body).await;
 }
 
 #[tokio::test]
@@ -552,6 +564,27 @@ async fn blobs_of_another_repository_are_not_enough() {
         &put_manifest(&server, "target", "t", OCI_MANIFEST, body.clone()).await,
         "target",
         &body,
+    );
+
+    // Likewise an index may only point at manifests of its own repository.
+    let only_in_source = image(&server, "source", OCI_MANIFEST, "source only").await;
+    assert_pushed(
+        &put_manifest(&server, "source", "s", OCI_MANIFEST, only_in_source.clone()).await,
+        "source",
+        &only_in_source,
+    );
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256(&only_in_source), "size": only_in_source.len()}],
+    }))
+    .unwrap();
+    let r = put_manifest(&server, "target", "i", OCI_INDEX, index.clone()).await;
+    assert_error(r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
+    assert_pushed(
+        &put_manifest(&server, "source", "i", OCI_INDEX, index.clone()).await,
+        "source",
+        &index,
     );
 }
 
