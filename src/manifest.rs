@@ -150,6 +150,8 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Manife
         ));
     }
 
+    // The spec treats an empty `artifactType` as a missing one.
+    let raw_artifact_type = raw.artifact_type.filter(|t| !t.is_empty());
     let is_index = matches!(media_type.as_str(), OCI_INDEX | DOCKER_MANIFEST_LIST);
     let (blobs, children, artifact_type) = if is_index {
         if raw.config.is_some() || raw.layers.is_some() {
@@ -159,7 +161,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Manife
             .manifests
             .ok_or(ManifestError::Shape("an index needs manifests"))?;
         let children = manifests.into_iter().map(|d| d.digest).collect();
-        (Vec::new(), children, raw.artifact_type)
+        (Vec::new(), children, raw_artifact_type)
     } else {
         if raw.manifests.is_some() {
             return Err(ManifestError::Shape(
@@ -172,9 +174,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Manife
         let layers = raw
             .layers
             .ok_or(ManifestError::Shape("an image manifest needs layers"))?;
-        let artifact_type = raw
-            .artifact_type
-            .or_else(|| Some(config.media_type.clone()));
+        let artifact_type = raw_artifact_type.or_else(|| Some(config.media_type.clone()));
         let mut blobs = vec![config.digest];
         blobs.extend(
             layers
@@ -309,5 +309,17 @@ mod tests {
         let r = m.referrer_descriptor(Digest::parse(&d("x")).unwrap(), 10);
         assert_eq!(r.artifact_type.as_deref(), Some("application/x.sig"));
         assert_eq!(r.annotations.unwrap()["a"], "b");
+
+        let mut untyped = index;
+        untyped["artifactType"] = json!("");
+        let m = parse(None, untyped.to_string().as_bytes()).unwrap();
+        assert_eq!(m.artifact_type, None);
+        let mut untyped = image(Some(OCI_MANIFEST));
+        untyped["artifactType"] = json!("");
+        let m = parse(None, untyped.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! Tag lists and the catalog, with `n`/`last` pagination and `Link` headers.
 
+use std::cmp::Ordering;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde_json::json;
@@ -36,11 +38,25 @@ pub async fn catalog(storage: &Storage, page: Page) -> Result<Response, ApiError
     ))
 }
 
-/// A page of a sorted list: the entries after `last`, at most `n`, and the
-/// `(n, last)` of the next page when entries remain.
-fn paginate(sorted: Vec<String>, page: &Page) -> (Vec<String>, Option<(usize, String)>) {
+/// The spec's list order: "lexical order (i.e. case-insensitive alphanumeric
+/// order)". `A` and `a` are distinct tags, so ties fall back to byte order: the
+/// order is total and `last` names one position in it.
+fn lexical(a: &str, b: &str) -> Ordering {
+    let folded = |s: &str| {
+        s.bytes()
+            .map(|c| c.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    };
+    folded(a).cmp(&folded(b)).then_with(|| a.cmp(b))
+}
+
+/// A page of a list in [`lexical`] order: the entries after `last`, at most
+/// `n`, and the `(n, last)` of the next page when entries remain.
+fn paginate(mut all: Vec<String>, page: &Page) -> (Vec<String>, Option<(usize, String)>) {
+    all.sort_by(|a, b| lexical(a, b));
+    let sorted = all;
     let start = match &page.last {
-        Some(last) => sorted.partition_point(|item| item <= last),
+        Some(last) => sorted.partition_point(|item| lexical(item, last) != Ordering::Greater),
         None => 0,
     };
     let n = page.n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
@@ -97,5 +113,14 @@ mod tests {
         );
         assert_eq!(paginate(all.clone(), &page(Some(0), None)), (vec![], None));
         assert_eq!(paginate(all, &page(Some(9), Some("z"))), (vec![], None));
+        let mixed = list(&["b", "a", "B", "_", "A"]);
+        assert_eq!(
+            paginate(mixed.clone(), &page(None, None)).0,
+            list(&["_", "A", "a", "B", "b"])
+        );
+        assert_eq!(
+            paginate(mixed, &page(Some(1), Some("a"))),
+            (list(&["B"]), Some((1, "B".into())))
+        );
     }
 }
