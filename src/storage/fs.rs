@@ -162,13 +162,24 @@ impl Driver for FsDriver {
         let path = self.path(key)?;
         let owned_key = key.to_owned();
         let file = blocking(move || {
-            let mut file = with_parent(&path, || {
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)
-            })?;
+            let opened = if at == 0 {
+                with_parent(&path, || {
+                    OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&path)
+                })
+            } else {
+                // Only an empty object may be created: a missing one is
+                // shorter than `at`, and a refused append leaves no trace.
+                OpenOptions::new().write(true).open(&path)
+            };
+            let mut file = match opened {
+                Ok(file) => file,
+                Err(e) if at > 0 && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
             let len = file.metadata()?.len();
             if at > len {
                 return Ok(None);
