@@ -102,32 +102,44 @@ async fn run(config: Config) -> Result<(), String> {
     let state = portcullis::AppState::new(config)
         .await
         .map_err(|e| format!("cannot open storage at {}: {e}", root.display()))?;
+    // Listen for signals before announcing the address: whoever reads that
+    // line may signal at once, and a SIGTERM that arrived before the handler
+    // existed would kill the process instead of stopping it gracefully.
+    let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
     // Scripts and tests read this line to learn the bound port (`--listen 127.0.0.1:0`).
     println!("portcullis listening on http://{addr}");
     tracing::info!(%addr, storage = %root.display(), "listening");
-    portcullis::serve(listener, state, shutdown_signal())
+    portcullis::serve(listener, state, shutdown)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM; the server then stops accepting and lets
+/// Starts listening for SIGINT and SIGTERM now; the returned future resolves
+/// on the first of them, and the server then stops accepting and lets
 /// in-flight requests finish.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {},
-            _ = term.recv() => {},
+    let signalled = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = interrupt.recv() => {},
+            }
         }
-    }
+    };
     #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutting down, letting in-flight requests finish");
+    let signalled = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    Ok(async move {
+        signalled.await;
+        tracing::info!("shutting down, letting in-flight requests finish");
+    })
 }
 
 fn init_tracing(level: &str) {

@@ -1,1 +1,1119 @@
-//! The conformance suite every storage driver must pass (skeleton).
+//! The conformance suite every storage driver must pass.
+//!
+//! Each `pub async fn` checks one property of the [`Driver`] contract (the
+//! doc comments in [`super::driver`]) and panics with a message naming the
+//! violated property; [`run_all`] runs every one of them. A driver's test file
+//! calls them one per test, so a failure is named after its property:
+//!
+//! ```ignore
+//! #[tokio::test]
+//! async fn rename_replaces_target() {
+//!     driver_suite::rename_replaces_target(&my_driver().await).await;
+//! }
+//! ```
+//!
+//! The suite is ordinary library code (no dev-dependencies), so an
+//! out-of-tree driver or an S3 integration job can run it too. Every property
+//! works under its own fresh `suite-<uuid>/` prefix, so properties may share
+//! one driver (one bucket, one root) and run concurrently; the suite never
+//! touches anything outside the prefixes it made, and removes them when a
+//! property passes.
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use sha2::Digest as _;
+
+use super::driver::{Driver, DriverError, Result};
+
+/// Runs every property in turn.
+pub async fn run_all(driver: &dyn Driver) {
+    get_put_round_trip(driver).await;
+    put_replaces_atomically(driver).await;
+    missing_key_is_not_found(driver).await;
+    prefix_is_not_an_object(driver).await;
+    read_range(driver).await;
+    read_to_end(driver).await;
+    append_creates_at_zero(driver).await;
+    append_continues_at_recorded_offset(driver).await;
+    append_discards_residue(driver).await;
+    abort_restores_size(driver).await;
+    append_past_end_is_invalid(driver).await;
+    list_direct_children_sorted(driver).await;
+    list_missing_or_empty_is_not_found(driver).await;
+    hidden_names_never_listed(driver).await;
+    rename_replaces_target(driver).await;
+    rename_missing_is_not_found(driver).await;
+    rename_prunes_emptied_prefix(driver).await;
+    delete_object(driver).await;
+    delete_prefix_recursively(driver).await;
+    delete_missing_is_not_found(driver).await;
+    delete_prunes_emptied_prefix(driver).await;
+    invalid_keys_are_refused(driver).await;
+    concurrent_puts_leave_one_whole_value(driver).await;
+    large_streamed_append(driver).await;
+}
+
+/// Keys the contract says no driver may accept.
+pub const INVALID_KEYS: &[&str] = &[
+    "",
+    "/abs",
+    "../x",
+    "a/../../x",
+    "a//b",
+    "a/./b",
+    "./a",
+    "a/",
+    "a/..",
+    ".",
+    "..",
+];
+
+// ---------------------------------------------------------------------------
+// Objects: get, put, stat, read
+// ---------------------------------------------------------------------------
+
+/// `put` then `get` returns the same bytes (empty and binary content too),
+/// `stat` gives their length, and parents are created as needed.
+pub async fn get_put_round_trip(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let cases: [(&str, Bytes); 3] = [
+        ("obj", Bytes::from_static(b"hello, driver")),
+        ("deep/er/still/obj", pattern(70_000, 1)),
+        ("empty", Bytes::new()),
+    ];
+    for (name, content) in &cases {
+        let key = s.key(name);
+        ok(driver.put(&key, content.clone()).await, "put", &key);
+        let got = ok(driver.get(&key).await, "get", &key);
+        assert!(
+            got == *content,
+            "get({key}) after put returned {} bytes that differ from the {} put",
+            got.len(),
+            content.len()
+        );
+        let size = ok(driver.stat(&key).await, "stat", &key);
+        assert_eq!(
+            size,
+            content.len() as u64,
+            "stat({key}) after put of {} bytes",
+            content.len()
+        );
+    }
+    s.remove().await;
+}
+
+/// A second `put` replaces the whole object, also with shorter content, and
+/// a reader racing the writer sees the old value or the new, never a mix or a
+/// prefix.
+pub async fn put_replaces_atomically(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("obj");
+    let old = pattern(300_000, 2);
+    let new = pattern(1_000, 3);
+    ok(driver.put(&key, old.clone()).await, "put", &key);
+    ok(driver.put(&key, new.clone()).await, "put (replace)", &key);
+    let got = ok(driver.get(&key).await, "get", &key);
+    assert!(
+        got == new,
+        "get({key}) after a replacing put of {} bytes returned {} bytes that are not the new value",
+        new.len(),
+        got.len()
+    );
+    assert_eq!(
+        ok(driver.stat(&key).await, "stat", &key),
+        new.len() as u64,
+        "stat({key}) after a put that shrank the object"
+    );
+
+    // Readers racing writers: every read must be one of the two values whole.
+    let values = [old, new];
+    for round in 0..4 {
+        let writes = (0..4).map(|i| driver.put(&key, values[(round + i) % 2].clone()));
+        let reads = (0..8).map(|_| driver.get(&key));
+        let (writes, reads) = futures_util::future::join(join_all(writes), join_all(reads)).await;
+        for w in writes {
+            ok(w, "put (racing readers)", &key);
+        }
+        for r in reads {
+            let got = ok(r, "get (racing writers)", &key);
+            assert!(
+                values.contains(&got),
+                "get({key}) racing puts returned {} bytes that are neither value whole: \
+                 put is not atomic",
+                got.len()
+            );
+        }
+    }
+    s.remove().await;
+}
+
+/// `get`, `stat` and `read` of a key that was never written are `NotFound`,
+/// also under a missing prefix and below an object.
+pub async fn missing_key_is_not_found(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    ok(
+        driver
+            .put(&s.key("present"), Bytes::from_static(b"x"))
+            .await,
+        "put",
+        "present",
+    );
+    for name in ["absent", "no/such/prefix/obj", "present/below"] {
+        let key = s.key(name);
+        expect_not_found(driver.get(&key).await, "get", &key);
+        expect_not_found(driver.stat(&key).await, "stat", &key);
+        expect_not_found(driver.read(&key, 0, None).await, "read", &key);
+    }
+    s.remove().await;
+}
+
+/// A prefix that holds objects is not itself an object: `get`, `stat` and
+/// `read` of it are `NotFound`.
+pub async fn prefix_is_not_an_object(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    ok(
+        driver
+            .put(&s.key("dir/sub/obj"), Bytes::from_static(b"x"))
+            .await,
+        "put",
+        "dir/sub/obj",
+    );
+    for name in ["dir", "dir/sub"] {
+        let key = s.key(name);
+        expect_not_found(driver.get(&key).await, "get of a prefix", &key);
+        expect_not_found(driver.stat(&key).await, "stat of a prefix", &key);
+        expect_not_found(driver.read(&key, 0, None).await, "read of a prefix", &key);
+    }
+    s.remove().await;
+}
+
+/// `read(offset, Some(len))` streams exactly that slice.
+pub async fn read_range(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("obj");
+    let content = pattern(600_000, 4);
+    ok(driver.put(&key, content.clone()).await, "put", &key);
+    let n = content.len() as u64;
+    for (offset, len) in [
+        (0, n),
+        (0, 1),
+        (1, 10),
+        (123_457, 300_001),
+        (n - 1, 1),
+        (n, 0),
+        (5, 0),
+    ] {
+        let got = read_all(driver, &key, offset, Some(len)).await;
+        let want = content.slice(offset as usize..(offset + len) as usize);
+        assert!(
+            got == want,
+            "read({key}, offset {offset}, len {len}) returned {} bytes that are not that slice",
+            got.len()
+        );
+    }
+    s.remove().await;
+}
+
+/// `read(offset, None)` streams from `offset` to the end.
+pub async fn read_to_end(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("obj");
+    let content = pattern(600_000, 5);
+    ok(driver.put(&key, content.clone()).await, "put", &key);
+    let n = content.len() as u64;
+    for offset in [0, 1, 262_144, 400_003, n - 1, n] {
+        let got = read_all(driver, &key, offset, None).await;
+        let want = content.slice(offset as usize..);
+        assert!(
+            got == want,
+            "read({key}, offset {offset}, to end) returned {} bytes, want the last {}",
+            got.len(),
+            want.len()
+        );
+    }
+    let empty = s.key("empty");
+    ok(driver.put(&empty, Bytes::new()).await, "put", &empty);
+    assert!(
+        read_all(driver, &empty, 0, None).await.is_empty(),
+        "read of an empty object returned bytes"
+    );
+    s.remove().await;
+}
+
+// ---------------------------------------------------------------------------
+// Appenders
+// ---------------------------------------------------------------------------
+
+/// `append(missing, 0)` creates the object; `size()` counts written bytes;
+/// `commit` returns the size; committing with nothing written leaves an
+/// empty object.
+pub async fn append_creates_at_zero(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("new/obj");
+    let mut appender = ok(driver.append(&key, 0).await, "append(missing, 0)", &key);
+    assert_eq!(appender.size(), 0, "size() of a fresh appender at 0");
+    let parts = [pattern(1000, 6), pattern(1, 7), pattern(70_000, 8)];
+    let mut expected = BytesMut::new();
+    for part in &parts {
+        ok(appender.write(part.clone()).await, "write", &key);
+        expected.extend_from_slice(part);
+        assert_eq!(
+            appender.size(),
+            expected.len() as u64,
+            "size() must count the bytes written so far"
+        );
+    }
+    let size = ok(appender.commit().await, "commit", &key);
+    assert_eq!(
+        size,
+        expected.len() as u64,
+        "commit must return the object's size"
+    );
+    assert_eq!(
+        ok(driver.stat(&key).await, "stat", &key),
+        size,
+        "stat after commit"
+    );
+    assert!(
+        ok(driver.get(&key).await, "get", &key) == expected,
+        "object after append+commit differs from the bytes written"
+    );
+
+    let empty = s.key("empty");
+    let appender = ok(driver.append(&empty, 0).await, "append(missing, 0)", &empty);
+    assert_eq!(
+        ok(appender.commit().await, "commit", &empty),
+        0,
+        "commit of nothing"
+    );
+    assert_eq!(
+        ok(driver.stat(&empty).await, "stat", &empty),
+        0,
+        "append(missing, 0) + commit must leave an empty object"
+    );
+    s.remove().await;
+}
+
+/// An appender opened at the recorded size continues the object.
+pub async fn append_continues_at_recorded_offset(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("obj");
+    let mut expected = BytesMut::new();
+    let mut recorded = 0;
+    for round in 0..4u8 {
+        let mut appender = ok(driver.append(&key, recorded).await, "append", &key);
+        assert_eq!(
+            appender.size(),
+            recorded,
+            "size() of an appender opened at {recorded}"
+        );
+        for i in 0..3u8 {
+            let part = pattern(40_000 + usize::from(i) * 333, 10 + round * 3 + i);
+            ok(appender.write(part.clone()).await, "write", &key);
+            expected.extend_from_slice(&part);
+        }
+        recorded = ok(appender.commit().await, "commit", &key);
+        assert_eq!(
+            recorded,
+            expected.len() as u64,
+            "commit after round {round}"
+        );
+    }
+    assert!(
+        ok(driver.get(&key).await, "get", &key) == expected,
+        "object appended in rounds differs from the concatenation of the rounds"
+    );
+    s.remove().await;
+}
+
+/// Bytes stored past `at` (a crash's residue) are discarded by the next
+/// appender, whether or not it writes anything.
+pub async fn append_discards_residue(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("obj");
+    let first = pattern(10_000, 20);
+    append_whole(driver, &key, 0, &first).await;
+
+    let tail = pattern(500, 21);
+    let size = append_whole(driver, &key, 4_000, &tail).await;
+    assert_eq!(
+        size, 4_500,
+        "commit after appending 500 bytes at 4000 of 10000"
+    );
+    let mut want = BytesMut::from(&first[..4_000]);
+    want.extend_from_slice(&tail);
+    assert!(
+        ok(driver.get(&key).await, "get", &key) == want,
+        "bytes past `at` must be replaced by what the appender wrote"
+    );
+
+    let size = append_whole(driver, &key, 1_000, &[]).await;
+    assert_eq!(
+        size, 1_000,
+        "an empty appender at 1000 must cut the object to 1000"
+    );
+    assert_eq!(
+        ok(driver.stat(&key).await, "stat", &key),
+        1_000,
+        "stat after cutting"
+    );
+    assert!(
+        ok(driver.get(&key).await, "get", &key) == first.slice(..1_000),
+        "cutting must keep the bytes before `at`"
+    );
+    s.remove().await;
+}
+
+/// `abort` forgets the written bytes: the object is `at` bytes long, its
+/// first `at` bytes untouched, and it can be appended to again.
+pub async fn abort_restores_size(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("obj");
+    let first = pattern(5_000, 30);
+    append_whole(driver, &key, 0, &first).await;
+
+    // Aborted at the end, after more than one large write.
+    let mut appender = ok(driver.append(&key, 5_000).await, "append", &key);
+    for i in 0..3 {
+        ok(
+            appender.write(pattern(700_000, 31 + i)).await,
+            "write",
+            &key,
+        );
+    }
+    ok(appender.abort().await, "abort", &key);
+    assert_eq!(
+        ok(driver.stat(&key).await, "stat", &key),
+        5_000,
+        "size after abort"
+    );
+    assert!(
+        ok(driver.get(&key).await, "get", &key) == first,
+        "abort must leave the committed bytes as they were"
+    );
+
+    // Aborted below the end: the contract says the object is then `at` long.
+    let appender = ok(driver.append(&key, 2_000).await, "append", &key);
+    ok(appender.abort().await, "abort", &key);
+    assert_eq!(
+        ok(driver.stat(&key).await, "stat", &key),
+        2_000,
+        "abort of an appender opened at 2000 must leave the object 2000 bytes long"
+    );
+
+    // Still appendable after aborts.
+    let more = pattern(100, 35);
+    append_whole(driver, &key, 2_000, &more).await;
+    let mut want = BytesMut::from(&first[..2_000]);
+    want.extend_from_slice(&more);
+    assert!(
+        ok(driver.get(&key).await, "get", &key) == want,
+        "append after abort"
+    );
+
+    // Aborting the appender that would have created an object: the object is
+    // either absent or empty, and creating it again works.
+    let fresh = s.key("fresh");
+    let mut appender = ok(driver.append(&fresh, 0).await, "append(missing, 0)", &fresh);
+    ok(appender.write(pattern(3_000, 36)).await, "write", &fresh);
+    ok(appender.abort().await, "abort", &fresh);
+    match driver.stat(&fresh).await {
+        Ok(0) | Err(DriverError::NotFound(_)) => {}
+        other => panic!(
+            "stat({fresh}) after aborting its creating appender: want NotFound or 0, got {}",
+            describe(&other)
+        ),
+    }
+    append_whole(driver, &fresh, 0, b"again").await;
+    assert_eq!(
+        ok(driver.get(&fresh).await, "get", &fresh),
+        Bytes::from_static(b"again"),
+        "append(0) after an aborted creation"
+    );
+    s.remove().await;
+}
+
+/// `at` past the end (or past 0 for a missing object) is `InvalidKey`, and
+/// changes nothing: the object keeps its bytes, a missing one stays missing.
+pub async fn append_past_end_is_invalid(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("obj");
+    append_whole(driver, &key, 0, b"abc").await;
+    expect_invalid(driver.append(&key, 4).await, "append at 4 of 3 bytes", &key);
+    expect_invalid(
+        driver.append(&key, 1 << 40).await,
+        "append far past the end",
+        &key,
+    );
+    assert_eq!(
+        ok(driver.get(&key).await, "get", &key),
+        Bytes::from_static(b"abc"),
+        "a refused append must not change the object"
+    );
+
+    let missing = s.key("missing/obj");
+    expect_invalid(
+        driver.append(&missing, 1).await,
+        "append(missing, 1)",
+        &missing,
+    );
+    expect_not_found(
+        driver.stat(&missing).await,
+        "stat after a refused append(missing, 1)",
+        &missing,
+    );
+    assert_eq!(
+        ok(driver.list(&s.root).await, "list", &s.root),
+        ["obj"],
+        "a refused append(missing, 1) must not leave a prefix behind"
+    );
+    s.remove().await;
+}
+
+// ---------------------------------------------------------------------------
+// Listing
+// ---------------------------------------------------------------------------
+
+/// `list` gives the names (not keys) of the direct children, objects and
+/// sub-prefixes alike, each once, sorted by bytes.
+pub async fn list_direct_children_sorted(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    for name in [
+        "p/obj",
+        "p/sub/deeper/leaf",
+        "p/sub/x",
+        "p/Zeta",
+        "p/10",
+        "p/9",
+        "p/v1.0",
+        "p/a-b_c",
+        "p/empty-object",
+        "p/sub2/y",
+    ] {
+        let key = s.key(name);
+        let content = if name.ends_with("empty-object") {
+            Bytes::new()
+        } else {
+            Bytes::from(name.to_owned())
+        };
+        ok(driver.put(&key, content).await, "put", &key);
+    }
+    let p = s.key("p");
+    assert_eq!(
+        ok(driver.list(&p).await, "list", &p),
+        [
+            "10",
+            "9",
+            "Zeta",
+            "a-b_c",
+            "empty-object",
+            "obj",
+            "sub",
+            "sub2",
+            "v1.0"
+        ],
+        "list({p}) must give each direct child's name once, sorted"
+    );
+    let sub = s.key("p/sub");
+    assert_eq!(
+        ok(driver.list(&sub).await, "list", &sub),
+        ["deeper", "x"],
+        "list of a nested prefix"
+    );
+    assert_eq!(
+        ok(driver.list(&s.root).await, "list", &s.root),
+        ["p"],
+        "list of the scope"
+    );
+    s.remove().await;
+}
+
+/// `list` of a prefix that holds nothing, of an object, or of a prefix
+/// emptied by deletes is `NotFound`.
+pub async fn list_missing_or_empty_is_not_found(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    expect_not_found(
+        driver.list(&s.root).await,
+        "list of a fresh prefix",
+        &s.root,
+    );
+    let missing = s.key("no/such/prefix");
+    expect_not_found(driver.list(&missing).await, "list", &missing);
+    let obj = s.key("obj");
+    ok(
+        driver.put(&obj, Bytes::from_static(b"x")).await,
+        "put",
+        &obj,
+    );
+    expect_not_found(driver.list(&obj).await, "list of an object", &obj);
+    let inner = s.key("d/inner");
+    ok(
+        driver.put(&inner, Bytes::from_static(b"x")).await,
+        "put",
+        &inner,
+    );
+    ok(driver.delete(&inner).await, "delete", &inner);
+    let d = s.key("d");
+    expect_not_found(
+        driver.list(&d).await,
+        "list of a prefix emptied by delete",
+        &d,
+    );
+    s.remove().await;
+}
+
+/// Names starting with `.` are the driver's own (temporaries) and never
+/// listed: a `.name` key is either refused as `InvalidKey` or stored but
+/// hidden, and listings racing puts never show a temporary.
+pub async fn hidden_names_never_listed(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let visible = s.key("p/visible");
+    ok(
+        driver.put(&visible, Bytes::from_static(b"v")).await,
+        "put",
+        &visible,
+    );
+    let hidden = s.key("p/.hidden");
+    match driver.put(&hidden, Bytes::from_static(b"h")).await {
+        Ok(()) | Err(DriverError::InvalidKey(_)) => {}
+        Err(e) => panic!("put({hidden}): want Ok or InvalidKey, got {e}"),
+    }
+    let p = s.key("p");
+    assert_eq!(
+        ok(driver.list(&p).await, "list", &p),
+        ["visible"],
+        "a `.` name must never be listed"
+    );
+
+    // Listings racing puts (each of which may use a temporary) show only
+    // real names.
+    let names: Vec<String> = (0..16).map(|i| format!("n{i:02}")).collect();
+    let keys: Vec<String> = names.iter().map(|n| s.key(&format!("r/{n}"))).collect();
+    let r = s.key("r");
+    for round in 0..3 {
+        let puts = keys.iter().map(|k| driver.put(k, pattern(50_000, round)));
+        let lists = (0..8).map(|_| driver.list(&r));
+        let (puts, lists) = futures_util::future::join(join_all(puts), join_all(lists)).await;
+        for (p, k) in puts.into_iter().zip(&keys) {
+            ok(p, "put (racing lists)", k);
+        }
+        for l in lists {
+            match l {
+                Ok(listed) => assert!(
+                    listed.iter().all(|n| names.contains(n)),
+                    "list({r}) racing puts showed a name that was never put: {listed:?}"
+                ),
+                // Before the first put lands the prefix holds nothing.
+                Err(DriverError::NotFound(_)) if round == 0 => {}
+                Err(e) => panic!("list({r}) racing puts: {e}"),
+            }
+        }
+    }
+    assert_eq!(
+        ok(driver.list(&r).await, "list", &r),
+        names,
+        "list after the puts"
+    );
+    s.remove().await;
+}
+
+// ---------------------------------------------------------------------------
+// Rename and delete
+// ---------------------------------------------------------------------------
+
+/// `rename` moves the object, replacing the target whole; the source
+/// disappears. Works for appended objects and into new prefixes.
+pub async fn rename_replaces_target(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let from = s.key("src/obj");
+    let to = s.key("dst/obj");
+    let content = pattern(200_000, 40);
+    ok(driver.put(&from, content.clone()).await, "put", &from);
+    ok(driver.put(&to, pattern(300_000, 41)).await, "put", &to);
+    ok(driver.rename(&from, &to).await, "rename", &from);
+    assert!(
+        ok(driver.get(&to).await, "get", &to) == content,
+        "rename must replace the target with the source's bytes"
+    );
+    assert_eq!(
+        ok(driver.stat(&to).await, "stat", &to),
+        content.len() as u64,
+        "stat of target"
+    );
+    expect_not_found(driver.get(&from).await, "get of a renamed source", &from);
+    expect_not_found(driver.stat(&from).await, "stat of a renamed source", &from);
+
+    // An appended object (an upload's data) into a prefix that does not exist yet.
+    let data = s.key("uploads/u1/data");
+    let appended = pattern(150_000, 42);
+    append_whole(driver, &data, 0, &appended).await;
+    let blob = s.key("blobs/sha256/ab/abcdef");
+    ok(driver.rename(&data, &blob).await, "rename", &data);
+    assert!(
+        ok(driver.get(&blob).await, "get", &blob) == appended,
+        "rename of an appended object into a new prefix"
+    );
+    expect_not_found(driver.stat(&data).await, "stat of a renamed source", &data);
+    s.remove().await;
+}
+
+/// `rename` of a missing key (or a prefix) is `NotFound` and leaves the
+/// target alone.
+pub async fn rename_missing_is_not_found(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let to = s.key("target");
+    ok(
+        driver.put(&to, Bytes::from_static(b"keep")).await,
+        "put",
+        &to,
+    );
+    let missing = s.key("missing");
+    expect_not_found(
+        driver.rename(&missing, &to).await,
+        "rename of a missing key",
+        &missing,
+    );
+    let fresh = s.key("fresh/target");
+    expect_not_found(
+        driver.rename(&missing, &fresh).await,
+        "rename of a missing key",
+        &missing,
+    );
+    expect_not_found(
+        driver.stat(&fresh).await,
+        "target of a failed rename",
+        &fresh,
+    );
+    ok(
+        driver
+            .put(&s.key("dir/obj"), Bytes::from_static(b"x"))
+            .await,
+        "put",
+        "dir/obj",
+    );
+    let dir = s.key("dir");
+    expect_not_found(driver.rename(&dir, &to).await, "rename of a prefix", &dir);
+    assert_eq!(
+        ok(driver.get(&to).await, "get", &to),
+        Bytes::from_static(b"keep"),
+        "a failed rename must leave the target alone"
+    );
+    s.remove().await;
+}
+
+/// Moving the last object out of a prefix empties it: the parent's listing
+/// no longer shows it (a prefix exists only while it holds objects).
+pub async fn rename_prunes_emptied_prefix(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let from = s.key("a/b/obj");
+    ok(
+        driver.put(&from, Bytes::from_static(b"x")).await,
+        "put",
+        &from,
+    );
+    let to = s.key("c/obj");
+    ok(driver.rename(&from, &to).await, "rename", &from);
+    assert_eq!(
+        ok(driver.list(&s.root).await, "list", &s.root),
+        ["c"],
+        "after moving the last object out of `a/b`, `a` must not be listed"
+    );
+    let a = s.key("a");
+    expect_not_found(driver.list(&a).await, "list of an emptied prefix", &a);
+    s.remove().await;
+}
+
+/// `delete` of an object removes it and nothing else.
+pub async fn delete_object(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("p/obj");
+    let sibling = s.key("p/obj2");
+    let lookalike = s.key("p/obj-longer");
+    for k in [&key, &sibling, &lookalike] {
+        ok(driver.put(k, Bytes::from(k.clone())).await, "put", k);
+    }
+    ok(driver.delete(&key).await, "delete", &key);
+    expect_not_found(driver.get(&key).await, "get of a deleted object", &key);
+    expect_not_found(driver.stat(&key).await, "stat of a deleted object", &key);
+    for k in [&sibling, &lookalike] {
+        assert_eq!(
+            ok(driver.get(k).await, "get", k),
+            Bytes::from(k.clone()),
+            "deleting {key} must not touch {k}"
+        );
+    }
+    let p = s.key("p");
+    assert_eq!(
+        ok(driver.list(&p).await, "list", &p),
+        ["obj-longer", "obj2"],
+        "list after deleting one object"
+    );
+    s.remove().await;
+}
+
+/// `delete` of a prefix removes everything under it, at any depth, and
+/// nothing beside it (not even keys that share its spelling as a prefix).
+pub async fn delete_prefix_recursively(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    for name in [
+        "p/keep",
+        "p/gone/a",
+        "p/gone/b/c",
+        "p/gone/b/d/e",
+        "p/gone-not",
+    ] {
+        let key = s.key(name);
+        ok(
+            driver.put(&key, Bytes::from_static(b"x")).await,
+            "put",
+            &key,
+        );
+    }
+    let gone = s.key("p/gone");
+    ok(driver.delete(&gone).await, "delete of a prefix", &gone);
+    for name in ["p/gone/a", "p/gone/b/c", "p/gone/b/d/e"] {
+        let key = s.key(name);
+        expect_not_found(driver.stat(&key).await, "stat under a deleted prefix", &key);
+    }
+    expect_not_found(driver.list(&gone).await, "list of a deleted prefix", &gone);
+    let p = s.key("p");
+    assert_eq!(
+        ok(driver.list(&p).await, "list", &p),
+        ["gone-not", "keep"],
+        "deleting a prefix must leave its siblings"
+    );
+    ok(driver.delete(&p).await, "delete of a prefix", &p);
+    expect_not_found(
+        driver.list(&s.root).await,
+        "list after deleting everything",
+        &s.root,
+    );
+}
+
+/// `delete` of nothing is `NotFound`, also a second time.
+pub async fn delete_missing_is_not_found(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let missing = s.key("missing");
+    expect_not_found(
+        driver.delete(&missing).await,
+        "delete of a missing key",
+        &missing,
+    );
+    let nested = s.key("no/such/prefix");
+    expect_not_found(
+        driver.delete(&nested).await,
+        "delete of a missing prefix",
+        &nested,
+    );
+    let key = s.key("once");
+    ok(
+        driver.put(&key, Bytes::from_static(b"x")).await,
+        "put",
+        &key,
+    );
+    ok(driver.delete(&key).await, "delete", &key);
+    expect_not_found(driver.delete(&key).await, "second delete", &key);
+}
+
+/// After the last object under a prefix is deleted, listing the parent no
+/// longer shows the prefix (tag lists and the catalog rely on this).
+pub async fn delete_prunes_emptied_prefix(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let deep = s.key("a/b/c/obj");
+    let keep = s.key("keep");
+    ok(
+        driver.put(&deep, Bytes::from_static(b"x")).await,
+        "put",
+        &deep,
+    );
+    ok(
+        driver.put(&keep, Bytes::from_static(b"x")).await,
+        "put",
+        &keep,
+    );
+    ok(driver.delete(&deep).await, "delete", &deep);
+    assert_eq!(
+        ok(driver.list(&s.root).await, "list", &s.root),
+        ["keep"],
+        "after deleting the only object under `a/b/c`, `a` must not be listed"
+    );
+    for name in ["a", "a/b", "a/b/c"] {
+        let key = s.key(name);
+        expect_not_found(driver.list(&key).await, "list of an emptied prefix", &key);
+    }
+    // The scope prefix itself stays while `keep` is there, and a sibling
+    // under a partly emptied prefix survives.
+    let x = s.key("m/x");
+    let y = s.key("m/n/y");
+    ok(driver.put(&x, Bytes::from_static(b"x")).await, "put", &x);
+    ok(driver.put(&y, Bytes::from_static(b"y")).await, "put", &y);
+    ok(driver.delete(&y).await, "delete", &y);
+    let m = s.key("m");
+    assert_eq!(
+        ok(driver.list(&m).await, "list", &m),
+        ["x"],
+        "list of a partly emptied prefix"
+    );
+    s.remove().await;
+}
+
+// ---------------------------------------------------------------------------
+// Keys
+// ---------------------------------------------------------------------------
+
+/// Every operation refuses keys that could escape the root or alias another
+/// key with `InvalidKey`, and touches nothing.
+pub async fn invalid_keys_are_refused(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let good = s.key("good");
+    ok(
+        driver.put(&good, Bytes::from_static(b"good")).await,
+        "put",
+        &good,
+    );
+    for bad in INVALID_KEYS {
+        // Both bare and under the scope: `<scope>//x` and `<scope>/../x` too.
+        let scoped = if bad.is_empty() {
+            format!("{}/", s.root)
+        } else {
+            format!("{}/{bad}", s.root)
+        };
+        for key in [bad.to_string(), scoped] {
+            let key = key.as_str();
+            expect_invalid(driver.get(key).await, "get", key);
+            expect_invalid(driver.put(key, Bytes::from_static(b"x")).await, "put", key);
+            expect_invalid(driver.read(key, 0, None).await, "read", key);
+            expect_invalid(driver.stat(key).await, "stat", key);
+            expect_invalid(driver.append(key, 0).await, "append", key);
+            expect_invalid(driver.list(key).await, "list", key);
+            expect_invalid(driver.rename(key, &good).await, "rename from", key);
+            expect_invalid(driver.rename(&good, key).await, "rename to", key);
+            expect_invalid(driver.delete(key).await, "delete", key);
+        }
+    }
+    assert_eq!(
+        ok(driver.get(&good).await, "get", &good),
+        Bytes::from_static(b"good"),
+        "refused operations must not touch other objects"
+    );
+    assert_eq!(
+        ok(driver.list(&s.root).await, "list", &s.root),
+        ["good"],
+        "refused operations must not create anything"
+    );
+    s.remove().await;
+}
+
+// ---------------------------------------------------------------------------
+// Concurrency and size
+// ---------------------------------------------------------------------------
+
+/// Concurrent puts of different values to one key leave exactly one of them,
+/// whole.
+pub async fn concurrent_puts_leave_one_whole_value(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("contended");
+    let values: Vec<Bytes> = (0..8).map(|i| pattern(256 << 10, 50 + i)).collect();
+    let results = join_all(values.iter().map(|v| driver.put(&key, v.clone()))).await;
+    for r in results {
+        ok(r, "concurrent put", &key);
+    }
+    let got = ok(driver.get(&key).await, "get", &key);
+    assert!(
+        values.contains(&got),
+        "after concurrent puts, get({key}) returned {} bytes that are no single put's value",
+        got.len()
+    );
+    assert_eq!(
+        ok(driver.stat(&key).await, "stat", &key),
+        got.len() as u64,
+        "stat after concurrent puts"
+    );
+    assert_eq!(
+        ok(driver.list(&s.root).await, "list", &s.root),
+        ["contended"],
+        "concurrent puts must leave no temporaries in listings"
+    );
+    s.remove().await;
+}
+
+/// 8 MiB appended in 64 KiB writes reads back identical, whole and in an
+/// unaligned slice, and a second appender continues it.
+pub async fn large_streamed_append(driver: &dyn Driver) {
+    const TOTAL: usize = 8 << 20;
+    const WRITE: usize = 64 << 10;
+    let s = Scope::new(driver);
+    let key = s.key("big");
+    let content = pattern(TOTAL, 60);
+    let mut appender = ok(driver.append(&key, 0).await, "append", &key);
+    for part in content.chunks(WRITE) {
+        ok(appender.write(content.slice_ref(part)).await, "write", &key);
+    }
+    assert_eq!(
+        appender.size(),
+        TOTAL as u64,
+        "size() after 8 MiB of writes"
+    );
+    let size = ok(appender.commit().await, "commit", &key);
+    assert_eq!(size, TOTAL as u64, "commit after 8 MiB");
+    assert_eq!(
+        ok(driver.stat(&key).await, "stat", &key),
+        TOTAL as u64,
+        "stat after 8 MiB"
+    );
+
+    let (len, digest) = read_digest(driver, &key, 0, None).await;
+    assert_eq!(
+        len, TOTAL as u64,
+        "read of the 8 MiB object returned {len} bytes"
+    );
+    assert_eq!(
+        digest,
+        sha256(&content),
+        "the 8 MiB object read back differs from what was appended"
+    );
+    let (offset, n) = (1_000_003usize, 3_000_017usize);
+    let slice = read_all(driver, &key, offset as u64, Some(n as u64)).await;
+    assert!(
+        slice == content.slice(offset..offset + n),
+        "unaligned slice of the 8 MiB object differs"
+    );
+
+    let more = pattern(3 * WRITE + 17, 61);
+    let size = append_whole(driver, &key, TOTAL as u64, &more).await;
+    assert_eq!(
+        size,
+        (TOTAL + more.len()) as u64,
+        "commit of the continuation"
+    );
+    let tail = read_all(driver, &key, TOTAL as u64 - 5, None).await;
+    let mut want = BytesMut::from(&content[TOTAL - 5..]);
+    want.extend_from_slice(&more);
+    assert!(tail == want, "the continuation of the 8 MiB object differs");
+    s.remove().await;
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A fresh prefix of the driver's key space for one property.
+struct Scope<'a> {
+    driver: &'a dyn Driver,
+    root: String,
+}
+
+impl<'a> Scope<'a> {
+    fn new(driver: &'a dyn Driver) -> Self {
+        Self {
+            driver,
+            root: format!("suite-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.root)
+    }
+
+    /// Removes what the property left (only reached when it passed).
+    async fn remove(self) {
+        match self.driver.delete(&self.root).await {
+            Ok(()) | Err(DriverError::NotFound(_)) => {}
+            Err(e) => panic!("cleaning up {}: {e}", self.root),
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), different per `seed`, so
+/// misplaced or reordered bytes never compare equal by accident.
+fn pattern(len: usize, seed: u8) -> Bytes {
+    let mut state =
+        0x9E37_79B9_7F4A_7C15u64 ^ (u64::from(seed) + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Writes `content` through one appender at `at` and commits; returns the size.
+async fn append_whole(driver: &dyn Driver, key: &str, at: u64, content: &[u8]) -> u64 {
+    let mut appender = ok(driver.append(key, at).await, "append", key);
+    if !content.is_empty() {
+        ok(
+            appender.write(Bytes::copy_from_slice(content)).await,
+            "write",
+            key,
+        );
+    }
+    ok(appender.commit().await, "commit", key)
+}
+
+async fn read_all(driver: &dyn Driver, key: &str, offset: u64, len: Option<u64>) -> Bytes {
+    let mut stream = ok(driver.read(key, offset, len).await, "read", key);
+    let mut out = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("read({key}) stream failed: {e}"));
+        out.extend_from_slice(&chunk);
+    }
+    out.freeze()
+}
+
+/// Streams a range and returns its length and SHA-256, holding no more than
+/// one chunk.
+async fn read_digest(
+    driver: &dyn Driver,
+    key: &str,
+    offset: u64,
+    len: Option<u64>,
+) -> (u64, String) {
+    let mut stream = ok(driver.read(key, offset, len).await, "read", key);
+    let mut hasher = sha2::Sha256::new();
+    let mut n = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("read({key}) stream failed: {e}"));
+        n += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    (n, hex::encode(hasher.finalize()))
+}
+
+fn describe<T>(result: &Result<T>) -> String {
+    match result {
+        Ok(_) => "Ok".to_owned(),
+        Err(DriverError::NotFound(k)) => format!("NotFound({k})"),
+        Err(DriverError::InvalidKey(k)) => format!("InvalidKey({k})"),
+        Err(DriverError::Io(e)) => format!("Io({e})"),
+    }
+}
+
+#[track_caller]
+fn ok<T>(result: Result<T>, op: &str, key: &str) -> T {
+    match result {
+        Ok(v) => v,
+        Err(e) => panic!("{op}({key}) failed: {e}"),
+    }
+}
+
+#[track_caller]
+fn expect_not_found<T>(result: Result<T>, op: &str, key: &str) {
+    if !matches!(result, Err(DriverError::NotFound(_))) {
+        panic!("{op}({key}): want NotFound, got {}", describe(&result));
+    }
+}
+
+#[track_caller]
+fn expect_invalid<T>(result: Result<T>, op: &str, key: &str) {
+    if !matches!(result, Err(DriverError::InvalidKey(_))) {
+        panic!("{op}({key:?}): want InvalidKey, got {}", describe(&result));
+    }
+}

@@ -97,6 +97,20 @@ fn with_parent<T>(path: &Path, mut op: impl FnMut() -> io::Result<T>) -> io::Res
     }
 }
 
+/// Removes the directories above `path` that are left empty, up to the root,
+/// so listings (tags, catalog) do not show ghosts: a prefix exists only while
+/// it holds objects. A concurrent writer that loses its parent here recreates
+/// it (see `with_parent`).
+fn prune_empty_parents(path: &Path, root: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| *d != root && d.starts_with(root)) {
+        if fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
+
 /// Makes a rename or file creation in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -162,13 +176,24 @@ impl Driver for FsDriver {
         let path = self.path(key)?;
         let owned_key = key.to_owned();
         let file = blocking(move || {
-            let mut file = with_parent(&path, || {
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)
-            })?;
+            let opened = if at == 0 {
+                with_parent(&path, || {
+                    OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&path)
+                })
+            } else {
+                // Only an empty object may be created: a missing one is
+                // shorter than `at`, and a refused append leaves no trace.
+                OpenOptions::new().write(true).open(&path)
+            };
+            let mut file = match opened {
+                Ok(file) => file,
+                Err(e) if at > 0 && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
             let len = file.metadata()?.len();
             if at > len {
                 return Ok(None);
@@ -224,13 +249,16 @@ impl Driver for FsDriver {
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let source = self.path(from)?;
         let target = self.path(to)?;
+        let root = self.root.clone();
         let owned = from.to_owned();
         blocking(move || {
             if !fs::metadata(&source)?.is_file() {
                 return Err(io::ErrorKind::NotFound.into());
             }
             with_parent(&target, || fs::rename(&source, &target))?;
-            sync_dir(target.parent().expect("parent"))
+            sync_dir(target.parent().expect("parent"))?;
+            prune_empty_parents(&source, &root);
+            Ok(())
         })
         .await
         .map_err(|e| not_found(&owned, e))
@@ -247,16 +275,7 @@ impl Driver for FsDriver {
             } else {
                 fs::remove_file(&path)?;
             }
-            // Prune parents left empty, so listings (tags, catalog) do not
-            // show ghosts. A concurrent writer that loses its parent here
-            // recreates it (see `with_parent`).
-            let mut dir = path.parent();
-            while let Some(d) = dir.filter(|d| *d != root && d.starts_with(&root)) {
-                if fs::remove_dir(d).is_err() {
-                    break;
-                }
-                dir = d.parent();
-            }
+            prune_empty_parents(&path, &root);
             Ok(())
         })
         .await
