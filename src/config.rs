@@ -22,6 +22,10 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub token: TokenConfig,
+    pub users: UsersConfig,
+    pub policy: PolicyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -29,6 +33,57 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// The URL clients reach Portcullis at (scheme, host, port), used for the
+    /// token realm in challenges. Unset: taken from each request's `Host`.
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Require tokens on `/v2/` (the default). `false` runs an open registry:
+    /// anyone may do anything, so only for a private loopback or a test.
+    pub enabled: bool,
+    /// Failed logins allowed per account and client address within
+    /// `failure_window_secs` before further attempts get 429.
+    pub max_failures_per_account: u32,
+    /// Failed logins allowed per client address (any account) in the window.
+    pub max_failures_per_address: u32,
+    pub failure_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TokenConfig {
+    /// `iss` of issued tokens; registries trusting Portcullis set the same `issuer`.
+    pub issuer: String,
+    /// The service name (`aud` of tokens, `service` in challenges).
+    pub service: String,
+    /// Lifetime of access tokens, in seconds (at least 60).
+    pub lifetime_secs: u64,
+    /// Lifetime of refresh (identity) tokens, in days.
+    pub refresh_lifetime_days: u64,
+    /// Directory of signing keys and certificates (`token-*.key/.crt`, `bundle.crt`).
+    pub key_dir: PathBuf,
+    /// Type of a key generated on first start or by `keygen`: `es256` or `rs256`.
+    pub key_type: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct UsersConfig {
+    /// The users file: TOML (`[users.<name>]`), or an htpasswd file of bcrypt
+    /// hashes when the name does not end in `.toml`. A missing file means no users.
+    pub file: PathBuf,
+    /// How long a successful password check is remembered, in seconds (0: never).
+    pub cache_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PolicyConfig {
+    /// Directory of policy files, read in file-name order.
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -49,6 +104,48 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            public_url: None,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_failures_per_account: 5,
+            max_failures_per_address: 20,
+            failure_window_secs: 300,
+        }
+    }
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "portcullis".to_owned(),
+            service: "portcullis".to_owned(),
+            lifetime_secs: 300,
+            refresh_lifetime_days: 90,
+            key_dir: PathBuf::from("./certs"),
+            key_type: "es256".to_owned(),
+        }
+    }
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("./users.toml"),
+            cache_secs: 60,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./policies"),
         }
     }
 }
@@ -144,6 +241,10 @@ impl Config {
                 "server" => config.server = reader.section("server", value),
                 "storage" => config.storage = reader.section("storage", value),
                 "log" => config.log = reader.section("log", value),
+                "auth" => config.auth = reader.section("auth", value),
+                "token" => config.token = reader.section("token", value),
+                "users" => config.users = reader.section("users", value),
+                "policy" => config.policy = reader.section("policy", value),
                 other => reader.at(span, format!("unknown section or key `{other}`")),
             }
         }
@@ -165,6 +266,45 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             let span = lookup(root, &["log", "level"]);
             reader.at_opt(span, format!("log.level is not a valid filter: {e}"));
+        }
+        if let Some(url) = &self.server.public_url {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.parse::<axum::http::Uri>().is_ok_and(|u| u.host().is_some());
+            if !ok {
+                let span = lookup(root, &["server", "public_url"]);
+                reader.at_opt(
+                    span,
+                    "server.public_url must be an http:// or https:// URL with a host".to_owned(),
+                );
+            }
+        }
+        if self.token.lifetime_secs < 60 {
+            let span = lookup(root, &["token", "lifetime_secs"]);
+            reader.at_opt(
+                span,
+                "token.lifetime_secs must be at least 60 (older clients refuse shorter tokens)"
+                    .to_owned(),
+            );
+        }
+        if crate::auth::keys::KeyKind::parse(&self.token.key_type).is_none() {
+            let span = lookup(root, &["token", "key_type"]);
+            reader.at_opt(span, "token.key_type must be `es256` or `rs256`".to_owned());
+        }
+        for (key, value) in [
+            ("issuer", &self.token.issuer),
+            ("service", &self.token.service),
+        ] {
+            if value.is_empty() || value.contains(['"', '\\']) || value.chars().any(char::is_control) {
+                let span = lookup(root, &["token", key]);
+                reader.at_opt(
+                    span,
+                    format!("token.{key} must be non-empty, without quotes, backslashes or control characters"),
+                );
+            }
+        }
+        if self.auth.failure_window_secs == 0 {
+            let span = lookup(root, &["auth", "failure_window_secs"]);
+            reader.at_opt(span, "auth.failure_window_secs must be positive".to_owned());
         }
     }
 }
