@@ -269,7 +269,9 @@ impl Config {
         }
         if let Some(url) = &self.server.public_url {
             let ok = (url.starts_with("http://") || url.starts_with("https://"))
-                && url.parse::<axum::http::Uri>().is_ok_and(|u| u.host().is_some());
+                && url
+                    .parse::<axum::http::Uri>()
+                    .is_ok_and(|u| u.host().is_some());
             if !ok {
                 let span = lookup(root, &["server", "public_url"]);
                 reader.at_opt(
@@ -294,7 +296,10 @@ impl Config {
             ("issuer", &self.token.issuer),
             ("service", &self.token.service),
         ] {
-            if value.is_empty() || value.contains(['"', '\\']) || value.chars().any(char::is_control) {
+            if value.is_empty()
+                || value.contains(['"', '\\'])
+                || value.chars().any(char::is_control)
+            {
                 let span = lookup(root, &["token", key]);
                 reader.at_opt(
                     span,

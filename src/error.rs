@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::auth::AuthError;
 use crate::reference::ReferenceError;
 use crate::storage::StorageError;
 
@@ -54,6 +55,8 @@ error_codes! {
     NotFound => ("UNSUPPORTED", NOT_FOUND, "no such endpoint"),
     TooManyRequests => ("TOOMANYREQUESTS", TOO_MANY_REQUESTS, "too many requests"),
     Internal => ("UNKNOWN", INTERNAL_SERVER_ERROR, "internal error"),
+    // The token endpoint's own: a request it cannot make sense of.
+    TokenRequestInvalid => ("INVALID_REQUEST", BAD_REQUEST, "invalid token request"),
 }
 
 /// An error on its way to the client: a code, an optional more specific
@@ -65,6 +68,9 @@ pub struct ApiError {
     pub message: Option<String>,
     pub detail: Option<serde_json::Value>,
     pub headers: Box<HeaderMap>,
+    /// On token endpoint answers, the OAuth2 error (RFC 6749 §5.2), written
+    /// beside the registry-style `errors` so that both kinds of client read it.
+    pub oauth: Option<&'static str>,
 }
 
 impl ApiError {
@@ -74,7 +80,13 @@ impl ApiError {
             message: None,
             detail: None,
             headers: Box::default(),
+            oauth: None,
         }
+    }
+
+    pub fn oauth(mut self, error: &'static str) -> Self {
+        self.oauth = Some(error);
+        self
     }
 
     pub fn message(mut self, message: impl Into<String>) -> Self {
@@ -110,7 +122,12 @@ impl IntoResponse for ApiError {
         if let Some(detail) = self.detail {
             error["detail"] = detail;
         }
-        let body = json!({ "errors": [error] }).to_string();
+        let mut body = json!({ "errors": [error] });
+        if let Some(oauth) = self.oauth {
+            body["error"] = json!(oauth);
+            body["error_description"] = error["message"].clone();
+        }
+        let body = body.to_string();
         let mut response = (
             self.code.status(),
             [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -177,6 +194,31 @@ impl From<StorageError> for ApiError {
             }
             StorageError::Driver(cause) => {
                 tracing::error!(error = %cause, "storage failure");
+                ErrorCode::Internal.into()
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        use axum::http::header::RETRY_AFTER;
+        match e {
+            AuthError::BadCredentials => ApiError::new(ErrorCode::Unauthorized)
+                .message(e.to_string())
+                .oauth("invalid_grant"),
+            AuthError::BadRefreshToken | AuthError::UnknownAccount => {
+                ApiError::new(ErrorCode::Unauthorized)
+                    .message(e.to_string())
+                    .oauth("invalid_grant")
+            }
+            AuthError::TooManyFailures(wait) => ApiError::new(ErrorCode::TooManyRequests)
+                .message(e.to_string())
+                .oauth("invalid_request")
+                .header(RETRY_AFTER, wait.as_secs().max(1).to_string()),
+            AuthError::Storage(cause) => ApiError::from(cause),
+            AuthError::Token(_) | AuthError::Internal(_) => {
+                tracing::error!(error = %e, "token authority failure");
                 ErrorCode::Internal.into()
             }
         }

@@ -30,6 +30,10 @@ enum Command {
         /// Storage directory, overriding the configuration.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Runs an open registry: no tokens, anyone may do anything. Only for
+        /// a private loopback or a test.
+        #[arg(long)]
+        no_auth: bool,
     },
     /// Validates a configuration file and lists every problem in it.
     CheckConfig { file: PathBuf },
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
             config,
             listen,
             data_dir,
+            no_auth,
         } => {
             let mut config = match config {
                 Some(path) => match Config::load(&path) {
@@ -58,6 +63,9 @@ fn main() -> ExitCode {
             }
             if let Some(dir) = data_dir {
                 config.storage.root = dir;
+            }
+            if no_auth {
+                config.auth.enabled = false;
             }
             serve(config)
         }
@@ -99,9 +107,7 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let root = config.storage.root.clone();
-    let state = portcullis::AppState::new(config)
-        .await
-        .map_err(|e| format!("cannot open storage at {}: {e}", root.display()))?;
+    let state = portcullis::AppState::new(config).await?;
     // Listen for signals before announcing the address: whoever reads that
     // line may signal at once, and a SIGTERM that arrived before the handler
     // existed would kill the process instead of stopping it gracefully.

@@ -99,7 +99,7 @@ async fn serve_uses_the_configuration_and_flags_override_it() {
     std::fs::write(
         &file,
         format!(
-            "[server]\nlisten = \"127.0.0.1:1\"\n[storage]\nroot = {:?}\n",
+            "[server]\nlisten = \"127.0.0.1:1\"\n[storage]\nroot = {:?}\n[auth]\nenabled = false\n",
             configured.to_str().unwrap()
         ),
     )

@@ -90,13 +90,7 @@ pub enum Endpoint {
     },
 }
 
-/// What may be done to a repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Action {
-    Pull,
-    Push,
-    Delete,
-}
+pub use crate::auth::scope::Action;
 
 /// One thing a request needs to be allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]

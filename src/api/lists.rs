@@ -27,8 +27,18 @@ pub async fn tags(storage: &Storage, name: &RepoName, page: Page) -> Result<Resp
     ))
 }
 
-pub async fn catalog(storage: &Storage, page: Page) -> Result<Response, ApiError> {
-    let all = storage.catalog().await?;
+/// Which catalog entries a caller may see.
+pub type Visible = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+pub async fn catalog(
+    storage: &Storage,
+    page: Page,
+    visible: Option<Visible>,
+) -> Result<Response, ApiError> {
+    let mut all = storage.catalog().await?;
+    if let Some(visible) = visible {
+        all.retain(|name| visible(name));
+    }
     let (items, next) = paginate(all, &page);
     let body = json!({ "repositories": items }).to_string();
     Ok(with_link(

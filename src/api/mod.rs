@@ -4,11 +4,13 @@
 //! [`Endpoint`], authorize it once from the endpoint's required access, then
 //! one `match` hands it to its handler.
 
+pub mod authorize;
 mod blobs;
 pub mod endpoint;
 mod lists;
 mod manifests;
 mod referrers;
+mod token;
 mod uploads;
 
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/v2", axum::routing::any(dispatch))
         .route("/v2/", axum::routing::any(dispatch))
         .route("/v2/{*rest}", axum::routing::any(dispatch))
+        .route("/token", axum::routing::get(token::get).post(token::post))
+        .route("/.well-known/jwks.json", axum::routing::get(token::jwks))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound) })
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -43,9 +47,16 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    let addr = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let result = match Endpoint::parse(&parts.method, parts.uri.path(), parts.uri.query()) {
-        // Authorization comes here, once, from `endpoint.required_access()`.
-        Ok(endpoint) => handle(&state, endpoint, &parts.headers, body).await,
+        // The one authorization check, from `endpoint.required_access()`.
+        Ok(endpoint) => match authorize::authorize(&state, &endpoint, &parts.headers) {
+            Ok(grant) => handle(&state, endpoint, &parts.headers, body, &grant, addr).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
@@ -79,6 +90,8 @@ async fn handle(
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
+    grant: &authorize::Grant,
+    addr: Option<std::net::IpAddr>,
 ) -> Result<Response, ApiError> {
     let storage = &state.storage;
     match endpoint {
@@ -87,7 +100,11 @@ async fn handle(
             "application/json",
             "{}".into(),
         )),
-        Endpoint::Catalog(page) => lists::catalog(storage, page).await,
+        Endpoint::Catalog(page) => {
+            // The catalog lists only what the caller may pull.
+            let visible = catalog_filter(state, grant, addr);
+            lists::catalog(storage, page, visible).await
+        }
         Endpoint::Tags { name, page } => lists::tags(storage, &name, page).await,
         Endpoint::GetManifest {
             name,
@@ -121,6 +138,29 @@ async fn handle(
             artifact_type,
         } => referrers::list(storage, &name, &subject, artifact_type).await,
     }
+}
+
+/// Which repositories a catalog caller may see: those the policy lets them
+/// pull now. `None` when everything is visible (authentication disabled).
+fn catalog_filter(
+    state: &AppState,
+    grant: &authorize::Grant,
+    addr: Option<std::net::IpAddr>,
+) -> Option<lists::Visible> {
+    let (authority, authorize::Grant::Token(claims)) = (state.auth.as_ref()?, grant) else {
+        return None;
+    };
+    let account = (!claims.sub.is_empty())
+        .then(|| authority.account(&claims.sub))
+        .flatten();
+    let caller = crate::auth::caller(account.as_ref(), addr);
+    let policy = authority.policy();
+    Some(Box::new(move |name: &str| {
+        !policy
+            .decide(&caller, name, &[Action::Pull])
+            .granted
+            .is_empty()
+    }))
 }
 
 /// A request body as the storage layer's byte stream.

@@ -1,7 +1,368 @@
-//! Identity and tokens: who is asking (file users, LDAP) and what a token
-//! carries. The policy engine that decides what they may do is in `policy`.
+//! Identity and tokens: who is asking (file users; LDAP later), what the
+//! policy lets them do, and the tokens that carry it. [`Authority`] is the
+//! one object the HTTP layer talks to; it knows nothing of HTTP itself.
 
 pub mod keys;
+pub mod reload;
 pub mod scope;
 pub mod token;
 pub mod users;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::policy::{Caller, Policy};
+use crate::storage::Storage;
+use keys::{KeyKind, KeyRing};
+use reload::{Fingerprint, Watched};
+use scope::{AccessEntry, Action, ResourceScope};
+use token::{Claims, TokenError};
+use users::{Account, Users, VerifyCache};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("incorrect username or password")]
+    BadCredentials,
+    #[error("too many failed logins, retry in {} s", .0.as_secs().max(1))]
+    TooManyFailures(Duration),
+    #[error("refresh token invalid, expired or revoked")]
+    BadRefreshToken,
+    #[error("the account no longer exists")]
+    UnknownAccount,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Token settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub issuer: String,
+    pub service: String,
+    pub lifetime: Duration,
+    pub refresh_lifetime: Duration,
+}
+
+/// An access token as handed to a client.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: String,
+    pub claims: Claims,
+}
+
+pub struct Authority {
+    pub settings: TokenSettings,
+    pub keys: KeyRing,
+    users: Watched<Users>,
+    policy: Watched<Policy>,
+    verified_logins: VerifyCache,
+    verified_tokens: TokenCache,
+}
+
+impl Authority {
+    /// Loads keys (generating the first on an empty key directory), users
+    /// and policies. Any problem is an error at start, with its file.
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        let kind = KeyKind::parse(&config.token.key_type)
+            .ok_or_else(|| format!("unknown key type {}", config.token.key_type))?;
+        let keys =
+            KeyRing::load_or_generate(&config.token.key_dir, kind).map_err(|e| e.to_string())?;
+        let users_file = config.users.file.clone();
+        let users = Watched::new(
+            "users",
+            {
+                let file = users_file.clone();
+                move || Fingerprint::of_file(&file)
+            },
+            move || load_users(&users_file),
+        )?;
+        let policy_dir = config.policy.dir.clone();
+        let policy = Watched::new(
+            "policy",
+            {
+                let dir = policy_dir.clone();
+                move || Fingerprint::of_dir(&dir)
+            },
+            move || Policy::load_dir(&policy_dir).map_err(|e| e.to_string()),
+        )?;
+        if policy.get().0.is_empty() {
+            tracing::warn!(dir = %config.policy.dir.display(), "no policy rules: every request will be denied");
+        }
+        Ok(Self {
+            settings: TokenSettings {
+                issuer: config.token.issuer.clone(),
+                service: config.token.service.clone(),
+                lifetime: Duration::from_secs(config.token.lifetime_secs),
+                refresh_lifetime: Duration::from_secs(
+                    config.token.refresh_lifetime_days.saturating_mul(86_400),
+                ),
+            },
+            keys,
+            users,
+            policy,
+            verified_logins: VerifyCache::new(Duration::from_secs(config.users.cache_secs)),
+            verified_tokens: TokenCache::default(),
+        })
+    }
+
+    /// The current users, dropping remembered logins when the file changed.
+    fn users(&self) -> Arc<Users> {
+        let (users, reloaded) = self.users.get();
+        if reloaded {
+            self.verified_logins.clear();
+        }
+        users
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.get().0
+    }
+
+    /// Checks a name and password: from the short-lived cache when the same
+    /// pair succeeded recently, else on the blocking pool (argon2 is slow
+    /// by design and must not stall the async threads).
+    pub async fn login(&self, name: &str, password: &str) -> Result<Account, AuthError> {
+        let users = self.users();
+        if let Some(account) = self.verified_logins.get(name, password) {
+            // The cache is dropped on reload, so the account still exists.
+            return Ok(account);
+        }
+        let (n, p) = (name.to_owned(), password.to_owned());
+        let verifying = Arc::clone(&users);
+        let account = tokio::task::spawn_blocking(move || verifying.verify(&n, &p))
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?
+            .ok_or(AuthError::BadCredentials)?;
+        self.verified_logins.insert(name, password, account.clone());
+        Ok(account)
+    }
+
+    /// The account behind a subject now (its groups may have changed since
+    /// a token was issued).
+    pub fn account(&self, name: &str) -> Option<Account> {
+        self.users().account(name)
+    }
+
+    /// What the policy grants `caller` of the requested scopes: for each
+    /// scope, the intersection of the actions asked for and allowed. Scopes
+    /// that grant nothing, and resource types we do not serve, are left out.
+    pub fn grant(&self, caller: &Caller, requested: &[ResourceScope]) -> Vec<AccessEntry> {
+        let policy = self.policy();
+        let mut granted: BTreeMap<(String, String), Vec<Action>> = BTreeMap::new();
+        let mut catalog = false;
+        for scope in requested {
+            match scope.kind.as_str() {
+                "repository" => {
+                    let wanted = expand_actions(&scope.actions);
+                    let decision = policy.decide(caller, &scope.name, &wanted);
+                    let entry = granted
+                        .entry((scope.kind.clone(), scope.name.clone()))
+                        .or_default();
+                    entry.extend(decision.granted);
+                }
+                "registry" if scope.name == "catalog" && scope.actions.iter().any(|a| a == "*") => {
+                    catalog |= !policy.decide_catalog(caller).granted.is_empty();
+                }
+                _ => {}
+            }
+        }
+        let mut access: Vec<AccessEntry> = granted
+            .into_iter()
+            .filter(|(_, actions)| !actions.is_empty())
+            .map(|((kind, name), mut actions)| {
+                actions.sort();
+                actions.dedup();
+                AccessEntry {
+                    kind,
+                    name,
+                    actions: actions.iter().map(|a| a.as_str().to_owned()).collect(),
+                }
+            })
+            .collect();
+        if catalog {
+            access.push(AccessEntry {
+                kind: "registry".into(),
+                name: "catalog".into(),
+                actions: vec!["*".into()],
+            });
+        }
+        access
+    }
+
+    /// Signs an access token for `subject` ("" for anonymous).
+    pub fn issue(&self, subject: &str, access: Vec<AccessEntry>) -> Result<Issued, AuthError> {
+        let s = &self.settings;
+        let claims = Claims::new(&s.issuer, subject, &s.service, s.lifetime, access);
+        let token = token::sign(&self.keys, &claims)?;
+        Ok(Issued { token, claims })
+    }
+
+    /// Verifies a bearer token presented to the registry, remembering good
+    /// ones until they expire (verifying a signature on every request of a
+    /// pull would cost more than serving a small manifest).
+    pub fn verify_bearer(&self, token: &str) -> Result<Claims, TokenError> {
+        if let Some(claims) = self.verified_tokens.get(token) {
+            return Ok(claims);
+        }
+        let s = &self.settings;
+        let claims = token::verify(&self.keys, token, &s.issuer, &s.service)?;
+        self.verified_tokens.insert(token, &claims);
+        Ok(claims)
+    }
+
+    /// A refresh token: a JWT for a separate audience (so it is never
+    /// accepted as an access token) that names only the subject.
+    pub fn issue_refresh(&self, subject: &str) -> Result<String, AuthError> {
+        let s = &self.settings;
+        let claims = Claims::new(
+            &s.issuer,
+            subject,
+            &refresh_audience(&s.service),
+            s.refresh_lifetime,
+            Vec::new(),
+        );
+        Ok(token::sign(&self.keys, &claims)?)
+    }
+
+    /// Checks a refresh token and returns the account it stands for, as it
+    /// is now: revoked tokens and removed accounts are refused.
+    pub async fn redeem_refresh(
+        &self,
+        storage: &Storage,
+        refresh: &str,
+    ) -> Result<Account, AuthError> {
+        let s = &self.settings;
+        let claims = token::verify(
+            &self.keys,
+            refresh,
+            &s.issuer,
+            &refresh_audience(&s.service),
+        )
+        .map_err(|_| AuthError::BadRefreshToken)?;
+        let revocations = Revocations::load(storage).await?;
+        if revocations.revokes(&claims.sub, claims.iat) {
+            return Err(AuthError::BadRefreshToken);
+        }
+        self.account(&claims.sub).ok_or(AuthError::UnknownAccount)
+    }
+}
+
+fn refresh_audience(service: &str) -> String {
+    format!("{service}#refresh")
+}
+
+fn load_users(file: &Path) -> Result<Users, String> {
+    if !file.exists() {
+        return Ok(Users::default());
+    }
+    Users::load(file).map_err(|e| e.to_string())
+}
+
+/// `*` asks for every action; unknown action names ask for nothing.
+fn expand_actions(actions: &[String]) -> Vec<Action> {
+    let mut wanted = Vec::new();
+    for action in actions {
+        if action == "*" {
+            wanted.extend(Action::ALL);
+        } else if let Some(a) = Action::parse(action) {
+            wanted.push(a);
+        }
+    }
+    wanted
+}
+
+/// Builds the policy's view of a caller.
+pub fn caller(account: Option<&Account>, addr: Option<IpAddr>) -> Caller {
+    Caller {
+        user: account.map(|a| a.name.clone()),
+        groups: account.map(|a| a.groups.clone()).unwrap_or_default(),
+        addr,
+    }
+}
+
+/// Refresh tokens issued at or before these times (seconds since the
+/// epoch) are void: all of them, or one user's. Kept in storage so that
+/// every replica honours a revocation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Revocations {
+    #[serde(default)]
+    pub all_before: Option<u64>,
+    #[serde(default)]
+    pub users: BTreeMap<String, u64>,
+}
+
+impl Revocations {
+    pub async fn load(storage: &Storage) -> Result<Self, AuthError> {
+        match storage.revocations().await? {
+            None => Ok(Self::default()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| AuthError::Internal(format!("revocation record unreadable: {e}"))),
+        }
+    }
+
+    pub async fn save(&self, storage: &Storage) -> Result<(), AuthError> {
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| AuthError::Internal(e.to_string()))?;
+        Ok(storage.put_revocations(Bytes::from(json)).await?)
+    }
+
+    fn revokes(&self, user: &str, issued_at: u64) -> bool {
+        self.all_before.is_some_and(|t| issued_at <= t)
+            || self.users.get(user).is_some_and(|t| issued_at <= *t)
+    }
+
+    /// Voids every refresh token of `user` issued until now.
+    pub fn revoke_user(&mut self, user: &str) {
+        self.users.insert(user.to_owned(), token::now());
+    }
+
+    /// Voids every refresh token issued until now.
+    pub fn revoke_all(&mut self) {
+        self.all_before = Some(token::now());
+        self.users.clear();
+    }
+}
+
+/// Verified access tokens until they expire, keyed by their SHA-256 (the
+/// token itself is not kept). Bounded: emptied when full.
+#[derive(Default)]
+struct TokenCache {
+    entries: Mutex<HashMap<[u8; 32], Claims>>,
+}
+
+const TOKEN_CACHE_CAPACITY: usize = 50_000;
+
+impl TokenCache {
+    fn get(&self, token: &str) -> Option<Claims> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let claims = entries.get(&key)?;
+        // Same leeway as a fresh verification.
+        if claims.exp + token::LEEWAY_SECS > token::now() {
+            Some(claims.clone())
+        } else {
+            entries.remove(&key);
+            None
+        }
+    }
+
+    fn insert(&self, token: &str, claims: &Claims) {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= TOKEN_CACHE_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(key, claims.clone());
+    }
+}

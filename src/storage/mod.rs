@@ -159,6 +159,19 @@ impl Storage {
     /// Every repository, sorted. A directory is a repository when it holds
     /// one of the `_`-prefixed metadata directories; names nest (`a` and
     /// `a/b` can both be repositories).
+    /// The refresh-token revocation record, if any was ever written.
+    pub async fn revocations(&self) -> Result<Option<Bytes>> {
+        match self.driver.get(&paths::revocations()).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(DriverError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn put_revocations(&self, record: Bytes) -> Result<()> {
+        Ok(self.driver.put(&paths::revocations(), record).await?)
+    }
+
     pub async fn catalog(&self) -> Result<Vec<String>> {
         let mut found = Vec::new();
         let mut pending: Vec<Option<RepoName>> = vec![None];

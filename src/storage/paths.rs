@@ -13,11 +13,13 @@
 //! │       └── _referrers/<alg>/<hex>/<alg>-<hex>
 //! │                                        descriptor (JSON) of a manifest of this repository
 //! │                                        whose `subject` is <alg>:<hex> (first part)
-//! └── uploads/
-//!     └── <uuid>/
-//!         ├── data                         bytes received so far
-//!         ├── info                         JSON: repository, start time
-//!         └── hashstate                    JSON: offset + SHA-256 state at that offset
+//! ├── uploads/
+//! │   └── <uuid>/
+//! │       ├── data                         bytes received so far
+//! │       ├── info                         JSON: repository, start time
+//! │       └── hashstate                    JSON: offset + SHA-256 state at that offset
+//! └── auth/
+//!     └── revocations.json                 refresh tokens issued before these times are void
 //! ```
 //!
 //! Every argument is an already validated newtype ([`RepoName`], [`Tag`],
@@ -137,6 +139,11 @@ pub fn referrer_entry_name(d: &Digest) -> String {
 pub fn parse_referrer_entry_name(name: &str) -> Option<Digest> {
     let (alg, hex) = name.split_once('-')?;
     Digest::parse(&format!("{alg}:{hex}")).ok()
+}
+
+/// Refresh-token revocations, shared by every replica over the same storage.
+pub fn revocations() -> String {
+    "auth/revocations.json".to_owned()
 }
 
 pub fn upload(id: UploadId) -> String {

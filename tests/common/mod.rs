@@ -27,10 +27,21 @@ impl TestServer {
     }
 
     /// Starts a server over an existing data directory (e.g. to restart over
-    /// the same data).
+    /// the same data), with authentication off: these servers test the registry.
     pub async fn start_in(dir: TempDir) -> Self {
+        Self::start_configured(dir, |config| config.auth.enabled = false).await
+    }
+
+    /// Starts a server with the configuration `configure` makes of the
+    /// default one, whose paths already point into `dir` (data, certs,
+    /// users.toml, policies/).
+    pub async fn start_configured(dir: TempDir, configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::default();
         config.storage.root = dir.path().join("data");
+        config.token.key_dir = dir.path().join("certs");
+        config.users.file = dir.path().join("users.toml");
+        config.policy.dir = dir.path().join("policies");
+        configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

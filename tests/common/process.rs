@@ -18,12 +18,14 @@ impl ServerProcess {
     /// Starts `portcullis serve --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>`
     /// and waits for the line announcing the bound address (no sleeps: the
     /// line is printed after the listener is bound).
+    /// Authentication is off (`--no-auth`): these servers test the registry.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let data_dir = data_dir.to_str().expect("UTF-8 temp path");
-        Self::start_with(&[&["--data-dir", data_dir], extra].concat())
+        Self::start_with(&[&["--no-auth", "--data-dir", data_dir], extra].concat())
     }
 
-    /// Starts `portcullis serve --listen 127.0.0.1:0 <args…>`.
+    /// Starts `portcullis serve --listen 127.0.0.1:0 <args…>` (authentication
+    /// as the configuration says).
     pub fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("serve")

@@ -1,0 +1,292 @@
+//! The token endpoint: `GET /token` (Docker token authentication) and the
+//! OAuth2 `POST /token`, plus the public keys at `/.well-known/jwks.json`.
+//!
+//! Credentials are read here and handed to [`Authority`]; nothing here
+//! logs them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::json_response;
+use crate::AppState;
+use crate::auth::scope::{AccessEntry, ResourceScope};
+use crate::auth::users::Account;
+use crate::auth::{AuthError, Authority, caller};
+use crate::error::{ApiError, ErrorCode};
+
+/// Largest form body accepted by `POST /token`.
+const MAX_FORM: usize = 64 << 10;
+
+pub async fn get(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let Some(authority) = &state.auth else {
+        return ApiError::new(ErrorCode::NotFound).into_response();
+    };
+    let addr = client_addr(&request);
+    let (parts, _) = request.into_parts();
+    get_token(&state, authority, &parts.headers, parts.uri.query(), addr)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn post(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let Some(authority) = &state.auth else {
+        return ApiError::new(ErrorCode::NotFound).into_response();
+    };
+    let addr = client_addr(&request);
+    let body = request.into_body();
+    post_token(&state, authority, body, addr)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
+    let Some(authority) = &state.auth else {
+        return ApiError::new(ErrorCode::NotFound).into_response();
+    };
+    let body = serde_json::to_string(&authority.keys.jwks()).unwrap_or_default();
+    json_response(StatusCode::OK, "application/json", body)
+}
+
+fn client_addr(request: &Request) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::TokenRequestInvalid)
+        .message(message)
+        .oauth("invalid_request")
+}
+
+/// The query of `GET /token`.
+#[derive(Default)]
+struct TokenQuery {
+    service: Option<String>,
+    scopes: Vec<String>,
+    account: Option<String>,
+    offline_token: bool,
+}
+
+impl TokenQuery {
+    fn parse(query: Option<&str>) -> Self {
+        let mut q = TokenQuery::default();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*key {
+                "service" => q.service = Some(value.into_owned()),
+                "scope" => q.scopes.push(value.into_owned()),
+                "account" => q.account = Some(value.into_owned()),
+                "offline_token" => q.offline_token = value.eq_ignore_ascii_case("true"),
+                // client_id is for auditing only; unknown keys are ignored
+                // as OAuth2 asks.
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+async fn get_token(
+    state: &AppState,
+    authority: &Authority,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    addr: Option<IpAddr>,
+) -> Result<Response, ApiError> {
+    let q = TokenQuery::parse(query);
+    check_service(authority, q.service.as_deref(), false)?;
+    let scopes = parse_scopes(q.scopes.iter().map(String::as_str))?;
+    let account = match basic_credentials(headers)? {
+        Some((user, password)) => {
+            if q.account.as_deref().is_some_and(|a| a != user) {
+                return Err(invalid("account does not match the credentials"));
+            }
+            Some(login(state, authority, &user, &password, addr).await?)
+        }
+        None => None,
+    };
+    let refresh = match &account {
+        Some(account) if q.offline_token => Some(authority.issue_refresh(&account.name)?),
+        _ => None,
+    };
+    respond(authority, account.as_ref(), addr, &scopes, refresh, false)
+}
+
+async fn post_token(
+    state: &AppState,
+    authority: &Authority,
+    body: Body,
+    addr: Option<IpAddr>,
+) -> Result<Response, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_FORM)
+        .await
+        .map_err(|_| invalid("form body too large or unreadable"))?;
+    let mut form = std::collections::HashMap::new();
+    for (key, value) in form_urlencoded::parse(&bytes) {
+        form.entry(key.into_owned())
+            .or_insert_with(|| value.into_owned());
+    }
+    let field = |name: &str| form.get(name).map(String::as_str);
+    check_service(authority, field("service"), true)?;
+    if field("client_id").is_none_or(str::is_empty) {
+        return Err(invalid("client_id is required"));
+    }
+    let scopes = parse_scopes(field("scope").into_iter())?;
+    let offline = field("access_type") == Some("offline");
+    let (account, refresh) = match field("grant_type") {
+        Some("password") => {
+            let (Some(user), Some(password)) = (field("username"), field("password")) else {
+                return Err(invalid("username and password are required"));
+            };
+            let account = login(state, authority, user, password, addr).await?;
+            let refresh = if offline {
+                Some(authority.issue_refresh(&account.name)?)
+            } else {
+                None
+            };
+            (account, refresh)
+        }
+        Some("refresh_token") => {
+            let Some(refresh) = field("refresh_token") else {
+                return Err(invalid("refresh_token is required"));
+            };
+            let account = authority.redeem_refresh(&state.storage, refresh).await?;
+            // The same refresh token goes back: docker never stores a
+            // rotated one.
+            (account, Some(refresh.to_owned()))
+        }
+        Some(_) => {
+            return Err(invalid("unsupported grant_type").oauth("unsupported_grant_type"));
+        }
+        None => return Err(invalid("grant_type is required")),
+    };
+    respond(authority, Some(&account), addr, &scopes, refresh, true)
+}
+
+/// Verifies credentials, through the failed-login limiter.
+async fn login(
+    _state: &AppState,
+    authority: &Authority,
+    user: &str,
+    password: &str,
+    _addr: Option<IpAddr>,
+) -> Result<Account, ApiError> {
+    match authority.login(user, password).await {
+        Ok(account) => Ok(account),
+        Err(AuthError::BadCredentials) => {
+            tracing::info!(user, "login failed");
+            Err(ApiError::from(AuthError::BadCredentials))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A token request names the service it wants a token for; a token for
+/// another service would be useless (wrong audience), so say so.
+fn check_service(
+    authority: &Authority,
+    service: Option<&str>,
+    required: bool,
+) -> Result<(), ApiError> {
+    match service {
+        Some(s) if s == authority.settings.service => Ok(()),
+        Some(s) => Err(invalid(format!("unknown service `{s}`"))),
+        None if required => Err(invalid("service is required")),
+        None => Ok(()),
+    }
+}
+
+fn parse_scopes<'a>(raw: impl Iterator<Item = &'a str>) -> Result<Vec<ResourceScope>, ApiError> {
+    let mut scopes = Vec::new();
+    for value in raw {
+        // Several scopes may share one parameter, space-separated.
+        let parsed = ResourceScope::parse_list(value)
+            .map_err(|e| invalid(e.to_string()).oauth("invalid_scope"))?;
+        scopes.extend(parsed);
+    }
+    Ok(scopes)
+}
+
+/// `Authorization: Basic …` as (user, password); `None` when absent.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(ErrorCode::Unauthorized)
+            .message("malformed Basic credentials")
+            .oauth("invalid_request")
+    };
+    let value = value.to_str().map_err(|_| bad())?;
+    let (scheme, encoded) = value.trim().split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(bad());
+    }
+    let decoded = data_encoding::BASE64
+        .decode(encoded.trim().as_bytes())
+        .map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (user, password) = decoded.split_once(':').ok_or_else(bad)?;
+    Ok(Some((user.to_owned(), password.to_owned())))
+}
+
+fn respond(
+    authority: &Authority,
+    account: Option<&Account>,
+    addr: Option<IpAddr>,
+    scopes: &[ResourceScope],
+    refresh: Option<String>,
+    oauth: bool,
+) -> Result<Response, ApiError> {
+    let caller = caller(account, addr);
+    let access = authority.grant(&caller, scopes);
+    let subject = account.map_or("", |a| a.name.as_str());
+    tracing::info!(
+        user = subject,
+        granted = %scope_string(&access),
+        "token issued"
+    );
+    let issued = authority.issue(subject, access)?;
+    let issued_at = time::OffsetDateTime::from_unix_timestamp(issued.claims.iat as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    let mut body = json!({
+        "token": issued.token,
+        "access_token": issued.token,
+        "expires_in": issued.claims.exp - issued.claims.iat,
+        "issued_at": issued_at,
+    });
+    if oauth {
+        body["scope"] = json!(scope_string(&issued.claims.access));
+    }
+    if let Some(refresh) = refresh {
+        body["refresh_token"] = json!(refresh);
+    }
+    let mut response = json_response(StatusCode::OK, "application/json", body.to_string());
+    // Tokens are credentials: no cache may keep them.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+/// Granted access in scope syntax, space-separated.
+fn scope_string(access: &[AccessEntry]) -> String {
+    access
+        .iter()
+        .map(|a| format!("{}:{}:{}", a.kind, a.name, a.actions.join(",")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

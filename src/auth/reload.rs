@@ -1,0 +1,155 @@
+//! Files that change under a running server (users, policies): reloaded when
+//! their fingerprint changes, and kept as they were when the new content is
+//! bad, so that a typo in a policy never opens or closes the registry.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the files are looked at, at most: a stat per token request
+/// would be cheap, but there is no need to do it a thousand times a second.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Names, sizes and modification times of the watched files: any edit,
+/// addition or removal changes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+
+impl Fingerprint {
+    /// Of one file (absent counts as a state too).
+    pub fn of_file(path: &Path) -> Self {
+        let entry = match std::fs::metadata(path) {
+            Ok(m) => (path.to_owned(), m.len(), m.modified().ok()),
+            Err(_) => (path.to_owned(), u64::MAX, None),
+        };
+        Self(vec![entry])
+    }
+
+    /// Of every `*.toml` in a directory.
+    pub fn of_dir(dir: &Path) -> Self {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .filter_map(|p| {
+                let m = std::fs::metadata(&p).ok()?;
+                Some((p, m.len(), m.modified().ok()))
+            })
+            .collect();
+        entries.sort();
+        Self(entries)
+    }
+}
+
+type Loader<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
+
+/// A value loaded from files, reloaded when they change.
+pub struct Watched<T> {
+    what: &'static str,
+    load: Loader<T>,
+    fingerprint: Box<dyn Fn() -> Fingerprint + Send + Sync>,
+    check_every: Duration,
+    current: RwLock<Arc<T>>,
+    seen: Mutex<(Instant, Fingerprint)>,
+}
+
+impl<T: Send + Sync + 'static> Watched<T> {
+    /// Loads the value once; an error here is an error at start.
+    pub fn new(
+        what: &'static str,
+        fingerprint: impl Fn() -> Fingerprint + Send + Sync + 'static,
+        load: impl Fn() -> Result<T, String> + Send + Sync + 'static,
+    ) -> Result<Self, String> {
+        // The fingerprint is taken before reading, so that an edit racing
+        // the read is seen as a change by the next check.
+        let before = fingerprint();
+        let value = load()?;
+        Ok(Self {
+            what,
+            load: Box::new(load),
+            fingerprint: Box::new(fingerprint),
+            check_every: CHECK_EVERY,
+            current: RwLock::new(Arc::new(value)),
+            seen: Mutex::new((Instant::now(), before)),
+        })
+    }
+
+    /// Looks at the files on every access (tests).
+    pub fn check_always(mut self) -> Self {
+        self.check_every = Duration::ZERO;
+        self
+    }
+
+    /// The current value, after reloading it if its files changed. Returns
+    /// whether a reload happened (so dependent caches can be dropped).
+    pub fn get(&self) -> (Arc<T>, bool) {
+        let mut reloaded = false;
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.0.elapsed() >= self.check_every {
+                seen.0 = Instant::now();
+                let now = (self.fingerprint)();
+                if now != seen.1 {
+                    seen.1 = now;
+                    match (self.load)() {
+                        Ok(value) => {
+                            *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                                Arc::new(value);
+                            tracing::info!(what = self.what, "reloaded");
+                            reloaded = true;
+                        }
+                        Err(e) => tracing::error!(
+                            what = self.what,
+                            error = %e,
+                            "reload refused, the previous version stays in force"
+                        ),
+                    }
+                }
+            }
+        }
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        (Arc::clone(&current), reloaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reloads_on_change_and_keeps_the_old_value_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.txt");
+        std::fs::write(&file, "1").unwrap();
+        let path = file.clone();
+        let watched = Watched::new(
+            "number",
+            {
+                let file = file.clone();
+                move || Fingerprint::of_file(&file)
+            },
+            move || {
+                let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+                text.trim().parse::<u32>().map_err(|e| e.to_string())
+            },
+        )
+        .unwrap()
+        .check_always();
+        assert_eq!((*watched.get().0, watched.get().1), (1, false));
+        std::fs::write(&file, "22").unwrap();
+        let (value, reloaded) = watched.get();
+        assert_eq!((*value, reloaded), (22, true));
+        std::fs::write(&file, "not a number").unwrap();
+        assert_eq!(*watched.get().0, 22);
+        std::fs::write(&file, "333").unwrap();
+        assert_eq!(*watched.get().0, 333);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(
+            *watched.get().0,
+            333,
+            "a vanished file keeps the last good value"
+        );
+    }
+}
