@@ -99,6 +99,21 @@ impl Authority {
         if policy.get().0.is_empty() {
             tracing::warn!(dir = %config.policy.dir.display(), "no policy rules: every request will be denied");
         }
+        let user_count = users.get().0.len();
+        if user_count == 0 {
+            tracing::warn!(
+                file = %config.users.file.display(),
+                "no users yet: add one with `portcullis user add NAME`"
+            );
+        }
+        tracing::info!(
+            service = %config.token.service,
+            issuer = %config.token.issuer,
+            users = user_count,
+            rules = policy.get().0.len(),
+            signing_key = %keys.signer().libtrust_id,
+            "token authority ready"
+        );
         Ok(Self {
             settings: TokenSettings {
                 issuer: config.token.issuer.clone(),
