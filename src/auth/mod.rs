@@ -2,6 +2,7 @@
 //! carries. The policy engine that decides what they may do is in `policy`.
 
 pub mod keys;
+pub mod ratelimit;
 pub mod scope;
 pub mod token;
 pub mod users;
