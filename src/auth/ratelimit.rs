@@ -20,7 +20,10 @@
 //!    lasts at most `account_wide_max_refusal` after the latest failure, and a
 //!    client the account has recently logged in from (the last
 //!    `trusted_per_account` clients, for `trust_lifetime`) is never refused by
-//!    it. Rules 1 and 2 still apply to such a client.
+//!    it. Rules 1 and 2 still apply to such a client. The price: an attacker
+//!    spread over many addresses still gets about the account-wide threshold
+//!    of guesses per window, plus one per `account_wide_max_refusal`; the
+//!    throttle bounds their rate, it does not stop them.
 //!
 //! **Sliding window, exact.** Each rule keeps the times of the latest
 //! failures, at most as many as its threshold, so "refused until the oldest
@@ -45,9 +48,10 @@
 //! [`MAX_ACCOUNT_BYTES`]; a longer name is kept as its SHA-256, so a long name
 //! costs 32 bytes however long it is. Each failure log holds at most its
 //! threshold (itself at most [`MAX_THRESHOLD`]). Expired entries are swept out
-//! every so often (at least every 1024 updates, and never more often than the
-//! table size, so sweeping costs O(1) amortized), and when the failure entries
-//! or the trusted-client entries exceed `max_entries` the oldest are evicted
+//! once the updates since the last sweep reach the number of entries (and at
+//! least 1024), so a sweep costs O(1) per update amortized; and when the
+//! failure entries or the trusted-client entries exceed `max_entries`, they are
+//! swept at once and, if still too many, the oldest are evicted
 //! down to 90% of it. Trusted clients live in their own table, created only by
 //! successful logins, so an attacker without a password cannot flood a real
 //! user's trusted clients out of memory.

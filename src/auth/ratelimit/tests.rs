@@ -587,27 +587,36 @@ fn extreme_settings_do_not_panic() {
 fn instants_out_of_order_are_handled() {
     // Callers read the clock before taking the lock, so a later caller may
     // hold an earlier instant.
-    let l = limiter(2, 100, 60);
+    let l = limiter(3, 100, 60);
     let t0 = Instant::now();
     let a = ip("192.0.2.1");
     l.failure("alice", a, t0 + secs(10));
     l.failure("alice", a, t0 + secs(5));
+    l.failure("alice", a, t0 + secs(7));
     assert_eq!(
         l.check("alice", a, t0 + secs(10)),
         Err(secs(55)),
-        "counted from the earlier one"
+        "counted from the earliest one"
     );
     assert_eq!(
         l.check("alice", a, t0),
         Err(secs(65)),
-        "an instant before both"
+        "an instant before all of them"
     );
     let times: Vec<Instant> = l.lock().pairs[&(AccountKey::new("alice"), Client::of(a))]
         .times
         .iter()
         .copied()
         .collect();
-    assert_eq!(times, vec![t0 + secs(5), t0 + secs(10)]);
+    assert_eq!(times, vec![t0 + secs(5), t0 + secs(7), t0 + secs(10)]);
+    // A late arrival older than the whole log is dropped by the cap, not
+    // kept in place of a newer one.
+    l.failure("alice", a, t0 + secs(1));
+    assert_eq!(
+        l.check("alice", a, t0 + secs(10)),
+        Err(secs(55)),
+        "still the three newest"
+    );
 }
 
 #[test]
