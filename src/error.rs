@@ -215,7 +215,10 @@ impl From<AuthError> for ApiError {
             AuthError::TooManyFailures(wait) => ApiError::new(ErrorCode::TooManyRequests)
                 .message(e.to_string())
                 .oauth("invalid_request")
-                .header(RETRY_AFTER, wait.as_secs().max(1).to_string()),
+                .header(
+                    RETRY_AFTER,
+                    crate::auth::ratelimit::retry_after_secs(wait).to_string(),
+                ),
             AuthError::Storage(cause) => ApiError::from(cause),
             AuthError::Token(_) | AuthError::Internal(_) => {
                 tracing::error!(error = %e, "token authority failure");

@@ -658,3 +658,54 @@ async fn disabled_authentication_has_no_token_endpoint() {
         200
     );
 }
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_account_and_address() {
+    let s = server().await;
+    // The default allows 5 failures per account and address in 5 minutes.
+    for _ in 0..5 {
+        let (status, _) = token(&s, Some(&basic("alice", "guess")), "").await;
+        assert_eq!(status, 401);
+    }
+    let res = s
+        .client
+        .get(s.at("/token"))
+        .header("authorization", basic("alice", "alice-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=300).contains(&retry), "{retry}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
+    // The same goes for the OAuth2 form.
+    let res = s
+        .client
+        .post(s.at("/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("service", SERVICE),
+            ("client_id", "t"),
+            ("username", "alice"),
+            ("password", "alice-pw"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another account from the same address is not locked out by alice's.
+    let (status, _) = token(&s, Some(&basic("bob", "bob-pw")), "").await;
+    assert_eq!(status, 200);
+    // Anonymous requests never count.
+    let (status, _) = token(&s, None, "").await;
+    assert_eq!(status, 200);
+}

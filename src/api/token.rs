@@ -29,7 +29,7 @@ pub async fn get(State(state): State<Arc<AppState>>, request: Request) -> Respon
     };
     let addr = client_addr(&request);
     let (parts, _) = request.into_parts();
-    get_token(&state, authority, &parts.headers, parts.uri.query(), addr)
+    get_token(authority, &parts.headers, parts.uri.query(), addr)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -94,7 +94,6 @@ impl TokenQuery {
 }
 
 async fn get_token(
-    state: &AppState,
     authority: &Authority,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -108,7 +107,7 @@ async fn get_token(
             if q.account.as_deref().is_some_and(|a| a != user) {
                 return Err(invalid("account does not match the credentials"));
             }
-            Some(login(state, authority, &user, &password, addr).await?)
+            Some(login(authority, &user, &password, addr).await?)
         }
         None => None,
     };
@@ -145,7 +144,7 @@ async fn post_token(
             let (Some(user), Some(password)) = (field("username"), field("password")) else {
                 return Err(invalid("username and password are required"));
             };
-            let account = login(state, authority, user, password, addr).await?;
+            let account = login(authority, user, password, addr).await?;
             let refresh = if offline {
                 Some(authority.issue_refresh(&account.name)?)
             } else {
@@ -172,17 +171,19 @@ async fn post_token(
 
 /// Verifies credentials, through the failed-login limiter.
 async fn login(
-    _state: &AppState,
     authority: &Authority,
     user: &str,
     password: &str,
-    _addr: Option<IpAddr>,
+    addr: Option<IpAddr>,
 ) -> Result<Account, ApiError> {
-    match authority.login(user, password).await {
+    // Without a peer address (never the case over TCP) all such callers
+    // share one limiter slot: stricter, never looser.
+    let addr = addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    match authority.login(user, password, addr).await {
         Ok(account) => Ok(account),
-        Err(AuthError::BadCredentials) => {
-            tracing::info!(user, "login failed");
-            Err(ApiError::from(AuthError::BadCredentials))
+        Err(e @ (AuthError::BadCredentials | AuthError::TooManyFailures(_))) => {
+            tracing::info!(user, client = %addr, reason = %e, "login refused");
+            Err(e.into())
         }
         Err(e) => Err(e.into()),
     }

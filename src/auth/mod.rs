@@ -3,6 +3,7 @@
 //! one object the HTTP layer talks to; it knows nothing of HTTP itself.
 
 pub mod keys;
+pub mod ratelimit;
 pub mod reload;
 pub mod scope;
 pub mod token;
@@ -22,6 +23,7 @@ use crate::config::Config;
 use crate::policy::{Caller, Policy};
 use crate::storage::Storage;
 use keys::{KeyKind, KeyRing};
+use ratelimit::{LimitConfig, LoginLimiter};
 use reload::{Fingerprint, Watched};
 use scope::{AccessEntry, Action, ResourceScope};
 use token::{Claims, TokenError};
@@ -31,7 +33,7 @@ use users::{Account, Users, VerifyCache};
 pub enum AuthError {
     #[error("incorrect username or password")]
     BadCredentials,
-    #[error("too many failed logins, retry in {} s", .0.as_secs().max(1))]
+    #[error("too many failed logins, retry in {} s", ratelimit::retry_after_secs(*.0))]
     TooManyFailures(Duration),
     #[error("refresh token invalid, expired or revoked")]
     BadRefreshToken,
@@ -68,6 +70,7 @@ pub struct Authority {
     policy: Watched<Policy>,
     verified_logins: VerifyCache,
     verified_tokens: TokenCache,
+    limiter: LoginLimiter,
 }
 
 impl Authority {
@@ -128,6 +131,7 @@ impl Authority {
             policy,
             verified_logins: VerifyCache::new(Duration::from_secs(config.users.cache_secs)),
             verified_tokens: TokenCache::default(),
+            limiter: LoginLimiter::new(LimitConfig::from(&config.auth)),
         })
     }
 
@@ -144,10 +148,32 @@ impl Authority {
         self.policy.get().0
     }
 
+    /// Checks a name and password from a client address, through the
+    /// failed-login limiter: refused at once (429) while the account or the
+    /// address is throttled, and only verified failures count.
+    pub async fn login(
+        &self,
+        name: &str,
+        password: &str,
+        addr: IpAddr,
+    ) -> Result<Account, AuthError> {
+        let now = std::time::Instant::now();
+        self.limiter
+            .check(name, addr, now)
+            .map_err(AuthError::TooManyFailures)?;
+        let result = self.verify_password(name, password).await;
+        match &result {
+            Ok(_) => self.limiter.success(name, addr, now),
+            Err(AuthError::BadCredentials) => self.limiter.failure(name, addr, now),
+            Err(_) => {}
+        }
+        result
+    }
+
     /// Checks a name and password: from the short-lived cache when the same
     /// pair succeeded recently, else on the blocking pool (argon2 is slow
     /// by design and must not stall the async threads).
-    pub async fn login(&self, name: &str, password: &str) -> Result<Account, AuthError> {
+    async fn verify_password(&self, name: &str, password: &str) -> Result<Account, AuthError> {
         let users = self.users();
         if let Some(account) = self.verified_logins.get(name, password) {
             // The cache is dropped on reload, so the account still exists.
