@@ -271,7 +271,7 @@ fn curl(args: &[&str]) -> HttpResponse {
         .args(["--silent", "--show-error", "--include", "--globoff"])
         .args(args)
         .output()
-        .expect("curl is installed");
+        .expect("cannot run curl (these tests use it to query the API)");
     assert!(
         out.status.success(),
         "curl {args:?} failed: {}",
@@ -558,8 +558,8 @@ fn assert_refused(what: &str, out: &Output) {
             "authentication required",
             "invalid username/password",
         ]
-            .iter()
-            .any(|word| lower.contains(word)),
+        .iter()
+        .any(|word| lower.contains(word)),
         "{what}: the error does not say access was refused:\n{stderr}"
     );
 }
@@ -718,7 +718,11 @@ fn layout_blobs(dir: &Path) -> BTreeMap<String, usize> {
         let entry = entry.unwrap();
         let data = fs::read(entry.path()).unwrap();
         let digest = format!("sha256:{}", entry.file_name().to_str().unwrap());
-        assert_eq!(sha256_digest(&data), digest, "blob content matches its name");
+        assert_eq!(
+            sha256_digest(&data),
+            digest,
+            "blob content matches its name"
+        );
         blobs.insert(digest, data.len());
     }
     blobs
@@ -770,7 +774,11 @@ fn podman_and_skopeo_login_accept_good_credentials_and_refuse_bad_ones() {
         // Another user's password does not open this account either.
         env.login(program, ALICE.name, BOB.password)
             .expect_err("login with another user's password succeeded");
-        assert_eq!(env.stored_credentials(), None, "{program}: bad login stored");
+        assert_eq!(
+            env.stored_credentials(),
+            None,
+            "{program}: bad login stored"
+        );
 
         // The right password logs in and is stored for this registry.
         let ok = env
@@ -791,12 +799,21 @@ fn podman_and_skopeo_login_accept_good_credentials_and_refuse_bad_ones() {
 
         // Logout removes the credentials.
         let auth_file = env.auth_file();
-        let logout = ["logout", "--authfile", auth_file.to_str().unwrap(), server.host()];
+        let logout = [
+            "logout",
+            "--authfile",
+            auth_file.to_str().unwrap(),
+            server.host(),
+        ];
         match program {
             "podman" => env.podman(&logout),
             _ => env.skopeo(&logout),
         };
-        assert_eq!(env.stored_credentials(), None, "{program}: logout kept credentials");
+        assert_eq!(
+            env.stored_credentials(),
+            None,
+            "{program}: logout kept credentials"
+        );
     }
 }
 
@@ -978,7 +995,10 @@ fn pull_only_user_cannot_push_and_delete_needs_delete_permission() {
             &oci_ref(&src, "v1"),
             &env.docker_ref(target),
         ]);
-        assert_refused(&format!("skopeo copy as pull-only reader to {target}"), &out);
+        assert_refused(
+            &format!("skopeo copy as pull-only reader to {target}"),
+            &out,
+        );
     }
     assert_eq!(server.tags_as_admin("alice/app"), Some(vec!["v1".into()]));
     assert_eq!(server.tags_as_admin("reader/app"), None);
@@ -1076,7 +1096,10 @@ fn anonymous_pull_works_only_where_the_policy_allows_it() {
         &format!("{}/public/x:v1", server.host()),
     ]);
     assert_eq!(
-        format!("sha256:{}", String::from_utf8(pulled.stdout).unwrap().trim()),
+        format!(
+            "sha256:{}",
+            String::from_utf8(pulled.stdout).unwrap().trim()
+        ),
         layout.config_digest
     );
     let out = env.podman_fails(&[
@@ -1222,7 +1245,9 @@ fn shipped_default_policy_admins_all_users_own_namespace_anonymous_nothing() {
     let catalog = server.catalog_as_admin();
     assert!(catalog.iter().any(|r| r == "app"), "catalog: {catalog:?}");
     assert!(
-        !catalog.iter().any(|r| r.starts_with("bob") || r.starts_with("alice-x")),
+        !catalog
+            .iter()
+            .any(|r| r.starts_with("bob") || r.starts_with("alice-x")),
         "a refused push created a repository: {catalog:?}"
     );
     assert_eq!(server.tags_as_admin("alice-x/app"), None);
