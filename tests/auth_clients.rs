@@ -72,8 +72,9 @@ impl User {
 /// The policy most tests run under, in two files so that the file-name
 /// order is part of what is exercised: admins may do anything; anonymous
 /// callers pull `public/**`; `reader` pulls everything and pushes nothing;
-/// every user pulls and pushes (but does not delete) in their own
-/// namespace and pulls everything else. Only admins see the catalog.
+/// `private/**` is for admins (and `reader`) only; every user pulls and
+/// pushes (but does not delete) in their own namespace and pulls everything
+/// else. Only admins see the catalog.
 const TEST_POLICY: &[(&str, &str)] = &[
     (
         "10-admins.toml",
@@ -100,6 +101,12 @@ description = "a read-only account"
 users = ["reader"]
 repositories = ["**"]
 actions = ["pull"]
+
+[[rule]]
+description = "private repositories: administrators only"
+users = ["*"]
+repositories = ["private/**"]
+actions = []
 
 [[rule]]
 description = "own namespace, without delete"
@@ -209,8 +216,17 @@ impl AuthServer {
 
     /// GET `path` with a bearer token, through curl.
     fn get(&self, token: &str, path: &str) -> HttpResponse {
+        self.request(token, &[], path)
+    }
+
+    /// A request with a bearer token and extra curl options (method, body).
+    fn request(&self, token: &str, options: &[&str], path: &str) -> HttpResponse {
         let auth = format!("Authorization: Bearer {token}");
-        curl(&["-H", &auth, &self.server.at(path)])
+        let url = self.server.at(path);
+        let mut args = vec!["-H", auth.as_str()];
+        args.extend_from_slice(options);
+        args.push(&url);
+        curl(&args)
     }
 
     /// The catalog as an administrator sees it.
@@ -1252,4 +1268,77 @@ fn shipped_default_policy_admins_all_users_own_namespace_anonymous_nothing() {
     );
     assert_eq!(server.tags_as_admin("alice-x/app"), None);
     assert_eq!(server.tags_as_admin("alice/app"), Some(vec!["v1".into()]));
+}
+
+// ---------------------------------------------------------------------------
+// Cross-repository mounts
+// ---------------------------------------------------------------------------
+
+#[test]
+fn mount_from_a_repository_the_user_may_not_pull_is_refused_and_push_falls_back() {
+    require("skopeo");
+    require("curl");
+    let server = AuthServer::start(&[&ALICE, &ROOT], TEST_POLICY);
+    let env = ClientEnv::new(server.host());
+    let src = env.path("src");
+    let layout = write_layout(&src, "v1");
+    push_layout(&env, &src, &ROOT, "private/secret:v1");
+
+    let alice = ALICE.creds();
+    let out = env.skopeo_fails(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        &alice,
+        &env.docker_ref("private/secret:v1"),
+    ]);
+    assert_refused("skopeo inspect as alice of private/secret", &out);
+
+    // Mounting a layer of private/secret into her own repository would
+    // hand alice a blob she may not pull: the token server leaves
+    // private/secret out of her token, and the mount is refused before
+    // anything is linked.
+    let token = server.token(
+        Some(&ALICE),
+        &[
+            "repository:alice/app:pull,push",
+            "repository:private/secret:pull",
+        ],
+    );
+    let layer = &layout.layer_digests[0];
+    let response = server.request(
+        &token,
+        &["-X", "POST", "--data", ""],
+        &format!("/v2/alice/app/blobs/uploads/?mount={layer}&from=private/secret"),
+    );
+    assert_eq!(response.status, 401, "mount: {}", response.body);
+    let challenge = response.header("www-authenticate").expect("challenge");
+    assert!(
+        challenge.contains("repository:private/secret:pull")
+            && challenge.contains("error=\"insufficient_scope\""),
+        "challenge: {challenge}"
+    );
+    let response = server.request(&token, &["--head"], &format!("/v2/alice/app/blobs/{layer}"));
+    assert_eq!(
+        response.status, 404,
+        "blob linked into alice/app by a refused mount"
+    );
+
+    // skopeo remembers that these blobs live in private/secret on this
+    // registry and asks there first (a HEAD, which needs pull on
+    // private/secret, before any mount); refused, it uploads them instead,
+    // and alice's push succeeds with the same digests.
+    push_layout(&env, &src, &ALICE, "alice/app:v1");
+    let back = env.path("back");
+    env.skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &alice,
+        &env.docker_ref("alice/app:v1"),
+        &oci_ref(&back, "v1"),
+    ]);
+    assert_eq!(layout_tag_digest(&back, "v1"), layout.manifest_digest);
+    assert_eq!(layout_blobs(&back), layout.blobs);
 }
