@@ -5,3 +5,4 @@ pub mod keys;
 pub mod scope;
 pub mod token;
 pub mod users;
+pub mod users_file;
