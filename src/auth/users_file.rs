@@ -48,11 +48,19 @@ pub enum EditError {
     Users(#[from] UsersError),
 }
 
+/// Group names follow the rules of user names: in particular no `/` or
+/// `*`, which could widen a `${group}` placeholder in a policy.
+pub fn check_group(name: &str) -> Result<(), EditError> {
+    check_name(name).map_err(|_| EditError::Group(name.to_owned()))
+}
+
 /// A users file opened for editing.
 pub struct UsersFile {
-    /// Where the file is written: the target when the configured path is a
-    /// symbolic link, so that the link survives the rename.
+    /// The path as given, for messages.
     path: PathBuf,
+    /// Where the file is written: the target when the given path is a
+    /// symbolic link, so that the link survives the rename.
+    target: PathBuf,
     /// The text as read (`None`: no file yet), to notice a concurrent edit.
     original: Option<String>,
     doc: DocumentMut,
@@ -70,11 +78,12 @@ impl UsersFile {
             path: path.to_owned(),
             source,
         };
-        let (path, original) = match std::fs::read_to_string(path) {
+        let (target, original) = match std::fs::read_to_string(path) {
             Ok(text) => (std::fs::canonicalize(path).map_err(io)?, Some(text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (path.to_owned(), None),
             Err(e) => return Err(io(e)),
         };
+        let path = path.to_owned();
         let doc = match &original {
             Some(text) => text.parse::<DocumentMut>().map_err(|e| EditError::Syntax {
                 path: path.clone(),
@@ -87,6 +96,7 @@ impl UsersFile {
         };
         let file = Self {
             path,
+            target,
             original,
             doc,
         };
@@ -117,7 +127,7 @@ impl UsersFile {
     pub fn add(&mut self, name: &str, hash: &str, groups: &[String]) -> Result<(), EditError> {
         check_name(name)?;
         for group in groups {
-            check_name(group).map_err(|_| EditError::Group(group.clone()))?;
+            check_group(group)?;
         }
         if self.contains(name) {
             return Err(EditError::Exists {
@@ -172,19 +182,19 @@ impl UsersFile {
             let path = path.to_owned();
             move |source| EditError::Io { path, source }
         };
-        let dir = match self.path.parent() {
+        let dir = match self.target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
         let file_name = self
-            .path
+            .target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         // An existing file keeps its permissions; a new one holds password
         // hashes, so only its owner may read it.
         #[cfg(unix)]
-        let mode = match std::fs::metadata(&self.path) {
+        let mode = match std::fs::metadata(&self.target) {
             Ok(meta) => std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
             Err(_) => 0o600,
         };
@@ -212,12 +222,12 @@ impl UsersFile {
         // user` run, or a person with an editor): the window left between
         // this read and the rename is tiny, where without it a whole edit
         // could silently undo another.
-        let now = match std::fs::read_to_string(&self.path) {
+        let now = match std::fs::read_to_string(&self.target) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(io(&self.path)(e));
+                return Err(io(&self.target)(e));
             }
         };
         if now != self.original {
@@ -226,9 +236,9 @@ impl UsersFile {
                 path: self.path.clone(),
             });
         }
-        if let Err(e) = std::fs::rename(&tmp, &self.path) {
+        if let Err(e) = std::fs::rename(&tmp, &self.target) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(io(&self.path)(e));
+            return Err(io(&self.target)(e));
         }
         // The rename is durable only once the directory entry is.
         #[cfg(unix)]
@@ -281,6 +291,7 @@ mod tests {
     fn file(text: &str) -> UsersFile {
         UsersFile {
             path: PathBuf::from("users.toml"),
+            target: PathBuf::from("users.toml"),
             original: Some(text.to_owned()),
             doc: text.parse().unwrap(),
         }
@@ -319,6 +330,7 @@ mod tests {
     fn wrong_shapes_and_names_are_refused() {
         let f = UsersFile {
             path: PathBuf::from("users.toml"),
+            target: PathBuf::from("users.toml"),
             original: None,
             doc: "users = 5\n".parse().unwrap(),
         };
