@@ -36,7 +36,12 @@ pub struct ExplainArgs {
     user: Option<String>,
     /// A group of the user (repeat for several). Groups are not looked up:
     /// give the ones the user has.
-    #[arg(long = "group", short = 'g', value_name = "GROUP", requires = "user")]
+    #[arg(
+        long = "group",
+        short = 'g',
+        value_name = "GROUP",
+        conflicts_with = "anonymous"
+    )]
     groups: Vec<String>,
     /// Asks as an anonymous caller (no credentials).
     #[arg(long)]
