@@ -555,3 +555,175 @@ fn import_refuses_weak_or_malformed_htpasswd_files_whole() {
     );
     assert_refused(&out, "missing: cannot read");
 }
+
+/// A pseudo-terminal standing in for a person at a keyboard: the child's
+/// stdin and stderr are its slave side, and the test types and reads on the
+/// master side.
+struct Terminal {
+    master: std::fs::File,
+    slave: std::os::fd::OwnedFd,
+    /// Everything the child showed on the terminal, as the reader thread
+    /// receives it.
+    shown: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl Terminal {
+    fn open() -> Self {
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two new descriptors into the pointers; the
+        // name, termios and window size pointers may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened and are owned by nobody else.
+        let (master, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::os::fd::OwnedFd::from_raw_fd(slave),
+            )
+        };
+        let mut reader = master.try_clone().unwrap();
+        let (tx, shown) = std::sync::mpsc::channel();
+        // Reads block until the child writes; on a thread, so that the test
+        // can give up after a deadline instead of hanging.
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 1024];
+            // Ends with EIO once every slave descriptor is closed.
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            master,
+            slave,
+            shown,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until the terminal has shown `text`.
+    #[track_caller]
+    fn expect(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !String::from_utf8_lossy(&self.seen).contains(text) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.shown.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend(chunk),
+                Err(_) => panic!(
+                    "{text:?} never shown; terminal so far: {:?}",
+                    String::from_utf8_lossy(&self.seen)
+                ),
+            }
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        self.master.write_all(line.as_bytes()).unwrap();
+        self.master.write_all(b"\n").unwrap();
+    }
+
+    /// Whether the terminal echoes what is typed.
+    fn echoes(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: termios is plain data, filled in by tcgetattr on a valid
+        // descriptor.
+        let mut settings: libc::termios = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::tcgetattr(self.slave.as_raw_fd(), &mut settings) };
+        assert_eq!(rc, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+        settings.c_lflag & libc::ECHO != 0
+    }
+
+    /// Runs `portcullis ARGS` in `dir` on this terminal (stdout stays a pipe).
+    fn spawn(&self, dir: &Path, args: &[&str]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .current_dir(dir)
+            .stdin(self.slave.try_clone().unwrap())
+            .stderr(self.slave.try_clone().unwrap())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn portcullis")
+    }
+
+    /// Everything shown so far, after the child has exited.
+    fn shown(&mut self) -> String {
+        while let Ok(chunk) = self.shown.try_recv() {
+            self.seen.extend(chunk);
+        }
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+}
+
+#[test]
+fn at_a_terminal_the_password_is_asked_twice_without_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    let mut tty = Terminal::open();
+    assert!(tty.echoes(), "a new terminal echoes");
+
+    let child = tty.spawn(
+        dir.path(),
+        &["user", "add", "alice", "--file", "users.toml"],
+    );
+    // The prompt appears once echo is off: what is typed now stays hidden.
+    tty.expect("New password for alice: ");
+    assert!(!tty.echoes(), "echo is off while the password is typed");
+    tty.type_line("Typed secret");
+    tty.expect("Retype the password: ");
+    tty.type_line("Typed secret");
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    assert!(tty.echoes(), "echo is back on after the prompt");
+    let shown = tty.shown();
+    assert!(!shown.contains("Typed secret"), "password shown: {shown:?}");
+    assert!(load(&file).verify("alice", "Typed secret").is_some());
+
+    // Two different answers change nothing.
+    let before = std::fs::read(&file).unwrap();
+    let child = tty.spawn(
+        dir.path(),
+        &["user", "passwd", "alice", "--file", "users.toml"],
+    );
+    tty.expect("New password for alice: ");
+    tty.type_line("one");
+    tty.expect("Retype the password: ");
+    tty.type_line("two");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // stderr is the terminal here.
+    tty.expect("the passwords do not match; nothing changed");
+    assert!(tty.echoes());
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+}
+
+#[test]
+fn interrupting_the_prompt_restores_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tty = Terminal::open();
+    let mut child = tty.spawn(
+        dir.path(),
+        &["user", "add", "alice", "--file", "users.toml"],
+    );
+    tty.expect("New password for alice: ");
+    assert!(!tty.echoes());
+    // Ctrl-C, as the shell would deliver it.
+    // SAFETY: plain kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(tty.echoes(), "echo restored after Ctrl-C");
+    assert!(!dir.path().join("users.toml").exists());
+}
