@@ -216,7 +216,9 @@ impl UsersFile {
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
-            return Err(io(&tmp)(e));
+            // Named by the file being replaced: the temporary name means
+            // nothing to the reader (a missing directory, say).
+            return Err(io(&self.path)(e));
         }
         // Optimistic check against a concurrent edit (another `portcullis
         // user` run, or a person with an editor): the window left between
