@@ -1,5 +1,7 @@
 //! The `portcullis` command line.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,13 +32,26 @@ enum Command {
         /// Storage directory, overriding the configuration.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Runs an open registry: no tokens, anyone may do anything. Only for
-        /// a private loopback or a test.
+        /// Runs an open registry: no tokens required, anyone may do
+        /// anything (overrides `auth.enabled`). Only for a private loopback
+        /// or a test.
         #[arg(long)]
         no_auth: bool,
     },
     /// Validates a configuration file and lists every problem in it.
     CheckConfig { file: PathBuf },
+    /// Manages the users file (TOML, argon2id password hashes).
+    User {
+        #[command(subcommand)]
+        command: cli::users::UserCommand,
+    },
+    /// Writes a new token signing key and certificate (key rotation).
+    Keygen(cli::keygen::KeygenArgs),
+    /// Inspects the access policy.
+    Policy {
+        #[command(subcommand)]
+        command: cli::policy::PolicyCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +94,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::User { command } => cli::finish(cli::users::run(command)),
+        Command::Keygen(args) => cli::finish(cli::keygen::run(args)),
+        Command::Policy { command } => cli::finish(cli::policy::run(command)),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod reload;
 pub mod scope;
 pub mod token;
 pub mod users;
+pub mod users_file;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -176,6 +176,12 @@ impl Users {
         })
     }
 
+    /// The stored hash of a user (for `portcullis user import-htpasswd`,
+    /// which moves bcrypt hashes into the TOML file unchanged).
+    pub fn password_hash(&self, name: &str) -> Option<&str> {
+        self.users.get(name).map(|entry| entry.password.as_str())
+    }
+
     pub fn names(&self) -> impl Iterator<Item = (&str, &[String])> {
         self.users
             .iter()

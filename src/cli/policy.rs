@@ -1,0 +1,181 @@
+//! `portcullis policy explain`: what the policy decides for one caller and
+//! one request, and which rule decides it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Subcommand};
+use portcullis::auth::scope::Action;
+use portcullis::policy::{Caller, Decision, Policy};
+use portcullis::reference::RepoName;
+
+use super::{Failure, load_config};
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Shows what a caller may do on a repository (or the catalog), and the
+    /// rule that decides it.
+    #[command(after_help = "\
+Exit status: 0 when every requested action is allowed, 1 when any is denied,
+2 when the configuration, the policy files or the arguments are invalid.
+
+Examples:
+  portcullis policy explain --user alice alice/app push
+  portcullis policy explain --user bob --group admins library/nginx '*'
+  portcullis policy explain --anonymous --from 10.1.2.3 public/tools pull
+  portcullis policy explain --user alice --catalog")]
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("who").required(true).args(["user", "anonymous"])))]
+pub struct ExplainArgs {
+    /// The user asking.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// A group of the user (repeat for several). Groups are not looked up:
+    /// give the ones the user has.
+    #[arg(
+        long = "group",
+        short = 'g',
+        value_name = "GROUP",
+        conflicts_with = "anonymous"
+    )]
+    groups: Vec<String>,
+    /// Asks as an anonymous caller (no credentials).
+    #[arg(long)]
+    anonymous: bool,
+    /// The client's address, for rules with `from` conditions.
+    #[arg(long, value_name = "IP")]
+    from: Option<IpAddr>,
+    /// Explains listing the catalog (`/v2/_catalog`) instead of a repository.
+    #[arg(long, conflicts_with_all = ["repo", "action"])]
+    catalog: bool,
+    /// The repository, e.g. `library/nginx`.
+    #[arg(required_unless_present = "catalog")]
+    repo: Option<String>,
+    /// pull, push, delete or `*` (all three); several as `pull,push`.
+    #[arg(required_unless_present = "catalog")]
+    action: Option<String>,
+    /// Configuration file; its `policy.dir` is the default directory.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Directory of policy files, overriding the configuration.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+pub fn run(command: PolicyCommand) -> Result<ExitCode, Failure> {
+    match command {
+        PolicyCommand::Explain(args) => explain(args),
+    }
+}
+
+fn explain(args: ExplainArgs) -> Result<ExitCode, Failure> {
+    let config = load_config(args.config.as_deref())?;
+    let dir = args.dir.unwrap_or(config.policy.dir);
+    let policy = Policy::load_dir(&dir).map_err(Failure::setup)?;
+    if policy.is_empty() {
+        eprintln!(
+            "note: no rules in {} (*.toml): everything is denied",
+            dir.display()
+        );
+    }
+    let caller = Caller {
+        user: args.user,
+        groups: args.groups,
+        addr: args.from,
+    };
+    let (request, wanted, decision) = if args.catalog {
+        let decision = policy.decide_catalog(&caller);
+        ("catalog listing".to_owned(), vec![Action::Pull], decision)
+    } else {
+        let (Some(repo), Some(action)) = (args.repo, args.action) else {
+            return Err(Failure::setup("give REPO and ACTION, or --catalog"));
+        };
+        RepoName::parse(&repo)
+            .map_err(|_| Failure::setup(format!("`{repo}` is not a valid repository name")))?;
+        let wanted = parse_actions(&action)?;
+        let decision = policy.decide(&caller, &repo, &wanted);
+        let names: Vec<&str> = wanted.iter().map(|a| a.as_str()).collect();
+        (format!("{} on {repo}", names.join(", ")), wanted, decision)
+    };
+    print!(
+        "{}",
+        report(&caller, &request, &wanted, &decision, args.catalog)
+    );
+    let allowed = wanted.iter().all(|a| decision.granted.contains(a));
+    Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `pull`, `push`, `delete`, `*`, or a comma-separated list of them.
+fn parse_actions(text: &str) -> Result<Vec<Action>, Failure> {
+    let mut actions = Vec::new();
+    for part in text.split(',') {
+        match part.trim() {
+            "*" => actions.extend(Action::ALL),
+            name => actions.push(Action::parse(name).ok_or_else(|| {
+                Failure::setup(format!("unknown action `{name}` (pull, push, delete or *)"))
+            })?),
+        }
+    }
+    actions.sort();
+    actions.dedup();
+    Ok(actions)
+}
+
+fn report(
+    caller: &Caller,
+    request: &str,
+    wanted: &[Action],
+    decision: &Decision,
+    catalog: bool,
+) -> String {
+    let list = |actions: &[Action]| {
+        if actions.is_empty() {
+            "nothing".to_owned()
+        } else {
+            actions
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let mut who = match &caller.user {
+        Some(user) if caller.groups.is_empty() => user.clone(),
+        Some(user) => format!("{user} (groups: {})", caller.groups.join(", ")),
+        None => "anonymous".to_owned(),
+    };
+    if let Some(addr) = caller.addr {
+        who.push_str(&format!(" from {addr}"));
+    }
+    let refused: Vec<Action> = wanted
+        .iter()
+        .copied()
+        .filter(|a| !decision.granted.contains(a))
+        .collect();
+    let verdict = if refused.is_empty() {
+        "allowed"
+    } else {
+        "denied"
+    };
+    let mut out = format!("caller:   {who}\nrequest:  {request}\ndecision: {verdict}\n");
+    // The catalog is allowed or not; it has no actions to list.
+    if !catalog {
+        out.push_str(&format!("granted:  {}\n", list(&decision.granted)));
+    }
+    if !catalog && !refused.is_empty() {
+        out.push_str(&format!("refused:  {}\n", list(&refused)));
+    }
+    match &decision.rule {
+        Some(rule) => out.push_str(&format!("rule:     {rule}\n")),
+        None => out.push_str("rule:     no rule matched: denied by default\n"),
+    }
+    out
+}

@@ -1,0 +1,613 @@
+//! `portcullis policy explain` run as the real binary over policy files:
+//! every matching feature (placeholders, `*` and `**`, groups, anonymous,
+//! CIDR, first match across files, default deny, catalog), the exit status,
+//! and the repository's own `policies/`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn portcullis(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run portcullis")
+}
+
+/// A temporary directory with policy files under `policies/`.
+fn policies(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join("policies").join(name), text).unwrap();
+    }
+    dir
+}
+
+/// What `explain` said, and how it ended.
+struct Explained {
+    code: Option<i32>,
+    out: String,
+    err: String,
+}
+
+impl Explained {
+    fn line(&self, label: &str) -> &str {
+        self.out
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {label:?} in:\n{}{}", self.out, self.err))
+    }
+
+    /// Allowed: status 0 and every field saying so.
+    #[track_caller]
+    fn allowed(&self, granted: &str, rule: &str) {
+        assert_eq!(self.code, Some(0), "{}{}", self.out, self.err);
+        assert_eq!(self.line("decision:"), "allowed", "{}", self.out);
+        assert_eq!(self.line("granted:"), granted, "{}", self.out);
+        assert!(!self.out.contains("refused:"), "{}", self.out);
+        assert_eq!(self.line("rule:"), rule, "{}", self.out);
+    }
+
+    /// Denied: status 1, what was granted anyway and what was refused.
+    #[track_caller]
+    fn denied(&self, granted: &str, refused: &str, rule: &str) {
+        assert_eq!(self.code, Some(1), "{}{}", self.out, self.err);
+        assert_eq!(self.line("decision:"), "denied", "{}", self.out);
+        assert_eq!(self.line("granted:"), granted, "{}", self.out);
+        assert_eq!(self.line("refused:"), refused, "{}", self.out);
+        assert_eq!(self.line("rule:"), rule, "{}", self.out);
+    }
+
+    #[track_caller]
+    fn denied_by_default(&self, refused: &str) {
+        self.denied("nothing", refused, "no rule matched: denied by default");
+    }
+
+    /// A usage or setup error: status 2, `message` on stderr, nothing on stdout.
+    #[track_caller]
+    fn error(&self, message: &str) {
+        assert_eq!(self.code, Some(2), "{}{}", self.out, self.err);
+        assert!(
+            self.err.contains(message),
+            "{message:?} not in {}",
+            self.err
+        );
+        assert_eq!(self.out, "");
+    }
+}
+
+/// `portcullis policy explain --dir policies ARGS` in `dir`.
+fn explain(dir: &Path, args: &[&str]) -> Explained {
+    let out = portcullis(
+        dir,
+        &[&["policy", "explain", "--dir", "policies"][..], args].concat(),
+    );
+    Explained {
+        code: out.status.code(),
+        out: String::from_utf8_lossy(&out.stdout).into_owned(),
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn the_report_names_caller_request_decision_and_rule() {
+    let dir = policies(&[(
+        "50-users.toml",
+        "# comment\n[[rule]]\ndescription = \"own namespace\"\nusers = [\"*\"]\nrepositories = [\"${user}/**\"]\nactions = [\"pull\", \"push\"]\n",
+    )]);
+    let e = explain(
+        dir.path(),
+        &[
+            "--user",
+            "alice",
+            "-g",
+            "dev",
+            "-g",
+            "ops",
+            "--from",
+            "10.0.0.7",
+            "alice/app",
+            "push",
+        ],
+    );
+    assert_eq!(
+        e.out,
+        "caller:   alice (groups: dev, ops) from 10.0.0.7\n\
+         request:  push on alice/app\n\
+         decision: allowed\n\
+         granted:  push\n\
+         rule:     policies/50-users.toml:2 (rule #1) \"own namespace\"\n"
+    );
+    assert_eq!(e.code, Some(0));
+    assert_eq!(e.err, "");
+    // A partial grant is a denial of the rest (status 1), naming both parts.
+    let e = explain(dir.path(), &["--user", "alice", "alice/app", "*"]);
+    assert_eq!(e.line("request:"), "pull, push, delete on alice/app");
+    e.denied(
+        "pull, push",
+        "delete",
+        "policies/50-users.toml:2 (rule #1) \"own namespace\"",
+    );
+    // Several actions as a list.
+    explain(dir.path(), &["--user", "alice", "alice/app", "push,pull"]).allowed(
+        "pull, push",
+        "policies/50-users.toml:2 (rule #1) \"own namespace\"",
+    );
+}
+
+#[test]
+fn user_and_group_placeholders() {
+    let dir = policies(&[(
+        "10.toml",
+        r#"
+[[rule]]
+description = "own namespace"
+users = ["*"]
+repositories = ["${user}/**"]
+actions = ["pull", "push"]
+
+[[rule]]
+description = "team repositories"
+groups = ["team-a", "team-b"]
+repositories = ["teams/${group}/*"]
+actions = ["*"]
+"#,
+    )]);
+    let own = "policies/10.toml:2 (rule #1) \"own namespace\"";
+    let team = "policies/10.toml:8 (rule #2) \"team repositories\"";
+    let d = dir.path();
+    explain(d, &["--user", "alice", "alice/app", "push"]).allowed("push", own);
+    explain(d, &["--user", "alice", "alice/deep/er/app", "push"]).allowed("push", own);
+    // `**` also matches no segment at all: the namespace itself.
+    explain(d, &["--user", "alice", "alice", "pull"]).allowed("pull", own);
+    explain(d, &["--user", "alice", "bob/app", "pull"]).denied_by_default("pull");
+    // The placeholder is the whole segment, not a prefix.
+    explain(d, &["--user", "alice", "alice2/app", "pull"]).denied_by_default("pull");
+
+    explain(
+        d,
+        &[
+            "--user",
+            "carol",
+            "-g",
+            "team-a",
+            "teams/team-a/api",
+            "delete",
+        ],
+    )
+    .allowed("delete", team);
+    // Any of the caller's groups may fill the placeholder.
+    explain(
+        d,
+        &[
+            "--user",
+            "carol",
+            "-g",
+            "x",
+            "-g",
+            "team-b",
+            "teams/team-b/api",
+            "push",
+        ],
+    )
+    .allowed("push", team);
+    // But only their own groups.
+    explain(
+        d,
+        &[
+            "--user",
+            "carol",
+            "-g",
+            "team-a",
+            "teams/team-b/api",
+            "push",
+        ],
+    )
+    .denied_by_default("push");
+    // `*` stays inside one segment.
+    explain(
+        d,
+        &[
+            "--user",
+            "carol",
+            "-g",
+            "team-a",
+            "teams/team-a/a/b",
+            "pull",
+        ],
+    )
+    .denied_by_default("pull");
+    // A group the rule does not name does not get in through the placeholder.
+    explain(
+        d,
+        &[
+            "--user",
+            "carol",
+            "-g",
+            "team-c",
+            "teams/team-c/api",
+            "pull",
+        ],
+    )
+    .denied_by_default("pull");
+}
+
+#[test]
+fn single_and_double_star() {
+    let dir = policies(&[(
+        "10.toml",
+        r#"
+[[rule]]
+users = ["*"]
+repositories = ["library/*", "tools-*/bin", "mirror/**/cache"]
+actions = ["pull"]
+"#,
+    )]);
+    let rule = "policies/10.toml:2 (rule #1)";
+    let d = dir.path();
+    for allowed in [
+        "library/nginx",
+        "tools-go/bin",
+        "tools-x/bin",
+        "mirror/cache",
+        "mirror/a/cache",
+        "mirror/a/b/c/cache",
+    ] {
+        explain(d, &["--user", "u", allowed, "pull"]).allowed("pull", rule);
+    }
+    for denied in [
+        "library",
+        "library/a/b",
+        "tools/go/bin",
+        "tools-go/bin/x",
+        "mirror/a/b",
+        "mirror/cache/x",
+    ] {
+        explain(d, &["--user", "u", denied, "pull"]).denied_by_default("pull");
+    }
+}
+
+#[test]
+fn groups_users_and_explicit_denials() {
+    let dir = policies(&[(
+        "10.toml",
+        r#"
+[[rule]]
+description = "mallory is locked out"
+users = ["mallory"]
+repositories = ["**"]
+actions = []
+
+[[rule]]
+description = "admins"
+groups = ["admins"]
+repositories = ["**"]
+actions = ["*"]
+"#,
+    )]);
+    let d = dir.path();
+    let admins = "policies/10.toml:8 (rule #2) \"admins\"";
+    explain(d, &["--user", "bob", "-g", "admins", "x/y", "*"])
+        .allowed("pull, push, delete", admins);
+    explain(d, &["--user", "bob", "x/y", "pull"]).denied_by_default("pull");
+    // A user named like a group is not in it.
+    explain(d, &["--user", "admins", "x/y", "pull"]).denied_by_default("pull");
+    // The first rule matches mallory, even in the admins group, and grants nothing.
+    explain(d, &["--user", "mallory", "-g", "admins", "x/y", "pull"]).denied(
+        "nothing",
+        "pull",
+        "policies/10.toml:2 (rule #1) \"mallory is locked out\"",
+    );
+}
+
+#[test]
+fn anonymous_callers_match_only_anonymous_rules() {
+    let dir = policies(&[(
+        "10.toml",
+        r#"
+[[rule]]
+description = "public pulls"
+anonymous = true
+repositories = ["public/**"]
+actions = ["pull"]
+
+[[rule]]
+description = "every user"
+users = ["*"]
+repositories = ["**"]
+actions = ["pull", "push"]
+"#,
+    )]);
+    let d = dir.path();
+    let public = "policies/10.toml:2 (rule #1) \"public pulls\"";
+    let e = explain(d, &["--anonymous", "public/tools", "pull"]);
+    assert_eq!(e.line("caller:"), "anonymous");
+    e.allowed("pull", public);
+    explain(d, &["--anonymous", "public/tools", "push"]).denied("nothing", "push", public);
+    // `users = ["*"]` means any authenticated user, not anonymous callers.
+    explain(d, &["--anonymous", "private/x", "pull"]).denied_by_default("pull");
+    // An authenticated user does not match an anonymous rule.
+    explain(d, &["--user", "alice", "public/tools", "push"])
+        .allowed("push", "policies/10.toml:8 (rule #2) \"every user\"");
+}
+
+#[test]
+fn from_conditions_with_addresses_and_cidr_blocks() {
+    let dir = policies(&[(
+        "10.toml",
+        r#"
+[[rule]]
+description = "push from the office"
+users = ["*"]
+from = ["10.0.0.0/8", "192.168.1.5", "fd00::/8"]
+repositories = ["**"]
+actions = ["pull", "push"]
+
+[[rule]]
+description = "pull from anywhere"
+users = ["*"]
+repositories = ["**"]
+actions = ["pull"]
+"#,
+    )]);
+    let d = dir.path();
+    let office = "policies/10.toml:2 (rule #1) \"push from the office\"";
+    let anywhere = "policies/10.toml:9 (rule #2) \"pull from anywhere\"";
+    for addr in ["10.1.2.3", "192.168.1.5", "fd12::1", "::ffff:10.9.9.9"] {
+        explain(d, &["--user", "u", "--from", addr, "a/b", "push"]).allowed("push", office);
+    }
+    for addr in ["11.0.0.1", "192.168.1.6", "fe80::1"] {
+        explain(d, &["--user", "u", "--from", addr, "a/b", "push"])
+            .denied("nothing", "push", anywhere);
+    }
+    // Without an address, a rule with `from` cannot match.
+    explain(d, &["--user", "u", "a/b", "push"]).denied("nothing", "push", anywhere);
+    let e = explain(d, &["--user", "u", "--from", "10.0.0.300", "a/b", "push"]);
+    e.error("10.0.0.300");
+}
+
+#[test]
+fn first_match_wins_across_files_in_name_order() {
+    // Written in the opposite order to their names: the names decide.
+    let dir = policies(&[
+        (
+            "50-everyone.toml",
+            "[[rule]]\ndescription = \"everyone pulls\"\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n\n[[rule]]\ndescription = \"never reached for pulls\"\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"*\"]\n",
+        ),
+        (
+            "10-deny.toml",
+            "[[rule]]\ndescription = \"frozen\"\nusers = [\"*\"]\nrepositories = [\"frozen/**\"]\nactions = []\n",
+        ),
+        // Not a policy file: ignored.
+        ("README.md", "[[rule]] this is not TOML"),
+    ]);
+    let d = dir.path();
+    explain(d, &["--user", "u", "frozen/app", "pull"]).denied(
+        "nothing",
+        "pull",
+        "policies/10-deny.toml:1 (rule #1) \"frozen\"",
+    );
+    explain(d, &["--user", "u", "live/app", "pull"]).allowed(
+        "pull",
+        "policies/50-everyone.toml:1 (rule #2) \"everyone pulls\"",
+    );
+    // The second rule of the second file is never consulted: the first
+    // matching rule decides even when it grants less than asked.
+    explain(d, &["--user", "u", "live/app", "push"]).denied(
+        "nothing",
+        "push",
+        "policies/50-everyone.toml:1 (rule #2) \"everyone pulls\"",
+    );
+}
+
+#[test]
+fn no_rule_or_no_files_deny_by_default() {
+    let dir = policies(&[(
+        "10.toml",
+        "[[rule]]\nusers = [\"alice\"]\nrepositories = [\"a/**\"]\nactions = [\"pull\"]\n",
+    )]);
+    explain(dir.path(), &["--user", "bob", "a/b", "pull"]).denied_by_default("pull");
+    let empty = policies(&[]);
+    let e = explain(empty.path(), &["--user", "alice", "a/b", "pull"]);
+    e.denied_by_default("pull");
+    assert!(e.err.contains("no rules in policies"), "{}", e.err);
+    // A missing directory is an empty policy, too.
+    let none = tempfile::tempdir().unwrap();
+    let e = explain(none.path(), &["--user", "alice", "--catalog"]);
+    assert_eq!(e.code, Some(1), "{}", e.out);
+    assert_eq!(e.line("rule:"), "no rule matched: denied by default");
+    let e = explain(none.path(), &["--anonymous", "a/b", "delete"]);
+    e.denied_by_default("delete");
+}
+
+#[test]
+fn catalog_access() {
+    let dir = policies(&[(
+        "10.toml",
+        r#"
+[[rule]]
+description = "auditors may not list"
+groups = ["auditors"]
+catalog = true
+actions = []
+
+[[rule]]
+description = "admins list"
+groups = ["admins"]
+catalog = true
+repositories = ["**"]
+actions = ["*"]
+
+[[rule]]
+description = "not a catalog rule"
+users = ["*"]
+repositories = ["**"]
+actions = ["pull"]
+"#,
+    )]);
+    let d = dir.path();
+    let e = explain(d, &["--user", "root", "-g", "admins", "--catalog"]);
+    assert_eq!(e.code, Some(0), "{}", e.out);
+    assert_eq!(e.line("request:"), "catalog listing");
+    assert_eq!(e.line("decision:"), "allowed");
+    assert_eq!(
+        e.line("rule:"),
+        "policies/10.toml:8 (rule #2) \"admins list\""
+    );
+    let e = explain(
+        d,
+        &[
+            "--user",
+            "eve",
+            "-g",
+            "auditors",
+            "-g",
+            "admins",
+            "--catalog",
+        ],
+    );
+    assert_eq!(e.code, Some(1), "{}", e.out);
+    assert_eq!(e.line("decision:"), "denied");
+    assert_eq!(
+        e.line("rule:"),
+        "policies/10.toml:2 (rule #1) \"auditors may not list\""
+    );
+    // Pulling every repository is not listing them.
+    let e = explain(d, &["--user", "bob", "--catalog"]);
+    assert_eq!(e.code, Some(1), "{}", e.out);
+    assert_eq!(e.line("rule:"), "no rule matched: denied by default");
+    explain(d, &["--user", "bob", "--catalog", "a/b", "pull"]).error("cannot be used with");
+}
+
+#[test]
+fn the_shipped_policies() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = repo;
+    let admins = "policies/10-admins.toml:2 (rule #1) \"administrators manage every repository\"";
+    let own = "policies/50-users.toml:2 (rule #2) \"users push to their own namespace\"";
+    let all = "policies/50-users.toml:9 (rule #3) \"users pull everything\"";
+
+    // Administrators: everything, everywhere, and the catalog.
+    explain(d, &["--user", "root", "-g", "admins", "library/nginx", "*"])
+        .allowed("pull, push, delete", admins);
+    explain(
+        d,
+        &["--user", "root", "-g", "admins", "alice/app", "delete"],
+    )
+    .allowed("delete", admins);
+    let e = explain(d, &["--user", "root", "-g", "admins", "--catalog"]);
+    assert_eq!(e.code, Some(0), "{}", e.out);
+    assert_eq!(e.line("rule:"), admins);
+
+    // Users: push to their own namespace, pull everything, delete nothing.
+    explain(d, &["--user", "alice", "alice/app", "pull,push"]).allowed("pull, push", own);
+    explain(d, &["--user", "alice", "alice/team/app", "push"]).allowed("push", own);
+    explain(d, &["--user", "alice", "alice/app", "delete"]).denied("nothing", "delete", own);
+    explain(d, &["--user", "alice", "library/nginx", "pull"]).allowed("pull", all);
+    explain(d, &["--user", "alice", "bob/app", "push"]).denied("nothing", "push", all);
+    explain(d, &["--user", "alice", "bob/app", "*"]).denied("pull", "push, delete", all);
+
+    // Anonymous callers: nothing.
+    for action in ["pull", "push", "delete"] {
+        explain(d, &["--anonymous", "library/nginx", action]).denied_by_default(action);
+    }
+    let e = explain(d, &["--anonymous", "--catalog"]);
+    assert_eq!(e.code, Some(1));
+    assert_eq!(e.line("rule:"), "no rule matched: denied by default");
+}
+
+#[test]
+fn the_directory_comes_from_the_configuration() {
+    let dir = policies(&[(
+        "10.toml",
+        "[[rule]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n",
+    )]);
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        "[policy]\ndir = \"policies\"\n",
+    )
+    .unwrap();
+    let out = portcullis(
+        dir.path(),
+        &[
+            "policy",
+            "explain",
+            "-c",
+            "portcullis.toml",
+            "--user",
+            "u",
+            "a/b",
+            "pull",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rule:     policies/10.toml:1 (rule #1)")
+    );
+    // --dir wins over the configuration.
+    let out = portcullis(
+        dir.path(),
+        &[
+            "policy",
+            "explain",
+            "-c",
+            "portcullis.toml",
+            "--dir",
+            "elsewhere",
+            "--user",
+            "u",
+            "a/b",
+            "pull",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
+
+#[test]
+fn bad_policies_and_arguments_are_errors_not_denials() {
+    let dir = policies(&[(
+        "10.toml",
+        "[[rule]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n",
+    )]);
+    let d = dir.path();
+    for (args, message) in [
+        (&["--user", "u", "a/b", "pull"][..], ""),
+        (&["--user", "u", "a/b", "fetch"], "unknown action `fetch`"),
+        (
+            &["--user", "u", "Alice/App", "pull"],
+            "not a valid repository name",
+        ),
+        (
+            &["--user", "u", "a//b", "pull"],
+            "not a valid repository name",
+        ),
+        (
+            &["--user", "u", "--anonymous", "a/b", "pull"],
+            "cannot be used with",
+        ),
+        (
+            &["--group", "g", "--anonymous", "a/b", "pull"],
+            "cannot be used with",
+        ),
+        (&["a/b", "pull"], "--user"),
+        (&["--group", "admins", "a/b", "pull"], "--user"),
+        (&["--user", "u", "a/b"], "ACTION"),
+        (&["--user", "u"], "REPO"),
+    ] {
+        let e = explain(d, args);
+        if message.is_empty() {
+            assert_eq!(e.code, Some(0), "{}", e.err);
+        } else {
+            e.error(message);
+        }
+    }
+    std::fs::write(
+        d.join("policies/20-bad.toml"),
+        "[[rule]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"fly\"]\n",
+    )
+    .unwrap();
+    explain(d, &["--user", "u", "a/b", "pull"])
+        .error("policies/20-bad.toml:1:1: unknown action `fly`");
+}
