@@ -256,7 +256,7 @@ pub fn generate(dir: &Path, kind: KeyKind) -> Result<PathBuf, KeyError> {
     params.not_after = now + time::Duration::days(3650);
     let cert = params.self_signed(&pair).map_err(|e| gen_err(&e))?;
 
-    let stamp = stamp();
+    let stamp = stamp(dir);
     let key_path = dir.join(format!("token-{stamp}.key"));
     write_new(&key_path, pair.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
     let cert_path = key_path.with_extension("crt");
@@ -304,12 +304,26 @@ fn write_new(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// A sortable, unique-enough file stamp: seconds since the epoch, zero
-/// padded, plus random bits for two keys generated in one second.
-fn stamp() -> String {
-    let secs = std::time::SystemTime::now()
+/// The stamp of a new key: seconds since the epoch, zero padded, and
+/// always greater than every stamp already in `dir`, because "the newest
+/// key signs" is decided by name order. Two keys made within one second, or
+/// a clock set back, still leave the newest key last. Random bits follow so
+/// that two processes generating at once do not collide on a name.
+fn stamp(dir: &Path) -> String {
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let latest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let digits = name.strip_prefix("token-")?.split('-').next()?.to_owned();
+            digits.parse::<u64>().ok()
+        })
+        .max();
+    let secs = latest.map_or(now, |latest| now.max(latest + 1));
     let random = &uuid::Uuid::new_v4().simple().to_string()[..6];
     format!("{secs:012}-{random}")
 }

@@ -234,3 +234,15 @@ fn first_start_generates_a_key_and_private_keys_are_private() {
     }
     assert!(Path::new(&certs.join("bundle.crt")).exists());
 }
+
+#[test]
+fn keys_generated_in_one_second_still_leave_the_newest_signing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut newest = Vec::new();
+    for _ in 0..4 {
+        newest.push(keys::generate(dir.path(), KeyKind::Es256).unwrap());
+    }
+    let ring = KeyRing::load(dir.path()).unwrap();
+    assert_eq!(ring.keys().len(), 4);
+    assert_eq!(&ring.signer().file, newest.last().unwrap());
+}
