@@ -304,14 +304,18 @@ fn write_new(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// A sortable, unique-enough file stamp: seconds since the epoch, zero
-/// padded, plus random bits for two keys generated in one second.
+/// A sortable, unique file stamp: the time since the epoch in seconds and
+/// nanoseconds, zero padded, so that a key generated later sorts later (and
+/// signs) even within the same second, plus random bits against two
+/// generations at the same instant. A stamp of the older `<secs>-<random>`
+/// form sorts before any new one of the same second (`-` before digits).
 fn stamp() -> String {
-    let secs = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+        .unwrap_or_default();
+    let (secs, nanos) = (now.as_secs(), now.subsec_nanos());
     let random = &uuid::Uuid::new_v4().simple().to_string()[..6];
-    format!("{secs:012}-{random}")
+    format!("{secs:012}{nanos:09}-{random}")
 }
 
 /// The libtrust key id: SHA-256 of the DER SubjectPublicKeyInfo, first 240
