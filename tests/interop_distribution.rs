@@ -1145,3 +1145,19 @@ fn rs256_tokens_are_accepted() {
     let other = http.token(&portcullis, Some(BOB), &["repository:bob/other:pull"]);
     assert_eq!(http.tags(&registry, &other, "bob/tool").status, 401);
 }
+
+/// Rotation must not depend on the clock's second ticking over: a key
+/// generated right after another one (as a script or this file's rotation
+/// test may do) is the one that signs. Repeated because one lucky ordering
+/// proves nothing.
+#[test]
+fn a_key_generated_within_the_same_second_signs_next() {
+    let dir = tempfile::tempdir().unwrap();
+    keys::generate(dir.path(), KeyKind::Es256).unwrap();
+    for round in 0..20 {
+        let newest = keys::generate(dir.path(), KeyKind::Es256).unwrap();
+        let ring = KeyRing::load(dir.path()).unwrap();
+        assert_eq!(ring.keys().len(), round + 2);
+        assert_eq!(ring.signer().file, newest, "round {round}");
+    }
+}
