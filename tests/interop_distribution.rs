@@ -856,7 +856,9 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     )
     .unwrap();
     assert_eq!(inspect["Digest"], layout.manifest_digest.as_str());
-    // …but not push to: distribution refuses the upload for lack of scope.
+    // …but not push to. With the blobs already there skopeo reuses them
+    // and is refused at the manifest; with new content it is refused at
+    // the first blob upload, and no blob of it lands in bob/app.
     alice.refused(&[
         "copy",
         "--preserve-digests",
@@ -864,6 +866,28 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
         &oci_ref(&src, "v1"),
         &remote("bob/app:by-alice"),
     ]);
+    let other = alice.path("other");
+    let other_layout = write_layout(&other, "v1");
+    alice.refused(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &oci_ref(&other, "v1"),
+        &remote("bob/app:by-alice"),
+    ]);
+    let http = Http::new();
+    let bob_pull = http.token(&portcullis, Some(BOB), &["repository:bob/app:pull"]);
+    for digest in other_layout.blobs.keys() {
+        let reply = http.send(http.registry(
+            reqwest::Method::HEAD,
+            &registry.at(&format!("/v2/bob/app/blobs/{digest}")),
+            &bob_pull,
+        ));
+        assert_eq!(
+            reply.status, 404,
+            "blob {digest} of a refused push is in bob/app"
+        );
+    }
     let tags: Value = serde_json::from_slice(
         &alice
             .run(&["list-tags", "--tls-verify=false", &remote("bob/app")])
