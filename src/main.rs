@@ -52,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::policy::PolicyCommand,
     },
+    /// Revokes refresh (identity) tokens.
+    Token {
+        #[command(subcommand)]
+        command: cli::token::TokenCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
         Command::User { command } => cli::finish(cli::users::run(command)),
         Command::Keygen(args) => cli::finish(cli::keygen::run(args)),
         Command::Policy { command } => cli::finish(cli::policy::run(command)),
+        Command::Token { command } => cli::finish(cli::token::run(command)),
     }
 }
 

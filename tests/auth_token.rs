@@ -709,3 +709,65 @@ async fn failed_logins_are_throttled_per_account_and_address() {
     let (status, _) = token(&s, None, "").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn token_revoke_command_voids_refresh_tokens() {
+    let s = server().await;
+    let login = |user: &'static str, pw: &'static str| {
+        s.client.post(s.at("/token")).form(&[
+            ("grant_type", "password"),
+            ("service", SERVICE),
+            ("client_id", "ci"),
+            ("access_type", "offline"),
+            ("username", user),
+            ("password", pw),
+        ])
+    };
+    let refresh_of = |body: Value| body["refresh_token"].as_str().unwrap().to_owned();
+    let alice = refresh_of(
+        login("alice", "alice-pw")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    let bob = refresh_of(
+        login("bob", "bob-pw")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    let redeem = |refresh: &str| {
+        s.client.post(s.at("/token")).form(&[
+            ("grant_type", "refresh_token"),
+            ("service", SERVICE),
+            ("client_id", "ci"),
+            ("refresh_token", refresh),
+        ])
+    };
+    let revoke = |args: &[&str]| {
+        let data = s.dir.path().join("data");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["token", "revoke", "--data-dir", data.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    revoke(&["--user", "alice"]);
+    assert_eq!(redeem(&alice).send().await.unwrap().status(), 401);
+    assert_eq!(redeem(&bob).send().await.unwrap().status(), 200);
+    revoke(&["--all"]);
+    assert_eq!(redeem(&bob).send().await.unwrap().status(), 401);
+    // Neither flag, or both: a usage error that writes nothing.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["token", "revoke"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -119,3 +119,48 @@ async fn serve_uses_the_configuration_and_flags_override_it() {
     assert_eq!(res.status(), 200);
     assert!(overridden.is_dir());
 }
+
+#[test]
+fn serve_refuses_a_bad_policy_file_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("10-ok.toml"),
+        "[[rule]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("20-bad.toml"),
+        "\n[[rule]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"write\"]\n",
+    )
+    .unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nroot = {:?}\n[token]\nkey_dir = {:?}\n[users]\nfile = {:?}\n[policy]\ndir = {:?}\n",
+            dir.path().join("data"),
+            dir.path().join("certs"),
+            dir.path().join("users.toml"),
+            policies
+        ),
+    )
+    .unwrap();
+    let out = portcullis(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("{}:2:", policies.join("20-bad.toml").display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("unknown action `write`"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "it must not start listening"
+    );
+}

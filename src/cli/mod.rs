@@ -1,9 +1,10 @@
-//! The subcommands besides `serve` and `check-config`: users, keys and
-//! policy. Each returns `Ok(exit code)` or a [`Failure`] that `main` prints.
+//! The subcommands besides `serve` and `check-config`: users, keys,
+//! policy and token revocation. Each returns `Ok(exit code)` or a [`Failure`] that `main` prints.
 
 pub mod keygen;
 mod password;
 pub mod policy;
+pub mod token;
 pub mod users;
 
 use std::path::Path;
