@@ -164,3 +164,53 @@ fn serve_refuses_a_bad_policy_file_with_its_place() {
         "it must not start listening"
     );
 }
+
+#[test]
+fn example_policies_load_beside_the_shipped_ones_and_decide_as_documented() {
+    use portcullis::auth::scope::Action;
+    use portcullis::policy::{Caller, Policy};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    for source in ["policies", "examples/policies"] {
+        for entry in std::fs::read_dir(root.join(source)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let policy = Policy::load_dir(dir.path()).unwrap();
+    let who = |user: Option<&str>, groups: &[&str], addr: Option<&str>| Caller {
+        user: user.map(str::to_owned),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        addr: addr.map(|a| a.parse().unwrap()),
+    };
+    let allows = |caller: &Caller, repo: &str, action: Action| {
+        policy.decide(caller, repo, &[action]).granted == [action]
+    };
+    let ci_inside = who(Some("bot"), &["ci"], Some("10.20.1.1"));
+    let ci_outside = who(Some("bot"), &["ci"], Some("192.0.2.1"));
+    assert!(allows(&ci_inside, "builds/x", Action::Push));
+    assert!(!allows(&ci_outside, "builds/x", Action::Push));
+    assert!(allows(
+        &who(Some("carol"), &["web"], None),
+        "teams/web/app",
+        Action::Delete
+    ));
+    assert!(!allows(
+        &who(Some("carol"), &["web"], None),
+        "teams/db/app",
+        Action::Push
+    ));
+    assert!(allows(&who(None, &[], None), "public/tools", Action::Pull));
+    assert!(!allows(
+        &who(Some("bob"), &[], None),
+        "vendor/x",
+        Action::Pull
+    ));
+    assert!(allows(
+        &who(Some("root"), &["admins"], None),
+        "vendor/x",
+        Action::Push
+    ));
+}
