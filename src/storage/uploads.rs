@@ -13,25 +13,55 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
-use tokio::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{ByteStream, OrUnknown, Result, Storage, StorageError, paths};
 use crate::reference::{Algorithm, Digest, RepoName};
 use paths::UploadId;
 
-/// Striped locks serializing work on one session within this process. Striping
-/// bounds memory without bookkeeping for abandoned sessions.
-pub(super) struct Locks([Mutex<()>; 64]);
+/// One lock per session in use, serializing work on that session within
+/// this process. A lock is held while a chunk's body streams in, which may
+/// take as long as the client likes, so sessions must never share one (a
+/// slow client would stall unrelated uploads); an entry lives only while
+/// someone holds or waits for it.
+#[derive(Default)]
+pub(super) struct Locks(std::sync::Mutex<HashMap<UploadId, Arc<Mutex<()>>>>);
 
-impl Default for Locks {
-    fn default() -> Self {
-        Self(std::array::from_fn(|_| Mutex::new(())))
-    }
+/// Holds a session's lock; dropping it releases the lock and forgets the
+/// entry when nobody else wants it.
+pub(super) struct SessionGuard<'a> {
+    locks: &'a Locks,
+    id: UploadId,
+    held: Option<OwnedMutexGuard<()>>,
 }
 
 impl Locks {
-    fn of(&self, id: UploadId) -> &Mutex<()> {
-        &self.0[(id.0.as_u128() % 64) as usize]
+    async fn lock(&self, id: UploadId) -> SessionGuard<'_> {
+        let mutex = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(map.entry(id).or_default())
+        };
+        let held = mutex.lock_owned().await;
+        SessionGuard {
+            locks: self,
+            id,
+            held: Some(held),
+        }
+    }
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Counted under the map lock, so no one can be about to clone it:
+        // only the map's own reference left means no holder, no waiter.
+        if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) == 1) {
+            map.remove(&self.id);
+        }
     }
 }
 
@@ -117,7 +147,7 @@ impl Storage {
         chunk: Chunk,
         body: ByteStream,
     ) -> Result<u64> {
-        let _guard = self.upload_locks.of(id).lock().await;
+        let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(repo, id).await?;
         self.append(&mut session, chunk, body).await?;
         Ok(session.offset)
@@ -133,7 +163,7 @@ impl Storage {
         digest: &Digest,
         last: Option<(Chunk, ByteStream)>,
     ) -> Result<u64> {
-        let _guard = self.upload_locks.of(id).lock().await;
+        let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(repo, id).await?;
         if let Some((chunk, body)) = last {
             self.append(&mut session, chunk, body).await?;
@@ -166,7 +196,7 @@ impl Storage {
     }
 
     pub async fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<()> {
-        let _guard = self.upload_locks.of(id).lock().await;
+        let _guard = self.upload_locks.lock(id).await;
         self.load_session(repo, id).await?;
         self.driver
             .delete(&paths::upload(id))
@@ -313,5 +343,40 @@ impl Storage {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_session_never_blocks_another_and_entries_go_away() {
+        let locks = Locks::default();
+        let ids: Vec<UploadId> = (0..200).map(|_| UploadId::new()).collect();
+        let first = locks.lock(ids[0]).await;
+        // Whatever their ids, other sessions lock at once (the bound only
+        // turns a hang into a failure).
+        for id in &ids[1..] {
+            let guard = tokio::time::timeout(std::time::Duration::from_secs(5), locks.lock(*id));
+            assert!(
+                guard.await.is_ok(),
+                "session {id} waited for another session"
+            );
+        }
+        // The same session waits…
+        let mut waiting = Box::pin(locks.lock(ids[0]));
+        assert!((&mut waiting).now_or_never().is_none());
+        drop(first);
+        // …and gets it once released; the entry survives while it is held.
+        let second = waiting.await;
+        assert_eq!(locks.0.lock().unwrap().len(), 1);
+        drop(second);
+        assert!(
+            locks.0.lock().unwrap().is_empty(),
+            "entries must not pile up"
+        );
     }
 }
