@@ -210,9 +210,12 @@ impl Driver for FsDriver {
         match file {
             Some(file) => Ok(Box::new(FsAppender {
                 file: Some(file),
+                in_flight: None,
+                path: self.path(key)?,
                 start: at,
                 size: at,
                 batch: Vec::new(),
+                spare: Vec::new(),
             })),
             None => Err(DriverError::InvalidKey(format!(
                 "{owned_key}: offset {at} past end"
@@ -283,33 +286,52 @@ impl Driver for FsDriver {
     }
 }
 
+/// Appends through a double buffer: while one batch is written on the
+/// blocking pool, the next is filled from the request body, so receiving and
+/// hashing overlap with writing. At most one write is in flight, so writes
+/// stay in order and memory stays at two batches per upload.
 struct FsAppender {
-    /// `None` only while a batch is being written on the blocking pool.
+    /// The file, when no batch is being written.
     file: Option<File>,
+    /// The batch being written; it hands the file and its buffer back.
+    in_flight: Option<tokio::task::JoinHandle<io::Result<(File, Vec<u8>)>>>,
+    /// For putting the object back to `start` bytes after a failed write
+    /// took the file handle with it.
+    path: PathBuf,
     start: u64,
     size: u64,
     batch: Vec<u8>,
+    spare: Vec<u8>,
 }
 
 impl FsAppender {
-    async fn flush_batch(&mut self) -> io::Result<()> {
+    /// Waits for the batch in flight, if any.
+    async fn settle(&mut self) -> io::Result<()> {
+        if let Some(handle) = self.in_flight.take() {
+            let (file, mut buffer) = handle.await.map_err(io::Error::other)??;
+            buffer.clear();
+            self.file = Some(file);
+            self.spare = buffer;
+        }
+        Ok(())
+    }
+
+    /// Sends the current batch to be written once the previous one is done.
+    async fn submit(&mut self) -> io::Result<()> {
+        self.settle().await?;
         if self.batch.is_empty() {
             return Ok(());
         }
         let mut file = self
             .file
             .take()
-            .ok_or_else(|| io::Error::other("appender poisoned"))?;
-        let batch = std::mem::take(&mut self.batch);
-        let (file, batch) = blocking(move || {
+            .ok_or_else(|| io::Error::other("appender poisoned by an earlier failure"))?;
+        let next = std::mem::take(&mut self.spare);
+        let batch = std::mem::replace(&mut self.batch, next);
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
             file.write_all(&batch)?;
             Ok((file, batch))
-        })
-        .await?;
-        self.file = Some(file);
-        // Reuse the allocation for the next batch.
-        self.batch = batch;
-        self.batch.clear();
+        }));
         Ok(())
     }
 }
@@ -327,26 +349,36 @@ impl Appender for FsAppender {
         }
         self.batch.extend_from_slice(&chunk);
         if self.batch.len() >= WRITE_BATCH {
-            self.flush_batch().await?;
+            self.submit().await?;
         }
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> Result<u64> {
-        self.flush_batch().await?;
+        self.submit().await?;
+        self.settle().await?;
         let file = self
             .file
             .take()
-            .ok_or_else(|| io::Error::other("appender poisoned"))?;
+            .ok_or_else(|| io::Error::other("appender poisoned by an earlier failure"))?;
         blocking(move || file.sync_data()).await?;
         Ok(self.size)
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
+        // Whatever the write in flight did, the object goes back to `start`.
+        let _ = self.settle().await;
         let start = self.start;
-        if let Some(file) = self.file.take() {
-            blocking(move || file.set_len(start)).await?;
-        }
+        let file = self.file.take();
+        let path = self.path.clone();
+        blocking(move || {
+            let file = match file {
+                Some(file) => file,
+                None => OpenOptions::new().write(true).open(&path)?,
+            };
+            file.set_len(start)
+        })
+        .await?;
         Ok(())
     }
 }
