@@ -286,6 +286,10 @@ impl Driver for FsDriver {
     }
 }
 
+/// A batch being written on the blocking pool: it gives back the file and
+/// the (emptied) buffer for reuse.
+type BatchWrite = tokio::task::JoinHandle<io::Result<(File, Vec<u8>)>>;
+
 /// Appends through a double buffer: while one batch is written on the
 /// blocking pool, the next is filled from the request body, so receiving and
 /// hashing overlap with writing. At most one write is in flight, so writes
@@ -294,7 +298,7 @@ struct FsAppender {
     /// The file, when no batch is being written.
     file: Option<File>,
     /// The batch being written; it hands the file and its buffer back.
-    in_flight: Option<tokio::task::JoinHandle<io::Result<(File, Vec<u8>)>>>,
+    in_flight: Option<BatchWrite>,
     /// For putting the object back to `start` bytes after a failed write
     /// took the file handle with it.
     path: PathBuf,
