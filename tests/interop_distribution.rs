@@ -1089,7 +1089,9 @@ fn sign_with_kid_only(ring: &KeyRing, kid: &str, access: Vec<AccessEntry>) -> St
     header.typ = Some("JWT".to_owned());
     header.kid = Some(kid.to_owned());
     let claims = Claims::new(ISSUER, "alice", SERVICE, Duration::from_secs(300), access);
-    jsonwebtoken::encode(&header, &claims, &key.encoding).expect("sign")
+    let pem = std::fs::read(&key.file).expect("key file");
+    let encoding = jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("ES256 key");
+    jsonwebtoken::encode(&header, &claims, &encoding).expect("sign")
 }
 
 /// Key rotation as the operator does it: a new key is generated, Portcullis

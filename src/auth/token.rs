@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Header, Validation};
+use jsonwebtoken::Validation;
 use serde::{Deserialize, Serialize};
 
 use super::keys::KeyRing;
@@ -89,13 +89,8 @@ impl Claims {
 /// Signs claims with the ring's current key; the header names the key by
 /// its libtrust id and carries the certificate in `x5c`.
 pub fn sign(keys: &KeyRing, claims: &Claims) -> Result<String, TokenError> {
-    let key = keys.signer();
-    let mut header = Header::new(key.kind.algorithm());
-    header.typ = Some("JWT".to_owned());
-    header.kid = Some(key.libtrust_id.clone());
-    header.x5c = Some(vec![key.x5c.clone()]);
-    jsonwebtoken::encode(&header, claims, &key.encoding)
-        .map_err(|e| TokenError::Sign(e.to_string()))
+    let json = serde_json::to_vec(claims).map_err(|e| TokenError::Sign(e.to_string()))?;
+    keys.signer().sign_jwt(&json).map_err(TokenError::Sign)
 }
 
 /// Verifies a token and returns its claims.

@@ -136,7 +136,7 @@ fn hmac_keyed_with_the_public_key_is_refused() {
     let kid = ring.signer().libtrust_id.clone();
     // The attacker knows the certificate (it is public): sign HS256 with it.
     let cert = std::fs::read(ring.signer().file.with_extension("crt")).unwrap();
-    let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some(kid);
     let token = jsonwebtoken::encode(
         &header,
