@@ -35,7 +35,7 @@ pub async fn catalog(
     page: Page,
     visible: Option<Visible>,
 ) -> Result<Response, ApiError> {
-    let mut all = storage.catalog().await?;
+    let mut all: Vec<String> = storage.catalog().await?.to_vec();
     if let Some(visible) = visible {
         all.retain(|name| visible(name));
     }

@@ -168,6 +168,13 @@ impl Storage {
     /// manifest from the repository with every tag pointing at it and its
     /// referrer entry.
     pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let deleted = self.delete_manifest_or_tag(repo, reference).await;
+        // Removing the last link may have removed the repository.
+        self.catalog_changed();
+        deleted
+    }
+
+    async fn delete_manifest_or_tag(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         let unknown = || StorageError::ManifestUnknown(reference.to_string());
         let digest = match reference {
             Reference::Tag(tag) => {

@@ -72,14 +72,36 @@ impl<T> OrUnknown<T> for std::result::Result<T, DriverError> {
 pub struct Storage {
     driver: Arc<dyn Driver>,
     upload_locks: uploads::Locks,
+    catalog: CatalogCache,
 }
+
+/// The repository list, kept briefly: a client paging through a large
+/// catalog would otherwise make the server walk every repository once per
+/// page. Changes made through this process drop it at once; changes made by
+/// another replica over the same storage show within [`CATALOG_TTL`].
+#[derive(Default)]
+struct CatalogCache {
+    /// Bumped by every change that can add or remove a repository.
+    generation: std::sync::atomic::AtomicU64,
+    entry: std::sync::Mutex<Option<(u64, std::time::Instant, Arc<Vec<String>>)>>,
+}
+
+const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Storage {
     pub fn new(driver: Arc<dyn Driver>) -> Self {
         Self {
             driver,
             upload_locks: uploads::Locks::default(),
+            catalog: CatalogCache::default(),
         }
+    }
+
+    /// Something that may add or remove a repository happened.
+    fn catalog_changed(&self) {
+        self.catalog
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn driver(&self) -> &Arc<dyn Driver> {
@@ -117,10 +139,13 @@ impl Storage {
     /// Unlinks a blob from a repository. The content stays for other
     /// repositories until garbage collection.
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        self.driver
+        let deleted = self
+            .driver
             .delete(&paths::layer_link(repo, digest))
             .await
-            .or_unknown(|| StorageError::BlobUnknown(digest.clone()))
+            .or_unknown(|| StorageError::BlobUnknown(digest.clone()));
+        self.catalog_changed();
+        deleted
     }
 
     /// Links a blob of `from` into `to`. `false` when `from` does not have it.
@@ -141,10 +166,11 @@ impl Storage {
     }
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        Ok(self
-            .driver
+        self.driver
             .put(&paths::layer_link(repo, digest), Bytes::new())
-            .await?)
+            .await?;
+        self.catalog_changed();
+        Ok(())
     }
 
     /// Whether anything was ever stored for `repo`.
@@ -156,9 +182,6 @@ impl Storage {
         }
     }
 
-    /// Every repository, sorted. A directory is a repository when it holds
-    /// one of the `_`-prefixed metadata directories; names nest (`a` and
-    /// `a/b` can both be repositories).
     /// The refresh-token revocation record, if any was ever written.
     pub async fn revocations(&self) -> Result<Option<Bytes>> {
         match self.driver.get(&paths::revocations()).await {
@@ -172,7 +195,34 @@ impl Storage {
         Ok(self.driver.put(&paths::revocations(), record).await?)
     }
 
-    pub async fn catalog(&self) -> Result<Vec<String>> {
+    /// Every repository, sorted. A directory is a repository when it holds
+    /// one of the `_`-prefixed metadata directories; names nest (`a` and
+    /// `a/b` can both be repositories).
+    pub async fn catalog(&self) -> Result<Arc<Vec<String>>> {
+        use std::sync::atomic::Ordering;
+        let generation = self.catalog.generation.load(Ordering::SeqCst);
+        if let Some((at, when, list)) = self
+            .catalog
+            .entry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            && *at == generation
+            && when.elapsed() < CATALOG_TTL
+        {
+            return Ok(Arc::clone(list));
+        }
+        let list = Arc::new(self.walk_repositories().await?);
+        // A change during the walk may be missing from it: keep the list
+        // only if nothing changed meanwhile.
+        if self.catalog.generation.load(Ordering::SeqCst) == generation {
+            *self.catalog.entry.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((generation, std::time::Instant::now(), Arc::clone(&list)));
+        }
+        Ok(list)
+    }
+
+    async fn walk_repositories(&self) -> Result<Vec<String>> {
         let mut found = Vec::new();
         let mut pending: Vec<Option<RepoName>> = vec![None];
         while let Some(name) = pending.pop() {
