@@ -83,8 +83,11 @@ pub struct Storage {
 struct CatalogCache {
     /// Bumped by every change that can add or remove a repository.
     generation: std::sync::atomic::AtomicU64,
-    entry: std::sync::Mutex<Option<(u64, std::time::Instant, Arc<Vec<String>>)>>,
+    entry: std::sync::Mutex<Option<CatalogEntry>>,
 }
+
+/// A walk's result: the generation it saw, when, and the names.
+type CatalogEntry = (u64, std::time::Instant, Arc<Vec<String>>);
 
 const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
