@@ -172,8 +172,8 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         .target(1.5)
         .note(
             "one task per upload: socket read, SHA-256, 1 MiB batched file write, in \
-             turn, on one core (~0.85 busy, SHA-256 ~40% of it), then one fsync; \
-             distribution keeps a core busy for half the speed and does not fsync",
+             turn (0.6-0.85 of a core busy here, SHA-256 ~40% of it), then one fsync; \
+             distribution does the same work, fsync included, at ~0.9 of a core",
         ),
         Row::new(
             "blob push, single request",
@@ -222,12 +222,12 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
             .against("nginx (sendfile)", pulled[2])
             .target(0.8)
             .note(
-                "nginx hands the page cache to the socket with sendfile: no user-space copy, \
-                 no thread hop, ~0.3 core for the same speed",
+                "nginx hands the page cache to the socket with sendfile: no copy into user \
+                 space, no thread hop",
             ),
         Row::new("idle RSS", "MiB", mib(idle[0]), Better::Lower)
             .against("distribution", mib(idle[1]))
-            .note("resident memory of a started server that has issued a few tokens"),
+            .note("resident memory of the running server before this section's transfers"),
         Row::new(
             format!("peak RSS, {label} push+pull"),
             "MiB",
