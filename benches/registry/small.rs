@@ -1,6 +1,7 @@
 //! Sections `small` and `tokens`: many small requests at 64 concurrent
-//! connections, driven by `wrk` (Debian's), where per-request overhead —
-//! routing, token verification, the manifest lookup — is all there is.
+//! connections, driven by `wrk` (Debian's; HEAD by a load loop of the
+//! harness' own, see [`head_load`]), where per-request overhead — routing,
+//! token verification, the manifest lookup — is all there is.
 //!
 //! `small`: a tiny image is pushed to both registries, then manifest GET and
 //! HEAD by tag are measured against each with one bearer token valid for
@@ -53,12 +54,14 @@ pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
         // the other's run; it lasts 300 s, longer than the runs.
         let token = target.token(&client, &scope).await;
         push_image(&client, target, &token).await;
-        let url = target.at(&format!("/v2/{REPOSITORY}/manifests/{TAG}"));
+        let path = format!("/v2/{REPOSITORY}/manifests/{TAG}");
+        let url = target.at(&path);
         let bearer = format!("Authorization: Bearer {token}");
         let accept = format!("Accept: {MANIFEST_TYPE}");
         let headers = [bearer.as_str(), accept.as_str()];
-        // Before measuring anything, the exact requests wrk will send must
-        // succeed: wrk would happily time a stream of 401s.
+        // Before measuring anything, the exact requests the load will send
+        // must succeed with a 200, not merely avoid 4xx/5xx (all wrk counts
+        // as an error), and a failure here says which request failed.
         for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
             let res = client
                 .request(method.clone(), &url)
@@ -75,7 +78,6 @@ pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
             );
         }
         let get = wrk(&url, &headers).await;
-        let path = format!("/v2/{REPOSITORY}/manifests/{TAG}");
         let head = head_load(&target.host, &path, &headers).await;
         results.push((target.name, get, head));
     }
