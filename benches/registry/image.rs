@@ -29,7 +29,11 @@ const ROUNDS: usize = 3;
 
 pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
     let root = servers.path("image");
-    let hosts: Vec<&str> = servers.targets().into_iter().map(|t| t.host.as_str()).collect();
+    let hosts: Vec<&str> = servers
+        .targets()
+        .into_iter()
+        .map(|t| t.host.as_str())
+        .collect();
     let env = ClientEnv::new(&root.join("client"), &hosts);
     let mut push: [Vec<f64>; 2] = Default::default();
     let mut pull: [Vec<f64>; 2] = Default::default();
