@@ -67,7 +67,6 @@ pub fn basic_auth() -> String {
 /// A child process killed (and reaped) on drop.
 pub struct Proc {
     pub child: Child,
-    pub name: &'static str,
 }
 
 impl Drop for Proc {
@@ -158,10 +157,7 @@ fn start_portcullis(dir: &Path) -> (Proc, Target) {
     let host = url.trim_start_matches("http://").to_owned();
     let pid = child.id();
     (
-        Proc {
-            child,
-            name: "portcullis",
-        },
+        Proc { child },
         Target {
             name: "portcullis",
             token_url: url.clone(),
@@ -207,10 +203,7 @@ fn start_distribution(dir: &Path, portcullis_url: &str) -> (Proc, Target) {
             .stderr(Stdio::null())
             .spawn()
             .expect("start docker-registry (scripts/install-test-deps.sh installs it)");
-        let mut proc = Proc {
-            child,
-            name: "distribution",
-        };
+        let mut proc = Proc { child };
         if wait_for_port(&mut proc, port) {
             let host = format!("127.0.0.1:{port}");
             let pid = proc.pid();
@@ -291,10 +284,7 @@ pub fn start_nginx(dir: &Path, root: &Path) -> (Proc, String) {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx (scripts/install-test-deps.sh installs it)");
-        let mut proc = Proc {
-            child,
-            name: "nginx",
-        };
+        let mut proc = Proc { child };
         if wait_for_port(&mut proc, port) {
             return (proc, format!("http://127.0.0.1:{port}"));
         }
