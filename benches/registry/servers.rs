@@ -1,0 +1,308 @@
+//! The servers under test, as child processes on loopback: Portcullis (the
+//! release binary, tokens on), distribution 2.8 (Debian's `docker-registry`,
+//! trusting Portcullis' tokens, so both verify a JWT per request) and nginx
+//! (a static file server: the practical limit for pulls).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use data_encoding::BASE64;
+use serde_json::Value;
+
+pub const USER: &str = "bench";
+pub const PASSWORD: &str = "bench-password";
+pub const SERVICE: &str = "portcullis-bench";
+pub const ISSUER: &str = "portcullis-bench";
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A registry to measure: where it is and how to get a token for it.
+#[derive(Clone)]
+pub struct Target {
+    /// "portcullis" or "distribution".
+    pub name: &'static str,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// `127.0.0.1:PORT`
+    pub host: String,
+    pub pid: u32,
+    /// Portcullis' URL: both registries take tokens from it.
+    pub token_url: String,
+}
+
+impl Target {
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// A bearer token for `scope` (e.g. `repository:a/b:pull,push`), from
+    /// Portcullis, for the bench user (an admin: every scope is granted).
+    pub async fn token(&self, client: &reqwest::Client, scope: &str) -> String {
+        let url = format!(
+            "{}/token?service={SERVICE}&scope={}",
+            self.token_url,
+            form_urlencoded::byte_serialize(scope.as_bytes()).collect::<String>()
+        );
+        let res = client
+            .get(url)
+            .header("authorization", basic_auth())
+            .send()
+            .await
+            .expect("token request");
+        assert!(res.status().is_success(), "token: {}", res.status());
+        let body: Value = res.json().await.expect("token json");
+        body["token"].as_str().expect("token field").to_owned()
+    }
+}
+
+/// `Authorization: Basic …` for the bench user.
+pub fn basic_auth() -> String {
+    format!(
+        "Basic {}",
+        BASE64.encode(format!("{USER}:{PASSWORD}").as_bytes())
+    )
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Everything running for one benchmark run, in its own temporary directory.
+pub struct Servers {
+    pub dir: tempfile::TempDir,
+    pub portcullis: Target,
+    pub distribution: Target,
+    _procs: Vec<Proc>,
+}
+
+impl Servers {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (portcullis_proc, portcullis) = start_portcullis(dir.path());
+        let (distribution_proc, distribution) = start_distribution(dir.path(), &portcullis.url);
+        Servers {
+            dir,
+            portcullis,
+            distribution,
+            _procs: vec![portcullis_proc, distribution_proc],
+        }
+    }
+
+    pub fn targets(&self) -> [&Target; 2] {
+        [&self.portcullis, &self.distribution]
+    }
+
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+}
+
+fn start_portcullis(dir: &Path) -> (Proc, Target) {
+    let root = dir.join("portcullis");
+    std::fs::create_dir_all(root.join("policies")).unwrap();
+    let hash = portcullis::auth::users::hash_password(PASSWORD).unwrap();
+    std::fs::write(
+        root.join("users.toml"),
+        format!("[users.{USER}]\npassword = {hash:?}\ngroups = [\"admins\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("policies/10-admins.toml"),
+        "[[rule]]\ngroups = [\"admins\"]\nrepositories = [\"**\"]\nactions = [\"*\"]\ncatalog = true\n",
+    )
+    .unwrap();
+    let config = root.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nlevel = \"warn\"\n[storage]\nroot = {:?}\n[token]\nissuer = \"{ISSUER}\"\nservice = \"{SERVICE}\"\nkey_dir = {:?}\n[users]\nfile = {:?}\n[policy]\ndir = {:?}\n",
+            root.join("data"),
+            root.join("certs"),
+            root.join("users.toml"),
+            root.join("policies"),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn portcullis");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("announcement");
+    let url = line
+        .trim()
+        .strip_prefix("portcullis listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let host = url.trim_start_matches("http://").to_owned();
+    let pid = child.id();
+    (
+        Proc { child },
+        Target {
+            name: "portcullis",
+            token_url: url.clone(),
+            url,
+            host,
+            pid,
+        },
+    )
+}
+
+fn start_distribution(dir: &Path, portcullis_url: &str) -> (Proc, Target) {
+    let root = dir.join("distribution");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = root.join("config.yml");
+    for _ in 0..5 {
+        // Its quietest, fastest setup: no access log, errors only. It would
+        // announce a port-0 address only at level info, which also logs
+        // every request, so a free port is found by binding and releasing
+        // it, and a lost race retried.
+        let port = free_port();
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\n\
+                 log:\n  level: error\n  formatter: text\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n  secret: bench-secret\n\
+                 auth:\n  token:\n\
+                 \x20   realm: {portcullis_url}/token\n\
+                 \x20   service: {SERVICE}\n\
+                 \x20   issuer: {ISSUER}\n\
+                 \x20   rootcertbundle: {bundle}\n",
+                data = root.join("data").display(),
+                bundle = dir.join("portcullis/certs/bundle.crt").display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry (scripts/install-test-deps.sh installs it)");
+        let mut proc = Proc { child };
+        if wait_for_port(&mut proc, port) {
+            let host = format!("127.0.0.1:{port}");
+            let pid = proc.pid();
+            return (
+                proc,
+                Target {
+                    name: "distribution",
+                    url: format!("http://{host}"),
+                    host,
+                    pid,
+                    token_url: portcullis_url.to_owned(),
+                },
+            );
+        }
+    }
+    panic!("distribution did not start");
+}
+
+/// A port that was free a moment ago, for servers that cannot be handed a
+/// listener.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+        .port()
+}
+
+/// Whether the child came to listen on `port` (false when it exited, e.g.
+/// because the port was taken meanwhile). Neither server says when it is
+/// ready at the log levels used here, so the port is polled, bounded.
+fn wait_for_port(proc: &mut Proc, port: u16) -> bool {
+    let deadline = Instant::now() + START_DEADLINE;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(_)) = proc.child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// nginx serving one directory, for the static-file reference. nginx cannot
+/// take a listener or port 0, so a free port is found by binding and
+/// releasing it; a lost race only makes nginx fail to start, which is
+/// retried with another port.
+pub fn start_nginx(dir: &Path, root: &Path) -> (Proc, String) {
+    let conf_dir = dir.join("nginx");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    for _ in 0..5 {
+        let port = free_port();
+        let conf = conf_dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\n# One process: killing it leaves no orphaned workers behind.\nmaster_process off;\npid {pid};\nerror_log {err} error;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n\
+                 \x20 client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n\
+                 \x20 uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
+                 \x20 server {{\n    listen 127.0.0.1:{port};\n    root {root};\n  }}\n}}\n",
+                pid = conf_dir.join("nginx.pid").display(),
+                err = conf_dir.join("error.log").display(),
+                tmp = conf_dir.display(),
+                root = root.display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&conf_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (scripts/install-test-deps.sh installs it)");
+        let mut proc = Proc { child };
+        if wait_for_port(&mut proc, port) {
+            return (proc, format!("http://127.0.0.1:{port}"));
+        }
+    }
+    panic!("nginx did not start");
+}
+
+/// Resident and peak resident memory of a process, in bytes, from
+/// `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
+pub fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The benchmark harness: Portcullis (tokens on) beside distribution 2.8,
+# nginx and the machine's own limits, in one run, printed as a table of
+# ratios. Extra arguments go to the harness (e.g. --only blobs,small).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/install-test-deps.sh
+cargo bench --bench registry -- "$@"
