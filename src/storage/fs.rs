@@ -457,7 +457,20 @@ impl Appender for FsAppender {
             .file
             .take()
             .ok_or_else(|| io::Error::other("appender poisoned by an earlier failure"))?;
-        blocking(move || file.sync_data()).await?;
+        // An appender from byte 0 may have created the file: its directory
+        // entry must be durable too, or a power loss could lose a chunk the
+        // caller has already recorded.
+        let created_dir = (self.start == 0)
+            .then(|| self.path.parent().map(Path::to_owned))
+            .flatten();
+        blocking(move || {
+            file.sync_data()?;
+            match created_dir {
+                Some(dir) => sync_dir(&dir),
+                None => Ok(()),
+            }
+        })
+        .await?;
         Ok(self.size)
     }
 
