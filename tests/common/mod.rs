@@ -2,6 +2,7 @@
 //! its temporary data directory.
 #![allow(dead_code)]
 
+pub mod oci;
 pub mod process;
 
 use std::sync::Arc;
