@@ -11,15 +11,18 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::oci::{
+    OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST, layout_blobs, layout_tag_digest, oci_ref,
+    sha256_digest, write_layout,
+};
 use common::process::ServerProcess;
 use data_encoding::{BASE64, BASE64URL_NOPAD};
 use portcullis::auth::keys::{self, KeyKind, KeyRing};
@@ -27,7 +30,6 @@ use portcullis::auth::scope::AccessEntry;
 use portcullis::auth::token::Claims;
 use rand::RngCore;
 use serde_json::{Value, json};
-use sha2::Digest as _;
 use tempfile::TempDir;
 
 /// Debian's binary name for distribution's `registry`.
@@ -41,9 +43,9 @@ const SERVICE: &str = "interop-registry";
 const ALICE: (&str, &str) = ("alice", "alice-secret-pw");
 const BOB: (&str, &str) = ("bob", "bob-secret-pw");
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Two uncompressed tar layers: one small, one over a MiB, so that uploads
+/// are not all single small requests.
+const LAYER_SIZES: &[usize] = &[50_000, 1_500_000];
 
 /// How long distribution may take to start; it is up in well under a
 /// second, the margin is for a loaded machine.
@@ -497,10 +499,6 @@ fn header_of(token: &str) -> Value {
     .expect("JSON header")
 }
 
-fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
 // ---------------------------------------------------------------------------
 // skopeo, in a private configuration world
 // ---------------------------------------------------------------------------
@@ -642,144 +640,6 @@ fn shown(out: &Output) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// OCI image layout built from random data
-// ---------------------------------------------------------------------------
-
-/// One ustar header block for a regular file.
-fn tar_header(name: &str, size: usize) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    fn put(h: &mut [u8; 512], at: usize, field: &[u8]) {
-        h[at..at + field.len()].copy_from_slice(field);
-    }
-    put(&mut h, 0, name.as_bytes());
-    put(&mut h, 100, b"0000644\0");
-    put(&mut h, 108, b"0000000\0");
-    put(&mut h, 116, b"0000000\0");
-    put(&mut h, 124, format!("{size:011o}\0").as_bytes());
-    put(&mut h, 136, b"00000000000\0");
-    h[156] = b'0';
-    put(&mut h, 257, b"ustar\0");
-    put(&mut h, 263, b"00");
-    // The checksum is computed with its own field read as spaces.
-    put(&mut h, 148, b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
-    h
-}
-
-/// A tar archive holding one file of `size` random bytes.
-fn random_tar_layer(name: &str, size: usize) -> Vec<u8> {
-    let mut data = vec![0u8; size];
-    rand::rng().fill_bytes(&mut data);
-    let mut tar = Vec::with_capacity(size + 3 * 512);
-    tar.extend_from_slice(&tar_header(name, size));
-    tar.extend_from_slice(&data);
-    tar.resize(tar.len().next_multiple_of(512), 0);
-    tar.resize(tar.len() + 1024, 0);
-    tar
-}
-
-fn write_blob(dir: &Path, data: &[u8]) -> String {
-    let digest = sha256_digest(data);
-    let path = dir
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    fs::write(path, data).unwrap();
-    digest
-}
-
-/// What a written layout holds, for comparison after a round trip.
-struct Layout {
-    manifest_digest: String,
-    /// Every blob (manifest, config, layers): digest → size.
-    blobs: BTreeMap<String, usize>,
-}
-
-/// Writes an OCI image layout with two uncompressed tar layers (one small,
-/// one over a MiB, so that uploads are not all single small requests) and
-/// one tag.
-fn write_layout(dir: &Path, tag: &str) -> Layout {
-    fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let mut blobs = BTreeMap::new();
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
-    for (i, size) in [(1, 50_000), (2, 1_500_000)] {
-        let tar = random_tar_layer(&format!("layer-{i}.bin"), size);
-        let digest = write_blob(dir, &tar);
-        blobs.insert(digest.clone(), tar.len());
-        diff_ids.push(digest.clone());
-        layers.push(json!({"mediaType": OCI_LAYER_TAR, "digest": digest, "size": tar.len()}));
-    }
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .unwrap();
-    let config_digest = write_blob(dir, &config);
-    blobs.insert(config_digest.clone(), config.len());
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
-        "layers": layers,
-    }))
-    .unwrap();
-    let manifest_digest = write_blob(dir, &manifest);
-    blobs.insert(manifest_digest.clone(), manifest.len());
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": OCI_MANIFEST,
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag},
-        }],
-    });
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    Layout {
-        manifest_digest,
-        blobs,
-    }
-}
-
-/// The manifest digest `tag` points at in a layout's `index.json`.
-fn layout_tag_digest(dir: &Path, tag: &str) -> String {
-    let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index["manifests"]
-        .as_array()
-        .expect("index.json manifests")
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("tag {tag} not in {index}"))["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// Every blob in a layout: digest → size, each checked against its name.
-fn layout_blobs(dir: &Path) -> BTreeMap<String, usize> {
-    let mut blobs = BTreeMap::new();
-    for entry in fs::read_dir(dir.join("blobs/sha256")).unwrap() {
-        let entry = entry.unwrap();
-        let data = fs::read(entry.path()).unwrap();
-        let digest = format!("sha256:{}", entry.file_name().to_str().unwrap());
-        assert_eq!(
-            sha256_digest(&data),
-            digest,
-            "blob content matches its name"
-        );
-        blobs.insert(digest, data.len());
-    }
-    blobs
-}
-
-fn oci_ref(dir: &Path, tag: &str) -> String {
-    format!("oci:{}:{tag}", dir.display())
-}
-
-// ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
 
@@ -819,7 +679,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     // `--preserve-digests` keeps skopeo from compressing the tar layers, so
     // digests can be compared end to end.
     let src = alice.path("src");
-    let layout = write_layout(&src, "v1");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
     alice.run(&[
         "copy",
         "--preserve-digests",
@@ -867,7 +727,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
         &remote("bob/app:by-alice"),
     ]);
     let other = alice.path("other");
-    let other_layout = write_layout(&other, "v1");
+    let other_layout = write_layout(&other, "v1", LAYER_SIZES);
     alice.refused(&[
         "copy",
         "--preserve-digests",
