@@ -2,6 +2,7 @@
 //! its temporary data directory.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod oci;
 pub mod process;
 
