@@ -9,186 +9,18 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::clients::{ClientEnv, require, stdout_json};
 use common::oci::{
     DOCKER_V2S2, OCI_MANIFEST, layout_blobs, layout_tag_digest, oci_arch, oci_ref, sha256_digest,
     write_layout,
 };
 use common::process::ServerProcess;
-use serde_json::{Value, json};
-use tempfile::TempDir;
+use serde_json::json;
 
 /// Three uncompressed tar layers of sizes chosen to differ: a small one, one
 /// over a MiB, one of several MiB.
 const LAYER_SIZES: &[usize] = &[70_000, 1_500_000, 6_000_000];
-
-// ---------------------------------------------------------------------------
-// Client environment
-// ---------------------------------------------------------------------------
-
-/// Fails (never skips) when `program` cannot be run.
-fn require(program: &str) {
-    let ok = Command::new(program)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{program}` is not installed or does not run; these tests need real clients. \
-         Install them with scripts/install-test-deps.sh (as root)"
-    );
-}
-
-/// A private configuration world for the containers/* tools (skopeo,
-/// podman): its own HOME, registries.conf, signature policy, auth file and
-/// storage, so nothing is read from or written to the user's or the
-/// system's configuration, and the server's address is the only registry
-/// trusted over plain HTTP.
-struct ClientEnv {
-    dir: TempDir,
-    host: String,
-}
-
-impl ClientEnv {
-    fn new(host: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        for sub in ["home/.config/containers", "xdg-run", "tmp"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        // podman refuses a runtime directory others can read.
-        set_mode(&root.join("xdg-run"), 0o700);
-        fs::write(
-            root.join("registries.conf"),
-            format!(
-                "unqualified-search-registries = []\n\
-                 short-name-mode = \"disabled\"\n\
-                 [[registry]]\n\
-                 location = \"{host}\"\n\
-                 insecure = true\n"
-            ),
-        )
-        .unwrap();
-        // Unsigned images from anywhere: signature checks are not under test.
-        // podman reads the policy from $HOME/.config when it exists there,
-        // before /etc; skopeo is given it with --policy.
-        fs::write(
-            root.join("home/.config/containers/policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .unwrap();
-        // No credentials: the server runs without authentication. podman
-        // insists that an auth file it is pointed at exists.
-        fs::write(root.join("auth.json"), r#"{"auths":{}}"#).unwrap();
-        // Events to a file: the machine may have no journald.
-        fs::write(
-            root.join("containers.conf"),
-            "[engine]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\n",
-        )
-        .unwrap();
-        // Private image storage; vfs needs no kernel overlay support and
-        // no fuse, as root or not.
-        fs::write(
-            root.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-                root.join("storage/root").display(),
-                root.join("storage/run").display()
-            ),
-        )
-        .unwrap();
-        Self {
-            dir,
-            host: host.to_owned(),
-        }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
-    fn policy(&self) -> PathBuf {
-        self.path("home/.config/containers/policy.json")
-    }
-
-    /// A command with the private environment and nothing else inherited but
-    /// PATH.
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("home/.config"))
-            .env("XDG_DATA_HOME", self.path("home/.local/share"))
-            .env("XDG_RUNTIME_DIR", self.path("xdg-run"))
-            .env("TMPDIR", self.path("tmp"))
-            .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
-            .env("CONTAINERS_CONF", self.path("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"))
-            .env("REGISTRY_AUTH_FILE", self.path("auth.json"));
-        cmd
-    }
-
-    fn skopeo(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command("skopeo");
-        cmd.arg("--policy").arg(self.policy()).args(args);
-        run(cmd)
-    }
-
-    fn podman(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command("podman");
-        cmd.arg("--root")
-            .arg(self.path("storage/root"))
-            .arg("--runroot")
-            .arg(self.path("storage/run"))
-            .arg("--tmpdir")
-            .arg(self.path("storage/tmp"))
-            .arg("--network-config-dir")
-            .arg(self.path("networks"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .current_dir(self.dir.path());
-        run(cmd)
-    }
-
-    /// `docker://HOST/<name>` for skopeo.
-    fn docker_ref(&self, name: &str) -> String {
-        format!("docker://{}/{name}", self.host)
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Runs a client and fails the test with its full output when it fails.
-fn run(mut cmd: Command) -> Output {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    assert!(
-        out.status.success(),
-        "{shown} failed ({})\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stdout_json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "client output is not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
 
 // ---------------------------------------------------------------------------
 // Manifests over HTTP
@@ -309,19 +141,7 @@ fn skopeo_round_trip_keeps_every_digest() {
 
     // Deleting the schema 2 manifest leaves the OCI one and its tags.
     env.skopeo(&["delete", "--tls-verify=false", &remote("docker")]);
-    let mut cmd = env.command("skopeo");
-    cmd.arg("--policy").arg(env.policy()).args([
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &remote("docker"),
-    ]);
-    let gone = cmd.output().unwrap();
-    assert!(
-        !gone.status.success(),
-        "deleted manifest still served: {}",
-        String::from_utf8_lossy(&gone.stdout)
-    );
+    env.skopeo_fails(&["inspect", "--raw", "--tls-verify=false", &remote("docker")]);
     let inspect = stdout_json(&env.skopeo(&["inspect", "--tls-verify=false", &remote("v1")]));
     assert_eq!(inspect["Digest"], layout.manifest_digest.as_str());
 }
