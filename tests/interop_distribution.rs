@@ -12,19 +12,20 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::clients::ClientEnv;
 use common::oci::{
     OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST, layout_blobs, layout_tag_digest, oci_ref,
     sha256_digest, write_layout,
 };
 use common::process::ServerProcess;
-use data_encoding::{BASE64, BASE64URL_NOPAD};
+use data_encoding::BASE64URL_NOPAD;
 use portcullis::auth::keys::{self, KeyKind, KeyRing};
 use portcullis::auth::scope::AccessEntry;
 use portcullis::auth::token::Claims;
@@ -500,134 +501,22 @@ fn header_of(token: &str) -> Value {
 }
 
 // ---------------------------------------------------------------------------
-// skopeo, in a private configuration world
+// skopeo, in a private configuration world (tests/common/clients.rs)
 // ---------------------------------------------------------------------------
 
-/// Private configuration for skopeo: its own HOME, registries.conf (the
-/// registry under test is the only one trusted over plain HTTP), signature
-/// policy and auth file, so nothing is read from or written to the user's
-/// or the system's configuration.
-struct Skopeo {
-    dir: TempDir,
-}
-
-impl Skopeo {
-    fn new(registry_host: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        for sub in ["home/.config/containers", "xdg-run", "tmp"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        fs::write(
-            root.join("registries.conf"),
-            format!(
-                "unqualified-search-registries = []\n\
-                 short-name-mode = \"disabled\"\n\
-                 [[registry]]\n\
-                 location = \"{registry_host}\"\n\
-                 insecure = true\n"
-            ),
-        )
-        .unwrap();
-        // Unsigned images from anywhere: signatures are not under test.
-        fs::write(
-            root.join("policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .unwrap();
-        fs::write(root.join("auth.json"), r#"{"auths":{}}"#).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
-    /// skopeo with the private environment and nothing inherited but PATH.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("skopeo");
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("home/.config"))
-            .env("XDG_RUNTIME_DIR", self.path("xdg-run"))
-            .env("TMPDIR", self.path("tmp"))
-            .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
-            .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
-            .arg("--policy")
-            .arg(self.path("policy.json"))
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs skopeo and returns what happened, success or not.
-    fn attempt(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command(args);
-        cmd.output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-    }
-
-    /// Runs skopeo, which must succeed.
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.attempt(args);
-        assert!(
-            out.status.success(),
-            "skopeo {args:?} failed\n{}",
-            shown(&out)
-        );
-        out
-    }
-
-    /// Runs skopeo, which must fail because access was refused: the error
-    /// must say so (not a crash, a network error or a missing image).
-    fn refused(&self, args: &[&str]) -> Output {
-        let out = self.attempt(args);
-        assert!(
-            !out.status.success(),
-            "skopeo {args:?} succeeded but must be refused\n{}",
-            shown(&out)
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
-        assert!(
-            stderr.contains("unauthorized")
-                || stderr.contains("denied")
-                || stderr.contains("authentication required"),
-            "skopeo {args:?} failed for another reason than a refusal\n{}",
-            shown(&out)
-        );
-        out
-    }
-
-    /// `skopeo login`, the password given on stdin (never on the command line).
-    fn login(&self, host: &str, (user, password): (&str, &str)) -> Output {
-        let mut cmd = self.command(&[
-            "login",
-            "--tls-verify=false",
-            "--username",
-            user,
-            "--password-stdin",
-            host,
-        ]);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn skopeo login");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(password.as_bytes())
-            .unwrap();
-        child.wait_with_output().expect("skopeo login")
-    }
-
-    /// The credentials the auth file holds for `host`, decoded.
-    fn stored_credentials(&self, host: &str) -> Option<String> {
-        let auth: Value = serde_json::from_slice(&fs::read(self.path("auth.json")).ok()?).ok()?;
-        let encoded = auth["auths"][host]["auth"].as_str()?;
-        String::from_utf8(BASE64.decode(encoded.as_bytes()).ok()?).ok()
-    }
+/// Runs skopeo, which must fail because access was refused: the error
+/// must say so (not a crash, a network error or a missing image).
+fn refused(env: &ClientEnv, args: &[&str]) -> Output {
+    let out = env.skopeo_fails(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        stderr.contains("unauthorized")
+            || stderr.contains("denied")
+            || stderr.contains("authentication required"),
+        "skopeo {args:?} failed for another reason than a refusal\n{}",
+        shown(&out)
+    );
+    out
 }
 
 fn shown(out: &Output) -> String {
@@ -652,25 +541,23 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     let portcullis = setup.start_portcullis();
     let registry = setup.start_registry(&portcullis);
     let host = registry.host.as_str();
-    let alice = Skopeo::new(host);
+    let alice = ClientEnv::new(host);
     let remote = |name: &str| format!("docker://{host}/{name}");
 
     // Bad credentials: refused, and nothing is stored.
-    let out = alice.login(host, (ALICE.0, "wrong-password"));
-    assert!(
-        !out.status.success(),
-        "login with a wrong password succeeded\n{}",
-        shown(&out)
-    );
-    assert_eq!(alice.stored_credentials(host), None);
+    if let Ok(out) = alice.login("skopeo", ALICE.0, "wrong-password") {
+        panic!("login with a wrong password succeeded\n{}", shown(&out));
+    }
+    assert_eq!(alice.stored_credentials(), None);
 
     // Good credentials: skopeo's login goes through distribution's
     // challenge to Portcullis' realm and is accepted; the auth file keeps
     // them for the later commands.
-    let out = alice.login(host, ALICE);
-    assert!(out.status.success(), "login failed\n{}", shown(&out));
+    alice
+        .login("skopeo", ALICE.0, ALICE.1)
+        .unwrap_or_else(|out| panic!("login failed\n{}", shown(&out)));
     assert_eq!(
-        alice.stored_credentials(host).as_deref(),
+        alice.stored_credentials().as_deref(),
         Some("alice:alice-secret-pw")
     );
 
@@ -680,7 +567,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     // digests can be compared end to end.
     let src = alice.path("src");
     let layout = write_layout(&src, "v1", LAYER_SIZES);
-    alice.run(&[
+    alice.skopeo(&[
         "copy",
         "--preserve-digests",
         "--dest-tls-verify=false",
@@ -688,7 +575,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
         &remote("alice/app:v1"),
     ]);
     let back = alice.path("back");
-    alice.run(&[
+    alice.skopeo(&[
         "copy",
         "--preserve-digests",
         "--src-tls-verify=false",
@@ -699,7 +586,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     assert_eq!(layout_blobs(&back), layout.blobs);
 
     // bob, with his own credentials, owns bob/app…
-    alice.run(&[
+    alice.skopeo(&[
         "copy",
         "--preserve-digests",
         "--dest-tls-verify=false",
@@ -711,7 +598,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     // …which alice may pull (every user pulls everything)…
     let inspect: Value = serde_json::from_slice(
         &alice
-            .run(&["inspect", "--tls-verify=false", &remote("bob/app:v1")])
+            .skopeo(&["inspect", "--tls-verify=false", &remote("bob/app:v1")])
             .stdout,
     )
     .unwrap();
@@ -719,22 +606,28 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     // …but not push to. With the blobs already there skopeo reuses them
     // and is refused at the manifest; with new content it is refused at
     // the first blob upload, and no blob of it lands in bob/app.
-    alice.refused(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &oci_ref(&src, "v1"),
-        &remote("bob/app:by-alice"),
-    ]);
+    refused(
+        &alice,
+        &[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &oci_ref(&src, "v1"),
+            &remote("bob/app:by-alice"),
+        ],
+    );
     let other = alice.path("other");
     let other_layout = write_layout(&other, "v1", LAYER_SIZES);
-    alice.refused(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &oci_ref(&other, "v1"),
-        &remote("bob/app:by-alice"),
-    ]);
+    refused(
+        &alice,
+        &[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &oci_ref(&other, "v1"),
+            &remote("bob/app:by-alice"),
+        ],
+    );
     let http = Http::new();
     let bob_pull = http.token(&portcullis, Some(BOB), &["repository:bob/app:pull"]);
     for digest in other_layout.blobs.keys() {
@@ -750,7 +643,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     }
     let tags: Value = serde_json::from_slice(
         &alice
-            .run(&["list-tags", "--tls-verify=false", &remote("bob/app")])
+            .skopeo(&["list-tags", "--tls-verify=false", &remote("bob/app")])
             .stdout,
     )
     .unwrap();
@@ -761,7 +654,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     );
 
     // alice publishes…
-    alice.run(&[
+    alice.skopeo(&[
         "copy",
         "--preserve-digests",
         "--dest-tls-verify=false",
@@ -770,9 +663,9 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     ]);
 
     // …and an anonymous client (no login) pulls public images only.
-    let anonymous = Skopeo::new(host);
+    let anonymous = ClientEnv::new(host);
     let public = anonymous.path("public");
-    anonymous.run(&[
+    anonymous.skopeo(&[
         "copy",
         "--preserve-digests",
         "--src-tls-verify=false",
@@ -781,25 +674,34 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     ]);
     assert_eq!(layout_tag_digest(&public, "v1"), layout.manifest_digest);
     assert_eq!(layout_blobs(&public), layout.blobs);
-    anonymous.refused(&[
-        "copy",
-        "--src-tls-verify=false",
-        &remote("alice/app:v1"),
-        &oci_ref(&anonymous.path("private"), "v1"),
-    ]);
+    refused(
+        &anonymous,
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &remote("alice/app:v1"),
+            &oci_ref(&anonymous.path("private"), "v1"),
+        ],
+    );
     // An anonymous push is refused even where anonymous may pull.
-    anonymous.refused(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &oci_ref(&src, "v1"),
-        &remote("public/app:anonymous"),
-    ]);
+    refused(
+        &anonymous,
+        &[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &oci_ref(&src, "v1"),
+            &remote("public/app:anonymous"),
+        ],
+    );
 
     // After logging out, alice is anonymous again.
-    alice.run(&["logout", host]);
-    assert_eq!(alice.stored_credentials(host), None);
-    alice.refused(&["inspect", "--tls-verify=false", &remote("alice/app:v1")]);
+    alice.skopeo(&["logout", host]);
+    assert_eq!(alice.stored_credentials(), None);
+    refused(
+        &alice,
+        &["inspect", "--tls-verify=false", &remote("alice/app:v1")],
+    );
     drop(registry);
 }
 
