@@ -10,22 +10,20 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 
+use common::clients::{ClientEnv, require, stderr_of, stdout_json};
+use common::oci::{layout_blobs, layout_tag_digest, oci_ref, write_layout};
 use common::process::ServerProcess;
 use portcullis::auth::users::hash_password;
-use rand::RngCore;
 use serde_json::{Value, json};
-use sha2::Digest as _;
 use tempfile::TempDir;
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Two uncompressed tar layers of random data: a small one and one over a
+/// MiB.
+const LAYER_SIZES: &[usize] = &[70_000, 1_500_000];
 
 /// The service name of the default configuration (`[token] service`).
 const SERVICE: &str = "portcullis";
@@ -316,248 +314,8 @@ fn curl(args: &[&str]) -> HttpResponse {
 }
 
 // ---------------------------------------------------------------------------
-// Client environment (the approach of tests/clients.rs)
+// Client refusals
 // ---------------------------------------------------------------------------
-
-/// Fails (never skips) when `program` cannot be run.
-fn require(program: &str) {
-    let ok = Command::new(program)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{program}` is not installed or does not run; these tests need real clients. \
-         Install them with scripts/install-test-deps.sh (as root)"
-    );
-}
-
-/// A private configuration world for skopeo and podman: own HOME,
-/// registries.conf (only the server, over plain HTTP), signature policy,
-/// auth file and image storage. Nothing of the user's or the system's
-/// configuration, and in particular no stored credentials, is read.
-struct ClientEnv {
-    dir: TempDir,
-    host: String,
-}
-
-impl ClientEnv {
-    fn new(host: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        for sub in ["home/.config/containers", "xdg-run", "tmp"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        // podman refuses a runtime directory others can read.
-        set_mode(&root.join("xdg-run"), 0o700);
-        fs::write(
-            root.join("registries.conf"),
-            format!(
-                "unqualified-search-registries = []\n\
-                 short-name-mode = \"disabled\"\n\
-                 [[registry]]\n\
-                 location = \"{host}\"\n\
-                 insecure = true\n"
-            ),
-        )
-        .unwrap();
-        // Signature checks are not under test.
-        fs::write(
-            root.join("home/.config/containers/policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .unwrap();
-        // An empty auth file: podman insists that one it is pointed at
-        // exists. Logins write into it.
-        fs::write(root.join("auth.json"), r#"{"auths":{}}"#).unwrap();
-        fs::write(
-            root.join("containers.conf"),
-            "[engine]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\n",
-        )
-        .unwrap();
-        fs::write(
-            root.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-                root.join("storage/root").display(),
-                root.join("storage/run").display()
-            ),
-        )
-        .unwrap();
-        Self {
-            dir,
-            host: host.to_owned(),
-        }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
-    fn auth_file(&self) -> PathBuf {
-        self.path("auth.json")
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("home/.config"))
-            .env("XDG_DATA_HOME", self.path("home/.local/share"))
-            .env("XDG_RUNTIME_DIR", self.path("xdg-run"))
-            .env("TMPDIR", self.path("tmp"))
-            .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
-            .env("CONTAINERS_CONF", self.path("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"))
-            .env("REGISTRY_AUTH_FILE", self.auth_file());
-        cmd
-    }
-
-    fn skopeo_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = self.command("skopeo");
-        cmd.arg("--policy")
-            .arg(self.path("home/.config/containers/policy.json"))
-            .args(args);
-        cmd
-    }
-
-    fn podman_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = self.command("podman");
-        cmd.arg("--root")
-            .arg(self.path("storage/root"))
-            .arg("--runroot")
-            .arg(self.path("storage/run"))
-            .arg("--tmpdir")
-            .arg(self.path("storage/tmp"))
-            .arg("--network-config-dir")
-            .arg(self.path("networks"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .current_dir(self.dir.path());
-        cmd
-    }
-
-    /// skopeo, which must succeed.
-    fn skopeo(&self, args: &[&str]) -> Output {
-        succeed(self.skopeo_cmd(args), None)
-    }
-
-    /// skopeo, which must fail; returns its output.
-    fn skopeo_fails(&self, args: &[&str]) -> Output {
-        fail(self.skopeo_cmd(args), None)
-    }
-
-    fn podman(&self, args: &[&str]) -> Output {
-        succeed(self.podman_cmd(args), None)
-    }
-
-    fn podman_fails(&self, args: &[&str]) -> Output {
-        fail(self.podman_cmd(args), None)
-    }
-
-    /// `<program> login` with the password on stdin (never on the command
-    /// line), into the private auth file; `Err` with the output when the
-    /// client refused.
-    fn login(&self, program: &str, user: &str, password: &str) -> Result<Output, Output> {
-        let auth_file = self.auth_file();
-        let args = [
-            "login",
-            "--tls-verify=false",
-            "--authfile",
-            auth_file.to_str().unwrap(),
-            "--username",
-            user,
-            "--password-stdin",
-            &self.host,
-        ];
-        let cmd = match program {
-            "skopeo" => self.skopeo_cmd(&args),
-            "podman" => self.podman_cmd(&args),
-            other => panic!("no login for {other}"),
-        };
-        let out = output(cmd, Some(&format!("{password}\n")));
-        if out.status.success() {
-            Ok(out)
-        } else {
-            Err(out)
-        }
-    }
-
-    /// The credentials the auth file holds for the server, decoded.
-    fn stored_credentials(&self) -> Option<String> {
-        let text = fs::read_to_string(self.auth_file()).unwrap();
-        let file: Value = serde_json::from_str(&text).expect("auth file JSON");
-        let auth = file["auths"][&self.host]["auth"].as_str()?;
-        let decoded = data_encoding::BASE64
-            .decode(auth.as_bytes())
-            .expect("base64 credentials");
-        Some(String::from_utf8(decoded).expect("UTF-8 credentials"))
-    }
-
-    /// `docker://HOST/<name>` for skopeo.
-    fn docker_ref(&self, name: &str) -> String {
-        format!("docker://{}/{name}", self.host)
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Runs a client to completion, feeding `stdin` when given.
-fn output(mut cmd: Command, stdin: Option<&str>) -> Output {
-    let shown = format!("{cmd:?}");
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    if let Some(input) = stdin {
-        // Dropping the handle closes the pipe: the client sees the end of
-        // its input.
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input.as_bytes()).unwrap();
-    }
-    child.wait_with_output().expect("wait for client")
-}
-
-fn describe(shown: &str, out: &Output) -> String {
-    format!(
-        "{shown} ({})\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn succeed(cmd: Command, stdin: Option<&str>) -> Output {
-    let shown = format!("{cmd:?}");
-    let out = output(cmd, stdin);
-    assert!(out.status.success(), "failed: {}", describe(&shown, &out));
-    out
-}
-
-fn fail(cmd: Command, stdin: Option<&str>) -> Output {
-    let shown = format!("{cmd:?}");
-    let out = output(cmd, stdin);
-    assert!(
-        !out.status.success(),
-        "succeeded but should not have: {}",
-        describe(&shown, &out)
-    );
-    out
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Asserts that a client's error output says it was refused for lack of
 /// authorization (rather than, say, a network error or a missing image), and
@@ -580,173 +338,9 @@ fn assert_refused(what: &str, out: &Output) {
     );
 }
 
-fn stdout_json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "client output is not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
 // ---------------------------------------------------------------------------
-// OCI image layout, built from random data
+// Pushing a layout
 // ---------------------------------------------------------------------------
-
-fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
-/// One ustar header block for a regular file.
-fn tar_header(name: &str, size: usize) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    fn put(h: &mut [u8; 512], at: usize, field: &[u8]) {
-        h[at..at + field.len()].copy_from_slice(field);
-    }
-    put(&mut h, 0, name.as_bytes());
-    put(&mut h, 100, b"0000644\0");
-    put(&mut h, 108, b"0000000\0");
-    put(&mut h, 116, b"0000000\0");
-    put(&mut h, 124, format!("{size:011o}\0").as_bytes());
-    put(&mut h, 136, b"00000000000\0");
-    h[156] = b'0';
-    put(&mut h, 257, b"ustar\0");
-    put(&mut h, 263, b"00");
-    // The checksum is computed with its own field read as spaces.
-    put(&mut h, 148, b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
-    h
-}
-
-/// A tar archive holding one file of `size` random bytes: a real layer that
-/// podman can unpack, with content no other run shares.
-fn random_tar_layer(name: &str, size: usize) -> Vec<u8> {
-    let mut data = vec![0u8; size];
-    rand::rng().fill_bytes(&mut data);
-    let mut tar = Vec::with_capacity(size + 3 * 512);
-    tar.extend_from_slice(&tar_header(name, size));
-    tar.extend_from_slice(&data);
-    tar.resize(tar.len().next_multiple_of(512), 0);
-    // End of archive: two zero blocks.
-    tar.resize(tar.len() + 1024, 0);
-    tar
-}
-
-/// What a written layout holds, for comparison after a round trip.
-struct Layout {
-    manifest_digest: String,
-    config_digest: String,
-    /// Every blob (manifest, config, layers): digest → size.
-    blobs: BTreeMap<String, usize>,
-    layer_digests: Vec<String>,
-}
-
-fn write_blob(dir: &Path, data: &[u8]) -> String {
-    let digest = sha256_digest(data);
-    let path = dir
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    fs::write(path, data).unwrap();
-    digest
-}
-
-/// The `GOARCH` name of this machine, so podman takes the image as native.
-fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
-/// Writes an OCI image layout with two uncompressed tar layers of random
-/// data (a small one and one over a MiB) and one tag.
-fn write_layout(dir: &Path, tag: &str) -> Layout {
-    fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let mut blobs = BTreeMap::new();
-    let mut layers = Vec::new();
-    let mut layer_digests = Vec::new();
-    for (i, size) in [(1, 70_000), (2, 1_500_000)] {
-        let tar = random_tar_layer(&format!("layer-{i}.bin"), size);
-        let digest = write_blob(dir, &tar);
-        blobs.insert(digest.clone(), tar.len());
-        layer_digests.push(digest.clone());
-        layers.push(json!({"mediaType": OCI_LAYER_TAR, "digest": digest, "size": tar.len()}));
-    }
-    let config = serde_json::to_vec(&json!({
-        "architecture": oci_arch(),
-        "os": "linux",
-        "config": {"Cmd": ["/layer-1.bin"]},
-        // Uncompressed layers: the diff ids are the layer digests.
-        "rootfs": {"type": "layers", "diff_ids": layer_digests},
-        "history": [{"created_by": "layer 1"}, {"created_by": "layer 2"}],
-    }))
-    .unwrap();
-    let config_digest = write_blob(dir, &config);
-    blobs.insert(config_digest.clone(), config.len());
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
-        "layers": layers,
-    }))
-    .unwrap();
-    let manifest_digest = write_blob(dir, &manifest);
-    blobs.insert(manifest_digest.clone(), manifest.len());
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": OCI_MANIFEST,
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag},
-        }],
-    });
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    Layout {
-        manifest_digest,
-        config_digest,
-        blobs,
-        layer_digests,
-    }
-}
-
-/// The manifest digest `tag` points at in a layout's `index.json`.
-fn layout_tag_digest(dir: &Path, tag: &str) -> String {
-    let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index["manifests"]
-        .as_array()
-        .expect("index.json manifests")
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("tag {tag} not in {index}"))["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// Every blob in a layout: digest → size, each checked against its name.
-fn layout_blobs(dir: &Path) -> BTreeMap<String, usize> {
-    let mut blobs = BTreeMap::new();
-    for entry in fs::read_dir(dir.join("blobs/sha256")).unwrap() {
-        let entry = entry.unwrap();
-        let data = fs::read(entry.path()).unwrap();
-        let digest = format!("sha256:{}", entry.file_name().to_str().unwrap());
-        assert_eq!(
-            sha256_digest(&data),
-            digest,
-            "blob content matches its name"
-        );
-        blobs.insert(digest, data.len());
-    }
-    blobs
-}
-
-fn oci_ref(dir: &Path, tag: &str) -> String {
-    format!("oci:{}:{tag}", dir.display())
-}
 
 /// `skopeo copy` of a local layout to the registry as `user`, keeping the
 /// layers' digests.
@@ -843,7 +437,7 @@ fn skopeo_copy_to_own_namespace_round_trips_every_digest() {
     let server = AuthServer::start(&[&ALICE, &ROOT], TEST_POLICY);
     let env = ClientEnv::new(server.host());
     let src = env.path("src");
-    let layout = write_layout(&src, "v1");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
 
     // Push with credentials given on the command line…
     push_layout(&env, &src, &ALICE, "alice/app:v1");
@@ -879,7 +473,7 @@ fn podman_push_and_pull_in_own_namespace_after_login() {
     let server = AuthServer::start(&[&ALICE, &BOB, &ROOT], TEST_POLICY);
     let env = ClientEnv::new(server.host());
     let src = env.path("src");
-    let layout = write_layout(&src, "v1");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
 
     // podman needs the image in its own storage first; the layout's path
     // is given relative (podman names the image after it, and a temporary
@@ -935,7 +529,7 @@ fn push_into_another_users_namespace_is_refused_and_stores_nothing() {
     let server = AuthServer::start(&[&ALICE, &BOB, &ROOT], TEST_POLICY);
     let env = ClientEnv::new(server.host());
     let src = env.path("src");
-    let layout = write_layout(&src, "v1");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
     let alice = ALICE.creds();
 
     let out = env.skopeo_fails(&[
@@ -985,7 +579,7 @@ fn pull_only_user_cannot_push_and_delete_needs_delete_permission() {
     let server = AuthServer::start(&[&ALICE, &READER, &ROOT], TEST_POLICY);
     let env = ClientEnv::new(server.host());
     let src = env.path("src");
-    let layout = write_layout(&src, "v1");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
     push_layout(&env, &src, &ALICE, "alice/app:v1");
 
     // reader pulls alice/app…
@@ -1072,7 +666,7 @@ fn anonymous_pull_works_only_where_the_policy_allows_it() {
     let server = AuthServer::start(&[&ALICE, &ROOT], TEST_POLICY);
     let env = ClientEnv::new(server.host());
     let src = env.path("src");
-    let layout = write_layout(&src, "v1");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
     push_layout(&env, &src, &ROOT, "public/x:v1");
     push_layout(&env, &src, &ALICE, "alice/app:v1");
 
@@ -1137,7 +731,7 @@ fn list_tags_as_user_and_catalog_for_admins_only() {
     let server = AuthServer::start(&[&ALICE, &ROOT], TEST_POLICY);
     let env = ClientEnv::new(server.host());
     let src = env.path("src");
-    write_layout(&src, "v1");
+    write_layout(&src, "v1", LAYER_SIZES);
     push_layout(&env, &src, &ALICE, "alice/app:v1");
     push_layout(&env, &src, &ALICE, "alice/app:v2");
     push_layout(&env, &src, &ROOT, "public/x:v1");
@@ -1197,7 +791,7 @@ fn shipped_default_policy_admins_all_users_own_namespace_anonymous_nothing() {
     let server = AuthServer::start_with_default_policies(&[&ALICE, &BOB, &ROOT]);
     let env = ClientEnv::new(server.host());
     let src = env.path("src");
-    let layout = write_layout(&src, "v1");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
 
     // Users push into their own namespace, at any depth…
     push_layout(&env, &src, &ALICE, "alice/app:v1");
@@ -1281,7 +875,7 @@ fn mount_from_a_repository_the_user_may_not_pull_is_refused_and_push_falls_back(
     let server = AuthServer::start(&[&ALICE, &ROOT], TEST_POLICY);
     let env = ClientEnv::new(server.host());
     let src = env.path("src");
-    let layout = write_layout(&src, "v1");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
     push_layout(&env, &src, &ROOT, "private/secret:v1");
 
     let alice = ALICE.creds();

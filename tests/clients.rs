@@ -8,341 +8,23 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::clients::{ClientEnv, require, stdout_json};
+use common::oci::{
+    DOCKER_V2S2, OCI_MANIFEST, layout_blobs, layout_tag_digest, oci_arch, oci_ref, sha256_digest,
+    write_layout,
+};
 use common::process::ServerProcess;
-use rand::RngCore;
-use serde_json::{Value, json};
-use sha2::Digest as _;
-use tempfile::TempDir;
+use serde_json::json;
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-const DOCKER_V2S2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Three uncompressed tar layers of sizes chosen to differ: a small one, one
+/// over a MiB, one of several MiB.
+const LAYER_SIZES: &[usize] = &[70_000, 1_500_000, 6_000_000];
 
 // ---------------------------------------------------------------------------
-// Client environment
+// Manifests over HTTP
 // ---------------------------------------------------------------------------
-
-/// Fails (never skips) when `program` cannot be run.
-fn require(program: &str) {
-    let ok = Command::new(program)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{program}` is not installed or does not run; these tests need real clients. \
-         Install them with scripts/install-test-deps.sh (as root)"
-    );
-}
-
-/// A private configuration world for the containers/* tools (skopeo,
-/// podman): its own HOME, registries.conf, signature policy, auth file and
-/// storage, so nothing is read from or written to the user's or the
-/// system's configuration, and the server's address is the only registry
-/// trusted over plain HTTP.
-struct ClientEnv {
-    dir: TempDir,
-    host: String,
-}
-
-impl ClientEnv {
-    fn new(host: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        for sub in ["home/.config/containers", "xdg-run", "tmp"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        // podman refuses a runtime directory others can read.
-        set_mode(&root.join("xdg-run"), 0o700);
-        fs::write(
-            root.join("registries.conf"),
-            format!(
-                "unqualified-search-registries = []\n\
-                 short-name-mode = \"disabled\"\n\
-                 [[registry]]\n\
-                 location = \"{host}\"\n\
-                 insecure = true\n"
-            ),
-        )
-        .unwrap();
-        // Unsigned images from anywhere: signature checks are not under test.
-        // podman reads the policy from $HOME/.config when it exists there,
-        // before /etc; skopeo is given it with --policy.
-        fs::write(
-            root.join("home/.config/containers/policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .unwrap();
-        // No credentials: the server runs without authentication. podman
-        // insists that an auth file it is pointed at exists.
-        fs::write(root.join("auth.json"), r#"{"auths":{}}"#).unwrap();
-        // Events to a file: the machine may have no journald.
-        fs::write(
-            root.join("containers.conf"),
-            "[engine]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\n",
-        )
-        .unwrap();
-        // Private image storage; vfs needs no kernel overlay support and
-        // no fuse, as root or not.
-        fs::write(
-            root.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-                root.join("storage/root").display(),
-                root.join("storage/run").display()
-            ),
-        )
-        .unwrap();
-        Self {
-            dir,
-            host: host.to_owned(),
-        }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
-    fn policy(&self) -> PathBuf {
-        self.path("home/.config/containers/policy.json")
-    }
-
-    /// A command with the private environment and nothing else inherited but
-    /// PATH.
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("home/.config"))
-            .env("XDG_DATA_HOME", self.path("home/.local/share"))
-            .env("XDG_RUNTIME_DIR", self.path("xdg-run"))
-            .env("TMPDIR", self.path("tmp"))
-            .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
-            .env("CONTAINERS_CONF", self.path("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"))
-            .env("REGISTRY_AUTH_FILE", self.path("auth.json"));
-        cmd
-    }
-
-    fn skopeo(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command("skopeo");
-        cmd.arg("--policy").arg(self.policy()).args(args);
-        run(cmd)
-    }
-
-    fn podman(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command("podman");
-        cmd.arg("--root")
-            .arg(self.path("storage/root"))
-            .arg("--runroot")
-            .arg(self.path("storage/run"))
-            .arg("--tmpdir")
-            .arg(self.path("storage/tmp"))
-            .arg("--network-config-dir")
-            .arg(self.path("networks"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .current_dir(self.dir.path());
-        run(cmd)
-    }
-
-    /// `docker://HOST/<name>` for skopeo.
-    fn docker_ref(&self, name: &str) -> String {
-        format!("docker://{}/{name}", self.host)
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Runs a client and fails the test with its full output when it fails.
-fn run(mut cmd: Command) -> Output {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    assert!(
-        out.status.success(),
-        "{shown} failed ({})\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stdout_json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "client output is not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-// ---------------------------------------------------------------------------
-// OCI image layout, built from random data
-// ---------------------------------------------------------------------------
-
-fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
-/// One ustar header block for a regular file.
-fn tar_header(name: &str, size: usize) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    fn put(h: &mut [u8; 512], at: usize, field: &[u8]) {
-        h[at..at + field.len()].copy_from_slice(field);
-    }
-    put(&mut h, 0, name.as_bytes());
-    put(&mut h, 100, b"0000644\0");
-    put(&mut h, 108, b"0000000\0");
-    put(&mut h, 116, b"0000000\0");
-    put(&mut h, 124, format!("{size:011o}\0").as_bytes());
-    put(&mut h, 136, b"00000000000\0");
-    h[156] = b'0';
-    put(&mut h, 257, b"ustar\0");
-    put(&mut h, 263, b"00");
-    // The checksum is computed with its own field read as spaces.
-    put(&mut h, 148, b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
-    h
-}
-
-/// A tar archive holding one file of `size` random bytes: a real layer that
-/// podman can unpack, with content no other run shares.
-fn random_tar_layer(name: &str, size: usize) -> Vec<u8> {
-    let mut data = vec![0u8; size];
-    rand::rng().fill_bytes(&mut data);
-    let mut tar = Vec::with_capacity(size + 3 * 512);
-    tar.extend_from_slice(&tar_header(name, size));
-    tar.extend_from_slice(&data);
-    tar.resize(tar.len().next_multiple_of(512), 0);
-    // End of archive: two zero blocks.
-    tar.resize(tar.len() + 1024, 0);
-    tar
-}
-
-/// What a written layout holds, for comparison after a round trip.
-struct Layout {
-    manifest_digest: String,
-    config_digest: String,
-    /// Every blob (manifest, config, layers): digest → size.
-    blobs: BTreeMap<String, usize>,
-}
-
-fn write_blob(dir: &Path, data: &[u8]) -> String {
-    let digest = sha256_digest(data);
-    let path = dir
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    fs::write(path, data).unwrap();
-    digest
-}
-
-/// The `GOARCH` name of this machine, so podman takes the image as native.
-fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
-/// Writes an OCI image layout with three uncompressed tar layers (sizes
-/// chosen to differ: a small one, one over a MiB, one of several MiB) and
-/// one tag.
-fn write_layout(dir: &Path, tag: &str) -> Layout {
-    fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let mut blobs = BTreeMap::new();
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
-    for (i, size) in [(1, 70_000), (2, 1_500_000), (3, 6_000_000)] {
-        let tar = random_tar_layer(&format!("layer-{i}.bin"), size);
-        let digest = write_blob(dir, &tar);
-        blobs.insert(digest.clone(), tar.len());
-        // Uncompressed layers: the diff id is the layer digest itself.
-        diff_ids.push(digest.clone());
-        layers.push(json!({"mediaType": OCI_LAYER_TAR, "digest": digest, "size": tar.len()}));
-    }
-    let config = serde_json::to_vec(&json!({
-        "architecture": oci_arch(),
-        "os": "linux",
-        "config": {"Cmd": ["/layer-1.bin"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created_by": "layer 1"}, {"created_by": "layer 2"}, {"created_by": "layer 3"}],
-    }))
-    .unwrap();
-    let config_digest = write_blob(dir, &config);
-    blobs.insert(config_digest.clone(), config.len());
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
-        "layers": layers,
-    }))
-    .unwrap();
-    let manifest_digest = write_blob(dir, &manifest);
-    blobs.insert(manifest_digest.clone(), manifest.len());
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": OCI_MANIFEST,
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag},
-        }],
-    });
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    Layout {
-        manifest_digest,
-        config_digest,
-        blobs,
-    }
-}
-
-/// The manifest digest `tag` points at in a layout's `index.json`.
-fn layout_tag_digest(dir: &Path, tag: &str) -> String {
-    let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index["manifests"]
-        .as_array()
-        .expect("index.json manifests")
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("tag {tag} not in {index}"))["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// Every blob in a layout: digest → size, each checked against its name.
-fn layout_blobs(dir: &Path) -> BTreeMap<String, usize> {
-    let mut blobs = BTreeMap::new();
-    for entry in fs::read_dir(dir.join("blobs/sha256")).unwrap() {
-        let entry = entry.unwrap();
-        let data = fs::read(entry.path()).unwrap();
-        let digest = format!("sha256:{}", entry.file_name().to_str().unwrap());
-        assert_eq!(
-            sha256_digest(&data),
-            digest,
-            "blob content matches its name"
-        );
-        blobs.insert(digest, data.len());
-    }
-    blobs
-}
 
 /// GETs a manifest over plain HTTP, accepting the OCI and Docker types.
 fn get_manifest(url: &str) -> Vec<u8> {
@@ -362,10 +44,6 @@ fn get_manifest(url: &str) -> Vec<u8> {
     })
 }
 
-fn oci_ref(dir: &Path, tag: &str) -> String {
-    format!("oci:{}:{tag}", dir.display())
-}
-
 // ---------------------------------------------------------------------------
 // skopeo
 // ---------------------------------------------------------------------------
@@ -377,7 +55,7 @@ fn skopeo_round_trip_keeps_every_digest() {
     let server = ServerProcess::start(data.path(), &[]);
     let env = ClientEnv::new(&server.host);
     let src = env.path("src");
-    let layout = write_layout(&src, "v1");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
     let repo = "some/deep/repo";
     let remote = |tag: &str| env.docker_ref(&format!("{repo}:{tag}"));
 
@@ -463,19 +141,7 @@ fn skopeo_round_trip_keeps_every_digest() {
 
     // Deleting the schema 2 manifest leaves the OCI one and its tags.
     env.skopeo(&["delete", "--tls-verify=false", &remote("docker")]);
-    let mut cmd = env.command("skopeo");
-    cmd.arg("--policy").arg(env.policy()).args([
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &remote("docker"),
-    ]);
-    let gone = cmd.output().unwrap();
-    assert!(
-        !gone.status.success(),
-        "deleted manifest still served: {}",
-        String::from_utf8_lossy(&gone.stdout)
-    );
+    env.skopeo_fails(&["inspect", "--raw", "--tls-verify=false", &remote("docker")]);
     let inspect = stdout_json(&env.skopeo(&["inspect", "--tls-verify=false", &remote("v1")]));
     assert_eq!(inspect["Digest"], layout.manifest_digest.as_str());
 }
@@ -491,7 +157,7 @@ fn podman_push_rmi_pull_round_trip() {
     let server = ServerProcess::start(data.path(), &[]);
     let env = ClientEnv::new(&server.host);
     let src = env.path("src");
-    let layout = write_layout(&src, "v1");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
 
     // podman needs the image in its own storage first. It names the image
     // after the layout's path, which must then be lowercase: a temporary

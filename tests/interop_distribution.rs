@@ -11,23 +11,26 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::clients::ClientEnv;
+use common::oci::{
+    OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST, layout_blobs, layout_tag_digest, oci_ref,
+    sha256_digest, write_layout,
+};
 use common::process::ServerProcess;
-use data_encoding::{BASE64, BASE64URL_NOPAD};
+use data_encoding::BASE64URL_NOPAD;
 use portcullis::auth::keys::{self, KeyKind, KeyRing};
 use portcullis::auth::scope::AccessEntry;
 use portcullis::auth::token::Claims;
 use rand::RngCore;
 use serde_json::{Value, json};
-use sha2::Digest as _;
 use tempfile::TempDir;
 
 /// Debian's binary name for distribution's `registry`.
@@ -41,9 +44,9 @@ const SERVICE: &str = "interop-registry";
 const ALICE: (&str, &str) = ("alice", "alice-secret-pw");
 const BOB: (&str, &str) = ("bob", "bob-secret-pw");
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Two uncompressed tar layers: one small, one over a MiB, so that uploads
+/// are not all single small requests.
+const LAYER_SIZES: &[usize] = &[50_000, 1_500_000];
 
 /// How long distribution may take to start; it is up in well under a
 /// second, the margin is for a loaded machine.
@@ -497,139 +500,23 @@ fn header_of(token: &str) -> Value {
     .expect("JSON header")
 }
 
-fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
 // ---------------------------------------------------------------------------
-// skopeo, in a private configuration world
+// skopeo, in a private configuration world (tests/common/clients.rs)
 // ---------------------------------------------------------------------------
 
-/// Private configuration for skopeo: its own HOME, registries.conf (the
-/// registry under test is the only one trusted over plain HTTP), signature
-/// policy and auth file, so nothing is read from or written to the user's
-/// or the system's configuration.
-struct Skopeo {
-    dir: TempDir,
-}
-
-impl Skopeo {
-    fn new(registry_host: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        for sub in ["home/.config/containers", "xdg-run", "tmp"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        fs::write(
-            root.join("registries.conf"),
-            format!(
-                "unqualified-search-registries = []\n\
-                 short-name-mode = \"disabled\"\n\
-                 [[registry]]\n\
-                 location = \"{registry_host}\"\n\
-                 insecure = true\n"
-            ),
-        )
-        .unwrap();
-        // Unsigned images from anywhere: signatures are not under test.
-        fs::write(
-            root.join("policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .unwrap();
-        fs::write(root.join("auth.json"), r#"{"auths":{}}"#).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.dir.path().join(sub)
-    }
-
-    /// skopeo with the private environment and nothing inherited but PATH.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("skopeo");
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("home/.config"))
-            .env("XDG_RUNTIME_DIR", self.path("xdg-run"))
-            .env("TMPDIR", self.path("tmp"))
-            .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
-            .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
-            .arg("--policy")
-            .arg(self.path("policy.json"))
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs skopeo and returns what happened, success or not.
-    fn attempt(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command(args);
-        cmd.output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-    }
-
-    /// Runs skopeo, which must succeed.
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.attempt(args);
-        assert!(
-            out.status.success(),
-            "skopeo {args:?} failed\n{}",
-            shown(&out)
-        );
-        out
-    }
-
-    /// Runs skopeo, which must fail because access was refused: the error
-    /// must say so (not a crash, a network error or a missing image).
-    fn refused(&self, args: &[&str]) -> Output {
-        let out = self.attempt(args);
-        assert!(
-            !out.status.success(),
-            "skopeo {args:?} succeeded but must be refused\n{}",
-            shown(&out)
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
-        assert!(
-            stderr.contains("unauthorized")
-                || stderr.contains("denied")
-                || stderr.contains("authentication required"),
-            "skopeo {args:?} failed for another reason than a refusal\n{}",
-            shown(&out)
-        );
-        out
-    }
-
-    /// `skopeo login`, the password given on stdin (never on the command line).
-    fn login(&self, host: &str, (user, password): (&str, &str)) -> Output {
-        let mut cmd = self.command(&[
-            "login",
-            "--tls-verify=false",
-            "--username",
-            user,
-            "--password-stdin",
-            host,
-        ]);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn skopeo login");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(password.as_bytes())
-            .unwrap();
-        child.wait_with_output().expect("skopeo login")
-    }
-
-    /// The credentials the auth file holds for `host`, decoded.
-    fn stored_credentials(&self, host: &str) -> Option<String> {
-        let auth: Value = serde_json::from_slice(&fs::read(self.path("auth.json")).ok()?).ok()?;
-        let encoded = auth["auths"][host]["auth"].as_str()?;
-        String::from_utf8(BASE64.decode(encoded.as_bytes()).ok()?).ok()
-    }
+/// Runs skopeo, which must fail because access was refused: the error
+/// must say so (not a crash, a network error or a missing image).
+fn refused(env: &ClientEnv, args: &[&str]) -> Output {
+    let out = env.skopeo_fails(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        stderr.contains("unauthorized")
+            || stderr.contains("denied")
+            || stderr.contains("authentication required"),
+        "skopeo {args:?} failed for another reason than a refusal\n{}",
+        shown(&out)
+    );
+    out
 }
 
 fn shown(out: &Output) -> String {
@@ -639,144 +526,6 @@ fn shown(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-// ---------------------------------------------------------------------------
-// OCI image layout built from random data
-// ---------------------------------------------------------------------------
-
-/// One ustar header block for a regular file.
-fn tar_header(name: &str, size: usize) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    fn put(h: &mut [u8; 512], at: usize, field: &[u8]) {
-        h[at..at + field.len()].copy_from_slice(field);
-    }
-    put(&mut h, 0, name.as_bytes());
-    put(&mut h, 100, b"0000644\0");
-    put(&mut h, 108, b"0000000\0");
-    put(&mut h, 116, b"0000000\0");
-    put(&mut h, 124, format!("{size:011o}\0").as_bytes());
-    put(&mut h, 136, b"00000000000\0");
-    h[156] = b'0';
-    put(&mut h, 257, b"ustar\0");
-    put(&mut h, 263, b"00");
-    // The checksum is computed with its own field read as spaces.
-    put(&mut h, 148, b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
-    h
-}
-
-/// A tar archive holding one file of `size` random bytes.
-fn random_tar_layer(name: &str, size: usize) -> Vec<u8> {
-    let mut data = vec![0u8; size];
-    rand::rng().fill_bytes(&mut data);
-    let mut tar = Vec::with_capacity(size + 3 * 512);
-    tar.extend_from_slice(&tar_header(name, size));
-    tar.extend_from_slice(&data);
-    tar.resize(tar.len().next_multiple_of(512), 0);
-    tar.resize(tar.len() + 1024, 0);
-    tar
-}
-
-fn write_blob(dir: &Path, data: &[u8]) -> String {
-    let digest = sha256_digest(data);
-    let path = dir
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    fs::write(path, data).unwrap();
-    digest
-}
-
-/// What a written layout holds, for comparison after a round trip.
-struct Layout {
-    manifest_digest: String,
-    /// Every blob (manifest, config, layers): digest → size.
-    blobs: BTreeMap<String, usize>,
-}
-
-/// Writes an OCI image layout with two uncompressed tar layers (one small,
-/// one over a MiB, so that uploads are not all single small requests) and
-/// one tag.
-fn write_layout(dir: &Path, tag: &str) -> Layout {
-    fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let mut blobs = BTreeMap::new();
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
-    for (i, size) in [(1, 50_000), (2, 1_500_000)] {
-        let tar = random_tar_layer(&format!("layer-{i}.bin"), size);
-        let digest = write_blob(dir, &tar);
-        blobs.insert(digest.clone(), tar.len());
-        diff_ids.push(digest.clone());
-        layers.push(json!({"mediaType": OCI_LAYER_TAR, "digest": digest, "size": tar.len()}));
-    }
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .unwrap();
-    let config_digest = write_blob(dir, &config);
-    blobs.insert(config_digest.clone(), config.len());
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
-        "layers": layers,
-    }))
-    .unwrap();
-    let manifest_digest = write_blob(dir, &manifest);
-    blobs.insert(manifest_digest.clone(), manifest.len());
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": OCI_MANIFEST,
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag},
-        }],
-    });
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    Layout {
-        manifest_digest,
-        blobs,
-    }
-}
-
-/// The manifest digest `tag` points at in a layout's `index.json`.
-fn layout_tag_digest(dir: &Path, tag: &str) -> String {
-    let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index["manifests"]
-        .as_array()
-        .expect("index.json manifests")
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("tag {tag} not in {index}"))["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// Every blob in a layout: digest → size, each checked against its name.
-fn layout_blobs(dir: &Path) -> BTreeMap<String, usize> {
-    let mut blobs = BTreeMap::new();
-    for entry in fs::read_dir(dir.join("blobs/sha256")).unwrap() {
-        let entry = entry.unwrap();
-        let data = fs::read(entry.path()).unwrap();
-        let digest = format!("sha256:{}", entry.file_name().to_str().unwrap());
-        assert_eq!(
-            sha256_digest(&data),
-            digest,
-            "blob content matches its name"
-        );
-        blobs.insert(digest, data.len());
-    }
-    blobs
-}
-
-fn oci_ref(dir: &Path, tag: &str) -> String {
-    format!("oci:{}:{tag}", dir.display())
 }
 
 // ---------------------------------------------------------------------------
@@ -792,25 +541,23 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     let portcullis = setup.start_portcullis();
     let registry = setup.start_registry(&portcullis);
     let host = registry.host.as_str();
-    let alice = Skopeo::new(host);
+    let alice = ClientEnv::new(host);
     let remote = |name: &str| format!("docker://{host}/{name}");
 
     // Bad credentials: refused, and nothing is stored.
-    let out = alice.login(host, (ALICE.0, "wrong-password"));
-    assert!(
-        !out.status.success(),
-        "login with a wrong password succeeded\n{}",
-        shown(&out)
-    );
-    assert_eq!(alice.stored_credentials(host), None);
+    if let Ok(out) = alice.login("skopeo", ALICE.0, "wrong-password") {
+        panic!("login with a wrong password succeeded\n{}", shown(&out));
+    }
+    assert_eq!(alice.stored_credentials(), None);
 
     // Good credentials: skopeo's login goes through distribution's
     // challenge to Portcullis' realm and is accepted; the auth file keeps
     // them for the later commands.
-    let out = alice.login(host, ALICE);
-    assert!(out.status.success(), "login failed\n{}", shown(&out));
+    alice
+        .login("skopeo", ALICE.0, ALICE.1)
+        .unwrap_or_else(|out| panic!("login failed\n{}", shown(&out)));
     assert_eq!(
-        alice.stored_credentials(host).as_deref(),
+        alice.stored_credentials().as_deref(),
         Some("alice:alice-secret-pw")
     );
 
@@ -819,8 +566,8 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     // `--preserve-digests` keeps skopeo from compressing the tar layers, so
     // digests can be compared end to end.
     let src = alice.path("src");
-    let layout = write_layout(&src, "v1");
-    alice.run(&[
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
+    alice.skopeo(&[
         "copy",
         "--preserve-digests",
         "--dest-tls-verify=false",
@@ -828,7 +575,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
         &remote("alice/app:v1"),
     ]);
     let back = alice.path("back");
-    alice.run(&[
+    alice.skopeo(&[
         "copy",
         "--preserve-digests",
         "--src-tls-verify=false",
@@ -839,7 +586,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     assert_eq!(layout_blobs(&back), layout.blobs);
 
     // bob, with his own credentials, owns bob/app…
-    alice.run(&[
+    alice.skopeo(&[
         "copy",
         "--preserve-digests",
         "--dest-tls-verify=false",
@@ -851,7 +598,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     // …which alice may pull (every user pulls everything)…
     let inspect: Value = serde_json::from_slice(
         &alice
-            .run(&["inspect", "--tls-verify=false", &remote("bob/app:v1")])
+            .skopeo(&["inspect", "--tls-verify=false", &remote("bob/app:v1")])
             .stdout,
     )
     .unwrap();
@@ -859,22 +606,28 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     // …but not push to. With the blobs already there skopeo reuses them
     // and is refused at the manifest; with new content it is refused at
     // the first blob upload, and no blob of it lands in bob/app.
-    alice.refused(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &oci_ref(&src, "v1"),
-        &remote("bob/app:by-alice"),
-    ]);
+    refused(
+        &alice,
+        &[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &oci_ref(&src, "v1"),
+            &remote("bob/app:by-alice"),
+        ],
+    );
     let other = alice.path("other");
-    let other_layout = write_layout(&other, "v1");
-    alice.refused(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &oci_ref(&other, "v1"),
-        &remote("bob/app:by-alice"),
-    ]);
+    let other_layout = write_layout(&other, "v1", LAYER_SIZES);
+    refused(
+        &alice,
+        &[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &oci_ref(&other, "v1"),
+            &remote("bob/app:by-alice"),
+        ],
+    );
     let http = Http::new();
     let bob_pull = http.token(&portcullis, Some(BOB), &["repository:bob/app:pull"]);
     for digest in other_layout.blobs.keys() {
@@ -890,7 +643,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     }
     let tags: Value = serde_json::from_slice(
         &alice
-            .run(&["list-tags", "--tls-verify=false", &remote("bob/app")])
+            .skopeo(&["list-tags", "--tls-verify=false", &remote("bob/app")])
             .stdout,
     )
     .unwrap();
@@ -901,7 +654,7 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     );
 
     // alice publishes…
-    alice.run(&[
+    alice.skopeo(&[
         "copy",
         "--preserve-digests",
         "--dest-tls-verify=false",
@@ -910,9 +663,9 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     ]);
 
     // …and an anonymous client (no login) pulls public images only.
-    let anonymous = Skopeo::new(host);
+    let anonymous = ClientEnv::new(host);
     let public = anonymous.path("public");
-    anonymous.run(&[
+    anonymous.skopeo(&[
         "copy",
         "--preserve-digests",
         "--src-tls-verify=false",
@@ -921,25 +674,34 @@ fn skopeo_logs_in_pushes_and_pulls_through_portcullis_tokens() {
     ]);
     assert_eq!(layout_tag_digest(&public, "v1"), layout.manifest_digest);
     assert_eq!(layout_blobs(&public), layout.blobs);
-    anonymous.refused(&[
-        "copy",
-        "--src-tls-verify=false",
-        &remote("alice/app:v1"),
-        &oci_ref(&anonymous.path("private"), "v1"),
-    ]);
+    refused(
+        &anonymous,
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &remote("alice/app:v1"),
+            &oci_ref(&anonymous.path("private"), "v1"),
+        ],
+    );
     // An anonymous push is refused even where anonymous may pull.
-    anonymous.refused(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &oci_ref(&src, "v1"),
-        &remote("public/app:anonymous"),
-    ]);
+    refused(
+        &anonymous,
+        &[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &oci_ref(&src, "v1"),
+            &remote("public/app:anonymous"),
+        ],
+    );
 
     // After logging out, alice is anonymous again.
-    alice.run(&["logout", host]);
-    assert_eq!(alice.stored_credentials(host), None);
-    alice.refused(&["inspect", "--tls-verify=false", &remote("alice/app:v1")]);
+    alice.skopeo(&["logout", host]);
+    assert_eq!(alice.stored_credentials(), None);
+    refused(
+        &alice,
+        &["inspect", "--tls-verify=false", &remote("alice/app:v1")],
+    );
     drop(registry);
 }
 

@@ -9,6 +9,9 @@
 
 mod blobs;
 mod image;
+// The OCI layout builder the client tests use.
+#[path = "../../tests/common/oci.rs"]
+mod oci;
 mod report;
 mod scale;
 mod servers;

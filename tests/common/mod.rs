@@ -2,6 +2,8 @@
 //! its temporary data directory.
 #![allow(dead_code)]
 
+pub mod clients;
+pub mod oci;
 pub mod process;
 
 use std::sync::Arc;
