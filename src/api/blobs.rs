@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use super::{CONTENT_DIGEST, empty};
 use crate::error::{ApiError, ErrorCode};
 use crate::reference::{Digest, RepoName};
-use crate::storage::Storage;
+use crate::serve::zero_copy;
+use crate::storage::{Content, Storage};
 
 pub async fn get(
     storage: &Storage,
@@ -15,6 +16,7 @@ pub async fn get(
     digest: &Digest,
     head: bool,
     headers: &HeaderMap,
+    zero_copy: Option<zero_copy::Sender>,
 ) -> Result<Response, ApiError> {
     let size = storage.blob_size(name, digest).await?;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
@@ -38,7 +40,16 @@ pub async fn get(
     let body = if head || len == 0 {
         Body::empty()
     } else {
-        Body::from_stream(storage.blob_read(digest, offset, Some(len)).await?)
+        let stream = match (
+            storage.blob_read(digest, offset, Some(len)).await?,
+            zero_copy,
+        ) {
+            (Content::File(range), Some(sender)) if range.len() >= zero_copy::MIN_LEN => {
+                zero_copy::body(sender, range)
+            }
+            (content, _) => content.into_stream(),
+        };
+        Body::from_stream(stream)
     };
     let mut response = (status, body).into_response();
     let h = response.headers_mut();

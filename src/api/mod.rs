@@ -25,6 +25,7 @@ pub use endpoint::{Access, Action, Endpoint};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorCode};
+use crate::serve::{Peer, zero_copy};
 use crate::storage::ByteStream;
 
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
@@ -47,14 +48,21 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let addr = parts
+    let peer = parts
         .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .map(|c| &c.0);
+    let conn = Conn {
+        addr: peer.map(|p| p.addr.ip()),
+        // HTTP/2 frames the body itself: only HTTP/1 can send marker frames.
+        zero_copy: peer
+            .and_then(|p| p.zero_copy.clone())
+            .filter(|_| parts.version <= Version::HTTP_11),
+    };
     let result = match Endpoint::parse(&parts.method, parts.uri.path(), parts.uri.query()) {
         // The one authorization check, from `endpoint.required_access()`.
         Ok(endpoint) => match authorize::authorize(&state, &endpoint, &parts.headers) {
-            Ok(grant) => handle(&state, endpoint, &parts.headers, body, &grant, addr).await,
+            Ok(grant) => handle(&state, endpoint, &parts.headers, body, &grant, &conn).await,
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -85,15 +93,22 @@ fn has_body(headers: &HeaderMap) -> bool {
         || content_length(headers).is_some_and(|n| n > 0)
 }
 
+/// What the handlers need to know about the connection a request came on.
+struct Conn {
+    addr: Option<std::net::IpAddr>,
+    zero_copy: Option<zero_copy::Sender>,
+}
+
 async fn handle(
     state: &AppState,
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
     grant: &authorize::Grant,
-    addr: Option<std::net::IpAddr>,
+    conn: &Conn,
 ) -> Result<Response, ApiError> {
     let storage = &state.storage;
+    let addr = conn.addr;
     match endpoint {
         Endpoint::Base => Ok(json_response(
             StatusCode::OK,
@@ -118,7 +133,15 @@ async fn handle(
             manifests::delete(storage, &name, &reference).await
         }
         Endpoint::GetBlob { name, digest, head } => {
-            blobs::get(storage, &name, &digest, head, headers).await
+            blobs::get(
+                storage,
+                &name,
+                &digest,
+                head,
+                headers,
+                conn.zero_copy.clone(),
+            )
+            .await
         }
         Endpoint::DeleteBlob { name, digest } => blobs::delete(storage, &name, &digest).await,
         Endpoint::StartUpload { name, start } => {

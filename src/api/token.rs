@@ -4,7 +4,7 @@
 //! Credentials are read here and handed to [`Authority`]; nothing here
 //! logs them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -19,6 +19,7 @@ use crate::auth::scope::{AccessEntry, ResourceScope};
 use crate::auth::users::Account;
 use crate::auth::{AuthError, Authority, caller};
 use crate::error::{ApiError, ErrorCode};
+use crate::serve::Peer;
 
 /// Largest form body accepted by `POST /token`.
 const MAX_FORM: usize = 64 << 10;
@@ -56,8 +57,8 @@ pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
 fn client_addr(request: &Request) -> Option<IpAddr> {
     request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.addr.ip())
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {

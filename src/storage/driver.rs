@@ -16,8 +16,27 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
+use super::file_range::FileRange;
+
 /// A stream of bytes read from, or about to be written to, storage.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// An object's bytes as a driver hands them out for reading.
+pub enum Content {
+    Stream(ByteStream),
+    /// A range of a local file, which the server may send to a plain TCP
+    /// socket with `sendfile(2)` instead of copying it through user space.
+    File(FileRange),
+}
+
+impl Content {
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            Content::Stream(stream) => stream,
+            Content::File(range) => range.into_stream(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -45,6 +64,12 @@ pub trait Driver: Send + Sync + 'static {
     /// Streams an object from `offset`, `len` bytes or to the end when `None`.
     /// The caller has checked the range against [`Driver::stat`].
     async fn read(&self, key: &str, offset: u64, len: Option<u64>) -> Result<ByteStream>;
+
+    /// As [`Driver::read`], but a driver that keeps objects in local files
+    /// hands out the open file range itself, for zero-copy sending.
+    async fn read_content(&self, key: &str, offset: u64, len: Option<u64>) -> Result<Content> {
+        Ok(Content::Stream(self.read(key, offset, len).await?))
+    }
 
     /// Size in bytes of an object.
     async fn stat(&self, key: &str) -> Result<u64>;

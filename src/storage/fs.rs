@@ -15,14 +15,12 @@ use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 
-use super::driver::{Appender, ByteStream, Driver, DriverError, Result};
+use super::driver::{Appender, ByteStream, Content, Driver, DriverError, Result};
+use super::file_range::FileRange;
 
 /// Bytes gathered before an appender writes them out.
 const WRITE_BATCH: usize = 1 << 20;
-/// Size of the reads that feed a streamed object.
-const READ_CHUNK: usize = 512 << 10;
 /// How often a write retries when a concurrent delete removed its (empty)
 /// parent directory between creating it and using it.
 const PARENT_RACE_RETRIES: usize = 8;
@@ -59,67 +57,6 @@ impl FsDriver {
         }
     }
 }
-
-/// Streams `[from, end)` of a file, reading the next chunk on the blocking
-/// pool while the current one is sent: disk (or page cache) reads overlap
-/// with socket writes, and a download holds at most two chunks and no
-/// thread while it waits for a slow client.
-fn read_ahead(file: std::sync::Arc<File>, from: u64, end: u64) -> ByteStream {
-    fn read_chunk(file: std::sync::Arc<File>, at: u64, end: u64) -> ChunkRead {
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let want = (end - at).min(READ_CHUNK as u64) as usize;
-            let mut buf = vec![0; want];
-            let mut filled = 0;
-            while filled < want {
-                match file.read_at(&mut buf[filled..], at + filled as u64) {
-                    // The file is shorter than it was: end early; the
-                    // caller's length check reports it.
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            buf.truncate(filled);
-            Ok(Bytes::from(buf))
-        })
-    }
-    struct State {
-        file: std::sync::Arc<File>,
-        at: u64,
-        end: u64,
-        next: Option<ChunkRead>,
-    }
-    let next = (from < end).then(|| read_chunk(std::sync::Arc::clone(&file), from, end));
-    let state = State {
-        file,
-        at: from,
-        end,
-        next,
-    };
-    futures_util::stream::unfold(state, |mut state| async move {
-        let chunk = match state.next.take()?.await {
-            Ok(Ok(chunk)) if chunk.is_empty() => return None,
-            Ok(Ok(chunk)) => chunk,
-            Ok(Err(e)) => return Some((Err(e), state)),
-            Err(e) => return Some((Err(io::Error::other(e)), state)),
-        };
-        state.at += chunk.len() as u64;
-        if state.at < state.end {
-            state.next = Some(read_chunk(
-                std::sync::Arc::clone(&state.file),
-                state.at,
-                state.end,
-            ));
-        }
-        Some((Ok(chunk), state))
-    })
-    .boxed()
-}
-
-/// A chunk being read on the blocking pool.
-type ChunkRead = tokio::task::JoinHandle<io::Result<Bytes>>;
 
 /// Maps "no such object" (missing, or a directory where an object was
 /// expected, or a file where a directory was) to `NotFound`.
@@ -207,6 +144,10 @@ impl Driver for FsDriver {
     }
 
     async fn read(&self, key: &str, offset: u64, len: Option<u64>) -> Result<ByteStream> {
+        Ok(self.read_content(key, offset, len).await?.into_stream())
+    }
+
+    async fn read_content(&self, key: &str, offset: u64, len: Option<u64>) -> Result<Content> {
         let path = self.path(key)?;
         let owned = key.to_owned();
         let (file, size) = blocking(move || {
@@ -223,7 +164,7 @@ impl Driver for FsDriver {
             Some(len) => size.min(offset.saturating_add(len)),
             None => size,
         };
-        Ok(read_ahead(std::sync::Arc::new(file), offset, end))
+        Ok(Content::File(FileRange::new(file, offset, end)))
     }
 
     async fn stat(&self, key: &str) -> Result<u64> {

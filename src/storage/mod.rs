@@ -9,6 +9,7 @@
 
 pub mod driver;
 pub mod driver_suite;
+pub mod file_range;
 pub mod fs;
 mod manifests;
 pub mod paths;
@@ -18,7 +19,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use driver::{Appender, ByteStream, Driver, DriverError};
+pub use driver::{Appender, ByteStream, Content, Driver, DriverError};
+pub use file_range::FileRange;
 pub use manifests::{ManifestPut, StoredManifest};
 pub use paths::UploadId;
 pub use uploads::Chunk;
@@ -125,16 +127,17 @@ impl Storage {
             .or_unknown(unknown)
     }
 
-    /// Streams `len` bytes (or the rest) of a blob from `offset`. The caller
-    /// checked the blob with [`Storage::blob_size`] and the range against it.
+    /// `len` bytes (or the rest) of a blob from `offset`, as a stream or an
+    /// open file range. The caller checked the blob with
+    /// [`Storage::blob_size`] and the range against it.
     pub async fn blob_read(
         &self,
         digest: &Digest,
         offset: u64,
         len: Option<u64>,
-    ) -> Result<ByteStream> {
+    ) -> Result<Content> {
         self.driver
-            .read(&paths::blob_data(digest), offset, len)
+            .read_content(&paths::blob_data(digest), offset, len)
             .await
             .or_unknown(|| StorageError::BlobUnknown(digest.clone()))
     }
