@@ -296,8 +296,20 @@ impl Window {
 
     /// Reads the window into the page cache and waits until it is there:
     /// `MAP_POPULATE` faults every page in; unmapping leaves them cached.
+    /// Piece by piece, because mapped pages count as the process's resident
+    /// memory while they are mapped.
     fn populate(&self, file: &File) -> io::Result<()> {
-        self.with_mapping(file, libc::MAP_POPULATE, |_| Ok(()))
+        const PIECE: usize = 1 << 20;
+        let mut done = 0;
+        while done < self.len {
+            let piece = Window {
+                offset: self.offset + done as libc::off_t,
+                len: PIECE.min(self.len - done),
+            };
+            piece.with_mapping(file, libc::MAP_POPULATE, |_| Ok(()))?;
+            done += piece.len;
+        }
+        Ok(())
     }
 
     fn with_mapping(
