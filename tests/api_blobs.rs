@@ -4,23 +4,12 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, random_bytes, sha256};
 use futures_util::StreamExt;
-use rand::RngCore;
 use reqwest::{Response, StatusCode, header};
 use sha2::Digest as _;
 
 // ---- helpers (kept local: each test file is its own crate) ----
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    rand::rng().fill_bytes(&mut data);
-    data
-}
 
 /// A header's value as text; panics (failing the test) when it is missing.
 fn header_str<'a>(response: &'a Response, name: &str) -> &'a str {
@@ -44,20 +33,6 @@ async fn error_code(response: Response) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no error code in {body}"))
         .to_owned()
-}
-
-/// Pushes `data` into `repo` in one request and returns its digest.
-async fn push(server: &TestServer, repo: &str, data: &[u8]) -> String {
-    let digest = sha256(data);
-    let response = server
-        .client
-        .post(server.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED, "push into {repo}");
-    digest
 }
 
 fn blob_url(server: &TestServer, repo: &str, digest: &str) -> String {
@@ -106,7 +81,7 @@ async fn base_answers_with_the_api_version() {
 async fn get_and_head_return_size_digest_and_content() {
     let server = TestServer::start().await;
     let data = random_bytes(1000);
-    let digest = push(&server, "lib/app", &data).await;
+    let digest = server.push_blob("lib/app", &data).await;
     let url = blob_url(&server, "lib/app", &digest);
 
     let response = server.client.get(&url).send().await.unwrap();
@@ -127,7 +102,7 @@ async fn get_and_head_return_size_digest_and_content() {
 async fn range_reads_return_partial_content() {
     let server = TestServer::start().await;
     let data: Vec<u8> = (0u8..100).collect();
-    let digest = push(&server, "ranges", &data).await;
+    let digest = server.push_blob("ranges", &data).await;
     let url = blob_url(&server, "ranges", &digest);
 
     // (Range header, expected Content-Range, expected bytes)
@@ -160,7 +135,7 @@ async fn range_reads_return_partial_content() {
 async fn unsatisfiable_range_is_416_with_the_size() {
     let server = TestServer::start().await;
     let data = random_bytes(10);
-    let digest = push(&server, "ranges", &data).await;
+    let digest = server.push_blob("ranges", &data).await;
     let url = blob_url(&server, "ranges", &digest);
 
     for range in ["bytes=10-", "bytes=10-20", "bytes=-0"] {
@@ -184,7 +159,7 @@ async fn unsatisfiable_range_is_416_with_the_size() {
 #[tokio::test]
 async fn unknown_blob_is_blob_unknown() {
     let server = TestServer::start().await;
-    push(&server, "present", b"something").await;
+    server.push_blob("present", b"something").await;
     let missing = sha256(b"never pushed");
 
     for repo in ["present", "absent"] {
@@ -224,7 +199,7 @@ async fn malformed_digest_is_digest_invalid() {
 async fn a_blob_is_visible_only_in_repositories_it_is_linked_to() {
     let server = TestServer::start().await;
     let data = random_bytes(64);
-    let digest = push(&server, "team-a/private", &data).await;
+    let digest = server.push_blob("team-a/private", &data).await;
 
     // The bytes exist in the registry, but `team-b/app` never received them:
     // knowing the digest must not be enough to read another repository's layer.
@@ -240,7 +215,7 @@ async fn a_blob_is_visible_only_in_repositories_it_is_linked_to() {
     }
 
     // Pushing the same bytes into the second repository links them there.
-    assert_eq!(push(&server, "team-b/app", &data).await, digest);
+    assert_eq!(server.push_blob("team-b/app", &data).await, digest);
     let response = server
         .client
         .get(blob_url(&server, "team-b/app", &digest))
@@ -255,8 +230,8 @@ async fn a_blob_is_visible_only_in_repositories_it_is_linked_to() {
 async fn delete_unlinks_the_blob_from_that_repository_only() {
     let server = TestServer::start().await;
     let data = random_bytes(256);
-    let digest = push(&server, "one", &data).await;
-    push(&server, "two", &data).await;
+    let digest = server.push_blob("one", &data).await;
+    server.push_blob("two", &data).await;
     let url = blob_url(&server, "one", &digest);
 
     let response = server.client.delete(&url).send().await.unwrap();
@@ -285,7 +260,7 @@ async fn delete_unlinks_the_blob_from_that_repository_only() {
     assert_eq!(response.bytes().await.unwrap().as_ref(), &data[..]);
 
     // Pushing it again into the first repository makes it readable there again.
-    push(&server, "one", &data).await;
+    server.push_blob("one", &data).await;
     let response = server.client.get(&url).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
@@ -306,7 +281,7 @@ async fn delete_of_unknown_blob_is_blob_unknown() {
 #[tokio::test]
 async fn empty_blob_round_trips() {
     let server = TestServer::start().await;
-    let digest = push(&server, "empty", b"").await;
+    let digest = server.push_blob("empty", b"").await;
     let url = blob_url(&server, "empty", &digest);
     let response = server.client.get(&url).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);

@@ -6,31 +6,13 @@ mod common;
 use common::TestServer;
 use reqwest::{Response, StatusCode, header};
 use serde_json::{Value, json};
-use sha2::Digest as _;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
-async fn push_blob(server: &TestServer, repo: &str, data: &[u8]) -> String {
-    let digest = sha256(data);
-    let r = server
-        .client
-        .post(server.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    digest
-}
 
 /// Pushes one small image manifest into `repo` under each of `tags`.
 async fn push_tags(server: &TestServer, repo: &str, tags: &[&str]) {
     let config = b"{}";
-    let digest = push_blob(server, repo, config).await;
+    let digest = server.push_blob(repo, config).await;
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -211,7 +193,7 @@ async fn unknown_repositories_are_name_unknown() {
     assert_error(r, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
 
     // A repository that has blobs but no tags exists: an empty list.
-    push_blob(&server, "blobs/only", b"layer").await;
+    server.push_blob("blobs/only", b"layer").await;
     let r = get(&server, "/v2/blobs/only/tags/list").await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
@@ -297,7 +279,7 @@ async fn catalog_lists_repositories_of_any_depth() {
     ] {
         push_tags(&server, repo, &["latest"]).await;
     }
-    push_blob(&server, "blobs/only", b"layer").await;
+    server.push_blob("blobs/only", b"layer").await;
     let all = [
         "a",
         "a-b.c_d/e",

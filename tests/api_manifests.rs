@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, sha256};
 use reqwest::{Response, StatusCode, header};
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -17,10 +17,6 @@ const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
 
 /// Pushes a blob in one monolithic `POST …/blobs/uploads/?digest=` and
 /// returns its descriptor.

@@ -10,17 +10,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::TestServer;
+use common::{TestServer, sha256};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
-use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
 
 /// Sends one HTTP/1.1 request with `path` exactly as given and returns the
 /// status code and the body.
@@ -91,15 +86,7 @@ fn tree(root: &Path) -> BTreeSet<PathBuf> {
 }
 
 async fn push_blob(server: &TestServer, repo: &str, data: &[u8]) -> Value {
-    let digest = sha256(data);
-    let r = server
-        .client
-        .post(server.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "blob into {repo}");
+    let digest = server.push_blob(repo, data).await;
     json!({"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": data.len()})
 }
 

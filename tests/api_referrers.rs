@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, sha256};
 use reqwest::{Response, StatusCode, header};
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -15,24 +15,12 @@ const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 const SBOM: &str = "application/vnd.example.sbom.v1";
 const SIGNATURE: &str = "application/vnd.example.signature.v1";
 
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
 fn sha512(data: &[u8]) -> String {
     format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))
 }
 
 async fn push_blob(server: &TestServer, repo: &str, media_type: &str, data: &[u8]) -> Value {
-    let digest = sha256(data);
-    let r = server
-        .client
-        .post(server.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    let digest = server.push_blob(repo, data).await;
     json!({"mediaType": media_type, "digest": digest, "size": data.len()})
 }
 

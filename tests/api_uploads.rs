@@ -7,26 +7,15 @@ mod common;
 
 use std::sync::Arc;
 
-use common::TestServer;
-use rand::RngCore;
+use common::{TestServer, random_bytes, sha256};
 use reqwest::{Response, StatusCode, header};
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---- helpers (kept local: each test file is its own crate) ----
 
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
 fn sha512(data: &[u8]) -> String {
     format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))
-}
-
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    rand::rng().fill_bytes(&mut data);
-    data
 }
 
 /// A header's value as text; panics (failing the test) when it is missing.

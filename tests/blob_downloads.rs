@@ -10,36 +10,11 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
-use common::TestServer;
-use rand::RngCore;
+use common::{TestServer, random_bytes};
 use reqwest::StatusCode;
-use sha2::Digest as _;
 
 /// Spans three of the path's 4 MiB windows, the last one partial.
 const LARGE: usize = (9 << 20) + 12_345;
-
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    rand::rng().fill_bytes(&mut data);
-    data
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
-async fn push(server: &TestServer, repo: &str, data: &[u8]) -> String {
-    let digest = sha256(data);
-    let response = server
-        .client
-        .post(server.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED, "push into {repo}");
-    digest
-}
 
 fn blob_file(server: &TestServer, digest: &str) -> std::path::PathBuf {
     let hex = digest.strip_prefix("sha256:").unwrap();
@@ -56,7 +31,7 @@ fn blob_file(server: &TestServer, digest: &str) -> std::path::PathBuf {
 async fn large_blob_arrives_whole() {
     let server = TestServer::start().await;
     let data = random_bytes(LARGE);
-    let digest = push(&server, "zc/whole", &data).await;
+    let digest = server.push_blob("zc/whole", &data).await;
     let response = server
         .client
         .get(server.at(&format!("/v2/zc/whole/blobs/{digest}")))
@@ -74,7 +49,7 @@ async fn large_blob_arrives_whole() {
 async fn ranges_across_windows() {
     let server = TestServer::start().await;
     let data = random_bytes(LARGE);
-    let digest = push(&server, "zc/ranges", &data).await;
+    let digest = server.push_blob("zc/ranges", &data).await;
     let window = 4 << 20;
     for (start, end) in [
         (0, 65_535),
@@ -105,7 +80,7 @@ async fn ranges_across_windows() {
 async fn evicted_blob_arrives_whole() {
     let server = TestServer::start().await;
     let data = random_bytes(LARGE);
-    let digest = push(&server, "zc/cold", &data).await;
+    let digest = server.push_blob("zc/cold", &data).await;
     let file = std::fs::File::open(blob_file(&server, &digest)).unwrap();
     // The blob was synced when committed, so its pages are clean and this
     // drops them (advice, but Linux acts on it for clean pages).
@@ -133,9 +108,9 @@ async fn pipelined_requests_keep_their_bodies_apart() {
     let large = random_bytes(LARGE);
     let small = random_bytes(1_000);
     let other = random_bytes(300_000);
-    let large_digest = push(&server, "zc/pipe", &large).await;
-    let small_digest = push(&server, "zc/pipe", &small).await;
-    let other_digest = push(&server, "zc/pipe", &other).await;
+    let large_digest = server.push_blob("zc/pipe", &large).await;
+    let small_digest = server.push_blob("zc/pipe", &small).await;
+    let other_digest = server.push_blob("zc/pipe", &other).await;
     let addr = server.url.strip_prefix("http://").unwrap().to_owned();
 
     let requests: Vec<(&str, String, Option<&str>, Vec<u8>)> = vec![
@@ -195,7 +170,7 @@ async fn pipelined_requests_keep_their_bodies_apart() {
 async fn client_hanging_up_mid_download_harms_nothing() {
     let server = TestServer::start().await;
     let data = random_bytes(LARGE);
-    let digest = push(&server, "zc/hangup", &data).await;
+    let digest = server.push_blob("zc/hangup", &data).await;
     let addr = server.url.strip_prefix("http://").unwrap().to_owned();
     let path = format!("/v2/zc/hangup/blobs/{digest}");
     tokio::task::spawn_blocking(move || {
@@ -230,7 +205,7 @@ async fn client_hanging_up_mid_download_harms_nothing() {
 async fn http2_downloads_are_whole() {
     let server = TestServer::start().await;
     let data = random_bytes(LARGE);
-    let digest = push(&server, "zc/h2", &data).await;
+    let digest = server.push_blob("zc/h2", &data).await;
     let out = server.dir.path().join("h2-body");
     let url = server.at(&format!("/v2/zc/h2/blobs/{digest}"));
     let curl = tokio::task::spawn_blocking({

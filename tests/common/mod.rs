@@ -22,7 +22,36 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
+/// `sha256:<hex>` of `data`.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// `len` random bytes: content no layer can compress or guess.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    use rand::RngCore as _;
+    let mut data = vec![0u8; len];
+    rand::rng().fill_bytes(&mut data);
+    data
+}
+
 impl TestServer {
+    /// Pushes `data` into `repo` in one request (`POST ?digest=`), asserts
+    /// 201 Created, and returns its digest.
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256(data);
+        let response = self
+            .client
+            .post(self.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201, "push a blob into {repo}");
+        digest
+    }
+
     /// Starts a server on `127.0.0.1:0` with a fresh data directory.
     pub async fn start() -> Self {
         Self::start_in(tempfile::tempdir().expect("tempdir")).await
