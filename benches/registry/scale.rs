@@ -355,60 +355,63 @@ async fn pages(client: &reqwest::Client, target: &Target, token: &str, path: &st
 /// populated repository is listed exactly once.
 async fn list_catalog(client: &reqwest::Client, target: &Target, token: &str) -> f64 {
     let path = format!("/v2/_catalog?n={CATALOG_PAGE}");
-    let start = Instant::now();
-    let pages = pages(client, target, token, &path).await;
-    let elapsed = start.elapsed().as_secs_f64();
-    let listed: Vec<&str> = pages
-        .iter()
-        .flat_map(|page| {
-            page["repositories"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{}: catalog page {page}", target.name))
-        })
-        .map(|name| name.as_str().expect("repository name"))
-        .filter(|name| name.starts_with(PREFIX))
-        .collect();
-    let distinct: BTreeSet<&str> = listed.iter().copied().collect();
-    assert!(
-        listed.len() == REPOSITORIES
-            && distinct.len() == REPOSITORIES
-            && (0..REPOSITORIES).all(|i| distinct.contains(repository(i).as_str())),
-        "{}: the catalog lists {} names under {PREFIX} ({} distinct) in {} pages, \
-         not the {REPOSITORIES} pushed",
-        target.name,
-        listed.len(),
-        distinct.len(),
-        pages.len()
-    );
-    elapsed
+    let expected = (0..REPOSITORIES).map(repository);
+    list_all(
+        client,
+        target,
+        token,
+        &path,
+        "repositories",
+        PREFIX,
+        expected,
+    )
+    .await
 }
 
 /// Lists the tags of [`TAGS_REPOSITORY`] once; the time it took, in seconds.
 /// Checks every tag is listed exactly once.
 async fn list_tags(client: &reqwest::Client, target: &Target, token: &str) -> f64 {
     let path = format!("/v2/{TAGS_REPOSITORY}/tags/list");
+    list_all(client, target, token, &path, "tags", "", (0..TAGS).map(tag)).await
+}
+
+/// Follows every page of the list at `path`, timed; then checks that the
+/// names under `field` that start with `prefix` (the catalog holds other
+/// sections' repositories too) are exactly `expected`, each listed once.
+async fn list_all(
+    client: &reqwest::Client,
+    target: &Target,
+    token: &str,
+    path: &str,
+    field: &str,
+    prefix: &str,
+    expected: impl Iterator<Item = String>,
+) -> f64 {
     let start = Instant::now();
-    let pages = pages(client, target, token, &path).await;
+    let pages = pages(client, target, token, path).await;
     let elapsed = start.elapsed().as_secs_f64();
     let listed: Vec<&str> = pages
         .iter()
         .flat_map(|page| {
-            page["tags"]
+            page[field]
                 .as_array()
-                .unwrap_or_else(|| panic!("{}: tags page {page}", target.name))
+                .unwrap_or_else(|| panic!("{}: {path} page {page}", target.name))
         })
-        .map(|tag| tag.as_str().expect("tag"))
+        .map(|name| name.as_str().expect("listed name"))
+        .filter(|name| name.starts_with(prefix))
         .collect();
     let distinct: BTreeSet<&str> = listed.iter().copied().collect();
+    let expected: BTreeSet<String> = expected.collect();
     assert!(
-        listed.len() == TAGS
-            && distinct.len() == TAGS
-            && (0..TAGS).all(|i| distinct.contains(tag(i).as_str())),
-        "{}: {TAGS_REPOSITORY} lists {} tags ({} distinct) in {} pages, not the {TAGS} pushed",
+        listed.len() == expected.len()
+            && distinct.len() == expected.len()
+            && expected.iter().all(|name| distinct.contains(name.as_str())),
+        "{}: {path} lists {} names ({} distinct) in {} pages, not the {} pushed",
         target.name,
         listed.len(),
         distinct.len(),
-        pages.len()
+        pages.len(),
+        expected.len()
     );
     elapsed
 }

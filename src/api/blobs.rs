@@ -8,7 +8,7 @@ use super::{CONTENT_DIGEST, empty};
 use crate::error::{ApiError, ErrorCode};
 use crate::reference::{Digest, RepoName};
 use crate::serve::zero_copy;
-use crate::storage::{Content, Storage};
+use crate::storage::Storage;
 
 pub async fn get(
     storage: &Storage,
@@ -40,16 +40,8 @@ pub async fn get(
     let body = if head || len == 0 {
         Body::empty()
     } else {
-        let stream = match (
-            storage.blob_read(digest, offset, Some(len)).await?,
-            zero_copy,
-        ) {
-            (Content::File(range), Some(sender)) if range.len() >= zero_copy::MIN_LEN => {
-                zero_copy::body(sender, range)
-            }
-            (content, _) => content.into_stream(),
-        };
-        Body::from_stream(stream)
+        let content = storage.blob_read(digest, offset, Some(len)).await?;
+        Body::from_stream(zero_copy::body(content, zero_copy))
     };
     let mut response = (status, body).into_response();
     let h = response.headers_mut();

@@ -38,7 +38,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::storage::{ByteStream, FileRange};
+use crate::storage::{ByteStream, Content, FileRange};
 
 /// Bytes a body hands to hyper per frame, and sends with one `sendfile`
 /// call at most. Each window is in the page cache before its frame is
@@ -48,7 +48,7 @@ const WINDOW: usize = 4 << 20;
 
 /// Ranges shorter than this are streamed: for a small blob (a config, a
 /// manifest-sized layer) the residency check costs more than the copy.
-pub const MIN_LEN: u64 = 64 << 10;
+const MIN_LEN: u64 = 64 << 10;
 
 /// Never read: the address range identifies a frame as "send from the file".
 static MARKER: [u8; WINDOW] = [0; WINDOW];
@@ -57,20 +57,14 @@ fn is_marker(slice: &[u8]) -> bool {
     !slice.is_empty() && MARKER.as_ptr_range().contains(&slice.as_ptr())
 }
 
-/// A file range being sent on one connection.
-struct Segment {
-    file: Arc<File>,
-    at: u64,
-    end: u64,
-}
-
-/// The connection's queue of file ranges, shared by its socket and the
-/// bodies of its responses.
+/// The connection's queue of file ranges still to send (each range's
+/// `offset` advances as it goes), shared by its socket and the bodies of its
+/// responses.
 #[derive(Clone, Default)]
-pub struct Sender(Arc<Mutex<VecDeque<Segment>>>);
+pub struct Sender(Arc<Mutex<VecDeque<FileRange>>>);
 
 impl Sender {
-    fn push(&self, segment: Segment) {
+    fn push(&self, segment: FileRange) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -83,8 +77,8 @@ impl Sender {
         let Some(front) = segments.front_mut() else {
             return Err(io::Error::other("zero-copy frame without a file"));
         };
-        let count = want.min((front.end - front.at) as usize).min(WINDOW);
-        let mut offset = libc::off_t::try_from(front.at).map_err(io::Error::other)?;
+        let count = want.min(front.len() as usize).min(WINDOW);
+        let mut offset = libc::off_t::try_from(front.offset).map_err(io::Error::other)?;
         // SAFETY: both descriptors are open for the duration of the call
         // (`socket` is borrowed, the file is held by the segment), and
         // `offset` is a valid, exclusively borrowed off_t.
@@ -105,8 +99,8 @@ impl Sender {
                 "file shorter than its recorded size",
             )),
             n => {
-                front.at += n as u64;
-                if front.at == front.end {
+                front.offset += n as u64;
+                if front.is_empty() {
                     segments.pop_front();
                 }
                 Ok(n as usize)
@@ -198,10 +192,19 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The body of a response that sends `range` over the connection of
-/// `sender`: marker frames, each yielded once its window of the file is in
-/// the page cache.
-pub fn body(sender: Sender, range: FileRange) -> ByteStream {
+/// The body of a response carrying `content`: sent from its file when the
+/// driver gave a file, the connection can take it (`sender`) and the range is
+/// worth it; streamed otherwise.
+pub fn body(content: Content, sender: Option<Sender>) -> ByteStream {
+    match (content, sender) {
+        (Content::File(range), Some(sender)) if range.len() >= MIN_LEN => markers(sender, range),
+        (content, _) => content.into_stream(),
+    }
+}
+
+/// Marker frames covering `range`, sent over the connection of `sender`,
+/// each yielded once its window of the file is in the page cache.
+fn markers(sender: Sender, range: FileRange) -> ByteStream {
     struct State {
         sender: Option<Sender>,
         range: FileRange,
@@ -232,11 +235,7 @@ pub fn body(sender: Sender, range: FileRange) -> ByteStream {
         // that the connection's segments are queued in the order hyper
         // writes their bytes.
         if let Some(sender) = state.sender.take() {
-            sender.push(Segment {
-                file: Arc::clone(&state.range.file),
-                at: state.range.offset,
-                end: state.range.end,
-            });
+            sender.push(state.range.clone());
         }
         let len = (state.range.end - state.at).min(WINDOW as u64);
         state.at += len;
@@ -373,11 +372,7 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut file, b"0123456789").unwrap();
         let sender = Sender::default();
-        sender.push(Segment {
-            file: Arc::new(file),
-            at: 0,
-            end: 20,
-        });
+        sender.push(FileRange::new(file, 0, 20));
         assert_eq!(sender.send(&socket, 20).unwrap(), 10);
         let e = sender.send(&socket, 10).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
