@@ -44,6 +44,7 @@ properties!(
     list_missing_or_empty_is_not_found,
     hidden_names_never_listed,
     rename_replaces_target,
+    large_appends_at_any_offset,
     rename_missing_is_not_found,
     rename_prunes_emptied_prefix,
     delete_object,

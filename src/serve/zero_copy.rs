@@ -299,6 +299,21 @@ impl Window {
     /// memory while they are mapped.
     fn populate(&self, file: &File) -> io::Result<()> {
         const PIECE: usize = 1 << 20;
+        // First ask for this window and the next in one go: the kernel
+        // queues large reads and returns, so the disk streams while pieces
+        // are waited for and while this window is sent. Faulting pages in
+        // alone reads a little around each fault, one wait at a time (a
+        // cold pull ran at a quarter of the disk's speed). Advisory: the
+        // populate below still decides.
+        // SAFETY: plain integers and a descriptor `file` keeps open.
+        unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                self.offset,
+                (self.len + WINDOW) as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            );
+        }
         let mut done = 0;
         while done < self.len {
             let piece = Window {

@@ -53,6 +53,7 @@ pub async fn run_all(driver: &dyn Driver) {
     invalid_keys_are_refused(driver).await;
     concurrent_puts_leave_one_whole_value(driver).await;
     large_streamed_append(driver).await;
+    large_appends_at_any_offset(driver).await;
 }
 
 /// Keys the contract says no driver may accept.
@@ -1070,6 +1071,67 @@ impl<'a> Scope<'a> {
 
 /// Deterministic pseudo-random bytes (xorshift64*), different per `seed`, so
 /// misplaced or reordered bytes never compare equal by accident.
+/// Multi-megabyte appends in odd-sized writes, in rounds that start on and
+/// off 4 KiB boundaries and end mid-block, one discarding residue and one
+/// aborted halfway through: the object is always exactly the rounds that
+/// committed. (Drivers may write block-aligned runs differently from the
+/// rest, as the filesystem driver does with `O_DIRECT`.)
+pub async fn large_appends_at_any_offset(driver: &dyn Driver) {
+    const MIB: usize = 1 << 20;
+    let s = Scope::new(driver);
+    let key = s.key("rounds");
+    let mut expected: Vec<u8> = Vec::new();
+    // (start, length, write size): 0 and 5 MiB + 4096 are block boundaries,
+    // 5 MiB + 123 and 9 MiB + 4219 are not; the third round starts inside
+    // the second round's bytes, which it replaces.
+    let rounds = [
+        (0, 5 * MIB + 123, 65_537),
+        (5 * MIB + 123, 4 * MIB + 4_096, 1_000_001),
+        (5 * MIB + 4_096, 4 * MIB + 123, 3 * MIB),
+        (9 * MIB + 4_219, 2 * MIB + 1, 4_096),
+    ];
+    for (round, &(start, len, write)) in rounds.iter().enumerate() {
+        let content = pattern(len, 70 + round as u8);
+        let mut appender = ok(driver.append(&key, start as u64).await, "append", &key);
+        for part in content.chunks(write) {
+            ok(appender.write(content.slice_ref(part)).await, "write", &key);
+        }
+        let size = ok(appender.commit().await, "commit", &key);
+        expected.truncate(start);
+        expected.extend_from_slice(&content);
+        assert_eq!(
+            size,
+            expected.len() as u64,
+            "commit of round {round} (at {start}, {len} bytes)"
+        );
+    }
+    // An aborted multi-batch append from a block boundary leaves no trace.
+    let at = expected.len() as u64;
+    let mut appender = ok(driver.append(&key, at).await, "append", &key);
+    let discarded = pattern(5 * MIB, 79);
+    for part in discarded.chunks(MIB + 7) {
+        ok(
+            appender.write(discarded.slice_ref(part)).await,
+            "write",
+            &key,
+        );
+    }
+    ok(appender.abort().await, "abort", &key);
+    assert_eq!(
+        ok(driver.stat(&key).await, "stat", &key),
+        at,
+        "abort of a 5 MiB append must leave the object as it was"
+    );
+    let (len, digest) = read_digest(driver, &key, 0, None).await;
+    assert_eq!(len, expected.len() as u64, "length after the rounds");
+    assert_eq!(
+        digest,
+        sha256(&expected),
+        "object after rounds at aligned and unaligned offsets differs from the rounds"
+    );
+    s.remove().await;
+}
+
 fn pattern(len: usize, seed: u8) -> Bytes {
     let mut state =
         0x9E37_79B9_7F4A_7C15u64 ^ (u64::from(seed) + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);

@@ -5,12 +5,11 @@
 //! the old content or the new, never a prefix, even after a crash. Names that
 //! start with `.` are the driver's own and never listed.
 //!
-//! Blocking file calls run on tokio's blocking pool; appenders batch the
-//! request body's small frames into large writes so that a blob upload costs
-//! one hop to the pool per [`WRITE_BATCH`] bytes, not one per frame.
+//! Blocking file calls run on tokio's blocking pool; appenders (`append`)
+//! batch the request body's small frames into large, direct writes.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
@@ -19,8 +18,9 @@ use bytes::Bytes;
 use super::driver::{Appender, ByteStream, Content, Driver, DriverError, Result};
 use super::file_range::FileRange;
 
-/// Bytes gathered before an appender writes them out.
-const WRITE_BATCH: usize = 1 << 20;
+mod append;
+use append::FsAppender;
+
 /// How often a write retries when a concurrent delete removed its (empty)
 /// parent directory between creating it and using it.
 const PARENT_RACE_RETRIES: usize = 8;
@@ -179,49 +179,36 @@ impl Driver for FsDriver {
     async fn append(&self, key: &str, at: u64) -> Result<Box<dyn Appender>> {
         let path = self.path(key)?;
         let owned_key = key.to_owned();
-        let file = blocking(move || {
-            let opened = if at == 0 {
-                with_parent(&path, || {
-                    OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(&path)
-                })
-            } else {
-                // Only an empty object may be created: a missing one is
-                // shorter than `at`, and a refused append leaves no trace.
-                OpenOptions::new().write(true).open(&path)
-            };
-            let mut file = match opened {
-                Ok(file) => file,
-                Err(e) if at > 0 && e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let len = file.metadata()?.len();
-            if at > len {
-                return Ok(None);
-            }
-            if len > at {
-                // Residue of a crash after a write but before the caller
-                // recorded it: those bytes never counted.
-                file.set_len(at)?;
-            }
-            file.seek(SeekFrom::Start(at))?;
-            Ok(Some(file))
-        })
-        .await?;
-        match file {
-            Some(file) => Ok(Box::new(FsAppender {
-                file: Some(file),
-                in_flight: None,
-                path: self.path(key)?,
-                start: at,
-                size: at,
-                submitted: at,
-                batch: Vec::new(),
-                spare: Vec::new(),
-            })),
+        let opened = {
+            let path = path.clone();
+            blocking(move || {
+                let opened = if at == 0 {
+                    with_parent(&path, || append::open(&path, at, true))
+                } else {
+                    // Only an empty object may be created: a missing one is
+                    // shorter than `at`, and a refused append leaves no trace.
+                    append::open(&path, at, false)
+                };
+                let (file, mode) = match opened {
+                    Ok(opened) => opened,
+                    Err(e) if at > 0 && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let len = file.metadata()?.len();
+                if at > len {
+                    return Ok(None);
+                }
+                if len > at {
+                    // Residue of a crash after a write but before the caller
+                    // recorded it: those bytes never counted.
+                    file.set_len(at)?;
+                }
+                Ok(Some((file, mode)))
+            })
+            .await?
+        };
+        match opened {
+            Some((file, mode)) => Ok(Box::new(FsAppender::new(file, mode, path, at))),
             None => Err(DriverError::InvalidKey(format!(
                 "{owned_key}: offset {at} past end"
             ))),
@@ -288,147 +275,5 @@ impl Driver for FsDriver {
         })
         .await
         .map_err(|e| not_found(&owned, e))
-    }
-}
-
-/// Asks the kernel to start writing a range to disk now, without waiting.
-/// Left alone, a large upload stays dirty in the page cache until the final
-/// `fdatasync`, which then stalls the request while the whole blob goes to
-/// disk; started early, the writeback overlaps with receiving, and the
-/// final sync has only the tail left. Advisory: errors surface at the sync.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: usize) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range takes plain integers; the descriptor is open
-    // (borrowed from `file`) for the duration of the call.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
-
-/// A batch being written on the blocking pool: it gives back the file and
-/// the (emptied) buffer for reuse.
-type BatchWrite = tokio::task::JoinHandle<io::Result<(File, Vec<u8>)>>;
-
-/// Appends through a double buffer: while one batch is written on the
-/// blocking pool, the next is filled from the request body, so receiving and
-/// hashing overlap with writing. At most one write is in flight, so writes
-/// stay in order and memory stays at two batches per upload.
-struct FsAppender {
-    /// The file, when no batch is being written.
-    file: Option<File>,
-    /// The batch being written; it hands the file and its buffer back.
-    in_flight: Option<BatchWrite>,
-    /// For putting the object back to `start` bytes after a failed write
-    /// took the file handle with it.
-    path: PathBuf,
-    start: u64,
-    size: u64,
-    /// Bytes handed to the writer so far (the offset of the next batch).
-    submitted: u64,
-    batch: Vec<u8>,
-    spare: Vec<u8>,
-}
-
-impl FsAppender {
-    /// Waits for the batch in flight, if any.
-    async fn settle(&mut self) -> io::Result<()> {
-        if let Some(handle) = self.in_flight.take() {
-            let (file, mut buffer) = handle.await.map_err(io::Error::other)??;
-            buffer.clear();
-            self.file = Some(file);
-            self.spare = buffer;
-        }
-        Ok(())
-    }
-
-    /// Sends the current batch to be written once the previous one is done.
-    async fn submit(&mut self) -> io::Result<()> {
-        self.settle().await?;
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("appender poisoned by an earlier failure"))?;
-        let next = std::mem::take(&mut self.spare);
-        let batch = std::mem::replace(&mut self.batch, next);
-        let offset = self.submitted;
-        self.submitted += batch.len() as u64;
-        self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            file.write_all(&batch)?;
-            start_writeback(&file, offset, batch.len());
-            Ok((file, batch))
-        }));
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Appender for FsAppender {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        self.size += chunk.len() as u64;
-        if self.batch.capacity() == 0 {
-            self.batch.reserve_exact(WRITE_BATCH);
-        }
-        self.batch.extend_from_slice(&chunk);
-        if self.batch.len() >= WRITE_BATCH {
-            self.submit().await?;
-        }
-        Ok(())
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<u64> {
-        self.submit().await?;
-        self.settle().await?;
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("appender poisoned by an earlier failure"))?;
-        // An appender from byte 0 may have created the file: its directory
-        // entry must be durable too, or a power loss could lose a chunk the
-        // caller has already recorded.
-        let created_dir = (self.start == 0)
-            .then(|| self.path.parent().map(Path::to_owned))
-            .flatten();
-        blocking(move || {
-            file.sync_data()?;
-            match created_dir {
-                Some(dir) => sync_dir(&dir),
-                None => Ok(()),
-            }
-        })
-        .await?;
-        Ok(self.size)
-    }
-
-    async fn abort(mut self: Box<Self>) -> Result<()> {
-        // Whatever the write in flight did, the object goes back to `start`.
-        let _ = self.settle().await;
-        let start = self.start;
-        let file = self.file.take();
-        let path = self.path.clone();
-        blocking(move || {
-            let file = match file {
-                Some(file) => file,
-                None => OpenOptions::new().write(true).open(&path)?,
-            };
-            file.set_len(start)
-        })
-        .await?;
-        Ok(())
     }
 }

@@ -1,0 +1,421 @@
+//! Appending to a file object: how an upload's bytes reach the disk.
+//!
+//! The request body's frames are gathered into [`BATCH`]-byte batches, and a
+//! batch is written on the blocking pool while the next one fills, so
+//! receiving and hashing overlap with writing; one write is in flight at a
+//! time, so memory stays at two batches per upload.
+//!
+//! Batches go to the disk with `O_DIRECT` when the append starts on a block
+//! boundary (every upload's first chunk, and every chunk of a client that
+//! sends round sizes). An upload is written once and synced at once, so the
+//! page cache gives it nothing and costs it much: a copy into freshly
+//! allocated cache pages, their accounting and their writeback. Measured on
+//! the benchmark machine (a VM), a buffered write + fsync of 1 GiB took 1.4
+//! CPU-seconds of kernel time, a direct one 0.16, against 0.6 for hashing
+//! the same bytes. A direct write goes from the batch's (aligned, reused)
+//! buffer to the device. The last, partial batch's unaligned tail is written
+//! through the cache, as is everything where the filesystem refuses
+//! `O_DIRECT` (tmpfs, some network filesystems), or when the append starts
+//! mid-block; then writeback is started per batch, so that the final sync
+//! has only the tail left.
+//!
+//! The price: a freshly pushed blob is not in the page cache, so its first
+//! pull reads it from the disk.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{blocking, sync_dir};
+use crate::storage::driver::{Appender, Result};
+
+/// Bytes gathered before they are written: large, because a direct write
+/// waits for the device and the device is fastest with large requests
+/// (`dd oflag=direct` on the benchmark machine: 1 MiB 0.9–1.2 GB/s, 2 MiB
+/// and more 1.5–2 GB/s). A multiple of [`BLOCK`].
+pub(super) const BATCH: usize = 2 << 20;
+/// Alignment of direct writes: offset, length and buffer address. 4 KiB
+/// covers the logical block size of nearly every device (512 or 4096).
+const BLOCK: usize = 4096;
+
+/// How the file is being written.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Mode {
+    /// `O_DIRECT`: block-aligned writes straight to the device.
+    Direct,
+    /// Through the page cache, writeback started per batch.
+    Cached,
+}
+
+/// Opens the object for an append at `at`: for direct writes when `at` is on
+/// a block boundary and the filesystem allows them.
+pub(super) fn open(path: &Path, at: u64, create: bool) -> io::Result<(File, Mode)> {
+    let plain = || {
+        let mut options = OpenOptions::new();
+        options.write(true).create(create).truncate(false);
+        options
+    };
+    #[cfg(target_os = "linux")]
+    if at % BLOCK as u64 == 0 {
+        use std::os::unix::fs::OpenOptionsExt;
+        match plain().custom_flags(libc::O_DIRECT).open(path) {
+            Ok(file) => return Ok((file, Mode::Direct)),
+            // The filesystem does not do direct I/O: use the cache.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((plain().open(path)?, Mode::Cached))
+}
+
+/// A batch buffer whose bytes start on a [`BLOCK`] boundary, as direct
+/// writes need. Allocated zeroed (untouched pages cost nothing until used)
+/// and reused for the whole append.
+struct Batch {
+    raw: Vec<u8>,
+    /// Where the aligned part of `raw` starts.
+    start: usize,
+    len: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        let raw = vec![0u8; BATCH + BLOCK];
+        let start = raw.as_ptr().align_offset(BLOCK);
+        Self { raw, start, len: 0 }
+    }
+
+    /// Copies as much of `data` as fits; returns how much that was.
+    fn fill(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(BATCH - self.len);
+        let at = self.start + self.len;
+        self.raw[at..at + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        n
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == BATCH
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+}
+
+/// The open file and how it is written; moves to the blocking pool with each
+/// batch and comes back with it.
+struct Target {
+    file: File,
+    direct: AtomicBool,
+}
+
+impl Target {
+    /// Writes `data` at `offset`: its block-aligned part directly when in
+    /// direct mode, the rest (and everything after a refused direct write)
+    /// through the cache.
+    fn new(file: File, mode: Mode) -> Self {
+        Self {
+            file,
+            direct: AtomicBool::new(mode == Mode::Direct),
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        if self.direct.load(Ordering::Relaxed) {
+            Mode::Direct
+        } else {
+            Mode::Cached
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        if self.mode() == Mode::Direct {
+            let aligned = data.len() / BLOCK * BLOCK;
+            match self.file.write_all_at(&data[..aligned], offset) {
+                Ok(()) => done = aligned,
+                // Stricter alignment than ours (or a filesystem that only
+                // refuses at write time): the cache takes it from here; the
+                // positional write can simply be repeated.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.uncached()?,
+                Err(e) => return Err(e),
+            }
+            if done < data.len() {
+                // A partial batch is the last one: its tail is not a whole
+                // block, so direct writing ends here.
+                self.uncached()?;
+            }
+        }
+        let rest = &data[done..];
+        if !rest.is_empty() {
+            let at = offset + done as u64;
+            self.file.write_all_at(rest, at)?;
+            start_writeback(&self.file, at, rest.len());
+        }
+        Ok(())
+    }
+
+    /// Leaves direct mode: clears `O_DIRECT` on the descriptor.
+    fn uncached(&self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = self.file.as_raw_fd();
+            // SAFETY: fcntl on a descriptor `self.file` keeps open for the
+            // duration of both calls; F_GETFL/F_SETFL take plain integers.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        self.direct.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Asks the kernel to start writing a range to disk now, without waiting.
+/// Left alone, a large upload written through the cache stays dirty until
+/// the final `fdatasync`, which then stalls the request while the whole blob
+/// goes to disk; started early, the writeback overlaps with receiving, and
+/// the final sync has only the tail left. Advisory: errors surface at the
+/// sync.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range takes plain integers; the descriptor is open
+    // (borrowed from `file`) for the duration of the call.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
+
+/// A batch being written on the blocking pool; it gives the buffer back.
+type BatchWrite = tokio::task::JoinHandle<io::Result<Batch>>;
+
+/// Batches being written at once, at most.
+const IN_FLIGHT: usize = 2;
+
+/// Appends through a ring of batch buffers; see the module comment.
+pub(super) struct FsAppender {
+    target: Arc<Target>,
+    /// Batches being written, oldest first.
+    in_flight: VecDeque<BatchWrite>,
+    /// Set when a write failed: nothing more is written.
+    failed: bool,
+    /// The object's path, for syncing its directory.
+    path: PathBuf,
+    start: u64,
+    size: u64,
+    /// Bytes handed to the writers so far (the offset of the next batch).
+    submitted: u64,
+    batch: Option<Batch>,
+    spare: Vec<Batch>,
+}
+
+impl FsAppender {
+    pub(super) fn new(file: File, mode: Mode, path: PathBuf, at: u64) -> Self {
+        Self {
+            target: Arc::new(Target::new(file, mode)),
+            in_flight: VecDeque::new(),
+            failed: false,
+            path,
+            start: at,
+            size: at,
+            submitted: at,
+            batch: None,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Waits for the oldest batch in flight.
+    async fn settle_one(&mut self) -> io::Result<()> {
+        if let Some(handle) = self.in_flight.pop_front() {
+            match handle.await.map_err(io::Error::other).and_then(|r| r) {
+                Ok(mut batch) => {
+                    batch.len = 0;
+                    self.spare.push(batch);
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn settle_all(&mut self) -> io::Result<()> {
+        let mut outcome = Ok(());
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.settle_one().await {
+                outcome = outcome.and(Err(e));
+            }
+        }
+        outcome
+    }
+
+    /// Sends the current batch to be written, once a writer is free.
+    async fn submit(&mut self) -> io::Result<()> {
+        while self.in_flight.len() >= IN_FLIGHT {
+            self.settle_one().await?;
+        }
+        if self.failed {
+            return Err(io::Error::other("appender poisoned by an earlier failure"));
+        }
+        let Some(batch) = self.batch.take_if(|b| b.len > 0) else {
+            return Ok(());
+        };
+        self.batch = self.spare.pop();
+        let offset = self.submitted;
+        self.submitted += batch.len as u64;
+        let target = Arc::clone(&self.target);
+        self.in_flight
+            .push_back(tokio::task::spawn_blocking(move || {
+                target.write(offset, batch.bytes())?;
+                Ok(batch)
+            }));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Appender for FsAppender {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.size += chunk.len() as u64;
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let batch = self.batch.get_or_insert_with(Batch::new);
+            rest = &rest[batch.fill(rest)..];
+            if batch.is_full() {
+                self.submit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<u64> {
+        self.submit().await?;
+        self.settle_all().await?;
+        // An appender from byte 0 may have created the file: its directory
+        // entry must be durable too, or a power loss could lose a chunk the
+        // caller has already recorded.
+        let created_dir = (self.start == 0)
+            .then(|| self.path.parent().map(Path::to_owned))
+            .flatten();
+        let target = Arc::clone(&self.target);
+        blocking(move || {
+            // Direct writes skip the cache, not the device's own cache nor
+            // the file's size and extents: the sync is still needed.
+            target.file.sync_data()?;
+            match created_dir {
+                Some(dir) => sync_dir(&dir),
+                None => Ok(()),
+            }
+        })
+        .await?;
+        Ok(self.size)
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        // Whatever the writes in flight did, the object goes back to `start`.
+        let _ = self.settle_all().await;
+        let start = self.start;
+        let target = Arc::clone(&self.target);
+        blocking(move || target.file.set_len(start)).await?;
+        Ok(())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn direct_flag(file: &File) -> bool {
+        // SAFETY: F_GETFL on an open descriptor borrowed from `file`.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        flags & libc::O_DIRECT != 0
+    }
+
+    #[test]
+    fn aligned_appends_write_directly_and_the_tail_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let (file, mode) = open(&path, 0, true).unwrap();
+        if mode == Mode::Cached {
+            // This filesystem has no direct I/O: nothing to check here.
+            return;
+        }
+        assert!(direct_flag(&file), "Direct mode without O_DIRECT");
+        let target = Target::new(file, mode);
+        let data: Vec<u8> = (0..3 * BLOCK + 100).map(|i| (i % 251) as u8).collect();
+        let mut batch = Batch::new();
+        batch.fill(&data);
+        target.write(0, &batch.bytes()[..2 * BLOCK]).unwrap();
+        assert_eq!(target.mode(), Mode::Direct, "whole blocks stay direct");
+        target
+            .write(2 * BLOCK as u64, &batch.bytes()[2 * BLOCK..])
+            .unwrap();
+        assert_eq!(
+            target.mode(),
+            Mode::Cached,
+            "a partial block ends direct mode"
+        );
+        assert!(
+            !direct_flag(&target.file),
+            "O_DIRECT still set after the tail"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[test]
+    fn a_refused_direct_write_is_repeated_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let (file, mode) = open(&path, 0, true).unwrap();
+        let target = Target::new(file, mode);
+        // A buffer one byte off a block boundary: the kernel refuses it
+        // for O_DIRECT (EINVAL), and the write must still land.
+        let mut batch = Batch::new();
+        let data: Vec<u8> = (0..2 * BLOCK + 1).map(|i| (i % 13) as u8).collect();
+        batch.fill(&data);
+        target.write(0, &batch.bytes()[1..]).unwrap();
+        assert_eq!(target.mode(), Mode::Cached);
+        assert_eq!(std::fs::read(&path).unwrap(), &data[1..]);
+    }
+
+    #[test]
+    fn appends_off_a_block_boundary_use_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, [7u8; 10]).unwrap();
+        let (file, mode) = open(&path, 10, false).unwrap();
+        assert_eq!(mode, Mode::Cached);
+        assert!(!direct_flag(&file));
+        let (_, mode) = open(&path, BLOCK as u64, false).unwrap();
+        assert!(
+            mode == Mode::Direct || mode == Mode::Cached,
+            "a boundary opens direct where the filesystem allows"
+        );
+    }
+}
