@@ -219,9 +219,9 @@ async fn get_blob(url: &str, digest: &str) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_upload_leaves_only_verified_blobs() {
-    // Halves larger than the appender's 2 MiB write batch, so that bytes of
+    // Halves larger than the appender's 4 MiB write batch, so that bytes of
     // every interrupted body reach the disk before the kill.
-    const SIZE: usize = 8 << 20;
+    const SIZE: usize = 16 << 20;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = ServerProcess::start(&data, &[]);
@@ -264,7 +264,7 @@ async fn sigkill_mid_upload_leaves_only_verified_blobs() {
             .body(body)
             .send(),
     ));
-    feed(&tx, &resumable.slice(recorded..recorded + (3 << 20))).await;
+    feed(&tx, &resumable.slice(recorded..recorded + (5 << 20))).await;
     open_bodies.push(tx);
 
     // Completed uploads, pushed while the others hang open.

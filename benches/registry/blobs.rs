@@ -201,7 +201,7 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         .against("distribution", single[1])
         .target(1.5)
         .note(
-            "the upload task receives, a blocking thread hashes (SHA-256), and 2 MiB \
+            "the upload task receives, a blocking thread hashes (SHA-256), and 4 MiB \
              batches go to the disk with O_DIRECT, two at a time, so hashing and writing \
              overlap receiving; distribution hashes and writes inline at ~0.9 of a core",
         ),
@@ -238,7 +238,7 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         )
         .against("file write, O_DIRECT + fsync", direct_write)
         .note(
-            "the same, written as the push writes: 2 MiB direct writes from one \
+            "the same, written as the push writes: 4 MiB direct writes from one \
              aligned buffer, one at a time, then synced; the disk's ceiling for a push",
         ),
         Row::new(
@@ -300,7 +300,7 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         .against("distribution", mib(peak[1]))
         .note(
             "VmHWM (reset before the pushes) after the pushes and pulls: per-request \
-             buffers (three 2 MiB write batches, queued hash batches, two 512 KiB reads) \
+             buffers (three 4 MiB write batches, queued hash batches, two 512 KiB reads) \
              and allocator arenas, not the blob",
         ),
         Row::new(
@@ -634,11 +634,11 @@ fn thread_cpu() -> Duration {
 
 /// A plain file write of the blob's bytes: read from the page cache, written
 /// to a new file in the same directory, synced. The copy is removed. With
-/// `direct`, written as a push writes: `O_DIRECT`, 2 MiB at a time from one
+/// `direct`, written as a push writes: `O_DIRECT`, 4 MiB at a time from one
 /// block-aligned buffer (the blob's size is a multiple of 4 KiB).
 fn write_speed(from: &Path, to: &Path, size: u64, direct: bool) -> f64 {
     use std::os::unix::fs::OpenOptionsExt;
-    const DIRECT_BATCH: usize = 2 << 20;
+    const DIRECT_BATCH: usize = 4 << 20;
     const ALIGN: usize = 4096;
     sync();
     let mut src = std::fs::File::open(from).expect("open blob");

@@ -1081,14 +1081,14 @@ pub async fn large_appends_at_any_offset(driver: &dyn Driver) {
     let s = Scope::new(driver);
     let key = s.key("rounds");
     let mut expected: Vec<u8> = Vec::new();
-    // (start, length, write size): 0 and 5 MiB + 4096 are block boundaries,
-    // 5 MiB + 123 and 9 MiB + 4219 are not; the third round starts inside
+    // (start, length, write size): 0 and 9 MiB + 4096 are block boundaries,
+    // 9 MiB + 123 and 13 MiB + 4219 are not; the third round starts inside
     // the second round's bytes, which it replaces.
     let rounds = [
-        (0, 5 * MIB + 123, 65_537),
-        (5 * MIB + 123, 4 * MIB + 4_096, 1_000_001),
-        (5 * MIB + 4_096, 4 * MIB + 123, 3 * MIB),
-        (9 * MIB + 4_219, 2 * MIB + 1, 4_096),
+        (0, 9 * MIB + 123, 65_537),
+        (9 * MIB + 123, 4 * MIB + 4_096, 1_000_001),
+        (9 * MIB + 4_096, 4 * MIB + 123, 3 * MIB),
+        (13 * MIB + 4_219, 2 * MIB + 1, 4_096),
     ];
     for (round, &(start, len, write)) in rounds.iter().enumerate() {
         let content = pattern(len, 70 + round as u8);
@@ -1108,7 +1108,7 @@ pub async fn large_appends_at_any_offset(driver: &dyn Driver) {
     // An aborted multi-batch append from a block boundary leaves no trace.
     let at = expected.len() as u64;
     let mut appender = ok(driver.append(&key, at).await, "append", &key);
-    let discarded = pattern(5 * MIB, 79);
+    let discarded = pattern(13 * MIB, 79);
     for part in discarded.chunks(MIB + 7) {
         ok(
             appender.write(discarded.slice_ref(part)).await,
@@ -1120,7 +1120,7 @@ pub async fn large_appends_at_any_offset(driver: &dyn Driver) {
     assert_eq!(
         ok(driver.stat(&key).await, "stat", &key),
         at,
-        "abort of a 5 MiB append must leave the object as it was"
+        "abort of a 13 MiB append must leave the object as it was"
     );
     let (len, digest) = read_digest(driver, &key, 0, None).await;
     assert_eq!(len, expected.len() as u64, "length after the rounds");
