@@ -12,9 +12,9 @@
 //! are sent with `sendfile`, and that count is returned as written, so hyper
 //! advances through its frame exactly as if it had written it.
 //!
-//! Which file, and where in it: the body registers its [`Segment`] with the
-//! connection's [`Sender`] when hyper first polls it; hyper writes a
-//! connection's bytes in order, so the front segment is always the one the
+//! Which file, and where in it: the body registers its [`FileRange`] with
+//! the connection's [`Sender`] when hyper first polls it; hyper writes a
+//! connection's bytes in order, so the front range is always the one the
 //! next marker byte belongs to.
 //!
 //! Only HTTP/1 over plain TCP uses this: HTTP/2 (and, later, TLS) frame or
