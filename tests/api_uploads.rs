@@ -98,24 +98,6 @@ async fn status(server: &TestServer, location: &str) -> Response {
     server.client.get(server.at(location)).send().await.unwrap()
 }
 
-/// Asserts `repo` serves exactly `data` under `digest`.
-async fn assert_blob(server: &TestServer, repo: &str, digest: &str, data: &[u8]) {
-    let response = server
-        .client
-        .get(server.at(&format!("/v2/{repo}/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "{repo} {digest}");
-    assert_eq!(header_str(&response, "docker-content-digest"), digest);
-    assert_eq!(
-        header_str(&response, "content-length"),
-        data.len().to_string()
-    );
-    let body = response.bytes().await.unwrap();
-    assert!(body.as_ref() == data, "{repo} {digest}: content differs");
-}
-
 /// Asserts `repo` does not see `digest`.
 async fn assert_no_blob(server: &TestServer, repo: &str, digest: &str) {
     let response = server
@@ -205,7 +187,7 @@ async fn single_post_with_digest_creates_the_blob() {
         .await
         .unwrap();
     assert_created(&response, "mono", &digest);
-    assert_blob(&server, "mono", &digest, &data).await;
+    server.assert_serves_blob("mono", &digest, &data).await;
 }
 
 #[tokio::test]
@@ -223,7 +205,7 @@ async fn post_then_put_with_the_whole_body() {
         .await
         .unwrap();
     assert_created(&response, "post/put", &digest);
-    assert_blob(&server, "post/put", &digest, &data).await;
+    server.assert_serves_blob("post/put", &digest, &data).await;
 
     // Clients that percent-encode the digest's colon are understood.
     let other = random_bytes(10);
@@ -237,7 +219,9 @@ async fn post_then_put_with_the_whole_body() {
         .await
         .unwrap();
     assert_created(&response, "post/put", &other_digest);
-    assert_blob(&server, "post/put", &other_digest, &other).await;
+    server
+        .assert_serves_blob("post/put", &other_digest, &other)
+        .await;
 
     // A finished session is gone.
     let response = status(&server, &location).await;
@@ -277,7 +261,7 @@ async fn chunked_patches_then_put_without_body() {
 
     let response = put_close(&server, &location, &digest).await;
     assert_created(&response, "chunked", &digest);
-    assert_blob(&server, "chunked", &digest, &data).await;
+    server.assert_serves_blob("chunked", &digest, &data).await;
 }
 
 #[tokio::test]
@@ -305,7 +289,7 @@ async fn streamed_patch_without_content_range() {
 
     let response = put_close(&server, &location, &digest).await;
     assert_created(&response, "streamed", &digest);
-    assert_blob(&server, "streamed", &digest, &data).await;
+    server.assert_serves_blob("streamed", &digest, &data).await;
 }
 
 #[tokio::test]
@@ -328,7 +312,9 @@ async fn put_carries_the_last_chunk() {
         .await
         .unwrap();
     assert_created(&response, "last/chunk", &digest);
-    assert_blob(&server, "last/chunk", &digest, &data).await;
+    server
+        .assert_serves_blob("last/chunk", &digest, &data)
+        .await;
 
     // The same without a Content-Range on the last chunk.
     let location = start(&server, "last/chunk").await;
@@ -344,7 +330,9 @@ async fn put_carries_the_last_chunk() {
         .await
         .unwrap();
     assert_created(&response, "last/chunk", &other_digest);
-    assert_blob(&server, "last/chunk", &other_digest, &other).await;
+    server
+        .assert_serves_blob("last/chunk", &other_digest, &other)
+        .await;
 }
 
 #[tokio::test]
@@ -354,7 +342,7 @@ async fn empty_blob_through_a_session() {
     let location = start(&server, "empty").await;
     let response = put_close(&server, &location, &digest).await;
     assert_created(&response, "empty", &digest);
-    assert_blob(&server, "empty", &digest, b"").await;
+    server.assert_serves_blob("empty", &digest, b"").await;
 }
 
 #[tokio::test]
@@ -440,7 +428,7 @@ async fn out_of_order_and_repeated_chunks_are_416_and_lose_nothing() {
     assert_eq!(header_str(&response, "range"), "0-2999");
     let response = put_close(&server, &location, &digest).await;
     assert_created(&response, "order", &digest);
-    assert_blob(&server, "order", &digest, &data).await;
+    server.assert_serves_blob("order", &digest, &data).await;
 }
 
 #[tokio::test]
@@ -489,7 +477,7 @@ async fn wrong_digest_is_digest_invalid_and_nothing_becomes_visible() {
     assert_eq!(header_str(&response, "range"), upload_range(data.len()));
     let response = put_close(&server, &location, &digest).await;
     assert_created(&response, "wrong", &digest);
-    assert_blob(&server, "wrong", &digest, &data).await;
+    server.assert_serves_blob("wrong", &digest, &data).await;
 }
 
 #[tokio::test]
@@ -631,7 +619,9 @@ async fn chunk_length_disagreeing_with_its_range_is_refused() {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let response = put_close(&server, &location, &sha256(&data)).await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    assert_blob(&server, "sizes", &sha256(&data), &data).await;
+    server
+        .assert_serves_blob("sizes", &sha256(&data), &data)
+        .await;
 }
 
 /// A chunk whose body ends before its declared `Content-Length` (the client
@@ -675,7 +665,7 @@ async fn truncated_chunk_is_not_kept() {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let response = put_close(&server, &location, &digest).await;
     assert_created(&response, "torn", &digest);
-    assert_blob(&server, "torn", &digest, &data).await;
+    server.assert_serves_blob("torn", &digest, &data).await;
 }
 
 // ---- cross-repository mounts ----
@@ -704,7 +694,7 @@ async fn mount_links_a_blob_of_another_repository() {
         .await
         .unwrap();
     assert_created(&response, "derived", &digest);
-    assert_blob(&server, "derived", &digest, &data).await;
+    server.assert_serves_blob("derived", &digest, &data).await;
 
     // The mount is a link of its own: removing the source's link leaves it.
     let response = server
@@ -715,7 +705,7 @@ async fn mount_links_a_blob_of_another_repository() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     assert_no_blob(&server, "base/image", &digest).await;
-    assert_blob(&server, "derived", &digest, &data).await;
+    server.assert_serves_blob("derived", &digest, &data).await;
 }
 
 #[tokio::test]
@@ -806,7 +796,7 @@ async fn sha512_monolithic_and_chunked() {
         .await
         .unwrap();
     assert_created(&response, "five12", &digest);
-    assert_blob(&server, "five12", &digest, &data).await;
+    server.assert_serves_blob("five12", &digest, &data).await;
 
     let other = random_bytes(50_000);
     let other_digest = sha512(&other);
@@ -821,7 +811,9 @@ async fn sha512_monolithic_and_chunked() {
     assert_eq!(error_code(response).await, "DIGEST_INVALID");
     let response = put_close(&server, &location, &other_digest).await;
     assert_created(&response, "five12/chunked", &other_digest);
-    assert_blob(&server, "five12/chunked", &other_digest, &other).await;
+    server
+        .assert_serves_blob("five12/chunked", &other_digest, &other)
+        .await;
     // Only by the digest it was pushed under.
     assert_no_blob(&server, "five12/chunked", &sha256(&other)).await;
 
@@ -860,7 +852,7 @@ async fn chunked_upload_resumes_after_restart() {
     assert_eq!(header_str(&response, "range"), "0-99999");
     let response = put_close(&server, &location, &digest).await;
     assert_created(&response, "resume/me", &digest);
-    assert_blob(&server, "resume/me", &digest, &data).await;
+    server.assert_serves_blob("resume/me", &digest, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -929,7 +921,7 @@ async fn concurrent_pushes_of_the_same_blob_all_succeed() {
         repos.push(task.await.expect("push task"));
     }
     for repo in repos {
-        assert_blob(&server, &repo, &digest, &data).await;
+        server.assert_serves_blob(&repo, &digest, &data).await;
     }
     // Every session was finished and cleared away, none lost in the race.
     let uploads = server.dir.path().join("data/uploads");
@@ -986,7 +978,7 @@ async fn racing_chunks_on_one_session_are_serialized() {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let response = put_close(&server, &location, &digest).await;
     assert_created(&response, "race", &digest);
-    assert_blob(&server, "race", &digest, &data).await;
+    server.assert_serves_blob("race", &digest, &data).await;
 }
 
 /// A chunk refused before its body was read leaves the rest of the body on

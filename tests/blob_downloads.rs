@@ -32,7 +32,7 @@ async fn large_blob_arrives_whole() {
     let server = TestServer::start().await;
     let data = random_bytes(LARGE);
     let digest = server.push_blob("zc/whole", &data).await;
-    assert_pulls_whole(&server, "zc/whole", &digest, &data).await;
+    server.assert_serves_blob("zc/whole", &digest, &data).await;
 }
 
 /// Ranges that start and end inside windows and cross their boundaries.
@@ -78,7 +78,7 @@ async fn evicted_blob_arrives_whole() {
     // SAFETY: a plain syscall on an open descriptor.
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     assert_eq!(rc, 0, "posix_fadvise");
-    assert_pulls_whole(&server, "zc/cold", &digest, &data).await;
+    server.assert_serves_blob("zc/cold", &digest, &data).await;
 }
 
 /// Pipelined requests on one connection, mixing sent-from-file bodies,
@@ -169,7 +169,7 @@ async fn client_hanging_up_mid_download_harms_nothing() {
     })
     .await
     .unwrap();
-    assert_pulls_whole(&server, "zc/hangup", &digest, &data).await;
+    server.assert_serves_blob("zc/hangup", &digest, &data).await;
 }
 
 /// HTTP/2 frames bodies itself, so it gets the copied stream: curl with
@@ -202,21 +202,6 @@ async fn http2_downloads_are_whole() {
     );
     assert_eq!(String::from_utf8_lossy(&curl.stdout), "2", "HTTP version");
     let body = std::fs::read(&out).unwrap();
-    assert!(body == data, "body differs from the pushed blob");
-}
-
-/// GETs the blob over a pooled HTTP/1 connection and checks it is `data`,
-/// status, length and every byte.
-async fn assert_pulls_whole(server: &TestServer, repo: &str, digest: &str, data: &[u8]) {
-    let response = server
-        .client
-        .get(server.at(&format!("/v2/{repo}/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.content_length(), Some(data.len() as u64));
-    let body = response.bytes().await.unwrap();
     assert!(body == data, "body differs from the pushed blob");
 }
 

@@ -52,6 +52,26 @@ impl TestServer {
         digest
     }
 
+    /// Asserts `repo` serves exactly `data` under `digest`: 200, the digest
+    /// and length headers, and every byte.
+    pub async fn assert_serves_blob(&self, repo: &str, digest: &str, data: &[u8]) {
+        let response = self
+            .client
+            .get(self.at(&format!("/v2/{repo}/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{repo} {digest}");
+        let header = |name: &str| {
+            let value = response.headers().get(name);
+            value.and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
+        assert_eq!(header("docker-content-digest").as_deref(), Some(digest));
+        assert_eq!(header("content-length"), Some(data.len().to_string()));
+        let body = response.bytes().await.unwrap();
+        assert!(body.as_ref() == data, "{repo} {digest}: content differs");
+    }
+
     /// Starts a server on `127.0.0.1:0` with a fresh data directory.
     pub async fn start() -> Self {
         Self::start_in(tempfile::tempdir().expect("tempdir")).await
