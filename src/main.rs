@@ -107,6 +107,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
+    tune_allocator();
     init_tracing(&config.log.level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -121,6 +122,27 @@ fn serve(config: Config) -> ExitCode {
             eprintln!("portcullis: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Keeps glibc's allocator from handing request buffers back to the kernel
+/// after every use. An upload's body arrives in frames of a few hundred
+/// KiB, each in a buffer of its own that lives until the frame is hashed and
+/// copied; by default glibc serves such sizes with `mmap`, or trims its heap
+/// as soon as 1 MiB or so at the top is free, so nearly every frame landed in
+/// fresh pages that the kernel had to fault in and zero: measured on a 1 GiB
+/// push, 117,000 page faults per GiB and about a sixth of the server's CPU
+/// time. With buffers up to 4 MiB kept on the heap and up to 8 MiB of free
+/// heap kept before trimming, the same push faults 4,000 times; the memory
+/// kept is a few MiB, once. Must run before other threads start (`mallopt`
+/// is process-wide). Other allocators (musl's) are left as they are.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes plain integers and only changes allocator
+    // parameters; no thread allocates concurrently this early.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }
 

@@ -365,10 +365,17 @@ struct HashPipe {
     worker: tokio::task::JoinHandle<sha2::Sha256>,
 }
 
-/// Bytes handed to the hashing thread at once.
+/// Bytes handed to the hashing thread at once: small enough to be hashed
+/// while still in the cache the receive copied them into.
 const HASH_BATCH: usize = 256 << 10;
-/// Batches waiting for the hashing thread, at most.
-const HASH_QUEUE: usize = 4;
+/// Batches waiting for the hashing thread, at most: 8 MiB. The hash is the
+/// slowest stage of a push, and on a busy machine its thread loses the CPU
+/// now and then; a deep queue lets receiving go on meanwhile and gives the
+/// hash a backlog to catch up on, instead of each stage waiting for the
+/// other in turn. 1 GiB pushes alternated between builds (ten rounds each):
+/// medians of 1,100 MB/s with 4 batches waiting, 1,185 with 16, 1,257 with
+/// 32; a second series put 64 and 1 MiB × 8 level with 32.
+const HASH_QUEUE: usize = 32;
 
 impl HashPipe {
     fn start(mut hasher: sha2::Sha256) -> Self {
