@@ -133,8 +133,9 @@ fn serve(config: Config) -> ExitCode {
 /// fresh pages that the kernel had to fault in and zero: measured on a 1 GiB
 /// push, 117,000 page faults per GiB and about a sixth of the server's CPU
 /// time. With buffers up to 4 MiB kept on the heap and up to 8 MiB of free
-/// heap kept before trimming, the same push faults 4,000 times; the memory
-/// kept is a few MiB, once. Must run before other threads start (`mallopt`
+/// heap kept before trimming, the same push faults 4,000–14,000 times (the
+/// more the hash lags, the more buffers are live at once); the memory kept
+/// is a few MiB, once. Must run before other threads start (`mallopt`
 /// is process-wide). Other allocators (musl's) are left as they are.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
