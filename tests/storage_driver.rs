@@ -44,7 +44,6 @@ properties!(
     list_missing_or_empty_is_not_found,
     hidden_names_never_listed,
     rename_replaces_target,
-    large_appends_at_any_offset,
     rename_missing_is_not_found,
     rename_prunes_emptied_prefix,
     delete_object,
@@ -54,6 +53,7 @@ properties!(
     invalid_keys_are_refused,
     concurrent_puts_leave_one_whole_value,
     large_streamed_append,
+    large_appends_at_any_offset,
 );
 
 /// Every property on one shared driver at the same time: each works under its

@@ -266,14 +266,10 @@ pub async fn read_content_matches_read(driver: &dyn Driver) {
                 range.end
             );
         }
-        let mut stream = read.into_stream();
-        let mut got = BytesMut::new();
-        while let Some(chunk) = stream.next().await {
-            got.extend_from_slice(&chunk.unwrap_or_else(|e| panic!("read_content({key}): {e}")));
-        }
+        let got = collect(read.into_stream(), &key).await;
         let want = content.slice(offset as usize..(offset + want_len) as usize);
         assert!(
-            got.freeze() == want,
+            got == want,
             "read_content({key}, offset {offset}, len {len:?}) is not that slice"
         );
     }
@@ -1038,39 +1034,6 @@ pub async fn large_streamed_append(driver: &dyn Driver) {
     s.remove().await;
 }
 
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-/// A fresh prefix of the driver's key space for one property.
-struct Scope<'a> {
-    driver: &'a dyn Driver,
-    root: String,
-}
-
-impl<'a> Scope<'a> {
-    fn new(driver: &'a dyn Driver) -> Self {
-        Self {
-            driver,
-            root: format!("suite-{}", uuid::Uuid::new_v4().simple()),
-        }
-    }
-
-    fn key(&self, name: &str) -> String {
-        format!("{}/{name}", self.root)
-    }
-
-    /// Removes what the property left (only reached when it passed).
-    async fn remove(self) {
-        match self.driver.delete(&self.root).await {
-            Ok(()) | Err(DriverError::NotFound(_)) => {}
-            Err(e) => panic!("cleaning up {}: {e}", self.root),
-        }
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), different per `seed`, so
-/// misplaced or reordered bytes never compare equal by accident.
 /// Multi-megabyte appends in odd-sized writes, in rounds that start on and
 /// off 4 KiB boundaries and end mid-block, one discarding residue and one
 /// aborted halfway through: the object is always exactly the rounds that
@@ -1132,6 +1095,39 @@ pub async fn large_appends_at_any_offset(driver: &dyn Driver) {
     s.remove().await;
 }
 
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A fresh prefix of the driver's key space for one property.
+struct Scope<'a> {
+    driver: &'a dyn Driver,
+    root: String,
+}
+
+impl<'a> Scope<'a> {
+    fn new(driver: &'a dyn Driver) -> Self {
+        Self {
+            driver,
+            root: format!("suite-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.root)
+    }
+
+    /// Removes what the property left (only reached when it passed).
+    async fn remove(self) {
+        match self.driver.delete(&self.root).await {
+            Ok(()) | Err(DriverError::NotFound(_)) => {}
+            Err(e) => panic!("cleaning up {}: {e}", self.root),
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), different per `seed`, so
+/// misplaced or reordered bytes never compare equal by accident.
 fn pattern(len: usize, seed: u8) -> Bytes {
     let mut state =
         0x9E37_79B9_7F4A_7C15u64 ^ (u64::from(seed) + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
@@ -1164,7 +1160,11 @@ async fn append_whole(driver: &dyn Driver, key: &str, at: u64, content: &[u8]) -
 }
 
 async fn read_all(driver: &dyn Driver, key: &str, offset: u64, len: Option<u64>) -> Bytes {
-    let mut stream = ok(driver.read(key, offset, len).await, "read", key);
+    collect(ok(driver.read(key, offset, len).await, "read", key), key).await
+}
+
+/// Every byte of a read's stream; a stream error fails the property.
+async fn collect(mut stream: super::driver::ByteStream, key: &str) -> Bytes {
     let mut out = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.unwrap_or_else(|e| panic!("read({key}) stream failed: {e}"));
