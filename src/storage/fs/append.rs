@@ -261,9 +261,9 @@ pub(super) struct FsAppender {
     /// The object's path, for syncing its directory.
     path: PathBuf,
     start: u64,
+    /// The object's size with every byte taken so far: the bytes handed to
+    /// the writers, then those in `batch`.
     size: u64,
-    /// Bytes handed to the writers so far (the offset of the next batch).
-    submitted: u64,
     batch: Option<Batch>,
     spare: Vec<Batch>,
 }
@@ -277,7 +277,6 @@ impl FsAppender {
             path,
             start: at,
             size: at,
-            submitted: at,
             batch: None,
             spare: Vec::new(),
         }
@@ -322,8 +321,8 @@ impl FsAppender {
             return Ok(());
         };
         self.batch = self.spare.pop();
-        let offset = self.submitted;
-        self.submitted += batch.len as u64;
+        // The batch holds the last bytes taken.
+        let offset = self.size - batch.len as u64;
         let target = Arc::clone(&self.target);
         self.in_flight
             .push_back(tokio::task::spawn_blocking(move || {
@@ -341,14 +340,15 @@ impl Appender for FsAppender {
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        self.size += chunk.len() as u64;
         let mut rest = &chunk[..];
         while !rest.is_empty() {
             let batch = match &mut self.batch {
                 Some(batch) => batch,
                 None => self.batch.insert(Batch::new()?),
             };
-            rest = &rest[batch.fill(rest)..];
+            let taken = batch.fill(rest);
+            self.size += taken as u64;
+            rest = &rest[taken..];
             if batch.is_full() {
                 self.submit().await?;
             }
