@@ -32,7 +32,7 @@ use crate::servers::{self, Servers, Target};
 const MIB: u64 = 1 << 20;
 /// Chunk size of the chunked push.
 const CHUNK: u64 = 64 * MIB;
-/// Size of each read from the blob file, and so of each body frame sent.
+/// Size of each body frame a push sends (a slice of the blob's mapping).
 const FRAME: usize = 1 << 20;
 /// Buffer size for hashing and plain writes: large, so the loop's own cost
 /// vanishes beside the work measured.

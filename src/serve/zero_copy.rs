@@ -64,23 +64,23 @@ fn is_marker(slice: &[u8]) -> bool {
 pub struct Sender(Arc<Mutex<VecDeque<FileRange>>>);
 
 impl Sender {
-    fn push(&self, segment: FileRange) {
+    fn push(&self, range: FileRange) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push_back(segment);
+            .push_back(range);
     }
 
-    /// Sends up to `want` bytes of the front segment to `socket`.
+    /// Sends up to `want` bytes of the front range to `socket`.
     fn send(&self, socket: &TcpStream, want: usize) -> io::Result<usize> {
-        let mut segments = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(front) = segments.front_mut() else {
+        let mut ranges = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(front) = ranges.front_mut() else {
             return Err(io::Error::other("zero-copy frame without a file"));
         };
         let count = want.min(front.len() as usize).min(WINDOW);
         let mut offset = libc::off_t::try_from(front.offset).map_err(io::Error::other)?;
         // SAFETY: both descriptors are open for the duration of the call
-        // (`socket` is borrowed, the file is held by the segment), and
+        // (`socket` is borrowed, the file is held by the range), and
         // `offset` is a valid, exclusively borrowed off_t.
         let sent = unsafe {
             libc::sendfile(
@@ -101,7 +101,7 @@ impl Sender {
             n => {
                 front.offset += n as u64;
                 if front.is_empty() {
-                    segments.pop_front();
+                    ranges.pop_front();
                 }
                 Ok(n as usize)
             }
@@ -232,7 +232,7 @@ fn markers(sender: Sender, range: FileRange) -> ByteStream {
             }
         }
         // Registered on the first poll, not when the response was built, so
-        // that the connection's segments are queued in the order hyper
+        // that the connection's file ranges are queued in the order hyper
         // writes their bytes.
         if let Some(sender) = state.sender.take() {
             sender.push(state.range.clone());
@@ -375,10 +375,10 @@ mod tests {
         assert!(!is_marker(&zeros));
     }
 
-    /// A file that shrank below its segment ends the response with an
-    /// error rather than padding it; a marker with no segment is an error.
+    /// A file that shrank below its range ends the response with an
+    /// error rather than padding it; a marker with no range is an error.
     #[tokio::test]
-    async fn a_file_shorter_than_its_segment_fails_the_send() {
+    async fn a_file_shorter_than_its_range_fails_the_send() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap())
             .await
