@@ -21,16 +21,7 @@ const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// Pushes a blob in one monolithic `POST …/blobs/uploads/?digest=` and
 /// returns its descriptor.
 async fn push_blob(server: &TestServer, repo: &str, media_type: &str, data: &[u8]) -> Value {
-    let digest = sha256(data);
-    let r = server
-        .client
-        .post(server.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "blob push into {repo}");
+    let digest = server.push_blob(repo, data).await;
     json!({"mediaType": media_type, "digest": digest, "size": data.len()})
 }
 

@@ -674,15 +674,7 @@ async fn truncated_chunk_is_not_kept() {
 async fn mount_links_a_blob_of_another_repository() {
     let server = TestServer::start().await;
     let data = random_bytes(512);
-    let digest = sha256(&data);
-    let response = server
-        .client
-        .post(server.at(&format!("/v2/base/image/blobs/uploads/?digest={digest}")))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let digest = server.push_blob("base/image", &data).await;
 
     let response = server
         .client
@@ -712,17 +704,9 @@ async fn mount_links_a_blob_of_another_repository() {
 async fn mount_of_a_blob_the_source_lacks_starts_a_session() {
     let server = TestServer::start().await;
     let data = random_bytes(512);
-    let digest = sha256(&data);
     // The blob exists in the registry, but not in `other`: mounting from
     // `other` must not reveal it.
-    let response = server
-        .client
-        .post(server.at(&format!("/v2/holder/blobs/uploads/?digest={digest}")))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let digest = server.push_blob("holder", &data).await;
 
     for query in [
         format!("mount={digest}&from=other"),

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::TestServer;
+use common::{TestServer, sha256};
 use data_encoding::BASE64;
 use portcullis::auth::users::hash_password;
 use reqwest::StatusCode;
@@ -96,10 +96,7 @@ async fn bearer_get(s: &TestServer, token: &str, path: &str) -> reqwest::Respons
 }
 
 async fn push_blob(s: &TestServer, token: &str, repo: &str, data: &[u8]) -> reqwest::Response {
-    let digest = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data))
-    );
+    let digest = sha256(data);
     s.client
         .post(s.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
         .bearer_auth(token)
@@ -429,10 +426,7 @@ async fn enforcement_refuses_every_wrong_token() {
     )
     .await;
     let pull_only = body["token"].as_str().unwrap().to_owned();
-    let digest = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"x"))
-    );
+    let digest = sha256(b"x");
     assert_eq!(
         bearer_get(&s, &pull_only, &format!("/v2/alice/a/blobs/{digest}"))
             .await
