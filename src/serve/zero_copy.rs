@@ -277,10 +277,77 @@ impl Window {
         (len > 0 && at < end).then_some(Self { offset, len })
     }
 
-    /// Whether every page of the window is in the page cache (`mincore`).
+    /// Whether every page of the window is in the page cache: one
+    /// `cachestat` call where the kernel has it (Linux ≥ 6.5), which counts
+    /// the cached pages of the range in the page cache's own index; a
+    /// temporary mapping and `mincore`, a lookup per page, otherwise. For a
+    /// pull served from the cache, `cachestat` took the server's CPU per
+    /// GiB from 0.26–0.28 s to 0.21–0.23 s (pinned A/B, 12 rounds each).
     fn resident(&self, file: &File) -> io::Result<bool> {
-        let pages = self.len.div_ceil(page_size() as usize);
-        let mut present = vec![0u8; pages];
+        match self.cached_pages(file) {
+            Some(cached) => Ok(cached >= self.pages()),
+            None => self.resident_by_mincore(file),
+        }
+    }
+
+    fn pages(&self) -> u64 {
+        (self.len as u64).div_ceil(page_size())
+    }
+
+    /// The window's pages in the page cache, by `cachestat(2)`; `None` when
+    /// the call is unavailable (an older kernel, or a seccomp filter that
+    /// does not know it), which is remembered so it is tried only once.
+    fn cached_pages(&self, file: &File) -> Option<u64> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        /// The syscall's number: one table for every architecture since
+        /// Linux 6.5, but not yet in the libc crate for all targets.
+        const SYS_CACHESTAT: libc::c_long = 451;
+        #[repr(C)]
+        struct Range {
+            off: u64,
+            len: u64,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stat {
+            nr_cache: u64,
+            nr_dirty: u64,
+            nr_writeback: u64,
+            nr_evicted: u64,
+            nr_recently_evicted: u64,
+        }
+        static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+        if UNAVAILABLE.load(Ordering::Relaxed) {
+            return None;
+        }
+        let range = Range {
+            off: self.offset as u64,
+            len: self.len as u64,
+        };
+        let mut stat = Stat::default();
+        // SAFETY: `range` and `stat` are valid for the call, laid out as
+        // the kernel's `struct cachestat_range` and `struct cachestat`;
+        // the descriptor is open (borrowed from `file`); flags must be 0.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                file.as_raw_fd(),
+                &range as *const Range,
+                &mut stat as *mut Stat,
+                0 as libc::c_uint,
+            )
+        };
+        if rc != 0 {
+            UNAVAILABLE.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Some(stat.nr_cache)
+    }
+
+    /// Whether every page of the window is in the page cache, by `mincore`
+    /// on a temporary mapping.
+    fn resident_by_mincore(&self, file: &File) -> io::Result<bool> {
+        let mut present = vec![0u8; self.pages() as usize];
         self.with_mapping(file, 0, |map| {
             // SAFETY: `map` is a live mapping of `self.len` bytes and
             // `present` has one byte per page of it.
@@ -392,5 +459,34 @@ mod tests {
         let e = sender.send(&socket, 10).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
         assert!(Sender::default().send(&socket, 1).is_err());
+    }
+
+    /// `cachestat` and the `mincore` fallback must tell the same story, or
+    /// a window with pages missing would be sent from a runtime thread.
+    #[test]
+    fn cachestat_and_mincore_agree_on_what_is_cached() {
+        const LEN: usize = 4 << 20;
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &vec![7u8; LEN]).unwrap();
+        file.sync_all().unwrap();
+        let window = Window::page_aligned(0, LEN as u64).unwrap();
+        let agree = |file: &File| {
+            let by_mincore = window.resident_by_mincore(file).unwrap();
+            if let Some(cached) = window.cached_pages(file) {
+                assert!(cached <= window.pages());
+                assert_eq!(cached == window.pages(), by_mincore);
+            }
+            assert_eq!(window.resident(file).unwrap(), by_mincore);
+            by_mincore
+        };
+        // Clean pages of a disk file are dropped (tmpfs keeps them; the
+        // two must agree either way), then a little is read back.
+        // SAFETY: advice on a descriptor the test owns.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        agree(&file);
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut [0u8; 4096], 0).unwrap();
+        agree(&file);
+        window.populate(&file).unwrap();
+        assert!(agree(&file), "a populated window is resident");
     }
 }
