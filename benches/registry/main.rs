@@ -15,6 +15,7 @@ mod oci;
 mod report;
 mod scale;
 mod servers;
+mod sink;
 mod small;
 
 use std::time::Instant;
