@@ -116,9 +116,11 @@ pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
         )
         .against("distribution", distribution_pull)
         .note(
-            "the blobs were just written, so the registry serves them from the page cache; \
-             skopeo verifies each blob's digest and writes it into a fresh layout, so the \
-             client's SHA-256 and disk writes bound the figure as much as the server",
+            "the blobs were just pushed: distribution wrote them through the page cache and \
+             serves them from it, Portcullis wrote them with O_DIRECT and reads them back from \
+             the disk (a window ahead); skopeo verifies each blob's digest and writes it into \
+             a fresh layout, so the client's SHA-256 and disk writes bound the figure as much \
+             as the server",
         ),
     ]
 }
