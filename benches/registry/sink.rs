@@ -49,7 +49,9 @@ pub fn get(url: &str, token: Option<&str>) {
         assert!(moved > 0, "GET {url}: short body ({received} of {length})");
         let mut drained = 0;
         while drained < moved {
-            drained += splice(pipe_out.as_raw_fd(), null.as_raw_fd(), moved - drained);
+            let n = splice(pipe_out.as_raw_fd(), null.as_raw_fd(), moved - drained);
+            assert!(n > 0, "splice into /dev/null moved nothing");
+            drained += n;
         }
         received += moved as u64;
     }
