@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::clients::ClientEnv;
+use common::distribution::TokenRegistry;
 use common::oci::{
     OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST, layout_blobs, layout_tag_digest, oci_ref,
     sha256_digest, write_layout,
@@ -191,24 +192,18 @@ impl Registry {
         // gives an ephemeral port without binding, dropping and rebinding
         // one (which another process could take in between).
         let config = setup.path("registry.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\n\
-                 log:\n  level: info\n  formatter: text\n\
-                 storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:0\n  secret: interop-test-secret\n\
-                 auth:\n  token:\n\
-                 \x20   realm: {realm}/token\n\
-                 \x20   service: {SERVICE}\n\
-                 \x20   issuer: {ISSUER}\n\
-                 \x20   rootcertbundle: {bundle}\n",
-                root = setup.path("registry-data").display(),
-                realm = portcullis.url,
-                bundle = setup.key_dir().join("bundle.crt").display(),
-            ),
-        )
-        .unwrap();
+        let yaml = TokenRegistry {
+            log: "  level: info\n  formatter: text\n",
+            addr: "127.0.0.1:0",
+            secret: "interop-test-secret",
+            root: &setup.path("registry-data"),
+            realm: &format!("{}/token", portcullis.url),
+            service: SERVICE,
+            issuer: ISSUER,
+            bundle: &setup.key_dir().join("bundle.crt"),
+        }
+        .yaml();
+        fs::write(&config, yaml).unwrap();
         let mut child = Command::new(DISTRIBUTION)
             .arg("serve")
             .arg(&config)

@@ -4,10 +4,15 @@
 //! because absolute figures on a shared machine drift.
 //!
 //! Run it with `scripts/bench.sh` (which installs what it needs), or
-//! `cargo bench --bench registry -- [--only SECTION,...] [--blob-mib N]`.
+//! `cargo bench --bench registry -- [--only SECTION,...] [--blob-mib N]
+//! [--portcullis PATH]`; `--portcullis` measures another build of the
+//! server (say, the previous commit's) with this harness.
 //! Sections: blobs, image, small, tokens, scale.
 
 mod blobs;
+// distribution's configuration, as the interoperability tests write it.
+#[path = "../../tests/common/distribution.rs"]
+mod distribution;
 mod image;
 // The OCI layout builder the client tests use.
 #[path = "../../tests/common/oci.rs"]
@@ -28,6 +33,8 @@ pub struct Options {
     /// Size of the big blob, in MiB (1024 unless testing the harness).
     pub blob_mib: u64,
     only: Option<Vec<String>>,
+    /// The server binary, when not the one this benchmark was built with.
+    portcullis: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -35,6 +42,7 @@ impl Options {
         let mut options = Options {
             blob_mib: 1024,
             only: None,
+            portcullis: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -47,6 +55,7 @@ impl Options {
                 "--blob-mib" => {
                     options.blob_mib = args.next().and_then(|s| s.parse().ok()).unwrap_or(1024);
                 }
+                "--portcullis" => options.portcullis = args.next().map(Into::into),
                 // `cargo bench` passes `--bench`; anything else is a mistake.
                 "--bench" => {}
                 other => {
@@ -69,7 +78,7 @@ fn main() {
     let options = Options::parse();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let started = Instant::now();
-    let servers = Servers::start();
+    let servers = Servers::start(options.portcullis.as_deref());
     eprintln!(
         "portcullis at {}, distribution at {}",
         servers.portcullis.url, servers.distribution.url

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use data_encoding::BASE64;
 use serde_json::Value;
 
+use crate::distribution::TokenRegistry;
+
 pub const USER: &str = "bench";
 pub const PASSWORD: &str = "bench-password";
 pub const SERVICE: &str = "portcullis-bench";
@@ -91,9 +93,12 @@ pub struct Servers {
 }
 
 impl Servers {
-    pub fn start() -> Self {
+    /// Starts both registries; Portcullis from `binary` when given, else
+    /// the build this benchmark belongs to.
+    pub fn start(binary: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (portcullis_proc, portcullis) = start_portcullis(dir.path());
+        let binary = binary.unwrap_or(Path::new(env!("CARGO_BIN_EXE_portcullis")));
+        let (portcullis_proc, portcullis) = start_portcullis(dir.path(), binary);
         let (distribution_proc, distribution) = start_distribution(dir.path(), &portcullis.url);
         Servers {
             dir,
@@ -112,7 +117,7 @@ impl Servers {
     }
 }
 
-fn start_portcullis(dir: &Path) -> (Proc, Target) {
+fn start_portcullis(dir: &Path, binary: &Path) -> (Proc, Target) {
     let root = dir.join("portcullis");
     std::fs::create_dir_all(root.join("policies")).unwrap();
     let hash = portcullis::auth::users::hash_password(PASSWORD).unwrap();
@@ -138,7 +143,7 @@ fn start_portcullis(dir: &Path) -> (Proc, Target) {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let mut child = Command::new(binary)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .stdout(Stdio::piped())
@@ -178,23 +183,18 @@ fn start_distribution(dir: &Path, portcullis_url: &str) -> (Proc, Target) {
         // every request, so a free port is found by binding and releasing
         // it, and a lost race retried.
         let port = free_port();
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\n\
-                 log:\n  level: error\n  formatter: text\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  secret: bench-secret\n\
-                 auth:\n  token:\n\
-                 \x20   realm: {portcullis_url}/token\n\
-                 \x20   service: {SERVICE}\n\
-                 \x20   issuer: {ISSUER}\n\
-                 \x20   rootcertbundle: {bundle}\n",
-                data = root.join("data").display(),
-                bundle = dir.join("portcullis/certs/bundle.crt").display(),
-            ),
-        )
-        .unwrap();
+        let yaml = TokenRegistry {
+            log: "  level: error\n  formatter: text\n  accesslog:\n    disabled: true\n",
+            addr: &format!("127.0.0.1:{port}"),
+            secret: "bench-secret",
+            root: &root.join("data"),
+            realm: &format!("{portcullis_url}/token"),
+            service: SERVICE,
+            issuer: ISSUER,
+            bundle: &dir.join("portcullis/certs/bundle.crt"),
+        }
+        .yaml();
+        std::fs::write(&config, yaml).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
