@@ -14,29 +14,27 @@
 //!
 //! Each push goes to a fresh repository so neither server can answer from a
 //! link it already has; both still receive and hash every byte. The client
-//! sends slices of the blob file's mapping (the page cache, no copy of its
-//! own), and pulls are discarded in the kernel ([`crate::sink`]), so the
-//! machine's two cores are left to the server under test as much as
-//! possible. One pull per round is also read into user space by reqwest, as
-//! registry clients read, and reported beside the others.
+//! sends the blob file with `sendfile` and discards what it pulls in the
+//! kernel ([`crate::bare`]), so the machine's two cores are left to the
+//! server under test as much as possible. One pull per round is also read
+//! into user space by reqwest, as registry clients read, and reported
+//! beside the others.
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::Options;
+use crate::bare;
 use crate::report::{Better, Row};
 use crate::servers::{self, Servers, Target};
-use crate::sink;
 
 const MIB: u64 = 1 << 20;
 /// Chunk size of the chunked push.
 const CHUNK: u64 = 64 * MIB;
-/// Size of each body frame a push sends (a slice of the blob's mapping).
-const FRAME: usize = 1 << 20;
 /// Buffer size for hashing and plain writes: large, so the loop's own cost
 /// vanishes beside the work measured.
 const BUFFER: usize = 8 << 20;
@@ -77,7 +75,7 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         .build()
         .expect("client");
     let blob = Blob {
-        mapped: Bytes::from_owner(Mapping::new(&blob_path).expect("map blob")),
+        file: Arc::new(std::fs::File::open(&blob_path).expect("open blob")),
         size,
         digest: format!("sha256:{digest}"),
     };
@@ -344,8 +342,8 @@ fn peaks(after: &str, targets: [&Target; 2]) {
 
 /// The blob on disk, as the pushes send it.
 struct Blob {
-    /// The file, mapped: slices of it are the request bodies.
-    mapped: Bytes,
+    /// The file, sent as the request bodies.
+    file: Arc<std::fs::File>,
     size: u64,
     /// `sha256:<hex>`
     digest: String,
@@ -394,21 +392,17 @@ async fn push_single(
     blob: &Blob,
 ) {
     let location = start_upload(client, target, repo, token).await;
-    let res = client
-        .put(with_digest(&location, &blob.digest))
-        .bearer_auth(token)
-        .header("content-type", "application/octet-stream")
-        .header("content-length", blob.size)
-        .body(file_body(blob, 0, blob.size))
-        .send()
-        .await
-        .expect("PUT blob");
-    assert_eq!(
-        res.status(),
-        reqwest::StatusCode::CREATED,
-        "{} single push",
-        target.name
-    );
+    let res = send(
+        blob,
+        "PUT",
+        with_digest(&location, &blob.digest),
+        token,
+        vec![],
+        0,
+        blob.size,
+    )
+    .await;
+    assert_eq!(res.status, 201, "{} single push", target.name);
 }
 
 async fn push_chunked(
@@ -422,24 +416,11 @@ async fn push_chunked(
     let mut offset = 0;
     while offset < blob.size {
         let len = CHUNK.min(blob.size - offset);
-        let res = client
-            .patch(&location)
-            .bearer_auth(token)
-            .header("content-type", "application/octet-stream")
-            .header("content-length", len)
-            .header("content-range", format!("{offset}-{}", offset + len - 1))
-            .body(file_body(blob, offset, len))
-            .send()
-            .await
-            .expect("PATCH chunk");
-        assert_eq!(
-            res.status(),
-            reqwest::StatusCode::ACCEPTED,
-            "{} chunk at {offset}",
-            target.name
-        );
+        let range = vec![("Content-Range", format!("{offset}-{}", offset + len - 1))];
+        let res = send(blob, "PATCH", location.clone(), token, range, offset, len).await;
+        assert_eq!(res.status, 202, "{} chunk at {offset}", target.name);
         // distribution changes its session state in the URL on every chunk.
-        location = absolute(target, &res);
+        location = absolute(target, res.location.expect("Location"));
         offset += len;
     }
     let res = client
@@ -477,18 +458,17 @@ async fn start_upload(
         "{} upload start",
         target.name
     );
-    absolute(target, &res)
-}
-
-/// The response's `Location`, made absolute: Portcullis answers with a
-/// path, distribution with a full URL.
-fn absolute(target: &Target, res: &reqwest::Response) -> String {
     let location = res
         .headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
-        .expect("Location")
-        .to_owned();
+        .expect("Location");
+    absolute(target, location.to_owned())
+}
+
+/// A `Location`, made absolute: Portcullis answers with a path,
+/// distribution with a full URL.
+fn absolute(target: &Target, location: String) -> String {
     if location.starts_with("http://") || location.starts_with("https://") {
         location
     } else {
@@ -501,69 +481,25 @@ fn with_digest(location: &str, digest: &str) -> String {
     format!("{location}{sep}digest={digest}")
 }
 
-/// Streams `len` bytes of the blob from `offset` as a request body, in
-/// [`FRAME`]-sized slices of its mapping: the socket copies straight from
-/// the page cache, so the client spends no CPU reading the file (on this
-/// machine the client's CPU is taken from the server under test).
-fn file_body(blob: &Blob, offset: u64, len: u64) -> reqwest::Body {
-    let (start, end) = (offset as usize, (offset + len) as usize);
-    let mapped = blob.mapped.clone();
-    let frames = (start..end)
-        .step_by(FRAME)
-        .map(move |at| Ok::<_, std::io::Error>(mapped.slice(at..(at + FRAME).min(end))));
-    reqwest::Body::wrap_stream(futures_util::stream::iter(frames))
-}
-
-/// A file mapped read-only, its pages mapped in up front (`MAP_POPULATE`),
-/// so that sending it takes no page faults in the timed interval.
-struct Mapping {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: a read-only shared mapping, never written through; it is
-// unmapped once, in `drop`.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn new(path: &Path) -> std::io::Result<Self> {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(path)?;
-        let len = file.metadata()?.len() as usize;
-        // SAFETY: a fresh read-only mapping of an open file; the bytes are
-        // only read, and the benchmark never changes the file meanwhile.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len.max(1),
-                libc::PROT_READ,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let ptr =
-            std::ptr::NonNull::new(map.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;
-        Ok(Self { ptr, len })
-    }
-}
-
-impl AsRef<[u8]> for Mapping {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: `len` readable bytes, mapped for as long as `self` lives.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len.max(1)) };
-    }
+/// Sends `len` bytes of the blob from `offset` as the body of a request
+/// ([`bare::send_file`]: from the page cache to the socket, so the client
+/// spends next to no CPU, which on this machine is taken from the server
+/// under test).
+async fn send(
+    blob: &Blob,
+    method: &'static str,
+    url: String,
+    token: &str,
+    headers: Vec<(&'static str, String)>,
+    offset: u64,
+    len: u64,
+) -> bare::Response {
+    let (file, token) = (Arc::clone(&blob.file), token.to_owned());
+    tokio::task::spawn_blocking(move || {
+        bare::send_file(method, &url, &token, &headers, &file, offset, len)
+    })
+    .await
+    .expect("upload thread")
 }
 
 /// Fills `buf` as far as the reader allows; returns how much was read.
@@ -581,7 +517,7 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// How a pull's client takes the body.
 #[derive(Clone, Copy)]
 enum Reader {
-    /// Discarded in the kernel ([`sink`]): the figure is the server's.
+    /// Discarded in the kernel ([`bare::get`]): the figure is the server's.
     Sink,
     /// Copied out of the socket by reqwest, as a registry client does
     /// before hashing: on two shared cores, the figure is mostly the
@@ -594,7 +530,7 @@ async fn pull(reader: Reader, url: String, token: Option<String>, clients: usize
     let pulls = (0..clients).map(|_| {
         let (url, token) = (url.clone(), token.clone());
         match reader {
-            Reader::Sink => tokio::task::spawn_blocking(move || sink::get(&url, token.as_deref())),
+            Reader::Sink => tokio::task::spawn_blocking(move || bare::get(&url, token.as_deref())),
             Reader::Buffer => tokio::spawn(async move { pull_into_buffer(url, token).await }),
         }
     });

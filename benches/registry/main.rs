@@ -9,6 +9,7 @@
 //! server (say, the previous commit's) with this harness.
 //! Sections: blobs, image, small, tokens, scale.
 
+mod bare;
 mod blobs;
 // distribution's configuration, as the interoperability tests write it.
 #[path = "../../tests/common/distribution.rs"]
@@ -20,7 +21,6 @@ mod oci;
 mod report;
 mod scale;
 mod servers;
-mod sink;
 mod small;
 
 use std::time::Instant;
