@@ -110,9 +110,12 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         for (i, target) in [portcullis, distribution].into_iter().enumerate() {
             let repo = format!("bench-blobs/single-{run}");
             let token = push_token(&client, target, &repo).await;
-            let speed = measure(target, "push, single request", size, || {
-                push_single(&client, target, &repo, &token, &blob)
-            })
+            let speed = measure(
+                (target.name, target.pid),
+                "push, single request",
+                size,
+                || push_single(&client, target, &repo, &token, &blob),
+            )
             .await;
             single[i].push(speed);
         }
@@ -122,9 +125,12 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         for (i, target) in [portcullis, distribution].into_iter().enumerate() {
             let repo = format!("bench-blobs/chunked-{run}");
             let token = push_token(&client, target, &repo).await;
-            let speed = measure(target, "push, 64 MiB chunks", size, || {
-                push_chunked(&client, target, &repo, &token, &blob)
-            })
+            let speed = measure(
+                (target.name, target.pid),
+                "push, 64 MiB chunks",
+                size,
+                || push_chunked(&client, target, &repo, &token, &blob),
+            )
             .await;
             chunked[i].push(speed);
         }
@@ -142,48 +148,34 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
     }
     let (nginx, nginx_url) = servers::start_nginx(&dir, &nginx_root);
     for _ in 0..PULL_RUNS {
-        for (i, target) in [portcullis, distribution].into_iter().enumerate() {
+        // Portcullis, distribution, nginx: the order of the result arrays.
+        let mut sources = Vec::new();
+        for target in [portcullis, distribution] {
             let token = target
                 .token(&client, "repository:bench-blobs/single-0:pull")
                 .await;
             let url = target.at(&format!("/v2/bench-blobs/single-0/blobs/{}", blob.digest));
-            let speed = measure(target, "pull", size, || {
-                pull(Reader::Sink, url.clone(), Some(token.clone()), 1)
+            sources.push(((target.name, target.pid), url, Some(token)));
+        }
+        sources.push((("nginx", nginx.pid()), format!("{nginx_url}/blob"), None));
+        for (i, (server, url, token)) in sources.into_iter().enumerate() {
+            let speed = measure(server, "pull", size, || {
+                pull(Reader::Sink, url.clone(), token.clone(), 1)
             })
             .await;
             pulled[i].push(speed);
             let what = format!("pull, {CLIENTS} clients at once");
-            let speed = measure(target, &what, CLIENTS as u64 * size, || {
-                pull(Reader::Sink, url.clone(), Some(token.clone()), CLIENTS)
+            let speed = measure(server, &what, CLIENTS as u64 * size, || {
+                pull(Reader::Sink, url.clone(), token.clone(), CLIENTS)
             })
             .await;
             together[i].push(speed);
-            let speed = measure(target, "pull into a buffer", size, || {
-                pull(Reader::Buffer, url, Some(token), 1)
+            let speed = measure(server, "pull into a buffer", size, || {
+                pull(Reader::Buffer, url, token, 1)
             })
             .await;
             buffered[i].push(speed);
         }
-        let url = format!("{nginx_url}/blob");
-        let started = Instant::now();
-        let cpu = cpu_seconds(nginx.pid());
-        pull(Reader::Sink, url.clone(), None, 1).await;
-        let speed = mb_per_s(size, started.elapsed());
-        eprintln!(
-            "  nginx pull: {speed:.0} MB/s, server {:.2} cores",
-            (cpu_seconds(nginx.pid()) - cpu) / started.elapsed().as_secs_f64()
-        );
-        pulled[2].push(speed);
-        let started = Instant::now();
-        pull(Reader::Sink, url.clone(), None, CLIENTS).await;
-        let speed = mb_per_s(CLIENTS as u64 * size, started.elapsed());
-        eprintln!("  nginx pull, {CLIENTS} clients at once: {speed:.0} MB/s");
-        together[2].push(speed);
-        let started = Instant::now();
-        pull(Reader::Buffer, url, None, 1).await;
-        let speed = mb_per_s(size, started.elapsed());
-        eprintln!("  nginx pull into a buffer: {speed:.0} MB/s");
-        buffered[2].push(speed);
     }
     drop(nginx);
 
@@ -349,10 +341,13 @@ struct Blob {
     digest: String,
 }
 
-/// Times one transfer of `size` bytes against `target` and prints how busy
+/// A server measured: its name and process id.
+type Server<'a> = (&'a str, u32);
+
+/// Times one transfer of `size` bytes against `server` and prints how busy
 /// the server was meanwhile (CPU seconds per second: 1.0 is one core
 /// saturated), the evidence for what bounds the figure.
-async fn measure<F, Fut>(target: &Target, what: &str, size: u64, transfer: F) -> f64
+async fn measure<F, Fut>(server: Server<'_>, what: &str, size: u64, transfer: F) -> f64
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
@@ -361,16 +356,16 @@ where
     // (distribution does not fsync, so its writes would otherwise be
     // flushed during the next server's turn).
     sync();
-    let cpu = cpu_seconds(target.pid);
+    let (name, pid) = server;
+    let cpu = cpu_seconds(pid);
     let own = own_cpu_seconds();
     let started = Instant::now();
     transfer().await;
     let elapsed = started.elapsed();
     let speed = mb_per_s(size, elapsed);
     eprintln!(
-        "  {} {what}: {speed:.0} MB/s, server {:.2} cores, client {:.2} cores",
-        target.name,
-        (cpu_seconds(target.pid) - cpu) / elapsed.as_secs_f64(),
+        "  {name} {what}: {speed:.0} MB/s, server {:.2} cores, client {:.2} cores",
+        (cpu_seconds(pid) - cpu) / elapsed.as_secs_f64(),
         (own_cpu_seconds() - own) / elapsed.as_secs_f64(),
     );
     speed
