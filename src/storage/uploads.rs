@@ -359,7 +359,7 @@ impl Storage {
 /// both. Chunks are handed over in batches (the bytes are shared, not
 /// copied), and at most [`HASH_BACKLOG`] bytes wait, which bounds memory.
 struct HashPipe {
-    queue: tokio::sync::mpsc::UnboundedSender<(Vec<Bytes>, Option<OwnedSemaphorePermit>)>,
+    queue: tokio::sync::mpsc::UnboundedSender<(Vec<Bytes>, OwnedSemaphorePermit)>,
     /// KiB the hashing thread may still fall behind by.
     backlog: Arc<Semaphore>,
     batch: Vec<Bytes>,
@@ -382,7 +382,7 @@ const HASH_BACKLOG: usize = 8 << 20;
 impl HashPipe {
     fn start(mut hasher: sha2::Sha256) -> Self {
         let (queue, mut batches) =
-            tokio::sync::mpsc::unbounded_channel::<(Vec<Bytes>, Option<OwnedSemaphorePermit>)>();
+            tokio::sync::mpsc::unbounded_channel::<(Vec<Bytes>, OwnedSemaphorePermit)>();
         let worker = tokio::task::spawn_blocking(move || {
             while let Some((batch, permit)) = batches.blocking_recv() {
                 for bytes in batch {
@@ -416,9 +416,10 @@ impl HashPipe {
         // A batch larger than the whole backlog (one huge frame) waits for
         // the backlog to empty instead of forever.
         let kib = self.batched.div_ceil(1 << 10).min(HASH_BACKLOG >> 10) as u32;
-        // The semaphore is never closed, so there is always a permit; were
-        // there none, the batch would still be hashed, only not counted.
-        let permit = Arc::clone(&self.backlog).acquire_many_owned(kib).await.ok();
+        let permit = Arc::clone(&self.backlog)
+            .acquire_many_owned(kib)
+            .await
+            .expect("the backlog semaphore is never closed");
         let batch = std::mem::take(&mut self.batch);
         self.batched = 0;
         // The worker only stops when the queue closes, so this cannot fail
