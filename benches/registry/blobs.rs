@@ -110,12 +110,9 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         for (i, target) in [portcullis, distribution].into_iter().enumerate() {
             let repo = format!("bench-blobs/single-{run}");
             let token = push_token(&client, target, &repo).await;
-            let speed = measure(
-                (target.name, target.pid),
-                "push, single request",
-                size,
-                || push_single(&client, target, &repo, &token, &blob),
-            )
+            let speed = measure(target.process(), "push, single request", size, || {
+                push_single(&client, target, &repo, &token, &blob)
+            })
             .await;
             single[i].push(speed);
         }
@@ -125,12 +122,9 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         for (i, target) in [portcullis, distribution].into_iter().enumerate() {
             let repo = format!("bench-blobs/chunked-{run}");
             let token = push_token(&client, target, &repo).await;
-            let speed = measure(
-                (target.name, target.pid),
-                "push, 64 MiB chunks",
-                size,
-                || push_chunked(&client, target, &repo, &token, &blob),
-            )
+            let speed = measure(target.process(), "push, 64 MiB chunks", size, || {
+                push_chunked(&client, target, &repo, &token, &blob)
+            })
             .await;
             chunked[i].push(speed);
         }
@@ -155,7 +149,7 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
                 .token(&client, "repository:bench-blobs/single-0:pull")
                 .await;
             let url = target.at(&format!("/v2/bench-blobs/single-0/blobs/{}", blob.digest));
-            sources.push(((target.name, target.pid), url, Some(token)));
+            sources.push((target.process(), url, Some(token)));
         }
         sources.push((("nginx", nginx.pid()), format!("{nginx_url}/blob"), None));
         for (i, (server, url, token)) in sources.into_iter().enumerate() {
@@ -291,15 +285,25 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         )
         .against("nginx (sendfile)", together[2])
         .target(0.8),
-        Row::new("blob pull into a buffer", "MB/s", buffered[0], Better::Higher)
-            .against("distribution", buffered[1])
-            .note(
-                "one reqwest client copying the body out of the socket, as registry clients \
+        Row::new(
+            "blob pull into a buffer",
+            "MB/s",
+            buffered[0],
+            Better::Higher,
+        )
+        .against("distribution", buffered[1])
+        .note(
+            "one reqwest client copying the body out of the socket, as registry clients \
                  do: on two shared cores that copy takes about a core and bounds both \
                  servers alike, so the ratio stays near 1 and varies most between runs",
-            ),
-        Row::new("blob pull into a buffer", "MB/s", buffered[0], Better::Higher)
-            .against("nginx (sendfile)", buffered[2]),
+        ),
+        Row::new(
+            "blob pull into a buffer",
+            "MB/s",
+            buffered[0],
+            Better::Higher,
+        )
+        .against("nginx (sendfile)", buffered[2]),
         Row::new("idle RSS", "MiB", mib(idle[0]), Better::Lower)
             .against("distribution", mib(idle[1]))
             .note("resident memory of the running server before this section's transfers"),
@@ -312,8 +316,8 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         .against("distribution", mib(peak[1]))
         .note(
             "VmHWM (reset before the pushes) after the pushes and pulls: per-request \
-             buffers (four 4 MiB write batches, up to 8 MiB waiting to be hashed, two 512 KiB reads) \
-             and allocator arenas, not the blob",
+             buffers (a push's four 4 MiB write batches and up to 8 MiB waiting to be \
+             hashed; pulls are sent from the page cache) and allocator arenas, not the blob",
         ),
         Row::new(
             format!("peak RSS, {label} push+pull"),

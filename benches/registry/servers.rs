@@ -34,6 +34,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// Its name and process id, as the measurements print and sample them.
+    pub fn process(&self) -> (&'static str, u32) {
+        (self.name, self.pid)
+    }
+
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
     }
