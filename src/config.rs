@@ -91,6 +91,13 @@ pub struct PolicyConfig {
 pub struct StorageConfig {
     /// Root directory of the filesystem storage.
     pub root: PathBuf,
+    /// Upload sessions that received nothing for this long are removed, in seconds.
+    pub upload_max_idle_secs: u64,
+    /// Upload sessions one account may hold open at once.
+    pub max_uploads_per_account: usize,
+    /// How often idle sessions and crash leftovers are swept, in seconds
+    /// (also once at start).
+    pub sweep_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -154,6 +161,9 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             root: PathBuf::from("./data"),
+            upload_max_idle_secs: 24 * 60 * 60,
+            max_uploads_per_account: 100,
+            sweep_interval_secs: 60 * 60,
         }
     }
 }
@@ -262,6 +272,19 @@ impl Config {
         if self.storage.root.as_os_str().is_empty() {
             let span = lookup(root, &["storage", "root"]);
             reader.at_opt(span, "storage.root must not be empty".to_owned());
+        }
+        for (key, value) in [
+            ("upload_max_idle_secs", self.storage.upload_max_idle_secs),
+            (
+                "max_uploads_per_account",
+                self.storage.max_uploads_per_account as u64,
+            ),
+            ("sweep_interval_secs", self.storage.sweep_interval_secs),
+        ] {
+            if value == 0 {
+                let span = lookup(root, &["storage", key]);
+                reader.at_opt(span, format!("storage.{key} must be positive"));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             let span = lookup(root, &["log", "level"]);
