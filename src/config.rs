@@ -484,6 +484,22 @@ colour = true
     }
 
     #[test]
+    fn upload_bounds_must_be_positive() {
+        let found = problems(
+            "[storage]\nupload_max_idle_secs = 0\nmax_uploads_per_account = 0\nsweep_interval_secs = 0\n",
+        );
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(
+            found[0].starts_with("2:1: storage.upload_max_idle_secs"),
+            "{found:#?}"
+        );
+        assert!(
+            found[2].starts_with("4:1: storage.sweep_interval_secs"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_are_located() {
         let found = problems("[server\nlisten = 1\n");
         assert!(!found.is_empty());
