@@ -65,7 +65,11 @@ impl Storage {
                     self.remove_session(id, None).await;
                     swept.broken += 1;
                 }
-                Err(e) => return Err(e),
+                // One unreadable session (a storage fault) stops nothing
+                // else; the next sweep tries again.
+                Err(e) => {
+                    tracing::warn!(upload = %id, error = %e, "sweep could not read a session")
+                }
             }
         }
         Ok(swept)
