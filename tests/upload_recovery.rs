@@ -450,3 +450,55 @@ async fn open_sessions_are_limited_per_account() {
         StatusCode::ACCEPTED
     );
 }
+
+#[tokio::test]
+async fn the_real_server_killed_in_a_finish_completes_it_after_a_restart() {
+    use common::process::ServerProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client = reqwest::Client::new();
+    let blob = random_bytes(64 << 10);
+    let digest = sha256(&blob);
+
+    let server = ServerProcess::start(&data_dir, &[]);
+    let response = client
+        .post(server.at("/v2/crash/finish/blobs/uploads/"))
+        .header(header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .unwrap();
+    let location = header_str(&response, "location").to_owned();
+    let response = client
+        .patch(server.at(&location))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    // Killed between the finish's rename into `blobs/` and the session's
+    // removal: that moment's files, as the kill leaves them.
+    server.kill();
+    move_into_place(dir.path(), &location, &digest);
+
+    let server = ServerProcess::start(&data_dir, &[]);
+    let response = client.get(server.at(&location)).send().await.unwrap();
+    assert_eq!(
+        header_str(&response, "range"),
+        format!("0-{}", blob.len() - 1)
+    );
+    let response = client
+        .put(server.at(&format!("{location}?digest={digest}")))
+        .header(header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let pulled = client
+        .get(server.at(&format!("/v2/crash/finish/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pulled.status(), StatusCode::OK);
+    assert!(pulled.bytes().await.unwrap() == blob, "wrong bytes");
+    assert!(upload_dirs(dir.path()).is_empty(), "the session stayed");
+}
