@@ -14,6 +14,8 @@
 //! (`info`), which may hold only so many at once, and sessions idle too long
 //! are purged by the sweep ([`sweep`]), with whatever crashes left behind.
 
+mod hash_pipe;
+mod locks;
 mod owners;
 pub(super) mod sweep;
 
@@ -22,14 +24,12 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 use super::{ByteStream, DriverError, OrUnknown, Result, Storage, StorageError, paths};
 use crate::reference::{Algorithm, Digest, RepoName};
+use hash_pipe::HashPipe;
+pub(super) use locks::Locks;
 pub(super) use owners::Owners;
 use paths::UploadId;
 
@@ -60,68 +60,6 @@ fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// One lock per session in use, serializing work on that session within
-/// this process. A lock is held while a chunk's body streams in, which may
-/// take as long as the client likes, so sessions must never share one (a
-/// slow client would stall unrelated uploads); an entry lives only while
-/// someone holds or waits for it.
-#[derive(Default)]
-pub(super) struct Locks(std::sync::Mutex<HashMap<UploadId, Arc<Mutex<()>>>>);
-
-/// Holds a session's lock; dropping it releases the lock and forgets the
-/// entry when nobody else wants it.
-pub(super) struct SessionGuard<'a> {
-    locks: &'a Locks,
-    id: UploadId,
-    held: Option<OwnedMutexGuard<()>>,
-}
-
-impl Locks {
-    async fn lock(&self, id: UploadId) -> SessionGuard<'_> {
-        let mutex = {
-            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(map.entry(id).or_default())
-        };
-        let held = mutex.lock_owned().await;
-        SessionGuard {
-            locks: self,
-            id,
-            held: Some(held),
-        }
-    }
-
-    /// The session's lock if nobody holds it now: work on it (a chunk
-    /// streaming in) means it is in use.
-    fn try_lock(&self, id: UploadId) -> Option<SessionGuard<'_>> {
-        let mutex = {
-            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(map.entry(id).or_default())
-        };
-        // Through a guard either way, so that its drop forgets the entry
-        // when nobody else wants it.
-        let held = Arc::clone(&mutex).try_lock_owned().ok();
-        drop(mutex);
-        let guard = SessionGuard {
-            locks: self,
-            id,
-            held,
-        };
-        guard.held.is_some().then_some(guard)
-    }
-}
-
-impl Drop for SessionGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.held.take());
-        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Counted under the map lock, so no one can be about to clone it:
-        // only the map's own reference left means no holder, no waiter.
-        if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) == 1) {
-            map.remove(&self.id);
-        }
-    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -594,158 +532,5 @@ impl Storage {
             }
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-/// Hashes an upload's bytes on the blocking pool, beside the task that
-/// receives them and the thread that writes them: on a fast link, SHA-256
-/// is the largest cost of a push, and run inline it would serialize with
-/// both. Chunks are handed over in batches (the bytes are shared, not
-/// copied), and at most [`HASH_BACKLOG`] bytes wait, which bounds memory.
-struct HashPipe {
-    queue: tokio::sync::mpsc::UnboundedSender<(Vec<Bytes>, OwnedSemaphorePermit)>,
-    /// KiB the hashing thread may still fall behind by.
-    backlog: Arc<Semaphore>,
-    batch: Vec<Bytes>,
-    batched: usize,
-    worker: tokio::task::JoinHandle<sha2::Sha256>,
-}
-
-/// Bytes handed to the hashing thread at once: small enough to be hashed
-/// while still in the cache the receive copied them into.
-const HASH_BATCH: usize = 256 << 10;
-/// Bytes waiting for the hashing thread, at most. The hash is the slowest
-/// stage of a push, and on a busy machine its thread loses the CPU now and
-/// then; a deep backlog lets receiving go on meanwhile and gives the hash
-/// something to catch up on, instead of each stage waiting for the other in
-/// turn. 1 GiB pushes alternated between builds (ten rounds each): medians
-/// of 1,100 MB/s with 1 MiB waiting, 1,185 with 4 MiB, 1,257 with 8 MiB; a
-/// second series put 16 MiB level with 8.
-const HASH_BACKLOG: usize = 8 << 20;
-
-impl HashPipe {
-    fn start(mut hasher: sha2::Sha256) -> Self {
-        let (queue, mut batches) =
-            tokio::sync::mpsc::unbounded_channel::<(Vec<Bytes>, OwnedSemaphorePermit)>();
-        let worker = tokio::task::spawn_blocking(move || {
-            while let Some((batch, permit)) = batches.blocking_recv() {
-                for bytes in batch {
-                    hasher.update(&bytes);
-                }
-                drop(permit);
-            }
-            hasher
-        });
-        Self {
-            queue,
-            backlog: Arc::new(Semaphore::new(HASH_BACKLOG >> 10)),
-            batch: Vec::new(),
-            batched: 0,
-            worker,
-        }
-    }
-
-    async fn update(&mut self, bytes: Bytes) {
-        self.batched += bytes.len();
-        self.batch.push(bytes);
-        if self.batched >= HASH_BATCH {
-            self.send().await;
-        }
-    }
-
-    async fn send(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        // A batch larger than the whole backlog (one huge frame) waits for
-        // the backlog to empty instead of forever.
-        let kib = self.batched.div_ceil(1 << 10).min(HASH_BACKLOG >> 10) as u32;
-        let permit = Arc::clone(&self.backlog)
-            .acquire_many_owned(kib)
-            .await
-            .expect("the backlog semaphore is never closed");
-        let batch = std::mem::take(&mut self.batch);
-        self.batched = 0;
-        // The worker only stops when the queue closes, so this cannot fail
-        // while `self` is alive.
-        let _ = self.queue.send((batch, permit));
-    }
-
-    /// The hash state after every byte given.
-    async fn finish(mut self) -> Result<sha2::Sha256> {
-        self.send().await;
-        drop(self.queue);
-        self.worker
-            .await
-            .map_err(|e| StorageError::Driver(super::DriverError::Io(std::io::Error::other(e))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use futures_util::FutureExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn the_hash_pipe_hashes_every_byte_in_order_even_past_its_backlog() {
-        // Frames of many sizes, one larger than the whole backlog: the pipe
-        // must neither reorder, drop nor wait forever for room.
-        let sizes = [
-            1,
-            4095,
-            300 << 10,
-            HASH_BACKLOG + (1 << 20),
-            17,
-            5 << 20,
-            256 << 10,
-        ];
-        let frames: Vec<Bytes> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| Bytes::from((0..n).map(|j| (i * 31 + j * 7) as u8).collect::<Vec<_>>()))
-            .collect();
-        let mut expected = sha2::Sha256::new();
-        let mut pipe = HashPipe::start(sha2::Sha256::new());
-        let run = async {
-            for frame in &frames {
-                expected.update(frame);
-                pipe.update(frame.clone()).await;
-            }
-            pipe.finish().await
-        };
-        let hashed = tokio::time::timeout(std::time::Duration::from_secs(30), run)
-            .await
-            .expect("the pipe waited forever")
-            .expect("hashing thread");
-        assert_eq!(hashed.finalize(), expected.finalize());
-    }
-
-    #[tokio::test]
-    async fn a_held_session_never_blocks_another_and_entries_go_away() {
-        let locks = Locks::default();
-        let ids: Vec<UploadId> = (0..200).map(|_| UploadId::new()).collect();
-        let first = locks.lock(ids[0]).await;
-        // Whatever their ids, other sessions lock at once (the bound only
-        // turns a hang into a failure).
-        for id in &ids[1..] {
-            let guard = tokio::time::timeout(std::time::Duration::from_secs(5), locks.lock(*id));
-            assert!(
-                guard.await.is_ok(),
-                "session {id} waited for another session"
-            );
-        }
-        // The same session waits…
-        let mut waiting = Box::pin(locks.lock(ids[0]));
-        assert!((&mut waiting).now_or_never().is_none());
-        drop(first);
-        // …and gets it once released; the entry survives while it is held.
-        let second = waiting.await;
-        assert_eq!(locks.0.lock().unwrap().len(), 1);
-        drop(second);
-        assert!(
-            locks.0.lock().unwrap().is_empty(),
-            "entries must not pile up"
-        );
     }
 }
