@@ -91,6 +91,13 @@ pub struct PolicyConfig {
 pub struct StorageConfig {
     /// Root directory of the filesystem storage.
     pub root: PathBuf,
+    /// Upload sessions that received nothing for this long are removed, in seconds.
+    pub upload_max_idle_secs: u64,
+    /// Upload sessions one account may hold open at once.
+    pub max_uploads_per_account: usize,
+    /// How often idle sessions and crash leftovers are swept, in seconds
+    /// (also once at start).
+    pub sweep_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -154,6 +161,9 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             root: PathBuf::from("./data"),
+            upload_max_idle_secs: 24 * 60 * 60,
+            max_uploads_per_account: 100,
+            sweep_interval_secs: 60 * 60,
         }
     }
 }
@@ -262,6 +272,19 @@ impl Config {
         if self.storage.root.as_os_str().is_empty() {
             let span = lookup(root, &["storage", "root"]);
             reader.at_opt(span, "storage.root must not be empty".to_owned());
+        }
+        for (key, value) in [
+            ("upload_max_idle_secs", self.storage.upload_max_idle_secs),
+            (
+                "max_uploads_per_account",
+                self.storage.max_uploads_per_account as u64,
+            ),
+            ("sweep_interval_secs", self.storage.sweep_interval_secs),
+        ] {
+            if value == 0 {
+                let span = lookup(root, &["storage", key]);
+                reader.at_opt(span, format!("storage.{key} must be positive"));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             let span = lookup(root, &["log", "level"]);
@@ -458,6 +481,22 @@ colour = true
         assert_eq!(found.len(), 2, "{found:#?}");
         assert!(found[0].starts_with("2:10: in [server]"), "{found:#?}");
         assert!(found[1].starts_with("4:1: log.level"), "{found:#?}");
+    }
+
+    #[test]
+    fn upload_bounds_must_be_positive() {
+        let found = problems(
+            "[storage]\nupload_max_idle_secs = 0\nmax_uploads_per_account = 0\nsweep_interval_secs = 0\n",
+        );
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(
+            found[0].starts_with("2:1: storage.upload_max_idle_secs"),
+            "{found:#?}"
+        );
+        assert!(
+            found[2].starts_with("4:1: storage.sweep_interval_secs"),
+            "{found:#?}"
+        );
     }
 
     #[test]

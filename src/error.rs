@@ -55,6 +55,8 @@ error_codes! {
     NotFound => ("UNSUPPORTED", NOT_FOUND, "no such endpoint"),
     TooManyRequests => ("TOOMANYREQUESTS", TOO_MANY_REQUESTS, "too many requests"),
     Internal => ("UNKNOWN", INTERNAL_SERVER_ERROR, "internal error"),
+    // Not in the spec, which has no code for it; clients show the message.
+    StorageFull => ("STORAGE_FULL", INSUFFICIENT_STORAGE, "the registry's storage is full"),
     // The token endpoint's own: a request it cannot make sense of.
     TokenRequestInvalid => ("INVALID_REQUEST", BAD_REQUEST, "invalid token request"),
 }
@@ -167,6 +169,14 @@ impl From<StorageError> for ApiError {
                 ApiError::new(ErrorCode::NameUnknown).detail(json!({ "name": n.to_string() }))
             }
             StorageError::UploadUnknown => ErrorCode::BlobUploadUnknown.into(),
+            StorageError::UploadDataMissing => ApiError::new(ErrorCode::BlobUploadInvalid)
+                .message("the upload is complete or its data is gone: finish it or start again"),
+            // 429 rather than DENIED: the caller may push, just not open more
+            // sessions now; clients report it as a limit (and some retry),
+            // where a 403 reads as a missing permission.
+            StorageError::TooManyUploads { limit } => ApiError::new(ErrorCode::TooManyRequests)
+                .message("too many open upload sessions for this account: finish or cancel some")
+                .detail(json!({ "limit": limit })),
             StorageError::DigestMismatch { expected, actual } => ApiError::new(
                 ErrorCode::DigestInvalid,
             )
@@ -191,6 +201,10 @@ impl From<StorageError> for ApiError {
                 // fault, and nothing was kept of it.
                 tracing::debug!(error = %cause, "request body ended early");
                 ApiError::new(ErrorCode::BlobUploadInvalid).message("request body ended early")
+            }
+            StorageError::Driver(cause) if cause.is_storage_full() => {
+                tracing::warn!(error = %cause, "storage full");
+                ErrorCode::StorageFull.into()
             }
             StorageError::Driver(cause) => {
                 tracing::error!(error = %cause, "storage failure");

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use crate::auth::Authority;
 use crate::config::Config;
-use crate::storage::{Storage, fs::FsDriver};
+use crate::storage::{Storage, UploadLimits, fs::FsDriver};
+use std::time::Duration;
 
 pub struct AppState {
     pub config: Config,
@@ -21,7 +22,13 @@ impl AppState {
         let driver = FsDriver::new(root)
             .await
             .map_err(|e| format!("cannot open storage at {}: {e}", root.display()))?;
-        let storage = Storage::new(Arc::new(driver));
+        let storage = Storage::new(Arc::new(driver)).with_upload_limits(UploadLimits {
+            max_idle: Duration::from_secs(config.storage.upload_max_idle_secs),
+            per_account: config.storage.max_uploads_per_account,
+        });
+        // Before serving: what crashes left in `uploads/` goes, and the
+        // sessions kept are counted per account before anyone opens more.
+        storage.sweep_uploads_logged().await;
         let auth = if config.auth.enabled {
             let config = config.clone();
             // Key generation and file reads: off the async threads.
@@ -32,10 +39,32 @@ impl AppState {
         } else {
             None
         };
-        Ok(Arc::new(Self {
+        let interval = Duration::from_secs(config.storage.sweep_interval_secs);
+        let state = Arc::new(Self {
             config,
             storage,
             auth,
-        }))
+        });
+        tokio::spawn(sweep_periodically(Arc::downgrade(&state), interval));
+        Ok(state)
+    }
+}
+
+/// The storage sweep, every `interval` while the state lives (the
+/// temporaries' walk of the whole tree runs at once too, off the start).
+async fn sweep_periodically(state: std::sync::Weak<AppState>, interval: Duration) {
+    let mut first = true;
+    loop {
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        if first {
+            state.storage.sweep_temporaries_logged().await;
+            first = false;
+        } else {
+            state.storage.sweep().await;
+        }
+        drop(state);
+        tokio::time::sleep(interval).await;
     }
 }

@@ -38,6 +38,7 @@ properties!(
     append_creates_at_zero,
     append_continues_at_recorded_offset,
     append_discards_residue,
+    sweep_keeps_every_object,
     abort_restores_size,
     append_past_end_is_invalid,
     list_direct_children_sorted,

@@ -145,7 +145,12 @@ async fn handle(
         }
         Endpoint::DeleteBlob { name, digest } => blobs::delete(storage, &name, &digest).await,
         Endpoint::StartUpload { name, start } => {
-            uploads::start(storage, &name, start, headers, body).await
+            // Sessions are counted against the account that opens them.
+            let owner = match grant {
+                authorize::Grant::Token(claims) => Some(claims.sub.as_str()),
+                authorize::Grant::Open => None,
+            };
+            uploads::start(storage, &name, start, owner, headers, body).await
         }
         Endpoint::UploadStatus { name, id } => uploads::status(storage, &name, id).await,
         Endpoint::PatchUpload { name, id } => {

@@ -14,6 +14,7 @@ pub async fn start(
     storage: &Storage,
     name: &RepoName,
     start: UploadStart,
+    owner: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -24,7 +25,7 @@ pub async fn start(
                 len: content_length(headers),
             };
             storage
-                .blob_put(name, &digest, chunk, byte_stream(body))
+                .blob_put(name, owner, &digest, chunk, byte_stream(body))
                 .await?;
             Ok(created(name, &digest))
         }
@@ -32,15 +33,19 @@ pub async fn start(
             if storage.blob_mount(&from, name, &digest).await? {
                 Ok(created(name, &digest))
             } else {
-                new_session(storage, name).await
+                new_session(storage, name, owner).await
             }
         }
-        UploadStart::Session => new_session(storage, name).await,
+        UploadStart::Session => new_session(storage, name, owner).await,
     }
 }
 
-async fn new_session(storage: &Storage, name: &RepoName) -> Result<Response, ApiError> {
-    let id = storage.upload_start(name).await?;
+async fn new_session(
+    storage: &Storage,
+    name: &RepoName,
+    owner: Option<&str>,
+) -> Result<Response, ApiError> {
+    let id = storage.upload_start(name, owner).await?;
     Ok(session_response(StatusCode::ACCEPTED, name, id, 0))
 }
 

@@ -50,6 +50,20 @@ pub enum DriverError {
     Io(#[from] io::Error),
 }
 
+impl DriverError {
+    /// Whether the backend refused a write for want of space (a full disk,
+    /// a quota): the client can do nothing about it but wait.
+    pub fn is_storage_full(&self) -> bool {
+        let DriverError::Io(e) = self else {
+            return false;
+        };
+        matches!(
+            e.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        ) || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
+}
+
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 
 #[async_trait]
@@ -82,6 +96,15 @@ pub trait Driver: Send + Sync + 'static {
     /// serializes appenders on one key. `InvalidKey` when `at` is past the end.
     async fn append(&self, key: &str, at: u64) -> Result<Box<dyn Appender>>;
 
+    /// Removes the driver's own leftovers of writes a crash interrupted
+    /// (temporary objects of atomic puts) that are older than `older_than`,
+    /// and returns how many went. Never touches an object stored under a
+    /// key. A driver whose writes leave nothing behind keeps the default.
+    async fn sweep_temporaries(&self, older_than: std::time::Duration) -> Result<usize> {
+        let _ = older_than;
+        Ok(0)
+    }
+
     /// Names (not full keys) of the direct children under a prefix, sorted,
     /// objects and sub-prefixes alike. `NotFound` when the prefix holds nothing.
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
@@ -101,7 +124,9 @@ pub trait Appender: Send {
 
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
 
-    /// Makes the written bytes durable and part of the object; returns its size.
+    /// Makes the written bytes durable and part of the object; returns its
+    /// size. On failure the object is left as [`Appender::abort`] leaves it:
+    /// the bytes a failed write took (a full disk) are given back.
     async fn commit(self: Box<Self>) -> Result<u64>;
 
     /// Forgets the written bytes: the object is as it was before the appender opened.

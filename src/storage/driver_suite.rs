@@ -43,6 +43,7 @@ pub async fn run_all(driver: &dyn Driver) {
     list_direct_children_sorted(driver).await;
     list_missing_or_empty_is_not_found(driver).await;
     hidden_names_never_listed(driver).await;
+    sweep_keeps_every_object(driver).await;
     rename_replaces_target(driver).await;
     rename_missing_is_not_found(driver).await;
     rename_prunes_emptied_prefix(driver).await;
@@ -655,6 +656,43 @@ pub async fn hidden_names_never_listed(driver: &dyn Driver) {
         names,
         "list after the puts"
     );
+    s.remove().await;
+}
+
+/// `sweep_temporaries` removes only the driver's own leftovers: even with
+/// no age at all, every stored object (put, appended, or being appended)
+/// is still there whole afterwards, and an open appender still commits.
+pub async fn sweep_keeps_every_object(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let put = s.key("sweep/a/put");
+    ok(driver.put(&put, pattern(1000, 1)).await, "put", &put);
+    let empty = s.key("sweep/empty");
+    ok(driver.put(&empty, Bytes::new()).await, "put", &empty);
+    let appended = s.key("sweep/b/appended");
+    append_whole(driver, &appended, 0, &pattern(70_000, 2)).await;
+    let open = s.key("sweep/c/open");
+    let mut appender = ok(driver.append(&open, 0).await, "append", &open);
+    ok(appender.write(pattern(5000, 3)).await, "write", &open);
+
+    ok(
+        driver.sweep_temporaries(std::time::Duration::ZERO).await,
+        "sweep_temporaries",
+        "(root)",
+    );
+
+    ok(appender.commit().await, "commit after a sweep", &open);
+    for (key, content) in [
+        (&put, pattern(1000, 1)),
+        (&empty, Bytes::new()),
+        (&appended, pattern(70_000, 2)),
+        (&open, pattern(5000, 3)),
+    ] {
+        assert_eq!(
+            ok(driver.get(key).await, "get after a sweep", key),
+            content,
+            "{key} changed in a sweep"
+        );
+    }
     s.remove().await;
 }
 

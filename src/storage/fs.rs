@@ -21,6 +21,10 @@ use super::file_range::FileRange;
 mod append;
 use append::FsAppender;
 
+/// Names of the temporaries whole-object writes go through before their
+/// rename; a crash mid-write leaves one behind for [`Driver::sweep_temporaries`].
+const TMP_PREFIX: &str = ".tmp-";
+
 /// How often a write retries when a concurrent delete removed its (empty)
 /// parent directory between creating it and using it.
 const PARENT_RACE_RETRIES: usize = 8;
@@ -107,6 +111,55 @@ fn prune_empty_parents(path: &Path, root: &Path) {
     }
 }
 
+/// Removes the `.tmp-*` files under `root` last modified before `older_than`
+/// ago, and the directories that leaves empty. A temporary lives for the
+/// milliseconds of one write, so an old one is a crash's: nothing will ever
+/// rename it. Unreadable entries are skipped (logged): a sweep never fails
+/// the server.
+fn sweep_temporaries(root: &Path, older_than: std::time::Duration) -> usize {
+    let mut removed = 0;
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "sweep skips a directory");
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            // Not followed: symbolic links were not made by us.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file()
+                && entry
+                    .file_name()
+                    .as_encoded_bytes()
+                    .starts_with(TMP_PREFIX.as_bytes())
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= older_than))
+            {
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        removed += 1;
+                        prune_empty_parents(&path, root);
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "could not remove a stale temporary")
+                    }
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// Makes a rename or file creation in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -124,9 +177,10 @@ impl Driver for FsDriver {
 
     async fn put(&self, key: &str, content: Bytes) -> Result<()> {
         let path = self.path(key)?;
+        let root = self.root.clone();
         blocking(move || {
             let parent = path.parent().expect("parent").to_owned();
-            let tmp = parent.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+            let tmp = parent.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
             let written = with_parent(&path, || {
                 let mut file = File::create(&tmp)?;
                 file.write_all(&content)?;
@@ -134,7 +188,11 @@ impl Driver for FsDriver {
                 fs::rename(&tmp, &path)
             });
             if written.is_err() {
+                // Give back what the failed write took (on a full disk, the
+                // temporary's pages), and the directories made for it: an
+                // empty `_layers/` would list a repository that holds nothing.
                 let _ = fs::remove_file(&tmp);
+                prune_empty_parents(&tmp, &root);
             }
             written?;
             sync_dir(&parent)
@@ -213,6 +271,11 @@ impl Driver for FsDriver {
                 "{owned_key}: offset {at} past end"
             ))),
         }
+    }
+
+    async fn sweep_temporaries(&self, older_than: std::time::Duration) -> Result<usize> {
+        let root = self.root.clone();
+        Ok(blocking(move || Ok(sweep_temporaries(&root, older_than))).await?)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {

@@ -23,7 +23,8 @@ pub use driver::{Appender, ByteStream, Content, Driver, DriverError};
 pub use file_range::FileRange;
 pub use manifests::{ManifestPut, StoredManifest};
 pub use paths::UploadId;
-pub use uploads::Chunk;
+pub use uploads::sweep::{STALE_TEMPORARY, UploadSweep};
+pub use uploads::{Chunk, UploadLimits};
 
 use crate::reference::{Digest, RepoName};
 
@@ -37,6 +38,10 @@ pub enum StorageError {
     NameUnknown(RepoName),
     #[error("upload unknown")]
     UploadUnknown,
+    #[error("upload data shorter than its record (moved into place or lost)")]
+    UploadDataMissing,
+    #[error("the account holds {limit} upload sessions already")]
+    TooManyUploads { limit: usize },
     #[error("digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("chunk does not start at upload offset {current}")]
@@ -74,6 +79,8 @@ impl<T> OrUnknown<T> for std::result::Result<T, DriverError> {
 pub struct Storage {
     driver: Arc<dyn Driver>,
     upload_locks: uploads::Locks,
+    upload_limits: UploadLimits,
+    upload_owners: uploads::Owners,
     catalog: CatalogCache,
 }
 
@@ -98,8 +105,15 @@ impl Storage {
         Self {
             driver,
             upload_locks: uploads::Locks::default(),
+            upload_limits: UploadLimits::default(),
+            upload_owners: uploads::Owners::default(),
             catalog: CatalogCache::default(),
         }
+    }
+
+    pub fn with_upload_limits(mut self, limits: UploadLimits) -> Self {
+        self.upload_limits = limits;
+        self
     }
 
     /// Something that may add or remove a repository happened.

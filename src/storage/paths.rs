@@ -16,8 +16,8 @@
 //! ├── uploads/
 //! │   └── <uuid>/
 //! │       ├── data                         bytes received so far
-//! │       ├── info                         JSON: repository, start time
-//! │       └── hashstate                    JSON: offset + SHA-256 state at that offset
+//! │       ├── info                         JSON: repository, owner (account), start time
+//! │       └── hashstate                    JSON: offset + SHA-256 state at that offset, time written
 //! └── auth/
 //!     └── revocations.json                 refresh tokens issued before these times are void
 //! ```

@@ -7,68 +7,70 @@
 //! and bytes a crash left past the recorded size are discarded by the next
 //! append. A crash between the append and the record only makes that chunk
 //! look unsent; the client learns the real offset from the `Range` it is given.
+//!
+//! Finishing is idempotent: a finish that died after the rename into
+//! `blobs/` left a session without data, which the next finish with the
+//! same digest completes. Sessions belong to the account that opened them
+//! (`info`), which may hold only so many at once, and sessions idle too long
+//! are purged by the sweep ([`sweep`]), with whatever crashes left behind.
+
+mod hash_pipe;
+mod locks;
+mod owners;
+pub(super) mod sweep;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
-
-use super::{ByteStream, OrUnknown, Result, Storage, StorageError, paths};
+use super::{ByteStream, DriverError, OrUnknown, Result, Storage, StorageError, paths};
 use crate::reference::{Algorithm, Digest, RepoName};
+use hash_pipe::HashPipe;
+pub(super) use locks::Locks;
+pub(super) use owners::Owners;
 use paths::UploadId;
 
-/// One lock per session in use, serializing work on that session within
-/// this process. A lock is held while a chunk's body streams in, which may
-/// take as long as the client likes, so sessions must never share one (a
-/// slow client would stall unrelated uploads); an entry lives only while
-/// someone holds or waits for it.
-#[derive(Default)]
-pub(super) struct Locks(std::sync::Mutex<HashMap<UploadId, Arc<Mutex<()>>>>);
-
-/// Holds a session's lock; dropping it releases the lock and forgets the
-/// entry when nobody else wants it.
-pub(super) struct SessionGuard<'a> {
-    locks: &'a Locks,
-    id: UploadId,
-    held: Option<OwnedMutexGuard<()>>,
+/// How upload sessions are bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// A session that received no chunk for this long is purged.
+    pub max_idle: Duration,
+    /// Sessions one account may hold open at once.
+    pub per_account: usize,
 }
 
-impl Locks {
-    async fn lock(&self, id: UploadId) -> SessionGuard<'_> {
-        let mutex = {
-            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(map.entry(id).or_default())
-        };
-        let held = mutex.lock_owned().await;
-        SessionGuard {
-            locks: self,
-            id,
-            held: Some(held),
+impl Default for UploadLimits {
+    /// distribution purges uploads after a day too; a push opens a handful
+    /// of sessions at once (one per layer in flight), so a hundred leaves
+    /// room for many parallel pushes while bounding what one account can
+    /// abandon.
+    fn default() -> Self {
+        Self {
+            max_idle: Duration::from_secs(24 * 60 * 60),
+            per_account: 100,
         }
     }
 }
 
-impl Drop for SessionGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.held.take());
-        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Counted under the map lock, so no one can be about to clone it:
-        // only the map's own reference left means no holder, no waiter.
-        if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) == 1) {
-            map.remove(&self.id);
-        }
-    }
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Serialize, Deserialize)]
 struct Info {
     repository: String,
     started_at: u64,
+    /// The account that opened the session (the token's subject, empty for
+    /// an anonymous caller); absent on an open registry, where nothing is
+    /// counted per account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -76,12 +78,20 @@ struct HashRecord {
     offset: u64,
     /// Hex of the serialized SHA-256 state after `offset` bytes.
     sha256: String,
+    /// When the record was written (seconds since the epoch): the session's
+    /// last activity, from which its idle time counts. Absent in records of
+    /// older versions, which count from the session's start.
+    #[serde(default)]
+    written_at: Option<u64>,
 }
 
 struct Session {
     id: UploadId,
     offset: u64,
     hasher: sha2::Sha256,
+    owner: Option<String>,
+    /// Seconds since the epoch of the last append (or of the start).
+    active_at: u64,
 }
 
 impl Session {
@@ -89,8 +99,13 @@ impl Session {
         let record = HashRecord {
             offset: self.offset,
             sha256: hex::encode(self.hasher.serialize()),
+            written_at: Some(now_secs()),
         };
         Bytes::from(serde_json::to_vec(&record).expect("plain struct serializes"))
+    }
+
+    fn sha256(&self) -> Digest {
+        Digest::from_sha256(self.hasher.clone().finalize().as_slice())
     }
 }
 
@@ -105,33 +120,76 @@ pub struct Chunk {
 }
 
 impl Storage {
-    pub async fn upload_start(&self, repo: &RepoName) -> Result<UploadId> {
+    /// Opens a session in `repo` for `owner` (`None` on an open registry).
+    /// `TooManyUploads` when the owner already holds the most allowed.
+    pub async fn upload_start(&self, repo: &RepoName, owner: Option<&str>) -> Result<UploadId> {
         let id = UploadId::new();
-        let started_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        // Held while the session is half made, so that the sweep never
+        // takes it for a crash's leftover.
+        let _guard = self.upload_locks.lock(id).await;
+        if let Some(owner) = owner {
+            self.reserve_session(owner, id).await?;
+        }
+        let started_at = now_secs();
         let info = Info {
             repository: repo.to_string(),
             started_at,
+            owner: owner.map(str::to_owned),
         };
         let session = Session {
             id,
             offset: 0,
             hasher: sha2::Sha256::new(),
+            owner: info.owner.clone(),
+            active_at: started_at,
         };
-        self.driver
-            .put(
-                &paths::upload_info(id),
-                serde_json::to_vec(&info)
-                    .expect("plain struct serializes")
-                    .into(),
-            )
-            .await?;
-        self.driver
-            .put(&paths::upload_hashstate(id), session.record())
-            .await?;
+        let created = async {
+            self.driver
+                .put(
+                    &paths::upload_info(id),
+                    serde_json::to_vec(&info)
+                        .expect("plain struct serializes")
+                        .into(),
+                )
+                .await?;
+            self.driver
+                .put(&paths::upload_hashstate(id), session.record())
+                .await
+        }
+        .await;
+        if let Err(e) = created {
+            // Nothing of a session that failed to start stays (on a full
+            // disk, its directory and `info`).
+            self.remove_session(id, owner).await;
+            return Err(e.into());
+        }
         Ok(id)
+    }
+
+    /// Counts `id` against `owner`'s open sessions, or refuses.
+    async fn reserve_session(&self, owner: &str, id: UploadId) -> Result<()> {
+        let limit = self.upload_limits.per_account;
+        if self.upload_owners.reserve(owner, id, limit) {
+            return Ok(());
+        }
+        // The index may still hold sessions that went another way (another
+        // replica finished them, or they were removed by hand): look before
+        // refusing. One being worked on right now is certainly open.
+        for other in self.upload_owners.sessions(owner) {
+            let Some(_guard) = self.upload_locks.try_lock(other) else {
+                continue;
+            };
+            if let Err(DriverError::NotFound(_)) =
+                self.driver.stat(&paths::upload_hashstate(other)).await
+            {
+                self.upload_owners.remove(owner, other);
+            }
+        }
+        if self.upload_owners.reserve(owner, id, limit) {
+            Ok(())
+        } else {
+            Err(StorageError::TooManyUploads { limit })
+        }
     }
 
     /// Bytes received so far.
@@ -165,12 +223,17 @@ impl Storage {
     ) -> Result<u64> {
         let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(repo, id).await?;
+        let data = paths::upload_data(id);
+        if session.offset > 0
+            && let Err(DriverError::NotFound(_)) = self.driver.stat(&data).await
+        {
+            return self.finish_moved(repo, &session, digest, last).await;
+        }
         if let Some((chunk, body)) = last {
             self.append(&mut session, chunk, body).await?;
         }
-        let data = paths::upload_data(id);
         let actual = match digest.algorithm() {
-            Algorithm::Sha256 => Digest::from_sha256(session.hasher.clone().finalize().as_slice()),
+            Algorithm::Sha256 => session.sha256(),
             // Only SHA-256 is kept incrementally (what nearly every client
             // uses); a SHA-512 upload is hashed once more at the end.
             Algorithm::Sha512 => self.rehash_sha512(&data, session.offset).await?,
@@ -191,46 +254,127 @@ impl Storage {
             Err(e) => return Err(e.into()),
         }
         self.link_blob(repo, digest).await?;
-        self.delete_session(id).await;
+        self.remove_session(id, session.owner.as_deref()).await;
+        Ok(session.offset)
+    }
+
+    /// Finishes a session whose bytes an earlier finish already moved into
+    /// `blobs/` (it died before removing the session): the blob in place
+    /// completes it, as that finish would have, if it is provably the
+    /// session's own content. Nothing else is linked: a session without data
+    /// never lends its repository a blob it did not upload.
+    async fn finish_moved(
+        &self,
+        repo: &RepoName,
+        session: &Session,
+        digest: &Digest,
+        last: Option<(Chunk, ByteStream)>,
+    ) -> Result<u64> {
+        if let Some((_, mut body)) = last {
+            // An empty last chunk (chunked encoding) changes nothing; bytes
+            // past the end cannot be added to content already in place.
+            while let Some(bytes) = body.next().await {
+                if !bytes.map_err(StorageError::BodyRead)?.is_empty() {
+                    return Err(StorageError::UploadDataMissing);
+                }
+            }
+        }
+        let own = session.sha256();
+        let mismatch = || StorageError::DigestMismatch {
+            expected: digest.clone(),
+            actual: own.clone(),
+        };
+        let blob = paths::blob_data(digest);
+        let same = match digest.algorithm() {
+            Algorithm::Sha256 => &own == digest,
+            // The session's SHA-256 is known: the blob is its content when
+            // its own SHA-256 is the same (read once; this path is rare).
+            Algorithm::Sha512 => match self.driver.stat(&blob).await {
+                Ok(size) if size == session.offset => self.rehash_sha256(&blob, size).await? == own,
+                Ok(_) | Err(DriverError::NotFound(_)) => false,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if !same {
+            return Err(mismatch());
+        }
+        match self.driver.stat(&blob).await {
+            Ok(size) if size == session.offset => {}
+            // Moved, then lost (collected as unlinked): the bytes are gone,
+            // so is the session; the client starts again.
+            Ok(_) | Err(DriverError::NotFound(_)) => {
+                self.remove_session(session.id, session.owner.as_deref())
+                    .await;
+                return Err(StorageError::UploadUnknown);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.link_blob(repo, digest).await?;
+        self.remove_session(session.id, session.owner.as_deref())
+            .await;
+        tracing::info!(upload = %session.id, %digest, "finished an upload an interrupted finish had moved");
         Ok(session.offset)
     }
 
     pub async fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<()> {
         let _guard = self.upload_locks.lock(id).await;
-        self.load_session(repo, id).await?;
-        self.driver
+        let session = self.load_session(repo, id).await?;
+        let deleted = self
+            .driver
             .delete(&paths::upload(id))
             .await
-            .or_unknown(|| StorageError::UploadUnknown)
+            .or_unknown(|| StorageError::UploadUnknown);
+        if let Some(owner) = &session.owner {
+            self.upload_owners.remove(owner, id);
+        }
+        deleted
     }
 
     /// A whole blob in one request: a session that lives for this call only.
     pub async fn blob_put(
         &self,
         repo: &RepoName,
+        owner: Option<&str>,
         digest: &Digest,
         chunk: Chunk,
         body: ByteStream,
     ) -> Result<u64> {
-        let id = self.upload_start(repo).await?;
+        let id = self.upload_start(repo, owner).await?;
         let result = self
             .upload_finish(repo, id, digest, Some((chunk, body)))
             .await;
         if result.is_err() {
-            self.delete_session(id).await;
+            self.remove_session(id, owner).await;
         }
         result
     }
 
-    async fn delete_session(&self, id: UploadId) {
+    /// Removes a session's storage and its count against its owner.
+    async fn remove_session(&self, id: UploadId, owner: Option<&str>) {
         // The blob is already in place (or the session is being abandoned):
-        // a leftover session directory is garbage for gc, not an error.
-        if let Err(e) = self.driver.delete(&paths::upload(id)).await {
-            tracing::warn!(upload = %id, error = %e, "could not remove upload session");
+        // a leftover session directory is the sweep's, not an error.
+        match self.driver.delete(&paths::upload(id)).await {
+            Ok(()) | Err(DriverError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(upload = %id, error = %e, "could not remove upload session"),
+        }
+        if let Some(owner) = owner {
+            self.upload_owners.remove(owner, id);
         }
     }
 
     async fn load_session(&self, repo: &RepoName, id: UploadId) -> Result<Session> {
+        let (repository, session) = self.read_session(id).await?;
+        // A session belongs to the repository it was started in: it cannot be
+        // continued (or finished into) another one.
+        if repository != repo.as_str() {
+            return Err(StorageError::UploadUnknown);
+        }
+        Ok(session)
+    }
+
+    /// A session's record and the repository it belongs to; `UploadUnknown`
+    /// when either file is missing or unreadable.
+    async fn read_session(&self, id: UploadId) -> Result<(String, Session)> {
         let unknown = || StorageError::UploadUnknown;
         let info = self
             .driver
@@ -238,11 +382,6 @@ impl Storage {
             .await
             .or_unknown(unknown)?;
         let info: Info = serde_json::from_slice(&info).map_err(|_| unknown())?;
-        // A session belongs to the repository it was started in: it cannot be
-        // continued (or finished into) another one.
-        if info.repository != repo.as_str() {
-            return Err(unknown());
-        }
         let record = self
             .driver
             .get(&paths::upload_hashstate(id))
@@ -253,11 +392,14 @@ impl Storage {
         let state =
             SerializedState::<sha2::Sha256>::try_from(state.as_slice()).map_err(|_| unknown())?;
         let hasher = sha2::Sha256::deserialize(&state).map_err(|_| unknown())?;
-        Ok(Session {
+        let session = Session {
             id,
             offset: record.offset,
             hasher,
-        })
+            owner: info.owner,
+            active_at: record.written_at.unwrap_or(info.started_at),
+        };
+        Ok((info.repository, session))
     }
 
     /// Streams `body` onto the session; on any failure the session is left as
@@ -275,10 +417,16 @@ impl Storage {
                 current: session.offset,
             });
         }
-        let mut appender = self
-            .driver
-            .append(&paths::upload_data(session.id), session.offset)
-            .await?;
+        let data = paths::upload_data(session.id);
+        let mut appender = match self.driver.append(&data, session.offset).await {
+            Ok(appender) => appender,
+            // Shorter than recorded: the data was moved into place by a
+            // finish that did not get to remove the session (or lost).
+            Err(DriverError::InvalidKey(_)) if session.offset > 0 => {
+                return Err(StorageError::UploadDataMissing);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut hasher = HashPipe::start(session.hasher.clone());
         let mut received = 0u64;
         let outcome: Result<()> = async {
@@ -314,17 +462,51 @@ impl Storage {
                 return Err(e);
             }
         };
+        // A failed commit gives back what it wrote (the appender's contract).
         let size = appender.commit().await?;
         let updated = Session {
             id: session.id,
             offset: size,
             hasher,
+            owner: session.owner.clone(),
+            active_at: now_secs(),
         };
-        self.driver
+        if let Err(e) = self
+            .driver
             .put(&paths::upload_hashstate(session.id), updated.record())
-            .await?;
+            .await
+        {
+            // Unless the record did land (only its directory's sync failed),
+            // the chunk does not count: give its bytes back now rather than
+            // at the next append, which may never come (a full disk would
+            // stay full).
+            let landed = matches!(self.read_session(session.id).await,
+                Ok((_, recorded)) if recorded.offset == size);
+            if !landed {
+                self.drop_residue(&data, session.offset).await;
+                return Err(e.into());
+            }
+            tracing::warn!(upload = %session.id, error = %e, "upload record written, not synced");
+        }
         *session = updated;
         Ok(())
+    }
+
+    /// Cuts the session's data back to its recorded `size`.
+    async fn drop_residue(&self, data: &str, size: u64) {
+        let cut = async { self.driver.append(data, size).await?.abort().await };
+        if let Err(e) = cut.await {
+            tracing::warn!(key = data, error = %e, "could not give back an unrecorded chunk");
+        }
+    }
+
+    async fn rehash_sha256(&self, key: &str, len: u64) -> Result<Digest> {
+        let mut hasher = sha2::Sha256::new();
+        let mut stream = self.driver.read(key, 0, Some(len)).await?;
+        while let Some(bytes) = stream.next().await {
+            hasher.update(&bytes.map_err(DriverError::Io)?);
+        }
+        Ok(Digest::from_sha256(hasher.finalize().as_slice()))
     }
 
     async fn rehash_sha512(&self, data: &str, len: u64) -> Result<Digest> {
@@ -350,158 +532,5 @@ impl Storage {
             }
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-/// Hashes an upload's bytes on the blocking pool, beside the task that
-/// receives them and the thread that writes them: on a fast link, SHA-256
-/// is the largest cost of a push, and run inline it would serialize with
-/// both. Chunks are handed over in batches (the bytes are shared, not
-/// copied), and at most [`HASH_BACKLOG`] bytes wait, which bounds memory.
-struct HashPipe {
-    queue: tokio::sync::mpsc::UnboundedSender<(Vec<Bytes>, OwnedSemaphorePermit)>,
-    /// KiB the hashing thread may still fall behind by.
-    backlog: Arc<Semaphore>,
-    batch: Vec<Bytes>,
-    batched: usize,
-    worker: tokio::task::JoinHandle<sha2::Sha256>,
-}
-
-/// Bytes handed to the hashing thread at once: small enough to be hashed
-/// while still in the cache the receive copied them into.
-const HASH_BATCH: usize = 256 << 10;
-/// Bytes waiting for the hashing thread, at most. The hash is the slowest
-/// stage of a push, and on a busy machine its thread loses the CPU now and
-/// then; a deep backlog lets receiving go on meanwhile and gives the hash
-/// something to catch up on, instead of each stage waiting for the other in
-/// turn. 1 GiB pushes alternated between builds (ten rounds each): medians
-/// of 1,100 MB/s with 1 MiB waiting, 1,185 with 4 MiB, 1,257 with 8 MiB; a
-/// second series put 16 MiB level with 8.
-const HASH_BACKLOG: usize = 8 << 20;
-
-impl HashPipe {
-    fn start(mut hasher: sha2::Sha256) -> Self {
-        let (queue, mut batches) =
-            tokio::sync::mpsc::unbounded_channel::<(Vec<Bytes>, OwnedSemaphorePermit)>();
-        let worker = tokio::task::spawn_blocking(move || {
-            while let Some((batch, permit)) = batches.blocking_recv() {
-                for bytes in batch {
-                    hasher.update(&bytes);
-                }
-                drop(permit);
-            }
-            hasher
-        });
-        Self {
-            queue,
-            backlog: Arc::new(Semaphore::new(HASH_BACKLOG >> 10)),
-            batch: Vec::new(),
-            batched: 0,
-            worker,
-        }
-    }
-
-    async fn update(&mut self, bytes: Bytes) {
-        self.batched += bytes.len();
-        self.batch.push(bytes);
-        if self.batched >= HASH_BATCH {
-            self.send().await;
-        }
-    }
-
-    async fn send(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        // A batch larger than the whole backlog (one huge frame) waits for
-        // the backlog to empty instead of forever.
-        let kib = self.batched.div_ceil(1 << 10).min(HASH_BACKLOG >> 10) as u32;
-        let permit = Arc::clone(&self.backlog)
-            .acquire_many_owned(kib)
-            .await
-            .expect("the backlog semaphore is never closed");
-        let batch = std::mem::take(&mut self.batch);
-        self.batched = 0;
-        // The worker only stops when the queue closes, so this cannot fail
-        // while `self` is alive.
-        let _ = self.queue.send((batch, permit));
-    }
-
-    /// The hash state after every byte given.
-    async fn finish(mut self) -> Result<sha2::Sha256> {
-        self.send().await;
-        drop(self.queue);
-        self.worker
-            .await
-            .map_err(|e| StorageError::Driver(super::DriverError::Io(std::io::Error::other(e))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use futures_util::FutureExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn the_hash_pipe_hashes_every_byte_in_order_even_past_its_backlog() {
-        // Frames of many sizes, one larger than the whole backlog: the pipe
-        // must neither reorder, drop nor wait forever for room.
-        let sizes = [
-            1,
-            4095,
-            300 << 10,
-            HASH_BACKLOG + (1 << 20),
-            17,
-            5 << 20,
-            256 << 10,
-        ];
-        let frames: Vec<Bytes> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| Bytes::from((0..n).map(|j| (i * 31 + j * 7) as u8).collect::<Vec<_>>()))
-            .collect();
-        let mut expected = sha2::Sha256::new();
-        let mut pipe = HashPipe::start(sha2::Sha256::new());
-        let run = async {
-            for frame in &frames {
-                expected.update(frame);
-                pipe.update(frame.clone()).await;
-            }
-            pipe.finish().await
-        };
-        let hashed = tokio::time::timeout(std::time::Duration::from_secs(30), run)
-            .await
-            .expect("the pipe waited forever")
-            .expect("hashing thread");
-        assert_eq!(hashed.finalize(), expected.finalize());
-    }
-
-    #[tokio::test]
-    async fn a_held_session_never_blocks_another_and_entries_go_away() {
-        let locks = Locks::default();
-        let ids: Vec<UploadId> = (0..200).map(|_| UploadId::new()).collect();
-        let first = locks.lock(ids[0]).await;
-        // Whatever their ids, other sessions lock at once (the bound only
-        // turns a hang into a failure).
-        for id in &ids[1..] {
-            let guard = tokio::time::timeout(std::time::Duration::from_secs(5), locks.lock(*id));
-            assert!(
-                guard.await.is_ok(),
-                "session {id} waited for another session"
-            );
-        }
-        // The same session waits…
-        let mut waiting = Box::pin(locks.lock(ids[0]));
-        assert!((&mut waiting).now_or_never().is_none());
-        drop(first);
-        // …and gets it once released; the entry survives while it is held.
-        let second = waiting.await;
-        assert_eq!(locks.0.lock().unwrap().len(), 1);
-        drop(second);
-        assert!(
-            locks.0.lock().unwrap().is_empty(),
-            "entries must not pile up"
-        );
     }
 }

@@ -357,7 +357,37 @@ impl Appender for FsAppender {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<u64> {
-        self.submit().await?;
+        match self.write_out().await {
+            Ok(size) => Ok(size),
+            Err(e) => {
+                // A failed write may have taken blocks (a full disk stays
+                // full otherwise): the object goes back to where it was.
+                if let Err(undo) = self.abort().await {
+                    tracing::warn!(error = %undo, "could not roll back a failed commit");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        // Whatever the writes in flight did, the object goes back to `start`.
+        let _ = self.settle_all().await;
+        let start = self.start;
+        let target = Arc::clone(&self.target);
+        blocking(move || target.file.set_len(start)).await?;
+        Ok(())
+    }
+}
+
+impl FsAppender {
+    /// Writes every byte taken and syncs them; on failure, nothing is left
+    /// in flight.
+    async fn write_out(&mut self) -> Result<u64> {
+        if let Err(e) = self.submit().await {
+            let _ = self.settle_all().await;
+            return Err(e.into());
+        }
         self.settle_all().await?;
         // An appender from byte 0 may have created the file: its directory
         // entry must be durable too, or a power loss could lose a chunk the
@@ -377,15 +407,6 @@ impl Appender for FsAppender {
         })
         .await?;
         Ok(self.size)
-    }
-
-    async fn abort(mut self: Box<Self>) -> Result<()> {
-        // Whatever the writes in flight did, the object goes back to `start`.
-        let _ = self.settle_all().await;
-        let start = self.start;
-        let target = Arc::clone(&self.target);
-        blocking(move || target.file.set_len(start)).await?;
-        Ok(())
     }
 }
 
