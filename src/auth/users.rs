@@ -318,8 +318,11 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
 pub struct VerifyCache {
     key: [u8; 32],
     ttl: Duration,
-    entries: Mutex<HashMap<[u8; 32], (Instant, [u8; 32])>>,
+    /// Slot → (expiry, digest of the hash verified against).
+    entries: Mutex<HashMap<[u8; 32], Remembered>>,
 }
+
+type Remembered = (Instant, [u8; 32]);
 
 /// Entries kept at most; the cache is emptied when full (simple, and a full
 /// cache only costs re-verification).
