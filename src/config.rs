@@ -50,6 +50,14 @@ pub struct AuthConfig {
     /// Failed logins allowed per client address (any account) in the window.
     pub max_failures_per_address: u32,
     pub failure_window_secs: u64,
+    /// Password verifications run at once, at most (each argon2id one holds
+    /// 19 MiB); 0: one per core, within a sixteenth of the memory.
+    pub max_concurrent_verifications: u32,
+    /// Logins that may wait for a verification slot beyond those; more get 429.
+    pub verification_queue: u32,
+    /// How long a login waits for a slot (and for attempts in flight on the
+    /// same account and address) before it gets 429, in milliseconds.
+    pub verification_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -123,6 +131,9 @@ impl Default for AuthConfig {
             max_failures_per_account: 5,
             max_failures_per_address: 20,
             failure_window_secs: 300,
+            max_concurrent_verifications: 0,
+            verification_queue: 8,
+            verification_wait_ms: 1000,
         }
     }
 }
@@ -333,6 +344,14 @@ impl Config {
         if self.auth.failure_window_secs == 0 {
             let span = lookup(root, &["auth", "failure_window_secs"]);
             reader.at_opt(span, "auth.failure_window_secs must be positive".to_owned());
+        }
+        if self.auth.verification_wait_ms > 60_000 {
+            let span = lookup(root, &["auth", "verification_wait_ms"]);
+            reader.at_opt(
+                span,
+                "auth.verification_wait_ms must be at most 60000 (a short wait, then 429)"
+                    .to_owned(),
+            );
         }
     }
 }

@@ -233,6 +233,15 @@ impl From<AuthError> for ApiError {
                     RETRY_AFTER,
                     crate::auth::ratelimit::retry_after_secs(wait).to_string(),
                 ),
+            AuthError::Busy(crate::auth::gate::GateError::Busy(wait)) => {
+                ApiError::new(ErrorCode::TooManyRequests)
+                    .message(e.to_string())
+                    .oauth("temporarily_unavailable")
+                    .header(
+                        RETRY_AFTER,
+                        crate::auth::ratelimit::retry_after_secs(wait).to_string(),
+                    )
+            }
             AuthError::Storage(cause) => ApiError::from(cause),
             AuthError::Token(_) | AuthError::Internal(_) => {
                 tracing::error!(error = %e, "token authority failure");

@@ -103,7 +103,7 @@ fn add_list_passwd_del_round_trip() {
     let users = load(&file);
     assert_eq!(users.len(), 2);
     let alice = users.verify("alice", "s3cret").expect("alice's password");
-    assert_eq!(alice.groups, ["admins", "dev"]);
+    assert_eq!(alice.account.groups, ["admins", "dev"]);
     assert!(users.verify("alice", "hunter2").is_none());
     assert!(users.verify("bob@example.com", "hunter2").is_some());
     // Only argon2id hashes are written, never the password itself.
@@ -135,7 +135,11 @@ fn add_list_passwd_del_round_trip() {
     let users = load(&file);
     assert!(users.verify("alice", "s3cret").is_none());
     let alice = users.verify("alice", "n3w pass").expect("new password");
-    assert_eq!(alice.groups, ["admins", "dev"], "groups survive passwd");
+    assert_eq!(
+        alice.account.groups,
+        ["admins", "dev"],
+        "groups survive passwd"
+    );
     assert!(users.verify("bob@example.com", "hunter2").is_some());
     assert_eq!(mode(&file), 0o600);
 
@@ -492,13 +496,21 @@ fn import_htpasswd_keeps_bcrypt_hashes() {
     let users = load(&file);
     assert_eq!(users.len(), 3);
     assert_eq!(
-        users.verify("carol", "carol-pw").expect("carol").groups,
+        users
+            .verify("carol", "carol-pw")
+            .expect("carol")
+            .account
+            .groups,
         ["imported"]
     );
     assert!(users.verify("dave", "dave-pw").is_some());
     // alice already existed: her password and groups are untouched.
     assert_eq!(
-        users.verify("alice", "toml-pw").expect("alice").groups,
+        users
+            .verify("alice", "toml-pw")
+            .expect("alice")
+            .account
+            .groups,
         ["admins"]
     );
 
@@ -520,7 +532,7 @@ fn import_htpasswd_keeps_bcrypt_hashes() {
     let users = load(&file);
     assert!(users.verify("alice", "toml-pw").is_none());
     let account = users.verify("alice", "htpasswd-pw").expect("replaced");
-    assert_eq!(account.groups, ["admins"], "--replace keeps groups");
+    assert_eq!(account.account.groups, ["admins"], "--replace keeps groups");
     assert_eq!(users.account("carol").unwrap().groups, ["imported"]);
 }
 

@@ -113,7 +113,7 @@ async fn get_token(
         None => None,
     };
     let refresh = match &account {
-        Some(account) if q.offline_token => Some(authority.issue_refresh(&account.name)?),
+        Some(account) if q.offline_token => Some(authority.issue_refresh(account)?),
         _ => None,
     };
     respond(authority, account.as_ref(), addr, &scopes, refresh, false)
@@ -147,7 +147,7 @@ async fn post_token(
             };
             let account = login(authority, user, password, addr).await?;
             let refresh = if offline {
-                Some(authority.issue_refresh(&account.name)?)
+                Some(authority.issue_refresh(&account)?)
             } else {
                 None
             };
@@ -182,7 +182,9 @@ async fn login(
     let addr = addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     match authority.login(user, password, addr).await {
         Ok(account) => Ok(account),
-        Err(e @ (AuthError::BadCredentials | AuthError::TooManyFailures(_))) => {
+        Err(
+            e @ (AuthError::BadCredentials | AuthError::TooManyFailures(_) | AuthError::Busy(_)),
+        ) => {
             tracing::info!(user, client = %addr, reason = %e, "login refused");
             Err(e.into())
         }

@@ -2,6 +2,7 @@
 //! policy lets them do, and the tokens that carry it. [`Authority`] is the
 //! one object the HTTP layer talks to; it knows nothing of HTTP itself.
 
+pub mod gate;
 pub mod keys;
 pub mod ratelimit;
 pub mod reload;
@@ -12,9 +13,9 @@ pub mod users_file;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -23,12 +24,14 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::policy::{Caller, Policy};
 use crate::storage::Storage;
+use gate::{GateError, VerifyGate};
 use keys::{KeyKind, KeyRing};
-use ratelimit::{LimitConfig, LoginLimiter};
+use ratelimit::{LimitConfig, LoginLimiter, Refusal, Reservation};
 use reload::{Fingerprint, Watched};
 use scope::{AccessEntry, Action, ResourceScope};
 use token::{Claims, TokenError};
-use users::{Account, Users, VerifyCache};
+use users::{Account, Users, Verified, VerifyCache};
+use users_file::UsersFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -36,6 +39,8 @@ pub enum AuthError {
     BadCredentials,
     #[error("too many failed logins, retry in {} s", ratelimit::retry_after_secs(*.0))]
     TooManyFailures(Duration),
+    #[error(transparent)]
+    Busy(#[from] GateError),
     #[error("refresh token invalid, expired or revoked")]
     BadRefreshToken,
     #[error("the account no longer exists")]
@@ -67,11 +72,16 @@ pub struct Issued {
 pub struct Authority {
     pub settings: TokenSettings,
     pub keys: KeyRing,
-    users: Watched<Users>,
+    users: Arc<Watched<Users>>,
+    /// The users file, which a login rewrites to upgrade an outdated hash.
+    users_file: PathBuf,
     policy: Watched<Policy>,
-    verified_logins: VerifyCache,
+    verified_logins: Arc<VerifyCache>,
     verified_tokens: TokenCache,
-    limiter: LoginLimiter,
+    limiter: Arc<LoginLimiter>,
+    gate: VerifyGate,
+    /// How long an attempt waits for the attempts in flight before it.
+    in_flight_wait: Duration,
 }
 
 impl Authority {
@@ -83,14 +93,14 @@ impl Authority {
         let keys =
             KeyRing::load_or_generate(&config.token.key_dir, kind).map_err(|e| e.to_string())?;
         let users_file = config.users.file.clone();
-        let users = Watched::new(
+        let users = Arc::new(Watched::new(
             "users",
             {
                 let file = users_file.clone();
                 move || Fingerprint::of_file(&file)
             },
             move || load_users(&users_file),
-        )?;
+        )?);
         let policy_dir = config.policy.dir.clone();
         let policy = Watched::new(
             "policy",
@@ -110,6 +120,7 @@ impl Authority {
                 "no users yet: add one with `portcullis user add NAME`"
             );
         }
+        let wait = Duration::from_millis(config.auth.verification_wait_ms);
         tracing::info!(
             service = %config.token.service,
             issuer = %config.token.issuer,
@@ -129,65 +140,91 @@ impl Authority {
             },
             keys,
             users,
+            users_file: config.users.file.clone(),
             policy,
-            verified_logins: VerifyCache::new(Duration::from_secs(config.users.cache_secs)),
+            verified_logins: Arc::new(VerifyCache::new(Duration::from_secs(
+                config.users.cache_secs,
+            ))),
             verified_tokens: TokenCache::default(),
-            limiter: LoginLimiter::new(LimitConfig::from(&config.auth)),
+            limiter: Arc::new(LoginLimiter::new(LimitConfig::from(&config.auth))),
+            gate: VerifyGate::new(
+                config.auth.max_concurrent_verifications as usize,
+                config.auth.verification_queue as usize,
+                wait,
+            ),
+            in_flight_wait: wait,
         })
     }
 
-    /// The current users, dropping remembered logins when the file changed.
+    /// The current users. Remembered logins survive a reload: each is
+    /// checked against the hash its user has now.
     fn users(&self) -> Arc<Users> {
-        let (users, reloaded) = self.users.get();
-        if reloaded {
-            self.verified_logins.clear();
-        }
-        users
+        self.users.get().0
     }
 
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.get().0
     }
 
-    /// Checks a name and password from a client address, through the
-    /// failed-login limiter: refused at once (429) while the account or the
-    /// address is throttled, and only verified failures count.
+    /// Checks a name and password from a client address. The attempt is
+    /// first reserved with the failed-login limiter (refused at once, 429,
+    /// while the account or the address is throttled; made to wait a little
+    /// while attempts in flight fill a threshold), so a concurrent burst gets
+    /// no more verifications than the threshold. Then the verification
+    /// cache, and only on a miss a slot among the bounded verifications
+    /// (429 when none frees up in time) and the hash on the blocking pool
+    /// (argon2 is slow by design and must not stall the async threads).
     pub async fn login(
         &self,
         name: &str,
         password: &str,
         addr: IpAddr,
     ) -> Result<Account, AuthError> {
-        let now = std::time::Instant::now();
-        self.limiter
-            .check(name, addr, now)
-            .map_err(AuthError::TooManyFailures)?;
-        let result = self.verify_password(name, password).await;
-        match &result {
-            Ok(_) => self.limiter.success(name, addr, now),
-            Err(AuthError::BadCredentials) => self.limiter.failure(name, addr, now),
-            Err(_) => {}
-        }
-        result
-    }
-
-    /// Checks a name and password: from the short-lived cache when the same
-    /// pair succeeded recently, else on the blocking pool (argon2 is slow
-    /// by design and must not stall the async threads).
-    async fn verify_password(&self, name: &str, password: &str) -> Result<Account, AuthError> {
+        let reservation = self.reserve(name, addr).await?;
         let users = self.users();
-        if let Some(account) = self.verified_logins.get(name, password) {
-            // The cache is dropped on reload, so the account still exists.
+        if let Some(account) = self.verified_logins.get(&users, name, password) {
+            reservation.success(Instant::now());
             return Ok(account);
         }
-        let (n, p) = (name.to_owned(), password.to_owned());
-        let verifying = Arc::clone(&users);
-        let account = tokio::task::spawn_blocking(move || verifying.verify(&n, &p))
-            .await
-            .map_err(|e| AuthError::Internal(e.to_string()))?
-            .ok_or(AuthError::BadCredentials)?;
-        self.verified_logins.insert(name, password, account.clone());
-        Ok(account)
+        // Refused here, the reservation is dropped: released, not a failure.
+        let permit = self.gate.enter().await?;
+        let job = Verification {
+            users,
+            watched: Arc::clone(&self.users),
+            file: self.users_file.clone(),
+            cache: Arc::clone(&self.verified_logins),
+            name: name.to_owned(),
+            password: password.to_owned(),
+        };
+        // The reservation resolves on the blocking thread, so a client that
+        // hangs up mid-verification is still counted.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            job.run(reservation)
+        })
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))?
+        .ok_or(AuthError::BadCredentials)
+    }
+
+    async fn reserve(&self, name: &str, addr: IpAddr) -> Result<Reservation, AuthError> {
+        let deadline = tokio::time::Instant::now() + self.in_flight_wait;
+        loop {
+            // Registered before the attempt, so a resolution in between is
+            // not missed.
+            let resolved = self.limiter.resolved.notified();
+            tokio::pin!(resolved);
+            resolved.as_mut().enable();
+            match self.limiter.reserve(name, addr, Instant::now()) {
+                Ok(reservation) => return Ok(reservation),
+                Err(Refusal::Failures(wait)) => return Err(AuthError::TooManyFailures(wait)),
+                Err(Refusal::InFlight) => {
+                    if tokio::time::timeout_at(deadline, resolved).await.is_err() {
+                        return Err(AuthError::TooManyFailures(Duration::from_secs(1)));
+                    }
+                }
+            }
+        }
     }
 
     /// The account behind a subject now (its groups may have changed since
@@ -264,21 +301,26 @@ impl Authority {
     }
 
     /// A refresh token: a JWT for a separate audience (so it is never
-    /// accepted as an access token) that names only the subject.
-    pub fn issue_refresh(&self, subject: &str) -> Result<String, AuthError> {
+    /// accepted as an access token) that names the subject and the stamp of
+    /// its identity.
+    pub fn issue_refresh(&self, account: &Account) -> Result<String, AuthError> {
         let s = &self.settings;
-        let claims = Claims::new(
+        let mut claims = Claims::new(
             &s.issuer,
-            subject,
+            &account.name,
             &refresh_audience(&s.service),
             s.refresh_lifetime,
             Vec::new(),
         );
+        claims.stamp = Some(account.stamp.clone());
         Ok(token::sign(&self.keys, &claims)?)
     }
 
     /// Checks a refresh token and returns the account it stands for, as it
-    /// is now: revoked tokens and removed accounts are refused.
+    /// is now: revoked tokens, removed accounts, and accounts whose identity
+    /// changed since (re-created, new password: another stamp) are refused.
+    /// A token without a stamp (issued before stamps existed) cannot be told
+    /// from one of a re-created account, so it is refused too.
     pub async fn redeem_refresh(
         &self,
         storage: &Storage,
@@ -296,7 +338,79 @@ impl Authority {
         if revocations.revokes(&claims.sub, claims.iat) {
             return Err(AuthError::BadRefreshToken);
         }
-        self.account(&claims.sub).ok_or(AuthError::UnknownAccount)
+        let account = self.account(&claims.sub).ok_or(AuthError::UnknownAccount)?;
+        if claims.stamp.as_deref() != Some(account.stamp.as_str()) {
+            return Err(AuthError::BadRefreshToken);
+        }
+        Ok(account)
+    }
+}
+
+/// One password check on the blocking pool, with what it needs to upgrade
+/// an outdated hash.
+struct Verification {
+    users: Arc<Users>,
+    watched: Arc<Watched<Users>>,
+    file: PathBuf,
+    cache: Arc<VerifyCache>,
+    name: String,
+    password: String,
+}
+
+impl Verification {
+    fn run(self, reservation: Reservation) -> Option<Account> {
+        let Some(verified) = self.users.verify(&self.name, &self.password) else {
+            reservation.failure(Instant::now());
+            return None;
+        };
+        let hash = match verified.outdated {
+            true => self.upgrade(&verified).unwrap_or(verified.hash),
+            false => verified.hash,
+        };
+        // Remembered before the reservation resolves, so that the attempts
+        // of a burst waiting on this one find it.
+        self.cache.insert(&self.name, &self.password, &hash);
+        reservation.success(Instant::now());
+        Some(verified.account)
+    }
+
+    /// Replaces an outdated hash (bcrypt, weaker argon2) in the users file
+    /// by one with the current parameters, and puts the result in force at
+    /// once; the identity stamp stays. Returns the new hash; `None` when the
+    /// file cannot be written (an htpasswd file) or changed meanwhile: the
+    /// next login tries again.
+    fn upgrade(&self, verified: &Verified) -> Option<String> {
+        if self.file.extension().is_none_or(|e| e != "toml") {
+            return None;
+        }
+        let name = self.name.as_str();
+        let new = users::hash_password(&self.password).ok()?;
+        let written = (|| {
+            let mut file = UsersFile::open(&self.file)?;
+            if !file.rehash(name, &verified.hash, &new)? {
+                return Ok(None);
+            }
+            file.save()?;
+            Ok::<_, users_file::EditError>(Some(file.render()))
+        })();
+        match written {
+            Ok(Some(text)) => {
+                match Users::from_toml(&self.file.display().to_string(), &text) {
+                    Ok(users) => self.watched.install(users),
+                    Err(e) => tracing::warn!(error = %e, "rehashed users file unreadable"),
+                }
+                tracing::info!(
+                    user = name,
+                    "password hash upgraded to the current argon2id parameters"
+                );
+                Some(new)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(user = name, error = %e, "password hash not upgraded");
+                None
+            }
+        }
     }
 }
 

@@ -39,6 +39,19 @@
 //! `failure` (called after credentials were verified and found wrong) moves
 //! the window.
 //!
+//! **Reservations, so a burst cannot slip through.** A verification takes
+//! tens of milliseconds; had `check` been the gate, every request of a
+//! concurrent burst would pass it before the first failure was counted. The
+//! token endpoint therefore takes a [`Reservation`] with
+//! [`LoginLimiter::reserve`] before it looks at the credentials: under the
+//! same lock as the check, the attempt is counted as a failure *in flight* by
+//! all three rules, until it resolves as a failure (then recorded), a success,
+//! or nothing (dropped unresolved: released). So at most the threshold of
+//! attempts is ever verified per key, whatever the concurrency. An attempt
+//! refused only because of attempts in flight is told so
+//! ([`Refusal::InFlight`]): its caller may wait for them to resolve (a burst of
+//! right passwords then goes through once the first has succeeded).
+//!
 //! **Clients.** An IPv4 address is one client; an IPv6 address is grouped by
 //! its /64, which one host or site normally controls entirely (privacy
 //! addresses rotate inside it). IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a
@@ -58,7 +71,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -134,6 +147,9 @@ pub struct LoginLimiter {
     trust_lifetime: Duration,
     max_entries: usize,
     inner: Mutex<Inner>,
+    /// Woken whenever a reservation resolves, for attempts waiting on
+    /// [`Refusal::InFlight`].
+    pub resolved: tokio::sync::Notify,
 }
 
 impl LoginLimiter {
@@ -157,6 +173,7 @@ impl LoginLimiter {
             trust_lifetime: tuning.trust_lifetime.min(MAX_DURATION),
             max_entries: tuning.max_entries.max(1),
             inner: Mutex::new(Inner::default()),
+            resolved: tokio::sync::Notify::new(),
         }
     }
 
@@ -192,13 +209,106 @@ impl LoginLimiter {
         }
     }
 
+    /// Before looking at credentials: counts the attempt as a failure in
+    /// flight for its pair, client and account, or refuses it, atomically, so
+    /// that concurrent attempts can never outnumber a threshold. The attempt
+    /// is refused when a rule's recorded failures plus those in flight reach
+    /// its threshold.
+    pub fn reserve(
+        self: &Arc<Self>,
+        account: &str,
+        addr: IpAddr,
+        now: Instant,
+    ) -> Result<Reservation, Refusal> {
+        let key = AccountKey::new(account);
+        let client = Client::of(addr);
+        let mut inner = self.lock();
+        let trusted = inner.is_trusted(&key, client, now, self.trust_lifetime);
+        let mut until: Option<Instant> = None;
+        let mut in_flight = false;
+        let mut take = |gate: Gate| match gate {
+            Gate::Open => {}
+            Gate::InFlight => in_flight = true,
+            Gate::Until(u) => until = until.max(Some(u)),
+        };
+        let pair = (key.clone(), client);
+        if let Some(log) = inner.pairs.get_mut(&pair) {
+            take(log.gate(now, self.window, self.pair_limit));
+        }
+        if let Some(log) = inner.clients.get_mut(&client) {
+            take(log.gate(now, self.window, self.address_limit));
+        }
+        if let Some(log) = inner.accounts.get_mut(&key).filter(|_| !trusted) {
+            match log.gate(now, self.window, self.account_limit) {
+                Gate::Until(u) => {
+                    // Capped as in `check`: this throttle only delays.
+                    let capped = log.newest().map_or(u, |n| u.min(n + self.max_refusal));
+                    if capped > now {
+                        take(Gate::Until(capped));
+                    }
+                }
+                gate => take(gate),
+            }
+        }
+        match until {
+            Some(u) if u > now => return Err(Refusal::Failures(u - now)),
+            _ => {}
+        }
+        if in_flight {
+            return Err(Refusal::InFlight);
+        }
+        if self.pair_limit > 0 {
+            inner.pairs.entry(pair).or_default().pending += 1;
+        }
+        if self.address_limit > 0 {
+            inner.clients.entry(client).or_default().pending += 1;
+        }
+        // A trusted client's attempts are not counted by the account-wide
+        // rule when checked, so they do not occupy it in flight either.
+        let account_wide = self.account_limit > 0 && !trusted;
+        if account_wide {
+            inner.accounts.entry(key.clone()).or_default().pending += 1;
+        }
+        self.maintain(&mut inner, now);
+        Ok(Reservation {
+            limiter: Arc::clone(self),
+            account: key,
+            client,
+            account_wide,
+            resolved: false,
+        })
+    }
+
+    /// Gives a reservation back, without an outcome.
+    fn release(&self, inner: &mut Inner, r: &Reservation) {
+        let pair = (r.account.clone(), r.client);
+        let drop_one = |log: Option<&mut FailLog>| {
+            if let Some(log) = log {
+                log.pending = log.pending.saturating_sub(1);
+            }
+        };
+        if self.pair_limit > 0 {
+            drop_one(inner.pairs.get_mut(&pair));
+        }
+        if self.address_limit > 0 {
+            drop_one(inner.clients.get_mut(&r.client));
+        }
+        if r.account_wide {
+            drop_one(inner.accounts.get_mut(&r.account));
+        }
+    }
+
     /// Credentials were verified and were wrong. Never call this for an
     /// attempt `check` refused.
     pub fn failure(&self, account: &str, addr: IpAddr, now: Instant) {
         let account = AccountKey::new(account);
         let client = Client::of(addr);
-        let window = self.window;
         let mut inner = self.lock();
+        self.record_failure(&mut inner, account, client, now);
+    }
+
+    fn record_failure(&self, inner: &mut Inner, account: AccountKey, client: Client, now: Instant) {
+        let window = self.window;
         if self.pair_limit > 0 {
             let log = inner.pairs.entry((account.clone(), client)).or_default();
             log.record(now, window, self.pair_limit);
@@ -211,7 +321,7 @@ impl LoginLimiter {
             let log = inner.accounts.entry(account).or_default();
             log.record(now, window, self.account_limit);
         }
-        self.maintain(&mut inner, now);
+        self.maintain(inner, now);
     }
 
     /// Credentials were verified and were right: the pair's failures are
@@ -220,14 +330,26 @@ impl LoginLimiter {
         let account = AccountKey::new(account);
         let client = Client::of(addr);
         let mut inner = self.lock();
-        inner.pairs.remove(&(account.clone(), client));
+        self.record_success(&mut inner, account, client, now);
+    }
+
+    fn record_success(&self, inner: &mut Inner, account: AccountKey, client: Client, now: Instant) {
+        // Other attempts of the pair may still be in flight: their
+        // reservations stay counted, only the recorded failures go.
+        let pair = (account.clone(), client);
+        if let Some(log) = inner.pairs.get_mut(&pair) {
+            log.times.clear();
+            if log.pending == 0 {
+                inner.pairs.remove(&pair);
+            }
+        }
         if self.trusted_per_account > 0 {
             let recent = inner.trusted.entry(account).or_default();
             recent.retain(|(c, _)| *c != client);
             recent.push_front((client, now));
             recent.truncate(self.trusted_per_account);
         }
-        self.maintain(&mut inner, now);
+        self.maintain(inner, now);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -263,6 +385,58 @@ impl LoginLimiter {
 pub fn retry_after_secs(retry_after: Duration) -> u64 {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     secs.max(1)
+}
+
+/// Why [`LoginLimiter::reserve`] refused an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Recorded failures: refused for this long (exactly, as `check`).
+    Failures(Duration),
+    /// Attempts in flight fill a threshold; they resolve within a
+    /// verification's time, so waiting for them is worth it.
+    InFlight,
+}
+
+/// One attempt counted in flight by the limiter: resolve it with
+/// [`Reservation::failure`] or [`Reservation::success`]; dropped unresolved,
+/// it is released and counts for nothing (the attempt got no answer).
+pub struct Reservation {
+    limiter: Arc<LoginLimiter>,
+    account: AccountKey,
+    client: Client,
+    account_wide: bool,
+    resolved: bool,
+}
+
+impl Reservation {
+    /// The credentials were checked and were wrong.
+    pub fn failure(mut self, now: Instant) {
+        self.resolved = true;
+        let limiter = Arc::clone(&self.limiter);
+        let mut inner = limiter.lock();
+        limiter.release(&mut inner, &self);
+        limiter.record_failure(&mut inner, self.account.clone(), self.client, now);
+    }
+
+    /// The credentials were checked and were right.
+    pub fn success(mut self, now: Instant) {
+        self.resolved = true;
+        let limiter = Arc::clone(&self.limiter);
+        let mut inner = limiter.lock();
+        limiter.release(&mut inner, &self);
+        limiter.record_success(&mut inner, self.account.clone(), self.client, now);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.resolved {
+            let limiter = Arc::clone(&self.limiter);
+            let mut inner = limiter.lock();
+            limiter.release(&mut inner, self);
+        }
+        self.limiter.resolved.notify_waiters();
+    }
 }
 
 /// An account as stored: the name itself when short, its SHA-256 otherwise.
@@ -307,6 +481,18 @@ impl Client {
 #[derive(Debug, Default)]
 struct FailLog {
     times: VecDeque<Instant>,
+    /// Reserved attempts not yet resolved: failures in flight.
+    pending: u32,
+}
+
+/// Where one rule stands for one key.
+enum Gate {
+    Open,
+    /// Refused by failures in flight only: open again once they resolve
+    /// (unless they turn out to be failures).
+    InFlight,
+    /// Refused by recorded failures until then.
+    Until(Instant),
 }
 
 impl FailLog {
@@ -343,6 +529,22 @@ impl FailLog {
 
     fn newest(&self) -> Option<Instant> {
         self.times.back().copied()
+    }
+
+    /// Like `blocked_until`, counting the failures in flight as well.
+    fn gate(&mut self, now: Instant, window: Duration, limit: usize) -> Gate {
+        if let Some(until) = self.blocked_until(now, window, limit) {
+            return Gate::Until(until);
+        }
+        if limit > 0 && self.times.len() + self.pending as usize >= limit {
+            Gate::InFlight
+        } else {
+            Gate::Open
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.times.is_empty() && self.pending == 0
     }
 }
 
@@ -381,7 +583,7 @@ impl Inner {
     fn sweep(&mut self, now: Instant, window: Duration, lifetime: Duration) {
         let keep = |log: &mut FailLog| {
             log.expire(now, window);
-            !log.times.is_empty()
+            !log.is_idle()
         };
         self.pairs.retain(|_, log| keep(log));
         self.clients.retain(|_, log| keep(log));
@@ -404,7 +606,10 @@ impl Inner {
             return;
         };
         let mut ties = ties_to_remove(&ages, cutoff, count);
-        let mut keep = |log: &FailLog| keep_newer(log.newest(), cutoff, &mut ties);
+        // A log with attempts in flight stays: forgetting them would let a
+        // burst past its threshold.
+        let mut keep =
+            |log: &FailLog| log.pending > 0 || keep_newer(log.newest(), cutoff, &mut ties);
         self.pairs.retain(|_, log| keep(log));
         self.clients.retain(|_, log| keep(log));
         self.accounts.retain(|_, log| keep(log));

@@ -82,6 +82,14 @@ impl<T: Send + Sync + 'static> Watched<T> {
         self
     }
 
+    /// Puts a value in force now that the process itself just wrote to the
+    /// files (a rehashed password). The fingerprint is left as it was, so the
+    /// next check still reloads from the files: an edit by someone else right
+    /// after ours is never missed.
+    pub fn install(&self, value: T) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+    }
+
     /// The current value, after reloading it if its files changed. Returns
     /// whether a reload happened (so dependent caches can be dropped).
     pub fn get(&self) -> (Arc<T>, bool) {

@@ -30,6 +30,10 @@ pub struct Claims {
     pub iat: u64,
     pub jti: String,
     pub access: Vec<AccessEntry>,
+    /// Refresh tokens only: the stamp of the identity they were issued to
+    /// (see `users`), so that they die with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,6 +86,7 @@ impl Claims {
             iat: now,
             jti: uuid::Uuid::new_v4().simple().to_string(),
             access,
+            stamp: None,
         }
     }
 }

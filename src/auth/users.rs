@@ -9,6 +9,12 @@
 //! groups = ["admins"]
 //! ```
 //!
+//! `stamp` (written by `portcullis user add` and `passwd`) names the account's
+//! identity: refresh tokens carry it and die with it, so a deleted and
+//! re-created user, or a changed password, voids them. An entry without one
+//! (an older file, an htpasswd line) stands for a digest of its password
+//! hash, which also changes with every `add` and `passwd` (a new salt).
+//!
 //! An Apache `htpasswd` file of bcrypt hashes (`name:$2y$…` per line) is read
 //! too. Verification is deliberately slow (that is the point of these
 //! hashes): callers run it on the blocking pool, and [`VerifyCache`] spares a
@@ -16,9 +22,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -49,6 +56,20 @@ pub enum UsersError {
 pub struct Account {
     pub name: String,
     pub groups: Vec<String>,
+    /// The identity's stamp (see the module comment): refresh tokens are
+    /// bound to it.
+    pub stamp: String,
+}
+
+/// A successful password check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub account: Account,
+    /// The hash the password was checked against.
+    pub hash: String,
+    /// The hash is bcrypt or argon2 with weaker than the current parameters:
+    /// it should be replaced by a current one.
+    pub outdated: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +78,32 @@ struct Entry {
     password: String,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    stamp: Option<String>,
+}
+
+impl Entry {
+    fn account(&self, name: &str) -> Account {
+        Account {
+            name: name.to_owned(),
+            groups: self.groups.clone(),
+            stamp: self
+                .stamp
+                .clone()
+                .unwrap_or_else(|| fallback_stamp(&self.password)),
+        }
+    }
+}
+
+/// The stamp of an entry that has none: a digest of its password hash.
+pub fn fallback_stamp(hash: &str) -> String {
+    let digest = Sha256::digest(format!("portcullis stamp\0{hash}").as_bytes());
+    format!("h-{}", hex::encode(&digest[..16]))
+}
+
+/// A fresh stamp, for a new identity or a new password.
+pub fn new_stamp() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,10 +119,13 @@ pub struct Users {
     users: BTreeMap<String, Entry>,
 }
 
-/// A syntactically valid argon2id hash of a password nobody has, verified
-/// for unknown users so that a missing account takes as long to refuse as a
-/// wrong password (no user enumeration by timing).
-const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$lZgMqmbsNJx8uK2W4XbD5Qf1cXuN0Wm+9PFrVwZPlQ8";
+/// An argon2id hash at the current parameters of a password nobody has,
+/// verified for unknown users, and after a wrong password for a user with an
+/// outdated hash, so that every refusal costs one current verification: the
+/// time of a refusal tells neither whether the account exists nor what kind
+/// of hash it has (an outdated hash only adds its own, shorter, time).
+static DECOY_HASH: LazyLock<String> =
+    LazyLock::new(|| hash_password(&new_stamp()).expect("hashing a random password cannot fail"));
 
 impl Users {
     /// Reads a users file: TOML (`[users.<name>]`), or an htpasswd file when
@@ -147,6 +197,7 @@ impl Users {
                 Entry {
                     password: hash.to_owned(),
                     groups: Vec::new(),
+                    stamp: None,
                 },
             );
         }
@@ -154,26 +205,29 @@ impl Users {
     }
 
     /// Checks a password. Slow by design: call it off the async threads.
-    pub fn verify(&self, name: &str, password: &str) -> Option<Account> {
-        match self.users.get(name) {
-            Some(entry) => verify_hash(&entry.password, password).then(|| Account {
-                name: name.to_owned(),
-                groups: entry.groups.clone(),
-            }),
-            None => {
-                let _ = verify_hash(DECOY_HASH, password);
-                None
-            }
+    pub fn verify(&self, name: &str, password: &str) -> Option<Verified> {
+        let Some(entry) = self.users.get(name) else {
+            let _ = verify_hash(&DECOY_HASH, password);
+            return None;
+        };
+        let outdated = !is_current(&entry.password);
+        if verify_hash(&entry.password, password) {
+            return Some(Verified {
+                account: entry.account(name),
+                hash: entry.password.clone(),
+                outdated,
+            });
         }
+        if outdated {
+            let _ = verify_hash(&DECOY_HASH, password);
+        }
+        None
     }
 
     /// The account of a user, without a password (refresh tokens re-check
     /// that the account still exists and what its groups are now).
     pub fn account(&self, name: &str) -> Option<Account> {
-        self.users.get(name).map(|entry| Account {
-            name: name.to_owned(),
-            groups: entry.groups.clone(),
-        })
+        self.users.get(name).map(|entry| entry.account(name))
     }
 
     /// The stored hash of a user (for `portcullis user import-htpasswd`,
@@ -221,6 +275,21 @@ fn is_supported_hash(hash: &str) -> bool {
     hash.starts_with("$argon2id$") || ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
 }
 
+/// Whether a hash is argon2id (v1.3) with at least the current parameters.
+/// Stronger ones count as current: an administrator chose them.
+pub fn is_current(hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let params = argon2::Params::DEFAULT;
+    let at_least = |key: &str, min: u32| parsed.params.get_decimal(key).is_some_and(|v| v >= min);
+    parsed.algorithm.as_str() == "argon2id"
+        && parsed.version == Some(0x13)
+        && at_least("m", params.m_cost())
+        && at_least("t", params.t_cost())
+        && at_least("p", params.p_cost())
+}
+
 fn verify_hash(hash: &str, password: &str) -> bool {
     if hash.starts_with("$argon2") {
         argon2::Argon2::default()
@@ -241,17 +310,27 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
 
 /// Recently verified credentials, keyed by a keyed hash of name and
 /// password so that the cache never holds a password, and useless to anyone
-/// who reads memory without the per-process key. Cleared whenever the users
-/// file changes.
+/// who reads memory without the per-process key. An entry holds a digest of
+/// the hash it was verified against and counts only while the user still has
+/// that hash, so a changed password or a removed user voids it at once,
+/// while a reload that left the user alone (another user's edit, a rehash
+/// already recorded here) keeps it.
 pub struct VerifyCache {
     key: [u8; 32],
     ttl: Duration,
-    entries: Mutex<HashMap<[u8; 32], (Instant, Account)>>,
+    /// Slot → (expiry, digest of the hash verified against).
+    entries: Mutex<HashMap<[u8; 32], Remembered>>,
 }
+
+type Remembered = (Instant, [u8; 32]);
 
 /// Entries kept at most; the cache is emptied when full (simple, and a full
 /// cache only costs re-verification).
 const CACHE_CAPACITY: usize = 10_000;
+
+fn hash_digest(hash: &str) -> [u8; 32] {
+    Sha256::digest(hash.as_bytes()).into()
+}
 
 impl VerifyCache {
     pub fn new(ttl: Duration) -> Self {
@@ -276,33 +355,34 @@ impl VerifyCache {
         h.finalize().into()
     }
 
-    pub fn get(&self, name: &str, password: &str) -> Option<Account> {
+    /// The account, as `users` has it now, if this pair was verified
+    /// recently against the hash the user still has.
+    pub fn get(&self, users: &Users, name: &str, password: &str) -> Option<Account> {
         let slot = self.slot(name, password);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(&slot) {
-            Some((expires, account)) if *expires > Instant::now() => Some(account.clone()),
-            Some(_) => {
+        let (expires, verified) = entries.get(&slot)?;
+        let current = users.users.get(name);
+        match current {
+            Some(entry)
+                if *expires > Instant::now() && hash_digest(&entry.password) == *verified =>
+            {
+                Some(entry.account(name))
+            }
+            _ => {
                 entries.remove(&slot);
                 None
             }
-            None => None,
         }
     }
 
-    pub fn insert(&self, name: &str, password: &str, account: Account) {
+    /// Remembers that `password` is right for `name` while its hash is `hash`.
+    pub fn insert(&self, name: &str, password: &str, hash: &str) {
         let slot = self.slot(name, password);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= CACHE_CAPACITY {
             entries.clear();
         }
-        entries.insert(slot, (Instant::now() + self.ttl, account));
-    }
-
-    pub fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        entries.insert(slot, (Instant::now() + self.ttl, hash_digest(hash)));
     }
 }
 
@@ -316,16 +396,25 @@ mod tests {
         assert!(hash.starts_with("$argon2id$"));
         let text = format!("[users.alice]\npassword = {hash:?}\ngroups = [\"admins\"]\n");
         let users = Users::from_toml("users.toml", &text).unwrap();
-        let account = users.verify("alice", "s3cret").unwrap();
-        assert_eq!(account.groups, ["admins"]);
+        let verified = users.verify("alice", "s3cret").unwrap();
+        assert_eq!(verified.account.groups, ["admins"]);
+        assert!(!verified.outdated);
+        assert!(
+            verified.account.stamp.starts_with("h-"),
+            "no stamp: the fallback"
+        );
         assert!(users.verify("alice", "wrong").is_none());
         assert!(users.verify("bob", "s3cret").is_none());
     }
 
     #[test]
-    fn decoy_hash_parses() {
-        // If it did not parse, unknown users would be refused faster.
-        assert!(argon2::password_hash::phc::PasswordHash::new(DECOY_HASH).is_ok());
+    fn decoy_hash_is_current() {
+        // If it were not, unknown users would be refused faster.
+        assert!(is_current(&DECOY_HASH));
+        assert!(!is_current(
+            "$argon2id$v=19$m=4096,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$lZgMqmbsNJx8uK2W4XbD5Qf1cXuN0Wm+9PFrVwZPlQ8"
+        ));
+        assert!(!is_current(&bcrypt::hash("pw", 4).unwrap()));
     }
 
     #[test]
@@ -333,7 +422,7 @@ mod tests {
         let hash = bcrypt::hash("pw", 4).unwrap();
         let text = format!("# comment\n\nbob:{hash}\n");
         let users = Users::from_htpasswd("htpasswd", &text).unwrap();
-        assert!(users.verify("bob", "pw").is_some());
+        assert!(users.verify("bob", "pw").is_some_and(|v| v.outdated));
         assert!(users.verify("bob", "pw2").is_none());
         let weak = Users::from_htpasswd("htpasswd", "eve:$apr1$abc$def\n").unwrap_err();
         assert!(weak.to_string().starts_with("htpasswd:1:"), "{weak}");
@@ -352,27 +441,25 @@ mod tests {
     }
 
     #[test]
-    fn cache_hits_only_the_same_name_and_password() {
+    fn cache_hits_only_the_same_name_password_and_hash() {
+        let hash = hash_password("bc").unwrap();
+        let users =
+            Users::from_toml("u.toml", &format!("[users.a]\npassword = {hash:?}\n")).unwrap();
         let cache = VerifyCache::new(Duration::from_secs(60));
-        let account = Account {
-            name: "a".into(),
-            groups: vec![],
-        };
-        cache.insert("a", "bc", account.clone());
-        assert_eq!(cache.get("a", "bc"), Some(account));
-        assert_eq!(cache.get("ab", "c"), None);
-        assert_eq!(cache.get("a", "bd"), None);
-        cache.clear();
-        assert_eq!(cache.get("a", "bc"), None);
-        let expired = VerifyCache::new(Duration::ZERO);
-        expired.insert(
-            "a",
-            "b",
-            Account {
-                name: "a".into(),
-                groups: vec![],
-            },
+        cache.insert("a", "bc", &hash);
+        assert_eq!(
+            cache.get(&users, "a", "bc").map(|a| a.name),
+            Some("a".into())
         );
-        assert_eq!(expired.get("a", "b"), None);
+        assert_eq!(cache.get(&users, "ab", "c"), None);
+        assert_eq!(cache.get(&users, "a", "bd"), None);
+        // Another hash now (a changed password): the entry is void.
+        let changed = format!("[users.a]\npassword = {:?}\n", hash_password("x").unwrap());
+        let changed = Users::from_toml("u.toml", &changed).unwrap();
+        assert_eq!(cache.get(&changed, "a", "bc"), None);
+        assert_eq!(cache.get(&users, "a", "bc"), None, "removed once void");
+        let expired = VerifyCache::new(Duration::ZERO);
+        expired.insert("a", "bc", &hash);
+        assert_eq!(expired.get(&users, "a", "bc"), None);
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{Array, DocumentMut, Item, Table, TableLike, value};
 
-use crate::auth::users::{Users, UsersError, check_name};
+use crate::auth::users::{Users, UsersError, check_name, fallback_stamp, new_stamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
@@ -123,7 +123,9 @@ impl UsersFile {
     }
 
     /// Adds a user with a password hash (argon2id, or bcrypt when imported)
-    /// and groups; refuses a name that is taken or invalid.
+    /// and groups, under a fresh identity stamp (so that refresh tokens of
+    /// an earlier user of the same name stay void); refuses a name that is
+    /// taken or invalid.
     pub fn add(&mut self, name: &str, hash: &str, groups: &[String]) -> Result<(), EditError> {
         check_name(name)?;
         for group in groups {
@@ -140,13 +142,44 @@ impl UsersFile {
         if !groups.is_empty() {
             entry.insert("groups", value(groups.iter().collect::<Array>()));
         }
+        entry.insert("stamp", value(new_stamp()));
         self.users_mut()?.insert(name, Item::Table(entry));
         Ok(())
     }
 
-    /// Replaces the password hash of an existing user (groups and any
-    /// comments stay).
+    /// Replaces the password of an existing user (groups and any comments
+    /// stay) and gives it a fresh stamp: its refresh tokens are void.
     pub fn set_password(&mut self, name: &str, hash: &str) -> Result<(), EditError> {
+        self.replace_hash(name, hash)?;
+        self.entry_mut(name)?.insert("stamp", value(new_stamp()));
+        Ok(())
+    }
+
+    /// The same password under a new hash (current parameters), when the
+    /// user still has `old`: the identity is unchanged, so the stamp stays
+    /// (an entry without one gets the stamp it stood for, its fallback from
+    /// `old`). `false` when the hash is no longer `old`: someone changed it.
+    pub fn rehash(&mut self, name: &str, old: &str, new: &str) -> Result<bool, EditError> {
+        let entry = self.entry_mut(name)?;
+        if entry.get("password").and_then(Item::as_str) != Some(old) {
+            return Ok(false);
+        }
+        if !entry.contains_key("stamp") {
+            entry.insert("stamp", value(fallback_stamp(old)));
+        }
+        self.replace_hash(name, new)?;
+        Ok(true)
+    }
+
+    fn entry_mut(&mut self, name: &str) -> Result<&mut dyn TableLike, EditError> {
+        let unknown = self.unknown(name);
+        self.users_mut()?
+            .get_mut(name)
+            .and_then(Item::as_table_like_mut)
+            .ok_or(unknown)
+    }
+
+    fn replace_hash(&mut self, name: &str, hash: &str) -> Result<(), EditError> {
         let unknown = self.unknown(name);
         let users = self.users_mut()?;
         let entry = users
@@ -312,6 +345,24 @@ mod tests {
         assert!(text.contains("[users.\"bob@example.com\"]"), "{text}");
         let users = Users::from_toml("users.toml", &text).unwrap();
         assert_eq!(users.len(), 2);
+    }
+
+    #[test]
+    fn passwd_renews_the_stamp_and_rehash_keeps_it() {
+        let mut f = file("[users.alice]\npassword = \"x\" # note\n");
+        let fallback = fallback_stamp("x");
+        assert!(
+            !f.rehash("alice", "other", HASH).unwrap(),
+            "not the old hash"
+        );
+        assert!(f.rehash("alice", "x", HASH).unwrap());
+        let text = f.render();
+        let users = Users::from_toml("u.toml", &text).unwrap();
+        assert_eq!(users.account("alice").unwrap().stamp, fallback, "{text}");
+        assert!(text.contains("\" # note"), "{text}");
+        f.set_password("alice", HASH).unwrap();
+        let users = Users::from_toml("u.toml", &f.render()).unwrap();
+        assert_ne!(users.account("alice").unwrap().stamp, fallback);
     }
 
     #[test]

@@ -960,3 +960,26 @@ fn matches_a_plain_model_on_random_traffic() {
         );
     }
 }
+
+#[test]
+fn reservations_count_in_flight_and_resolve() {
+    let l = Arc::new(limiter(3, 100, 60));
+    let t0 = Instant::now();
+    let a = ip("192.0.2.1");
+    let held: Vec<_> = (0..3).map(|_| l.reserve("alice", a, t0).unwrap()).collect();
+    assert_eq!(l.reserve("alice", a, t0).err(), Some(Refusal::InFlight));
+    // Dropped unresolved: released, counts for nothing.
+    drop(held);
+    let held: Vec<_> = (0..3).map(|_| l.reserve("alice", a, t0).unwrap()).collect();
+    for r in held {
+        r.failure(t0 + secs(1));
+    }
+    assert_eq!(
+        l.reserve("alice", a, t0 + secs(1)).err(),
+        Some(Refusal::Failures(secs(60)))
+    );
+    assert!(l.reserve("bob", a, t0 + secs(1)).is_ok_and(|r| {
+        r.success(t0 + secs(1));
+        true
+    }));
+}
