@@ -239,6 +239,14 @@ async fn run(binary: PathBuf, target: u64, round: Duration, large: bool) -> Arc<
         for task in tasks {
             task.await.expect("a reader's assertion failed");
         }
+        if target > 10 << 30 {
+            eprintln!(
+                "stress: round {rounds}, {:.0?}: {:.2} GB verified, {} mismatches",
+                began.elapsed(),
+                tally.verified.load(Ordering::Relaxed) as f64 / 1e9,
+                tally.mismatches.load(Ordering::Relaxed),
+            );
+        }
     }
     let t = &tally;
     println!(
