@@ -156,6 +156,66 @@ async fn unsatisfiable_range_is_416_with_the_size() {
     assert_eq!(response.bytes().await.unwrap().as_ref(), &data[..]);
 }
 
+/// Ranges the grammar accepts but that cannot be served: a first position
+/// too large for any integer, or a last position before the first (RFC 9110
+/// §14.1.1 calls it invalid). Both are 416 naming the size, never the whole
+/// blob with 200 (which clients read as "ranges unsupported"); a header the
+/// grammar does not accept is still ignored.
+#[tokio::test]
+async fn overflowing_and_reversed_ranges_are_416() {
+    let server = TestServer::start().await;
+    let data = random_bytes(1000);
+    let digest = server.push_blob("ranges", &data).await;
+    let url = blob_url(&server, "ranges", &digest);
+
+    for range in [
+        "bytes=99999999999999999999-",
+        "bytes=99999999999999999999-99999999999999999999",
+        "bytes=500-0",
+        "bytes=2-1",
+    ] {
+        for head in [false, true] {
+            let request = if head {
+                server.client.head(&url)
+            } else {
+                server.client.get(&url)
+            };
+            let response = request.header(header::RANGE, range).send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "{range} (HEAD: {head})"
+            );
+            assert_eq!(header_str(&response, "content-range"), "bytes */1000");
+            if !head {
+                assert_eq!(error_code(response).await, "RANGE_INVALID");
+            }
+        }
+    }
+
+    // Positions too large for an integer at the end still mean "to the end".
+    for range in [
+        "bytes=990-99999999999999999999",
+        "bytes=-99999999999999999999",
+    ] {
+        let response = get_range(&server, &url, range).await;
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        let expected = if range.contains("990") {
+            &data[990..]
+        } else {
+            &data[..]
+        };
+        assert_eq!(response.bytes().await.unwrap().as_ref(), expected);
+    }
+
+    // Not the grammar (other units, signs, no digits): ignored, 200 whole.
+    for range in ["items=0-1", "bytes=+1-2", "bytes=x-y", "bytes=-", "bytes="] {
+        let response = get_range(&server, &url, range).await;
+        assert_eq!(response.status(), StatusCode::OK, "{range}");
+        assert_eq!(response.bytes().await.unwrap().as_ref(), &data[..]);
+    }
+}
+
 #[tokio::test]
 async fn unknown_blob_is_blob_unknown() {
     let server = TestServer::start().await;

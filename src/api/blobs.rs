@@ -82,7 +82,17 @@ enum RangeRequest {
     Ignored,
 }
 
-/// A single `bytes=` range against a blob of `size` bytes (RFC 9110 §14.1.2).
+/// A single `bytes=` range against a blob of `size` bytes (RFC 9110 §14.1).
+///
+/// What the grammar accepts (`first-pos "-" [last-pos]`, `"-" suffix-length`,
+/// each `1*DIGIT`) is answered: a range starting at or past the end, an
+/// empty suffix or a last position before the first (§14.1.1: "invalid")
+/// is unsatisfiable, 416, as distribution answers them. Digits too many for
+/// a `u64` are still digits: a first position that large lies past any
+/// blob, a last position or suffix that large covers the rest of it. Only
+/// what the grammar does not accept (other units, no digits, stray
+/// characters) and several ranges, which this server does not serve, are
+/// ignored, as §14.2 allows: the whole blob is sent.
 fn parse_range(value: &str, size: u64) -> RangeRequest {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return RangeRequest::Ignored;
@@ -93,22 +103,43 @@ fn parse_range(value: &str, size: u64) -> RangeRequest {
     let Some((first, last)) = spec.trim().split_once('-') else {
         return RangeRequest::Ignored;
     };
-    let parse = |s: &str| s.trim().parse::<u64>().ok();
-    match (first.trim().is_empty(), parse(first), parse(last)) {
-        // `bytes=-n`: the last n bytes.
-        (true, _, Some(n)) if n > 0 && size > 0 => {
-            RangeRequest::Satisfiable(size.saturating_sub(n), size - 1)
-        }
-        (true, _, Some(_)) => RangeRequest::Unsatisfiable,
-        (false, Some(start), _) if start >= size => RangeRequest::Unsatisfiable,
-        (false, Some(start), None) if last.trim().is_empty() => {
-            RangeRequest::Satisfiable(start, size - 1)
-        }
-        (false, Some(start), Some(end)) if end >= start => {
-            RangeRequest::Satisfiable(start, end.min(size - 1))
-        }
-        _ => RangeRequest::Ignored,
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        return match position(last) {
+            // `bytes=-n`: the last n bytes.
+            Some(n) if n > 0 && size > 0 => {
+                RangeRequest::Satisfiable(size.saturating_sub(n), size - 1)
+            }
+            Some(_) => RangeRequest::Unsatisfiable,
+            None => RangeRequest::Ignored,
+        };
     }
+    let Some(start) = position(first) else {
+        return RangeRequest::Ignored;
+    };
+    let end = if last.is_empty() {
+        None
+    } else {
+        match position(last) {
+            Some(end) => Some(end),
+            None => return RangeRequest::Ignored,
+        }
+    };
+    match end {
+        Some(end) if end < start => RangeRequest::Unsatisfiable,
+        _ if start >= size => RangeRequest::Unsatisfiable,
+        Some(end) => RangeRequest::Satisfiable(start, end.min(size - 1)),
+        None => RangeRequest::Satisfiable(start, size - 1),
+    }
+}
+
+/// A `1*DIGIT` position; `u64::MAX` for one too large to hold (it lies past
+/// the end of any blob either way). `None` when it is not digits.
+fn position(digits: &str) -> Option<u64> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse().unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -126,7 +157,24 @@ mod tests {
         assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
-        assert_eq!(parse_range("bytes=5-1", 100), Ignored);
+        assert_eq!(parse_range("bytes=5-1", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=500-0", 1000), Unsatisfiable);
+        assert_eq!(
+            parse_range("bytes=99999999999999999999-", 100),
+            Unsatisfiable
+        );
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999", 100),
+            Satisfiable(0, 99)
+        );
+        assert_eq!(
+            parse_range("bytes=-99999999999999999999", 100),
+            Satisfiable(0, 99)
+        );
+        assert_eq!(parse_range("bytes=+1-2", 100), Ignored);
+        assert_eq!(parse_range("bytes=1-+2", 100), Ignored);
+        assert_eq!(parse_range("bytes=-", 100), Ignored);
+        assert_eq!(parse_range("bytes=", 100), Ignored);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Ignored);
         assert_eq!(parse_range("items=0-1", 100), Ignored);
         assert_eq!(parse_range("bytes=x-y", 100), Ignored);

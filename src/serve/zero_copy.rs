@@ -13,17 +13,24 @@
 //! advances through its frame exactly as if it had written it.
 //!
 //! Which file, and where in it: the body registers its [`FileRange`] with
-//! the connection's [`Sender`] when hyper first polls it; hyper writes a
-//! connection's bytes in order, so the front range is always the one the
-//! next marker byte belongs to.
+//! the connection's [`Sender`] when hyper first polls it, and hyper writes a
+//! connection's bytes in order, so the front range is the one the next
+//! marker byte belongs to. That is not taken on trust, because a marker byte
+//! sent from the wrong range would arrive as the right length of wrong bytes:
+//! each range's frames are slices of its own *slot* of [`MARKER`]
+//! (consecutive ranges of a connection alternate), and the frame's address
+//! says at which byte of its window hyper is. A marker write is sent only
+//! when that address is exactly where the front range expects its next byte;
+//! anything else (a range left unfinished, a frame hyper cut short) fails the
+//! connection instead of sending one byte from the wrong place. A body
+//! dropped before its end withdraws the bytes it never yielded.
 //!
 //! Only HTTP/1 over plain TCP uses this: HTTP/2 (and, later, TLS) frame or
 //! encrypt the body, so they get the copied stream
-//! ([`FileRange::into_stream`]). Should hyper ever copy a marker frame
-//! instead of passing it through, zeros would be sent in place of the blob;
-//! every pull in the test suite compares the bytes it received, so a hyper
-//! upgrade that did so would fail the tests, and every registry client checks
-//! a blob's digest.
+//! ([`FileRange::into_stream`]). Should hyper (or a wrapper between hyper
+//! and [`Stream`]) copy a marker frame instead of passing it through, it
+//! would write ordinary bytes while a range waits for its marker: [`Stream`]
+//! refuses that write, so the connection fails rather than send zeros.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -50,42 +57,124 @@ const WINDOW: usize = 4 << 20;
 /// manifest-sized layer) the residency check costs more than the copy.
 const MIN_LEN: u64 = 64 << 10;
 
-/// Never read: the address range identifies a frame as "send from the file".
-static MARKER: [u8; WINDOW] = [0; WINDOW];
+/// Slots of [`MARKER`], one window each; a connection's consecutive ranges
+/// take turns, so a frame of one range can never sit at the address the
+/// range before it expects.
+const SLOTS: usize = 2;
+
+/// Never read (it stays untouched, zero pages the process never faults in):
+/// the address range identifies a frame as "send from the file", the slot
+/// and the offset within it say from which range and where.
+static MARKER: [u8; SLOTS * WINDOW] = [0; SLOTS * WINDOW];
 
 fn is_marker(slice: &[u8]) -> bool {
     !slice.is_empty() && MARKER.as_ptr_range().contains(&slice.as_ptr())
 }
 
-/// The connection's queue of file ranges still to send (each range's
-/// `offset` advances as it goes), shared by its socket and the bodies of its
-/// responses.
-#[derive(Clone, Default)]
-pub struct Sender(Arc<Mutex<VecDeque<FileRange>>>);
+/// A range queued on a connection: the bytes still to send (`range.offset`
+/// advances as they go) and where its frames are.
+struct Entry {
+    /// The connection's count of ranges when this one was registered.
+    id: u64,
+    range: FileRange,
+    /// Where the range started: its frames cover `[start, end)` window by
+    /// window.
+    start: u64,
+}
 
-impl Sender {
-    fn push(&self, range: FileRange) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(range);
+impl Entry {
+    fn slot(&self) -> usize {
+        (self.id % SLOTS as u64) as usize
     }
 
-    /// Sends up to `want` bytes of the front range to `socket`.
-    fn send(&self, socket: &TcpStream, want: usize) -> io::Result<usize> {
-        let mut ranges = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(front) = ranges.front_mut() else {
-            return Err(io::Error::other("zero-copy frame without a file"));
+    /// Where in its window the next byte to send is.
+    fn in_window(&self) -> usize {
+        ((self.range.offset - self.start) % WINDOW as u64) as usize
+    }
+
+    /// The marker address hyper must be at for the next byte of this range.
+    fn expected(&self) -> *const u8 {
+        MARKER[self.slot() * WINDOW..]
+            .as_ptr()
+            .wrapping_add(self.in_window())
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    entries: VecDeque<Entry>,
+    registered: u64,
+}
+
+/// The connection's queue of file ranges still to send, shared by its socket
+/// and the bodies of its responses.
+#[derive(Clone, Default)]
+pub struct Sender(Arc<Mutex<Queue>>);
+
+impl Sender {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `range`; returns its id, which picks the slot its frames use.
+    fn push(&self, range: FileRange) -> u64 {
+        let mut queue = self.queue();
+        let id = queue.registered;
+        queue.registered += 1;
+        let start = range.offset;
+        queue.entries.push_back(Entry { id, range, start });
+        id
+    }
+
+    /// The frame for `len` bytes of range `id`, which start a window.
+    fn frame(id: u64, len: usize) -> Bytes {
+        let slot = (id % SLOTS as u64) as usize * WINDOW;
+        Bytes::from_static(&MARKER[slot..slot + len])
+    }
+
+    /// A body of range `id` ended having yielded its bytes up to `at`: the
+    /// bytes after it will never be asked for, and must not be left for the
+    /// next response's frames to meet.
+    fn yielded_up_to(&self, id: u64, at: u64) {
+        let mut queue = self.queue();
+        if let Some(i) = queue.entries.iter().position(|e| e.id == id) {
+            let entry = &mut queue.entries[i];
+            entry.range.end = entry.range.end.min(at.max(entry.range.offset));
+            if entry.range.is_empty() {
+                queue.entries.remove(i);
+            }
+        }
+    }
+
+    /// Whether a range is waiting for its marker bytes.
+    fn is_waiting(&self) -> bool {
+        !self.queue().entries.is_empty()
+    }
+
+    /// Sends from the front range to `socket` as many of `frame`'s bytes as
+    /// it takes, once `frame` is shown to be where that range is.
+    fn send(&self, socket: &TcpStream, frame: &[u8]) -> io::Result<usize> {
+        let mut queue = self.queue();
+        let Some(front) = queue.entries.front_mut() else {
+            return Err(out_of_step("a zero-copy frame without a file range"));
         };
-        let count = want.min(front.len() as usize).min(WINDOW);
-        let mut offset = libc::off_t::try_from(front.offset).map_err(io::Error::other)?;
+        if frame.as_ptr() != front.expected() {
+            return Err(out_of_step(
+                "a zero-copy frame out of step with the connection's file range",
+            ));
+        }
+        let count = frame
+            .len()
+            .min(WINDOW - front.in_window())
+            .min(usize::try_from(front.range.len()).unwrap_or(usize::MAX));
+        let mut offset = libc::off_t::try_from(front.range.offset).map_err(io::Error::other)?;
         // SAFETY: both descriptors are open for the duration of the call
         // (`socket` is borrowed, the file is held by the range), and
         // `offset` is a valid, exclusively borrowed off_t.
         let sent = unsafe {
             libc::sendfile(
                 socket.as_raw_fd(),
-                front.file.as_raw_fd(),
+                front.range.file.as_raw_fd(),
                 &mut offset,
                 count,
             )
@@ -99,14 +188,22 @@ impl Sender {
                 "file shorter than its recorded size",
             )),
             n => {
-                front.offset += n as u64;
-                if front.is_empty() {
-                    ranges.pop_front();
+                front.range.offset += n as u64;
+                if front.range.is_empty() {
+                    queue.entries.pop_front();
                 }
                 Ok(n as usize)
             }
         }
     }
+}
+
+/// Fails the connection, loudly: hyper's bytes and the file ranges no longer
+/// agree, and sending anything more could put one blob's bytes in another's
+/// response.
+fn out_of_step(what: &'static str) -> io::Error {
+    tracing::error!("{what}; closing the connection");
+    io::Error::other(what)
 }
 
 /// A plain TCP connection that sends marker frames from their file.
@@ -128,16 +225,27 @@ impl Stream {
         self.sender.clone()
     }
 
-    fn poll_sendfile(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+    fn poll_sendfile(&mut self, cx: &mut Context<'_>, frame: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.tcp.poll_write_ready(cx))?;
             let (tcp, sender) = (&self.tcp, &self.sender);
-            match tcp.try_io(Interest::WRITABLE, || sender.send(tcp, want)) {
+            match tcp.try_io(Interest::WRITABLE, || sender.send(tcp, frame)) {
                 // `try_io` cleared the readiness: wait for the next edge.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
             }
         }
+    }
+
+    /// Ordinary bytes may go out unless a range is waiting for its marker:
+    /// then they can only be a copy of its frame (see the module comment).
+    fn check_not_copied(&self) -> io::Result<()> {
+        if self.sender.is_waiting() {
+            return Err(out_of_step(
+                "a zero-copy frame was copied instead of passed through",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -158,7 +266,10 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if is_marker(buf) {
-            return self.poll_sendfile(cx, buf.len());
+            return self.poll_sendfile(cx, buf);
+        }
+        if !buf.is_empty() {
+            self.check_not_copied()?;
         }
         Pin::new(&mut self.tcp).poll_write(cx, buf)
     }
@@ -168,12 +279,20 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // Empty slices say nothing: the first one with bytes decides.
+        let bufs = match bufs.iter().position(|b| !b.is_empty()) {
+            Some(first) => &bufs[first..],
+            None => return Poll::Ready(Ok(0)),
+        };
         // Ordinary bytes before a marker (the response head) go out first;
         // hyper calls again with the rest.
         match bufs.iter().position(|b| is_marker(b)) {
-            Some(0) => self.poll_sendfile(cx, bufs[0].len()),
+            Some(0) => self.poll_sendfile(cx, &bufs[0]),
             Some(n) => Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs[..n]),
-            None => Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs),
+            None => {
+                self.check_not_copied()?;
+                Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+            }
         }
     }
 
@@ -206,16 +325,28 @@ pub fn body(content: Content, sender: Option<Sender>) -> ByteStream {
 /// each yielded once its window of the file is in the page cache.
 fn markers(sender: Sender, range: FileRange) -> ByteStream {
     struct State {
-        sender: Option<Sender>,
+        sender: Sender,
+        /// Set once the range is queued on the connection.
+        id: Option<u64>,
         range: FileRange,
         at: u64,
         /// The window at `at` being read into the page cache, when it was
         /// not there already.
         loading: Option<tokio::task::JoinHandle<io::Result<()>>>,
     }
+    impl Drop for State {
+        fn drop(&mut self) {
+            // Frames yielded may still be in hyper's buffer; the rest never
+            // will be.
+            if let Some(id) = self.id {
+                self.sender.yielded_up_to(id, self.at);
+            }
+        }
+    }
     let loading = load(&range, range.offset);
     let state = State {
-        sender: Some(sender),
+        sender,
+        id: None,
         at: range.offset,
         range,
         loading,
@@ -227,6 +358,9 @@ fn markers(sender: Sender, range: FileRange) -> ByteStream {
         if let Some(loading) = state.loading.take() {
             let loaded = loading.await.unwrap_or_else(|e| Err(io::Error::other(e)));
             if let Err(e) = loaded {
+                if let Some(id) = state.id {
+                    state.sender.yielded_up_to(id, state.at);
+                }
                 state.at = state.range.end;
                 return Some((Err(e), state));
             }
@@ -234,14 +368,15 @@ fn markers(sender: Sender, range: FileRange) -> ByteStream {
         // Registered on the first poll, not when the response was built, so
         // that the connection's file ranges are queued in the order hyper
         // writes their bytes.
-        if let Some(sender) = state.sender.take() {
-            sender.push(state.range.clone());
-        }
+        let id = match state.id {
+            Some(id) => id,
+            None => *state.id.insert(state.sender.push(state.range.clone())),
+        };
         let len = (state.range.end - state.at).min(WINDOW as u64);
         state.at += len;
         // The next window loads (if it must) while this one is sent.
         state.loading = load(&state.range, state.at);
-        Some((Ok(Bytes::from_static(&MARKER[..len as usize])), state))
+        Some((Ok(Sender::frame(id, len as usize)), state))
     })
     .boxed()
 }
@@ -436,29 +571,136 @@ mod tests {
     #[test]
     fn only_slices_of_the_marker_are_markers() {
         assert!(is_marker(&MARKER[..1]));
-        assert!(is_marker(&MARKER[WINDOW - 1..]));
+        assert!(is_marker(&MARKER[SLOTS * WINDOW - 1..]));
         assert!(!is_marker(&MARKER[..0]));
         let zeros = vec![0u8; 16];
         assert!(!is_marker(&zeros));
+    }
+
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        (socket, client)
+    }
+
+    fn file_of(bytes: &[u8]) -> File {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        file
     }
 
     /// A file that shrank below its range ends the response with an
     /// error rather than padding it; a marker with no range is an error.
     #[tokio::test]
     async fn a_file_shorter_than_its_range_fails_the_send() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
+        let (socket, _client) = socket_pair().await;
+        let sender = Sender::default();
+        let id = sender.push(FileRange::new(file_of(b"0123456789"), 0, 20));
+        let frame = Sender::frame(id, 20);
+        assert_eq!(sender.send(&socket, &frame).unwrap(), 10);
+        let e = sender.send(&socket, &frame[10..]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(Sender::default().send(&socket, &frame).is_err());
+    }
+
+    /// A range left unfinished at the front of the queue never lends its
+    /// bytes to the next response's frames: the frame is refused, nothing
+    /// is sent. Before frames carried their range's slot, the next
+    /// response's first bytes came from the unfinished range's file.
+    #[tokio::test]
+    async fn a_frame_of_another_range_is_refused() {
+        let (socket, _client) = socket_pair().await;
+        let sender = Sender::default();
+        let first = sender.push(FileRange::new(file_of(&[1; 100]), 0, 100));
+        let second = sender.push(FileRange::new(file_of(&[2; 100]), 0, 100));
+        assert_eq!(
+            sender
+                .send(&socket, &Sender::frame(first, 100)[..40])
+                .unwrap(),
+            40
+        );
+        // The second range's frame while the first still has 60 bytes.
+        assert!(sender.send(&socket, &Sender::frame(second, 100)).is_err());
+        // A frame of the right range at the wrong byte (hyper skipped some).
+        assert!(
+            sender
+                .send(&socket, &Sender::frame(first, 100)[50..])
+                .is_err()
+        );
+        // At the right byte, it carries on.
+        assert_eq!(
+            sender
+                .send(&socket, &Sender::frame(first, 100)[40..])
+                .unwrap(),
+            60
+        );
+        assert_eq!(
+            sender.send(&socket, &Sender::frame(second, 100)).unwrap(),
+            100
+        );
+        assert!(!sender.is_waiting());
+    }
+
+    /// A body dropped after yielding part of its range (hyper stopped
+    /// asking) leaves only what it yielded queued: once that is sent, the
+    /// next response's range is at the front.
+    #[tokio::test]
+    async fn a_body_dropped_midway_withdraws_what_it_never_yielded() {
+        let (socket, mut client) = socket_pair().await;
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut client, &mut tokio::io::sink()).await;
+        });
+        let sender = Sender::default();
+        let len = 2 * WINDOW as u64 + 10;
+        let file = file_of(&vec![3; len as usize]);
+        let mut body = markers(sender.clone(), FileRange::new(file, 0, len));
+        let frame = body.next().await.unwrap().unwrap();
+        assert_eq!(frame.len(), WINDOW);
+        drop(body);
+        assert!(sender.is_waiting(), "the yielded frame is still owed");
+        let mut sent = 0;
+        while sent < frame.len() {
+            socket.writable().await.unwrap();
+            match socket.try_io(Interest::WRITABLE, || sender.send(&socket, &frame[sent..])) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            !sender.is_waiting(),
+            "the bytes never yielded were withdrawn"
+        );
+    }
+
+    /// Ordinary bytes while a range waits for its marker can only be a
+    /// copy of its frame (a flattening write buffer, a copying wrapper):
+    /// the write is refused instead of sending the marker's zeros.
+    #[tokio::test]
+    async fn a_copied_frame_is_refused() {
+        let (socket, _client) = socket_pair().await;
+        let mut stream = Stream::new(socket);
+        let sender = stream.sender();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"head")
             .await
             .unwrap();
-        let (socket, _) = listener.accept().await.unwrap();
-        let mut file = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut file, b"0123456789").unwrap();
-        let sender = Sender::default();
-        sender.push(FileRange::new(file, 0, 20));
-        assert_eq!(sender.send(&socket, 20).unwrap(), 10);
-        let e = sender.send(&socket, 10).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(Sender::default().send(&socket, 1).is_err());
+        let id = sender.push(FileRange::new(file_of(&[4; 100]), 0, 100));
+        let copy = Sender::frame(id, 100).to_vec();
+        let written = tokio::io::AsyncWriteExt::write(&mut stream, &copy).await;
+        assert!(written.is_err(), "a copied frame went out");
+        let bufs = [IoSlice::new(b"more"), IoSlice::new(&copy)];
+        let written = tokio::io::AsyncWriteExt::write_vectored(&mut stream, &bufs).await;
+        assert!(written.is_err(), "a copied frame went out");
+        // The head before a real frame is fine, and so is the frame.
+        let frame = Sender::frame(id, 100);
+        let bufs = [IoSlice::new(b"head"), IoSlice::new(&frame)];
+        let written = tokio::io::AsyncWriteExt::write_vectored(&mut stream, &bufs).await;
+        assert_eq!(written.unwrap(), 4);
+        let written = tokio::io::AsyncWriteExt::write(&mut stream, &frame).await;
+        assert_eq!(written.unwrap(), 100);
     }
 
     /// `cachestat` and the `mincore` fallback must tell the same story, or

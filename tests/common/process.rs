@@ -27,7 +27,13 @@ impl ServerProcess {
     /// Starts `portcullis serve --listen 127.0.0.1:0 <args…>` (authentication
     /// as the configuration says).
     pub fn start_with(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        Self::start_binary(env!("CARGO_BIN_EXE_portcullis").as_ref(), args)
+    }
+
+    /// As [`ServerProcess::start_with`], with another build of the binary
+    /// (a release build for a long stress run).
+    pub fn start_binary(binary: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(binary)
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
