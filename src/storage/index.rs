@@ -147,6 +147,12 @@ impl Index {
         Ok(())
     }
 
+    /// Forgets what was read: the next listing reads storage again. For a
+    /// change whose effect on the index could not be checked.
+    pub fn invalidate(&self) {
+        self.write().read_at = None;
+    }
+
     /// Reads storage again (`read` lists every name) unless the last read
     /// is younger than [`REFRESH`]; concurrent callers share one read.
     pub async fn refresh<E>(

@@ -174,7 +174,7 @@ impl Storage {
     pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         let deleted = self.delete_manifest_or_tag(repo, reference).await;
         // Removing the last link may have removed the repository.
-        self.catalog_recheck(repo).await?;
+        self.catalog_recheck(repo).await;
         deleted
     }
 
@@ -187,7 +187,7 @@ impl Storage {
                     .delete(&paths::tag(repo, tag))
                     .await
                     .or_unknown(unknown);
-                self.tag_recheck(repo, tag).await?;
+                self.tag_recheck(repo, tag).await;
                 return deleted;
             }
             Reference::Digest(d) => d,
@@ -199,7 +199,7 @@ impl Storage {
             match self.driver.get(&key).await {
                 Ok(target) if target.as_ref() == digest.to_string().as_bytes() => {
                     ignore_missing(self.driver.delete(&key).await)?;
-                    self.tag_recheck(repo, &tag).await?;
+                    self.tag_recheck(repo, &tag).await;
                 }
                 Ok(_) | Err(DriverError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -226,15 +226,17 @@ impl Storage {
         let tags = self.tags.listed(repo);
         tags.refresh(self.tag_names(repo)).await?;
         if tags.is_empty() && !self.repository_exists(repo).await? {
+            self.tags.forget(repo);
             return Err(StorageError::NameUnknown(repo.clone()));
         }
         Ok(tags.page(last, n, |_| true))
     }
 
-    /// A change that may have removed `tag` happened.
-    async fn tag_recheck(&self, repo: &RepoName, tag: &Tag) -> Result<()> {
+    /// A change that may have removed `tag` happened. When that cannot be
+    /// checked, the tags are read again at the next listing.
+    async fn tag_recheck(&self, repo: &RepoName, tag: &Tag) {
         let Some(tags) = self.tags.kept(repo) else {
-            return Ok(());
+            return;
         };
         let exists = async {
             match self.driver.stat(&paths::tag(repo, tag)).await {
@@ -243,7 +245,10 @@ impl Storage {
                 Err(e) => Err(StorageError::from(e)),
             }
         };
-        tags.recheck(tag.as_str(), exists).await
+        if let Err(e) = tags.recheck(tag.as_str(), exists).await {
+            tracing::warn!(repository = %repo, tag = tag.as_str(), error = %e, "tag not re-checked");
+            tags.invalidate();
+        }
     }
 
     /// Every tag of `repo`, read from storage.

@@ -122,6 +122,12 @@ impl TagIndexes {
         index
     }
 
+    /// Drops the index of a repository that does not exist, so that listing
+    /// unknown names does not push out the indexes of real ones.
+    fn forget(&self, repo: &RepoName) {
+        self.lock().remove(repo);
+    }
+
     /// The index of `repo` if one is kept: changes to other repositories'
     /// tags need no bookkeeping.
     fn kept(&self, repo: &RepoName) -> Option<Arc<index::Index>> {
@@ -194,7 +200,7 @@ impl Storage {
             .await
             .or_unknown(|| StorageError::BlobUnknown(digest.clone()));
         // Unlinking the last blob may have removed the repository.
-        self.catalog_recheck(repo).await?;
+        self.catalog_recheck(repo).await;
         deleted
     }
 
@@ -223,11 +229,17 @@ impl Storage {
         Ok(())
     }
 
-    /// A change that may have removed `repo` happened.
-    async fn catalog_recheck(&self, repo: &RepoName) -> Result<()> {
-        self.catalog
+    /// A change that may have removed `repo` happened. When that cannot be
+    /// checked, the catalog is read again at the next listing.
+    async fn catalog_recheck(&self, repo: &RepoName) {
+        let checked = self
+            .catalog
             .recheck(repo.as_str(), self.repository_exists(repo))
-            .await
+            .await;
+        if let Err(e) = checked {
+            tracing::warn!(repository = %repo, error = %e, "catalog entry not re-checked");
+            self.catalog.invalidate();
+        }
     }
 
     /// Whether anything was ever stored for `repo`.
