@@ -196,7 +196,7 @@ pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
              the pages cost what they cost idle",
         ),
         Row::new(
-            "tags list, 10,000 tags in one repository",
+            "tags list, 20,000 tags in one repository",
             "ms",
             portcullis_tags * 1000.0,
             Better::Lower,

@@ -4,8 +4,8 @@
 //! An index is read from storage once (a walk of the tree, a read of a tag
 //! directory) and then kept up to date by this process' own changes, one
 //! name at a time, instead of being dropped by them. Another replica's
-//! changes reach it when it is read again, at most [`REFRESH`] after the
-//! last read, by the first listing that needs it. A page seeks to `last` in
+//! changes reach it when it is read again: by the first listing more than
+//! [`REFRESH`] after the last read ended. A page seeks to `last` in
 //! the ordered map and reads only what it returns.
 //!
 //! Races are settled per name: every change records a generation, and a
@@ -55,7 +55,7 @@ struct State {
     /// Each name with the generation of the last change that set it.
     names: BTreeMap<Name, u64>,
     generation: u64,
-    /// When the last read of storage began; `None` before the first.
+    /// When the last read of storage ended; `None` before the first.
     read_at: Option<Instant>,
     /// While a read of storage is under way: the names changed meanwhile.
     changed_during_read: Option<HashSet<String>>,
@@ -166,7 +166,6 @@ impl Index {
         if self.fresh() {
             return Ok(());
         }
-        let started = Instant::now();
         self.write().changed_during_read = Some(HashSet::new());
         // Ends tracking however the read ends, also when the request that
         // runs it is dropped half-way.
@@ -193,7 +192,9 @@ impl Index {
             }
         }
         state.names = names;
-        state.read_at = Some(started);
+        // Counted from the end of the read: a read slower than REFRESH (a
+        // large tree under load) still serves the pages that follow it.
+        state.read_at = Some(Instant::now());
         drop(state);
         drop(tracking);
         Ok(())
