@@ -395,17 +395,36 @@ impl Glob {
     }
 }
 
+/// Whether the pattern's segments match the name's, `**` standing for any
+/// number of segments. Names come from clients, so this runs in time
+/// proportional to pattern segments × name segments, whatever the number of
+/// `**`: row `j` holds whether the pattern so far matches the name's first
+/// `j` segments (the textbook wildcard DP, over segments instead of bytes).
+/// Trying every split of the name at each `**` instead is combinatorial.
 fn match_segments(pattern: &[String], name: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            (0..=name.len()).any(|skip| match_segments(rest, &name[skip..]))
+    let mut row = vec![false; name.len() + 1];
+    row[0] = true;
+    for segment in pattern {
+        if segment == "**" {
+            // Any prefix the previous segments matched can be extended by
+            // any number of segments.
+            let mut reached = false;
+            for cell in row.iter_mut() {
+                reached |= *cell;
+                *cell = reached;
+            }
+        } else {
+            // Right to left, so each cell reads the previous row's value.
+            for j in (1..=name.len()).rev() {
+                row[j] = row[j - 1] && wildcard(segment, name[j - 1]);
+            }
+            row[0] = false;
         }
-        Some((first, rest)) => match name.split_first() {
-            Some((part, tail)) => wildcard(first, part) && match_segments(rest, tail),
-            None => false,
-        },
+        if !row.contains(&true) {
+            return false;
+        }
     }
+    row[name.len()]
 }
 
 /// `*` matches any run of characters within one segment.

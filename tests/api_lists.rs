@@ -325,3 +325,53 @@ async fn catalog_lists_repositories_of_any_depth() {
     assert!(next_link(&r).is_none());
     assert_eq!(r.json::<Value>().await.unwrap()["repositories"], json!([]));
 }
+
+#[tokio::test]
+async fn leftover_temporary_files_are_never_listed() {
+    let server = TestServer::start().await;
+    push_tags(&server, "kept", &["v1"]).await;
+    let digest = server.push_blob("gone", b"layer").await;
+    let r = server
+        .client
+        .delete(server.at(&format!("/v2/gone/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let dir = server.stop().await;
+
+    // What a crash during atomic writes leaves: `.tmp-*` siblings of the
+    // objects being written, young enough that nothing may sweep them yet.
+    let repositories = dir.path().join("data/repositories");
+    let subject = "a".repeat(64);
+    for parent in [
+        "gone/_layers/sha256",
+        "notags/_manifests/tags",
+        "kept/_manifests/tags",
+        &format!("kept/_referrers/sha256/{subject}"),
+    ] {
+        let parent = repositories.join(parent);
+        std::fs::create_dir_all(&parent).unwrap();
+        std::fs::write(parent.join(".tmp-6a1f0e2c-leftover"), b"x").unwrap();
+    }
+
+    let server = TestServer::start_in(dir).await;
+    let r = get(&server, "/v2/_catalog").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["repositories"],
+        json!(["kept"])
+    );
+    let r = get(&server, "/v2/kept/tags/list").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["tags"], json!(["v1"]));
+    assert_error(
+        get(&server, "/v2/notags/tags/list").await,
+        StatusCode::NOT_FOUND,
+        "NAME_UNKNOWN",
+    )
+    .await;
+    let r = get(&server, &format!("/v2/kept/referrers/sha256:{subject}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["manifests"], json!([]));
+}

@@ -1,6 +1,7 @@
-//! Section `scale`: listing a registry that holds 10,000 repositories
-//! (`/v2/_catalog`, followed page by page through `Link`) and one repository
-//! that holds 10,000 tags (`/v2/<name>/tags/list`).
+//! Section `scale`: listing a registry that holds 25,000 repositories
+//! (`/v2/_catalog`, followed page by page through `Link`), idle and while
+//! blobs are pushed, and one repository that holds 20,000 tags
+//! (`/v2/<name>/tags/list`), whole and by pages of 100.
 //!
 //! Both registries are first filled the same way over HTTP, each
 //! repository with a tiny config blob and an OCI manifest; that population
@@ -24,8 +25,12 @@ use crate::servers::{Servers, Target};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const REPOSITORIES: usize = 10_000;
-const TAGS: usize = 10_000;
+const REPOSITORIES: usize = 25_000;
+const TAGS: usize = 20_000;
+/// The tag page size of the paged tag listing.
+const TAG_PAGE: usize = 100;
+/// Where blobs are pushed while the catalog is listed.
+const BUSY_REPOSITORY: &str = "scale/busy";
 /// Requests in flight while populating.
 const IN_FLIGHT: usize = 32;
 /// The catalog page size asked for: distribution's default cap on `n`.
@@ -97,23 +102,55 @@ pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
     // Rounds alternate between the registries, so drift in the machine's
     // load spreads over both.
     let mut catalog: [Vec<f64>; 2] = Default::default();
+    let mut busy: [Vec<Pages>; 2] = Default::default();
     let mut tags: [Vec<f64>; 2] = Default::default();
+    let mut paged: [Vec<Pages>; 2] = Default::default();
     let targets = servers.targets();
     let mut catalog_tokens = Vec::new();
     let mut tags_tokens = Vec::new();
+    let mut busy_tokens = Vec::new();
     for target in targets {
         catalog_tokens.push(target.token(&client, "registry:catalog:*").await);
+        let scope = format!("repository:{BUSY_REPOSITORY}:pull,push");
+        busy_tokens.push(target.token(&client, &scope).await);
         let scope = format!("repository:{TAGS_REPOSITORY}:pull");
         tags_tokens.push(target.token(&client, &scope).await);
     }
     for _ in 0..CATALOG_ROUNDS {
         for (i, target) in targets.into_iter().enumerate() {
-            catalog[i].push(list_catalog(&client, target, &catalog_tokens[i]).await);
+            catalog[i].push(
+                list_catalog(&client, target, &catalog_tokens[i])
+                    .await
+                    .total,
+            );
+        }
+    }
+    for _ in 0..CATALOG_ROUNDS {
+        for (i, target) in targets.into_iter().enumerate() {
+            let listing = list_catalog(&client, target, &catalog_tokens[i]);
+            let (pages, pushed) = while_pushing(&client, target, &busy_tokens[i], listing).await;
+            eprintln!(
+                "scale: {}: catalog during {pushed} blob pushes: {}",
+                target.name,
+                pages.describe()
+            );
+            busy[i].push(pages);
         }
     }
     for _ in 0..TAGS_ROUNDS {
         for (i, target) in targets.into_iter().enumerate() {
-            tags[i].push(list_tags(&client, target, &tags_tokens[i]).await);
+            tags[i].push(
+                list_tags(&client, target, &tags_tokens[i], None)
+                    .await
+                    .total,
+            );
+            let pages = list_tags(&client, target, &tags_tokens[i], Some(TAG_PAGE)).await;
+            eprintln!(
+                "scale: {}: tags by n={TAG_PAGE}: {}",
+                target.name,
+                pages.describe()
+            );
+            paged[i].push(pages);
         }
     }
     for (i, target) in targets.into_iter().enumerate() {
@@ -125,33 +162,63 @@ pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
         );
     }
     let [portcullis_catalog, distribution_catalog] = catalog.map(median);
+    let [portcullis_busy, distribution_busy] =
+        busy.map(|rounds| median(rounds.iter().map(|p| p.total).collect()));
     let [portcullis_tags, distribution_tags] = tags.map(median);
+    let [portcullis_paged, distribution_paged] =
+        paged.map(|rounds| median(rounds.iter().map(|p| p.total).collect()));
 
     vec![
         Row::new(
-            "catalog, 10,000 repositories, pages of 1,000",
+            "catalog, 25,000 repositories, pages of 1,000",
             "s",
             portcullis_catalog,
             Better::Lower,
         )
         .against("distribution", distribution_catalog)
         .note(
-            "11 requests of 1,000 names: Portcullis walks the repository directories once \
-             and keeps the sorted list for 5 s (dropped at once by its own changes), so the \
-             other pages are answered from memory; distribution walks in order for every \
-             page and stops when it is full, so its k-th page costs k thousand listings",
+            "26 requests of 1,000 names: Portcullis walks the repository directories once \
+             into an ordered index kept up to date by its own changes (read again after 5 s \
+             for other replicas'), and each page seeks to `last` in it; distribution walks \
+             in order for every page and stops when it is full, so its k-th page costs k \
+             thousand listings",
         ),
         Row::new(
-            "tags list, 10,000 tags in one repository",
+            "catalog during blob pushes, 25,000 repositories, pages of 1,000",
+            "s",
+            portcullis_busy,
+            Better::Lower,
+        )
+        .against("distribution", distribution_busy)
+        .note(
+            "the same listing while one client pushes blobs into another repository \
+             without pause: Portcullis' pushes update its index instead of dropping it, so \
+             the pages cost what they cost idle",
+        ),
+        Row::new(
+            "tags list, 20,000 tags in one repository",
             "ms",
             portcullis_tags * 1000.0,
             Better::Lower,
         )
         .against("distribution", distribution_tags * 1000.0)
         .note(
-            "one request: the registry lists the repository's tag directory (10,000 entries, \
-             from the page cache), sorts the names and writes about 110 KB of JSON; neither \
+            "one request: the registry lists the repository's tag directory (20,000 entries, \
+             from the page cache), sorts the names and writes about 220 KB of JSON; neither \
              registry pages it by default",
+        ),
+        Row::new(
+            "tags list by n=100, 20,000 tags in one repository",
+            "ms",
+            portcullis_paged * 1000.0,
+            Better::Lower,
+        )
+        .against("distribution", distribution_paged * 1000.0)
+        .note(
+            "200 requests following `Link`: Portcullis reads and sorts the tag directory \
+             once into an index kept for 5 s and seeks to `last`, so every page costs about \
+             the same; distribution 2.8 does not page tags and answers the first request \
+             with all of them",
         ),
     ]
 }
@@ -322,12 +389,41 @@ async fn populate(
     );
 }
 
+/// The pages of one listing, each with how long its request took.
+#[derive(Default)]
+struct Pages {
+    /// Seconds from the first request to the last page's body.
+    total: f64,
+    /// Seconds each page took.
+    each: Vec<f64>,
+}
+
+impl Pages {
+    fn describe(&self) -> String {
+        let ms = |s: Option<&f64>| s.map_or(0.0, |s| s * 1000.0);
+        format!(
+            "{} pages in {:.3} s, first {:.2} ms, last {:.2} ms",
+            self.each.len(),
+            self.total,
+            ms(self.each.first()),
+            ms(self.each.last())
+        )
+    }
+}
+
 /// GETs `path` and every page after it through `Link: <…>; rel="next"`;
-/// returns each page's JSON.
-async fn pages(client: &reqwest::Client, target: &Target, token: &str, path: &str) -> Vec<Value> {
+/// returns each page's JSON and how long each took.
+async fn pages(
+    client: &reqwest::Client,
+    target: &Target,
+    token: &str,
+    path: &str,
+) -> (Vec<Value>, Vec<f64>) {
     let mut url = target.at(path);
     let mut pages = Vec::new();
+    let mut times = Vec::new();
     loop {
+        let start = Instant::now();
         let response = send_ok(
             client.get(&url).bearer_auth(token),
             &format!("{} GET {url}", target.name),
@@ -344,16 +440,80 @@ async fn pages(client: &reqwest::Client, target: &Target, token: &str, path: &st
                     .then(|| link.trim().trim_start_matches('<').to_owned())
             });
         pages.push(response.json::<Value>().await.expect("list is JSON"));
+        times.push(start.elapsed().as_secs_f64());
         match next {
             Some(link) => url = absolute(target, &link),
-            None => return pages,
+            None => return (pages, times),
         }
     }
 }
 
-/// Lists the full catalog once; the time it took, in seconds. Checks every
-/// populated repository is listed exactly once.
-async fn list_catalog(client: &reqwest::Client, target: &Target, token: &str) -> f64 {
+/// Runs `listing` while pushing small distinct blobs into
+/// [`BUSY_REPOSITORY`] one after another; the listing's result and how many
+/// pushes finished meanwhile.
+async fn while_pushing<T>(
+    client: &reqwest::Client,
+    target: &Target,
+    token: &str,
+    listing: impl Future<Output = T>,
+) -> (T, usize) {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let pushed = AtomicUsize::new(0);
+    let pusher = async {
+        let mut i = 0u64;
+        while !done.load(Ordering::Relaxed) {
+            let blob = Bytes::from(format!("busy {} {i}", std::process::id()).repeat(64));
+            push_blob(client, target, token, BUSY_REPOSITORY, blob).await;
+            pushed.fetch_add(1, Ordering::Relaxed);
+            i += 1;
+        }
+    };
+    let listing = async {
+        let result = listing.await;
+        done.store(true, Ordering::Relaxed);
+        result
+    };
+    let (result, ()) = tokio::join!(listing, pusher);
+    (result, pushed.load(Ordering::Relaxed))
+}
+
+/// Pushes `blob` into `repo`: a POST, then a PUT with the body.
+async fn push_blob(
+    client: &reqwest::Client,
+    target: &Target,
+    token: &str,
+    repo: &str,
+    blob: Bytes,
+) {
+    let what = |step: &str| format!("{} {repo}: {step}", target.name);
+    let start = client
+        .post(target.at(&format!("/v2/{repo}/blobs/uploads/")))
+        .bearer_auth(token);
+    let started = send_ok(start, &what("start upload")).await;
+    let location = started
+        .headers()
+        .get(LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_else(|| panic!("{}", what("upload without Location")));
+    let location = absolute(target, location);
+    let separator = if location.contains('?') { '&' } else { '?' };
+    send_ok(
+        client
+            .put(format!(
+                "{location}{separator}digest={}",
+                sha256_digest(&blob)
+            ))
+            .bearer_auth(token)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(blob),
+        &what("finish upload"),
+    )
+    .await;
+}
+
+/// Lists the full catalog once, timed. Checks every populated repository
+/// is listed exactly once.
+async fn list_catalog(client: &reqwest::Client, target: &Target, token: &str) -> Pages {
     let path = format!("/v2/_catalog?n={CATALOG_PAGE}");
     let expected = (0..REPOSITORIES).map(repository);
     list_all(
@@ -368,10 +528,18 @@ async fn list_catalog(client: &reqwest::Client, target: &Target, token: &str) ->
     .await
 }
 
-/// Lists the tags of [`TAGS_REPOSITORY`] once; the time it took, in seconds.
-/// Checks every tag is listed exactly once.
-async fn list_tags(client: &reqwest::Client, target: &Target, token: &str) -> f64 {
-    let path = format!("/v2/{TAGS_REPOSITORY}/tags/list");
+/// Lists the tags of [`TAGS_REPOSITORY`] once (by pages of `n` when
+/// given), timed. Checks every tag is listed exactly once.
+async fn list_tags(
+    client: &reqwest::Client,
+    target: &Target,
+    token: &str,
+    n: Option<usize>,
+) -> Pages {
+    let mut path = format!("/v2/{TAGS_REPOSITORY}/tags/list");
+    if let Some(n) = n {
+        path = format!("{path}?n={n}");
+    }
     list_all(client, target, token, &path, "tags", "", (0..TAGS).map(tag)).await
 }
 
@@ -386,10 +554,13 @@ async fn list_all(
     field: &str,
     prefix: &str,
     expected: impl Iterator<Item = String>,
-) -> f64 {
+) -> Pages {
     let start = Instant::now();
-    let pages = pages(client, target, token, path).await;
-    let elapsed = start.elapsed().as_secs_f64();
+    let (pages, each) = pages(client, target, token, path).await;
+    let elapsed = Pages {
+        total: start.elapsed().as_secs_f64(),
+        each,
+    };
     let listed: Vec<&str> = pages
         .iter()
         .flat_map(|page| {

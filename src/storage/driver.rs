@@ -106,7 +106,9 @@ pub trait Driver: Send + Sync + 'static {
     }
 
     /// Names (not full keys) of the direct children under a prefix, sorted,
-    /// objects and sub-prefixes alike. `NotFound` when the prefix holds nothing.
+    /// objects and sub-prefixes alike; a sub-prefix only while it holds an
+    /// object (a driver's own temporary files are never objects). `NotFound`
+    /// when the prefix holds nothing.
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
 
     /// Moves an object to `to`, atomically replacing whatever was there.

@@ -160,6 +160,26 @@ fn sweep_temporaries(root: &Path, older_than: std::time::Duration) -> usize {
     removed
 }
 
+/// Whether `dir` holds an object at any depth: a file whose name is not the
+/// driver's own (`.`-prefixed). Stops at the first one, so a directory of
+/// objects costs one read. A directory that vanishes meanwhile holds nothing.
+fn holds_object(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let visible = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| !n.starts_with('.'));
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => visible && holds_object(&entry.path()),
+            Ok(_) => visible,
+            Err(_) => false,
+        }
+    })
+}
+
 /// Makes a rename or file creation in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -284,11 +304,18 @@ impl Driver for FsDriver {
         blocking(move || {
             let mut names = Vec::new();
             for entry in fs::read_dir(&path)? {
-                let name = entry?.file_name();
+                let entry = entry?;
+                let name = entry.file_name();
                 // Non-UTF-8 names were not written by us; skip them.
-                if let Some(name) = name.to_str().filter(|n| !n.starts_with('.')) {
-                    names.push(name.to_owned());
+                let Some(name) = name.to_str().filter(|n| !n.starts_with('.')) else {
+                    continue;
+                };
+                // A directory is a prefix only while it holds an object: one
+                // left with nothing but a crashed write's `.tmp-*` is not.
+                if entry.file_type()?.is_dir() && !holds_object(&entry.path()) {
+                    continue;
                 }
+                names.push(name.to_owned());
             }
             names.sort_unstable();
             Ok(names)

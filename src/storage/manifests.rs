@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use super::{DriverError, OrUnknown, Result, Storage, StorageError, paths};
+use super::{DriverError, OrUnknown, Page, Result, Storage, StorageError, paths};
 use crate::manifest::{self, Descriptor, MAX_MANIFEST_BYTES};
 use crate::reference::{Digest, Reference, RepoName, Tag};
 
@@ -142,10 +142,14 @@ impl Storage {
                 Bytes::from(parsed.media_type.clone()),
             )
             .await?;
+        self.catalog.insert(repo.as_str());
         if let Reference::Tag(tag) = reference {
             self.driver
                 .put(&paths::tag(repo, tag), Bytes::from(digest.to_string()))
                 .await?;
+            if let Some(tags) = self.tags.kept(repo) {
+                tags.insert(tag.as_str());
+            }
         }
         // The subject need not exist (yet): referrers are listed by the
         // subject's digest whether or not it is ever pushed.
@@ -170,7 +174,7 @@ impl Storage {
     pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         let deleted = self.delete_manifest_or_tag(repo, reference).await;
         // Removing the last link may have removed the repository.
-        self.catalog_changed();
+        self.catalog_recheck(repo).await;
         deleted
     }
 
@@ -178,11 +182,13 @@ impl Storage {
         let unknown = || StorageError::ManifestUnknown(reference.to_string());
         let digest = match reference {
             Reference::Tag(tag) => {
-                return self
+                let deleted = self
                     .driver
                     .delete(&paths::tag(repo, tag))
                     .await
                     .or_unknown(unknown);
+                self.tag_recheck(repo, tag).await;
+                return deleted;
             }
             Reference::Digest(d) => d,
         };
@@ -193,6 +199,7 @@ impl Storage {
             match self.driver.get(&key).await {
                 Ok(target) if target.as_ref() == digest.to_string().as_bytes() => {
                     ignore_missing(self.driver.delete(&key).await)?;
+                    self.tag_recheck(repo, &tag).await;
                 }
                 Ok(_) | Err(DriverError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -213,22 +220,42 @@ impl Storage {
             .or_unknown(unknown)
     }
 
-    /// Tags of a repository, sorted. `NameUnknown` when the repository does
-    /// not exist.
-    pub async fn tags(&self, repo: &RepoName) -> Result<Vec<String>> {
-        let tags = self.tag_names(repo).await?;
+    /// Up to `n` tags of a repository after `last`, in the spec's list
+    /// order. `NameUnknown` when the repository does not exist.
+    pub async fn tags_page(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Page> {
+        let tags = self.tags.listed(repo);
+        tags.refresh(self.tag_names(repo)).await?;
         if tags.is_empty() && !self.repository_exists(repo).await? {
+            self.tags.forget(repo);
             return Err(StorageError::NameUnknown(repo.clone()));
         }
-        Ok(tags)
+        Ok(tags.page(last, n, |_| true))
     }
 
-    async fn tag_names(&self, repo: &RepoName) -> Result<Vec<String>> {
-        match self.driver.list(&paths::tags(repo)).await {
-            Ok(mut tags) => {
-                tags.sort();
-                Ok(tags)
+    /// A change that may have removed `tag` happened. When that cannot be
+    /// checked, the tags are read again at the next listing.
+    async fn tag_recheck(&self, repo: &RepoName, tag: &Tag) {
+        let Some(tags) = self.tags.kept(repo) else {
+            return;
+        };
+        let exists = async {
+            match self.driver.stat(&paths::tag(repo, tag)).await {
+                Ok(_) => Ok(true),
+                Err(DriverError::NotFound(_)) => Ok(false),
+                Err(e) => Err(StorageError::from(e)),
             }
+        };
+        if let Err(e) = tags.recheck(tag.as_str(), exists).await {
+            tracing::warn!(repository = %repo, tag = tag.as_str(), error = %e, "tag not re-checked");
+            tags.invalidate();
+        }
+    }
+
+    /// Every tag of `repo`, read from storage.
+    async fn tag_names(&self, repo: &RepoName) -> Result<Vec<String>> {
+        self.count_listing_read();
+        match self.driver.list(&paths::tags(repo)).await {
+            Ok(tags) => Ok(tags),
             Err(DriverError::NotFound(_)) => Ok(Vec::new()),
             Err(e) => Err(e.into()),
         }

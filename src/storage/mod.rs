@@ -11,16 +11,19 @@ pub mod driver;
 pub mod driver_suite;
 pub mod file_range;
 pub mod fs;
+mod index;
 mod manifests;
 pub mod paths;
 mod uploads;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 pub use driver::{Appender, ByteStream, Content, Driver, DriverError};
 pub use file_range::FileRange;
+pub use index::Page;
 pub use manifests::{ManifestPut, StoredManifest};
 pub use paths::UploadId;
 pub use uploads::sweep::{STALE_TEMPORARY, UploadSweep};
@@ -81,24 +84,63 @@ pub struct Storage {
     upload_locks: uploads::Locks,
     upload_limits: UploadLimits,
     upload_owners: uploads::Owners,
-    catalog: CatalogCache,
+    /// Every repository, read once and kept up to date (see [`index`]).
+    catalog: index::Index,
+    /// The tags of the repositories listed most recently.
+    tags: TagIndexes,
+    /// Directory reads made to answer listings, for tests and diagnostics.
+    listing_reads: std::sync::atomic::AtomicU64,
 }
 
-/// The repository list, kept briefly: a client paging through a large
-/// catalog would otherwise make the server walk every repository once per
-/// page. Changes made through this process drop it at once; changes made by
-/// another replica over the same storage show within [`CATALOG_TTL`].
+/// How many repositories' tag indexes are kept. A listed repository's tags
+/// cost a few dozen bytes each; a repository listed again after its index
+/// was dropped is read again.
+const TAG_INDEXES: usize = 64;
+
+/// Tag indexes by repository, with when each was last listed.
 #[derive(Default)]
-struct CatalogCache {
-    /// Bumped by every change that can add or remove a repository.
-    generation: std::sync::atomic::AtomicU64,
-    entry: std::sync::Mutex<Option<CatalogEntry>>,
+struct TagIndexes(std::sync::Mutex<HashMap<RepoName, (Arc<index::Index>, std::time::Instant)>>);
+
+impl TagIndexes {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<RepoName, (Arc<index::Index>, std::time::Instant)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The index of `repo`, made (empty, not yet read) if there is none.
+    fn listed(&self, repo: &RepoName) -> Arc<index::Index> {
+        let mut indexes = self.lock();
+        let now = std::time::Instant::now();
+        if let Some((index, used)) = indexes.get_mut(repo) {
+            *used = now;
+            return Arc::clone(index);
+        }
+        if indexes.len() >= TAG_INDEXES
+            && let Some(oldest) = indexes
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(name, _)| name.clone())
+        {
+            indexes.remove(&oldest);
+        }
+        let index = Arc::new(index::Index::default());
+        indexes.insert(repo.clone(), (Arc::clone(&index), now));
+        index
+    }
+
+    /// Drops the index of a repository that does not exist, so that listing
+    /// unknown names does not push out the indexes of real ones.
+    fn forget(&self, repo: &RepoName) {
+        self.lock().remove(repo);
+    }
+
+    /// The index of `repo` if one is kept: changes to other repositories'
+    /// tags need no bookkeeping.
+    fn kept(&self, repo: &RepoName) -> Option<Arc<index::Index>> {
+        self.lock().get(repo).map(|(index, _)| Arc::clone(index))
+    }
 }
-
-/// A walk's result: the generation it saw, when, and the names.
-type CatalogEntry = (u64, std::time::Instant, Arc<Vec<String>>);
-
-const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Storage {
     pub fn new(driver: Arc<dyn Driver>) -> Self {
@@ -107,7 +149,9 @@ impl Storage {
             upload_locks: uploads::Locks::default(),
             upload_limits: UploadLimits::default(),
             upload_owners: uploads::Owners::default(),
-            catalog: CatalogCache::default(),
+            catalog: index::Index::default(),
+            tags: TagIndexes::default(),
+            listing_reads: Default::default(),
         }
     }
 
@@ -116,11 +160,16 @@ impl Storage {
         self
     }
 
-    /// Something that may add or remove a repository happened.
-    fn catalog_changed(&self) {
-        self.catalog
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    /// How many directories were read to answer catalog and tag listings
+    /// since the start: what a page costs in storage reads.
+    pub fn listing_reads(&self) -> u64 {
+        self.listing_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_listing_read(&self) {
+        self.listing_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn driver(&self) -> &Arc<dyn Driver> {
@@ -164,7 +213,8 @@ impl Storage {
             .delete(&paths::layer_link(repo, digest))
             .await
             .or_unknown(|| StorageError::BlobUnknown(digest.clone()));
-        self.catalog_changed();
+        // Unlinking the last blob may have removed the repository.
+        self.catalog_recheck(repo).await;
         deleted
     }
 
@@ -189,8 +239,21 @@ impl Storage {
         self.driver
             .put(&paths::layer_link(repo, digest), Bytes::new())
             .await?;
-        self.catalog_changed();
+        self.catalog.insert(repo.as_str());
         Ok(())
+    }
+
+    /// A change that may have removed `repo` happened. When that cannot be
+    /// checked, the catalog is read again at the next listing.
+    async fn catalog_recheck(&self, repo: &RepoName) {
+        let checked = self
+            .catalog
+            .recheck(repo.as_str(), self.repository_exists(repo))
+            .await;
+        if let Err(e) = checked {
+            tracing::warn!(repository = %repo, error = %e, "catalog entry not re-checked");
+            self.catalog.invalidate();
+        }
     }
 
     /// Whether anything was ever stored for `repo`.
@@ -215,31 +278,18 @@ impl Storage {
         Ok(self.driver.put(&paths::revocations(), record).await?)
     }
 
-    /// Every repository, sorted. A directory is a repository when it holds
-    /// one of the `_`-prefixed metadata directories; names nest (`a` and
-    /// `a/b` can both be repositories).
-    pub async fn catalog(&self) -> Result<Arc<Vec<String>>> {
-        use std::sync::atomic::Ordering;
-        let generation = self.catalog.generation.load(Ordering::SeqCst);
-        if let Some((at, when, list)) = self
-            .catalog
-            .entry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            && *at == generation
-            && when.elapsed() < CATALOG_TTL
-        {
-            return Ok(Arc::clone(list));
-        }
-        let list = Arc::new(self.walk_repositories().await?);
-        // A change during the walk may be missing from it: keep the list
-        // only if nothing changed meanwhile.
-        if self.catalog.generation.load(Ordering::SeqCst) == generation {
-            *self.catalog.entry.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((generation, std::time::Instant::now(), Arc::clone(&list)));
-        }
-        Ok(list)
+    /// Up to `n` repositories after `last` that `visible` admits, in the
+    /// spec's list order. A directory is a repository when it holds one of
+    /// the `_`-prefixed metadata directories; names nest (`a` and `a/b` can
+    /// both be repositories).
+    pub async fn catalog_page(
+        &self,
+        last: Option<&str>,
+        n: usize,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<Page> {
+        self.catalog.refresh(self.walk_repositories()).await?;
+        Ok(self.catalog.page(last, n, visible))
     }
 
     async fn walk_repositories(&self) -> Result<Vec<String>> {
@@ -250,6 +300,7 @@ impl Storage {
                 None => paths::REPOSITORIES.to_owned(),
                 Some(name) => paths::repository(name),
             };
+            self.count_listing_read();
             let children = match self.driver.list(&key).await {
                 Ok(c) => c,
                 Err(DriverError::NotFound(_)) => continue,
@@ -271,7 +322,6 @@ impl Storage {
                 }
             }
         }
-        found.sort();
         Ok(found)
     }
 }

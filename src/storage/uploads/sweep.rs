@@ -77,12 +77,8 @@ impl Storage {
 
     /// Removes stale temporaries of the driver; returns how many.
     pub async fn sweep_temporaries(&self) -> Result<usize> {
-        let removed = self.driver.sweep_temporaries(STALE_TEMPORARY).await?;
-        if removed > 0 {
-            // A temporary in `_layers/` made its repository look present.
-            self.catalog_changed();
-        }
-        Ok(removed)
+        // Listings never count temporaries, so removing one changes none.
+        Ok(self.driver.sweep_temporaries(STALE_TEMPORARY).await?)
     }
 
     /// One whole sweep, logged; a failure is logged and retried next time.
