@@ -304,3 +304,45 @@ async fn a_stalled_upload_is_cut_and_its_session_resumes() {
         .assert_serves_blob("stall/repo", &digest, &blob)
         .await;
 }
+
+/// With every connection busy, a new client is neither refused nor served:
+/// it waits (in the listen backlog) until a connection frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_limit_with_none_idle_a_new_client_waits_its_turn() {
+    let server = server(|c| c.server.max_connections = Some(1)).await;
+    let blob = random_bytes(10_000);
+    let digest = sha256(&blob);
+    let mut busy = connect(&server).await;
+    let head = format!(
+        "POST /v2/limit/wait/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        blob.len()
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    busy.write_all(&blob[..5_000]).await.unwrap();
+    let uploads = server.dir.path().join("data/uploads");
+    let start = Instant::now();
+    while !std::fs::read_dir(&uploads).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the push never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let waiting = tokio::spawn(server.client.get(server.at("/v2/")).send());
+    // The property is that it waits: a second of not being served.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "served past the connection limit");
+
+    busy.write_all(&blob[5_000..]).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    busy.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 201");
+    drop(busy);
+    let response = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("the waiting client was never served")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

@@ -53,7 +53,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = Limits::new(&state.config.server);
-    tracing::debug!(?limits, "connection limits");
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_timeout = ?limits.header,
+        idle_timeout = ?limits.idle,
+        body_timeout = ?limits.body,
+        "connection limits"
+    );
     let app = crate::build_router(state);
     let registry = Registry::new(limits.max_connections);
     let tasks = tokio_util::task::TaskTracker::new();
