@@ -36,6 +36,18 @@ pub struct ServerConfig {
     /// The URL clients reach Portcullis at (scheme, host, port), used for the
     /// token realm in challenges. Unset: taken from each request's `Host`.
     pub public_url: Option<String>,
+    /// Seconds a request's head (request line and headers) may take to
+    /// arrive, from its first byte, or on a new connection from the accept.
+    pub header_timeout_secs: u64,
+    /// Seconds a keep-alive connection may sit idle between requests.
+    pub idle_timeout_secs: u64,
+    /// Seconds a request body may go without sending a byte while the
+    /// server waits for it (inactivity, not the upload's total time).
+    pub body_timeout_secs: u64,
+    /// Connections served at once; at the limit the longest-idle connection
+    /// is closed for a new one, and if none is idle new ones wait in the
+    /// listen backlog. Unset: half the open-file limit.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -120,6 +132,10 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             public_url: None,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 75,
+            body_timeout_secs: 60,
+            max_connections: None,
         }
     }
 }
@@ -313,6 +329,20 @@ impl Config {
                     "server.public_url must be an http:// or https:// URL with a host".to_owned(),
                 );
             }
+        }
+        for (key, value) in [
+            ("header_timeout_secs", self.server.header_timeout_secs),
+            ("idle_timeout_secs", self.server.idle_timeout_secs),
+            ("body_timeout_secs", self.server.body_timeout_secs),
+        ] {
+            if value == 0 {
+                let span = lookup(root, &["server", key]);
+                reader.at_opt(span, format!("server.{key} must be positive"));
+            }
+        }
+        if self.server.max_connections == Some(0) {
+            let span = lookup(root, &["server", "max_connections"]);
+            reader.at_opt(span, "server.max_connections must be positive".to_owned());
         }
         if self.token.lifetime_secs < 60 {
             let span = lookup(root, &["token", "lifetime_secs"]);
@@ -514,6 +544,20 @@ colour = true
         );
         assert!(
             found[2].starts_with("4:1: storage.sweep_interval_secs"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn connection_limits_must_be_positive() {
+        let found = problems("[server]\nidle_timeout_secs = 0\nmax_connections = 0\n");
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(
+            found[0].starts_with("2:1: server.idle_timeout_secs"),
+            "{found:#?}"
+        );
+        assert!(
+            found[1].starts_with("3:1: server.max_connections"),
             "{found:#?}"
         );
     }
