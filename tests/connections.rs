@@ -13,7 +13,6 @@ use bytes::Bytes;
 use common::{TestServer, random_bytes, sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 /// Longer than any configured timeout here by a wide margin: a connection
 /// still open by then was not cut.
@@ -205,16 +204,6 @@ async fn at_the_limit_the_idle_connection_makes_room_not_the_busy_one() {
         .await;
 }
 
-/// A request body fed from a channel: the test decides when each part goes.
-fn channel_body() -> (mpsc::Sender<Bytes>, reqwest::Body) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
-    let stream = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|next| next.map(Ok::<_, std::io::Error>))
-    });
-    (tx, reqwest::Body::wrap_stream(stream))
-}
-
 fn header(response: &reqwest::Response, name: &str) -> String {
     response.headers()[name].to_str().unwrap().to_owned()
 }
@@ -234,7 +223,7 @@ async fn a_stalled_upload_is_cut_and_its_session_resumes() {
     let location = server.at(&header(&started, "location"));
 
     // A slow chunk that keeps moving (a part every half timeout) is fine.
-    let (tx, body) = channel_body();
+    let (tx, body) = common::channel_body();
     let patch = tokio::spawn(
         server
             .client
@@ -254,7 +243,7 @@ async fn a_stalled_upload_is_cut_and_its_session_resumes() {
     assert_eq!(header(&slow, "range"), "0-99999");
 
     // The next chunk stalls half-way: the server cuts it.
-    let (tx, body) = channel_body();
+    let (tx, body) = common::channel_body();
     let patch = tokio::spawn(
         server
             .client

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::process::ServerProcess;
-use rand::RngCore;
 use reqwest::StatusCode;
-use sha2::Digest as _;
 use tokio::sync::mpsc;
 
 const REPO: &str = "crash/test";
@@ -24,24 +22,7 @@ const PART: usize = 64 << 10;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn random(len: usize) -> Bytes {
-    let mut buf = vec![0u8; len];
-    rand::rng().fill_bytes(&mut buf);
-    Bytes::from(buf)
-}
-
-fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-/// A request body fed from a channel: the test decides how much is sent, and
-/// holding the sender keeps the request open mid-body.
-fn channel_body() -> (mpsc::Sender<Bytes>, reqwest::Body) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
-    let stream = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|next| next.map(Ok::<_, std::io::Error>))
-    });
-    (tx, reqwest::Body::wrap_stream(stream))
+    Bytes::from(common::random_bytes(len))
 }
 
 async fn feed(tx: &mpsc::Sender<Bytes>, bytes: &Bytes) {
@@ -78,7 +59,7 @@ fn header(response: &reqwest::Response, name: &str) -> String {
 
 /// `POST …/blobs/uploads/?digest=` with a streamed body, to completion.
 async fn push_monolithic(url: String, blob: Bytes) -> String {
-    let digest = digest_of(&blob);
+    let digest = common::sha256(&blob);
     let response = client()
         .post(format!("{url}/v2/{REPO}/blobs/uploads/?digest={digest}"))
         .body(streamed(&blob))
@@ -125,7 +106,7 @@ async fn patch(url: &str, location: &str, start: usize, chunk: &Bytes) -> String
 /// A chunked session to completion: three PATCHes, then a PUT that carries
 /// the last part when `last_in_put`, or closes the session empty.
 async fn push_chunked(url: String, blob: Bytes, last_in_put: bool) -> String {
-    let digest = digest_of(&blob);
+    let digest = common::sha256(&blob);
     let (location, _) = open_session(&url).await;
     let cuts = [
         0,
@@ -199,8 +180,8 @@ fn verified_blob_files(data: &Path) -> BTreeSet<String> {
         assert_eq!(fan, &hex[..2.min(hex.len())], "misplaced blob: {relative}");
         let content = std::fs::read(&file).unwrap();
         assert_eq!(
-            hex::encode(sha2::Sha256::digest(&content)),
-            hex,
+            common::sha256(&content),
+            format!("sha256:{hex}"),
             "blobs/{relative} ({} bytes) does not hash to its name: a half blob is visible",
             content.len()
         );
@@ -233,8 +214,8 @@ async fn sigkill_mid_upload_leaves_only_verified_blobs() {
     let mut cut_off = Vec::new();
     for _ in 0..2 {
         let blob = random(SIZE);
-        let digest = digest_of(&blob);
-        let (tx, body) = channel_body();
+        let digest = common::sha256(&blob);
+        let (tx, body) = common::channel_body();
         interrupted.push(tokio::spawn(
             client()
                 .post(format!("{url}/v2/{REPO}/blobs/uploads/?digest={digest}"))
@@ -250,12 +231,12 @@ async fn sigkill_mid_upload_leaves_only_verified_blobs() {
     // off after more than the appender's write batch, so bytes past the
     // recorded size reach the disk before the kill.
     let resumable = random(SIZE);
-    let resumable_digest = digest_of(&resumable);
+    let resumable_digest = common::sha256(&resumable);
     let (location, session) = open_session(&url).await;
     let recorded = 3 << 19; // 1.5 MiB
     let range = patch(&url, &location, 0, &resumable.slice(..recorded)).await;
     assert_eq!(range, format!("0-{}", recorded - 1));
-    let (tx, body) = channel_body();
+    let (tx, body) = common::channel_body();
     interrupted.push(tokio::spawn(
         client()
             .patch(format!("{url}{location}"))
@@ -334,7 +315,7 @@ async fn sigkill_mid_upload_leaves_only_verified_blobs() {
         assert_eq!(header(&response, "docker-content-digest"), *digest);
         let body = response.bytes().await.unwrap();
         assert_eq!(
-            digest_of(&body),
+            common::sha256(&body),
             *digest,
             "completed blob's bytes do not verify"
         );

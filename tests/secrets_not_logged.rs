@@ -4,9 +4,13 @@
 //! bearer tokens on `/v2/`, a wrong password), and its whole log is then
 //! searched for each secret and its encodings.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use common::process::ServerProcess;
 
 use data_encoding::BASE64;
 use serde_json::Value;
@@ -35,25 +39,14 @@ fn run(dir: &Path, args: &[&str], stdin: &str) {
 
 /// `portcullis serve` in `dir` on the embedded default (users, policies,
 /// keys and data relative to it), everything logged to `log`.
-fn serve(dir: &Path, log: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+fn serve(dir: &Path, log: &Path) -> ServerProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .current_dir(dir)
         .env("PORTCULLIS_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("spawn portcullis");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read announcement");
-    let url = line
-        .trim()
-        .strip_prefix("portcullis listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    (child, url)
+        .stderr(std::fs::File::create(log).expect("log file"));
+    ServerProcess::spawn(command)
 }
 
 #[tokio::test]
@@ -70,7 +63,8 @@ async fn no_credential_reaches_the_log() {
     }
     run(root, &["user", "add", "alice"], &format!("{PASSWORD}\n"));
     let log = root.join("server.log");
-    let (mut server, url) = serve(root, &log);
+    let server = serve(root, &log);
+    let url = server.url.clone();
     let client = reqwest::Client::new();
 
     // docker login: Basic credentials on GET /token, a refresh token back.
@@ -156,8 +150,7 @@ async fn no_credential_reaches_the_log() {
         .unwrap();
     assert_eq!(res.status(), 401);
 
-    let _ = server.kill();
-    let _ = server.wait();
+    server.kill();
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
         log.contains("/token"),

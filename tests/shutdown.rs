@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::process::ServerProcess;
-use rand::RngCore;
-use sha2::Digest as _;
 use tokio::sync::mpsc;
 
 /// How long a test waits for something the server does on its own (its exit,
@@ -17,24 +15,7 @@ use tokio::sync::mpsc;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn random(len: usize) -> Bytes {
-    let mut buf = vec![0u8; len];
-    rand::rng().fill_bytes(&mut buf);
-    Bytes::from(buf)
-}
-
-fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-/// A request body fed from a channel, so the test decides when each part is
-/// sent and when the body ends (dropping the sender).
-fn channel_body() -> (mpsc::Sender<Bytes>, reqwest::Body) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
-    let stream = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|next| next.map(Ok::<_, std::io::Error>))
-    });
-    (tx, reqwest::Body::wrap_stream(stream))
+    Bytes::from(common::random_bytes(len))
 }
 
 async fn feed(tx: &mpsc::Sender<Bytes>, bytes: &Bytes) {
@@ -79,9 +60,9 @@ async fn sigterm_lets_an_inflight_upload_finish() {
     let data = dir.path().join("data");
     let server = ServerProcess::start(&data, &[]);
     let blob = random(3 << 20);
-    let digest = digest_of(&blob);
+    let digest = common::sha256(&blob);
 
-    let (tx, body) = channel_body();
+    let (tx, body) = common::channel_body();
     let upload = tokio::spawn(
         reqwest::Client::new()
             .post(server.at(&format!("/v2/slow/push/blobs/uploads/?digest={digest}")))
@@ -161,7 +142,7 @@ async fn data_dir_flag_creates_the_storage_there() {
     assert!(data.is_dir(), "--data-dir was not created");
 
     let blob = random(10_000);
-    let digest = digest_of(&blob);
+    let digest = common::sha256(&blob);
     let response = reqwest::Client::new()
         .post(server.at(&format!("/v2/placed/repo/blobs/uploads/?digest={digest}")))
         .body(blob.clone())

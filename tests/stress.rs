@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::process::ServerProcess;
 use futures_util::StreamExt;
-use rand::{Rng, RngCore};
+use rand::Rng;
 use reqwest::StatusCode;
 use sha2::Digest as _;
 
@@ -50,13 +50,7 @@ struct Tally {
 }
 
 fn random(len: usize) -> Bytes {
-    let mut buf = vec![0u8; len];
-    rand::rng().fill_bytes(&mut buf);
-    Bytes::from(buf)
-}
-
-fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    Bytes::from(common::random_bytes(len))
 }
 
 /// Sizes on both sides of the zero-copy threshold (64 KiB) and of its
@@ -72,7 +66,7 @@ fn random_size(rng: &mut impl Rng, large: bool) -> usize {
 }
 
 async fn push(client: &reqwest::Client, url: &str, data: Bytes) -> Option<Blob> {
-    let digest = digest_of(&data);
+    let digest = common::sha256(&data);
     let response = client
         .post(format!("{url}/v2/{REPO}/blobs/uploads/?digest={digest}"))
         .body(data.clone())

@@ -29,6 +29,18 @@ pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
+/// A request body fed from a channel: the test decides when each part is
+/// sent, holding the sender keeps the request open mid-body, and dropping it
+/// ends the body.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<bytes::Bytes>, reqwest::Body) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|next| next.map(Ok::<_, std::io::Error>))
+    });
+    (tx, reqwest::Body::wrap_stream(stream))
+}
+
 /// `len` random bytes: content no layer can compress or guess.
 pub fn random_bytes(len: usize) -> Vec<u8> {
     use rand::RngCore as _;

@@ -33,13 +33,21 @@ impl ServerProcess {
     /// As [`ServerProcess::start_with`], with another build of the binary
     /// (a release build for a long stress run).
     pub fn start_binary(binary: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("PORTCULLIS_LOG", "warn")
+            .stderr(Stdio::inherit());
+        Self::spawn(command)
+    }
+
+    /// Spawns a prepared `portcullis serve --listen 127.0.0.1:0 …` command
+    /// (its own directory, environment or log) and waits for its announcement.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn portcullis");
         let stdout = child.stdout.take().expect("stdout");
