@@ -241,7 +241,6 @@ async fn malformed_digest_is_digest_invalid() {
         "sha256:ZZ",
         // Upper-case hex is not canonical: the spec's grammar is lower case.
         &sha256(b"x").to_uppercase().replace("SHA256", "sha256"),
-        "md5:d41d8cd98f00b204e9800998ecf8427e",
         "nocolon",
     ] {
         let response = server
@@ -253,6 +252,22 @@ async fn malformed_digest_is_digest_invalid() {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{digest}");
         assert_eq!(error_code(response).await, "DIGEST_INVALID", "{digest}");
     }
+}
+
+/// A well-formed digest of an algorithm the registry does not hash names no
+/// blob it could hold: reading or deleting it is not found, not invalid.
+#[tokio::test]
+async fn digest_of_an_unknown_algorithm_is_not_found() {
+    let server = TestServer::start().await;
+    let url = blob_url(&server, "repo", "md5:d41d8cd98f00b204e9800998ecf8427e");
+    let response = server.client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(response).await, "BLOB_UNKNOWN");
+    let response = server.client.head(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let response = server.client.delete(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(response).await, "BLOB_UNKNOWN");
 }
 
 #[tokio::test]

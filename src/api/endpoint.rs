@@ -10,7 +10,7 @@
 use axum::http::Method;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::reference::{Digest, Reference, RepoName};
+use crate::reference::{Digest, Reference, ReferenceError, RepoName};
 use crate::storage::UploadId;
 
 /// Pagination of tag and catalog lists (`n`, `last`).
@@ -131,7 +131,17 @@ impl Endpoint {
                 })
             }
             RouteKind::Manifest(reference) => {
-                let reference = Reference::parse(reference)?;
+                // A reference that is neither a tag nor a digest cannot name
+                // a manifest: reading or deleting it finds nothing (as
+                // distribution answers, and the conformance suite expects);
+                // only storing under it is a client's mistake.
+                let reference = match Reference::parse(reference) {
+                    Ok(reference) => reference,
+                    Err(_) if reads_or_deletes(method) => {
+                        return Err(ErrorCode::ManifestUnknown.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 match method {
                     m if *m == Method::GET || *m == Method::HEAD => Ok(Endpoint::GetManifest {
                         name,
@@ -144,7 +154,14 @@ impl Endpoint {
                 }
             }
             RouteKind::Blob(digest) => {
-                let digest = Digest::parse(digest)?;
+                // A well-formed digest of an algorithm we do not hash names
+                // no blob here: not found. A malformed one stays invalid.
+                let digest = match Digest::parse(digest) {
+                    Err(ReferenceError::Algorithm) if reads_or_deletes(method) => {
+                        return Err(ErrorCode::BlobUnknown.into());
+                    }
+                    parsed => parsed?,
+                };
                 match method {
                     m if *m == Method::GET || *m == Method::HEAD => Ok(Endpoint::GetBlob {
                         name,
@@ -233,6 +250,12 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// `GET`, `HEAD` or `DELETE`: the methods for which a reference that
+/// cannot exist is simply not found.
+fn reads_or_deletes(method: &Method) -> bool {
+    [Method::GET, Method::HEAD, Method::DELETE].contains(method)
 }
 
 fn only<T>(method: &Method, allowed: &[Method], value: T) -> Result<T, ApiError> {
@@ -412,8 +435,16 @@ mod tests {
             Err(ErrorCode::DigestInvalid)
         );
         assert_eq!(
-            parse(Method::GET, "/v2/a/manifests/-bad"),
+            parse(Method::PUT, "/v2/a/manifests/-bad"),
             Err(ErrorCode::TagInvalid)
+        );
+        assert_eq!(
+            parse(Method::GET, "/v2/a/manifests/-bad"),
+            Err(ErrorCode::ManifestUnknown)
+        );
+        assert_eq!(
+            parse(Method::DELETE, "/v2/a/blobs/md5:00"),
+            Err(ErrorCode::BlobUnknown)
         );
         assert_eq!(
             parse(Method::GET, "/v2/a/blobs/uploads/nope"),
