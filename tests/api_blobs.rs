@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestServer, random_bytes, sha256};
+use common::{TestServer, error_code, header_str, random_bytes, sha256};
 use futures_util::StreamExt;
 use reqwest::{Response, StatusCode, header};
 use sha2::Digest as _;
@@ -12,29 +12,6 @@ use sha2::Digest as _;
 // ---- helpers (kept local: each test file is its own crate) ----
 
 /// A header's value as text; panics (failing the test) when it is missing.
-fn header_str<'a>(response: &'a Response, name: &str) -> &'a str {
-    response
-        .headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("missing header {name}"))
-        .to_str()
-        .expect("header is text")
-}
-
-/// The first error code of a spec error body, after checking it is JSON.
-async fn error_code(response: Response) -> String {
-    assert_eq!(
-        header_str(&response, "content-type"),
-        "application/json",
-        "error bodies are JSON"
-    );
-    let body: serde_json::Value = response.json().await.expect("JSON error body");
-    body["errors"][0]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error code in {body}"))
-        .to_owned()
-}
-
 fn blob_url(server: &TestServer, repo: &str, digest: &str) -> String {
     server.at(&format!("/v2/{repo}/blobs/{digest}"))
 }

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{TestServer, random_bytes, sha256};
+use common::{TestServer, error_code, header_str, random_bytes, sha256};
 use portcullis::auth::users::hash_password;
 use reqwest::{Response, StatusCode, header};
 use serde_json::Value;
@@ -15,20 +15,6 @@ use serde_json::Value;
 /// How long a test waits for the server to reach a state it does not
 /// announce (a sweep) before failing instead of hanging.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn header_str<'a>(response: &'a Response, name: &str) -> &'a str {
-    response
-        .headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
-}
-
-async fn error_code(response: Response) -> String {
-    let body: Value = response.json().await.expect("a JSON error body");
-    body["errors"][0]["code"].as_str().unwrap_or("").to_owned()
-}
 
 async fn start(server: &TestServer, token: Option<&str>, repo: &str) -> Response {
     let mut request = server

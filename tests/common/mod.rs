@@ -29,6 +29,30 @@ pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
+/// A header of `response` as text; panics when it is missing.
+pub fn header_str<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("missing header {name}"))
+        .to_str()
+        .expect("header is text")
+}
+
+/// The first error code of a spec error body, after checking it is JSON.
+pub async fn error_code(response: reqwest::Response) -> String {
+    assert_eq!(
+        header_str(&response, "content-type"),
+        "application/json",
+        "error bodies are JSON"
+    );
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    body["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+        .to_owned()
+}
+
 /// A request body fed from a channel: the test decides when each part is
 /// sent, holding the sender keeps the request open mid-body, and dropping it
 /// ends the body.
