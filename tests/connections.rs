@@ -82,6 +82,30 @@ async fn request(socket: &mut TcpStream) -> String {
     }
 }
 
+/// A connection with a monolithic push of `blob` to `repo` whose body is
+/// only half sent: busy. Returns once the server has the request (its
+/// session exists on disk).
+async fn half_sent_push(server: &TestServer, repo: &str, blob: &[u8]) -> TcpStream {
+    let mut busy = connect(server).await;
+    let head = format!(
+        "POST /v2/{repo}/blobs/uploads/?digest={} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        sha256(blob),
+        blob.len()
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    busy.write_all(&blob[..blob.len() / 2]).await.unwrap();
+    let uploads = server.dir.path().join("data/uploads");
+    let start = Instant::now();
+    while !std::fs::read_dir(&uploads).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the push never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    busy
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_closed_after_the_header_timeout() {
     let server = server(|c| c.server.header_timeout_secs = 2).await;
@@ -163,24 +187,7 @@ async fn at_the_limit_the_idle_connection_makes_room_not_the_busy_one() {
     let mut idle = connect(&server).await;
     assert!(request(&mut idle).await.starts_with("HTTP/1.1 200"));
 
-    // A monolithic push whose body is only half sent: busy.
-    let mut busy = connect(&server).await;
-    let head = format!(
-        "POST /v2/limit/busy/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-        blob.len()
-    );
-    busy.write_all(head.as_bytes()).await.unwrap();
-    busy.write_all(&blob[..50_000]).await.unwrap();
-    // The server has the request once its session exists on disk.
-    let uploads = server.dir.path().join("data/uploads");
-    let start = Instant::now();
-    while !std::fs::read_dir(&uploads).is_ok_and(|mut d| d.next().is_some()) {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the push never reached the server"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut busy = half_sent_push(&server, "limit/busy", &blob).await;
 
     let response = tokio::time::timeout(DEADLINE, server.client.get(server.at("/v2/")).send())
         .await
@@ -300,23 +307,7 @@ async fn a_stalled_upload_is_cut_and_its_session_resumes() {
 async fn at_the_limit_with_none_idle_a_new_client_waits_its_turn() {
     let server = server(|c| c.server.max_connections = Some(1)).await;
     let blob = random_bytes(10_000);
-    let digest = sha256(&blob);
-    let mut busy = connect(&server).await;
-    let head = format!(
-        "POST /v2/limit/wait/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-        blob.len()
-    );
-    busy.write_all(head.as_bytes()).await.unwrap();
-    busy.write_all(&blob[..5_000]).await.unwrap();
-    let uploads = server.dir.path().join("data/uploads");
-    let start = Instant::now();
-    while !std::fs::read_dir(&uploads).is_ok_and(|mut d| d.next().is_some()) {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the push never reached the server"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut busy = half_sent_push(&server, "limit/wait", &blob).await;
 
     let waiting = tokio::spawn(server.client.get(server.at("/v2/")).send());
     // The property is that it waits: a second of not being served.
