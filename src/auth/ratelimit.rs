@@ -181,32 +181,54 @@ impl LoginLimiter {
     /// be refused now; `check` again at `now + retry_after` passes unless new
     /// failures came in meanwhile. Records nothing.
     pub fn check(&self, account: &str, addr: IpAddr, now: Instant) -> Result<(), Duration> {
-        let account = AccountKey::new(account);
-        let client = Client::of(addr);
+        let key = AccountKey::new(account);
         let mut inner = self.lock();
-        let mut until: Option<Instant> = None;
-        let mut refuse = |u: Option<Instant>| until = until.max(u);
-
-        if let Some(log) = inner.pairs.get_mut(&(account.clone(), client)) {
-            refuse(log.blocked_until(now, self.window, self.pair_limit));
-        }
-        if let Some(log) = inner.clients.get_mut(&client) {
-            refuse(log.blocked_until(now, self.window, self.address_limit));
-        }
-        let trusted = inner.is_trusted(&account, client, now, self.trust_lifetime);
-        if let Some(log) = inner.accounts.get_mut(&account).filter(|_| !trusted) {
-            // Capped so that the throttle only ever delays, never locks out.
-            let capped = log
-                .blocked_until(now, self.window, self.account_limit)
-                .zip(log.newest())
-                .map(|(u, newest)| u.min(newest + self.max_refusal))
-                .filter(|u| *u > now);
-            refuse(capped);
-        }
-        match until {
+        match self.judge(&mut inner, &key, Client::of(addr), now).until {
             Some(u) if u > now => Err(u - now),
             _ => Ok(()),
         }
+    }
+
+    /// What the three rules say of an attempt at `now`, for `check` and
+    /// `reserve` alike.
+    fn judge(
+        &self,
+        inner: &mut Inner,
+        key: &AccountKey,
+        client: Client,
+        now: Instant,
+    ) -> Judgement {
+        let trusted = inner.is_trusted(key, client, now, self.trust_lifetime);
+        let mut judgement = Judgement {
+            until: None,
+            in_flight: false,
+            trusted,
+        };
+        let mut take = |gate: Gate| match gate {
+            Gate::Open => {}
+            Gate::InFlight => judgement.in_flight = true,
+            Gate::Until(u) => judgement.until = judgement.until.max(Some(u)),
+        };
+        if let Some(log) = inner.pairs.get_mut(&(key.clone(), client)) {
+            take(log.gate(now, self.window, self.pair_limit));
+        }
+        if let Some(log) = inner.clients.get_mut(&client) {
+            take(log.gate(now, self.window, self.address_limit));
+        }
+        if let Some(log) = inner.accounts.get_mut(key).filter(|_| !trusted) {
+            match log.gate(now, self.window, self.account_limit) {
+                Gate::Until(u) => {
+                    // Capped so that the throttle only ever delays, never
+                    // locks out.
+                    let capped = log.newest().map_or(u, |n| u.min(n + self.max_refusal));
+                    if capped > now {
+                        take(Gate::Until(capped));
+                    }
+                }
+                gate => take(gate),
+            }
+        }
+        judgement
     }
 
     /// Before looking at credentials: counts the attempt as a failure in
@@ -223,33 +245,11 @@ impl LoginLimiter {
         let key = AccountKey::new(account);
         let client = Client::of(addr);
         let mut inner = self.lock();
-        let trusted = inner.is_trusted(&key, client, now, self.trust_lifetime);
-        let mut until: Option<Instant> = None;
-        let mut in_flight = false;
-        let mut take = |gate: Gate| match gate {
-            Gate::Open => {}
-            Gate::InFlight => in_flight = true,
-            Gate::Until(u) => until = until.max(Some(u)),
-        };
-        let pair = (key.clone(), client);
-        if let Some(log) = inner.pairs.get_mut(&pair) {
-            take(log.gate(now, self.window, self.pair_limit));
-        }
-        if let Some(log) = inner.clients.get_mut(&client) {
-            take(log.gate(now, self.window, self.address_limit));
-        }
-        if let Some(log) = inner.accounts.get_mut(&key).filter(|_| !trusted) {
-            match log.gate(now, self.window, self.account_limit) {
-                Gate::Until(u) => {
-                    // Capped as in `check`: this throttle only delays.
-                    let capped = log.newest().map_or(u, |n| u.min(n + self.max_refusal));
-                    if capped > now {
-                        take(Gate::Until(capped));
-                    }
-                }
-                gate => take(gate),
-            }
-        }
+        let Judgement {
+            until,
+            in_flight,
+            trusted,
+        } = self.judge(&mut inner, &key, client, now);
         match until {
             Some(u) if u > now => return Err(Refusal::Failures(u - now)),
             _ => {}
@@ -257,6 +257,7 @@ impl LoginLimiter {
         if in_flight {
             return Err(Refusal::InFlight);
         }
+        let pair = (key.clone(), client);
         if self.pair_limit > 0 {
             inner.pairs.entry(pair).or_default().pending += 1;
         }
@@ -493,6 +494,17 @@ enum Gate {
     InFlight,
     /// Refused by recorded failures until then.
     Until(Instant),
+}
+
+/// The three rules' verdict on one attempt.
+struct Judgement {
+    /// The latest moment a rule refuses until.
+    until: Option<Instant>,
+    /// A rule is full only counting the failures in flight.
+    in_flight: bool,
+    /// The client recently logged in to the account: the account-wide rule
+    /// does not apply.
+    trusted: bool,
 }
 
 impl FailLog {
