@@ -277,11 +277,27 @@ async fn push_config(
     mount_from: Option<&str>,
     image: &Image,
 ) -> bool {
+    let (digest, config) = (&image.config_digest, image.config.clone());
+    upload(client, target, token, repo, mount_from, digest, config).await
+}
+
+/// Uploads `body` as `digest` into `repo`, first asking to mount it from
+/// `mount_from`: a POST, then (unless mounted) a PUT with the body. Whether
+/// the blob was mounted.
+async fn upload(
+    client: &reqwest::Client,
+    target: &Target,
+    token: &str,
+    repo: &str,
+    mount_from: Option<&str>,
+    digest: &str,
+    body: Bytes,
+) -> bool {
     let what = |step: &str| format!("{} {repo}: {step}", target.name);
     let mut path = format!("/v2/{repo}/blobs/uploads/");
     if let Some(from) = mount_from {
         let query = form_urlencoded::Serializer::new(String::new())
-            .append_pair("mount", &image.config_digest)
+            .append_pair("mount", digest)
             .append_pair("from", from)
             .finish();
         path = format!("{path}?{query}");
@@ -300,13 +316,10 @@ async fn push_config(
     let separator = if location.contains('?') { '&' } else { '?' };
     send_ok(
         client
-            .put(format!(
-                "{location}{separator}digest={}",
-                image.config_digest
-            ))
+            .put(format!("{location}{separator}digest={digest}"))
             .bearer_auth(token)
             .header(CONTENT_TYPE, "application/octet-stream")
-            .body(image.config.clone()),
+            .body(body),
         &what("finish upload"),
     )
     .await;
@@ -485,30 +498,8 @@ async fn push_blob(
     repo: &str,
     blob: Bytes,
 ) {
-    let what = |step: &str| format!("{} {repo}: {step}", target.name);
-    let start = client
-        .post(target.at(&format!("/v2/{repo}/blobs/uploads/")))
-        .bearer_auth(token);
-    let started = send_ok(start, &what("start upload")).await;
-    let location = started
-        .headers()
-        .get(LOCATION)
-        .and_then(|l| l.to_str().ok())
-        .unwrap_or_else(|| panic!("{}", what("upload without Location")));
-    let location = absolute(target, location);
-    let separator = if location.contains('?') { '&' } else { '?' };
-    send_ok(
-        client
-            .put(format!(
-                "{location}{separator}digest={}",
-                sha256_digest(&blob)
-            ))
-            .bearer_auth(token)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(blob),
-        &what("finish upload"),
-    )
-    .await;
+    let digest = sha256_digest(&blob);
+    upload(client, target, token, repo, None, &digest, blob).await;
 }
 
 /// Lists the full catalog once, timed. Checks every populated repository
