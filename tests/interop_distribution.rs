@@ -875,11 +875,7 @@ fn accepted_token(
     registry: &Registry,
     kid: &str,
 ) -> String {
-    let token = http.token(
-        &portcullis,
-        Some(ALICE),
-        &["repository:alice/app:pull,push"],
-    );
+    let token = http.token(portcullis, Some(ALICE), &["repository:alice/app:pull,push"]);
     assert_eq!(header_of(&token)["kid"], kid);
     let reply = http.tags(registry, &token, "alice/app");
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), registry.logs());
