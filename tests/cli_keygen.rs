@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::process::ServerProcess;
+use common::process::{self, ServerProcess};
 use data_encoding::BASE64URL_NOPAD;
 use portcullis::auth::keys::{KeyKind, KeyRing};
 use serde_json::Value;
@@ -58,6 +58,14 @@ fn names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// A first key in `dir/certs`, renamed to sort before any generated one.
+fn first_key(dir: &Path) -> PathBuf {
+    let out = portcullis(dir, &["keygen", "--dir", "certs"]);
+    assert_ok(&out);
+    let key = dir.join(field(&stdout(&out), "new es256 key:"));
+    rename_pair(&key, "000000000001-aaaaaa")
 }
 
 /// Renames a key pair so that it sorts before (or after) any generated one:
@@ -130,10 +138,7 @@ fn es256_key_files_modes_and_ids() {
 fn rs256_rotation_keeps_the_old_key_and_bundles_both() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let out = portcullis(dir.path(), &["keygen", "--dir", "certs"]);
-    assert_ok(&out);
-    let old = dir.path().join(field(&stdout(&out), "new es256 key:"));
-    let old = rename_pair(&old, "000000000001-aaaaaa");
+    let old = first_key(dir.path());
 
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs", "--type", "rs256"]);
     assert_ok(&out);
@@ -249,23 +254,7 @@ fn bad_arguments_write_nothing() {
 
 /// `portcullis serve` over `dir/certs`, its other files in `dir` too.
 fn serve(dir: &Path) -> ServerProcess {
-    let config = dir.join("portcullis.toml");
-    if !config.exists() {
-        std::fs::create_dir_all(dir.join("policies")).unwrap();
-        let path = |sub: &str| format!("{:?}", dir.join(sub).to_str().unwrap());
-        std::fs::write(
-            &config,
-            format!(
-                "[storage]\nroot = {}\n\n[token]\nkey_dir = {}\n\n\
-                 [users]\nfile = {}\n\n[policy]\ndir = {}\n",
-                path("data"),
-                path("certs"),
-                path("users.toml"),
-                path("policies"),
-            ),
-        )
-        .unwrap();
-    }
+    let config = process::config_in(dir);
     ServerProcess::start_with(&["--config", config.to_str().unwrap()])
 }
 
@@ -310,10 +299,7 @@ fn jwks_ids(server: &ServerProcess) -> Vec<String> {
 fn a_second_key_waits_on_standby_until_activated_then_the_old_one_retires() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let out = portcullis(dir.path(), &["keygen", "--dir", "certs"]);
-    assert_ok(&out);
-    let old = dir.path().join(field(&stdout(&out), "new es256 key:"));
-    let old = rename_pair(&old, "000000000001-aaaaaa");
+    let old = first_key(dir.path());
     let old_id = KeyRing::load(&certs).unwrap().signer().libtrust_id.clone();
 
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs"]);
@@ -420,10 +406,7 @@ fn a_second_key_waits_on_standby_until_activated_then_the_old_one_retires() {
 fn now_makes_a_second_key_sign_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let out = portcullis(dir.path(), &["keygen", "--dir", "certs"]);
-    assert_ok(&out);
-    let first = dir.path().join(field(&stdout(&out), "new es256 key:"));
-    rename_pair(&first, "000000000001-aaaaaa");
+    first_key(dir.path());
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs", "--now"]);
     assert_ok(&out);
     let said = stdout(&out);

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Output;
 
 use common::clients::{ClientEnv, output, require, stderr_of};
-use common::process::ServerProcess;
+use common::process::{self, ServerProcess};
 use serde_json::{Value, json};
 
 const ALICE: (&str, &str) = ("alice", "alice-secret-pw");
@@ -29,26 +29,12 @@ actions = ["pull", "push"]
 
 /// Portcullis with alice as its only user, nothing for anonymous callers.
 fn start_portcullis(dir: &Path) -> ServerProcess {
-    fs::create_dir_all(dir.join("policies")).unwrap();
+    let config = process::config_in(dir);
     fs::write(dir.join("policies/10-users.toml"), POLICY).unwrap();
     let hash = portcullis::auth::users::hash_password(ALICE.1).unwrap();
     fs::write(
         dir.join("users.toml"),
         format!("[users.{}]\npassword = {hash:?}\n", ALICE.0),
-    )
-    .unwrap();
-    let path = |sub: &str| format!("{:?}", dir.join(sub).to_str().unwrap());
-    let config = dir.join("portcullis.toml");
-    fs::write(
-        &config,
-        format!(
-            "[storage]\nroot = {}\n\n[token]\nkey_dir = {}\n\n\
-             [users]\nfile = {}\n\n[policy]\ndir = {}\n",
-            path("data"),
-            path("certs"),
-            path("users.toml"),
-            path("policies"),
-        ),
     )
     .unwrap();
     ServerProcess::start_with(&["--config", config.to_str().unwrap()])

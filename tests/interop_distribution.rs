@@ -882,6 +882,27 @@ fn accepted_token(
     token
 }
 
+/// Portcullis and distribution started over the setup's first key, and
+/// alice/app:v1 pushed with a token of that key. Returns the key's id, the
+/// two servers and the token.
+fn started_with_an_image(setup: &Setup, http: &Http) -> (String, ServerProcess, Registry, String) {
+    let key_id = KeyRing::load(&setup.key_dir())
+        .unwrap()
+        .signer()
+        .libtrust_id
+        .clone();
+    let portcullis = setup.start_portcullis();
+    let registry = setup.start_registry(&portcullis);
+    let token = http.token(
+        &portcullis,
+        Some(ALICE),
+        &["repository:alice/app:pull,push"],
+    );
+    assert_eq!(header_of(&token)["kid"], key_id.as_str());
+    http.push_image(&registry, &token, "alice/app", "v1");
+    (key_id, portcullis, registry, token)
+}
+
 /// Key rotation in the order the README gives: the new key goes on
 /// standby (bundle first), every trusting registry restarts over the new
 /// bundle, then the key is activated and Portcullis restarts, and after the
@@ -891,20 +912,7 @@ fn accepted_token(
 fn rotation_in_order_never_has_a_token_refused() {
     let setup = Setup::new();
     let http = Http::new();
-    let old_id = KeyRing::load(&setup.key_dir())
-        .unwrap()
-        .signer()
-        .libtrust_id
-        .clone();
-    let portcullis = setup.start_portcullis();
-    let registry = setup.start_registry(&portcullis);
-    let first = http.token(
-        &portcullis,
-        Some(ALICE),
-        &["repository:alice/app:pull,push"],
-    );
-    assert_eq!(header_of(&first)["kid"], old_id.as_str());
-    http.push_image(&registry, &first, "alice/app", "v1");
+    let (old_id, portcullis, registry, first) = started_with_an_image(&setup, &http);
 
     // 1. A standby key: in the bundle, not signing, whether Portcullis
     // keeps running or restarts meanwhile (a replica may).
@@ -971,20 +979,7 @@ fn field_of(out: &str, label: &str) -> String {
 fn a_key_activated_before_distribution_has_the_bundle_is_refused() {
     let setup = Setup::new();
     let http = Http::new();
-    let old_id = KeyRing::load(&setup.key_dir())
-        .unwrap()
-        .signer()
-        .libtrust_id
-        .clone();
-    let portcullis = setup.start_portcullis();
-    let registry = setup.start_registry(&portcullis);
-    let old_token = http.token(
-        &portcullis,
-        Some(ALICE),
-        &["repository:alice/app:pull,push"],
-    );
-    assert_eq!(header_of(&old_token)["kid"], old_id.as_str());
-    http.push_image(&registry, &old_token, "alice/app", "v1");
+    let (_, portcullis, registry, old_token) = started_with_an_image(&setup, &http);
 
     // Bundle step skipped: generated and activated at once.
     let said = keygen(&setup, &[]);
