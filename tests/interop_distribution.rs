@@ -852,35 +852,142 @@ fn sign_with_kid_only(ring: &KeyRing, kid: &str, access: Vec<AccessEntry>) -> St
     jsonwebtoken::encode(&header, &claims, &encoding).expect("sign")
 }
 
-/// Key rotation as the operator does it: a new key is generated, Portcullis
-/// restarts and signs with it, distribution restarts over the new bundle
-/// (both certificates) and accepts tokens of both keys.
-#[test]
-fn rotated_key_signs_and_distribution_trusts_old_and_new() {
-    let setup = Setup::new();
-    let http = Http::new();
-    let old_ring = KeyRing::load(&setup.key_dir()).unwrap();
-    let old_id = old_ring.signer().libtrust_id.clone();
+/// `portcullis keygen <args>` over the setup's configuration, as the
+/// operator runs it; must succeed. Returns what it printed.
+fn keygen(setup: &Setup, args: &[&str]) -> String {
+    let config = setup.path("portcullis.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("keygen")
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .output()
+        .expect("run portcullis keygen");
+    assert!(out.status.success(), "keygen {args:?}\n{}", shown(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
+/// A fresh push/pull token for alice/app from `portcullis`, which must be
+/// signed by `kid` and accepted by `registry`; returns it.
+fn accepted_token(
+    http: &Http,
+    portcullis: &ServerProcess,
+    registry: &Registry,
+    kid: &str,
+) -> String {
+    let token = http.token(portcullis, Some(ALICE), &["repository:alice/app:pull,push"]);
+    assert_eq!(header_of(&token)["kid"], kid);
+    let reply = http.tags(registry, &token, "alice/app");
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), registry.logs());
+    token
+}
+
+/// Portcullis and distribution started over the setup's first key, and
+/// alice/app:v1 pushed with a token of that key. Returns the key's id, the
+/// two servers and the token.
+fn started_with_an_image(setup: &Setup, http: &Http) -> (String, ServerProcess, Registry, String) {
+    let key_id = KeyRing::load(&setup.key_dir())
+        .unwrap()
+        .signer()
+        .libtrust_id
+        .clone();
     let portcullis = setup.start_portcullis();
     let registry = setup.start_registry(&portcullis);
-    let old_token = http.token(
+    let token = http.token(
         &portcullis,
         Some(ALICE),
         &["repository:alice/app:pull,push"],
     );
-    assert_eq!(header_of(&old_token)["kid"], old_id.as_str());
-    http.push_image(&registry, &old_token, "alice/app", "v1");
+    assert_eq!(header_of(&token)["kid"], key_id.as_str());
+    http.push_image(&registry, &token, "alice/app", "v1");
+    (key_id, portcullis, registry, token)
+}
 
-    // Rotate: the new key is the one that sorts last, so it signs.
-    let new_key = keys::generate(&setup.key_dir(), KeyKind::Es256).unwrap();
-    let ring = KeyRing::load(&setup.key_dir()).unwrap();
-    assert_eq!(ring.keys().len(), 2);
-    assert_eq!(ring.signer().file, new_key, "the newest key signs");
-    let new_id = ring.signer().libtrust_id.clone();
+/// Key rotation in the order the README gives: the new key goes on
+/// standby (bundle first), every trusting registry restarts over the new
+/// bundle, then the key is activated and Portcullis restarts, and after the
+/// old tokens expired the old key is retired. At no step does distribution
+/// refuse a token Portcullis issues.
+#[test]
+fn rotation_in_order_never_has_a_token_refused() {
+    let setup = Setup::new();
+    let http = Http::new();
+    let (old_id, portcullis, registry, first) = started_with_an_image(&setup, &http);
+
+    // 1. A standby key: in the bundle, not signing, whether Portcullis
+    // keeps running or restarts meanwhile (a replica may).
+    let said = keygen(&setup, &[]);
+    assert!(said.contains("on standby"), "{said}");
+    let new_id = field_of(&said, "key id (libtrust, distribution 2.8):");
     assert_ne!(new_id, old_id);
     let bundle = fs::read_to_string(setup.key_dir().join("bundle.crt")).unwrap();
     assert_eq!(bundle.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+    accepted_token(&http, &portcullis, &registry, &old_id);
+    drop(portcullis);
+    let portcullis = setup.start_portcullis();
+    accepted_token(&http, &portcullis, &registry, &old_id);
+
+    // 2. distribution restarts over the new bundle: still the old key's
+    // tokens, now trusted alongside the new key.
+    drop(registry);
+    let registry = setup.start_registry(&portcullis);
+    accepted_token(&http, &portcullis, &registry, &old_id);
+
+    // 3. Activated: the running Portcullis signs as before, the restarted
+    // one with the new key, and distribution takes both, old tokens too.
+    let said = keygen(&setup, &["--activate"]);
+    assert!(said.contains("once Portcullis restarts"), "{said}");
+    accepted_token(&http, &portcullis, &registry, &old_id);
+    drop(portcullis);
+    let portcullis = setup.start_portcullis();
+    let new_token = accepted_token(&http, &portcullis, &registry, &new_id);
+    http.push_image(&registry, &new_token, "alice/app", "v2");
+    let reply = http.tags(&registry, &first, "alice/app");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["tags"], json!(["v1", "v2"]));
+
+    // 4. The old key retired and the bundle handed out again: new tokens
+    // still pass; one the old key signed no longer does.
+    let said = keygen(&setup, &["--retire"]);
+    assert!(said.contains("retired:"), "{said}");
+    let bundle = fs::read_to_string(setup.key_dir().join("bundle.crt")).unwrap();
+    assert_eq!(bundle.matches("-----BEGIN CERTIFICATE-----").count(), 1);
+    drop(registry);
+    let registry = setup.start_registry(&portcullis);
+    accepted_token(&http, &portcullis, &registry, &new_id);
+    drop(portcullis);
+    let portcullis = setup.start_portcullis();
+    accepted_token(&http, &portcullis, &registry, &new_id);
+    assert_eq!(http.tags(&registry, &first, "alice/app").status, 401);
+}
+
+/// The value after `label` on its line of keygen's output.
+#[track_caller]
+fn field_of(out: &str, label: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in:\n{out}"))
+        .trim()
+        .to_owned()
+}
+
+/// The wrong order: the new key activated (or made with `--now`) and
+/// Portcullis restarted before distribution has the new bundle. Its tokens
+/// are refused until distribution restarts over the bundle; then tokens of
+/// both keys pass.
+#[test]
+fn a_key_activated_before_distribution_has_the_bundle_is_refused() {
+    let setup = Setup::new();
+    let http = Http::new();
+    let (_, portcullis, registry, old_token) = started_with_an_image(&setup, &http);
+
+    // Bundle step skipped: generated and activated at once.
+    let said = keygen(&setup, &[]);
+    let new_id = field_of(&said, "key id (libtrust, distribution 2.8):");
+    keygen(&setup, &["--activate"]);
+    let ring = KeyRing::load(&setup.key_dir()).unwrap();
+    assert_eq!(ring.keys().len(), 2);
+    assert_eq!(ring.signer().libtrust_id, new_id);
 
     drop(portcullis);
     let portcullis = setup.start_portcullis();
@@ -890,25 +997,29 @@ fn rotated_key_signs_and_distribution_trusts_old_and_new() {
         &["repository:alice/app:pull,push"],
     );
     assert_eq!(header_of(&new_token)["kid"], new_id.as_str());
-
     // distribution still runs with the bundle it read at start, which does
-    // not hold the new certificate: it refuses the new token. (This shows
-    // the acceptance below is due to the new bundle.)
+    // not hold the new certificate: it refuses the new token.
     let reply = http.tags(&registry, &new_token, "alice/app");
     assert_eq!(reply.status, 401, "{}", reply.text());
 
-    // Restarted over the same storage, it reads both certificates: new
-    // tokens work, and old ones still do until they expire.
+    // The same with `--now`, the emergency rotation.
+    let said = keygen(&setup, &["--now"]);
+    let now_id = field_of(&said, "key id (libtrust, distribution 2.8):");
+    drop(portcullis);
+    let portcullis = setup.start_portcullis();
+    let now_token = http.token(&portcullis, Some(ALICE), &["repository:alice/app:pull"]);
+    assert_eq!(header_of(&now_token)["kid"], now_id.as_str());
+    assert_eq!(http.tags(&registry, &now_token, "alice/app").status, 401);
+
+    // Restarted over the same storage, it reads every certificate: tokens
+    // of all three keys pass until they expire.
     drop(registry);
     let registry = setup.start_registry(&portcullis);
-    for token in [&new_token, &old_token] {
+    for token in [&now_token, &new_token, &old_token] {
         let reply = http.tags(&registry, token, "alice/app");
         assert_eq!(reply.status, 200, "{}\n{}", reply.text(), registry.logs());
         assert_eq!(reply.json()["tags"], json!(["v1"]));
     }
-    http.push_image(&registry, &new_token, "alice/app", "v2");
-    let reply = http.tags(&registry, &new_token, "alice/app");
-    assert_eq!(reply.json()["tags"], json!(["v1", "v2"]));
 }
 
 /// RS256 keys work as well as ES256 ones with distribution 2.8.

@@ -2,10 +2,19 @@
 //!
 //! Each key is a pair of files in the key directory, `token-<stamp>.key`
 //! (PKCS#8 PEM) and `token-<stamp>.crt` (a self-signed certificate of its
-//! public key). The key whose name sorts last signs; every key present
-//! verifies, so rotating is: generate a new pair, let the old tokens expire,
-//! delete the old pair. `bundle.crt` concatenates every certificate: it is
+//! public key). Every key present verifies; the active key whose name sorts
+//! last signs. A key is on *standby* while a `token-<stamp>.standby` marker
+//! sits beside it: it verifies and is listed (bundle, JWKS), but does not
+//! sign. The marker is one file, created before the key and removed in one
+//! step to activate it, so replicas sharing the directory never disagree on
+//! whether a key signs. `bundle.crt` concatenates every certificate: it is
 //! what an external registry's `rootcertbundle` points at.
+//!
+//! Rotating without refused tokens is therefore: generate a standby key
+//! (the bundle gains its certificate), hand the bundle to every trusting
+//! registry, activate the key, and once the old key's tokens have expired
+//! retire it. A directory without markers is read as before: the newest key
+//! signs.
 //!
 //! Registries find the verifying key in different ways, so tokens carry all
 //! of them: `x5c` (the certificate, for distribution 2.8 and 3.x), `kid` as
@@ -32,6 +41,10 @@ pub enum KeyError {
     Invalid { path: PathBuf, message: String },
     #[error("no signing key in {0} (run `portcullis keygen`)")]
     NoKey(PathBuf),
+    #[error("every key in {0} is on standby, none signs (run `portcullis keygen --activate`)")]
+    AllStandby(PathBuf),
+    #[error("no standby key in {0} (run `portcullis keygen` to make one)")]
+    NoStandby(PathBuf),
     #[error("key generation failed: {0}")]
     Generate(String),
 }
@@ -81,6 +94,8 @@ pub struct TokenKey {
     header_b64: String,
     jwk: Jwk,
     pub file: PathBuf,
+    /// Verifies but does not sign (its `.standby` marker exists).
+    pub standby: bool,
 }
 
 enum Signer {
@@ -169,6 +184,7 @@ impl TokenKey {
             header_b64: BASE64URL_NOPAD.encode(&header_json),
             jwk,
             file: key_path.to_owned(),
+            standby: standby_marker(key_path).exists(),
         })
     }
 
@@ -207,37 +223,33 @@ impl TokenKey {
     }
 }
 
-/// All token keys of a directory: the newest signs, all verify.
+/// All token keys of a directory: the newest active key signs, all verify.
 pub struct KeyRing {
     keys: Vec<TokenKey>,
+    /// Index of the key that signs: the last one not on standby.
+    signer: usize,
 }
 
 impl KeyRing {
-    /// Loads every `token-*.key` of `dir` (with its `.crt`).
+    /// Loads every `token-*.key` of `dir` (with its `.crt`, and noting
+    /// which are on standby).
     pub fn load(dir: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
+        let paths = token_files(dir, "key").map_err(|source| KeyError::Io {
             path: dir.to_owned(),
             source,
-        };
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "key")
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("token-"))
-            })
-            .collect();
-        paths.sort();
+        })?;
         if paths.is_empty() {
             return Err(KeyError::NoKey(dir.to_owned()));
         }
-        let keys = paths
+        let keys: Vec<TokenKey> = paths
             .iter()
             .map(|p| TokenKey::load(p))
             .collect::<Result<_, _>>()?;
-        Ok(Self { keys })
+        let signer = keys
+            .iter()
+            .rposition(|k| !k.standby)
+            .ok_or_else(|| KeyError::AllStandby(dir.to_owned()))?;
+        Ok(Self { keys, signer })
     }
 
     /// Loads the directory, generating a first key when it has none (the
@@ -257,7 +269,7 @@ impl KeyRing {
     }
 
     pub fn signer(&self) -> &TokenKey {
-        self.keys.last().expect("a key ring is never empty")
+        &self.keys[self.signer]
     }
 
     /// The key a token's `kid` names, if it is one of ours.
@@ -287,8 +299,78 @@ impl KeyRing {
 
 /// Writes a new key pair and certificate into `dir` (created if missing),
 /// and rewrites `bundle.crt`. Returns the new key's path. The private key
-/// file is created readable by its owner only.
+/// file is created readable by its owner only. The new key signs as soon as
+/// the directory is loaded again: right for a first key or an emergency,
+/// but a registry that trusts the old bundle refuses its tokens until it
+/// has the new one (see [`generate_standby`]).
 pub fn generate(dir: &Path, kind: KeyKind) -> Result<PathBuf, KeyError> {
+    create(dir, kind, false)
+}
+
+/// Like [`generate`], but the new key is on standby: its certificate is in
+/// `bundle.crt` at once and it verifies, while the current key keeps
+/// signing until [`activate`].
+pub fn generate_standby(dir: &Path, kind: KeyKind) -> Result<PathBuf, KeyError> {
+    create(dir, kind, true)
+}
+
+/// Makes the newest standby key of `dir` an active one (it signs if it is
+/// also the newest active key) by removing its marker; returns its path.
+/// The key is loaded first, so a broken one is never activated.
+pub fn activate(dir: &Path) -> Result<PathBuf, KeyError> {
+    // A directory that does not exist has no standby key either.
+    let keys = match token_files(dir, "key") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        other => other.map_err(|source| KeyError::Io {
+            path: dir.to_owned(),
+            source,
+        })?,
+    };
+    let key = keys
+        .into_iter()
+        .rev()
+        .find(|k| standby_marker(k).exists())
+        .ok_or_else(|| KeyError::NoStandby(dir.to_owned()))?;
+    TokenKey::load(&key)?;
+    let marker = standby_marker(&key);
+    std::fs::remove_file(&marker).map_err(|source| KeyError::Io {
+        path: marker,
+        source,
+    })?;
+    Ok(key)
+}
+
+/// Removes every active key of `dir` but the signing one (standby keys
+/// stay), and rewrites `bundle.crt`. Returns the removed keys' paths. Tokens
+/// those keys signed, refresh tokens included, stop verifying.
+pub fn retire(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
+    let ring = KeyRing::load(dir)?;
+    let retired: Vec<PathBuf> = ring
+        .keys()
+        .iter()
+        .filter(|k| !k.standby && k.file != ring.signer().file)
+        .map(|k| k.file.clone())
+        .collect();
+    for key in &retired {
+        for file in [key.clone(), key.with_extension("crt")] {
+            std::fs::remove_file(&file).map_err(|source| KeyError::Io { path: file, source })?;
+        }
+    }
+    write_bundle(dir)?;
+    Ok(retired)
+}
+
+/// The marker that puts `key` on standby: `token-<stamp>.standby`.
+pub fn standby_marker(key: &Path) -> PathBuf {
+    key.with_extension("standby")
+}
+
+/// What a marker says to whoever opens it.
+const STANDBY_NOTE: &str = "This key is on standby: it verifies tokens and its certificate is in \
+bundle.crt, but it does not sign.\n`portcullis keygen --activate` removes this file, so that the \
+key signs once Portcullis restarts.\n";
+
+fn create(dir: &Path, kind: KeyKind, standby: bool) -> Result<PathBuf, KeyError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| KeyError::Io { path, source }
@@ -323,6 +405,12 @@ pub fn generate(dir: &Path, kind: KeyKind) -> Result<PathBuf, KeyError> {
 
     let stamp = stamp(dir);
     let key_path = dir.join(format!("token-{stamp}.key"));
+    // The marker comes first: a replica loading the directory while the key
+    // is being written must never take a standby key for the signing one.
+    if standby {
+        let marker = standby_marker(&key_path);
+        write_new(&marker, STANDBY_NOTE.as_bytes(), 0o644).map_err(io(&marker))?;
+    }
     write_new(&key_path, pair.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
     let cert_path = key_path.with_extension("crt");
     write_new(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
@@ -337,17 +425,7 @@ pub fn write_bundle(dir: &Path) -> Result<(), KeyError> {
         let path = path.to_owned();
         move |source| KeyError::Io { path, source }
     };
-    let mut certs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "crt")
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("token-"))
-        })
-        .collect();
-    certs.sort();
+    let certs = token_files(dir, "crt").map_err(io(dir))?;
     let mut bundle = String::new();
     for cert in certs {
         bundle.push_str(&std::fs::read_to_string(&cert).map_err(io(&cert))?);
@@ -356,6 +434,22 @@ pub fn write_bundle(dir: &Path) -> Result<(), KeyError> {
     let tmp = dir.join(".bundle.crt.tmp");
     std::fs::write(&tmp, bundle).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// The `token-*.<extension>` files of `dir`, in name order (which is key
+/// order).
+fn token_files(dir: &Path, extension: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == extension)
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("token-"))
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 fn write_new(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
@@ -371,7 +465,7 @@ fn write_new(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
 
 /// The stamp of a new key: seconds since the epoch, zero padded, and
 /// always greater than every stamp already in `dir`, because "the newest
-/// key signs" is decided by name order. Two keys made within one second, or
+/// active key signs" is decided by name order. Two keys made within one second, or
 /// a clock set back, still leave the newest key last. Random bits follow so
 /// that two processes generating at once do not collide on a name.
 fn stamp(dir: &Path) -> String {

@@ -2,7 +2,7 @@
 //! separate process (signals, crashes, command-line behaviour, external clients).
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// A `portcullis serve` child on an ephemeral port. Killed when dropped.
@@ -92,4 +92,27 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes `dir/portcullis.toml` for a server whose files all live in `dir`
+/// (`data/`, `certs/`, `users.toml`, `policies/`, created empty when
+/// missing) and returns its path, for [`ServerProcess::start_with`]'s
+/// `--config`.
+pub fn config_in(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("policies")).expect("policies dir");
+    let path = |sub: &str| format!("{:?}", dir.join(sub).to_str().expect("UTF-8 temp path"));
+    let config = dir.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nroot = {}\n\n[token]\nkey_dir = {}\n\n\
+             [users]\nfile = {}\n\n[policy]\ndir = {}\n",
+            path("data"),
+            path("certs"),
+            path("users.toml"),
+            path("policies"),
+        ),
+    )
+    .expect("write portcullis.toml");
+    config
 }
