@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::process::ServerProcess;
+use common::process::{ServerProcess, copy_project_policies, run_in};
 
 const PASSWORD: &str = "alice-Pa55word-for-logs";
 
@@ -69,37 +69,11 @@ impl Log {
     }
 }
 
-/// `portcullis ARGS` in `dir`, `stdin` as its input.
-fn run(dir: &Path, args: &[&str], stdin: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn portcullis");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write password");
-    assert!(child.wait().expect("wait").success(), "portcullis {args:?}");
-}
-
 /// A directory with the project's policies and the user alice.
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    for name in ["10-admins.toml", "50-users.toml"] {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("policies")
-            .join(name);
-        std::fs::copy(source, policies.join(name)).unwrap();
-    }
-    run(
+    copy_project_policies(dir.path());
+    run_in(
         dir.path(),
         &["user", "add", "alice"],
         &format!("{PASSWORD}\n"),
@@ -313,7 +287,7 @@ async fn a_bad_policy_edit_is_logged_when_made_and_once() {
     );
 
     // The users file is watched the same way.
-    run(
+    run_in(
         dir.path(),
         &["user", "add", "bob"],
         "bob-Pa55word-for-logs\n",
