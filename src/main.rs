@@ -195,14 +195,58 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     })
 }
 
+/// Logs to stderr at `level` (`log.level`), or as `PORTCULLIS_LOG` says. A
+/// bad filter is said on stderr rather than silently replaced: a person who
+/// asked for `debug` and sees nothing needs to know why.
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    const FALLBACK: &str = "info";
+    let level = match filter_problem(level) {
+        None => level,
+        Some(problem) => {
+            eprintln!("log.level: invalid filter {level:?}: {problem}; using {FALLBACK}");
+            FALLBACK
+        }
+    };
+    let directives = match std::env::var("PORTCULLIS_LOG") {
+        Ok(value) if value.trim().is_empty() => level.to_owned(),
+        Ok(value) => match filter_problem(&value) {
+            None => value,
+            Some(problem) => {
+                eprintln!("PORTCULLIS_LOG: invalid filter {value:?}: {problem}; using {level}");
+                level.to_owned()
+            }
+        },
+        Err(std::env::VarError::NotPresent) => level.to_owned(),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            eprintln!("PORTCULLIS_LOG: invalid filter: not UTF-8; using {level}");
+            level.to_owned()
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .with_writer(std::io::stderr)
         // Colour codes only help a person at a terminal; in files and
         // journals they are noise.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// What is wrong with a log filter, if anything. Beyond the filter syntax, a
+/// bare word must be a level: the syntax reads `verbose` or `infoo` as "every
+/// level of the target so named", which silences the whole log, and nobody
+/// means that (a target is written `target=level`).
+fn filter_problem(filter: &str) -> Option<String> {
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(filter) {
+        return Some(e.to_string());
+    }
+    filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains(['=', '[', ':']))
+        .find(|d| d.parse::<tracing::level_filters::LevelFilter>().is_err())
+        .map(|d| {
+            format!(
+                "`{d}` is not a level (trace, debug, info, warn, error, off; a target is `{d}=LEVEL`)"
+            )
+        })
 }

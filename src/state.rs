@@ -46,6 +46,9 @@ impl AppState {
             auth,
         });
         tokio::spawn(sweep_periodically(Arc::downgrade(&state), interval));
+        if state.auth.is_some() {
+            tokio::spawn(watch_files(Arc::downgrade(&state)));
+        }
         Ok(state)
     }
 }
@@ -66,5 +69,26 @@ async fn sweep_periodically(state: std::sync::Weak<AppState>, interval: Duration
         }
         drop(state);
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// Checks the users and policy files every second while the state lives, so
+/// that an edit, good or bad, is logged when it is made and not only at the
+/// next request that needs them.
+async fn watch_files(state: std::sync::Weak<AppState>) {
+    let mut ticks = tokio::time::interval(crate::auth::reload::CHECK_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        // Reading a few small files: off the async threads, as at start.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(authority) = &state.auth {
+                authority.check_files();
+            }
+        })
+        .await;
     }
 }

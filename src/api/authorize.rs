@@ -1,7 +1,13 @@
 //! The one authorization check of every `/v2/` request: the bearer token
 //! must carry every access the parsed endpoint requires. Handlers never
 //! check permissions themselves.
+//!
+//! Every refusal is logged once, at `info`, with what was required and what
+//! the token carried; never the token itself.
 
+use std::net::IpAddr;
+
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde_json::json;
 
@@ -19,30 +25,68 @@ pub enum Grant {
     Token(Claims),
 }
 
+/// Checks the request `parts` (from `addr`) against what `endpoint` requires.
 pub fn authorize(
     state: &AppState,
     endpoint: &Endpoint,
-    headers: &HeaderMap,
+    parts: &Parts,
+    addr: Option<IpAddr>,
 ) -> Result<Grant, ApiError> {
     let Some(authority) = &state.auth else {
         return Ok(Grant::Open);
     };
+    let headers = &parts.headers;
     let required = endpoint.required_access();
-    let challenge = |error: Option<&str>| challenge(state, authority, headers, &required, error);
+    let refuse = |reason: &str, claims: Option<&Claims>, error: Option<&str>| {
+        let subject = match claims {
+            Some(c) if c.sub.is_empty() => "anonymous",
+            Some(c) => c.sub.as_str(),
+            None => "none",
+        };
+        let scopes: Vec<String> = required.iter().filter_map(scope_of).collect();
+        let carried = claims.map_or_else(String::new, |c| super::token::scope_string(&c.access));
+        let addr = addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        // The path without its query: a query may hold what a client
+        // should not have put there, and the route is in the path.
+        let path = parts.uri.path();
+        let method = parts.method.as_str();
+        // Every client starts with an unauthenticated `GET /v2/` to learn
+        // where tokens come from; logging that 401 at `info` would make
+        // half the log noise, so it is `debug`.
+        if claims.is_none() && error.is_none() && matches!(endpoint, Endpoint::Base) {
+            tracing::debug!(method, path, addr, reason, "request refused");
+        } else {
+            tracing::info!(
+                method,
+                path,
+                addr,
+                subject,
+                reason,
+                required = scopes.join(" "),
+                carried,
+                "request refused"
+            );
+        }
+        challenge(state, authority, headers, &required, error)
+    };
     let Some(token) = bearer(headers) else {
-        return Err(challenge(None));
+        return Err(refuse("no token", None, None));
     };
     let claims = match authority.verify_bearer(token) {
         Ok(claims) => claims,
         Err(e) => {
-            tracing::debug!(error = %e, "bearer token refused");
-            return Err(challenge(Some("invalid_token")));
+            let reason = e.to_string();
+            return Err(refuse(&reason, None, Some("invalid_token")));
         }
     };
     if required.iter().all(|access| covers(&claims, access)) {
         Ok(Grant::Token(claims))
     } else {
-        Err(challenge(Some("insufficient_scope")))
+        Err(refuse(
+            "the token lacks the access",
+            Some(&claims),
+            Some("insufficient_scope"),
+        ))
     }
 }
 

@@ -61,7 +61,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     };
     let result = match Endpoint::parse(&parts.method, parts.uri.path(), parts.uri.query()) {
         // The one authorization check, from `endpoint.required_access()`.
-        Ok(endpoint) => match authorize::authorize(&state, &endpoint, &parts.headers) {
+        Ok(endpoint) => match authorize::authorize(&state, &endpoint, &parts, conn.addr) {
             Ok(grant) => handle(&state, endpoint, &parts.headers, body, &grant, &conn).await,
             Err(e) => Err(e),
         },

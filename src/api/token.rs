@@ -2,7 +2,9 @@
 //! OAuth2 `POST /token`, plus the public keys at `/.well-known/jwks.json`.
 //!
 //! Credentials are read here and handed to [`Authority`]; nothing here
-//! logs them.
+//! logs them. Every request is logged once, at `info`, when it is answered:
+//! who (or `anonymous`), from where, what was asked, what was granted and,
+//! for each refusal, the policy rule that decided (see [`Record`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,22 +30,22 @@ pub async fn get(State(state): State<Arc<AppState>>, request: Request) -> Respon
     let Some(authority) = &state.auth else {
         return ApiError::new(ErrorCode::NotFound).into_response();
     };
-    let addr = client_addr(&request);
+    let mut record = Record::new(client_addr(&request));
     let (parts, _) = request.into_parts();
-    get_token(authority, &parts.headers, parts.uri.query(), addr)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    let result = get_token(authority, &parts.headers, parts.uri.query(), &mut record).await;
+    record.log(&result);
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn post(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let Some(authority) = &state.auth else {
         return ApiError::new(ErrorCode::NotFound).into_response();
     };
-    let addr = client_addr(&request);
+    let mut record = Record::new(client_addr(&request));
     let body = request.into_body();
-    post_token(&state, authority, body, addr)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    let result = post_token(&state, authority, body, &mut record).await;
+    record.log(&result);
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
@@ -59,6 +61,80 @@ fn client_addr(request: &Request) -> Option<IpAddr> {
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .map(|c| c.0.addr.ip())
+}
+
+/// One token request as the log tells it, filled in as the request is read
+/// and written as one line when it is answered. Holds no credential: the
+/// password and tokens never enter it.
+struct Record {
+    addr: Option<IpAddr>,
+    /// How the caller identified: `anonymous`, `basic` (`GET`), `password`
+    /// or `refresh_token` (`POST`).
+    grant: &'static str,
+    /// The name the caller gave or the refresh token named; `None`: anonymous.
+    user: Option<String>,
+    service: Option<String>,
+    /// The scopes as sent, space-separated.
+    asked: String,
+    granted: String,
+    refused: String,
+    /// Why the request was refused, when the answer alone does not say it
+    /// well enough for the log.
+    reason: Option<&'static str>,
+}
+
+impl Record {
+    fn new(addr: Option<IpAddr>) -> Self {
+        Self {
+            addr,
+            grant: "anonymous",
+            user: None,
+            service: None,
+            asked: String::new(),
+            granted: String::new(),
+            refused: String::new(),
+            reason: None,
+        }
+    }
+
+    fn log(&self, result: &Result<Response, ApiError>) {
+        // A credential that named no one yet (a refused refresh token, a
+        // form without a name) is not an anonymous request.
+        let nobody = match self.grant {
+            "anonymous" => "anonymous",
+            _ => "unknown",
+        };
+        let user = self.user.as_deref().unwrap_or(nobody);
+        let addr = self
+            .addr
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let service = self.service.as_deref().unwrap_or("");
+        match result {
+            Ok(_) => tracing::info!(
+                user,
+                addr,
+                grant = self.grant,
+                service,
+                asked = self.asked,
+                granted = self.granted,
+                refused = self.refused,
+                "token issued"
+            ),
+            Err(e) => tracing::info!(
+                user,
+                addr,
+                grant = self.grant,
+                service,
+                asked = self.asked,
+                status = e.code.status().as_u16(),
+                reason = self
+                    .reason
+                    .or(e.message.as_deref())
+                    .unwrap_or(e.code.message()),
+                "token refused"
+            ),
+        }
+    }
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -98,17 +174,21 @@ async fn get_token(
     authority: &Authority,
     headers: &HeaderMap,
     query: Option<&str>,
-    addr: Option<IpAddr>,
+    record: &mut Record,
 ) -> Result<Response, ApiError> {
     let q = TokenQuery::parse(query);
+    record.service = q.service.clone();
+    record.asked = q.scopes.join(" ");
     check_service(authority, q.service.as_deref(), false)?;
     let scopes = parse_scopes(q.scopes.iter().map(String::as_str))?;
     let account = match basic_credentials(headers)? {
         Some((user, password)) => {
+            record.grant = "basic";
+            record.user = Some(user.clone());
             if q.account.as_deref().is_some_and(|a| a != user) {
                 return Err(invalid("account does not match the credentials"));
             }
-            Some(login(authority, &user, &password, addr).await?)
+            Some(login(authority, &user, &password, record).await?)
         }
         None => None,
     };
@@ -116,14 +196,14 @@ async fn get_token(
         Some(account) if q.offline_token => Some(authority.issue_refresh(account)?),
         _ => None,
     };
-    respond(authority, account.as_ref(), addr, &scopes, refresh, false)
+    respond(authority, account.as_ref(), record, &scopes, refresh, false)
 }
 
 async fn post_token(
     state: &AppState,
     authority: &Authority,
     body: Body,
-    addr: Option<IpAddr>,
+    record: &mut Record,
 ) -> Result<Response, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_FORM)
         .await
@@ -134,6 +214,8 @@ async fn post_token(
             .or_insert_with(|| value.into_owned());
     }
     let field = |name: &str| form.get(name).map(String::as_str);
+    record.service = field("service").map(str::to_owned);
+    record.asked = field("scope").unwrap_or("").to_owned();
     check_service(authority, field("service"), true)?;
     if field("client_id").is_none_or(str::is_empty) {
         return Err(invalid("client_id is required"));
@@ -142,10 +224,12 @@ async fn post_token(
     let offline = field("access_type") == Some("offline");
     let (account, refresh) = match field("grant_type") {
         Some("password") => {
+            record.grant = "password";
+            record.user = field("username").map(str::to_owned);
             let (Some(user), Some(password)) = (field("username"), field("password")) else {
                 return Err(invalid("username and password are required"));
             };
-            let account = login(authority, user, password, addr).await?;
+            let account = login(authority, user, password, record).await?;
             let refresh = if offline {
                 Some(authority.issue_refresh(&account)?)
             } else {
@@ -154,10 +238,12 @@ async fn post_token(
             (account, refresh)
         }
         Some("refresh_token") => {
+            record.grant = "refresh_token";
             let Some(refresh) = field("refresh_token") else {
                 return Err(invalid("refresh_token is required"));
             };
             let account = authority.redeem_refresh(&state.storage, refresh).await?;
+            record.user = Some(account.name.clone());
             // The same refresh token goes back: docker never stores a
             // rotated one.
             (account, Some(refresh.to_owned()))
@@ -167,7 +253,7 @@ async fn post_token(
         }
         None => return Err(invalid("grant_type is required")),
     };
-    respond(authority, Some(&account), addr, &scopes, refresh, true)
+    respond(authority, Some(&account), record, &scopes, refresh, true)
 }
 
 /// Verifies credentials, through the failed-login limiter.
@@ -175,17 +261,23 @@ async fn login(
     authority: &Authority,
     user: &str,
     password: &str,
-    addr: Option<IpAddr>,
+    record: &mut Record,
 ) -> Result<Account, ApiError> {
     // Without a peer address (never the case over TCP) all such callers
     // share one limiter slot: stricter, never looser.
-    let addr = addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let addr = record.addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     match authority.login(user, password, addr).await {
         Ok(account) => Ok(account),
-        Err(
-            e @ (AuthError::BadCredentials | AuthError::TooManyFailures(_) | AuthError::Busy(_)),
-        ) => {
-            tracing::info!(user, client = %addr, reason = %e, "login refused");
+        Err(e @ AuthError::BadCredentials) => {
+            // The client is told the same thing either way (no account
+            // enumeration), but the log says which, as distribution's and
+            // docker_auth's do: the person reading it is the operator, who
+            // needs to tell a typo in a name (`Frank`) from a forgotten
+            // password. The log holds the name tried, never the password.
+            record.reason = Some(match authority.account(user) {
+                Some(_) => "wrong password",
+                None => "unknown user",
+            });
             Err(e.into())
         }
         Err(e) => Err(e.into()),
@@ -244,20 +336,22 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Ap
 fn respond(
     authority: &Authority,
     account: Option<&Account>,
-    addr: Option<IpAddr>,
+    record: &mut Record,
     scopes: &[ResourceScope],
     refresh: Option<String>,
     oauth: bool,
 ) -> Result<Response, ApiError> {
-    let caller = caller(account, addr);
-    let access = authority.grant(&caller, scopes);
+    let caller = caller(account, record.addr);
+    let grant = authority.grant(&caller, scopes);
     let subject = account.map_or("", |a| a.name.as_str());
-    tracing::info!(
-        user = subject,
-        granted = %scope_string(&access),
-        "token issued"
-    );
-    let issued = authority.issue(subject, access)?;
+    record.granted = scope_string(&grant.access);
+    record.refused = grant
+        .refused
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let issued = authority.issue(subject, grant.access)?;
     let issued_at = time::OffsetDateTime::from_unix_timestamp(issued.claims.iat as i64)
         .ok()
         .and_then(|t| {
@@ -286,8 +380,8 @@ fn respond(
     Ok(response)
 }
 
-/// Granted access in scope syntax, space-separated.
-fn scope_string(access: &[AccessEntry]) -> String {
+/// Access in scope syntax, space-separated.
+pub(super) fn scope_string(access: &[AccessEntry]) -> String {
     access
         .iter()
         .map(|a| format!("{}:{}:{}", a.kind, a.name, a.actions.join(",")))

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::policy::{Caller, Policy};
+use crate::policy::{Caller, Policy, RuleOrigin};
 use crate::storage::Storage;
 use gate::{GateError, VerifyGate};
 use keys::{KeyKind, KeyRing};
@@ -67,6 +67,34 @@ pub struct TokenSettings {
 pub struct Issued {
     pub token: String,
     pub claims: Claims,
+}
+
+/// The policy's answer to a token request.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    /// What the token will carry.
+    pub access: Vec<AccessEntry>,
+    /// What was asked for and not granted.
+    pub refused: Vec<Refused>,
+}
+
+/// Access asked for and refused, with the rule that decided (`None`: no
+/// rule matched, the default deny).
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub scope: AccessEntry,
+    pub rule: Option<RuleOrigin>,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.scope;
+        write!(f, "{}:{}:{} by ", s.kind, s.name, s.actions.join(","))?;
+        match &self.rule {
+            Some(rule) => write!(f, "{rule}"),
+            None => f.write_str("no rule matched"),
+        }
+    }
 }
 
 pub struct Authority {
@@ -166,6 +194,13 @@ impl Authority {
         self.policy.get().0
     }
 
+    /// Reloads the users and the policy if their files changed (the
+    /// watcher task in `state.rs`), logging each change.
+    pub fn check_files(&self) {
+        self.users.check_now();
+        self.policy.check_now();
+    }
+
     /// Checks a name and password from a client address. The attempt is
     /// first reserved with the failed-login limiter (refused at once, 429,
     /// while the account or the address is throttled; made to wait a little
@@ -235,23 +270,50 @@ impl Authority {
 
     /// What the policy grants `caller` of the requested scopes: for each
     /// scope, the intersection of the actions asked for and allowed. Scopes
-    /// that grant nothing, and resource types we do not serve, are left out.
-    pub fn grant(&self, caller: &Caller, requested: &[ResourceScope]) -> Vec<AccessEntry> {
+    /// that grant nothing, and resource types we do not serve, are left out
+    /// of the access; what the policy refused is listed with the rule that
+    /// decided, so that the log can say why.
+    pub fn grant(&self, caller: &Caller, requested: &[ResourceScope]) -> Grant {
         let policy = self.policy();
         let mut granted: BTreeMap<(String, String), Vec<Action>> = BTreeMap::new();
+        let mut refused = Vec::new();
         let mut catalog = false;
         for scope in requested {
             match scope.kind.as_str() {
                 "repository" => {
                     let wanted = expand_actions(&scope.actions);
                     let decision = policy.decide(caller, &scope.name, &wanted);
+                    let mut denied: Vec<Action> = wanted
+                        .iter()
+                        .filter(|a| !decision.granted.contains(a))
+                        .copied()
+                        .collect();
+                    denied.sort();
+                    denied.dedup();
+                    if !denied.is_empty() {
+                        refused.push(Refused {
+                            scope: AccessEntry {
+                                kind: scope.kind.clone(),
+                                name: scope.name.clone(),
+                                actions: denied.iter().map(|a| a.as_str().to_owned()).collect(),
+                            },
+                            rule: decision.rule,
+                        });
+                    }
                     let entry = granted
                         .entry((scope.kind.clone(), scope.name.clone()))
                         .or_default();
                     entry.extend(decision.granted);
                 }
                 "registry" if scope.name == "catalog" && scope.actions.iter().any(|a| a == "*") => {
-                    catalog |= !policy.decide_catalog(caller).granted.is_empty();
+                    let decision = policy.decide_catalog(caller);
+                    if decision.granted.is_empty() {
+                        refused.push(Refused {
+                            scope: catalog_entry(),
+                            rule: decision.rule,
+                        });
+                    }
+                    catalog |= !decision.granted.is_empty();
                 }
                 _ => {}
             }
@@ -270,13 +332,9 @@ impl Authority {
             })
             .collect();
         if catalog {
-            access.push(AccessEntry {
-                kind: "registry".into(),
-                name: "catalog".into(),
-                actions: vec!["*".into()],
-            });
+            access.push(catalog_entry());
         }
-        access
+        Grant { access, refused }
     }
 
     /// Signs an access token for `subject` ("" for anonymous).
@@ -436,6 +494,14 @@ fn expand_actions(actions: &[String]) -> Vec<Action> {
         }
     }
     wanted
+}
+
+fn catalog_entry() -> AccessEntry {
+    AccessEntry {
+        kind: "registry".into(),
+        name: "catalog".into(),
+        actions: vec!["*".into()],
+    }
 }
 
 /// Builds the policy's view of a caller.

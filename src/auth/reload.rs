@@ -1,6 +1,11 @@
 //! Files that change under a running server (users, policies): reloaded when
 //! their fingerprint changes, and kept as they were when the new content is
 //! bad, so that a typo in a policy never opens or closes the registry.
+//!
+//! The files are looked at on use and, so that a bad edit is reported when
+//! it is made rather than at the next request, by a task that checks every
+//! [`CHECK_EVERY`] (`state.rs`). Each change is logged once: a good version
+//! with what it holds, a bad one with its file, line, column and message.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -8,7 +13,24 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How often the files are looked at, at most: a stat per token request
 /// would be cheap, but there is no need to do it a thousand times a second.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// What a reload log line says a value holds (`3 users`, `12 rules`).
+pub trait Summary {
+    fn summary(&self) -> String;
+}
+
+impl Summary for crate::auth::users::Users {
+    fn summary(&self) -> String {
+        format!("{} users", self.len())
+    }
+}
+
+impl Summary for crate::policy::Policy {
+    fn summary(&self) -> String {
+        format!("{} rules", self.len())
+    }
+}
 
 /// Names, sizes and modification times of the watched files: any edit,
 /// addition or removal changes it.
@@ -55,7 +77,7 @@ pub struct Watched<T> {
     seen: Mutex<(Instant, Fingerprint)>,
 }
 
-impl<T: Send + Sync + 'static> Watched<T> {
+impl<T: Summary + Send + Sync + 'static> Watched<T> {
     /// Loads the value once; an error here is an error at start.
     pub fn new(
         what: &'static str,
@@ -93,38 +115,59 @@ impl<T: Send + Sync + 'static> Watched<T> {
     /// The current value, after reloading it if its files changed. Returns
     /// whether a reload happened (so dependent caches can be dropped).
     pub fn get(&self) -> (Arc<T>, bool) {
-        let mut reloaded = false;
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if seen.0.elapsed() >= self.check_every {
-                seen.0 = Instant::now();
-                let now = (self.fingerprint)();
-                if now != seen.1 {
-                    seen.1 = now;
-                    match (self.load)() {
-                        Ok(value) => {
-                            *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-                                Arc::new(value);
-                            tracing::info!(what = self.what, "reloaded");
-                            reloaded = true;
-                        }
-                        Err(e) => tracing::error!(
-                            what = self.what,
-                            error = %e,
-                            "reload refused, the previous version stays in force"
-                        ),
-                    }
-                }
-            }
-        }
+        let reloaded = self.check(false);
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
         (Arc::clone(&current), reloaded)
+    }
+
+    /// Looks at the files now (the watcher task, which paces itself) and
+    /// reloads if they changed. Returns whether a reload happened.
+    pub fn check_now(&self) -> bool {
+        self.check(true)
+    }
+
+    fn check(&self, now: bool) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if !now && seen.0.elapsed() < self.check_every {
+            return false;
+        }
+        seen.0 = Instant::now();
+        let fingerprint = (self.fingerprint)();
+        if fingerprint == seen.1 {
+            return false;
+        }
+        // Remembered whatever the outcome: a bad version is reported once,
+        // not at every check until it is fixed.
+        seen.1 = fingerprint;
+        match (self.load)() {
+            Ok(value) => {
+                let summary = value.summary();
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+                tracing::info!(what = self.what, "{} reloaded: {summary}", self.what);
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    what = self.what,
+                    error = %e,
+                    "{} reload refused, the previous version stays in force",
+                    self.what
+                );
+                false
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Summary for u32 {
+        fn summary(&self) -> String {
+            self.to_string()
+        }
+    }
 
     #[test]
     fn reloads_on_change_and_keeps_the_old_value_on_error() {

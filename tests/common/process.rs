@@ -1,7 +1,7 @@
 //! The real `portcullis` binary as a child process, for tests that need a
 //! separate process (signals, crashes, command-line behaviour, external clients).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -115,4 +115,37 @@ pub fn config_in(dir: &Path) -> PathBuf {
     )
     .expect("write portcullis.toml");
     config
+}
+
+/// Runs `portcullis ARGS` in `dir` with `stdin` as its input (a password
+/// line) and asserts that it succeeded.
+pub fn run_in(dir: &Path, args: &[&str], stdin: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn portcullis");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    assert!(child.wait().expect("wait").success(), "portcullis {args:?}");
+}
+
+/// Copies the project's `policies/` into `dir/policies`, for a server run in
+/// `dir` on the embedded default.
+pub fn copy_project_policies(dir: &Path) {
+    let policies = dir.join("policies");
+    std::fs::create_dir(&policies).expect("create policies/");
+    for name in ["10-admins.toml", "50-users.toml"] {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies")
+            .join(name);
+        std::fs::copy(source, policies.join(name)).expect("copy policy");
+    }
 }
