@@ -353,6 +353,35 @@ impl LoginLimiter {
         self.maintain(inner, now);
     }
 
+    /// An administrator cleared these accounts' lockouts (`portcullis user
+    /// unlock`): their failures recorded up to each cutoff are forgotten, per
+    /// (account, client) and account-wide. The per-client rule is left
+    /// alone: it is about the address, not the account, and clearing it would
+    /// let a sprayer reset its counter through any account it can unlock.
+    /// Attempts in flight stay counted. A cutoff older than the window has
+    /// nothing left to forget, so applying old unlocks again costs nothing.
+    pub fn forget_before(&self, cutoffs: &[(&str, Instant)], now: Instant) {
+        let cutoffs: HashMap<AccountKey, Instant> = cutoffs
+            .iter()
+            .filter(|(_, cutoff)| *cutoff + self.window > now)
+            .map(|(name, cutoff)| (AccountKey::new(name), *cutoff))
+            .collect();
+        if cutoffs.is_empty() {
+            return;
+        }
+        let forget = |log: &mut FailLog, cutoff: Instant| {
+            log.times.retain(|t| *t > cutoff);
+            !log.is_idle()
+        };
+        let mut inner = self.lock();
+        inner
+            .pairs
+            .retain(|(key, _), log| cutoffs.get(key).is_none_or(|c| forget(log, *c)));
+        inner
+            .accounts
+            .retain(|key, log| cutoffs.get(key).is_none_or(|c| forget(log, *c)));
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Nothing panics while the lock is held; if something ever did, the
         // tables are still consistent enough to go on with.
