@@ -28,6 +28,15 @@ fn portcullis(dir: &Path, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("wait for portcullis")
 }
 
+/// `portcullis user ARGS --file users.toml` in `dir`.
+fn user(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    portcullis(
+        dir,
+        &[&["user"], args, &["--file", "users.toml"]].concat(),
+        stdin,
+    )
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -75,15 +84,10 @@ fn load(path: &Path) -> Users {
 fn add_list_passwd_del_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
 
-    let out = portcullis(
+    let out = user(
         dir.path(),
-        &[
-            &["user", "add", "alice", "--group", "admins", "-g", "dev"][..],
-            &f,
-        ]
-        .concat(),
+        &["add", "alice", "--group", "admins", "-g", "dev"],
         "s3cret-pw\n",
     );
     assert_ok(&out);
@@ -94,11 +98,7 @@ fn add_list_passwd_del_round_trip() {
     );
     // A new file holds password hashes: its owner alone may read it.
     assert_eq!(mode(&file), 0o600);
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "bob.example"][..], &f].concat(),
-        "hunter22\n",
-    ));
+    assert_ok(&user(dir.path(), &["add", "bob.example"], "hunter22\n"));
 
     let users = load(&file);
     assert_eq!(users.len(), 2);
@@ -116,7 +116,7 @@ fn add_list_passwd_del_round_trip() {
     );
     assert_eq!(text.matches("$argon2id$").count(), 2, "{text}");
 
-    let out = portcullis(dir.path(), &[&["user", "list"][..], &f].concat(), "");
+    let out = user(dir.path(), &["list"], "");
     assert_ok(&out);
     let listed: Vec<Vec<String>> = stdout(&out)
         .lines()
@@ -129,11 +129,7 @@ fn add_list_passwd_del_round_trip() {
         stdout(&out)
     );
 
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "passwd", "alice"][..], &f].concat(),
-        "n3w pass\n",
-    ));
+    assert_ok(&user(dir.path(), &["passwd", "alice"], "n3w pass\n"));
     let users = load(&file);
     assert!(users.verify("alice", "s3cret-pw").is_none());
     let alice = users.verify("alice", "n3w pass").expect("new password");
@@ -145,17 +141,13 @@ fn add_list_passwd_del_round_trip() {
     assert!(users.verify("bob.example", "hunter22").is_some());
     assert_eq!(mode(&file), 0o600);
 
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "del", "bob.example"][..], &f].concat(),
-        "",
-    );
+    let out = user(dir.path(), &["del", "bob.example"], "");
     assert_ok(&out);
     let users = load(&file);
     assert_eq!(users.len(), 1);
     assert!(users.account("bob.example").is_none());
     assert!(users.verify("alice", "n3w pass").is_some());
-    let out = portcullis(dir.path(), &[&["user", "list"][..], &f].concat(), "");
+    let out = user(dir.path(), &["list"], "");
     assert_eq!(stdout(&out).trim(), "alice  admins,dev");
 }
 
@@ -227,23 +219,10 @@ fn edits_keep_comments_other_users_and_permissions() {
     );
     std::fs::write(&file, &original).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let f = ["--file", "users.toml"];
 
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        "pw-alice\n",
-    ));
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "passwd", "zoe"][..], &f].concat(),
-        "new-zoe-pw\n",
-    ));
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "del", "robot"][..], &f].concat(),
-        "",
-    ));
+    assert_ok(&user(dir.path(), &["add", "alice"], "pw-alice\n"));
+    assert_ok(&user(dir.path(), &["passwd", "zoe"], "new-zoe-pw\n"));
+    assert_ok(&user(dir.path(), &["del", "robot"], ""));
 
     let text = std::fs::read_to_string(&file).unwrap();
     for kept in [
@@ -300,31 +279,14 @@ fn a_symlinked_users_file_stays_a_symlink() {
 fn duplicates_and_unknown_users_are_refused_without_change() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        "first-pw\n",
-    ));
+    assert_ok(&user(dir.path(), &["add", "alice"], "first-pw\n"));
     let before = std::fs::read(&file).unwrap();
 
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        "second-pw\n",
-    );
+    let out = user(dir.path(), &["add", "alice"], "second-pw\n");
     assert_refused(&out, "user `alice` already exists");
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "passwd", "nobody"][..], &f].concat(),
-        "x\n",
-    );
+    let out = user(dir.path(), &["passwd", "nobody"], "x\n");
     assert_refused(&out, "no user `nobody`");
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "del", "nobody"][..], &f].concat(),
-        "",
-    );
+    let out = user(dir.path(), &["del", "nobody"], "");
     assert_refused(&out, "no user `nobody`");
 
     assert_eq!(std::fs::read(&file).unwrap(), before, "file unchanged");
@@ -334,26 +296,17 @@ fn duplicates_and_unknown_users_are_refused_without_change() {
 #[test]
 fn bad_names_and_groups_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let f = ["--file", "users.toml"];
     for name in ["a b", "a:b", "a/b", "*", "", "tab\there"] {
-        let out = portcullis(
-            dir.path(),
-            &[&["user", "add", name][..], &f].concat(),
-            "password\n",
-        );
+        let out = user(dir.path(), &["add", name], "password\n");
         assert_refused(&out, "invalid user name");
     }
     let long = "x".repeat(129);
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "add", &long][..], &f].concat(),
-        "password\n",
-    );
+    let out = user(dir.path(), &["add", &long], "password\n");
     assert_refused(&out, "invalid user name");
     for group in ["ops/admin", "*", "has space"] {
-        let out = portcullis(
+        let out = user(
             dir.path(),
-            &[&["user", "add", "alice", "--group", group][..], &f].concat(),
+            &["add", "alice", "--group", group],
             "password\n",
         );
         assert_refused(&out, "invalid group name");
@@ -366,38 +319,21 @@ fn bad_names_and_groups_are_refused() {
 fn passwords_come_from_one_line_of_stdin() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
     for (stdin, why) in [("", "no password"), ("\n", "empty password")] {
-        let out = portcullis(
-            dir.path(),
-            &[&["user", "add", "alice"][..], &f].concat(),
-            stdin,
-        );
+        let out = user(dir.path(), &["add", "alice"], stdin);
         assert_refused(&out, why);
         assert!(!file.exists());
     }
     // Only the line ending is removed: spaces are part of the password.
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        " two words \r\n",
-    ));
+    assert_ok(&user(dir.path(), &["add", "alice"], " two words \r\n"));
     let users = load(&file);
     assert!(users.verify("alice", " two words ").is_some());
     assert!(users.verify("alice", "two words").is_none());
     // A last line without a newline is a password too.
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "passwd", "alice"][..], &f].concat(),
-        "no-newline",
-    ));
+    assert_ok(&user(dir.path(), &["passwd", "alice"], "no-newline"));
     assert!(load(&file).verify("alice", "no-newline").is_some());
     // And the password is never accepted as an argument.
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "add", "bob", "--password", "x"][..], &f].concat(),
-        "",
-    );
+    let out = user(dir.path(), &["add", "bob", "--password", "x"], "");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
@@ -461,10 +397,9 @@ fn htpasswd_and_broken_files_are_not_written() {
 fn import_htpasswd_keeps_bcrypt_hashes() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
-    assert_ok(&portcullis(
+    assert_ok(&user(
         dir.path(),
-        &[&["user", "add", "alice", "-g", "admins"][..], &f].concat(),
+        &["add", "alice", "-g", "admins"],
         "toml-pw-1\n",
     ));
     // `htpasswd -B` writes the `$2y$` variant; other tools write `$2b$`.
@@ -480,13 +415,9 @@ fn import_htpasswd_keeps_bcrypt_hashes() {
     )
     .unwrap();
 
-    let out = portcullis(
+    let out = user(
         dir.path(),
-        &[
-            &["user", "import-htpasswd", "htpasswd", "--group", "imported"][..],
-            &f,
-        ]
-        .concat(),
+        &["import-htpasswd", "htpasswd", "--group", "imported"],
         "",
     );
     assert_ok(&out);
@@ -519,13 +450,9 @@ fn import_htpasswd_keeps_bcrypt_hashes() {
         ["admins"]
     );
 
-    let out = portcullis(
+    let out = user(
         dir.path(),
-        &[
-            &["user", "import-htpasswd", "htpasswd", "--replace"][..],
-            &f,
-        ]
-        .concat(),
+        &["import-htpasswd", "htpasswd", "--replace"],
         "",
     );
     assert_ok(&out);
@@ -545,7 +472,6 @@ fn import_htpasswd_keeps_bcrypt_hashes() {
 fn import_refuses_weak_or_malformed_htpasswd_files_whole() {
     let dir = tempfile::tempdir().unwrap();
     let good = bcrypt::hash("pw", 4).unwrap();
-    let f = ["--file", "users.toml"];
     for (content, reason) in [
         // Apache MD5: too weak to keep.
         (
@@ -557,19 +483,11 @@ fn import_refuses_weak_or_malformed_htpasswd_files_whole() {
         ("# only a comment\n".to_owned(), "no users to import"),
     ] {
         std::fs::write(dir.path().join("htpasswd"), content).unwrap();
-        let out = portcullis(
-            dir.path(),
-            &[&["user", "import-htpasswd", "htpasswd"][..], &f].concat(),
-            "",
-        );
+        let out = user(dir.path(), &["import-htpasswd", "htpasswd"], "");
         assert_refused(&out, reason);
         assert!(!dir.path().join("users.toml").exists(), "nothing written");
     }
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "import-htpasswd", "missing"][..], &f].concat(),
-        "",
-    );
+    let out = user(dir.path(), &["import-htpasswd", "missing"], "");
     assert_refused(&out, "missing: cannot read");
 }
 
@@ -577,19 +495,10 @@ fn import_refuses_weak_or_malformed_htpasswd_files_whole() {
 fn names_that_cannot_be_a_repository_path_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "add", "Frank"][..], &f].concat(),
-        "frank-password\n",
-    );
+    let out = user(dir.path(), &["add", "Frank"], "frank-password\n");
     assert_refused(&out, "`Frank` cannot be a repository path component");
     assert_refused(&out, "`${user}/**` rules could never match it; use `frank`");
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "add", "bob@example.com"][..], &f].concat(),
-        "bob-password\n",
-    );
+    let out = user(dir.path(), &["add", "bob@example.com"], "bob-password\n");
     assert_refused(&out, "could never match it");
     assert!(!stderr(&out).contains("; use"), "{}", stderr(&out));
     assert!(!file.exists(), "nothing written");
@@ -598,11 +507,7 @@ fn names_that_cannot_be_a_repository_path_are_refused() {
     // del removes it.
     let hash = bcrypt::hash("old-password", 4).unwrap();
     std::fs::write(&file, format!("[users.Frank]\npassword = {hash:?}\n")).unwrap();
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "passwd", "Frank"][..], &f].concat(),
-        "new-password\n",
-    );
+    let out = user(dir.path(), &["passwd", "Frank"], "new-password\n");
     assert_ok(&out);
     assert!(
         stderr(&out).contains("warning: user name `Frank`"),
@@ -610,14 +515,10 @@ fn names_that_cannot_be_a_repository_path_are_refused() {
         stderr(&out)
     );
     assert!(load(&file).verify("Frank", "new-password").is_some());
-    let out = portcullis(dir.path(), &[&["user", "list"][..], &f].concat(), "");
+    let out = user(dir.path(), &["list"], "");
     assert_ok(&out);
     assert!(stderr(&out).contains("use `frank`"), "{}", stderr(&out));
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "del", "Frank"][..], &f].concat(),
-        "",
-    ));
+    assert_ok(&user(dir.path(), &["del", "Frank"], ""));
     assert!(load(&file).is_empty());
 }
 
@@ -625,46 +526,29 @@ fn names_that_cannot_be_a_repository_path_are_refused() {
 fn passwords_shorter_than_the_minimum_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
     // The default minimum: 8 characters.
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        "1234567\n",
-    );
+    let out = user(dir.path(), &["add", "alice"], "1234567\n");
     assert_refused(
         &out,
         "password too short: 7 characters, at least 8 required",
     );
     assert!(!file.exists(), "nothing written");
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        "12345678\n",
-    ));
+    assert_ok(&user(dir.path(), &["add", "alice"], "12345678\n"));
     // `passwd` shares the rule, and the configuration sets the minimum
     // (also when --file names the users file).
     let config = dir.path().join("portcullis.toml");
     std::fs::write(&config, "[users]\nmin_password_length = 12\n").unwrap();
     let before = std::fs::read(&file).unwrap();
-    let out = portcullis(
+    let out = user(
         dir.path(),
-        &[
-            &["user", "passwd", "alice", "-c", "portcullis.toml"][..],
-            &f,
-        ]
-        .concat(),
+        &["passwd", "alice", "-c", "portcullis.toml"],
         "eleven-char\n",
     );
     assert_refused(&out, "at least 12 required (users.min_password_length)");
     assert_eq!(std::fs::read(&file).unwrap(), before, "file unchanged");
-    assert_ok(&portcullis(
+    assert_ok(&user(
         dir.path(),
-        &[
-            &["user", "passwd", "alice", "-c", "portcullis.toml"][..],
-            &f,
-        ]
-        .concat(),
+        &["passwd", "alice", "-c", "portcullis.toml"],
         "twelve-chars\n",
     ));
     assert!(load(&file).verify("alice", "twelve-chars").is_some());
@@ -683,29 +567,20 @@ fn passwords_shorter_than_the_minimum_are_refused() {
 fn more_than_one_line_on_stdin_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
     for stdin in [
         "first-line\nsecond-line\n",
         "first-line\n\n",
         "first-line\nx",
     ] {
-        let out = portcullis(
-            dir.path(),
-            &[&["user", "add", "alice"][..], &f].concat(),
-            stdin,
-        );
+        let out = user(dir.path(), &["add", "alice"], stdin);
         assert_refused(&out, "expected one line");
         assert!(!file.exists(), "nothing written for {stdin:?}");
     }
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        "first-line\n",
-    ));
+    assert_ok(&user(dir.path(), &["add", "alice"], "first-line\n"));
     let before = std::fs::read(&file).unwrap();
-    let out = portcullis(
+    let out = user(
         dir.path(),
-        &[&["user", "passwd", "alice"][..], &f].concat(),
+        &["passwd", "alice"],
         "new-password\nnew-password\n",
     );
     assert_refused(&out, "expected one line");
@@ -746,18 +621,9 @@ fn import_with_a_bad_name_imports_nothing_and_lists_every_bad_name() {
 fn unlock_records_the_time_and_refuses_unknown_users() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        "alice-password\n",
-    ));
+    assert_ok(&user(dir.path(), &["add", "alice"], "alice-password\n"));
     let stamp = load(&file).account("alice").unwrap().stamp;
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "unlock", "alice"][..], &f].concat(),
-        "",
-    );
+    let out = user(dir.path(), &["unlock", "alice"], "");
     assert_ok(&out);
     assert!(stdout(&out).contains("unlocked alice"), "{}", stdout(&out));
     assert!(stdout(&out).contains("within a second"), "{}", stdout(&out));
@@ -784,11 +650,7 @@ fn unlock_records_the_time_and_refuses_unknown_users() {
     assert_eq!(users.account("alice").unwrap().stamp, stamp);
 
     let before = std::fs::read(&file).unwrap();
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "unlock", "nobody"][..], &f].concat(),
-        "",
-    );
+    let out = user(dir.path(), &["unlock", "nobody"], "");
     assert_refused(&out, "no user `nobody`");
     assert_eq!(std::fs::read(&file).unwrap(), before);
 }

@@ -60,7 +60,7 @@ pub enum UsersError {
     )]
     Name(String),
     #[error(
-        "user name `{name}` cannot be a repository path component (lower-case letters and digits, separated by `.`, `_`, `__` or `-`), so `${{user}}/**` rules could never match it{}",
+        "user name `{name}` cannot be a repository path component ({PATH_COMPONENT}), so `${{user}}/**` rules could never match it{}",
         suggestion.as_ref().map(|s| format!("; use `{s}`")).unwrap_or_default()
     )]
     NotPath {
@@ -318,6 +318,10 @@ pub fn check_name(name: &str) -> Result<(), UsersError> {
         Err(UsersError::Name(name.to_owned()))
     }
 }
+
+/// The rule for a repository path component, in words.
+pub const PATH_COMPONENT: &str =
+    "lower-case letters and digits, separated by `.`, `_`, `__` or `-`";
 
 /// A name for a new user: besides [`check_name`], one repository path
 /// component, as `${user}` stands for in policies (`${user}/**`).

@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use portcullis::auth::users::{Users, UsersError, check_name, check_path_name, hash_password};
+use portcullis::auth::users::{
+    PATH_COMPONENT, Users, UsersError, check_name, check_path_name, hash_password,
+};
 use portcullis::auth::users_file::{EditError, UsersFile, check_group};
 
 use super::{Failure, load_config, password};
@@ -269,7 +271,7 @@ fn import(
         .collect();
     if !bad.is_empty() {
         return Err(Failure::refused(format!(
-            "{}: nothing imported: {} user name(s) cannot be a repository path component (lower-case letters and digits, separated by `.`, `_`, `__` or `-`), so `${{user}}/**` rules could never match them; rename them in the htpasswd file: {}",
+            "{}: nothing imported: {} user name(s) cannot be a repository path component ({PATH_COMPONENT}), so `${{user}}/**` rules could never match them; rename them in the htpasswd file: {}",
             htpasswd.display(),
             bad.len(),
             bad.join(", ")
