@@ -181,7 +181,12 @@ impl Authority {
                 Some((name, now.checked_sub(ago)?))
             })
             .collect();
-        self.limiter.forget_before(&cutoffs, now);
+        for name in self.limiter.forget_before(&cutoffs, now) {
+            tracing::info!(
+                user = name,
+                "failed logins forgotten: unlocked with `portcullis user unlock`"
+            );
+        }
     }
 
     pub fn policy(&self) -> Arc<Policy> {
