@@ -456,3 +456,36 @@ async fn user_unlock_clears_a_lockout_in_the_running_server() {
     );
     server.kill();
 }
+
+#[tokio::test]
+async fn an_older_account_whose_name_is_no_path_still_logs_in_and_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let hash = hash_password("frank-password").unwrap();
+    std::fs::write(
+        root.join("users.toml"),
+        format!("[users.Frank]\npassword = {hash:?}\n"),
+    )
+    .unwrap();
+    copy_policies(root);
+    let log = root.join("server.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(root)
+        .env("PORTCULLIS_LOG", "warn")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let server = ServerProcess::spawn(command);
+    let client = reqwest::Client::new();
+    assert_eq!(
+        login_status(&client, &server.url, "Frank", "frank-password").await,
+        200
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("WARN") && l.contains("Frank") && l.contains("path component")),
+        "{text}"
+    );
+    server.kill();
+}

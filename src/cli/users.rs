@@ -35,14 +35,17 @@ pub enum UserCommand {
         #[command(flatten)]
         file: FileArgs,
     },
-    /// Sets a user's password (asked for, or one line of stdin).
+    /// Sets a user's password (asked for, or one line of stdin), of at least
+    /// `users.min_password_length` characters.
     Passwd {
+        /// The user whose password to set.
         name: String,
         #[command(flatten)]
         file: FileArgs,
     },
     /// Removes a user.
     Del {
+        /// The user to remove.
         name: String,
         #[command(flatten)]
         file: FileArgs,
@@ -197,7 +200,7 @@ fn unlock(name: &str, args: &FileArgs) -> Result<ExitCode, Failure> {
     file.unlock(name, at).map_err(Failure::refused)?;
     file.save().map_err(Failure::refused)?;
     println!(
-        "unlocked {name} in {}: running servers forget its failed logins until now within a second (the limit per client address stays)",
+        "unlocked {name} in {}: running servers pick this up within a second and forget its failed logins until now (the limit per client address stays)",
         file.path().display()
     );
     Ok(ExitCode::SUCCESS)
