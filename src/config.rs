@@ -97,6 +97,8 @@ pub struct UsersConfig {
     pub file: PathBuf,
     /// How long a successful password check is remembered, in seconds (0: never).
     pub cache_secs: u64,
+    /// Shortest password `portcullis user add` and `passwd` accept, in characters.
+    pub min_password_length: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -172,6 +174,7 @@ impl Default for UsersConfig {
         Self {
             file: PathBuf::from("./users.toml"),
             cache_secs: 60,
+            min_password_length: 8,
         }
     }
 }
@@ -370,6 +373,13 @@ impl Config {
                     format!("token.{key} must be non-empty, without quotes, backslashes or control characters"),
                 );
             }
+        }
+        if self.users.min_password_length == 0 {
+            let span = lookup(root, &["users", "min_password_length"]);
+            reader.at_opt(
+                span,
+                "users.min_password_length must be at least 1".to_owned(),
+            );
         }
         if self.auth.failure_window_secs == 0 {
             let span = lookup(root, &["auth", "failure_window_secs"]);

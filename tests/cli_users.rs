@@ -28,6 +28,15 @@ fn portcullis(dir: &Path, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("wait for portcullis")
 }
 
+/// `portcullis user ARGS --file users.toml` in `dir`.
+fn user(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    portcullis(
+        dir,
+        &[&["user"], args, &["--file", "users.toml"]].concat(),
+        stdin,
+    )
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -75,16 +84,11 @@ fn load(path: &Path) -> Users {
 fn add_list_passwd_del_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
 
-    let out = portcullis(
+    let out = user(
         dir.path(),
-        &[
-            &["user", "add", "alice", "--group", "admins", "-g", "dev"][..],
-            &f,
-        ]
-        .concat(),
-        "s3cret\n",
+        &["add", "alice", "--group", "admins", "-g", "dev"],
+        "s3cret-pw\n",
     );
     assert_ok(&out);
     assert!(
@@ -94,27 +98,25 @@ fn add_list_passwd_del_round_trip() {
     );
     // A new file holds password hashes: its owner alone may read it.
     assert_eq!(mode(&file), 0o600);
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "bob@example.com"][..], &f].concat(),
-        "hunter2\n",
-    ));
+    assert_ok(&user(dir.path(), &["add", "bob.example"], "hunter22\n"));
 
     let users = load(&file);
     assert_eq!(users.len(), 2);
-    let alice = users.verify("alice", "s3cret").expect("alice's password");
+    let alice = users
+        .verify("alice", "s3cret-pw")
+        .expect("alice's password");
     assert_eq!(alice.account.groups, ["admins", "dev"]);
-    assert!(users.verify("alice", "hunter2").is_none());
-    assert!(users.verify("bob@example.com", "hunter2").is_some());
+    assert!(users.verify("alice", "hunter22").is_none());
+    assert!(users.verify("bob.example", "hunter22").is_some());
     // Only argon2id hashes are written, never the password itself.
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(
-        !text.contains("s3cret") && !text.contains("hunter2"),
+        !text.contains("s3cret-pw") && !text.contains("hunter22"),
         "{text}"
     );
     assert_eq!(text.matches("$argon2id$").count(), 2, "{text}");
 
-    let out = portcullis(dir.path(), &[&["user", "list"][..], &f].concat(), "");
+    let out = user(dir.path(), &["list"], "");
     assert_ok(&out);
     let listed: Vec<Vec<String>> = stdout(&out)
         .lines()
@@ -122,38 +124,30 @@ fn add_list_passwd_del_round_trip() {
         .collect();
     assert_eq!(
         listed,
-        [vec!["alice", "admins,dev"], vec!["bob@example.com"]],
+        [vec!["alice", "admins,dev"], vec!["bob.example"]],
         "{}",
         stdout(&out)
     );
 
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "passwd", "alice"][..], &f].concat(),
-        "n3w pass\n",
-    ));
+    assert_ok(&user(dir.path(), &["passwd", "alice"], "n3w pass\n"));
     let users = load(&file);
-    assert!(users.verify("alice", "s3cret").is_none());
+    assert!(users.verify("alice", "s3cret-pw").is_none());
     let alice = users.verify("alice", "n3w pass").expect("new password");
     assert_eq!(
         alice.account.groups,
         ["admins", "dev"],
         "groups survive passwd"
     );
-    assert!(users.verify("bob@example.com", "hunter2").is_some());
+    assert!(users.verify("bob.example", "hunter22").is_some());
     assert_eq!(mode(&file), 0o600);
 
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "del", "bob@example.com"][..], &f].concat(),
-        "",
-    );
+    let out = user(dir.path(), &["del", "bob.example"], "");
     assert_ok(&out);
     let users = load(&file);
     assert_eq!(users.len(), 1);
-    assert!(users.account("bob@example.com").is_none());
+    assert!(users.account("bob.example").is_none());
     assert!(users.verify("alice", "n3w pass").is_some());
-    let out = portcullis(dir.path(), &[&["user", "list"][..], &f].concat(), "");
+    let out = user(dir.path(), &["list"], "");
     assert_eq!(stdout(&out).trim(), "alice  admins,dev");
 }
 
@@ -171,14 +165,14 @@ fn the_users_file_comes_from_the_configuration() {
     assert_ok(&portcullis(
         dir.path(),
         &["user", "add", "carol", "--config", config],
-        "pw\n",
+        "password\n",
     ));
-    assert!(load(&users_file).verify("carol", "pw").is_some());
+    assert!(load(&users_file).verify("carol", "password").is_some());
     // --file wins over the configuration.
     assert_ok(&portcullis(
         dir.path(),
         &["user", "add", "dave", "-c", config, "--file", "other.toml"],
-        "pw\n",
+        "password\n",
     ));
     assert!(
         load(&dir.path().join("other.toml"))
@@ -187,7 +181,11 @@ fn the_users_file_comes_from_the_configuration() {
     );
     assert!(load(&users_file).account("dave").is_none());
     // Without --config or --file: the embedded default, ./users.toml.
-    assert_ok(&portcullis(dir.path(), &["user", "add", "erin"], "pw\n"));
+    assert_ok(&portcullis(
+        dir.path(),
+        &["user", "add", "erin"],
+        "password\n",
+    ));
     assert!(
         load(&dir.path().join("users.toml"))
             .account("erin")
@@ -221,23 +219,10 @@ fn edits_keep_comments_other_users_and_permissions() {
     );
     std::fs::write(&file, &original).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let f = ["--file", "users.toml"];
 
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        "pw-a\n",
-    ));
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "passwd", "zoe"][..], &f].concat(),
-        "new-zoe\n",
-    ));
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "del", "robot"][..], &f].concat(),
-        "",
-    ));
+    assert_ok(&user(dir.path(), &["add", "alice"], "pw-alice\n"));
+    assert_ok(&user(dir.path(), &["passwd", "zoe"], "new-zoe-pw\n"));
+    assert_ok(&user(dir.path(), &["del", "robot"], ""));
 
     let text = std::fs::read_to_string(&file).unwrap();
     for kept in [
@@ -261,10 +246,10 @@ fn edits_keep_comments_other_users_and_permissions() {
     assert_eq!(mode(&file), 0o640);
     let users = load(&file);
     assert_eq!(users.len(), 2);
-    assert!(users.verify("zoe", "new-zoe").is_some());
+    assert!(users.verify("zoe", "new-zoe-pw").is_some());
     assert!(users.verify("zoe", "old-pw").is_none());
     assert_eq!(users.account("zoe").unwrap().groups, ["admins"]);
-    assert!(users.verify("alice", "pw-a").is_some());
+    assert!(users.verify("alice", "pw-alice").is_some());
     // No temporary files are left beside it.
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -284,71 +269,45 @@ fn a_symlinked_users_file_stays_a_symlink() {
     assert_ok(&portcullis(
         dir.path(),
         &["user", "add", "alice", "--file", "users.toml"],
-        "pw\n",
+        "password\n",
     ));
     assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
-    assert!(load(&target).verify("alice", "pw").is_some());
+    assert!(load(&target).verify("alice", "password").is_some());
 }
 
 #[test]
 fn duplicates_and_unknown_users_are_refused_without_change() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        "first\n",
-    ));
+    assert_ok(&user(dir.path(), &["add", "alice"], "first-pw\n"));
     let before = std::fs::read(&file).unwrap();
 
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        "second\n",
-    );
+    let out = user(dir.path(), &["add", "alice"], "second-pw\n");
     assert_refused(&out, "user `alice` already exists");
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "passwd", "nobody"][..], &f].concat(),
-        "x\n",
-    );
+    let out = user(dir.path(), &["passwd", "nobody"], "x\n");
     assert_refused(&out, "no user `nobody`");
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "del", "nobody"][..], &f].concat(),
-        "",
-    );
+    let out = user(dir.path(), &["del", "nobody"], "");
     assert_refused(&out, "no user `nobody`");
 
     assert_eq!(std::fs::read(&file).unwrap(), before, "file unchanged");
-    assert!(load(&file).verify("alice", "first").is_some());
+    assert!(load(&file).verify("alice", "first-pw").is_some());
 }
 
 #[test]
 fn bad_names_and_groups_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let f = ["--file", "users.toml"];
     for name in ["a b", "a:b", "a/b", "*", "", "tab\there"] {
-        let out = portcullis(
-            dir.path(),
-            &[&["user", "add", name][..], &f].concat(),
-            "pw\n",
-        );
+        let out = user(dir.path(), &["add", name], "password\n");
         assert_refused(&out, "invalid user name");
     }
     let long = "x".repeat(129);
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "add", &long][..], &f].concat(),
-        "pw\n",
-    );
+    let out = user(dir.path(), &["add", &long], "password\n");
     assert_refused(&out, "invalid user name");
     for group in ["ops/admin", "*", "has space"] {
-        let out = portcullis(
+        let out = user(
             dir.path(),
-            &[&["user", "add", "alice", "--group", group][..], &f].concat(),
-            "pw\n",
+            &["add", "alice", "--group", group],
+            "password\n",
         );
         assert_refused(&out, "invalid group name");
     }
@@ -360,39 +319,21 @@ fn bad_names_and_groups_are_refused() {
 fn passwords_come_from_one_line_of_stdin() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
     for (stdin, why) in [("", "no password"), ("\n", "empty password")] {
-        let out = portcullis(
-            dir.path(),
-            &[&["user", "add", "alice"][..], &f].concat(),
-            stdin,
-        );
+        let out = user(dir.path(), &["add", "alice"], stdin);
         assert_refused(&out, why);
         assert!(!file.exists());
     }
-    // Only the line ending is removed: spaces are part of the password, and
-    // anything after the first line is not.
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "add", "alice"][..], &f].concat(),
-        " two words \r\nsecond line\n",
-    ));
+    // Only the line ending is removed: spaces are part of the password.
+    assert_ok(&user(dir.path(), &["add", "alice"], " two words \r\n"));
     let users = load(&file);
     assert!(users.verify("alice", " two words ").is_some());
     assert!(users.verify("alice", "two words").is_none());
     // A last line without a newline is a password too.
-    assert_ok(&portcullis(
-        dir.path(),
-        &[&["user", "passwd", "alice"][..], &f].concat(),
-        "no-newline",
-    ));
+    assert_ok(&user(dir.path(), &["passwd", "alice"], "no-newline"));
     assert!(load(&file).verify("alice", "no-newline").is_some());
     // And the password is never accepted as an argument.
-    let out = portcullis(
-        dir.path(),
-        &[&["user", "add", "bob", "--password", "x"][..], &f].concat(),
-        "",
-    );
+    let out = user(dir.path(), &["add", "bob", "--password", "x"], "");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
@@ -410,7 +351,7 @@ fn htpasswd_and_broken_files_are_not_written() {
         let out = portcullis(
             dir.path(),
             &[args, &["--file", "htpasswd"]].concat(),
-            "pw\n",
+            "password\n",
         );
         assert_refused(&out, "not a TOML users file");
         assert_refused(&out, "import-htpasswd");
@@ -428,7 +369,7 @@ fn htpasswd_and_broken_files_are_not_written() {
     let out = portcullis(
         dir.path(),
         &["user", "add", "carol", "--file", "users.toml"],
-        "pw\n",
+        "password\n",
     );
     assert_refused(&out, "users.toml:3:");
     // A file the server would refuse (a plain-text password) is not made
@@ -438,7 +379,7 @@ fn htpasswd_and_broken_files_are_not_written() {
     let out = portcullis(
         dir.path(),
         &["user", "add", "carol", "--file", "users.toml"],
-        "pw\n",
+        "password\n",
     );
     assert_refused(&out, "argon2id or bcrypt hash");
     assert_eq!(
@@ -456,11 +397,10 @@ fn htpasswd_and_broken_files_are_not_written() {
 fn import_htpasswd_keeps_bcrypt_hashes() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    let f = ["--file", "users.toml"];
-    assert_ok(&portcullis(
+    assert_ok(&user(
         dir.path(),
-        &[&["user", "add", "alice", "-g", "admins"][..], &f].concat(),
-        "toml-pw\n",
+        &["add", "alice", "-g", "admins"],
+        "toml-pw-1\n",
     ));
     // `htpasswd -B` writes the `$2y$` variant; other tools write `$2b$`.
     let carol = bcrypt::hash_with_result("carol-pw", 5)
@@ -475,13 +415,9 @@ fn import_htpasswd_keeps_bcrypt_hashes() {
     )
     .unwrap();
 
-    let out = portcullis(
+    let out = user(
         dir.path(),
-        &[
-            &["user", "import-htpasswd", "htpasswd", "--group", "imported"][..],
-            &f,
-        ]
-        .concat(),
+        &["import-htpasswd", "htpasswd", "--group", "imported"],
         "",
     );
     assert_ok(&out);
@@ -507,20 +443,16 @@ fn import_htpasswd_keeps_bcrypt_hashes() {
     // alice already existed: her password and groups are untouched.
     assert_eq!(
         users
-            .verify("alice", "toml-pw")
+            .verify("alice", "toml-pw-1")
             .expect("alice")
             .account
             .groups,
         ["admins"]
     );
 
-    let out = portcullis(
+    let out = user(
         dir.path(),
-        &[
-            &["user", "import-htpasswd", "htpasswd", "--replace"][..],
-            &f,
-        ]
-        .concat(),
+        &["import-htpasswd", "htpasswd", "--replace"],
         "",
     );
     assert_ok(&out);
@@ -530,7 +462,7 @@ fn import_htpasswd_keeps_bcrypt_hashes() {
         stdout(&out)
     );
     let users = load(&file);
-    assert!(users.verify("alice", "toml-pw").is_none());
+    assert!(users.verify("alice", "toml-pw-1").is_none());
     let account = users.verify("alice", "htpasswd-pw").expect("replaced");
     assert_eq!(account.account.groups, ["admins"], "--replace keeps groups");
     assert_eq!(users.account("carol").unwrap().groups, ["imported"]);
@@ -540,7 +472,6 @@ fn import_htpasswd_keeps_bcrypt_hashes() {
 fn import_refuses_weak_or_malformed_htpasswd_files_whole() {
     let dir = tempfile::tempdir().unwrap();
     let good = bcrypt::hash("pw", 4).unwrap();
-    let f = ["--file", "users.toml"];
     for (content, reason) in [
         // Apache MD5: too weak to keep.
         (
@@ -552,20 +483,176 @@ fn import_refuses_weak_or_malformed_htpasswd_files_whole() {
         ("# only a comment\n".to_owned(), "no users to import"),
     ] {
         std::fs::write(dir.path().join("htpasswd"), content).unwrap();
-        let out = portcullis(
-            dir.path(),
-            &[&["user", "import-htpasswd", "htpasswd"][..], &f].concat(),
-            "",
-        );
+        let out = user(dir.path(), &["import-htpasswd", "htpasswd"], "");
         assert_refused(&out, reason);
         assert!(!dir.path().join("users.toml").exists(), "nothing written");
     }
+    let out = user(dir.path(), &["import-htpasswd", "missing"], "");
+    assert_refused(&out, "missing: cannot read");
+}
+
+#[test]
+fn names_that_cannot_be_a_repository_path_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    let out = user(dir.path(), &["add", "Frank"], "frank-password\n");
+    assert_refused(&out, "`Frank` cannot be a repository path component");
+    assert_refused(&out, "`${user}/**` rules could never match it; use `frank`");
+    let out = user(dir.path(), &["add", "bob@example.com"], "bob-password\n");
+    assert_refused(&out, "could never match it");
+    assert!(!stderr(&out).contains("; use"), "{}", stderr(&out));
+    assert!(!file.exists(), "nothing written");
+
+    // An older file with such a name still works: passwd and list warn,
+    // del removes it.
+    let hash = bcrypt::hash("old-password", 4).unwrap();
+    std::fs::write(&file, format!("[users.Frank]\npassword = {hash:?}\n")).unwrap();
+    let out = user(dir.path(), &["passwd", "Frank"], "new-password\n");
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("warning: user name `Frank`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(load(&file).verify("Frank", "new-password").is_some());
+    let out = user(dir.path(), &["list"], "");
+    assert_ok(&out);
+    assert!(stderr(&out).contains("use `frank`"), "{}", stderr(&out));
+    assert_ok(&user(dir.path(), &["del", "Frank"], ""));
+    assert!(load(&file).is_empty());
+}
+
+#[test]
+fn passwords_shorter_than_the_minimum_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    // The default minimum: 8 characters.
+    let out = user(dir.path(), &["add", "alice"], "1234567\n");
+    assert_refused(
+        &out,
+        "password too short: 7 characters, at least 8 required",
+    );
+    assert!(!file.exists(), "nothing written");
+    assert_ok(&user(dir.path(), &["add", "alice"], "12345678\n"));
+    // `passwd` shares the rule, and the configuration sets the minimum
+    // (also when --file names the users file).
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, "[users]\nmin_password_length = 12\n").unwrap();
+    let before = std::fs::read(&file).unwrap();
+    let out = user(
+        dir.path(),
+        &["passwd", "alice", "-c", "portcullis.toml"],
+        "eleven-char\n",
+    );
+    assert_refused(&out, "at least 12 required (users.min_password_length)");
+    assert_eq!(std::fs::read(&file).unwrap(), before, "file unchanged");
+    assert_ok(&user(
+        dir.path(),
+        &["passwd", "alice", "-c", "portcullis.toml"],
+        "twelve-chars\n",
+    ));
+    assert!(load(&file).verify("alice", "twelve-chars").is_some());
+    // A minimum of 0 is a configuration error.
+    std::fs::write(&config, "[users]\nmin_password_length = 0\n").unwrap();
     let out = portcullis(
         dir.path(),
-        &[&["user", "import-htpasswd", "missing"][..], &f].concat(),
+        &["user", "add", "bob", "-c", "portcullis.toml"],
+        "bob-password\n",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("users.min_password_length must be at least 1"));
+}
+
+#[test]
+fn more_than_one_line_on_stdin_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    for stdin in [
+        "first-line\nsecond-line\n",
+        "first-line\n\n",
+        "first-line\nx",
+    ] {
+        let out = user(dir.path(), &["add", "alice"], stdin);
+        assert_refused(&out, "expected one line");
+        assert!(!file.exists(), "nothing written for {stdin:?}");
+    }
+    assert_ok(&user(dir.path(), &["add", "alice"], "first-line\n"));
+    let before = std::fs::read(&file).unwrap();
+    let out = user(
+        dir.path(),
+        &["passwd", "alice"],
+        "new-password\nnew-password\n",
+    );
+    assert_refused(&out, "expected one line");
+    assert_eq!(std::fs::read(&file).unwrap(), before, "file unchanged");
+}
+
+#[test]
+fn import_with_a_bad_name_imports_nothing_and_lists_every_bad_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    std::fs::write(
+        dir.path().join("htpasswd"),
+        format!("carol:{hash}\nFrank:{hash}\nbob@example.com:{hash}\n"),
+    )
+    .unwrap();
+    let out = portcullis(
+        dir.path(),
+        &[
+            "user",
+            "import-htpasswd",
+            "htpasswd",
+            "--file",
+            "users.toml",
+        ],
         "",
     );
-    assert_refused(&out, "missing: cannot read");
+    assert_refused(
+        &out,
+        "nothing imported: 2 user name(s) cannot be a repository path component",
+    );
+    assert_refused(&out, "Frank (use `frank`)");
+    assert_refused(&out, "bob@example.com");
+    assert!(!stderr(&out).contains("carol"), "{}", stderr(&out));
+    assert!(!dir.path().join("users.toml").exists(), "nothing written");
+}
+
+#[test]
+fn unlock_records_the_time_and_refuses_unknown_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    assert_ok(&user(dir.path(), &["add", "alice"], "alice-password\n"));
+    let stamp = load(&file).account("alice").unwrap().stamp;
+    let out = user(dir.path(), &["unlock", "alice"], "");
+    assert_ok(&out);
+    assert!(stdout(&out).contains("unlocked alice"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("within a second"), "{}", stdout(&out));
+    // The documented field, in alice's entry.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let at: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("unlocked_at = "))
+        .unwrap_or_else(|| panic!("no unlocked_at in {text}"))
+        .parse()
+        .unwrap();
+    assert!(
+        text.find("[users.alice]") < text.find("unlocked_at"),
+        "{text}"
+    );
+    let users = load(&file);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(at.abs_diff(now) <= 2, "{at} vs {now}");
+    // Neither the password nor the identity changed.
+    assert!(users.verify("alice", "alice-password").is_some());
+    assert_eq!(users.account("alice").unwrap().stamp, stamp);
+
+    let before = std::fs::read(&file).unwrap();
+    let out = user(dir.path(), &["unlock", "nobody"], "");
+    assert_refused(&out, "no user `nobody`");
+    assert_eq!(std::fs::read(&file).unwrap(), before);
 }
 
 /// A pseudo-terminal standing in for a person at a keyboard: the child's
@@ -709,9 +796,9 @@ fn at_a_terminal_the_password_is_asked_twice_without_echo() {
         &["user", "passwd", "alice", "--file", "users.toml"],
     );
     tty.expect("New password for alice: ");
-    tty.type_line("one");
+    tty.type_line("one-password");
     tty.expect("Retype the password: ");
-    tty.type_line("two");
+    tty.type_line("two-password");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     // stderr is the terminal here.

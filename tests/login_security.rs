@@ -383,8 +383,109 @@ async fn refresh_tokens_die_with_the_identity() {
     assert_eq!(redeem(first).await, 401);
 
     // A new password voids the tokens of the old one.
-    user_command(&file, &["passwd", "frank"], "new-pw\n");
+    user_command(&file, &["passwd", "frank"], "new-password\n");
     until_refused(second).await;
-    let third = refresh_of("new-pw").await;
+    let third = refresh_of("new-password").await;
     assert_eq!(redeem(third).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_unlock_clears_a_lockout_in_the_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let file = root.join("users.toml");
+    let users: String = ["alice", "bob"]
+        .iter()
+        .map(|name| {
+            let hash = hash_password(&format!("{name}-password")).unwrap();
+            format!("[users.{name}]\npassword = {hash:?}\n")
+        })
+        .collect();
+    std::fs::write(&file, users).unwrap();
+    copy_policies(root);
+    // A long window: without an unlock, the lockouts outlast the test.
+    let config = format!(
+        "[storage]\nroot = {:?}\n[token]\nkey_dir = {:?}\n[users]\nfile = {:?}\n[policy]\ndir = {:?}\n\
+         [auth]\nmax_failures_per_account = 3\nmax_failures_per_address = 1000\nfailure_window_secs = 3600\n",
+        root.join("data"),
+        root.join("certs"),
+        file,
+        root.join("policies"),
+    );
+    std::fs::write(root.join("portcullis.toml"), config).unwrap();
+    let server =
+        ServerProcess::start_with(&["--config", root.join("portcullis.toml").to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let url = server.url.clone();
+    for name in ["alice", "bob"] {
+        for _ in 0..3 {
+            assert_eq!(login_status(&client, &url, name, "wrong").await, 401);
+        }
+        let right = format!("{name}-password");
+        assert_eq!(
+            login_status(&client, &url, name, &right).await,
+            429,
+            "{name} is locked out"
+        );
+    }
+
+    user_command(&file, &["unlock", "alice"], "");
+    // The server looks at the users file at most once a second; refused
+    // attempts are not failures, so polling with the right password is safe.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match login_status(&client, &url, "alice", "alice-password").await {
+            200 => break,
+            429 => assert!(Instant::now() < deadline, "alice is still locked out"),
+            other => panic!("unexpected status {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        login_status(&client, &url, "bob", "bob-password").await,
+        429,
+        "bob's lockout stays"
+    );
+    // Failures after the unlock count again.
+    for _ in 0..3 {
+        assert_eq!(login_status(&client, &url, "alice", "wrong").await, 401);
+    }
+    assert_eq!(
+        login_status(&client, &url, "alice", "alice-password").await,
+        429
+    );
+    server.kill();
+}
+
+#[tokio::test]
+async fn an_older_account_whose_name_is_no_path_still_logs_in_and_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let hash = hash_password("frank-password").unwrap();
+    std::fs::write(
+        root.join("users.toml"),
+        format!("[users.Frank]\npassword = {hash:?}\n"),
+    )
+    .unwrap();
+    copy_policies(root);
+    let log = root.join("server.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(root)
+        .env("PORTCULLIS_LOG", "warn")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let server = ServerProcess::spawn(command);
+    let client = reqwest::Client::new();
+    assert_eq!(
+        login_status(&client, &server.url, "Frank", "frank-password").await,
+        200
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("WARN") && l.contains("Frank") && l.contains("path component")),
+        "{text}"
+    );
+    server.kill();
 }

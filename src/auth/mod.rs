@@ -185,9 +185,36 @@ impl Authority {
     }
 
     /// The current users. Remembered logins survive a reload: each is
-    /// checked against the hash its user has now.
+    /// checked against the hash its user has now. A reload also carries out
+    /// the unlocks it holds (`portcullis user unlock`).
     fn users(&self) -> Arc<Users> {
-        self.users.get().0
+        let (users, reloaded) = self.users.get();
+        if reloaded {
+            self.unlock(&users);
+        }
+        users
+    }
+
+    /// Makes the limiter forget the failures of each unlocked account up to
+    /// its `unlocked_at` (wall-clock seconds, turned into the limiter's
+    /// monotonic time; an unlock "in the future" of a skewed clock is now).
+    fn unlock(&self, users: &Users) {
+        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+        let cutoffs: Vec<(&str, Instant)> = users
+            .unlocks()
+            .filter_map(|(name, at)| {
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(at);
+                let ago = wall.duration_since(at).unwrap_or_default();
+                // None: before this process's clock began, nothing to forget.
+                Some((name, now.checked_sub(ago)?))
+            })
+            .collect();
+        for name in self.limiter.forget_before(&cutoffs, now) {
+            tracing::info!(
+                user = name,
+                "failed logins forgotten: unlocked with `portcullis user unlock`"
+            );
+        }
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -215,8 +242,10 @@ impl Authority {
         password: &str,
         addr: IpAddr,
     ) -> Result<Account, AuthError> {
-        let reservation = self.reserve(name, addr).await?;
+        // The users first: a reload may carry an unlock the limiter must
+        // know of before it judges this attempt.
         let users = self.users();
+        let reservation = self.reserve(name, addr).await?;
         if let Some(account) = self.verified_logins.get(&users, name, password) {
             reservation.success(Instant::now());
             return Ok(account);

@@ -353,6 +353,42 @@ impl LoginLimiter {
         self.maintain(inner, now);
     }
 
+    /// An administrator cleared these accounts' lockouts (`portcullis user
+    /// unlock`): their failures recorded up to each cutoff are forgotten, per
+    /// (account, client) and account-wide. The per-client rule is left
+    /// alone: it is about the address, not the account, and clearing it would
+    /// let a sprayer reset its counter through any account it can unlock.
+    /// Attempts in flight stay counted. A cutoff older than the window has
+    /// nothing left to forget, so applying old unlocks again costs nothing.
+    /// Returns the accounts that had failures to forget.
+    pub fn forget_before<'a>(&self, cutoffs: &[(&'a str, Instant)], now: Instant) -> Vec<&'a str> {
+        let cutoffs: HashMap<AccountKey, (&str, Instant)> = cutoffs
+            .iter()
+            .filter(|(_, cutoff)| *cutoff + self.window > now)
+            .map(|(name, cutoff)| (AccountKey::new(name), (*name, *cutoff)))
+            .collect();
+        let mut forgotten = Vec::new();
+        if cutoffs.is_empty() {
+            return forgotten;
+        }
+        // Whether the log is still worth keeping, noting whose failures went.
+        let mut forget = |key: &AccountKey, log: &mut FailLog| {
+            let Some((name, cutoff)) = cutoffs.get(key) else {
+                return true;
+            };
+            let before = log.times.len();
+            log.times.retain(|t| t > cutoff);
+            if log.times.len() < before && !forgotten.contains(name) {
+                forgotten.push(*name);
+            }
+            !log.is_idle()
+        };
+        let mut inner = self.lock();
+        inner.pairs.retain(|(key, _), log| forget(key, log));
+        inner.accounts.retain(|key, log| forget(key, log));
+        forgotten
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Nothing panics while the lock is held; if something ever did, the
         // tables are still consistent enough to go on with.

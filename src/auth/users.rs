@@ -15,6 +15,18 @@
 //! (an older file, an htpasswd line) stands for a digest of its password
 //! hash, which also changes with every `add` and `passwd` (a new salt).
 //!
+//! `unlocked_at` (written by `portcullis user unlock`, seconds since the
+//! epoch) clears a failed-login lockout: when a running server (re)loads the
+//! file, it forgets the account's failures recorded up to that second. It
+//! changes neither the password nor the stamp.
+//!
+//! A user name must be able to stand as one repository path component
+//! (lower case, `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`), or `${user}` in a
+//! policy could never match it: `portcullis user add` and `import-htpasswd`
+//! refuse other names. A file that already has one still loads (the server
+//! warns, naming the account), so that no operator is locked out by an
+//! upgrade.
+//!
 //! An Apache `htpasswd` file of bcrypt hashes (`name:$2y$…` per line) is read
 //! too. Verification is deliberately slow (that is the point of these
 //! hashes): callers run it on the blocking pool, and [`VerifyCache`] spares a
@@ -47,6 +59,15 @@ pub enum UsersError {
         "invalid user name `{0}`: 1–128 characters, no spaces, `:`, `/`, `*` or control characters"
     )]
     Name(String),
+    #[error(
+        "user name `{name}` cannot be a repository path component ({PATH_COMPONENT}), so `${{user}}/**` rules could never match it{}",
+        suggestion.as_ref().map(|s| format!("; use `{s}`")).unwrap_or_default()
+    )]
+    NotPath {
+        name: String,
+        /// The lower-case form, when that one is valid.
+        suggestion: Option<String>,
+    },
     #[error("password hashing failed")]
     Hash,
 }
@@ -80,6 +101,8 @@ struct Entry {
     groups: Vec<String>,
     #[serde(default)]
     stamp: Option<String>,
+    #[serde(default)]
+    unlocked_at: Option<u64>,
 }
 
 impl Entry {
@@ -136,11 +159,35 @@ impl Users {
             file: file.clone(),
             source,
         })?;
-        if path.extension().is_some_and(|e| e == "toml") {
-            Self::from_toml(&file, &text)
+        let users = if path.extension().is_some_and(|e| e == "toml") {
+            Self::from_toml(&file, &text)?
         } else {
-            Self::from_htpasswd(&file, &text)
+            Self::from_htpasswd(&file, &text)?
+        };
+        for name in users.not_path_names() {
+            tracing::warn!(
+                file = %file,
+                user = name,
+                "user name cannot be a repository path component: `${{user}}` policy rules never match it (rename the account)"
+            );
         }
+        Ok(users)
+    }
+
+    /// Names that [`check_path_name`] refuses, which an older file may hold.
+    pub fn not_path_names(&self) -> impl Iterator<Item = &str> {
+        self.users
+            .keys()
+            .map(String::as_str)
+            .filter(|name| check_path_name(name).is_err())
+    }
+
+    /// The accounts whose lockout was cleared, with when (seconds since the
+    /// epoch).
+    pub fn unlocks(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.users
+            .iter()
+            .filter_map(|(name, entry)| Some((name.as_str(), entry.unlocked_at?)))
     }
 
     pub fn from_toml(file: &str, text: &str) -> Result<Self, UsersError> {
@@ -198,6 +245,7 @@ impl Users {
                     password: hash.to_owned(),
                     groups: Vec::new(),
                     stamp: None,
+                    unlocked_at: None,
                 },
             );
         }
@@ -269,6 +317,28 @@ pub fn check_name(name: &str) -> Result<(), UsersError> {
     } else {
         Err(UsersError::Name(name.to_owned()))
     }
+}
+
+/// The rule for a repository path component, in words.
+pub const PATH_COMPONENT: &str =
+    "lower-case letters and digits, separated by `.`, `_`, `__` or `-`";
+
+/// A name for a new user: besides [`check_name`], one repository path
+/// component, as `${user}` stands for in policies (`${user}/**`).
+pub fn check_path_name(name: &str) -> Result<(), UsersError> {
+    check_name(name)?;
+    // `check_name` refuses `/`, so a valid repository name here is exactly
+    // one component.
+    if crate::reference::RepoName::parse(name).is_ok() {
+        return Ok(());
+    }
+    let lower = name.to_lowercase();
+    Err(UsersError::NotPath {
+        name: name.to_owned(),
+        suggestion: crate::reference::RepoName::parse(&lower)
+            .is_ok()
+            .then_some(lower),
+    })
 }
 
 fn is_supported_hash(hash: &str) -> bool {
@@ -438,6 +508,23 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_name("alice@example.com").is_ok());
+    }
+
+    #[test]
+    fn new_names_must_be_one_path_component() {
+        for good in ["alice", "ci-bot", "a.b", "a__b", "x9"] {
+            assert!(check_path_name(good).is_ok(), "{good}");
+        }
+        let e = check_path_name("Frank").unwrap_err();
+        assert!(e.to_string().contains("use `frank`"), "{e}");
+        let e = check_path_name("bob@example.com").unwrap_err();
+        assert!(!e.to_string().contains("; use"), "{e}");
+        for bad in ["-a", "a-", "_a", "a..b", "a/b"] {
+            assert!(check_path_name(bad).is_err(), "{bad}");
+        }
+        // Still loaded, and told.
+        let users = Users::from_toml("u.toml", "[users.Frank]\npassword = \"$2y$x\"\n").unwrap();
+        assert_eq!(users.not_path_names().collect::<Vec<_>>(), ["Frank"]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Editing the TOML users file (`portcullis user add|passwd|del|import-htpasswd`).
+//! Editing the TOML users file (`portcullis user add|passwd|del|unlock|import-htpasswd`).
 //!
 //! Edits go through `toml_edit`, so comments, ordering and formatting of
 //! everything not touched survive. A save renders the document, checks that
@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{Array, DocumentMut, Item, Table, TableLike, value};
 
-use crate::auth::users::{Users, UsersError, check_name, fallback_stamp, new_stamp};
+use crate::auth::users::{
+    Users, UsersError, check_name, check_path_name, fallback_stamp, new_stamp,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
@@ -125,9 +127,9 @@ impl UsersFile {
     /// Adds a user with a password hash (argon2id, or bcrypt when imported)
     /// and groups, under a fresh identity stamp (so that refresh tokens of
     /// an earlier user of the same name stay void); refuses a name that is
-    /// taken or invalid.
+    /// taken or invalid (a new name must be a repository path component).
     pub fn add(&mut self, name: &str, hash: &str, groups: &[String]) -> Result<(), EditError> {
-        check_name(name)?;
+        check_path_name(name)?;
         for group in groups {
             check_group(group)?;
         }
@@ -169,6 +171,20 @@ impl UsersFile {
         }
         self.replace_hash(name, new)?;
         Ok(true)
+    }
+
+    /// Records that the lockout of `name` was cleared at `at` (seconds since
+    /// the epoch): running servers forget its failures up to then when they
+    /// reload the file. Password and stamp stay, so its tokens stay valid.
+    pub fn unlock(&mut self, name: &str, at: u64) -> Result<(), EditError> {
+        let entry = self.entry_mut(name)?;
+        let mut new = toml_edit::Value::from(i64::try_from(at).unwrap_or(i64::MAX));
+        // An earlier unlock's line is replaced in place, its comment kept.
+        if let Some(old) = entry.get("unlocked_at").and_then(Item::as_value) {
+            *new.decor_mut() = old.decor().clone();
+        }
+        entry.insert("unlocked_at", Item::Value(new));
+        Ok(())
     }
 
     fn entry_mut(&mut self, name: &str) -> Result<&mut dyn TableLike, EditError> {
@@ -337,12 +353,12 @@ mod tests {
         let mut f = file("");
         f.add("alice", HASH, &["admins".into(), "dev".into()])
             .unwrap();
-        f.add("bob@example.com", HASH, &[]).unwrap();
+        f.add("bob.smith", HASH, &[]).unwrap();
         let text = f.render();
         assert!(!text.contains("[users]\n"), "{text}");
         assert!(text.contains("[users.alice]\n"), "{text}");
         assert!(text.contains("groups = [\"admins\", \"dev\"]"), "{text}");
-        assert!(text.contains("[users.\"bob@example.com\"]"), "{text}");
+        assert!(text.contains("[users.\"bob.smith\"]"), "{text}");
         let users = Users::from_toml("users.toml", &text).unwrap();
         assert_eq!(users.len(), 2);
     }
@@ -394,6 +410,10 @@ mod tests {
             Err(EditError::Users(UsersError::Name(_)))
         ));
         assert!(matches!(
+            f.add("Frank", HASH, &[]),
+            Err(EditError::Users(UsersError::NotPath { .. }))
+        ));
+        assert!(matches!(
             f.add("a", HASH, &["x/y".into()]),
             Err(EditError::Group(_))
         ));
@@ -402,6 +422,24 @@ mod tests {
             Err(EditError::Unknown { .. })
         ));
         assert!(matches!(f.remove("nobody"), Err(EditError::Unknown { .. })));
+    }
+
+    #[test]
+    fn unlock_records_the_time_and_keeps_password_and_stamp() {
+        let mut f = file(&format!(
+            "[users.alice]\npassword = {HASH:?}\nstamp = \"s\"\n"
+        ));
+        f.unlock("alice", 1_000).unwrap();
+        f.unlock("alice", 2_000).unwrap();
+        let text = f.render();
+        assert_eq!(text.matches("unlocked_at").count(), 1, "{text}");
+        let users = Users::from_toml("u.toml", &text).unwrap();
+        assert_eq!(users.unlocks().collect::<Vec<_>>(), [("alice", 2_000)]);
+        assert_eq!(users.account("alice").unwrap().stamp, "s");
+        assert!(matches!(
+            f.unlock("nobody", 1),
+            Err(EditError::Unknown { .. })
+        ));
     }
 
     #[test]

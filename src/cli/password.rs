@@ -1,15 +1,24 @@
 //! Reading a new password: from a prompt without echo when stdin is a
-//! terminal (asked twice), otherwise as one line of stdin. Never from the
-//! command line, where other local users could read it in the process list
-//! and the shell would keep it in its history.
+//! terminal (asked twice), otherwise as exactly one line of stdin: anything
+//! after it is refused, since a script that pipes two lines (or a file) in
+//! has a mistake that must not silently become a password of its first line.
+//! Never from the command line, where other local users could read it in
+//! the process list and the shell would keep it in its history.
+//!
+//! A password shorter than `users.min_password_length` characters is refused.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::process::{Command, Stdio};
 
 use super::Failure;
 
-/// Asks for the new password of `name`.
-pub fn read_new(name: &str) -> Result<String, Failure> {
+/// Most bytes read from stdin: far more than any password, little enough
+/// that piping a large file in by mistake is refused quickly.
+const MAX_STDIN: u64 = 64 * 1024;
+
+/// Asks for the new password of `name`, of at least `min_length` characters.
+pub fn read_new(name: &str, min_length: usize) -> Result<String, Failure> {
+    let check = |password: &str| check(password, min_length);
     let password = if std::io::stdin().is_terminal() {
         let first = prompt(&format!("New password for {name}: "))?;
         check(&first)?;
@@ -21,19 +30,56 @@ pub fn read_new(name: &str) -> Result<String, Failure> {
         }
         first
     } else {
-        read_line()?.ok_or_else(|| {
-            Failure::refused("no password on stdin (expected one line); nothing changed")
-        })?
+        read_stdin()?
     };
     check(&password)?;
     Ok(password)
 }
 
-fn check(password: &str) -> Result<(), Failure> {
+fn check(password: &str, min_length: usize) -> Result<(), Failure> {
     if password.is_empty() {
         return Err(Failure::refused("empty password; nothing changed"));
     }
+    let length = password.chars().count();
+    if length < min_length {
+        return Err(Failure::refused(format!(
+            "password too short: {length} characters, at least {min_length} required (users.min_password_length); nothing changed"
+        )));
+    }
     Ok(())
+}
+
+/// All of stdin, which must be exactly one line (its line ending optional).
+fn read_stdin() -> Result<String, Failure> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::refused(format!("cannot read the password: {e}")))?;
+    one_line(bytes)
+}
+
+fn one_line(bytes: Vec<u8>) -> Result<String, Failure> {
+    if bytes.is_empty() {
+        return Err(Failure::refused(
+            "no password on stdin (expected one line); nothing changed",
+        ));
+    }
+    if bytes.len() as u64 > MAX_STDIN {
+        return Err(Failure::refused(
+            "more than 64 KiB on stdin (expected one line); nothing changed",
+        ));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Failure::refused("the password on stdin is not UTF-8; nothing changed"))?;
+    let end = text.find('\n').map_or(text.len(), |i| i + 1);
+    if end < text.len() {
+        return Err(Failure::refused(
+            "more than one line on stdin (expected one line: the password); nothing changed",
+        ));
+    }
+    Ok(without_line_ending(&text).to_owned())
 }
 
 /// One line of stdin without its line ending; `None` at end of input.
@@ -46,9 +92,12 @@ fn read_line() -> Result<Option<String>, Failure> {
     if read == 0 {
         return Ok(None);
     }
-    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
-    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
-    Ok(Some(trimmed.to_owned()))
+    Ok(Some(without_line_ending(&line).to_owned()))
+}
+
+fn without_line_ending(line: &str) -> &str {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    line.strip_suffix('\r').unwrap_or(line)
 }
 
 /// Prints `text` on stderr and reads a line from the terminal with echo
@@ -151,4 +200,31 @@ fn restore_on_signal(saved: String) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn restore_on_signal(_saved: String) -> std::io::Result<()> {
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdin_is_exactly_one_line() {
+        let read = |s: &str| one_line(s.as_bytes().to_vec()).map_err(|f| f.message);
+        assert_eq!(read("pw\n").unwrap(), "pw");
+        assert_eq!(read("pw\r\n").unwrap(), "pw");
+        assert_eq!(read("pw").unwrap(), "pw");
+        for more in ["pw\nsecond\n", "pw\n\n", "pw\nx"] {
+            assert!(
+                read(more).unwrap_err().contains("expected one line"),
+                "{more:?}"
+            );
+        }
+        assert!(read("").unwrap_err().contains("no password"));
+    }
+
+    #[test]
+    fn length_is_counted_in_characters() {
+        assert!(check("ééééééé", 8).is_err(), "7 characters, 14 bytes");
+        assert!(check("éééééééé", 8).is_ok());
+        assert!(check("", 0).is_err());
+    }
 }

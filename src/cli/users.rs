@@ -1,10 +1,19 @@
-//! `portcullis user add|passwd|del|list|import-htpasswd`: the TOML users file.
+//! `portcullis user add|passwd|del|unlock|list|import-htpasswd`: the TOML
+//! users file.
+//!
+//! New names (`add`, `import-htpasswd`) must be repository path components
+//! (`check_path_name`): `${user}/**` in a policy can only ever match those.
+//! The other commands take any name a users file may already hold, so that
+//! such an account can still be given a password, unlocked or removed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use portcullis::auth::users::{Users, UsersError, check_name, hash_password};
+use portcullis::auth::users::{
+    PATH_COMPONENT, Users, UsersError, check_name, check_path_name, hash_password,
+};
 use portcullis::auth::users_file::{EditError, UsersFile, check_group};
 
 use super::{Failure, load_config, password};
@@ -12,8 +21,13 @@ use super::{Failure, load_config, password};
 #[derive(Subcommand)]
 pub enum UserCommand {
     /// Adds a user. The password is asked for twice without echo, or read as
-    /// one line from stdin when stdin is not a terminal.
+    /// one line from stdin when stdin is not a terminal (more input is
+    /// refused); it needs at least `users.min_password_length` characters
+    /// (default 8).
     Add {
+        /// The user name: lower-case letters and digits, separated by `.`,
+        /// `_`, `__` or `-` (a repository path component, as `${user}` in
+        /// policies needs).
         name: String,
         /// A group of the user (repeat for several).
         #[arg(long = "group", short = 'g', value_name = "GROUP")]
@@ -21,14 +35,27 @@ pub enum UserCommand {
         #[command(flatten)]
         file: FileArgs,
     },
-    /// Sets a user's password (asked for, or one line of stdin).
+    /// Sets a user's password (asked for, or one line of stdin), of at least
+    /// `users.min_password_length` characters.
     Passwd {
+        /// The user whose password to set.
         name: String,
         #[command(flatten)]
         file: FileArgs,
     },
     /// Removes a user.
     Del {
+        /// The user to remove.
+        name: String,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Clears a user's failed-login lockout in the running servers: records
+    /// `unlocked_at` in the users file, and every server forgets the user's
+    /// failed logins until now when it reloads the file (within a second).
+    /// The limit per client address stays.
+    Unlock {
+        /// The user whose lockout to clear (it must be in the users file).
         name: String,
         #[command(flatten)]
         file: FileArgs,
@@ -40,7 +67,10 @@ pub enum UserCommand {
     },
     /// Copies the users of an `htpasswd -B` file into the TOML users file,
     /// keeping their bcrypt hashes (so their passwords stay the same).
-    /// Users already in the TOML file are left alone unless --replace.
+    /// Users already in the TOML file are left alone unless --replace. A
+    /// name that cannot be a repository path component (`Frank`,
+    /// `bob@example.com`) refuses the whole import, listing every such name:
+    /// rename them in the htpasswd file first.
     ImportHtpasswd {
         /// The htpasswd file (`name:$2y$…` lines).
         htpasswd: PathBuf,
@@ -57,7 +87,8 @@ pub enum UserCommand {
 
 #[derive(Args)]
 pub struct FileArgs {
-    /// Configuration file; its `users.file` names the users file.
+    /// Configuration file; its `users.file` names the users file, and its
+    /// `users.min_password_length` the shortest password.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// The users file, overriding the configuration.
@@ -72,6 +103,13 @@ impl FileArgs {
             None => Ok(load_config(self.config.as_deref())?.users.file),
         }
     }
+
+    /// The configuration's shortest password, also when `--file` is given.
+    fn min_password_length(&self) -> Result<usize, Failure> {
+        Ok(load_config(self.config.as_deref())?
+            .users
+            .min_password_length)
+    }
 }
 
 pub fn run(command: UserCommand) -> Result<ExitCode, Failure> {
@@ -79,6 +117,7 @@ pub fn run(command: UserCommand) -> Result<ExitCode, Failure> {
         UserCommand::Add { name, groups, file } => add(&name, &groups, &file),
         UserCommand::Passwd { name, file } => passwd(&name, &file),
         UserCommand::Del { name, file } => del(&name, &file),
+        UserCommand::Unlock { name, file } => unlock(&name, &file),
         UserCommand::List { file } => list(&file),
         UserCommand::ImportHtpasswd {
             htpasswd,
@@ -92,7 +131,7 @@ pub fn run(command: UserCommand) -> Result<ExitCode, Failure> {
 fn add(name: &str, groups: &[String], args: &FileArgs) -> Result<ExitCode, Failure> {
     // Everything that can refuse the command is checked before the
     // password is asked for.
-    check_name(name).map_err(Failure::refused)?;
+    check_path_name(name).map_err(Failure::refused)?;
     for group in groups {
         check_group(group).map_err(Failure::refused)?;
     }
@@ -103,7 +142,7 @@ fn add(name: &str, groups: &[String], args: &FileArgs) -> Result<ExitCode, Failu
             name: name.to_owned(),
         }));
     }
-    let hash = new_hash(name)?;
+    let hash = new_hash(name, args)?;
     file.add(name, &hash, groups).map_err(Failure::refused)?;
     file.save().map_err(Failure::refused)?;
     let groups = if groups.is_empty() {
@@ -121,7 +160,10 @@ fn passwd(name: &str, args: &FileArgs) -> Result<ExitCode, Failure> {
     if !file.contains(name) {
         return Err(unknown(&file, name));
     }
-    let hash = new_hash(name)?;
+    if let Err(e) = check_path_name(name) {
+        eprintln!("portcullis: warning: {e}");
+    }
+    let hash = new_hash(name, args)?;
     file.set_password(name, &hash).map_err(Failure::refused)?;
     file.save().map_err(Failure::refused)?;
     println!(
@@ -143,6 +185,27 @@ fn del(name: &str, args: &FileArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn unlock(name: &str, args: &FileArgs) -> Result<ExitCode, Failure> {
+    check_name(name).map_err(Failure::refused)?;
+    let mut file = UsersFile::open(&args.path()?).map_err(Failure::refused)?;
+    if !file.contains(name) {
+        return Err(unknown(&file, name));
+    }
+    // Rounded up: the failures of the current second are forgotten too,
+    // since the server compares whole seconds with its clock.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let at = now.as_secs() + u64::from(now.subsec_nanos() > 0);
+    file.unlock(name, at).map_err(Failure::refused)?;
+    file.save().map_err(Failure::refused)?;
+    println!(
+        "unlocked {name} in {}: running servers pick this up within a second and forget its failed logins until now (the limit per client address stays)",
+        file.path().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Lists any users file the server reads, htpasswd files included.
 fn list(args: &FileArgs) -> Result<ExitCode, Failure> {
     let path = args.path()?;
@@ -154,6 +217,15 @@ fn list(args: &FileArgs) -> Result<ExitCode, Failure> {
         }
         Err(e) => return Err(Failure::refused(e)),
     };
+    for name in users.not_path_names() {
+        eprintln!(
+            "portcullis: warning: {}",
+            check_path_name(name)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        );
+    }
     let width = users.names().map(|(n, _)| n.chars().count()).max();
     for (name, groups) in users.names() {
         if groups.is_empty() {
@@ -185,6 +257,27 @@ fn import(
         return Err(Failure::refused(format!(
             "{}: no users to import",
             htpasswd.display()
+        )));
+    }
+    // All or nothing, as for weak hashes: a partial import would leave the
+    // operator to find out later which accounts are missing.
+    let bad: Vec<String> = source
+        .not_path_names()
+        .filter_map(|name| match check_path_name(name) {
+            Err(UsersError::NotPath {
+                suggestion: Some(s),
+                ..
+            }) => Some(format!("{name} (use `{s}`)")),
+            Err(_) => Some(name.to_owned()),
+            Ok(()) => None,
+        })
+        .collect();
+    if !bad.is_empty() {
+        return Err(Failure::refused(format!(
+            "{}: nothing imported: {} user name(s) cannot be a repository path component ({PATH_COMPONENT}), so `${{user}}/**` rules could never match them; rename them in the htpasswd file: {}",
+            htpasswd.display(),
+            bad.len(),
+            bad.join(", ")
         )));
     }
     let mut file = UsersFile::open(&args.path()?).map_err(Failure::refused)?;
@@ -228,8 +321,8 @@ fn import(
     Ok(ExitCode::SUCCESS)
 }
 
-fn new_hash(name: &str) -> Result<String, Failure> {
-    let password = password::read_new(name)?;
+fn new_hash(name: &str, args: &FileArgs) -> Result<String, Failure> {
+    let password = password::read_new(name, args.min_password_length()?)?;
     hash_password(&password).map_err(Failure::refused)
 }
 

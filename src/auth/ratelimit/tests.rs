@@ -983,3 +983,42 @@ fn reservations_count_in_flight_and_resolve() {
         true
     }));
 }
+
+#[test]
+fn an_unlock_forgets_the_accounts_earlier_failures_only() {
+    let l = limiter(3, 100, 60);
+    let t0 = Instant::now();
+    let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+    for i in 0..3 {
+        l.failure("alice", a, t0 + secs(i));
+        l.failure("bob", a, t0 + secs(i));
+    }
+    // Account-wide: 30 failures from 30 other clients.
+    for i in 0..30 {
+        l.failure("alice", nth_v4(i), t0 + secs(3));
+    }
+    assert!(l.check("alice", a, t0 + secs(4)).is_err());
+    assert!(l.check("alice", b, t0 + secs(4)).is_err());
+    assert_eq!(
+        l.forget_before(&[("alice", t0 + secs(3)), ("carol", t0)], t0 + secs(4)),
+        ["alice"],
+        "carol had nothing to forget"
+    );
+    assert_eq!(l.check("alice", a, t0 + secs(4)), Ok(()));
+    assert_eq!(l.check("alice", b, t0 + secs(4)), Ok(()));
+    assert!(
+        l.check("bob", a, t0 + secs(4)).is_err(),
+        "another account stays locked"
+    );
+    // Failures after the unlock count again.
+    for i in 0..3 {
+        l.failure("alice", a, t0 + secs(5 + i));
+    }
+    assert!(l.check("alice", a, t0 + secs(8)).is_err());
+    // An unlock older than the window is a no-op.
+    assert!(
+        l.forget_before(&[("alice", t0 + secs(3))], t0 + secs(70))
+            .is_empty()
+    );
+    assert!(l.check("alice", a, t0 + secs(8)).is_err());
+}
