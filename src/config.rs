@@ -259,10 +259,7 @@ impl Config {
 
     /// Parses and validates configuration text, returning every problem found.
     pub fn parse(text: &str) -> Result<Self, Vec<Problem>> {
-        let mut reader = Reader {
-            text,
-            problems: Vec::new(),
-        };
+        let mut reader = Reader::new(text);
         let (root, syntax) = DeTable::parse_recoverable(text);
         for e in syntax {
             reader.error(e);
@@ -386,19 +383,61 @@ impl Config {
     }
 }
 
-struct Reader<'t> {
+/// The problems found in one text so far, each placed at its line and
+/// column (the policy files are read with it too).
+pub(crate) struct Reader<'t> {
     text: &'t str,
-    problems: Vec<Problem>,
+    pub(crate) problems: Vec<Problem>,
 }
 
-impl Reader<'_> {
+impl<'t> Reader<'t> {
+    pub(crate) fn new(text: &'t str) -> Self {
+        Self {
+            text,
+            problems: Vec::new(),
+        }
+    }
+
     /// Reads one section on its own, recording its unknown keys and type
-    /// error; on error the section keeps its defaults so checking goes on.
+    /// errors. When the section fails as a whole, its keys are read one by
+    /// one, so that one key of the wrong type neither hides the section's
+    /// other problems nor the values of its good keys (which the checks
+    /// after reading still look at); the bad keys keep their defaults.
     fn section<T: DeserializeOwned + Default>(
         &mut self,
         name: &str,
         value: &Spanned<DeValue<'_>>,
     ) -> T {
+        let DeValue::Table(table) = value.get_ref() else {
+            return self.read_section(name, value).unwrap_or_default();
+        };
+        let problems = self.problems.len();
+        if let Some(section) = self.read_section(name, value) {
+            return section;
+        }
+        self.problems.truncate(problems);
+        let mut good = DeTable::new();
+        for (key, item) in table.iter() {
+            let mut alone = DeTable::new();
+            alone.insert(key.clone(), item.clone());
+            let alone = Spanned::new(value.span(), DeValue::Table(alone));
+            let before = self.problems.len();
+            // An unknown key reads "fine" (it is only reported): keep it
+            // out of the final read, where it would be reported again.
+            if self.read_section::<T>(name, &alone).is_some() && self.problems.len() == before {
+                good.insert(key.clone(), item.clone());
+            }
+        }
+        let good = Spanned::new(value.span(), DeValue::Table(good));
+        self.read_section(name, &good).unwrap_or_default()
+    }
+
+    /// One attempt at reading a section, recording what is wrong with it.
+    fn read_section<T: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<T> {
         let mut unknown = Vec::new();
         let deserializer = ValueDeserializer::from(value.clone());
         let parsed =
@@ -412,11 +451,11 @@ impl Reader<'_> {
             self.at_opt(span, format!("unknown key `{name}.{path}`"));
         }
         match parsed {
-            Ok(section) => section,
+            Ok(section) => Some(section),
             Err(e) => {
                 let message = format!("in [{name}]: {}", e.message().trim_end());
                 self.at_opt(e.span(), message);
-                T::default()
+                None
             }
         }
     }
@@ -426,11 +465,11 @@ impl Reader<'_> {
         self.at_opt(e.span(), message);
     }
 
-    fn at(&mut self, span: Range<usize>, message: String) {
+    pub(crate) fn at(&mut self, span: Range<usize>, message: String) {
         self.at_opt(Some(span), message)
     }
 
-    fn at_opt(&mut self, span: Option<Range<usize>>, message: String) {
+    pub(crate) fn at_opt(&mut self, span: Option<Range<usize>>, message: String) {
         let location = span.map(|span| line_col(self.text, span.start));
         self.problems.push(Problem { location, message });
     }
@@ -522,6 +561,24 @@ colour = true
             found[3].starts_with("8:2: unknown section or key `tls`"),
             "{found:#?}"
         );
+    }
+
+    #[test]
+    fn a_type_error_does_not_hide_the_other_problems_of_its_section() {
+        let found = problems(
+            "[storage]\nroot = 5\nupload_max_idle_secs = 0\ncolour = 1\nsweep_interval_secs = \"1h\"\n",
+        );
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found[0].starts_with("2:8: in [storage]"), "{found:#?}");
+        assert!(
+            found[1].starts_with("3:1: storage.upload_max_idle_secs must be positive"),
+            "{found:#?}"
+        );
+        assert!(
+            found[2].starts_with("4:1: unknown key `storage.colour`"),
+            "{found:#?}"
+        );
+        assert!(found[3].starts_with("5:23: in [storage]"), "{found:#?}");
     }
 
     #[test]

@@ -413,13 +413,17 @@ fn no_rule_or_no_files_deny_by_default() {
     let e = explain(empty.path(), &["--user", "alice", "a/b", "pull"]);
     e.denied_by_default("pull");
     assert!(e.err.contains("no rules in policies"), "{}", e.err);
-    // A missing directory is an empty policy, too.
+    // A missing directory is the embedded default, which denies anonymous
+    // callers everything.
     let none = tempfile::tempdir().unwrap();
-    let e = explain(none.path(), &["--user", "alice", "--catalog"]);
-    assert_eq!(e.code, Some(1), "{}", e.out);
-    assert_eq!(e.line("rule:"), "no rule matched: denied by default");
     let e = explain(none.path(), &["--anonymous", "a/b", "delete"]);
     e.denied_by_default("delete");
+    assert!(
+        e.err
+            .contains("using the embedded default policy (policies does not exist)"),
+        "{}",
+        e.err
+    );
 }
 
 #[test]
@@ -486,8 +490,8 @@ fn the_shipped_policies() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let d = repo;
     let admins = "policies/10-admins.toml:2 (rule #1) \"administrators manage every repository\"";
-    let own = "policies/50-users.toml:2 (rule #2) \"users push to their own namespace\"";
-    let all = "policies/50-users.toml:9 (rule #3) \"users pull everything\"";
+    let own = "policies/50-users.toml:3 (rule #2) \"users manage their own namespace\"";
+    let all = "policies/50-users.toml:11 (rule #3) \"users pull everything and list the catalog\"";
 
     // Administrators: everything, everywhere, and the catalog.
     explain(d, &["--user", "root", "-g", "admins", "library/nginx", "*"])
@@ -501,10 +505,15 @@ fn the_shipped_policies() {
     assert_eq!(e.code, Some(0), "{}", e.out);
     assert_eq!(e.line("rule:"), admins);
 
-    // Users: push to their own namespace, pull everything, delete nothing.
+    // Users: push to and delete in their own namespace, pull everything,
+    // list the catalog, delete nothing of others.
     explain(d, &["--user", "alice", "alice/app", "pull,push"]).allowed("pull, push", own);
     explain(d, &["--user", "alice", "alice/team/app", "push"]).allowed("push", own);
-    explain(d, &["--user", "alice", "alice/app", "delete"]).denied("nothing", "delete", own);
+    explain(d, &["--user", "alice", "alice/app", "delete"]).allowed("delete", own);
+    explain(d, &["--user", "alice", "bob/app", "delete"]).denied("nothing", "delete", all);
+    let e = explain(d, &["--user", "alice", "--catalog"]);
+    assert_eq!(e.code, Some(0), "{}", e.out);
+    assert_eq!(e.line("rule:"), all);
     explain(d, &["--user", "alice", "library/nginx", "pull"]).allowed("pull", all);
     explain(d, &["--user", "alice", "bob/app", "push"]).denied("nothing", "push", all);
     explain(d, &["--user", "alice", "bob/app", "*"]).denied("pull", "push, delete", all);
@@ -562,7 +571,12 @@ fn the_directory_comes_from_the_configuration() {
             "pull",
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // (`elsewhere` does not exist: the embedded default decides.)
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("rule:     <embedded>/50-users.toml:11 (rule #3)")
+    );
 }
 
 #[test]
@@ -609,5 +623,110 @@ fn bad_policies_and_arguments_are_errors_not_denials() {
     )
     .unwrap();
     explain(d, &["--user", "u", "a/b", "pull"])
-        .error("policies/20-bad.toml:1:1: unknown action `fly`");
+        .error("policies/20-bad.toml:4:20: unknown action `fly`");
+}
+
+/// `portcullis policy show ARGS` in `dir`: status, stdout, stderr.
+fn show(dir: &Path, args: &[&str]) -> Explained {
+    let out = portcullis(dir, &[&["policy", "show"][..], args].concat());
+    Explained {
+        code: out.status.code(),
+        out: String::from_utf8_lossy(&out.stdout).into_owned(),
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn show_prints_the_embedded_default_when_the_directory_does_not_exist() {
+    let empty = tempfile::tempdir().unwrap();
+    let e = show(empty.path(), &[]);
+    assert_eq!(e.code, Some(0), "{}", e.err);
+    let text = &e.out;
+    assert!(
+        text.starts_with("# policy: the embedded default policy (./policies does not exist)\n"),
+        "{text}"
+    );
+    // Every shipped rule, in order, with its origin, as TOML.
+    let admins = text
+        .find("# rule #1 at <embedded>/10-admins.toml:2\n[[rule]]\n")
+        .unwrap();
+    let own = text
+        .find(
+            "# rule #2 at <embedded>/50-users.toml:3\n[[rule]]\n\
+             description = \"users manage their own namespace\"\n\
+             users = [\"*\"]\n\
+             repositories = [\"${user}/**\"]\n\
+             actions = [\"pull\", \"push\", \"delete\"]\n",
+        )
+        .unwrap_or_else(|| panic!("{text}"));
+    let all = text
+        .find("# rule #3 at <embedded>/50-users.toml:11\n")
+        .unwrap();
+    assert!(admins < own && own < all, "{text}");
+    // The same rules as the files of policies/ (only the origins differ).
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = show(repo, &["--dir", "policies"]);
+    assert_eq!(
+        shipped.out.lines().skip(1).collect::<Vec<_>>(),
+        text.replace("<embedded>/", "policies/")
+            .lines()
+            .skip(1)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn show_prints_the_rules_of_a_directory_with_their_origins() {
+    let dir = policies(&[
+        (
+            "20-b.toml",
+            "# second file\n[[rule]]\nanonymous = true\nfrom = [\"10.0.0.0/8\", \"192.0.2.1\"]\nrepositories = [\"public/**\"]\nactions = [\"pull\"]\n",
+        ),
+        (
+            "10-a.toml",
+            "[[rule]]\ndescription = \"ops\"\ngroups = [\"ops\"]\ncatalog = true\nrepositories = [\"**\"]\nactions = [\"*\"]\n",
+        ),
+    ]);
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        "[policy]\ndir = \"policies\"\n",
+    )
+    .unwrap();
+    let e = show(dir.path(), &["-c", "portcullis.toml"]);
+    assert_eq!(e.code, Some(0), "{}", e.err);
+    assert_eq!(
+        e.out,
+        "# policy: the policy directory policies\n\
+         # 2 rules, tried in this order; the first that matches decides\n\
+         \n\
+         # rule #1 at policies/10-a.toml:1\n\
+         [[rule]]\n\
+         description = \"ops\"\n\
+         groups = [\"ops\"]\n\
+         repositories = [\"**\"]\n\
+         catalog = true\n\
+         actions = [\"pull\", \"push\", \"delete\"]\n\
+         \n\
+         # rule #2 at policies/20-b.toml:2\n\
+         [[rule]]\n\
+         anonymous = true\n\
+         from = [\"10.0.0.0/8\", \"192.0.2.1/32\"]\n\
+         repositories = [\"public/**\"]\n\
+         actions = [\"pull\"]\n"
+    );
+    // An empty directory is an explicit "deny everything".
+    let empty = policies(&[]);
+    let e = show(empty.path(), &["--dir", "policies"]);
+    assert_eq!(
+        e.out,
+        "# policy: the policy directory policies\n# no rules: every request is denied\n"
+    );
+    // A bad file is an error, at its place.
+    std::fs::write(
+        empty.path().join("policies/10.toml"),
+        "[[rule]]\nusers = [\"*\"]\ncatalogue = true\nrepositories = [\"**\"]\nactions = [\"pull\"]\n",
+    )
+    .unwrap();
+    show(empty.path(), &["--dir", "policies"])
+        .error("policies/10.toml:3:1: unknown key `catalogue`");
 }
