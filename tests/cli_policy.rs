@@ -1,10 +1,16 @@
 //! `portcullis policy explain` run as the real binary over policy files:
 //! every matching feature (placeholders, `*` and `**`, groups, anonymous,
 //! CIDR, first match across files, default deny, catalog), the exit status,
-//! and the repository's own `policies/`.
+//! and the repository's own `policies/`; `policy show`; and `serve` with no
+//! policy directory running the embedded default.
 
+mod common;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+
+use common::process::ServerProcess;
 
 fn portcullis(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -729,4 +735,87 @@ fn show_prints_the_rules_of_a_directory_with_their_origins() {
     .unwrap();
     show(empty.path(), &["--dir", "policies"])
         .error("policies/10.toml:3:1: unknown key `catalogue`");
+}
+
+#[tokio::test]
+async fn serve_in_an_empty_directory_runs_the_embedded_default_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut add = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["user", "add", "alice"])
+        .current_dir(d)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"alice-password-1\n")
+        .unwrap();
+    assert!(add.wait().unwrap().success());
+
+    // No --config, no ./policies: what a new user runs.
+    let log = d.join("serve.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .env("PORTCULLIS_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let server = ServerProcess::spawn(command);
+    // Logged before the announcement, so it is there now.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.lines().any(|l| l.contains("INFO")
+            && l.contains("the embedded default policy")
+            && l.contains("./policies")),
+        "{logged}"
+    );
+
+    let client = reqwest::Client::new();
+    let token = |scope: &'static str| {
+        let client = client.clone();
+        let url = server.at(&format!("/token?service=portcullis&scope={scope}"));
+        async move {
+            let res = client
+                .get(url)
+                .basic_auth("alice", Some("alice-password-1"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let body: serde_json::Value = res.json().await.unwrap();
+            body["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let own = token("repository:alice/app:pull,push,delete").await;
+    let data = b"layer of alice";
+    let digest = common::sha256(data);
+    let res = client
+        .post(server.at(&format!("/v2/alice/app/blobs/uploads/?digest={digest}")))
+        .bearer_auth(&own)
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let blob = server.at(&format!("/v2/alice/app/blobs/{digest}"));
+    let res = client.head(&blob).bearer_auth(&own).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    // The owner cleans up.
+    let res = client.delete(&blob).bearer_auth(&own).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let res = client.head(&blob).bearer_auth(&own).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    // Someone else's namespace: pull only.
+    let other = token("repository:bob/app:pull,push").await;
+    let res = client
+        .post(server.at(&format!("/v2/bob/app/blobs/uploads/?digest={digest}")))
+        .bearer_auth(&other)
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
 }
