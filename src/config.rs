@@ -568,17 +568,16 @@ colour = true
         let found = problems(
             "[storage]\nroot = 5\nupload_max_idle_secs = 0\ncolour = 1\nsweep_interval_secs = \"1h\"\n",
         );
-        assert_eq!(found.len(), 4, "{found:#?}");
-        assert!(found[0].starts_with("2:8: in [storage]"), "{found:#?}");
-        assert!(
-            found[1].starts_with("3:1: storage.upload_max_idle_secs must be positive"),
-            "{found:#?}"
-        );
-        assert!(
-            found[2].starts_with("4:1: unknown key `storage.colour`"),
-            "{found:#?}"
-        );
-        assert!(found[3].starts_with("5:23: in [storage]"), "{found:#?}");
+        let expected = [
+            "2:8: in [storage]",
+            "3:1: storage.upload_max_idle_secs must be positive",
+            "4:1: unknown key `storage.colour`",
+            "5:23: in [storage]",
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        for (found, expected) in found.iter().zip(expected) {
+            assert!(found.starts_with(expected), "{found} is not {expected}…");
+        }
     }
 
     #[test]

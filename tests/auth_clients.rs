@@ -317,6 +317,20 @@ fn curl(args: &[&str]) -> HttpResponse {
 // Client refusals
 // ---------------------------------------------------------------------------
 
+/// A catalog request refused as the spec says: 401 `UNAUTHORIZED`, with a
+/// challenge that asks for `registry:catalog:*` and contains `also`.
+#[track_caller]
+fn assert_catalog_refused(response: &HttpResponse, also: &str) {
+    assert_eq!(response.status, 401, "{}", response.body);
+    let challenge = response.header("www-authenticate").expect("challenge");
+    assert!(
+        challenge.contains("scope=\"registry:catalog:*\"") && challenge.contains(also),
+        "challenge: {challenge}"
+    );
+    let body: Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+}
+
 /// Asserts that a client's error output says it was refused for lack of
 /// authorization (rather than, say, a network error or a missing image), and
 /// prints it: what clients show on denial is worth seeing in a test log.
@@ -767,15 +781,7 @@ fn list_tags_as_user_and_catalog_for_admins_only() {
         response.header("www-authenticate").unwrap_or_default(),
         response.body.trim_end()
     );
-    assert_eq!(response.status, 401, "{}", response.body);
-    let challenge = response.header("www-authenticate").expect("challenge");
-    assert!(
-        challenge.contains("scope=\"registry:catalog:*\"")
-            && challenge.contains("error=\"insufficient_scope\""),
-        "challenge: {challenge}"
-    );
-    let body: Value = serde_json::from_str(&response.body).unwrap();
-    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+    assert_catalog_refused(&response, "error=\"insufficient_scope\"");
     // Without any token, the same refusal asks for authentication.
     let response = curl(&[&server.server.at("/v2/_catalog")]);
     assert_eq!(response.status, 401);
@@ -923,15 +929,7 @@ fn podman_search_as_a_user_lists_what_they_may_pull_and_anonymous_is_refused() {
     let out = common::clients::fail(search(&anonymous), None);
     assert_refused("anonymous podman search", &out);
     let response = curl(&[&server.server.at("/v2/_catalog")]);
-    assert_eq!(response.status, 401, "{}", response.body);
-    let challenge = response.header("www-authenticate").expect("challenge");
-    assert!(
-        challenge.starts_with("Bearer realm=")
-            && challenge.contains("scope=\"registry:catalog:*\""),
-        "challenge: {challenge}"
-    );
-    let body: Value = serde_json::from_str(&response.body).unwrap();
-    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+    assert_catalog_refused(&response, "Bearer realm=");
 }
 
 // ---------------------------------------------------------------------------

@@ -86,10 +86,12 @@ impl Explained {
 
 /// `portcullis policy explain --dir policies ARGS` in `dir`.
 fn explain(dir: &Path, args: &[&str]) -> Explained {
-    let out = portcullis(
-        dir,
-        &[&["policy", "explain", "--dir", "policies"][..], args].concat(),
-    );
+    policy(dir, &[&["explain", "--dir", "policies"][..], args].concat())
+}
+
+/// `portcullis policy ARGS` in `dir`: status, stdout, stderr.
+fn policy(dir: &Path, args: &[&str]) -> Explained {
+    let out = portcullis(dir, &[&["policy"][..], args].concat());
     Explained {
         code: out.status.code(),
         out: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -632,14 +634,9 @@ fn bad_policies_and_arguments_are_errors_not_denials() {
         .error("policies/20-bad.toml:4:20: unknown action `fly`");
 }
 
-/// `portcullis policy show ARGS` in `dir`: status, stdout, stderr.
+/// `portcullis policy show ARGS` in `dir`.
 fn show(dir: &Path, args: &[&str]) -> Explained {
-    let out = portcullis(dir, &[&["policy", "show"][..], args].concat());
-    Explained {
-        code: out.status.code(),
-        out: String::from_utf8_lossy(&out.stdout).into_owned(),
-        err: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    policy(dir, &[&["show"][..], args].concat())
 }
 
 #[test]
