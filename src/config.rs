@@ -102,7 +102,8 @@ pub struct UsersConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct PolicyConfig {
-    /// Directory of policy files, read in file-name order.
+    /// Directory of policy files, read in file-name order. When it does not
+    /// exist, the default policy built into the binary is used.
     pub dir: PathBuf,
 }
 

@@ -1,7 +1,8 @@
 //! Access policy: who may pull, push or delete which repositories.
 //!
-//! Rules come from `policies/*.toml`, read in file-name order, and are tried
-//! in that order: the **first** rule that matches the caller and the
+//! Rules come from `policies/*.toml`, read in file-name order (or, when the
+//! directory does not exist, from the same files built into the binary: see
+//! `embedded`), and are tried in that order: the **first** rule that matches the caller and the
 //! repository decides what is granted (possibly nothing), and when no rule
 //! matches, nothing is granted. A rule file looks like:
 //!
