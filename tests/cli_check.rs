@@ -59,7 +59,7 @@ fn every_problem_of_the_policy_users_and_keys_is_reported_at_its_place() {
     assert_lines(
         &err,
         &[
-            "rules/20-bad.toml:3:1: unknown key `catalogue` in a rule (known: description, users, groups, anonymous, from, repositories, catalog, actions)",
+            "rules/20-bad.toml:3:1: unknown key `catalogue` in a rule (did you mean `catalog`?)",
             "rules/20-bad.toml:4:17: repository pattern `a**`: `**` must be a whole path segment",
             "rules/20-bad.toml:5:20: unknown action `fly` (pull, push, delete, *)",
             "rules/20-bad.toml:9:9: `10.0.0.0/33` is not an address or CIDR block",

@@ -162,13 +162,7 @@ impl RuleReader for Reader<'_> {
                         }
                     }
                 }
-                other => self.at(
-                    key.span(),
-                    format!(
-                        "unknown key `{other}` in a rule (known: {})",
-                        RULE_KEYS.join(", ")
-                    ),
-                ),
+                other => self.at(key.span(), unknown_key(other)),
             }
         }
         rule.actions.sort();
@@ -237,4 +231,37 @@ impl RuleReader for Reader<'_> {
             format!("`{key}` must be {wanted}, not {}", found.type_str()),
         );
     }
+}
+
+/// Names the closest known key when the unknown one looks like a misspelling
+/// of it (`catalogue`), else lists them all.
+fn unknown_key(key: &str) -> String {
+    let closest = RULE_KEYS
+        .iter()
+        .map(|known| (edit_distance(key, known), known))
+        .min()
+        .filter(|(distance, _)| *distance <= 2);
+    match closest {
+        Some((_, known)) => format!("unknown key `{key}` in a rule (did you mean `{known}`?)"),
+        None => format!(
+            "unknown key `{key}` in a rule (known: {})",
+            RULE_KEYS.join(", ")
+        ),
+    }
+}
+
+/// Levenshtein distance, in characters (keys are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }

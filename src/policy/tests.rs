@@ -369,7 +369,12 @@ fn bad_files_are_refused_at_the_offending_value() {
         (
             "[[rule]]\nusers = [\"a\"]\nuser = [\"a\"]\nrepositories = [\"a\"]\nactions = []\n",
             "3:1",
-            "unknown key `user`",
+            "unknown key `user` in a rule (did you mean `users`?)",
+        ),
+        (
+            "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a\"]\nactions = []\nwhen = \"always\"\n",
+            "5:1",
+            "unknown key `when` in a rule (known: description, users, groups, anonymous, from, repositories, catalog, actions)",
         ),
         (
             "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a\"]\n",
