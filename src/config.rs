@@ -212,6 +212,16 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// `file:line:col: message`, or `file: message` without a place.
+    pub fn in_file(&self, file: &Path) -> String {
+        match self.location {
+            Some((line, col)) => format!("{}:{line}:{col}: {}", file.display(), self.message),
+            None => format!("{}: {}", file.display(), self.message),
+        }
+    }
+}
+
 /// Everything wrong with one configuration file.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -225,15 +235,7 @@ impl fmt::Display for ConfigError {
         let plural = if count == 1 { "" } else { "s" };
         write!(f, "{}: {count} problem{plural}", self.path.display())?;
         for problem in &self.problems {
-            match problem.location {
-                Some((line, col)) => write!(
-                    f,
-                    "\n{}:{line}:{col}: {}",
-                    self.path.display(),
-                    problem.message
-                )?,
-                None => write!(f, "\n{}: {}", self.path.display(), problem.message)?,
-            }
+            write!(f, "\n{}", problem.in_file(&self.path))?;
         }
         Ok(())
     }
@@ -260,13 +262,23 @@ impl Config {
 
     /// Parses and validates configuration text, returning every problem found.
     pub fn parse(text: &str) -> Result<Self, Vec<Problem>> {
+        match Self::parse_lenient(text) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(problems),
+        }
+    }
+
+    /// Every problem of the text, and the configuration as far as it could
+    /// be read (each key that parsed, defaults for the others); `None` on a
+    /// syntax error. `check-config` goes on to check the files it names.
+    pub fn parse_lenient(text: &str) -> (Option<Self>, Vec<Problem>) {
         let mut reader = Reader::new(text);
         let (root, syntax) = DeTable::parse_recoverable(text);
         for e in syntax {
             reader.error(e);
         }
         if !reader.problems.is_empty() {
-            return Err(reader.problems);
+            return (None, reader.problems);
         }
         let root = root.into_inner();
         let mut config = Config::default();
@@ -284,12 +296,8 @@ impl Config {
             }
         }
         config.check(&root, &mut reader);
-        if reader.problems.is_empty() {
-            Ok(config)
-        } else {
-            reader.problems.sort_by_key(|p| p.location);
-            Err(reader.problems)
-        }
+        reader.problems.sort_by_key(|p| p.location);
+        (Some(config), reader.problems)
     }
 
     /// Checks on values that parsed but make no sense.

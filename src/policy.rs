@@ -104,15 +104,7 @@ pub struct FileProblem {
 
 impl std::fmt::Display for FileProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.problem.location {
-            Some((line, col)) => write!(
-                f,
-                "{}:{line}:{col}: {}",
-                self.file.display(),
-                self.problem.message
-            ),
-            None => write!(f, "{}: {}", self.file.display(), self.problem.message),
-        }
+        f.write_str(&self.problem.in_file(&self.file))
     }
 }
 

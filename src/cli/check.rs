@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use portcullis::auth::keys::{KeyError, KeyRing};
 use portcullis::auth::users::Users;
-use portcullis::config::{Config, ConfigError};
+use portcullis::config::Config;
 use portcullis::policy::{Policy, PolicyError, PolicySource};
 
 /// What the check found, per file.
@@ -39,13 +39,21 @@ impl Report {
 
 pub fn run(file: &Path) -> ExitCode {
     let mut report = Report::default();
-    match Config::load(file) {
-        Ok(config) => check_loaded(&config, &mut report),
-        Err(e) => {
-            config_problems(&e, &mut report);
-            println!(
-                "policy, users and keys: not checked until the configuration is valid (their places are in it)"
-            );
+    match std::fs::read_to_string(file) {
+        Err(e) => report.problem(file, format!("{}: cannot read: {e}", file.display())),
+        Ok(text) => {
+            let (config, problems) = Config::parse_lenient(&text);
+            for problem in &problems {
+                report.problem(file, problem.in_file(file));
+            }
+            match config {
+                // With the values that could be read: one more round of
+                // fixes spared, even if a bad path key means a default here.
+                Some(config) => check_loaded(&config, &mut report),
+                None => println!(
+                    "policy, users and keys: not checked until the configuration parses (their places are in it)"
+                ),
+            }
         }
     }
     let total = report.count();
@@ -74,17 +82,6 @@ fn plural(n: usize, word: &str) -> String {
         format!("1 {word}")
     } else {
         format!("{n} {word}s")
-    }
-}
-
-fn config_problems(e: &ConfigError, report: &mut Report) {
-    let path = e.path.display();
-    for problem in &e.problems {
-        let line = match problem.location {
-            Some((line, col)) => format!("{path}:{line}:{col}: {}", problem.message),
-            None => format!("{path}: {}", problem.message),
-        };
-        report.problem(&e.path, line);
     }
 }
 
