@@ -104,7 +104,8 @@ pub struct UsersConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct PolicyConfig {
-    /// Directory of policy files, read in file-name order.
+    /// Directory of policy files, read in file-name order. When it does not
+    /// exist, the default policy built into the binary is used.
     pub dir: PathBuf,
 }
 
@@ -214,6 +215,16 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// `file:line:col: message`, or `file: message` without a place.
+    pub fn in_file(&self, file: &Path) -> String {
+        match self.location {
+            Some((line, col)) => format!("{}:{line}:{col}: {}", file.display(), self.message),
+            None => format!("{}: {}", file.display(), self.message),
+        }
+    }
+}
+
 /// Everything wrong with one configuration file.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -227,15 +238,7 @@ impl fmt::Display for ConfigError {
         let plural = if count == 1 { "" } else { "s" };
         write!(f, "{}: {count} problem{plural}", self.path.display())?;
         for problem in &self.problems {
-            match problem.location {
-                Some((line, col)) => write!(
-                    f,
-                    "\n{}:{line}:{col}: {}",
-                    self.path.display(),
-                    problem.message
-                )?,
-                None => write!(f, "\n{}: {}", self.path.display(), problem.message)?,
-            }
+            write!(f, "\n{}", problem.in_file(&self.path))?;
         }
         Ok(())
     }
@@ -262,16 +265,23 @@ impl Config {
 
     /// Parses and validates configuration text, returning every problem found.
     pub fn parse(text: &str) -> Result<Self, Vec<Problem>> {
-        let mut reader = Reader {
-            text,
-            problems: Vec::new(),
-        };
+        match Self::parse_lenient(text) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(problems),
+        }
+    }
+
+    /// Every problem of the text, and the configuration as far as it could
+    /// be read (each key that parsed, defaults for the others); `None` on a
+    /// syntax error. `check-config` goes on to check the files it names.
+    pub fn parse_lenient(text: &str) -> (Option<Self>, Vec<Problem>) {
+        let mut reader = Reader::new(text);
         let (root, syntax) = DeTable::parse_recoverable(text);
         for e in syntax {
             reader.error(e);
         }
         if !reader.problems.is_empty() {
-            return Err(reader.problems);
+            return (None, reader.problems);
         }
         let root = root.into_inner();
         let mut config = Config::default();
@@ -289,12 +299,8 @@ impl Config {
             }
         }
         config.check(&root, &mut reader);
-        if reader.problems.is_empty() {
-            Ok(config)
-        } else {
-            reader.problems.sort_by_key(|p| p.location);
-            Err(reader.problems)
-        }
+        reader.problems.sort_by_key(|p| p.location);
+        (Some(config), reader.problems)
     }
 
     /// Checks on values that parsed but make no sense.
@@ -396,19 +402,61 @@ impl Config {
     }
 }
 
-struct Reader<'t> {
+/// The problems found in one text so far, each placed at its line and
+/// column (the policy files are read with it too).
+pub(crate) struct Reader<'t> {
     text: &'t str,
-    problems: Vec<Problem>,
+    pub(crate) problems: Vec<Problem>,
 }
 
-impl Reader<'_> {
+impl<'t> Reader<'t> {
+    pub(crate) fn new(text: &'t str) -> Self {
+        Self {
+            text,
+            problems: Vec::new(),
+        }
+    }
+
     /// Reads one section on its own, recording its unknown keys and type
-    /// error; on error the section keeps its defaults so checking goes on.
+    /// errors. When the section fails as a whole, its keys are read one by
+    /// one, so that one key of the wrong type neither hides the section's
+    /// other problems nor the values of its good keys (which the checks
+    /// after reading still look at); the bad keys keep their defaults.
     fn section<T: DeserializeOwned + Default>(
         &mut self,
         name: &str,
         value: &Spanned<DeValue<'_>>,
     ) -> T {
+        let DeValue::Table(table) = value.get_ref() else {
+            return self.read_section(name, value).unwrap_or_default();
+        };
+        let problems = self.problems.len();
+        if let Some(section) = self.read_section(name, value) {
+            return section;
+        }
+        self.problems.truncate(problems);
+        let mut good = DeTable::new();
+        for (key, item) in table.iter() {
+            let mut alone = DeTable::new();
+            alone.insert(key.clone(), item.clone());
+            let alone = Spanned::new(value.span(), DeValue::Table(alone));
+            let before = self.problems.len();
+            // An unknown key reads "fine" (it is only reported): keep it
+            // out of the final read, where it would be reported again.
+            if self.read_section::<T>(name, &alone).is_some() && self.problems.len() == before {
+                good.insert(key.clone(), item.clone());
+            }
+        }
+        let good = Spanned::new(value.span(), DeValue::Table(good));
+        self.read_section(name, &good).unwrap_or_default()
+    }
+
+    /// One attempt at reading a section, recording what is wrong with it.
+    fn read_section<T: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<T> {
         let mut unknown = Vec::new();
         let deserializer = ValueDeserializer::from(value.clone());
         let parsed =
@@ -422,11 +470,11 @@ impl Reader<'_> {
             self.at_opt(span, format!("unknown key `{name}.{path}`"));
         }
         match parsed {
-            Ok(section) => section,
+            Ok(section) => Some(section),
             Err(e) => {
                 let message = format!("in [{name}]: {}", e.message().trim_end());
                 self.at_opt(e.span(), message);
-                T::default()
+                None
             }
         }
     }
@@ -436,11 +484,11 @@ impl Reader<'_> {
         self.at_opt(e.span(), message);
     }
 
-    fn at(&mut self, span: Range<usize>, message: String) {
+    pub(crate) fn at(&mut self, span: Range<usize>, message: String) {
         self.at_opt(Some(span), message)
     }
 
-    fn at_opt(&mut self, span: Option<Range<usize>>, message: String) {
+    pub(crate) fn at_opt(&mut self, span: Option<Range<usize>>, message: String) {
         let location = span.map(|span| line_col(self.text, span.start));
         self.problems.push(Problem { location, message });
     }
@@ -532,6 +580,23 @@ colour = true
             found[3].starts_with("8:2: unknown section or key `tls`"),
             "{found:#?}"
         );
+    }
+
+    #[test]
+    fn a_type_error_does_not_hide_the_other_problems_of_its_section() {
+        let found = problems(
+            "[storage]\nroot = 5\nupload_max_idle_secs = 0\ncolour = 1\nsweep_interval_secs = \"1h\"\n",
+        );
+        let expected = [
+            "2:8: in [storage]",
+            "3:1: storage.upload_max_idle_secs must be positive",
+            "4:1: unknown key `storage.colour`",
+            "5:23: in [storage]",
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        for (found, expected) in found.iter().zip(expected) {
+            assert!(found.starts_with(expected), "{found} is not {expected}…");
+        }
     }
 
     #[test]

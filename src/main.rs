@@ -89,16 +89,7 @@ fn main() -> ExitCode {
             }
             serve(config)
         }
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig { file } => cli::check::run(&file),
         Command::User { command } => cli::finish(cli::users::run(command)),
         Command::Keygen(args) => cli::finish(cli::keygen::run(args)),
         Command::Policy { command } => cli::finish(cli::policy::run(command)),

@@ -1,7 +1,8 @@
 //! Access policy: who may pull, push or delete which repositories.
 //!
-//! Rules come from `policies/*.toml`, read in file-name order, and are tried
-//! in that order: the **first** rule that matches the caller and the
+//! Rules come from `policies/*.toml`, read in file-name order (or, when the
+//! directory does not exist, from the same files built into the binary: see
+//! `embedded`), and are tried in that order: the **first** rule that matches the caller and the
 //! repository decides what is granted (possibly nothing), and when no rule
 //! matches, nothing is granted. A rule file looks like:
 //!
@@ -25,10 +26,15 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use serde::Deserialize;
 
 use crate::auth::scope::Action;
-use crate::config::line_col;
+use crate::config::Problem;
+
+mod embedded;
+mod parse;
+mod show;
+
+pub use embedded::PolicySource;
 
 /// Who is asking, as far as the policy is concerned.
 #[derive(Debug, Clone, Default)]
@@ -84,13 +90,22 @@ pub enum PolicyError {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file}:{line}:{col}: {message}")]
-    Invalid {
-        file: PathBuf,
-        line: usize,
-        col: usize,
-        message: String,
-    },
+    /// Every problem of every file read, one per line.
+    #[error("{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<FileProblem> },
+}
+
+/// One problem of a policy file, at the offending key or value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProblem {
+    pub file: PathBuf,
+    pub problem: Problem,
+}
+
+impl std::fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.problem.in_file(&self.file))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -110,36 +125,11 @@ struct Rule {
     actions: Vec<Action>,
 }
 
-/// One rule as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    description: Option<String>,
-    #[serde(default)]
-    users: Vec<String>,
-    #[serde(default)]
-    groups: Vec<String>,
-    #[serde(default)]
-    anonymous: bool,
-    #[serde(default)]
-    from: Vec<String>,
-    #[serde(default)]
-    repositories: Vec<String>,
-    #[serde(default)]
-    catalog: bool,
-    actions: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    rule: Vec<toml::Spanned<RawRule>>,
-}
-
 impl Policy {
-    /// Loads every `*.toml` in `dir`, in file-name order. A missing directory
-    /// is an empty policy (which denies everything).
+    /// Loads every `*.toml` in `dir`, in file-name order, reporting the
+    /// problems of every file, not only the first. A missing directory is an
+    /// empty policy (which denies everything); [`Policy::load_configured`]
+    /// is what the server uses.
     pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
         let read_err = |source| PolicyError::Read {
             file: dir.to_owned(),
@@ -155,48 +145,53 @@ impl Policy {
         };
         files.retain(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file());
         files.sort();
-        let mut policy = Policy::default();
+        let mut texts = Vec::with_capacity(files.len());
         for file in files {
             let text = std::fs::read_to_string(&file).map_err(|source| PolicyError::Read {
                 file: file.clone(),
                 source,
             })?;
-            policy.add_file(&file, &text)?;
+            texts.push((file, text));
         }
-        Ok(policy)
+        Self::from_files(texts.iter().map(|(f, t)| (f.as_path(), t.as_str())))
     }
 
-    /// Appends the rules of one file (after those already loaded).
-    pub fn add_file(&mut self, file: &Path, text: &str) -> Result<(), PolicyError> {
-        let invalid = |offset: usize, message: String| {
-            let (line, col) = line_col(text, offset);
-            PolicyError::Invalid {
-                file: file.to_owned(),
-                line,
-                col,
-                message,
+    /// Reads files in the order given, collecting the problems of all.
+    fn from_files<'a>(
+        files: impl IntoIterator<Item = (&'a Path, &'a str)>,
+    ) -> Result<Self, PolicyError> {
+        let mut policy = Policy::default();
+        let mut problems = Vec::new();
+        for (file, text) in files {
+            if let Err(PolicyError::Invalid { problems: found }) = policy.add_file(file, text) {
+                problems.extend(found);
             }
-        };
-        let raw: RawFile = toml::from_str(text).map_err(|e| {
-            invalid(
-                e.span().map_or(0, |s| s.start),
-                e.message().trim_end().to_owned(),
-            )
-        })?;
-        for spanned in raw.rule {
-            let offset = spanned.span().start;
-            let raw = spanned.into_inner();
-            let index = self.rules.len() + 1;
-            let origin = RuleOrigin {
-                file: file.to_owned(),
-                line: line_col(text, offset).0,
-                index,
-                description: raw.description.clone(),
-            };
-            let rule = Rule::from_raw(raw, origin).map_err(|m| invalid(offset, m))?;
-            self.rules.push(rule);
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(policy)
+        } else {
+            Err(PolicyError::Invalid { problems })
+        }
+    }
+
+    /// Appends the rules of one file (after those already loaded), or
+    /// returns every problem in it.
+    pub fn add_file(&mut self, file: &Path, text: &str) -> Result<(), PolicyError> {
+        match parse::rules(file, text, self.rules.len() + 1) {
+            Ok(rules) => {
+                self.rules.extend(rules);
+                Ok(())
+            }
+            Err(problems) => Err(PolicyError::Invalid {
+                problems: problems
+                    .into_iter()
+                    .map(|problem| FileProblem {
+                        file: file.to_owned(),
+                        problem,
+                    })
+                    .collect(),
+            }),
+        }
     }
 
     /// Decides which of `wanted` the caller may do on repository `name`.
@@ -258,50 +253,6 @@ fn intersect(wanted: &[Action], allowed: &[Action]) -> Vec<Action> {
 }
 
 impl Rule {
-    fn from_raw(raw: RawRule, origin: RuleOrigin) -> Result<Self, String> {
-        if raw.users.is_empty() && raw.groups.is_empty() && !raw.anonymous {
-            return Err(
-                "a rule must say who it is for: `users`, `groups` or `anonymous = true`".into(),
-            );
-        }
-        if raw.repositories.is_empty() && !raw.catalog {
-            return Err("a rule must name `repositories` or set `catalog = true`".into());
-        }
-        let mut actions = Vec::new();
-        for action in &raw.actions {
-            match action.as_str() {
-                "*" => actions.extend(Action::ALL),
-                other => {
-                    actions.push(Action::parse(other).ok_or_else(|| {
-                        format!("unknown action `{other}` (pull, push, delete, *)")
-                    })?)
-                }
-            }
-        }
-        actions.sort();
-        actions.dedup();
-        let from = raw
-            .from
-            .iter()
-            .map(|s| parse_net(s).ok_or_else(|| format!("`{s}` is not an address or CIDR block")))
-            .collect::<Result<_, _>>()?;
-        let repositories = raw
-            .repositories
-            .iter()
-            .map(|p| Glob::parse(p))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            origin,
-            users: raw.users,
-            groups: raw.groups,
-            anonymous: raw.anonymous,
-            from,
-            repositories,
-            catalog: raw.catalog,
-            actions,
-        })
-    }
-
     fn admits(&self, caller: &Caller) -> bool {
         let who = match &caller.user {
             None => self.anonymous,

@@ -317,6 +317,20 @@ fn curl(args: &[&str]) -> HttpResponse {
 // Client refusals
 // ---------------------------------------------------------------------------
 
+/// A catalog request refused as the spec says: 401 `UNAUTHORIZED`, with a
+/// challenge that asks for `registry:catalog:*` and contains `also`.
+#[track_caller]
+fn assert_catalog_refused(response: &HttpResponse, also: &str) {
+    assert_eq!(response.status, 401, "{}", response.body);
+    let challenge = response.header("www-authenticate").expect("challenge");
+    assert!(
+        challenge.contains("scope=\"registry:catalog:*\"") && challenge.contains(also),
+        "challenge: {challenge}"
+    );
+    let body: Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+}
+
 /// Asserts that a client's error output says it was refused for lack of
 /// authorization (rather than, say, a network error or a missing image), and
 /// prints it: what clients show on denial is worth seeing in a test log.
@@ -767,15 +781,7 @@ fn list_tags_as_user_and_catalog_for_admins_only() {
         response.header("www-authenticate").unwrap_or_default(),
         response.body.trim_end()
     );
-    assert_eq!(response.status, 401, "{}", response.body);
-    let challenge = response.header("www-authenticate").expect("challenge");
-    assert!(
-        challenge.contains("scope=\"registry:catalog:*\"")
-            && challenge.contains("error=\"insufficient_scope\""),
-        "challenge: {challenge}"
-    );
-    let body: Value = serde_json::from_str(&response.body).unwrap();
-    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+    assert_catalog_refused(&response, "error=\"insufficient_scope\"");
     // Without any token, the same refusal asks for authentication.
     let response = curl(&[&server.server.at("/v2/_catalog")]);
     assert_eq!(response.status, 401);
@@ -822,15 +828,25 @@ fn shipped_default_policy_admins_all_users_own_namespace_anonymous_nothing() {
         ]);
         assert_refused(&format!("default policy: alice copies to {target}"), &out);
     }
-    // Users do not delete, even their own.
-    let out = env.skopeo_fails(&[
+    // Users delete in their own namespace (the owner cleans up after CI)…
+    push_layout(&env, &src, &ALICE, "alice/ci/build:v1");
+    env.skopeo(&[
         "delete",
         "--tls-verify=false",
         "--creds",
         &alice,
-        &env.docker_ref("alice/tools/deep:v1"),
+        &env.docker_ref("alice/ci/build:v1"),
     ]);
-    assert_refused("default policy: alice deletes her own tag", &out);
+    assert_eq!(server.tags_as_admin("alice/ci/build"), Some(vec![]));
+    // …and nowhere else.
+    let out = env.skopeo_fails(&[
+        "delete",
+        "--tls-verify=false",
+        "--creds",
+        &bob,
+        &env.docker_ref("alice/app:v1"),
+    ]);
+    assert_refused("default policy: bob deletes alice's tag", &out);
 
     // Anonymous callers get nothing.
     let out = env.skopeo_fails(&[
@@ -862,6 +878,58 @@ fn shipped_default_policy_admins_all_users_own_namespace_anonymous_nothing() {
     );
     assert_eq!(server.tags_as_admin("alice-x/app"), None);
     assert_eq!(server.tags_as_admin("alice/app"), Some(vec!["v1".into()]));
+}
+
+/// `podman search HOST/` lists the registry's catalog (`GET /v2/_catalog`,
+/// whose challenge asks for `registry:catalog:*`). With the shipped policy a
+/// user who is not an administrator now gets what they may pull, rather
+/// than podman's misleading "invalid username/password"; an anonymous
+/// caller still gets a 401 with a challenge.
+#[test]
+fn podman_search_as_a_user_lists_what_they_may_pull_and_anonymous_is_refused() {
+    require("podman");
+    require("skopeo");
+    require("curl");
+    let server = AuthServer::start_with_default_policies(&[&ALICE, &BOB]);
+    let env = ClientEnv::new(server.host());
+    let src = env.path("src");
+    write_layout(&src, "v1", &LAYER_SIZES[..1]);
+    push_layout(&env, &src, &ALICE, "alice/app:v1");
+    push_layout(&env, &src, &BOB, "bob/tools/lint:v1");
+
+    env.login("podman", ALICE.name, ALICE.password)
+        .unwrap_or_else(|out| panic!("podman login failed: {}", stderr_of(&out)));
+    let search = |env: &ClientEnv| {
+        env.podman_cmd(&[
+            "search",
+            "--tls-verify=false",
+            "--format",
+            "{{.Name}}",
+            &format!("{}/", server.host()),
+        ])
+    };
+    let out = common::clients::succeed(search(&env), None);
+    let mut listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    listed.sort();
+    let host = server.host();
+    assert_eq!(
+        listed,
+        [
+            format!("{host}/alice/app"),
+            format!("{host}/bob/tools/lint")
+        ]
+    );
+
+    // Never logged in: refused, and the registry asked for authentication.
+    let anonymous = ClientEnv::new(server.host());
+    let out = common::clients::fail(search(&anonymous), None);
+    assert_refused("anonymous podman search", &out);
+    let response = curl(&[&server.server.at("/v2/_catalog")]);
+    assert_catalog_refused(&response, "Bearer realm=");
 }
 
 // ---------------------------------------------------------------------------

@@ -156,7 +156,7 @@ fn serve_refuses_a_bad_policy_file_with_its_place() {
     ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let expected = format!("{}:2:", policies.join("20-bad.toml").display());
+    let expected = format!("{}:5:12:", policies.join("20-bad.toml").display());
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(stderr.contains("unknown action `write`"), "{stderr}");
     assert!(

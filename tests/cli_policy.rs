@@ -1,10 +1,16 @@
 //! `portcullis policy explain` run as the real binary over policy files:
 //! every matching feature (placeholders, `*` and `**`, groups, anonymous,
 //! CIDR, first match across files, default deny, catalog), the exit status,
-//! and the repository's own `policies/`.
+//! and the repository's own `policies/`; `policy show`; and `serve` with no
+//! policy directory running the embedded default.
 
+mod common;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+
+use common::process::ServerProcess;
 
 fn portcullis(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -80,10 +86,12 @@ impl Explained {
 
 /// `portcullis policy explain --dir policies ARGS` in `dir`.
 fn explain(dir: &Path, args: &[&str]) -> Explained {
-    let out = portcullis(
-        dir,
-        &[&["policy", "explain", "--dir", "policies"][..], args].concat(),
-    );
+    policy(dir, &[&["explain", "--dir", "policies"][..], args].concat())
+}
+
+/// `portcullis policy ARGS` in `dir`: status, stdout, stderr.
+fn policy(dir: &Path, args: &[&str]) -> Explained {
+    let out = portcullis(dir, &[&["policy"][..], args].concat());
     Explained {
         code: out.status.code(),
         out: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -413,13 +421,17 @@ fn no_rule_or_no_files_deny_by_default() {
     let e = explain(empty.path(), &["--user", "alice", "a/b", "pull"]);
     e.denied_by_default("pull");
     assert!(e.err.contains("no rules in policies"), "{}", e.err);
-    // A missing directory is an empty policy, too.
+    // A missing directory is the embedded default, which denies anonymous
+    // callers everything.
     let none = tempfile::tempdir().unwrap();
-    let e = explain(none.path(), &["--user", "alice", "--catalog"]);
-    assert_eq!(e.code, Some(1), "{}", e.out);
-    assert_eq!(e.line("rule:"), "no rule matched: denied by default");
     let e = explain(none.path(), &["--anonymous", "a/b", "delete"]);
     e.denied_by_default("delete");
+    assert!(
+        e.err
+            .contains("using the embedded default policy (policies does not exist)"),
+        "{}",
+        e.err
+    );
 }
 
 #[test]
@@ -486,8 +498,8 @@ fn the_shipped_policies() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let d = repo;
     let admins = "policies/10-admins.toml:2 (rule #1) \"administrators manage every repository\"";
-    let own = "policies/50-users.toml:2 (rule #2) \"users push to their own namespace\"";
-    let all = "policies/50-users.toml:9 (rule #3) \"users pull everything\"";
+    let own = "policies/50-users.toml:3 (rule #2) \"users manage their own namespace\"";
+    let all = "policies/50-users.toml:11 (rule #3) \"users pull everything and list the catalog\"";
 
     // Administrators: everything, everywhere, and the catalog.
     explain(d, &["--user", "root", "-g", "admins", "library/nginx", "*"])
@@ -501,10 +513,15 @@ fn the_shipped_policies() {
     assert_eq!(e.code, Some(0), "{}", e.out);
     assert_eq!(e.line("rule:"), admins);
 
-    // Users: push to their own namespace, pull everything, delete nothing.
+    // Users: push to and delete in their own namespace, pull everything,
+    // list the catalog, delete nothing of others.
     explain(d, &["--user", "alice", "alice/app", "pull,push"]).allowed("pull, push", own);
     explain(d, &["--user", "alice", "alice/team/app", "push"]).allowed("push", own);
-    explain(d, &["--user", "alice", "alice/app", "delete"]).denied("nothing", "delete", own);
+    explain(d, &["--user", "alice", "alice/app", "delete"]).allowed("delete", own);
+    explain(d, &["--user", "alice", "bob/app", "delete"]).denied("nothing", "delete", all);
+    let e = explain(d, &["--user", "alice", "--catalog"]);
+    assert_eq!(e.code, Some(0), "{}", e.out);
+    assert_eq!(e.line("rule:"), all);
     explain(d, &["--user", "alice", "library/nginx", "pull"]).allowed("pull", all);
     explain(d, &["--user", "alice", "bob/app", "push"]).denied("nothing", "push", all);
     explain(d, &["--user", "alice", "bob/app", "*"]).denied("pull", "push, delete", all);
@@ -562,7 +579,12 @@ fn the_directory_comes_from_the_configuration() {
             "pull",
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // (`elsewhere` does not exist: the embedded default decides.)
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("rule:     <embedded>/50-users.toml:11 (rule #3)")
+    );
 }
 
 #[test]
@@ -609,5 +631,188 @@ fn bad_policies_and_arguments_are_errors_not_denials() {
     )
     .unwrap();
     explain(d, &["--user", "u", "a/b", "pull"])
-        .error("policies/20-bad.toml:1:1: unknown action `fly`");
+        .error("policies/20-bad.toml:4:20: unknown action `fly`");
+}
+
+/// `portcullis policy show ARGS` in `dir`.
+fn show(dir: &Path, args: &[&str]) -> Explained {
+    policy(dir, &[&["show"][..], args].concat())
+}
+
+#[test]
+fn show_prints_the_embedded_default_when_the_directory_does_not_exist() {
+    let empty = tempfile::tempdir().unwrap();
+    let e = show(empty.path(), &[]);
+    assert_eq!(e.code, Some(0), "{}", e.err);
+    let text = &e.out;
+    assert!(
+        text.starts_with("# policy: the embedded default policy (./policies does not exist)\n"),
+        "{text}"
+    );
+    // Every shipped rule, in order, with its origin, as TOML.
+    let admins = text
+        .find("# rule #1 at <embedded>/10-admins.toml:2\n[[rule]]\n")
+        .unwrap();
+    let own = text
+        .find(
+            "# rule #2 at <embedded>/50-users.toml:3\n[[rule]]\n\
+             description = \"users manage their own namespace\"\n\
+             users = [\"*\"]\n\
+             repositories = [\"${user}/**\"]\n\
+             actions = [\"pull\", \"push\", \"delete\"]\n",
+        )
+        .unwrap_or_else(|| panic!("{text}"));
+    let all = text
+        .find("# rule #3 at <embedded>/50-users.toml:11\n")
+        .unwrap();
+    assert!(admins < own && own < all, "{text}");
+    // The same rules as the files of policies/ (only the origins differ).
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = show(repo, &["--dir", "policies"]);
+    assert_eq!(
+        shipped.out.lines().skip(1).collect::<Vec<_>>(),
+        text.replace("<embedded>/", "policies/")
+            .lines()
+            .skip(1)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn show_prints_the_rules_of_a_directory_with_their_origins() {
+    let dir = policies(&[
+        (
+            "20-b.toml",
+            "# second file\n[[rule]]\nanonymous = true\nfrom = [\"10.0.0.0/8\", \"192.0.2.1\"]\nrepositories = [\"public/**\"]\nactions = [\"pull\"]\n",
+        ),
+        (
+            "10-a.toml",
+            "[[rule]]\ndescription = \"ops\"\ngroups = [\"ops\"]\ncatalog = true\nrepositories = [\"**\"]\nactions = [\"*\"]\n",
+        ),
+    ]);
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        "[policy]\ndir = \"policies\"\n",
+    )
+    .unwrap();
+    let e = show(dir.path(), &["-c", "portcullis.toml"]);
+    assert_eq!(e.code, Some(0), "{}", e.err);
+    assert_eq!(
+        e.out,
+        "# policy: the policy directory policies\n\
+         # 2 rules, tried in this order; the first that matches decides\n\
+         \n\
+         # rule #1 at policies/10-a.toml:1\n\
+         [[rule]]\n\
+         description = \"ops\"\n\
+         groups = [\"ops\"]\n\
+         repositories = [\"**\"]\n\
+         catalog = true\n\
+         actions = [\"pull\", \"push\", \"delete\"]\n\
+         \n\
+         # rule #2 at policies/20-b.toml:2\n\
+         [[rule]]\n\
+         anonymous = true\n\
+         from = [\"10.0.0.0/8\", \"192.0.2.1/32\"]\n\
+         repositories = [\"public/**\"]\n\
+         actions = [\"pull\"]\n"
+    );
+    // An empty directory is an explicit "deny everything".
+    let empty = policies(&[]);
+    let e = show(empty.path(), &["--dir", "policies"]);
+    assert_eq!(
+        e.out,
+        "# policy: the policy directory policies\n# no rules: every request is denied\n"
+    );
+    // A bad file is an error, at its place.
+    std::fs::write(
+        empty.path().join("policies/10.toml"),
+        "[[rule]]\nusers = [\"*\"]\ncatalogue = true\nrepositories = [\"**\"]\nactions = [\"pull\"]\n",
+    )
+    .unwrap();
+    show(empty.path(), &["--dir", "policies"])
+        .error("policies/10.toml:3:1: unknown key `catalogue`");
+}
+
+#[tokio::test]
+async fn serve_in_an_empty_directory_runs_the_embedded_default_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut add = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["user", "add", "alice"])
+        .current_dir(d)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"alice-password-1\n")
+        .unwrap();
+    assert!(add.wait().unwrap().success());
+
+    // No --config, no ./policies: what a new user runs.
+    let log = d.join("serve.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .env("PORTCULLIS_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let server = ServerProcess::spawn(command);
+    // Logged before the announcement, so it is there now.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.lines().any(|l| l.contains("INFO")
+            && l.contains("the embedded default policy")
+            && l.contains("./policies")),
+        "{logged}"
+    );
+
+    let client = reqwest::Client::new();
+    let token = |scope: &'static str| {
+        let client = client.clone();
+        let url = server.at(&format!("/token?service=portcullis&scope={scope}"));
+        async move {
+            let res = client
+                .get(url)
+                .basic_auth("alice", Some("alice-password-1"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let body: serde_json::Value = res.json().await.unwrap();
+            body["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let own = token("repository:alice/app:pull,push,delete").await;
+    let data = b"layer of alice";
+    let digest = common::sha256(data);
+    let res = client
+        .post(server.at(&format!("/v2/alice/app/blobs/uploads/?digest={digest}")))
+        .bearer_auth(&own)
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let blob = server.at(&format!("/v2/alice/app/blobs/{digest}"));
+    let res = client.head(&blob).bearer_auth(&own).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    // The owner cleans up.
+    let res = client.delete(&blob).bearer_auth(&own).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let res = client.head(&blob).bearer_auth(&own).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    // Someone else's namespace: pull only.
+    let other = token("repository:bob/app:pull,push").await;
+    let res = client
+        .post(server.at(&format!("/v2/bob/app/blobs/uploads/?digest={digest}")))
+        .bearer_auth(&other)
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
 }

@@ -130,16 +130,25 @@ impl Authority {
             move || load_users(&users_file),
         )?);
         let policy_dir = config.policy.dir.clone();
+        // Reloads choose the source again: a policy directory created later
+        // replaces the embedded default.
         let policy = Watched::new(
             "policy",
             {
                 let dir = policy_dir.clone();
                 move || Fingerprint::of_dir(&dir)
             },
-            move || Policy::load_dir(&policy_dir).map_err(|e| e.to_string()),
+            move || {
+                Policy::load_configured(&policy_dir)
+                    .map(|(policy, _)| policy)
+                    .map_err(|e| e.to_string())
+            },
         )?;
-        if policy.get().0.is_empty() {
-            tracing::warn!(dir = %config.policy.dir.display(), "no policy rules: every request will be denied");
+        let dir = config.policy.dir.display();
+        if std::fs::metadata(&config.policy.dir).is_err() {
+            tracing::info!(%dir, "policy directory not found: using the embedded default policy (see `portcullis policy show`)");
+        } else if policy.get().0.is_empty() {
+            tracing::warn!(%dir, "no policy rules: every request will be denied");
         }
         let user_count = users.get().0.len();
         if user_count == 0 {

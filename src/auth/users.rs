@@ -49,10 +49,11 @@ pub enum UsersError {
         file: String,
         source: std::io::Error,
     },
-    #[error("{file}:{line}: {message}")]
+    #[error("{file}:{line}:{col}: {message}")]
     Invalid {
         file: String,
         line: usize,
+        col: usize,
         message: String,
     },
     #[error(
@@ -191,12 +192,16 @@ impl Users {
     }
 
     pub fn from_toml(file: &str, text: &str) -> Result<Self, UsersError> {
-        let parsed: UsersFile = toml::from_str(text).map_err(|e| UsersError::Invalid {
-            file: file.to_owned(),
-            line: e
+        let parsed: UsersFile = toml::from_str(text).map_err(|e| {
+            let (line, col) = e
                 .span()
-                .map_or(1, |s| crate::config::line_col(text, s.start).0),
-            message: e.message().trim_end().to_owned(),
+                .map_or((1, 1), |s| crate::config::line_col(text, s.start));
+            UsersError::Invalid {
+                file: file.to_owned(),
+                line,
+                col,
+                message: e.message().trim_end().to_owned(),
+            }
         })?;
         for (name, entry) in &parsed.users {
             check_name(name)?;
@@ -204,6 +209,7 @@ impl Users {
                 return Err(UsersError::Invalid {
                     file: file.to_owned(),
                     line: line_of(text, name),
+                    col: 1,
                     message: format!(
                         "user `{name}`: password must be an argon2id or bcrypt hash (see `portcullis user passwd`)"
                     ),
@@ -228,6 +234,7 @@ impl Users {
             let invalid = |message: String| UsersError::Invalid {
                 file: file.to_owned(),
                 line: index + 1,
+                col: 1,
                 message,
             };
             let (name, hash) = line

@@ -1,6 +1,7 @@
-//! The subcommands besides `serve` and `check-config`: users, keys,
+//! The subcommands besides `serve`: the configuration check, users, keys,
 //! policy and token revocation. Each returns `Ok(exit code)` or a [`Failure`] that `main` prints.
 
+pub mod check;
 pub mod keygen;
 mod password;
 pub mod policy;

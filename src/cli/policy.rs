@@ -1,5 +1,5 @@
 //! `portcullis policy explain`: what the policy decides for one caller and
-//! one request, and which rule decides it.
+//! one request, and which rule decides it; `policy show`: the rules in force.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Args, Subcommand};
 use portcullis::auth::scope::Action;
-use portcullis::policy::{Caller, Decision, Policy};
+use portcullis::policy::{Caller, Decision, Policy, PolicySource};
 use portcullis::reference::RepoName;
 
 use super::{Failure, load_config};
@@ -26,6 +26,30 @@ Examples:
   portcullis policy explain --anonymous --from 10.1.2.3 public/tools pull
   portcullis policy explain --user alice --catalog")]
     Explain(ExplainArgs),
+    /// Prints the policy in force: where it comes from (the policy
+    /// directory, or the embedded default when that does not exist) and
+    /// every rule in the order they are tried, with where it was written.
+    Show(SourceArgs),
+}
+
+/// Which policy: the configuration's directory, or another one.
+#[derive(Args)]
+pub struct SourceArgs {
+    /// Configuration file; its `policy.dir` is the default directory.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Directory of policy files, overriding the configuration.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The policy `serve` would run with for these arguments.
+    fn load(self) -> Result<(Policy, PolicySource), Failure> {
+        let config = load_config(self.config.as_deref())?;
+        let dir = self.dir.unwrap_or(config.policy.dir);
+        Policy::load_configured(&dir).map_err(Failure::setup)
+    }
 }
 
 #[derive(Args)]
@@ -58,29 +82,30 @@ pub struct ExplainArgs {
     /// pull, push, delete or `*` (all three); several as `pull,push`.
     #[arg(required_unless_present = "catalog")]
     action: Option<String>,
-    /// Configuration file; its `policy.dir` is the default directory.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Directory of policy files, overriding the configuration.
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceArgs,
 }
 
 pub fn run(command: PolicyCommand) -> Result<ExitCode, Failure> {
     match command {
         PolicyCommand::Explain(args) => explain(args),
+        PolicyCommand::Show(args) => {
+            let (policy, source) = args.load()?;
+            print!("{}", policy.show(&source));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 fn explain(args: ExplainArgs) -> Result<ExitCode, Failure> {
-    let config = load_config(args.config.as_deref())?;
-    let dir = args.dir.unwrap_or(config.policy.dir);
-    let policy = Policy::load_dir(&dir).map_err(Failure::setup)?;
-    if policy.is_empty() {
-        eprintln!(
+    let (policy, source) = args.source.load()?;
+    match &source {
+        PolicySource::Dir(dir) if policy.is_empty() => eprintln!(
             "note: no rules in {} (*.toml): everything is denied",
             dir.display()
-        );
+        ),
+        PolicySource::Embedded { .. } => eprintln!("note: using {source}"),
+        PolicySource::Dir(_) => {}
     }
     let caller = Caller {
         user: args.user,

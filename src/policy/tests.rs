@@ -329,66 +329,124 @@ fn catalog_rules() {
 }
 
 #[test]
-fn bad_files_are_refused_with_file_line_and_reason() {
+fn bad_files_are_refused_at_the_offending_value() {
     let cases = [
         (
             "[[rule]]\nusers = [\"a\"]\nrepositories = [\"**\"]\nactions = [\"write\"]\n",
-            1,
+            "4:12",
             "unknown action `write`",
         ),
         (
             "[[rule]]\nrepositories = [\"**\"]\nactions = [\"pull\"]\n",
-            1,
+            "1:1",
             "must say who",
         ),
         (
             "\n[[rule]]\nusers = [\"a\"]\nactions = [\"pull\"]\n",
-            2,
+            "2:1",
             "must name `repositories`",
         ),
         (
-            "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a**\"]\nactions = []\n",
-            1,
+            "[[rule]]\nusers = [\"a\"]\nrepositories = [\"b\", \"a**\"]\nactions = []\n",
+            "3:22",
             "whole path segment",
         ),
         (
             "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a//b\"]\nactions = []\n",
-            1,
+            "3:17",
             "empty path segment",
         ),
         (
             "[[rule]]\nusers = [\"a\"]\nrepositories = [\"${usr}\"]\nactions = []\n",
-            1,
+            "3:17",
             "unknown placeholder",
         ),
         (
             "[[rule]]\nusers = [\"a\"]\nfrom = [\"10.0.0.0/33\"]\nrepositories = [\"a\"]\nactions = []\n",
-            1,
+            "3:9",
             "CIDR",
         ),
         (
-            "[[rule]]\nuser = [\"a\"]\nrepositories = [\"a\"]\nactions = []\n",
-            2,
-            "unknown field `user`",
+            "[[rule]]\nusers = [\"a\"]\nuser = [\"a\"]\nrepositories = [\"a\"]\nactions = []\n",
+            "3:1",
+            "unknown key `user` in a rule (did you mean `users`?)",
+        ),
+        (
+            "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a\"]\nactions = []\nwhen = \"always\"\n",
+            "5:1",
+            "unknown key `when` in a rule (known: description, users, groups, anonymous, from, repositories, catalog, actions)",
         ),
         (
             "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a\"]\n",
-            1,
-            "missing field `actions`",
+            "1:1",
+            "missing `actions`",
         ),
-        ("[[rule]\n", 1, ""),
+        (
+            "[[rule]]\nusers = \"a\"\nrepositories = [\"a\"]\nactions = []\n",
+            "2:9",
+            "`users` must be an array of strings, not string",
+        ),
+        (
+            "[[rule]]\nusers = [\"a\", 1]\nrepositories = [\"a\"]\nactions = []\n",
+            "2:15",
+            "`users` must be an array of strings, not integer",
+        ),
+        (
+            "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a\"]\ncatalog = \"yes\"\nactions = []\n",
+            "4:11",
+            "`catalog` must be true or false",
+        ),
+        ("rules = []\n", "1:1", "unknown key `rules`"),
+        ("[[rule]\n", "1:", ""),
     ];
-    for (text, line, reason) in cases {
+    for (text, place, reason) in cases {
         let err = Policy::default()
             .add_file(Path::new("p/10-x.toml"), text)
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with(&format!("p/10-x.toml:{line}:")),
+            err.starts_with(&format!("p/10-x.toml:{place}")),
             "{text:?} → {err}"
         );
         assert!(err.contains(reason), "{text:?} → {err}");
     }
+}
+
+#[test]
+fn every_problem_of_every_file_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("10-a.toml"),
+        "[[rule]]\nusers = [\"a\"]\ncatalogue = true\nrepositories = [\"a**\"]\nactions = [\"fly\"]\n\n[[rule]]\ngroups = [\"g\"]\nfrom = [\"nowhere\"]\nrepositories = [\"b\"]\nactions = []\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("20-b.toml"),
+        "[[rule]]\nusers = [\"b\"]\nrepositories = [\"b\"]\nactions = [\"pull\", \"pul\"]\n",
+    )
+    .unwrap();
+    let Err(PolicyError::Invalid { problems }) = Policy::load_dir(dir.path()) else {
+        panic!("accepted");
+    };
+    let found: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            let name = p.file.file_name().unwrap().to_string_lossy();
+            let (line, col) = p.problem.location.unwrap();
+            format!("{name}:{line}:{col}")
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "10-a.toml:3:1",
+            "10-a.toml:4:17",
+            "10-a.toml:5:12",
+            "10-a.toml:9:9",
+            "20-b.toml:4:20"
+        ],
+        "{problems:#?}"
+    );
 }
 
 #[test]
@@ -402,6 +460,13 @@ fn the_shipped_default_policies_load_and_say_what_the_readme_promises() {
     );
     assert_eq!(p.decide(&alice, "bob/app", &[Pull, Push]).granted, [Pull]);
     assert!(p.decide(&alice, "bob/app", &[Delete]).granted.is_empty());
+    // The owner cleans up after CI, and every user lists the catalog.
+    assert_eq!(
+        p.decide(&alice, "alice/ci/app", &[Delete]).granted,
+        [Delete]
+    );
+    assert_eq!(p.decide_catalog(&alice).granted, [Pull]);
+    assert!(p.decide_catalog(&anonymous()).granted.is_empty());
     let admin = user("root", &["admins"]);
     assert_eq!(
         p.decide(&admin, "any/thing", &[Pull, Push, Delete]).granted,

@@ -1,0 +1,152 @@
+//! `portcullis check-config FILE`: checks everything `serve` would load with
+//! this configuration — the file itself, the policy (the files of
+//! `policy.dir`, or the embedded default when it does not exist), the users
+//! file and the key directory — so that "ok" means `serve` starts.
+//!
+//! Problems go to stderr, one per line as `file:line:col: message` (or
+//! `file: message` when there is no single place), then a summary; what was
+//! checked goes to stdout. Exit status 0 only when nothing is wrong, 2
+//! otherwise.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use portcullis::auth::keys::{KeyError, KeyRing};
+use portcullis::auth::users::Users;
+use portcullis::config::Config;
+use portcullis::policy::{Policy, PolicyError, PolicySource};
+
+/// What the check found, per file.
+#[derive(Default)]
+struct Report {
+    /// `(file, problem lines)`, in the order checked.
+    files: Vec<(String, Vec<String>)>,
+}
+
+impl Report {
+    fn problem(&mut self, file: &Path, line: String) {
+        let file = file.display().to_string();
+        match self.files.iter_mut().find(|(f, _)| *f == file) {
+            Some((_, lines)) => lines.push(line),
+            None => self.files.push((file, vec![line])),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.files.iter().map(|(_, lines)| lines.len()).sum()
+    }
+}
+
+pub fn run(file: &Path) -> ExitCode {
+    let mut report = Report::default();
+    match std::fs::read_to_string(file) {
+        Err(e) => report.problem(file, format!("{}: cannot read: {e}", file.display())),
+        Ok(text) => {
+            let (config, problems) = Config::parse_lenient(&text);
+            for problem in &problems {
+                report.problem(file, problem.in_file(file));
+            }
+            match config {
+                // With the values that could be read: one more round of
+                // fixes spared, even if a bad path key means a default here.
+                Some(config) => check_loaded(&config, &mut report),
+                None => println!(
+                    "policy, users and keys: not checked until the configuration parses (their places are in it)"
+                ),
+            }
+        }
+    }
+    let total = report.count();
+    if total == 0 {
+        println!("{}: ok, `serve` would start", file.display());
+        return ExitCode::SUCCESS;
+    }
+    for (_, lines) in &report.files {
+        for line in lines {
+            eprintln!("{line}");
+        }
+    }
+    for (file, lines) in &report.files {
+        eprintln!("{file}: {}", plural(lines.len(), "problem"));
+    }
+    eprintln!(
+        "check-config: {} in {}: `serve` would refuse to start",
+        plural(total, "problem"),
+        plural(report.files.len(), "file")
+    );
+    ExitCode::from(2)
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn check_loaded(config: &Config, report: &mut Report) {
+    check_policy(&config.policy.dir, report);
+    check_users(&config.users.file, report);
+    check_keys(&config.token.key_dir, report);
+}
+
+fn check_policy(dir: &Path, report: &mut Report) {
+    match Policy::load_configured(dir) {
+        Ok((policy, source)) => match source {
+            PolicySource::Dir(_) if policy.is_empty() => println!(
+                "policy: {source}: no rules, every request will be denied (`portcullis policy show`)"
+            ),
+            _ => println!(
+                "policy: {source}: {} (`portcullis policy show`)",
+                plural(policy.len(), "rule")
+            ),
+        },
+        Err(PolicyError::Invalid { problems }) => {
+            for p in problems {
+                report.problem(&p.file, p.to_string());
+            }
+        }
+        Err(PolicyError::Read { file, source }) => {
+            report.problem(&file, format!("{}: cannot read: {source}", file.display()))
+        }
+    }
+}
+
+fn check_users(file: &Path, report: &mut Report) {
+    if !file.exists() {
+        println!(
+            "users: {} does not exist: no users yet (`portcullis user add NAME`)",
+            file.display()
+        );
+        return;
+    }
+    match Users::load(file) {
+        Ok(users) => println!("users: {}: {}", file.display(), plural(users.len(), "user")),
+        Err(e) => report.problem(file, e.to_string()),
+    }
+}
+
+fn check_keys(dir: &Path, report: &mut Report) {
+    match KeyRing::load(dir) {
+        Ok(keys) => println!(
+            "keys: {}: {}, signing with {}",
+            dir.display(),
+            plural(keys.keys().len(), "key"),
+            keys.signer().file.display()
+        ),
+        Err(KeyError::NoKey(_)) => println!(
+            "keys: {}: no signing key yet: keys will be generated at first start",
+            dir.display()
+        ),
+        Err(KeyError::Io { path, source })
+            if path == dir && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            println!(
+                "keys: {} does not exist: keys will be generated at first start",
+                dir.display()
+            )
+        }
+        Err(e) => report.problem(dir, e.to_string()),
+    }
+}
