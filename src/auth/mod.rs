@@ -232,8 +232,12 @@ impl Authority {
 
     /// Reloads the users and the policy if their files changed (the
     /// watcher task in `state.rs`), logging each change.
+    /// A users reload here must carry out its unlocks as `users()` does:
+    /// once the watcher has taken the new file in, no login sees a reload.
     pub fn check_files(&self) {
-        self.users.check_now();
+        if self.users.check_now() {
+            self.unlock(&self.users.get().0);
+        }
         self.policy.check_now();
     }
 
