@@ -130,7 +130,7 @@ async fn a_token_request_says_who_from_where_what_and_the_rule_of_each_refusal()
         "service=\"portcullis\"",
         "asked=\"repository:bob/app:pull,push\"",
         "granted=\"repository:bob/app:pull\"",
-        "refused=\"repository:bob/app:push by ./policies/50-users.toml:9 (rule #3) \\\"users pull everything\\\"\"",
+        "refused=\"repository:bob/app:push by ./policies/50-users.toml:11 (rule #3) \\\"users pull everything and list the catalog\\\"\"",
     ] {
         assert!(line.contains(part), "{part} missing in: {line}");
     }
@@ -267,7 +267,7 @@ async fn a_bad_policy_edit_is_logged_when_made_and_once() {
         line.contains("60-team.toml:3:1"),
         "file, line and column: {line}"
     );
-    assert!(line.contains("unknown field `catalogue`"), "{line}");
+    assert!(line.contains("unknown key `catalogue`"), "{line}");
 
     // Left as it is for a few checks, it is not reported again. (Waiting
     // here gives repetition its chance; nothing is synchronized by it.)

@@ -147,9 +147,12 @@ impl<T: Summary + Send + Sync + 'static> Watched<T> {
                 true
             }
             Err(e) => {
+                // One line for the whole refusal, however many problems
+                // the files have: a log line per problem would interleave
+                // with other lines, and a raw newline splits the record.
                 tracing::error!(
                     what = self.what,
-                    error = %e,
+                    error = %e.replace('\n', "; "),
                     "{} reload refused, the previous version stays in force",
                     self.what
                 );
