@@ -4,11 +4,12 @@
 //! must stay under 100 MiB.
 //!
 //! Ignored by default (it moves 4 GiB through the disk); run by
-//! `scripts/bench-memory.sh` as
-//! `cargo test --release --test memory -- --ignored --nocapture`,
-//! where the server under test is the release binary.
+//! `scripts/bench-memory.sh`, which builds the release binary and runs
+//! `cargo test --test integration memory:: -- --ignored --nocapture` with
+//! `PORTCULLIS_MEMORY_BIN=target/release/portcullis`: the server under test
+//! is the release binary, the client the debug test crate.
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 
@@ -114,7 +115,7 @@ fn location(server: &ServerProcess, response: &reqwest::Response) -> String {
 #[ignore = "moves 4 GiB; run by scripts/bench-memory.sh"]
 async fn gigabyte_blobs_stream_in_flat_memory() {
     let data = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(data.path(), &[]);
+    let server = ServerProcess::start_named_by("PORTCULLIS_MEMORY_BIN", data.path(), &[]);
     let pid = server.child.id();
     let client = reqwest::Client::new();
     let (idle_rss, idle_hwm) = memory_kib(pid);

@@ -4,7 +4,7 @@
 //! bearer tokens on `/v2/`, a wrong password), and its whole log is then
 //! searched for each secret and its encodings.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;
