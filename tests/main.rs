@@ -38,3 +38,32 @@ mod storage_driver;
 mod stress;
 mod upload_full_disk;
 mod upload_recovery;
+
+/// With `autotests = false`, a `tests/<name>.rs` without its `mod` line above
+/// would never be compiled or run, silently: every file must be declared.
+#[test]
+fn every_test_file_is_a_module_of_this_crate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let main = std::fs::read_to_string(dir.join("main.rs")).expect("read tests/main.rs");
+    let declared: Vec<&str> = main
+        .lines()
+        .filter_map(|line| line.strip_prefix("mod ")?.strip_suffix(';'))
+        .collect();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("read tests/") {
+        let path = entry.expect("entry").path();
+        let Some(name) = path.file_stem().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if path.extension().is_some_and(|e| e == "rs")
+            && name != "main"
+            && !declared.contains(&name)
+        {
+            missing.push(name.to_owned());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "add `mod <name>;` to tests/main.rs for {missing:?}"
+    );
+}
