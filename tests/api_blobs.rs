@@ -2,7 +2,7 @@
 //! `/v2/` version check, whole and ranged reads, per-repository visibility,
 //! deletes, and a large blob streamed both ways.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, error_code, header_str, random_bytes, sha256};
 use futures_util::StreamExt;

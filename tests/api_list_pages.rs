@@ -5,7 +5,7 @@
 //! The cost is counted, not timed: the server reports how many directories
 //! it read to answer listings (`Storage::listing_reads`).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Tag lists and the catalog over HTTP: ordering, `n`/`last` pagination with
 //! `Link` headers, and the errors for unknown repositories and bad numbers.
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use reqwest::{Response, StatusCode, header};

@@ -2,7 +2,7 @@
 //! the four accepted media types, `Accept` negotiation, validation with the
 //! spec's error codes, `subject` handling and concurrent pushes.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, sha256};
 use reqwest::{Response, StatusCode, header};

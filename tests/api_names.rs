@@ -5,7 +5,7 @@
 //! reqwest (through the `url` crate) normalizes dot segments and some
 //! escapes, so the bad paths are written by hand over a plain TCP stream.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

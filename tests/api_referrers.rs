@@ -1,7 +1,7 @@
 //! The referrers API over HTTP: manifests whose `subject` names a digest,
 //! listed as an OCI image index, with `artifactType` filtering.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, sha256};
 use reqwest::{Response, StatusCode, header};

@@ -3,7 +3,7 @@
 //! (out-of-order chunks, bad digests, unknown sessions), cross-repository
 //! mounts, SHA-512, a session surviving a restart, and concurrent pushes.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@
 //! ephemeral port. Like `tests/clients.rs`, these tests never skip: a missing
 //! client is a failure that says how to install it.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

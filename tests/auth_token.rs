@@ -2,7 +2,7 @@
 //! `docker login`'s exact sequence, partial grants, refresh tokens and their
 //! revocation, challenges on every kind of refusal, the catalog filter.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

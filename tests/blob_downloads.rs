@@ -3,7 +3,7 @@
 //! compares the bytes received with the bytes pushed: a frame sent as its
 //! placeholder instead of from the file would arrive as zeros.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! The command line: `check-config`, `serve`'s configuration overrides, and
 //! every shipped example configuration.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

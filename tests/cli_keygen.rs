@@ -2,7 +2,7 @@
 //! permissions, the bundle, and the ids it prints, checked against the key
 //! ring the server loads.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! and the repository's own `policies/`; `policy show`; and `serve` with no
 //! policy directory running the embedded default.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! install it (`scripts/install-test-deps.sh`), so a CI machine without the
 //! clients cannot report a green run that tested nothing.
 
-mod common;
+use crate::common;
 
 use std::fs;
 

@@ -5,7 +5,7 @@
 //! while a busy one is left alone, and a stalled upload body is cut while
 //! its session stays resumable (a slow one that keeps moving is not cut).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! verified, completed blobs survive whole, and a chunked session carries on
 //! from its last recorded chunk.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //!
 //! Never skipped: a missing client is a failure (scripts/install-test-deps.sh).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

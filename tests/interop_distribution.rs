@@ -9,7 +9,7 @@
 //! failure that says how to install them, so a machine without them cannot
 //! report a green run that tested nothing.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

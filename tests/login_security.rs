@@ -2,7 +2,7 @@
 //! guesses, a flood of logins driving memory, refusal times that could tell
 //! accounts apart, and refresh tokens that must die with their identity.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::IpAddr;

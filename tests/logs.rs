@@ -3,7 +3,7 @@
 //! `/v2/` request and an edit of the watched files each give one line that
 //! says who, from where, what and why; a bad log filter is reported.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

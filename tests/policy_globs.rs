@@ -1,7 +1,7 @@
 //! Repository globs are matched in time linear in the name: a policy with
 //! many `**` and a client's longest name still answer a token request at once.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! encodings. The lines that tell each request (`token issued`, `token
 //! refused`, `request refused`) are among those searched.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

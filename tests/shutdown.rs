@@ -1,7 +1,7 @@
 //! Graceful shutdown of the real binary: SIGTERM stops new connections but
 //! lets an in-flight upload finish, then the process exits with success.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -12,10 +12,10 @@
 //!
 //! ```text
 //! PORTCULLIS_STRESS_GB=100 PORTCULLIS_STRESS_BIN=target/release/portcullis \
-//!   cargo test --test stress -- --nocapture
+//!   cargo test --test integration stress:: -- --nocapture
 //! ```
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

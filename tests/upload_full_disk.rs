@@ -2,7 +2,7 @@
 //! root. Mounting one needs root (CI runs as root); elsewhere each test says
 //! so and skips.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! after moving the bytes into place, the leftovers crashes leave, sessions
 //! idle past their age, and the per-account limit on open sessions.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};

@@ -15,8 +15,8 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use crate::AppState;
 use connections::{Limits, Next, Registry, Tracked, Watched};
@@ -135,6 +135,9 @@ async fn connection(
         zero_copy: Some(stream.sender()),
     };
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&conn)));
+    // The router as a hyper service: each call checks it is ready, then
+    // calls a clone of it once.
+    let app = TowerToHyperService::new(app);
     let service = {
         let conn = Arc::clone(&conn);
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -142,9 +145,9 @@ async fn connection(
             let mut request = request
                 .map(|body| Body::new(tower_http::timeout::TimeoutBody::new(limits.body, body)));
             request.extensions_mut().insert(ConnectInfo(peer.clone()));
-            let app = app.clone();
+            let response = hyper::service::Service::call(&app, request);
             async move {
-                let response = app.oneshot(request).await?;
+                let response = response.await?;
                 Ok::<_, std::convert::Infallible>(
                     response.map(|body| Body::new(Tracked::new(body, in_flight))),
                 )

@@ -30,6 +30,20 @@ impl ServerProcess {
         Self::start_binary(env!("CARGO_BIN_EXE_portcullis").as_ref(), args)
     }
 
+    /// As [`ServerProcess::start`], with the build of the binary that the
+    /// environment variable `var` names (a long check run against a release
+    /// build), or the test's own when it is unset.
+    pub fn start_named_by(var: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        let binary = std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")));
+        let data_dir = data_dir.to_str().expect("UTF-8 temp path");
+        Self::start_binary(
+            &binary,
+            &[&["--no-auth", "--data-dir", data_dir], extra].concat(),
+        )
+    }
+
     /// As [`ServerProcess::start_with`], with another build of the binary
     /// (a release build for a long stress run).
     pub fn start_binary(binary: &Path, args: &[&str]) -> Self {

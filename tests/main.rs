@@ -1,0 +1,72 @@
+//! The integration tests, one crate: each `tests/<name>.rs` is a module here
+//! (`autotests = false` in Cargo.toml), so the suite is linked once and
+//! `tests/common` is compiled once. A new test file starts with
+//! `use crate::common;` (if it uses the harness) and gets its `mod` line
+//! below; run one file's tests with `cargo test --test integration <name>::`.
+//!
+//! Everything here shares one process: a test must not change process-wide
+//! state (environment variables, rlimits, signal handlers, a global tracing
+//! subscriber, the current directory); what needs its own process starts the
+//! real binary (`common::process`).
+
+mod common;
+
+mod api_blobs;
+mod api_list_pages;
+mod api_lists;
+mod api_manifests;
+mod api_names;
+mod api_referrers;
+mod api_uploads;
+mod auth_clients;
+mod auth_token;
+mod blob_downloads;
+mod cli;
+mod cli_check;
+mod cli_keygen;
+mod cli_policy;
+mod cli_users;
+mod clients;
+mod connections;
+mod crash;
+mod identity_token;
+mod interop_distribution;
+mod login_security;
+mod logs;
+mod memory;
+mod policy_globs;
+mod secrets_not_logged;
+mod shutdown;
+mod storage_driver;
+mod stress;
+mod upload_full_disk;
+mod upload_recovery;
+
+/// With `autotests = false`, a `tests/<name>.rs` without its `mod` line above
+/// would never be compiled or run, silently: every file must be declared.
+#[test]
+fn every_test_file_is_a_module_of_this_crate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let main = std::fs::read_to_string(dir.join("main.rs")).expect("read tests/main.rs");
+    let declared: Vec<&str> = main
+        .lines()
+        .filter_map(|line| line.strip_prefix("mod ")?.strip_suffix(';'))
+        .collect();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("read tests/") {
+        let path = entry.expect("entry").path();
+        let Some(name) = path.file_stem().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if path.extension().is_some_and(|e| e == "rs")
+            && name != "main"
+            && !declared.contains(&name)
+        {
+            missing.push(name.to_owned());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "add `mod <name>;` to tests/main.rs for {missing:?}"
+    );
+}
