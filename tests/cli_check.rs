@@ -2,7 +2,6 @@
 //! configuration, the policy files (or the embedded default), the users file
 //! and the key directory, each problem at its own `file:line:col`.
 
-
 use std::path::Path;
 use std::process::{Command, Output};
 
