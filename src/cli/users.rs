@@ -14,6 +14,7 @@ pub enum UserCommand {
     /// Adds a user. The password is asked for twice without echo, or read as
     /// one line from stdin when stdin is not a terminal.
     Add {
+        /// The new user's name.
         name: String,
         /// A group of the user (repeat for several).
         #[arg(long = "group", short = 'g', value_name = "GROUP")]
@@ -23,12 +24,14 @@ pub enum UserCommand {
     },
     /// Sets a user's password (asked for, or one line of stdin).
     Passwd {
+        /// The user whose password changes.
         name: String,
         #[command(flatten)]
         file: FileArgs,
     },
     /// Removes a user.
     Del {
+        /// The user to remove.
         name: String,
         #[command(flatten)]
         file: FileArgs,
