@@ -160,8 +160,10 @@ async fn run(config: Config) -> Result<(), String> {
     // line may signal at once, and a SIGTERM that arrived before the handler
     // existed would kill the process instead of stopping it gracefully.
     let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
-    if state.auth.is_none() {
-        warn_open_registry(addr);
+    // Before the address line: whoever reads it may stop reading the log.
+    match &state.auth {
+        None => warn_open_registry(addr),
+        Some(_) => tracing::info!("{}", trusting_registry_settings(&state.config, addr)),
     }
     // Scripts and tests read this line to learn the bound port (`--listen
     // 127.0.0.1:0`). A closed standard output is no reason to stop serving
@@ -170,9 +172,6 @@ async fn run(config: Config) -> Result<(), String> {
         tracing::warn!("cannot write the address to standard output: {e}");
     }
     tracing::info!(%addr, storage = %root.display(), "listening");
-    if state.auth.is_some() {
-        tracing::info!("{}", trusting_registry_settings(&state.config, addr));
-    }
     portcullis::serve(listener, state, shutdown)
         .await
         .map_err(|e| e.to_string())?;
