@@ -157,8 +157,8 @@ fn serve_refuses_a_bad_policy_file_with_its_place() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!("{}:2:", policies.join("20-bad.toml").display());
-    assert!(stderr.contains(&expected), "{stderr}");
-    assert!(stderr.contains("unknown action `write`"), "{stderr}");
+    assert_contains(&stderr, &expected);
+    assert_contains(&stderr, "unknown action `write`");
     assert!(
         String::from_utf8_lossy(&out.stdout).is_empty(),
         "it must not start listening"
@@ -270,6 +270,11 @@ fn commands_stop_quietly_when_stdout_is_closed() {
     assert!(certs.join("bundle.crt").is_file());
 }
 
+/// Asserts that `text` (a command's stderr) contains `wanted`, showing it all if not.
+fn assert_contains(text: &str, wanted: &str) {
+    assert!(text.contains(wanted), "missing {wanted:?} in:\n{text}");
+}
+
 /// `portcullis serve <args>` in `dir` with its log on a pipe at `level`.
 fn serve_in(dir: &Path, args: &[&str], level: &str) -> ServerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
@@ -361,20 +366,17 @@ async fn serve_reads_portcullis_toml_in_the_working_directory_and_says_so() {
     assert_eq!(res.status(), 200);
     assert!(dir.path().join("from-local-config").is_dir());
     let stderr = stop_and_read_stderr(server);
-    assert!(
-        stderr.contains("configuration: ./portcullis.toml"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "configuration: ./portcullis.toml");
     // `auth.enabled = false` in a file warns as `--no-auth` does.
-    assert!(stderr.contains("authentication is disabled"), "{stderr}");
+    assert_contains(&stderr, "authentication is disabled");
 
     // Without one: the embedded default, said so.
     let empty = tempfile::tempdir().unwrap();
     let server = serve_in(empty.path(), &["--no-auth", "--data-dir", "data"], "info");
     let stderr = stop_and_read_stderr(server);
-    assert!(
-        stderr.contains("configuration: embedded default (no ./portcullis.toml)"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "configuration: embedded default (no ./portcullis.toml)",
     );
 }
 
@@ -430,7 +432,7 @@ fn portcullis_config_names_the_configuration_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("elsewhere.toml:2:8:"), "{stderr}");
+    assert_contains(&stderr, "elsewhere.toml:2:8:");
 }
 
 #[test]
@@ -438,13 +440,10 @@ fn no_auth_warns_loudly_whatever_the_log_level() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve_in(dir.path(), &["--no-auth", "--data-dir", "data"], "off");
     let stderr = stop_and_read_stderr(server);
-    assert!(
-        stderr.contains("WARNING: authentication is disabled"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("may pull, push, overwrite and delete every repository"),
-        "{stderr}"
+    assert_contains(&stderr, "WARNING: authentication is disabled");
+    assert_contains(
+        &stderr,
+        "may pull, push, overwrite and delete every repository",
     );
 }
 
