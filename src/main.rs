@@ -2,6 +2,8 @@
 
 mod cli;
 
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,7 +25,8 @@ struct Cli {
 enum Command {
     /// Runs the server (with no options: 127.0.0.1:5000, data under ./data).
     Serve {
-        /// Configuration file (TOML).
+        /// Configuration file (TOML). Without it: the file `PORTCULLIS_CONFIG`
+        /// names, else ./portcullis.toml if present, else the embedded default.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Address to listen on, overriding the configuration.
@@ -39,7 +42,10 @@ enum Command {
         no_auth: bool,
     },
     /// Validates a configuration file and lists every problem in it.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The configuration file (TOML) to check.
+        file: PathBuf,
+    },
     /// Manages the users file (TOML, argon2id password hashes).
     User {
         #[command(subcommand)]
@@ -68,15 +74,9 @@ fn main() -> ExitCode {
             data_dir,
             no_auth,
         } => {
-            let mut config = match config {
-                Some(path) => match Config::load(&path) {
-                    Ok(config) => config,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::default(),
+            let (mut config, source) = match cli::load_config_from(config.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(failure) => return cli::finish(Err(failure)),
             };
             if let Some(listen) = listen {
                 config.server.listen = listen;
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
             if no_auth {
                 config.auth.enabled = false;
             }
-            serve(config)
+            serve(config, source)
         }
         Command::CheckConfig { file } => cli::check::run(&file),
         Command::User { command } => cli::finish(cli::users::run(command)),
@@ -97,9 +97,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, source: cli::ConfigSource) -> ExitCode {
     tune_allocator();
     init_tracing(&config.log.level);
+    tracing::info!("configuration: {source}");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -150,14 +151,62 @@ async fn run(config: Config) -> Result<(), String> {
     // line may signal at once, and a SIGTERM that arrived before the handler
     // existed would kill the process instead of stopping it gracefully.
     let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
-    // Scripts and tests read this line to learn the bound port (`--listen 127.0.0.1:0`).
-    println!("portcullis listening on http://{addr}");
+    // Before the address line: whoever reads it may stop reading the log.
+    match &state.auth {
+        None => warn_open_registry(addr),
+        Some(_) => tracing::info!("{}", trusting_registry_settings(&state.config, addr)),
+    }
+    // Scripts and tests read this line to learn the bound port (`--listen
+    // 127.0.0.1:0`). A closed standard output is no reason to stop serving
+    // (std's `println!` would panic): the log says where it listens too.
+    if let Err(e) = writeln!(std::io::stdout(), "portcullis listening on http://{addr}") {
+        tracing::warn!("cannot write the address to standard output: {e}");
+    }
     tracing::info!(%addr, storage = %root.display(), "listening");
     portcullis::serve(listener, state, shutdown)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Says, on standard error whatever the log level and in the log, that
+/// anyone who reaches the address may do anything: `--no-auth` and
+/// `auth.enabled = false` are easy to leave on by mistake.
+fn warn_open_registry(addr: SocketAddr) {
+    let reach = if addr.ip().is_loopback() {
+        "anyone who can connect to this machine's loopback"
+    } else {
+        "ANYONE ON THE NETWORK who can reach this address (it is not a loopback address)"
+    };
+    eprintln!(
+        "portcullis: WARNING: authentication is disabled (--no-auth or auth.enabled = false).\n\
+         portcullis: WARNING: {reach} may pull, push, overwrite and delete every repository at http://{addr}."
+    );
+    tracing::warn!(
+        %addr,
+        loopback = addr.ip().is_loopback(),
+        "authentication is disabled: anyone who can reach this address may push, overwrite and delete anything"
+    );
+}
+
+/// What a registry that trusts Portcullis' tokens (distribution's
+/// `auth.token` section) must be configured with: the certificate bundle by
+/// absolute path, since that registry runs elsewhere, and the names tokens carry.
+fn trusting_registry_settings(config: &Config, addr: SocketAddr) -> String {
+    let bundle = config.token.key_dir.join("bundle.crt");
+    let bundle = std::path::absolute(&bundle).unwrap_or(bundle);
+    let realm = match &config.server.public_url {
+        Some(url) => format!("{}/token", url.trim_end_matches('/')),
+        None if addr.ip().is_unspecified() => format!("http://<this host>:{}/token", addr.port()),
+        None => format!("http://{addr}/token"),
+    };
+    format!(
+        "registries that trust these tokens need auth.token.rootcertbundle = {}, issuer = {:?}, service = {:?}, realm = {realm:?}",
+        bundle.display(),
+        config.token.issuer,
+        config.token.service,
+    )
 }
 
 /// Starts listening for SIGINT and SIGTERM now; the returned future resolves
@@ -240,4 +289,33 @@ fn filter_problem(filter: &str) -> Option<String> {
                 "`{d}` is not a level (trace, debug, info, warn, error, off; a target is `{d}=LEVEL`)"
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every subcommand and argument `--help` lists says what it is for.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "portcullis", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

@@ -157,8 +157,8 @@ fn serve_refuses_a_bad_policy_file_with_its_place() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!("{}:5:12:", policies.join("20-bad.toml").display());
-    assert!(stderr.contains(&expected), "{stderr}");
-    assert!(stderr.contains("unknown action `write`"), "{stderr}");
+    assert_contains(&stderr, &expected);
+    assert_contains(&stderr, "unknown action `write`");
     assert!(
         String::from_utf8_lossy(&out.stdout).is_empty(),
         "it must not start listening"
@@ -213,4 +213,260 @@ fn example_policies_load_beside_the_shipped_ones_and_decide_as_documented() {
         "vendor/x",
         Action::Push
     ));
+}
+
+/// The writing end of a pipe whose reader is already gone (as under
+/// `| head -0`): the first write to it fails with EPIPE.
+fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors, which we then own.
+    let (reader, writer) = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0, "pipe");
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    };
+    drop(reader);
+    writer.into()
+}
+
+/// Runs `portcullis <args>` with its standard output a [`closed_pipe`].
+fn with_closed_stdout(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .stdout(closed_pipe())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run portcullis")
+}
+
+#[test]
+fn commands_stop_quietly_when_stdout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let data = dir.path().join("data");
+    for args in [
+        vec!["keygen", "--dir", certs.to_str().unwrap()],
+        vec![
+            "token",
+            "revoke",
+            "--all",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    ] {
+        let out = with_closed_stdout(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        // Killed by SIGPIPE, as `cat` and `ls` are; not the panic's 101.
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+    // The work was done before the printing: the key is there.
+    assert!(certs.join("bundle.crt").is_file());
+}
+
+/// Asserts that `text` (a command's stderr) contains `wanted`, showing it all if not.
+fn assert_contains(text: &str, wanted: &str) {
+    assert!(text.contains(wanted), "missing {wanted:?} in:\n{text}");
+}
+
+/// `portcullis serve <args>` in `dir` with its log on a pipe at `level`.
+fn serve_in(dir: &Path, args: &[&str], level: &str) -> ServerProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .current_dir(dir)
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("PORTCULLIS_LOG", level)
+        .env_remove("PORTCULLIS_CONFIG")
+        .stderr(std::process::Stdio::piped());
+    ServerProcess::spawn(command)
+}
+
+/// Stops the server and returns all it wrote on standard error.
+fn stop_and_read_stderr(mut server: ServerProcess) -> String {
+    use std::io::Read;
+    let mut stderr = server.child.stderr.take().expect("stderr piped");
+    server.kill();
+    let mut text = String::new();
+    stderr.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn serve_keeps_serving_when_stdout_is_closed() {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "serve",
+            "--no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("PORTCULLIS_LOG", "info")
+        .stdout(closed_pipe())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log's `listening addr=…` line gives the port instead.
+    // Kept open to the end: a closed stderr is another matter (the log
+    // writer's own complaint about it would fail).
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut addr = None;
+    for line in stderr.by_ref().lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        // The line logged after the address was written to stdout (the
+        // open-registry warning before it has an `addr=` too).
+        if !line.contains(" listening ") {
+            continue;
+        }
+        if let Some(found) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+        {
+            addr = Some(found.to_owned());
+            break;
+        }
+    }
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        panic!("no listening line; stderr:\n{seen}");
+    };
+    let res = reqwest::get(format!("http://{addr}/healthz")).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stderr);
+    assert_eq!(res.unwrap().status(), 200, "{seen}");
+    assert!(!seen.contains("panicked"), "{seen}");
+}
+
+#[tokio::test]
+async fn serve_reads_portcullis_toml_in_the_working_directory_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        "[storage]\nroot = \"from-local-config\"\n[auth]\nenabled = false\n",
+    )
+    .unwrap();
+    let server = serve_in(dir.path(), &[], "info");
+    // Open (as the file says), over the file's storage root.
+    let res = reqwest::get(server.at("/v2/")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(dir.path().join("from-local-config").is_dir());
+    let stderr = stop_and_read_stderr(server);
+    assert_contains(&stderr, "configuration: ./portcullis.toml");
+    // `auth.enabled = false` in a file warns as `--no-auth` does.
+    assert_contains(&stderr, "authentication is disabled");
+
+    // Without one: the embedded default, said so.
+    let empty = tempfile::tempdir().unwrap();
+    let server = serve_in(empty.path(), &["--no-auth", "--data-dir", "data"], "info");
+    let stderr = stop_and_read_stderr(server);
+    assert_contains(
+        &stderr,
+        "configuration: embedded default (no ./portcullis.toml)",
+    );
+}
+
+#[test]
+fn a_broken_portcullis_toml_in_the_working_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("portcullis.toml"), "[server]\nlisen = 1\n").unwrap();
+    for args in [
+        &["serve", "--listen", "127.0.0.1:0"][..],
+        &["keygen"],
+        &["token", "revoke", "--all"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .current_dir(dir.path())
+            .args(args)
+            .env_remove("PORTCULLIS_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A server that ignored the file would announce itself here and run
+        // on: read one line, not to the end.
+        let mut first = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+        if !first.is_empty() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(first.is_empty(), "{args:?}: it must not start: {first}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("portcullis.toml:2:1: unknown key `server.lisen`"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Nothing was created as if the defaults applied.
+    assert!(!dir.path().join("certs").exists());
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn portcullis_config_names_the_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("elsewhere.toml");
+    std::fs::write(&file, "[storage]\nroot = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .current_dir(dir.path())
+        .args(["token", "revoke", "--all"])
+        .env("PORTCULLIS_CONFIG", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_contains(&stderr, "elsewhere.toml:2:8:");
+}
+
+#[test]
+fn no_auth_warns_loudly_whatever_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_in(dir.path(), &["--no-auth", "--data-dir", "data"], "off");
+    let stderr = stop_and_read_stderr(server);
+    assert_contains(&stderr, "WARNING: authentication is disabled");
+    assert_contains(
+        &stderr,
+        "may pull, push, overwrite and delete every repository",
+    );
+}
+
+#[test]
+fn serve_names_the_bundle_a_trusting_registry_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Relative paths, from the working directory: the log gives the
+    // bundle's absolute path, since the trusting registry runs elsewhere.
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        "[token]\nkey_dir = \"keys\"\nissuer = \"door\"\nservice = \"reg\"\n",
+    )
+    .unwrap();
+    let server = serve_in(dir.path(), &[], "info");
+    let stderr = stop_and_read_stderr(server);
+    let bundle = dir.path().canonicalize().unwrap().join("keys/bundle.crt");
+    let expected = format!(
+        "registries that trust these tokens need auth.token.rootcertbundle = {}, issuer = \"door\", service = \"reg\"",
+        bundle.display()
+    );
+    assert!(
+        stderr.contains(&expected),
+        "missing {expected:?} in:\n{stderr}"
+    );
+    assert!(bundle.is_file());
 }

@@ -212,11 +212,11 @@ fn a_key_that_sorts_after_the_new_one_is_pointed_out() {
 fn directory_and_type_come_from_the_configuration() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
-        dir.path().join("portcullis.toml"),
+        dir.path().join("custom.toml"),
         "[token]\nkey_dir = \"signing\"\nkey_type = \"ES256\"\n",
     )
     .unwrap();
-    let out = portcullis(dir.path(), &["keygen", "--config", "portcullis.toml"]);
+    let out = portcullis(dir.path(), &["keygen", "--config", "custom.toml"]);
     assert_ok(&out);
     let said = stdout(&out);
     assert!(

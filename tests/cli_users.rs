@@ -155,7 +155,7 @@ fn add_list_passwd_del_round_trip() {
 fn the_users_file_comes_from_the_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let users_file = dir.path().join("accounts.toml");
-    let config = dir.path().join("portcullis.toml");
+    let config = dir.path().join("custom.toml");
     std::fs::write(
         &config,
         format!("[users]\nfile = {:?}\n", users_file.to_str().unwrap()),

@@ -7,6 +7,7 @@
 pub mod authorize;
 mod blobs;
 pub mod endpoint;
+mod health;
 mod lists;
 mod manifests;
 mod referrers;
@@ -43,6 +44,10 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/.well-known/jwks.json", axum::routing::get(token::jwks))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound) })
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Added after the trace layer, so probes every few seconds stay out
+        // of the request log. `get` answers `HEAD` too.
+        .route("/healthz", axum::routing::get(health::live))
+        .route("/readyz", axum::routing::get(health::ready))
         .with_state(state)
 }
 
