@@ -2,6 +2,16 @@
 
 mod cli;
 
+/// `eprintln!` that cannot panic: a server whose standard error went away
+/// (a closed pipe, a stopped log collector) must keep serving, and a
+/// message nobody can read is not worth a crash.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -104,14 +114,14 @@ fn serve(config: Config, source: cli::ConfigSource) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("portcullis: cannot start runtime: {e}");
+            say!("portcullis: cannot start runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("portcullis: {e}");
+            say!("portcullis: {e}");
             ExitCode::FAILURE
         }
     }
@@ -179,7 +189,7 @@ fn warn_open_registry(addr: SocketAddr) {
     } else {
         "ANYONE ON THE NETWORK who can reach this address (it is not a loopback address)"
     };
-    eprintln!(
+    say!(
         "portcullis: WARNING: authentication is disabled (--no-auth or auth.enabled = false).\n\
          portcullis: WARNING: {reach} may pull, push, overwrite and delete every repository at http://{addr}."
     );
@@ -243,7 +253,7 @@ fn init_tracing(level: &str) {
     let level = match filter_problem(level) {
         None => level,
         Some(problem) => {
-            eprintln!("log.level: invalid filter {level:?}: {problem}; using {FALLBACK}");
+            say!("log.level: invalid filter {level:?}: {problem}; using {FALLBACK}");
             FALLBACK
         }
     };
@@ -252,19 +262,22 @@ fn init_tracing(level: &str) {
         Ok(value) => match filter_problem(&value) {
             None => value,
             Some(problem) => {
-                eprintln!("PORTCULLIS_LOG: invalid filter {value:?}: {problem}; using {level}");
+                say!("PORTCULLIS_LOG: invalid filter {value:?}: {problem}; using {level}");
                 level.to_owned()
             }
         },
         Err(std::env::VarError::NotPresent) => level.to_owned(),
         Err(std::env::VarError::NotUnicode(_)) => {
-            eprintln!("PORTCULLIS_LOG: invalid filter: not UTF-8; using {level}");
+            say!("PORTCULLIS_LOG: invalid filter: not UTF-8; using {level}");
             level.to_owned()
         }
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .with_writer(std::io::stderr)
+        // On a failed write the subscriber would report it with
+        // `eprintln!`, which panics when stderr is a closed pipe.
+        .log_internal_errors(false)
         // Colour codes only help a person at a terminal; in files and
         // journals they are noise.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -352,6 +352,31 @@ async fn serve_keeps_serving_when_stdout_is_closed() {
     assert!(!seen.contains("panicked"), "{seen}");
 }
 
+/// Nor when its standard error is a closed pipe (a log collector that went
+/// away): the open-registry warning and every log line fail to be written,
+/// and the server goes on answering.
+#[tokio::test]
+async fn serve_keeps_serving_when_stderr_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .args([
+            "serve",
+            "--no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("PORTCULLIS_LOG", "trace")
+        .stderr(closed_pipe());
+    let server = ServerProcess::spawn(command);
+    for _ in 0..3 {
+        let res = reqwest::get(server.at("/v2/")).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+}
+
 #[tokio::test]
 async fn serve_reads_portcullis_toml_in_the_working_directory_and_says_so() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,16 +36,6 @@ fn assert_ok(out: &Output) {
     );
 }
 
-/// The value after `label` on its line of the output.
-#[track_caller]
-fn field(out: &str, label: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .unwrap_or_else(|| panic!("no {label:?} in:\n{out}"))
-        .trim()
-        .to_owned()
-}
-
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -64,7 +54,7 @@ fn names(dir: &Path) -> Vec<String> {
 fn first_key(dir: &Path) -> PathBuf {
     let out = portcullis(dir, &["keygen", "--dir", "certs"]);
     assert_ok(&out);
-    let key = dir.join(field(&stdout(&out), "new es256 key:"));
+    let key = dir.join(common::field(&stdout(&out), "new es256 key:"));
     rename_pair(&key, "000000000001-aaaaaa")
 }
 
@@ -87,7 +77,7 @@ fn es256_key_files_modes_and_ids() {
     let said = stdout(&out);
     let certs = dir.path().join("certs");
 
-    let key_path = dir.path().join(field(&said, "new es256 key:"));
+    let key_path = dir.path().join(common::field(&said, "new es256 key:"));
     let names = names(&certs);
     assert_eq!(names.len(), 3, "{names:?}");
     assert_eq!(names[0], "bundle.crt");
@@ -96,7 +86,7 @@ fn es256_key_files_modes_and_ids() {
     assert_eq!(names[1], format!("{stem}.crt"));
     assert_eq!(names[2], format!("{stem}.key"));
     assert_eq!(
-        dir.path().join(field(&said, "certificate:")),
+        dir.path().join(common::field(&said, "certificate:")),
         key_path.with_extension("crt")
     );
 
@@ -120,13 +110,13 @@ fn es256_key_files_modes_and_ids() {
     let key = ring.signer();
     assert_eq!(key.kind, KeyKind::Es256);
     assert_eq!(key.file, certs.join(format!("{stem}.key")));
-    let libtrust = field(&said, "key id (libtrust, distribution 2.8):");
+    let libtrust = common::field(&said, "key id (libtrust, distribution 2.8):");
     assert_eq!(libtrust, key.libtrust_id);
     // 12 groups of 4 base32 characters.
     let groups: Vec<&str> = libtrust.split(':').collect();
     assert_eq!(groups.len(), 12, "{libtrust}");
     assert!(groups.iter().all(|g| g.len() == 4), "{libtrust}");
-    let thumbprint = field(&said, "thumbprint (RFC 7638, distribution 3.x and JWKS):");
+    let thumbprint = common::field(&said, "thumbprint (RFC 7638, distribution 3.x and JWKS):");
     assert_eq!(thumbprint, key.thumbprint);
     // base64url of a SHA-256 digest, without padding.
     assert_eq!(thumbprint.len(), 43, "{thumbprint}");
@@ -143,7 +133,7 @@ fn rs256_rotation_keeps_the_old_key_and_bundles_both() {
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs", "--type", "rs256"]);
     assert_ok(&out);
     let said = stdout(&out);
-    let new = dir.path().join(field(&said, "new rs256 key:"));
+    let new = dir.path().join(common::field(&said, "new rs256 key:"));
     assert_eq!(mode(&new), 0o600);
     assert!(
         std::fs::read_to_string(&new)
@@ -168,11 +158,11 @@ fn rs256_rotation_keeps_the_old_key_and_bundles_both() {
     assert!(new_key.standby);
     assert_eq!(new_key.kind, KeyKind::Rs256);
     assert_eq!(
-        field(&said, "key id (libtrust, distribution 2.8):"),
+        common::field(&said, "key id (libtrust, distribution 2.8):"),
         new_key.libtrust_id
     );
     assert_eq!(
-        field(&said, "thumbprint (RFC 7638, distribution 3.x and JWKS):"),
+        common::field(&said, "thumbprint (RFC 7638, distribution 3.x and JWKS):"),
         new_key.thumbprint
     );
     assert_ne!(ring.signer().libtrust_id, new_key.libtrust_id);
@@ -192,7 +182,9 @@ fn a_key_that_sorts_after_the_new_one_is_pointed_out() {
     let dir = tempfile::tempdir().unwrap();
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs"]);
     assert_ok(&out);
-    let first = dir.path().join(field(&stdout(&out), "new es256 key:"));
+    let first = dir
+        .path()
+        .join(common::field(&stdout(&out), "new es256 key:"));
     // As if written with a clock far ahead.
     let later = rename_pair(&first, "999999999999-zzzzzz");
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs", "--now"]);
@@ -220,7 +212,7 @@ fn directory_and_type_come_from_the_configuration() {
     assert_ok(&out);
     let said = stdout(&out);
     assert!(
-        field(&said, "new es256 key:").starts_with("signing/token-"),
+        common::field(&said, "new es256 key:").starts_with("signing/token-"),
         "{said}"
     );
     assert_eq!(
@@ -233,7 +225,7 @@ fn directory_and_type_come_from_the_configuration() {
     // Without a configuration: the embedded default, ./certs.
     let out = portcullis(dir.path(), &["keygen"]);
     assert_ok(&out);
-    assert!(field(&stdout(&out), "new es256 key:").starts_with("./certs/token-"));
+    assert!(common::field(&stdout(&out), "new es256 key:").starts_with("./certs/token-"));
 }
 
 #[test]
@@ -305,9 +297,9 @@ fn a_second_key_waits_on_standby_until_activated_then_the_old_one_retires() {
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs"]);
     assert_ok(&out);
     let said = stdout(&out);
-    let new = dir.path().join(field(&said, "new es256 key:"));
-    let new_id = field(&said, "key id (libtrust, distribution 2.8):");
-    let new_thumbprint = field(&said, "thumbprint (RFC 7638, distribution 3.x and JWKS):");
+    let new = dir.path().join(common::field(&said, "new es256 key:"));
+    let new_id = common::field(&said, "key id (libtrust, distribution 2.8):");
+    let new_thumbprint = common::field(&said, "thumbprint (RFC 7638, distribution 3.x and JWKS):");
     assert!(said.contains("(2 certificates)"), "{said}");
     assert!(
         said.contains(&format!(
@@ -353,8 +345,11 @@ fn a_second_key_waits_on_standby_until_activated_then_the_old_one_retires() {
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs", "--activate"]);
     assert_ok(&out);
     let said = stdout(&out);
-    assert_eq!(dir.path().join(field(&said, "activated:")), new);
-    assert_eq!(field(&said, "key id (libtrust, distribution 2.8):"), new_id);
+    assert_eq!(dir.path().join(common::field(&said, "activated:")), new);
+    assert_eq!(
+        common::field(&said, "key id (libtrust, distribution 2.8):"),
+        new_id
+    );
     assert!(said.contains("once Portcullis restarts"), "{said}");
     assert!(!marker.exists());
     // Keys are read at start: the running server still signs with the old
@@ -410,7 +405,7 @@ fn now_makes_a_second_key_sign_at_once() {
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs", "--now"]);
     assert_ok(&out);
     let said = stdout(&out);
-    let new = dir.path().join(field(&said, "new es256 key:"));
+    let new = dir.path().join(common::field(&said, "new es256 key:"));
     assert!(said.contains("The newest key signs new tokens"), "{said}");
     assert!(
         said.contains("refuse its tokens until they have the new bundle"),
@@ -433,7 +428,9 @@ fn activation_needs_a_standby_key_and_a_directory_cannot_be_left_without_a_signe
     );
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs"]);
     assert_ok(&out);
-    let only = dir.path().join(field(&stdout(&out), "new es256 key:"));
+    let only = dir
+        .path()
+        .join(common::field(&stdout(&out), "new es256 key:"));
     let out = portcullis(dir.path(), &["keygen", "--dir", "certs", "--activate"]);
     assert_eq!(out.status.code(), Some(1));
 

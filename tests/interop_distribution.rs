@@ -918,7 +918,7 @@ fn rotation_in_order_never_has_a_token_refused() {
     // keeps running or restarts meanwhile (a replica may).
     let said = keygen(&setup, &[]);
     assert!(said.contains("on standby"), "{said}");
-    let new_id = field_of(&said, "key id (libtrust, distribution 2.8):");
+    let new_id = common::field(&said, "key id (libtrust, distribution 2.8):");
     assert_ne!(new_id, old_id);
     let bundle = fs::read_to_string(setup.key_dir().join("bundle.crt")).unwrap();
     assert_eq!(bundle.matches("-----BEGIN CERTIFICATE-----").count(), 2);
@@ -961,16 +961,6 @@ fn rotation_in_order_never_has_a_token_refused() {
     assert_eq!(http.tags(&registry, &first, "alice/app").status, 401);
 }
 
-/// The value after `label` on its line of keygen's output.
-#[track_caller]
-fn field_of(out: &str, label: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .unwrap_or_else(|| panic!("no {label:?} in:\n{out}"))
-        .trim()
-        .to_owned()
-}
-
 /// The wrong order: the new key activated (or made with `--now`) and
 /// Portcullis restarted before distribution has the new bundle. Its tokens
 /// are refused until distribution restarts over the bundle; then tokens of
@@ -983,7 +973,7 @@ fn a_key_activated_before_distribution_has_the_bundle_is_refused() {
 
     // Bundle step skipped: generated and activated at once.
     let said = keygen(&setup, &[]);
-    let new_id = field_of(&said, "key id (libtrust, distribution 2.8):");
+    let new_id = common::field(&said, "key id (libtrust, distribution 2.8):");
     keygen(&setup, &["--activate"]);
     let ring = KeyRing::load(&setup.key_dir()).unwrap();
     assert_eq!(ring.keys().len(), 2);
@@ -1004,7 +994,7 @@ fn a_key_activated_before_distribution_has_the_bundle_is_refused() {
 
     // The same with `--now`, the emergency rotation.
     let said = keygen(&setup, &["--now"]);
-    let now_id = field_of(&said, "key id (libtrust, distribution 2.8):");
+    let now_id = common::field(&said, "key id (libtrust, distribution 2.8):");
     drop(portcullis);
     let portcullis = setup.start_portcullis();
     let now_token = http.token(&portcullis, Some(ALICE), &["repository:alice/app:pull"]);

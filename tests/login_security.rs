@@ -25,16 +25,6 @@ fn basic(user: &str, password: &str) -> String {
     )
 }
 
-fn copy_policies(dir: &Path) {
-    let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    for entry in std::fs::read_dir(shipped).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
-    }
-}
-
 async fn login_status(client: &reqwest::Client, url: &str, user: &str, password: &str) -> u16 {
     client
         .get(format!("{url}/token?service={SERVICE}"))
@@ -54,7 +44,7 @@ async fn a_burst_of_guesses_gets_no_more_verifications_than_the_limit() {
         hash_password("alice-pw").unwrap()
     );
     std::fs::write(dir.path().join("users.toml"), users).unwrap();
-    copy_policies(dir.path());
+    common::process::copy_project_policies(dir.path());
     // The default: 5 failures per account and address.
     let s = TestServer::start_configured(dir, |_| {}).await;
     let guesses: Vec<_> = (0..40)
@@ -109,7 +99,7 @@ async fn a_login_flood_is_bounded_and_refused_with_retry_after() {
         ),
     )
     .unwrap();
-    copy_policies(root);
+    common::process::copy_project_policies(root);
     let config = format!(
         "[storage]\nroot = {:?}\n[token]\nkey_dir = {:?}\n[users]\nfile = {:?}\n[policy]\ndir = {:?}\n",
         root.join("data"),
@@ -206,7 +196,7 @@ async fn refusals_take_as_long_for_any_account_and_bcrypt_hashes_are_upgraded() 
     );
     let file = dir.path().join("users.toml");
     std::fs::write(&file, users).unwrap();
-    copy_policies(dir.path());
+    common::process::copy_project_policies(dir.path());
     let s = TestServer::start_configured(dir, |c| {
         c.auth.max_failures_per_account = 100;
         c.auth.max_failures_per_address = 100;
@@ -310,7 +300,7 @@ fn user_command(file: &Path, args: &[&str], stdin: &str) {
 async fn refresh_tokens_die_with_the_identity() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
-    copy_policies(dir.path());
+    common::process::copy_project_policies(dir.path());
     user_command(&file, &["add", "frank"], "frank-pw\n");
     let s = TestServer::start_configured(dir, |_| {}).await;
     let refresh_of = |password: &'static str| {
@@ -402,7 +392,7 @@ async fn user_unlock_clears_a_lockout_in_the_running_server() {
         })
         .collect();
     std::fs::write(&file, users).unwrap();
-    copy_policies(root);
+    common::process::copy_project_policies(root);
     // A long window: without an unlock, the lockouts outlast the test.
     let config = format!(
         "[storage]\nroot = {:?}\n[token]\nkey_dir = {:?}\n[users]\nfile = {:?}\n[policy]\ndir = {:?}\n\
@@ -467,7 +457,7 @@ async fn an_older_account_whose_name_is_no_path_still_logs_in_and_is_warned_abou
         format!("[users.Frank]\npassword = {hash:?}\n"),
     )
     .unwrap();
-    copy_policies(root);
+    common::process::copy_project_policies(root);
     let log = root.join("server.log");
     let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     command

@@ -181,3 +181,14 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// The value after `label` on its line of a command's output (`keygen`
+/// prints `key id (libtrust, distribution 2.8): ID`).
+#[track_caller]
+pub fn field(out: &str, label: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in:\n{out}"))
+        .trim()
+        .to_owned()
+}

@@ -151,15 +151,15 @@ pub fn run_in(dir: &Path, args: &[&str], stdin: &str) {
     assert!(child.wait().expect("wait").success(), "portcullis {args:?}");
 }
 
-/// Copies the project's `policies/` into `dir/policies`, for a server run in
-/// `dir` on the embedded default.
+/// Copies the project's `policies/` into `dir/policies`, for a server run
+/// in `dir` with the shipped policy as files (every file, so that a new one
+/// in `policies/` is never left out).
 pub fn copy_project_policies(dir: &Path) {
     let policies = dir.join("policies");
-    std::fs::create_dir(&policies).expect("create policies/");
-    for name in ["10-admins.toml", "50-users.toml"] {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("policies")
-            .join(name);
-        std::fs::copy(source, policies.join(name)).expect("copy policy");
+    std::fs::create_dir_all(&policies).expect("create policies/");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for entry in std::fs::read_dir(shipped).expect("read policies/") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, policies.join(path.file_name().expect("name"))).expect("copy policy");
     }
 }
