@@ -51,17 +51,21 @@ enum Command {
         #[arg(long)]
         no_auth: bool,
     },
-    /// Validates a configuration file and lists every problem in it.
+    /// Checks everything `serve` would load (configuration, policy, users,
+    /// keys) and lists every problem with its file:line:col.
     CheckConfig {
-        /// The configuration file (TOML) to check.
-        file: PathBuf,
+        /// The configuration file (TOML) to check; without it, the one
+        /// `serve` would read (`PORTCULLIS_CONFIG`, else `./portcullis.toml`,
+        /// else the embedded default).
+        file: Option<PathBuf>,
     },
     /// Manages the users file (TOML, argon2id password hashes).
     User {
         #[command(subcommand)]
         command: cli::users::UserCommand,
     },
-    /// Writes a new token signing key and certificate (key rotation).
+    /// Token signing keys: a new one (on standby while another signs),
+    /// `--activate`, `--retire` (key rotation, bundle first).
     Keygen(cli::keygen::KeygenArgs),
     /// Inspects the access policy.
     Policy {
@@ -99,7 +103,7 @@ fn main() -> ExitCode {
             }
             serve(config, source)
         }
-        Command::CheckConfig { file } => cli::check::run(&file),
+        Command::CheckConfig { file } => cli::check::run(file.as_deref()),
         Command::User { command } => cli::finish(cli::users::run(command)),
         Command::Keygen(args) => cli::finish(cli::keygen::run(args)),
         Command::Policy { command } => cli::finish(cli::policy::run(command)),

@@ -175,3 +175,49 @@ fn the_files_named_by_a_configuration_with_problems_are_checked_too() {
         "{out}"
     );
 }
+
+/// Without FILE, check-config checks what `serve` in the same directory
+/// would run with: `./portcullis.toml` when there is one, else the embedded
+/// default (whose `./policies` may still be broken).
+#[test]
+fn without_a_file_the_configuration_serve_would_choose_is_checked() {
+    let run = |dir: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("check-config")
+            .current_dir(dir)
+            .env_remove("PORTCULLIS_CONFIG")
+            .output()
+            .expect("run portcullis");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run(dir.path());
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_lines(
+        &stdout,
+        &["configuration: embedded default (no ./portcullis.toml)"],
+    );
+
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/10-bad.toml"),
+        "[[rule]]\nusers = [\"*\"]\nrepositories = [\"**\"]\nactions = [\"pul\"]\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_line_starting(&stderr, "./policies/10-bad.toml:4:");
+
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        "[server]\nlisten = 5000\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_line_starting(&stderr, "portcullis.toml:2:");
+}

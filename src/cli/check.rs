@@ -1,5 +1,5 @@
-//! `portcullis check-config FILE`: checks everything `serve` would load with
-//! this configuration — the file itself, the policy (the files of
+//! `portcullis check-config [FILE]`: checks everything `serve` would load with
+//! this configuration (without FILE, the one `serve` would choose) — the file itself, the policy (the files of
 //! `policy.dir`, or the embedded default when it does not exist), the users
 //! file and the key directory — so that "ok" means `serve` starts.
 //!
@@ -37,7 +37,19 @@ impl Report {
     }
 }
 
-pub fn run(file: &Path) -> ExitCode {
+pub fn run(file: Option<&Path>) -> ExitCode {
+    let Some((file, _)) = super::config_file(file) else {
+        // No file: what `serve` would load is the embedded default's
+        // policy directory, users file and key directory.
+        let mut report = Report::default();
+        println!(
+            "configuration: embedded default (no ./{})",
+            super::LOCAL_CONFIG
+        );
+        check_loaded(&Config::default(), &mut report);
+        return conclude(&report, "embedded default");
+    };
+    let file = file.as_path();
     let mut report = Report::default();
     match std::fs::read_to_string(file) {
         Err(e) => report.problem(file, format!("{}: cannot read: {e}", file.display())),
@@ -56,9 +68,14 @@ pub fn run(file: &Path) -> ExitCode {
             }
         }
     }
+    conclude(&report, &file.display().to_string())
+}
+
+/// Prints the problems and the summary, and gives the exit status.
+fn conclude(report: &Report, checked: &str) -> ExitCode {
     let total = report.count();
     if total == 0 {
-        println!("{}: ok, `serve` would start", file.display());
+        println!("{checked}: ok, `serve` would start");
         return ExitCode::SUCCESS;
     }
     for (_, lines) in &report.files {

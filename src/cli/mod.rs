@@ -139,22 +139,30 @@ pub const CONFIG_ENV: &str = "PORTCULLIS_CONFIG";
 
 /// As [`load_config`], also saying where the configuration came from.
 pub fn load_config_from(path: Option<&Path>) -> Result<(Config, ConfigSource), Failure> {
+    match config_file(path) {
+        None => Ok((Config::default(), ConfigSource::Embedded)),
+        Some((file, source)) => {
+            let config = Config::load(&file).map_err(Failure::setup)?;
+            Ok((config, source))
+        }
+    }
+}
+
+/// Which configuration file the choice of [`load_config`] lands on; `None`
+/// for the embedded default.
+pub fn config_file(path: Option<&Path>) -> Option<(PathBuf, ConfigSource)> {
     let from_env = std::env::var_os(CONFIG_ENV)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
-    let (file, source) = match path.map(Path::to_owned).or(from_env) {
-        Some(path) => (path.clone(), ConfigSource::Given(path)),
+    match path.map(Path::to_owned).or(from_env) {
+        Some(path) => Some((path.clone(), ConfigSource::Given(path))),
         None => {
             let local = Path::new(LOCAL_CONFIG);
             // Anything at that name counts, a dangling link too: a file the
-            // operator put there but that cannot be read is an error from
-            // `Config::load` below, not a reason to run with the default.
-            if std::fs::symlink_metadata(local).is_err() {
-                return Ok((Config::default(), ConfigSource::Embedded));
-            }
-            (local.to_owned(), ConfigSource::WorkingDirectory)
+            // operator put there but that cannot be read is an error when it
+            // is loaded, not a reason to run with the default.
+            std::fs::symlink_metadata(local).ok()?;
+            Some((local.to_owned(), ConfigSource::WorkingDirectory))
         }
-    };
-    let config = Config::load(&file).map_err(Failure::setup)?;
-    Ok((config, source))
+    }
 }
