@@ -78,6 +78,16 @@ impl World {
         image.id
     }
 
+    /// Logs alice in, loads an image as `HOST:PORT/<name>` and pushes it;
+    /// returns docker's reference and the image id.
+    fn alice_pushed(&self, name: &str) -> (String, String) {
+        self.login_alice();
+        let reference = self.image(name);
+        let id = self.load(&reference, common::oci::oci_arch());
+        self.docker.run(&["push", &reference]);
+        (reference, id)
+    }
+
     /// The image id docker holds for `reference`.
     fn image_id(&self, reference: &str) -> String {
         self.docker.inspect(reference)["Id"]
@@ -91,6 +101,12 @@ impl World {
 #[track_caller]
 fn assert_contains(text: &str, part: &str) {
     assert!(text.contains(part), "expected {part:?} in:\n{text}");
+}
+
+/// What docker printed on both streams: `push` reports a refusal on
+/// stdout, after the progress lines.
+fn printed(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr_of(out))
 }
 
 /// The `auths` entry docker's config.json holds for `host`.
@@ -185,13 +201,8 @@ fn docker_push_the_policy_denies_is_refused() {
     let reference = world.image("bob/app:v1");
     world.load(&reference, common::oci::oci_arch());
     let out = world.docker.fails(&["push", &reference]);
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr_of(&out)
-    );
     assert_contains(
-        &printed,
+        &printed(&out),
         "denied: requested access to the resource is denied",
     );
 }
@@ -199,10 +210,7 @@ fn docker_push_the_policy_denies_is_refused() {
 #[test]
 fn docker_logout_then_anonymous_pull_is_refused() {
     let world = World::start();
-    world.login_alice();
-    let reference = world.image("alice/app:v1");
-    world.load(&reference, common::oci::oci_arch());
-    world.docker.run(&["push", &reference]);
+    let (reference, _) = world.alice_pushed("alice/app:v1");
     world.docker.run(&["rmi", &reference]);
     world.docker.run(&["logout", &world.server.host]);
     let config = world.docker.config_text();
@@ -225,10 +233,7 @@ fn docker_logout_then_anonymous_pull_is_refused() {
 #[test]
 fn docker_revoked_refresh_token_is_refused() {
     let world = World::start();
-    world.login_alice();
-    let reference = world.image("alice/app:v1");
-    world.load(&reference, common::oci::oci_arch());
-    world.docker.run(&["push", &reference]);
+    let (reference, _) = world.alice_pushed("alice/app:v1");
     // The identity token docker stored is a refresh token: revoked, the
     // next exchange of it for an access token fails.
     run_in(
@@ -246,12 +251,7 @@ fn docker_revoked_refresh_token_is_refused() {
         ),
     );
     let out = world.docker.fails(&["push", &reference]);
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr_of(&out)
-    );
-    assert_contains(&printed, revoked);
+    assert_contains(&printed(&out), revoked);
 }
 
 #[test]
