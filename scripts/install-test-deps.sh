@@ -2,7 +2,9 @@
 # Installs the external programs the integration tests drive: real registry
 # clients (skopeo, podman), a reference registry (docker-registry), an LDAP
 # server and its tools (slapd, ldap-utils), a reverse proxy (nginx-light), a
-# load generator (wrk) and what rootless podman needs (uidmap, fuse-overlayfs).
+# load generator (wrk), what rootless podman needs (uidmap, fuse-overlayfs) and
+# a Docker engine (docker.io: dockerd and the docker CLI; it depends on
+# containerd, runc and iptables, which apt pulls in).
 #
 # Idempotent: when every program is present it does nothing. When something is
 # missing it installs it with apt-get if run as root, and otherwise lists what
@@ -23,6 +25,9 @@ REQUIRED=(
     wrk:wrk
     uidmap:newuidmap
     fuse-overlayfs:fuse-overlayfs
+    docker.io:dockerd
+    containerd:containerd
+    runc:runc
 )
 
 # Daemons live in sbin, which is often not on a non-root user's PATH.
@@ -66,7 +71,8 @@ if ! command -v apt-get >/dev/null 2>&1; then
     exit 1
 fi
 
-# Keep package scripts from starting daemons (nginx, slapd, docker-registry):
+# Keep package scripts from starting daemons (nginx, slapd, docker-registry,
+# dockerd, containerd):
 # invoke-rc.d and deb-systemd-invoke consult policy-rc.d, and exit code 101
 # means "action forbidden". An existing policy is left untouched.
 policy=/usr/sbin/policy-rc.d

@@ -29,6 +29,7 @@ mod cli_users;
 mod clients;
 mod connections;
 mod crash;
+mod docker;
 mod health;
 mod identity_token;
 mod interop_distribution;

@@ -4,6 +4,7 @@
 
 pub mod clients;
 pub mod distribution;
+pub mod docker;
 pub mod oci;
 pub mod process;
 

@@ -1,0 +1,308 @@
+//! A real Docker engine against the real binary: `docker login`, `push`,
+//! `pull`, `logout` and `manifest` through Portcullis' token server with the
+//! shipped policy, and docker's own messages when it refuses.
+//!
+//! Each test starts its own dockerd (`common::docker`) and its own
+//! Portcullis, whose users are added with the real CLI. Like the other
+//! real-client tests, these never skip: a missing engine is a failure that
+//! says how to install it.
+
+use crate::common;
+
+use std::path::Path;
+
+use common::clients::stderr_of;
+use common::docker::{DockerCli, DockerEngine, docker_archive};
+use common::process::{ServerProcess, config_in, copy_project_policies, run_in};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const ALICE_PASSWORD: &str = "alice-docker-secret-1";
+const BOB_PASSWORD: &str = "bob-docker-secret-2";
+
+/// A Portcullis with authentication on, the shipped policy and the users
+/// alice and bob, and a Docker engine with a client for it.
+struct World {
+    server: ServerProcess,
+    dir: TempDir,
+    /// Kept alive for the test: dropping it stops dockerd.
+    _engine: DockerEngine,
+    docker: DockerCli,
+}
+
+impl World {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config_in(dir.path());
+        copy_project_policies(dir.path());
+        for (user, password) in [("alice", ALICE_PASSWORD), ("bob", BOB_PASSWORD)] {
+            run_in(dir.path(), &["user", "add", user], &format!("{password}\n"));
+        }
+        let server = ServerProcess::start_with(&["--config", config.to_str().unwrap()]);
+        let engine = DockerEngine::start();
+        let docker = engine.client();
+        Self {
+            server,
+            dir,
+            _engine: engine,
+            docker,
+        }
+    }
+
+    /// `http://HOST:PORT`, as docker names the registry in its messages
+    /// (`https://` when the server serves TLS).
+    fn registry_url(&self) -> &str {
+        &self.server.url
+    }
+
+    /// `HOST:PORT/<name>`, docker's name for a repository of the server.
+    fn image(&self, name: &str) -> String {
+        format!("{}/{name}", self.server.host)
+    }
+
+    fn login_alice(&self) {
+        if let Err(out) = self
+            .docker
+            .login(&self.server.host, "alice", ALICE_PASSWORD)
+        {
+            panic!("docker login refused alice:\n{}", stderr_of(&out));
+        }
+    }
+
+    /// Builds and loads a one-layer image for `arch` named `reference`;
+    /// returns its image id.
+    fn load(&self, reference: &str, arch: &str) -> String {
+        let image = docker_archive(self.dir.path(), reference, arch);
+        let printed = self.docker.load(&image.path);
+        assert!(printed.contains(reference), "docker load: {printed}");
+        image.id
+    }
+
+    /// Logs alice in, loads an image as `HOST:PORT/<name>` and pushes it;
+    /// returns docker's reference and the image id.
+    fn alice_pushed(&self, name: &str) -> (String, String) {
+        self.login_alice();
+        let reference = self.image(name);
+        let id = self.load(&reference, common::oci::oci_arch());
+        self.docker.run(&["push", &reference]);
+        (reference, id)
+    }
+
+    /// The image id docker holds for `reference`.
+    fn image_id(&self, reference: &str) -> String {
+        self.docker.inspect(reference)["Id"]
+            .as_str()
+            .expect("image Id")
+            .to_owned()
+    }
+}
+
+/// Asserts that `text` contains `part`, showing both.
+#[track_caller]
+fn assert_contains(text: &str, part: &str) {
+    assert!(text.contains(part), "expected {part:?} in:\n{text}");
+}
+
+/// What docker printed on both streams: `push` reports a refusal on
+/// stdout, after the progress lines.
+fn printed(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr_of(out))
+}
+
+/// The `auths` entry docker's config.json holds for `host`.
+fn stored_auth(config: &str, host: &str) -> Value {
+    if config.is_empty() {
+        return Value::Null;
+    }
+    let file: Value = serde_json::from_str(config).expect("config.json is JSON");
+    file["auths"][host].clone()
+}
+
+#[test]
+fn docker_login_stores_an_identity_token_not_the_password() {
+    let world = World::start();
+    world.login_alice();
+    let config = world.docker.config_text();
+    assert!(
+        !config.contains(ALICE_PASSWORD),
+        "the password is in config.json:\n{config}"
+    );
+    let auth = stored_auth(&config, &world.server.host);
+    let token = auth["identitytoken"].as_str().unwrap_or_default();
+    assert!(
+        !token.is_empty(),
+        "no identitytoken in config.json:\n{config}"
+    );
+    // It is Portcullis' refresh token (the one `token revoke` revokes), not
+    // an access token or something docker made up.
+    let claims = token.split('.').nth(1).expect("a JWT");
+    let claims: Value = serde_json::from_slice(
+        &data_encoding::BASE64URL_NOPAD
+            .decode(claims.as_bytes())
+            .expect("base64url claims"),
+    )
+    .expect("JSON claims");
+    assert_eq!(claims["sub"], "alice", "{claims}");
+    assert_eq!(claims["aud"], "portcullis#refresh", "{claims}");
+    // With an identity token docker keeps `auth` as base64("user:"): the
+    // user name, the password left out.
+    let basic = auth["auth"].as_str().expect("auth in config.json");
+    let decoded = data_encoding::BASE64
+        .decode(basic.as_bytes())
+        .expect("base64 auth");
+    assert_eq!(decoded, b"alice:", "config.json auth:\n{config}");
+}
+
+#[test]
+fn docker_login_with_a_wrong_password_is_refused() {
+    let world = World::start();
+    let out = world
+        .docker
+        .login(&world.server.host, "alice", "not-alices-password")
+        .expect_err("docker login with a wrong password succeeded");
+    let stderr = stderr_of(&out);
+    // docker's wording around the token server's error.
+    assert_contains(
+        &stderr,
+        &format!(
+            "Error response from daemon: Get \"{}/v2/\": \
+             unauthorized: incorrect username or password",
+            world.registry_url()
+        ),
+    );
+    assert!(!stderr.contains(ALICE_PASSWORD), "{stderr}");
+    let config = world.docker.config_text();
+    assert!(
+        stored_auth(&config, &world.server.host).is_null(),
+        "a refused login stored credentials:\n{config}"
+    );
+}
+
+#[test]
+fn docker_push_rmi_pull_round_trip() {
+    let world = World::start();
+    world.login_alice();
+    let reference = world.image("alice/app:v1");
+    let id = world.load(&reference, common::oci::oci_arch());
+    let pushed = world.docker.run(&["push", &reference]);
+    let printed = String::from_utf8_lossy(&pushed.stdout);
+    assert_contains(&printed, "v1: digest: sha256:");
+    world.docker.run(&["rmi", &reference]);
+    world.docker.fails(&["image", "inspect", &reference]);
+    world.docker.run(&["pull", &reference]);
+    assert_eq!(world.image_id(&reference), id, "pulled image differs");
+}
+
+#[test]
+fn docker_push_the_policy_denies_is_refused() {
+    let world = World::start();
+    world.login_alice();
+    // The shipped policy: alice pushes in alice/**, and only pulls bob/**.
+    let reference = world.image("bob/app:v1");
+    world.load(&reference, common::oci::oci_arch());
+    let out = world.docker.fails(&["push", &reference]);
+    assert_contains(
+        &printed(&out),
+        "denied: requested access to the resource is denied",
+    );
+}
+
+#[test]
+fn docker_logout_then_anonymous_pull_is_refused() {
+    let world = World::start();
+    let (reference, _) = world.alice_pushed("alice/app:v1");
+    world.docker.run(&["rmi", &reference]);
+    world.docker.run(&["logout", &world.server.host]);
+    let config = world.docker.config_text();
+    assert!(
+        stored_auth(&config, &world.server.host).is_null(),
+        "logout left credentials:\n{config}"
+    );
+    let out = world.docker.fails(&["pull", &reference]);
+    assert_contains(
+        &stderr_of(&out),
+        &format!(
+            "Error response from daemon: pull access denied for {}, \
+             repository does not exist or may require 'docker login': \
+             denied: requested access to the resource is denied",
+            world.image("alice/app")
+        ),
+    );
+}
+
+#[test]
+fn docker_revoked_refresh_token_is_refused() {
+    let world = World::start();
+    let (reference, _) = world.alice_pushed("alice/app:v1");
+    // The identity token docker stored is a refresh token: revoked, the
+    // next exchange of it for an access token fails.
+    run_in(
+        world.dir.path(),
+        &["token", "revoke", "--user", "alice"],
+        "",
+    );
+    let revoked = "unauthorized: refresh token invalid, expired or revoked";
+    let out = world.docker.fails(&["pull", &reference]);
+    assert_contains(
+        &stderr_of(&out),
+        &format!(
+            "Error response from daemon: Head \"{}/v2/alice/app/manifests/v1\": {revoked}",
+            world.registry_url()
+        ),
+    );
+    let out = world.docker.fails(&["push", &reference]);
+    assert_contains(&printed(&out), revoked);
+}
+
+#[test]
+fn docker_manifest_list_push_and_platform_pull() {
+    let world = World::start();
+    world.login_alice();
+    let amd64 = world.image("alice/multi:amd64");
+    let arm64 = world.image("alice/multi:arm64");
+    let list = world.image("alice/multi:v1");
+    let amd64_id = world.load(&amd64, "amd64");
+    let arm64_id = world.load(&arm64, "arm64");
+    world.docker.run(&["push", &amd64]);
+    world.docker.run(&["push", &arm64]);
+    world
+        .docker
+        .run(&["manifest", "create", "--insecure", &list, &amd64, &arm64]);
+    let pushed = world.docker.run(&["manifest", "push", "--insecure", &list]);
+    let digest = String::from_utf8_lossy(&pushed.stdout).trim().to_owned();
+    assert!(digest.starts_with("sha256:"), "manifest push: {digest}");
+    let inspected = world
+        .docker
+        .run(&["manifest", "inspect", "--insecure", &list]);
+    let index: Value = serde_json::from_slice(&inspected.stdout).expect("manifest JSON");
+    let platforms: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("a manifest list")
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(platforms, ["amd64", "arm64"], "{index}");
+    world.docker.run(&["rmi", &amd64, &arm64]);
+    for (platform, id) in [("linux/arm64", &arm64_id), ("linux/amd64", &amd64_id)] {
+        world.docker.run(&["pull", "--platform", platform, &list]);
+        assert_eq!(&world.image_id(&list), id, "{platform}");
+        world.docker.run(&["rmi", &list]);
+    }
+}
+
+/// Not a test of Portcullis: the harness's own promise that an engine's
+/// files are gone when it is dropped, and that two engines run at once.
+#[test]
+fn docker_engines_run_side_by_side_and_clean_up() {
+    let first = DockerEngine::start();
+    let second = DockerEngine::start();
+    for engine in [&first, &second] {
+        engine.client().run(&["version"]);
+    }
+    let socket = first.host_url();
+    let socket = Path::new(socket.trim_start_matches("unix://")).to_owned();
+    assert!(socket.exists());
+    drop(first);
+    assert!(!socket.exists(), "the engine's directory outlived it");
+    second.client().run(&["info"]);
+}
