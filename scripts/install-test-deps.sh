@@ -23,6 +23,8 @@ REQUIRED=(
     wrk:wrk
     uidmap:newuidmap
     fuse-overlayfs:fuse-overlayfs
+    curl:curl
+    openssl:openssl
 )
 
 # Daemons live in sbin, which is often not on a non-root user's PATH.

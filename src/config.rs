@@ -48,6 +48,28 @@ pub struct ServerConfig {
     /// is closed for a new one, and if none is idle new ones wait in the
     /// listen backlog. Unset: half the open-file limit.
     pub max_connections: Option<usize>,
+    /// `[server.tls]`: serve HTTPS on `listen`. Unset: plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+impl ServerConfig {
+    /// The scheme clients reach `listen` with: `https` when TLS is on.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// `[server.tls]`: the certificate and key Portcullis serves HTTPS with.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// An address on which a plain-HTTP listener answers every request with
+    /// a permanent redirect to the same path over HTTPS. Unset: none.
+    #[serde(default)]
+    pub redirect_http: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -139,6 +161,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 75,
             body_timeout_secs: 60,
             max_connections: None,
+            tls: None,
         }
     }
 }
@@ -347,6 +370,21 @@ impl Config {
             if value == 0 {
                 let span = lookup(root, &["server", key]);
                 reader.at_opt(span, format!("server.{key} must be positive"));
+            }
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if path.as_os_str().is_empty() {
+                    let span = lookup(root, &["server", "tls", key]);
+                    reader.at_opt(span, format!("server.tls.{key} must not be empty"));
+                }
+            }
+            if tls.redirect_http == Some(self.server.listen) {
+                let span = lookup(root, &["server", "tls", "redirect_http"]);
+                reader.at_opt(
+                    span,
+                    "server.tls.redirect_http must differ from server.listen".to_owned(),
+                );
             }
         }
         if self.server.max_connections == Some(0) {
