@@ -500,7 +500,10 @@ impl<'t> Reader<'t> {
         let parsed =
             serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string()));
         for path in unknown {
-            let keys: Vec<&str> = path.split('.').collect();
+            // serde_ignored writes `?` for the `Some` of an optional
+            // section (`server.tls.?.kye`); the file has no such key.
+            let keys: Vec<&str> = path.split('.').filter(|k| *k != "?").collect();
+            let path = keys.join(".");
             let span = match value.get_ref() {
                 DeValue::Table(table) => lookup_key(table, &keys),
                 _ => None,
@@ -570,6 +573,37 @@ mod tests {
                 None => p.message,
             })
             .collect()
+    }
+
+    #[test]
+    fn tls_is_read_and_checked() {
+        let config = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:443\"\n[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nredirect_http = \"0.0.0.0:80\"\n",
+        )
+        .unwrap();
+        let tls = config.server.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(
+            tls.redirect_http,
+            Some(SocketAddr::from(([0, 0, 0, 0], 80)))
+        );
+        assert_eq!(config.server.scheme(), "https");
+        assert_eq!(
+            problems("[server.tls]\ncert = \"c.pem\"\nkye = \"k.pem\"\n"),
+            [
+                "1:1: in [server]: missing field `key`",
+                "3:1: unknown key `server.tls.kye`",
+            ]
+        );
+        assert_eq!(
+            problems(
+                "[server]\nlisten = \"127.0.0.1:80\"\n[server.tls]\ncert = \"\"\nkey = \"k\"\nredirect_http = \"127.0.0.1:80\"\n"
+            ),
+            [
+                "4:1: server.tls.cert must not be empty",
+                "6:1: server.tls.redirect_http must differ from server.listen"
+            ]
+        );
     }
 
     #[test]
