@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{ServerProcess, copy_project_policies, run_in};
 
-const PASSWORD: &str = "alice-Pa55word-for-logs";
+pub(crate) const PASSWORD: &str = "alice-Pa55word-for-logs";
 
 /// How long a line may take to appear: a reload is looked for every second.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -70,7 +70,7 @@ impl Log {
 }
 
 /// A directory with the project's policies and the user alice.
-fn setup() -> tempfile::TempDir {
+pub(crate) fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     copy_project_policies(dir.path());
     run_in(

@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use common::clients::{ClientEnv, output, require, stdout_json};
 use common::oci::{layout_tag_digest, oci_ref, sha256_digest, write_layout};
-use common::process::{ServerProcess, copy_project_policies, run_in};
+use common::process::ServerProcess;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-const PASSWORD: &str = "alice-Pa55word-for-tls";
+use crate::logs::PASSWORD;
 
 /// `portcullis keygen --tls --dir <dir>`; the certificate's path.
 fn keygen_tls(dir: &Path, force: bool) -> PathBuf {
@@ -44,13 +44,7 @@ fn keygen_tls(dir: &Path, force: bool) -> PathBuf {
 /// A directory with the project's policies, the user alice, a pair in
 /// `tls/` and a configuration serving it (plus `extra` in `[server]`).
 fn setup(extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_project_policies(dir.path());
-    run_in(
-        dir.path(),
-        &["user", "add", "alice"],
-        &format!("{PASSWORD}\n"),
-    );
+    let dir = crate::logs::setup();
     keygen_tls(&dir.path().join("tls"), false);
     fs::write(
         dir.path().join("portcullis.toml"),
@@ -317,13 +311,19 @@ async fn a_large_blob_downloads_byte_exact_over_tls() {
     }
 }
 
+/// [`serve`], and a copy of the certificate it serves at start (the served
+/// file is replaced by the reload tests).
+fn serve_keeping_ca(dir: &Path) -> (ServerProcess, Log, PathBuf) {
+    let (server, log) = serve(dir, &[]);
+    let kept = dir.join("served-at-start.crt");
+    fs::copy(dir.join("tls/tls.crt"), &kept).unwrap();
+    (server, log, kept)
+}
+
 #[tokio::test]
 async fn a_new_pair_is_served_to_new_connections_and_old_ones_keep_theirs() {
     let dir = setup("");
-    let (server, mut log) = serve(dir.path(), &[]);
-    let old_ca = dir.path().join("tls/tls.crt");
-    let kept_ca = dir.path().join("old-ca.crt");
-    fs::copy(&old_ca, &kept_ca).unwrap();
+    let (server, mut log, kept_ca) = serve_keeping_ca(dir.path());
     let mut open = connect(&server.host, &kept_ca).await.unwrap();
     assert_eq!(get(&mut open, "/healthz").await.0, 200);
 
@@ -348,10 +348,8 @@ async fn a_new_pair_is_served_to_new_connections_and_old_ones_keep_theirs() {
 #[tokio::test]
 async fn a_bad_new_pair_is_refused_logged_and_the_old_one_kept() {
     let dir = setup("");
-    let (server, mut log) = serve(dir.path(), &[]);
+    let (server, mut log, served) = serve_keeping_ca(dir.path());
     let cert = dir.path().join("tls/tls.crt");
-    let served = dir.path().join("served.crt");
-    fs::copy(&cert, &served).unwrap();
 
     // Unparseable.
     replace(&cert, b"-----BEGIN CERTIFICATE-----\nnot base64 !\n");
@@ -496,22 +494,49 @@ fn login(env: &ClientEnv, program: &str, certs: &str) {
     assert!(out.status.success(), "{program} login: {out:?}");
 }
 
-#[test]
-fn skopeo_logs_in_pushes_and_pulls_over_tls_with_cert_dir() {
-    require("skopeo");
+/// A server with TLS and alice, a client environment trusting it through
+/// `--cert-dir` in which `program` has logged in, and a small image layout.
+struct Session {
+    _dir: tempfile::TempDir,
+    server: ServerProcess,
+    _log: Log,
+    env: ClientEnv,
+    certs: String,
+    src: PathBuf,
+    layout: common::oci::Layout,
+}
+
+fn session(program: &str) -> Session {
+    require(program);
     let dir = setup("");
-    let (server, _log) = serve(dir.path(), &[]);
+    let (server, log) = serve(dir.path(), &[]);
     let (env, certs) = tls_client_env(&server, &dir.path().join("tls/tls.crt"));
-    login(&env, "skopeo", &certs);
+    login(&env, program, &certs);
     let src = env.path("src");
     let layout = write_layout(&src, "v1", &[20_000, 300_000]);
+    Session {
+        _dir: dir,
+        server,
+        _log: log,
+        env,
+        certs,
+        src,
+        layout,
+    }
+}
+
+#[test]
+fn skopeo_logs_in_pushes_and_pulls_over_tls_with_cert_dir() {
+    // Bound whole: the server lives as long as the session.
+    let session = session("skopeo");
+    let (env, certs, src, layout) = (&session.env, &session.certs, &session.src, &session.layout);
     let remote = env.docker_ref("alice/app:v1");
     env.skopeo(&[
         "copy",
         "--preserve-digests",
         "--dest-cert-dir",
-        &certs,
-        &oci_ref(&src, "v1"),
+        certs,
+        &oci_ref(src, "v1"),
         &remote,
     ]);
     let back = env.path("back");
@@ -519,7 +544,7 @@ fn skopeo_logs_in_pushes_and_pulls_over_tls_with_cert_dir() {
         "copy",
         "--preserve-digests",
         "--src-cert-dir",
-        &certs,
+        certs,
         &remote,
         &oci_ref(&back, "v1"),
     ]);
@@ -533,13 +558,13 @@ fn skopeo_logs_in_pushes_and_pulls_over_tls_with_cert_dir() {
 
 #[test]
 fn podman_logs_in_pushes_and_pulls_over_tls_with_cert_dir() {
-    require("podman");
-    let dir = setup("");
-    let (server, _log) = serve(dir.path(), &[]);
-    let (env, certs) = tls_client_env(&server, &dir.path().join("tls/tls.crt"));
-    login(&env, "podman", &certs);
-    let src = env.path("src");
-    let layout = write_layout(&src, "v1", &[20_000, 300_000]);
+    let session = session("podman");
+    let (server, env, certs, layout) = (
+        &session.server,
+        &session.env,
+        &session.certs,
+        &session.layout,
+    );
     let pulled = env.podman(&["pull", "--quiet", "oci:src:v1"]);
     let image_id = String::from_utf8(pulled.stdout).unwrap().trim().to_owned();
     assert_eq!(format!("sha256:{image_id}"), layout.config_digest);
@@ -547,12 +572,12 @@ fn podman_logs_in_pushes_and_pulls_over_tls_with_cert_dir() {
     env.podman(&[
         "push",
         "--cert-dir",
-        &certs,
+        certs,
         &image_id,
         &format!("docker://{remote}"),
     ]);
     env.podman(&["rmi", "--force", &image_id]);
-    let pulled = env.podman(&["pull", "--quiet", "--cert-dir", &certs, &remote]);
+    let pulled = env.podman(&["pull", "--quiet", "--cert-dir", certs, &remote]);
     let pulled_id = String::from_utf8(pulled.stdout).unwrap().trim().to_owned();
     assert_eq!(pulled_id, image_id);
     let inspect = stdout_json(&env.podman(&["image", "inspect", &remote]));
