@@ -655,3 +655,24 @@ fn the_redirect_listener_sends_plain_http_to_https() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn check_config_checks_the_pair() {
+    let dir = setup("");
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["check-config", "portcullis.toml"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tls: tls/tls.crt"));
+    let other = keygen_tls(&dir.path().join("other"), false);
+    fs::copy(other, dir.path().join("tls/tls.crt")).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("does not hold the key"), "{said}");
+}
