@@ -14,6 +14,8 @@ set -euo pipefail
 
 # package:program pairs; a package counts as present when its program is found.
 REQUIRED=(
+    curl:curl
+    openssl:openssl
     skopeo:skopeo
     podman:podman
     docker-registry:docker-registry
@@ -23,8 +25,6 @@ REQUIRED=(
     wrk:wrk
     uidmap:newuidmap
     fuse-overlayfs:fuse-overlayfs
-    curl:curl
-    openssl:openssl
 )
 
 # Daemons live in sbin, which is often not on a non-root user's PATH.
