@@ -16,6 +16,8 @@ set -euo pipefail
 
 # package:program pairs; a package counts as present when its program is found.
 REQUIRED=(
+    curl:curl
+    openssl:openssl
     skopeo:skopeo
     podman:podman
     docker-registry:docker-registry

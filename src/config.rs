@@ -48,6 +48,28 @@ pub struct ServerConfig {
     /// is closed for a new one, and if none is idle new ones wait in the
     /// listen backlog. Unset: half the open-file limit.
     pub max_connections: Option<usize>,
+    /// `[server.tls]`: serve HTTPS on `listen`. Unset: plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+impl ServerConfig {
+    /// The scheme clients reach `listen` with: `https` when TLS is on.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// `[server.tls]`: the certificate and key Portcullis serves HTTPS with.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// An address on which a plain-HTTP listener answers every request with
+    /// a permanent redirect to the same path over HTTPS. Unset: none.
+    #[serde(default)]
+    pub redirect_http: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -139,6 +161,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 75,
             body_timeout_secs: 60,
             max_connections: None,
+            tls: None,
         }
     }
 }
@@ -349,6 +372,21 @@ impl Config {
                 reader.at_opt(span, format!("server.{key} must be positive"));
             }
         }
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if path.as_os_str().is_empty() {
+                    let span = lookup(root, &["server", "tls", key]);
+                    reader.at_opt(span, format!("server.tls.{key} must not be empty"));
+                }
+            }
+            if tls.redirect_http == Some(self.server.listen) {
+                let span = lookup(root, &["server", "tls", "redirect_http"]);
+                reader.at_opt(
+                    span,
+                    "server.tls.redirect_http must differ from server.listen".to_owned(),
+                );
+            }
+        }
         if self.server.max_connections == Some(0) {
             let span = lookup(root, &["server", "max_connections"]);
             reader.at_opt(span, "server.max_connections must be positive".to_owned());
@@ -462,7 +500,10 @@ impl<'t> Reader<'t> {
         let parsed =
             serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string()));
         for path in unknown {
-            let keys: Vec<&str> = path.split('.').collect();
+            // serde_ignored writes `?` for the `Some` of an optional
+            // section (`server.tls.?.kye`); the file has no such key.
+            let keys: Vec<&str> = path.split('.').filter(|k| *k != "?").collect();
+            let path = keys.join(".");
             let span = match value.get_ref() {
                 DeValue::Table(table) => lookup_key(table, &keys),
                 _ => None,
@@ -532,6 +573,37 @@ mod tests {
                 None => p.message,
             })
             .collect()
+    }
+
+    #[test]
+    fn tls_is_read_and_checked() {
+        let config = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:443\"\n[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nredirect_http = \"0.0.0.0:80\"\n",
+        )
+        .unwrap();
+        let tls = config.server.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(
+            tls.redirect_http,
+            Some(SocketAddr::from(([0, 0, 0, 0], 80)))
+        );
+        assert_eq!(config.server.scheme(), "https");
+        assert_eq!(
+            problems("[server.tls]\ncert = \"c.pem\"\nkye = \"k.pem\"\n"),
+            [
+                "1:1: in [server]: missing field `key`",
+                "3:1: unknown key `server.tls.kye`",
+            ]
+        );
+        assert_eq!(
+            problems(
+                "[server]\nlisten = \"127.0.0.1:80\"\n[server.tls]\ncert = \"\"\nkey = \"k\"\nredirect_http = \"127.0.0.1:80\"\n"
+            ),
+            [
+                "4:1: server.tls.cert must not be empty",
+                "6:1: server.tls.redirect_http must differ from server.listen"
+            ]
+        );
     }
 
     #[test]

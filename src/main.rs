@@ -50,6 +50,13 @@ enum Command {
         /// or a test.
         #[arg(long)]
         no_auth: bool,
+        /// Serves HTTPS with this certificate chain (PEM), overriding
+        /// `server.tls.cert`; reloaded when the file changes.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of `--tls-cert`, overriding `server.tls.key`.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Checks everything `serve` would load (configuration, policy, users,
     /// keys) and lists every problem with its file:line:col.
@@ -87,6 +94,8 @@ fn main() -> ExitCode {
             listen,
             data_dir,
             no_auth,
+            tls_cert,
+            tls_key,
         } => {
             let (mut config, source) = match cli::load_config_from(config.as_deref()) {
                 Ok(loaded) => loaded,
@@ -100,6 +109,14 @@ fn main() -> ExitCode {
             }
             if no_auth {
                 config.auth.enabled = false;
+            }
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                let redirect_http = config.server.tls.take().and_then(|t| t.redirect_http);
+                config.server.tls = Some(portcullis::config::TlsConfig {
+                    cert,
+                    key,
+                    redirect_http,
+                });
             }
             serve(config, source)
         }
@@ -160,6 +177,22 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let root = config.storage.root.clone();
+    // The pair is loaded and the redirect port bound before the address is
+    // announced: a bad certificate or a taken port fails the start.
+    let https = match &config.server.tls {
+        None => None,
+        Some(files) => {
+            let tls = portcullis::serve::tls::Tls::new(files).map_err(|e| e.to_string())?;
+            let redirect = match files.redirect_http {
+                None => None,
+                Some(at) => Some(tokio::net::TcpListener::bind(at).await.map_err(|e| {
+                    format!("cannot listen on {at} (server.tls.redirect_http): {e}")
+                })?),
+            };
+            Some(portcullis::serve::Https { tls, redirect })
+        }
+    };
+    let scheme = if https.is_some() { "https" } else { "http" };
     let state = portcullis::AppState::new(config).await?;
     // Listen for signals before announcing the address: whoever reads that
     // line may signal at once, and a SIGTERM that arrived before the handler
@@ -167,17 +200,25 @@ async fn run(config: Config) -> Result<(), String> {
     let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
     // Before the address line: whoever reads it may stop reading the log.
     match &state.auth {
-        None => warn_open_registry(addr),
+        None => warn_open_registry(addr, scheme),
         Some(_) => tracing::info!("{}", trusting_registry_settings(&state.config, addr)),
     }
     // Scripts and tests read this line to learn the bound port (`--listen
     // 127.0.0.1:0`). A closed standard output is no reason to stop serving
     // (std's `println!` would panic): the log says where it listens too.
-    if let Err(e) = writeln!(std::io::stdout(), "portcullis listening on http://{addr}") {
+    if let Err(e) = writeln!(
+        std::io::stdout(),
+        "portcullis listening on {scheme}://{addr}"
+    ) {
         tracing::warn!("cannot write the address to standard output: {e}");
     }
-    tracing::info!(%addr, storage = %root.display(), "listening");
-    portcullis::serve(listener, state, shutdown)
+    if let Some(redirect) = https.as_ref().and_then(|h| h.redirect.as_ref()) {
+        if let Ok(at) = redirect.local_addr() {
+            tracing::info!(%at, "redirecting plain HTTP to HTTPS");
+        }
+    }
+    tracing::info!(%addr, %scheme, storage = %root.display(), "listening");
+    portcullis::serve::serve_with(listener, state, https, shutdown)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
@@ -187,7 +228,7 @@ async fn run(config: Config) -> Result<(), String> {
 /// Says, on standard error whatever the log level and in the log, that
 /// anyone who reaches the address may do anything: `--no-auth` and
 /// `auth.enabled = false` are easy to leave on by mistake.
-fn warn_open_registry(addr: SocketAddr) {
+fn warn_open_registry(addr: SocketAddr, scheme: &str) {
     let reach = if addr.ip().is_loopback() {
         "anyone who can connect to this machine's loopback"
     } else {
@@ -195,7 +236,7 @@ fn warn_open_registry(addr: SocketAddr) {
     };
     say!(
         "portcullis: WARNING: authentication is disabled (--no-auth or auth.enabled = false).\n\
-         portcullis: WARNING: {reach} may pull, push, overwrite and delete every repository at http://{addr}."
+         portcullis: WARNING: {reach} may pull, push, overwrite and delete every repository at {scheme}://{addr}."
     );
     tracing::warn!(
         %addr,
@@ -212,8 +253,14 @@ fn trusting_registry_settings(config: &Config, addr: SocketAddr) -> String {
     let bundle = std::path::absolute(&bundle).unwrap_or(bundle);
     let realm = match &config.server.public_url {
         Some(url) => format!("{}/token", url.trim_end_matches('/')),
-        None if addr.ip().is_unspecified() => format!("http://<this host>:{}/token", addr.port()),
-        None => format!("http://{addr}/token"),
+        None if addr.ip().is_unspecified() => {
+            format!(
+                "{}://<this host>:{}/token",
+                config.server.scheme(),
+                addr.port()
+            )
+        }
+        None => format!("{}://{addr}/token", config.server.scheme()),
     };
     format!(
         "registries that trust these tokens need auth.token.rootcertbundle = {}, issuer = {:?}, service = {:?}, realm = {realm:?}",

@@ -13,19 +13,19 @@ use std::time::{Duration, Instant};
 
 use common::process::{ServerProcess, copy_project_policies, run_in};
 
-const PASSWORD: &str = "alice-Pa55word-for-logs";
+pub(crate) const PASSWORD: &str = "alice-Pa55word-for-logs";
 
 /// How long a line may take to appear: a reload is looked for every second.
 const PATIENCE: Duration = Duration::from_secs(15);
 
 /// The stderr of a server, line by line, with every line read so far.
-struct Log {
+pub(crate) struct Log {
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Log {
-    fn of(server: &mut ServerProcess) -> Self {
+    pub(crate) fn of(server: &mut ServerProcess) -> Self {
         let stderr = server.child.stderr.take().expect("stderr piped");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -44,7 +44,7 @@ impl Log {
 
     /// The next line (after those already waited for) that contains every
     /// one of `parts`; panics with the log so far after [`PATIENCE`].
-    fn wait_for(&mut self, parts: &[&str]) -> String {
+    pub(crate) fn wait_for(&mut self, parts: &[&str]) -> String {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -64,13 +64,13 @@ impl Log {
     }
 
     /// Lines read so far that contain `part`.
-    fn count(&self, part: &str) -> usize {
+    pub(crate) fn count(&self, part: &str) -> usize {
         self.seen.iter().filter(|l| l.contains(part)).count()
     }
 }
 
 /// A directory with the project's policies and the user alice.
-fn setup() -> tempfile::TempDir {
+pub(crate) fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     copy_project_policies(dir.path());
     run_in(

@@ -41,6 +41,7 @@ mod secrets_not_logged;
 mod shutdown;
 mod storage_driver;
 mod stress;
+mod tls;
 mod upload_full_disk;
 mod upload_recovery;
 

@@ -67,7 +67,7 @@ pub fn authorize(
                 "request refused"
             );
         }
-        challenge(state, authority, headers, &required, error)
+        challenge(state, authority, parts, &required, error)
     };
     let Some(token) = bearer(headers) else {
         return Err(refuse("no token", None, None));
@@ -121,14 +121,14 @@ fn covers(claims: &Claims, access: &Access) -> bool {
 fn challenge(
     state: &AppState,
     authority: &Authority,
-    headers: &HeaderMap,
+    parts: &Parts,
     required: &[Access],
     error: Option<&str>,
 ) -> ApiError {
     let scopes: Vec<String> = required.iter().filter_map(scope_of).collect();
     let mut value = format!(
         "Bearer realm=\"{}/token\",service=\"{}\"",
-        public_base(state, headers),
+        public_base(state, parts),
         authority.settings.service
     );
     if !scopes.is_empty() {
@@ -177,16 +177,19 @@ fn scope_of(access: &Access) -> Option<String> {
     }
 }
 
-/// Where clients reach us: the configured public URL, else the scheme and
-/// host of this request (so that the embedded default works from any
-/// address it is reached at).
-pub fn public_base(state: &AppState, headers: &HeaderMap) -> String {
+/// Where clients reach us: the configured public URL, else our scheme
+/// (https with `[server.tls]`) and the host of this request (so that the embedded default works from any
+/// address it is reached at). HTTP/2 requests carry the host as the URI's
+/// authority (`:authority`) rather than a `Host` header.
+pub fn public_base(state: &AppState, parts: &Parts) -> String {
     if let Some(url) = &state.config.server.public_url {
         return url.trim_end_matches('/').to_owned();
     }
-    let host = headers
+    let host = parts
+        .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         // A Host that could break out of the quoted realm is not echoed.
         .filter(|h| {
             !h.is_empty()
@@ -195,5 +198,5 @@ pub fn public_base(state: &AppState, headers: &HeaderMap) -> String {
         })
         .map(str::to_owned)
         .unwrap_or_else(|| state.config.server.listen.to_string());
-    format!("http://{host}")
+    format!("{}://{host}", state.config.server.scheme())
 }

@@ -1,7 +1,7 @@
 //! `portcullis check-config [FILE]`: checks everything `serve` would load with
 //! this configuration (without FILE, the one `serve` would choose) — the file itself, the policy (the files of
 //! `policy.dir`, or the embedded default when it does not exist), the users
-//! file and the key directory — so that "ok" means `serve` starts.
+//! file, the key directory and the `[server.tls]` pair — so that "ok" means `serve` starts.
 //!
 //! Problems go to stderr, one per line as `file:line:col: message` (or
 //! `file: message` when there is no single place), then a summary; what was
@@ -106,6 +106,18 @@ fn check_loaded(config: &Config, report: &mut Report) {
     check_policy(&config.policy.dir, report);
     check_users(&config.users.file, report);
     check_keys(&config.token.key_dir, report);
+    check_tls(config, report);
+}
+
+/// The TLS pair `serve` would load, when `[server.tls]` is set.
+fn check_tls(config: &Config, report: &mut Report) {
+    let Some(tls) = &config.server.tls else {
+        return;
+    };
+    match portcullis::serve::tls::load_pair(tls) {
+        Ok(_) => println!("tls: {} with {}", tls.cert.display(), tls.key.display()),
+        Err(e) => report.problem(&tls.cert, e.to_string()),
+    }
 }
 
 fn check_policy(dir: &Path, report: &mut Report) {

@@ -34,11 +34,25 @@ pub struct KeygenArgs {
     /// Remove every key older than the signing one (standby keys stay) and rewrite the bundle.
     #[arg(long, conflicts_with = "key_type")]
     retire: bool,
+    /// Instead of a token key: a self-signed TLS pair for trials,
+    /// `tls.crt` and `tls.key` in the key directory.
+    #[arg(long, conflicts_with_all = ["now", "activate", "retire", "key_type"])]
+    tls: bool,
+    /// A host name or IP address the TLS certificate is for (repeatable;
+    /// `localhost` and `127.0.0.1` are always included).
+    #[arg(long, value_name = "HOST", requires = "tls")]
+    name: Vec<String>,
+    /// Replace an existing TLS pair.
+    #[arg(long, requires = "tls")]
+    force: bool,
 }
 
 pub fn run(args: KeygenArgs) -> Result<ExitCode, Failure> {
     let config = load_config(args.config.as_deref())?;
     let dir = args.dir.unwrap_or(config.token.key_dir);
+    if args.tls {
+        return tls_pair(&dir, &args.name, args.force);
+    }
     if args.activate {
         return activate(&dir);
     }
@@ -191,4 +205,35 @@ fn note_later_signer(ring: &KeyRing, what: &str) {
         "Note: {} sorts after {what} and keeps signing; remove it to sign with {what}.",
         ring.signer().file.display()
     );
+}
+
+/// `keygen --tls`: writes the pair and says what to do with it.
+fn tls_pair(dir: &Path, names: &[String], force: bool) -> Result<ExitCode, Failure> {
+    let written =
+        portcullis::serve::selfsigned::generate(dir, names, force).map_err(|e| match e {
+            portcullis::serve::selfsigned::SelfSignedError::Exists(_) => Failure::refused(e),
+            other => Failure::setup(other.to_string()),
+        })?;
+    let cert = std::path::absolute(&written.cert).unwrap_or(written.cert.clone());
+    let key = std::path::absolute(&written.key).unwrap_or(written.key.clone());
+    println!("self-signed TLS certificate: {}", cert.display());
+    println!("private key (owner only): {}", key.display());
+    println!("names: {}", written.names.join(", "));
+    println!("Serve with it:");
+    println!(
+        "  [server.tls] cert = {:?}, key = {:?}  (or serve --tls-cert {} --tls-key {})",
+        cert.display().to_string(),
+        key.display().to_string(),
+        cert.display(),
+        key.display()
+    );
+    println!("Clients trust it as their CA (the certificate itself):");
+    println!(
+        "  docker: copy it to /etc/docker/certs.d/<host:port>/ca.crt on each client (no restart needed)"
+    );
+    println!(
+        "  podman, skopeo, buildah: a directory holding it as ca.crt, given as --cert-dir (or /etc/containers/certs.d/<host:port>/ca.crt)"
+    );
+    println!("  curl: --cacert {}", cert.display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,13 @@
 //! Accepting connections: the accept loop and each connection's task, what a
 //! handler learns about its peer, the connection limits and timeouts
-//! ([`connections`]), and the zero-copy path for blob downloads
-//! ([`zero_copy`]).
+//! ([`connections`]), the zero-copy path for blob downloads on plain TCP
+//! ([`zero_copy`]), HTTPS ([`tls`], with the redirect listener of
+//! [`redirect`] and the trial pair of [`selfsigned`]).
 
 mod connections;
+mod redirect;
+pub mod selfsigned;
+pub mod tls;
 pub mod zero_copy;
 
 use std::future::Future;
@@ -46,10 +50,42 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// `[server]`: a request head must arrive within the header timeout, a
 /// keep-alive connection idle past the idle timeout is closed, a request
 /// body that stalls past the body timeout is cut, and at most
-/// `max_connections` are served at once.
+/// `max_connections` are served at once. With `[server.tls]`, HTTPS (see
+/// [`serve_with`]; the redirect listener is not opened here).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let https = match &state.config.server.tls {
+        Some(files) => Some(Https {
+            tls: tls::Tls::new(files).map_err(std::io::Error::other)?,
+            redirect: None,
+        }),
+        None => None,
+    };
+    serve_with(listener, state, https, shutdown).await
+}
+
+/// What a listener serving HTTPS needs beyond the plain one.
+pub struct Https {
+    /// The acceptor and the certificate pair it reloads.
+    pub tls: tls::Tls,
+    /// A bound plain-HTTP listener answering with redirects to HTTPS
+    /// (`server.tls.redirect_http`).
+    pub redirect: Option<tokio::net::TcpListener>,
+}
+
+/// As [`serve`], with HTTPS set up by the caller (who loads the pair and
+/// binds the redirect listener before announcing the address, so that a bad
+/// certificate or a taken port fails the start). TLS connections get the
+/// same limits as plain ones: the handshake counts as the wait for the
+/// first request head, and a handshaking connection holds a slot and can be
+/// shed for room.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    https: Option<Https>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = Limits::new(&state.config.server);
@@ -60,37 +96,89 @@ pub async fn serve(
         body_timeout = ?limits.body,
         "connection limits"
     );
-    let app = crate::build_router(state);
-    let registry = Registry::new(limits.max_connections);
-    let tasks = tokio_util::task::TaskTracker::new();
     let (stop, stopping) = watch::channel(());
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, addr) = tokio::select! {
-            accepted = accept(&listener) => accepted,
-            () = &mut shutdown => break,
-        };
-        // Accepted first, so that an idle connection is shed only when a
-        // client is really waiting; this one waits for its slot unserved.
-        let slot = tokio::select! {
-            slot = registry.slot() => slot,
-            () = &mut shutdown => break,
-        };
-        let registered = registry.add(addr);
-        let app = app.clone();
-        let stopping = stopping.clone();
-        tasks.spawn(async move {
-            connection(tcp, addr, app, registered, limits, stopping).await;
-            drop(slot);
-        });
-    }
-    // New connections are refused from here on; open ones finish what they
-    // are doing (idle ones close at once).
-    drop(listener);
-    drop(stop);
-    tasks.close();
-    tasks.wait().await;
+    let listening = Listening {
+        registry: Registry::new(limits.max_connections),
+        tasks: tokio_util::task::TaskTracker::new(),
+        limits,
+        stopping: stopping.clone(),
+    };
+    let https_port = listener.local_addr()?.port();
+    let (tls, redirect) = match https {
+        Some(Https { tls, redirect }) => {
+            tokio::spawn(tls.clone().watch(stopping.clone()));
+            let redirect = redirect.map(|listener| {
+                let router = redirect::router(&state.config.server, https_port);
+                (listener, router)
+            });
+            (Some(tls), redirect)
+        }
+        None => (None, None),
+    };
+    let app = crate::build_router(state);
+    let main = listening.accept_loop(listener, app, tls);
+    let redirect = async {
+        if let Some((listener, router)) = redirect {
+            listening.accept_loop(listener, router, None).await;
+        }
+    };
+    let stopper = async move {
+        shutdown.await;
+        // New connections are refused from here on (the loops end and drop
+        // their listeners); open ones finish what they are doing (idle ones
+        // close at once).
+        let _ = stop.send(());
+    };
+    tokio::join!(main, redirect, stopper);
+    listening.tasks.close();
+    listening.tasks.wait().await;
     Ok(())
+}
+
+/// What every listener of one server shares: one connection limit over all
+/// of them, and the tasks waited for at shutdown.
+struct Listening {
+    registry: Arc<Registry>,
+    tasks: tokio_util::task::TaskTracker,
+    limits: Limits,
+    stopping: watch::Receiver<()>,
+}
+
+impl Listening {
+    /// Accepts on `listener` until the server stops, serving `app` on each
+    /// connection, over TLS when `tls` is given.
+    async fn accept_loop(
+        &self,
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+        tls: Option<tls::Tls>,
+    ) {
+        let mut stopped = self.stopping.clone();
+        loop {
+            let (tcp, addr) = tokio::select! {
+                accepted = accept(&listener) => accepted,
+                _ = stopped.changed() => break,
+            };
+            // Accepted first, so that an idle connection is shed only when a
+            // client is really waiting; this one waits for its slot unserved.
+            let slot = tokio::select! {
+                slot = self.registry.slot() => slot,
+                _ = stopped.changed() => break,
+            };
+            let registered = self.registry.add(addr);
+            let app = app.clone();
+            let stopping = self.stopping.clone();
+            let limits = self.limits;
+            let tls = tls.clone();
+            self.tasks.spawn(async move {
+                match tls {
+                    None => plain(tcp, addr, app, registered, limits, stopping).await,
+                    Some(tls) => secure(tcp, addr, &tls, app, registered, limits, stopping).await,
+                }
+                drop(slot);
+            });
+        }
+    }
 }
 
 /// The next connection; errors such as running out of file descriptors are
@@ -117,23 +205,92 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// Serves one connection until it ends, closing it when it is idle past its
-/// time, shed for room or the server stops, and dropping it when a request
-/// head is late.
-async fn connection(
+/// A plain TCP connection: blob downloads may take the zero-copy path.
+async fn plain(
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
+    app: axum::Router,
+    registered: connections::Registered,
+    limits: Limits,
+    stopping: watch::Receiver<()>,
+) {
+    let stream = zero_copy::Stream::new(tcp);
+    let peer = Peer {
+        addr,
+        zero_copy: Some(stream.sender()),
+    };
+    connection(stream, peer, app, registered, limits, stopping).await;
+}
+
+/// A TLS connection: the handshake, then the same serving as plain TCP.
+/// Never the zero-copy path: `sendfile` would put the file's plaintext on
+/// the wire past the TLS layer, so blob downloads are streamed copies
+/// through rustls (`zero_copy: None`).
+async fn secure(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    tls: &tls::Tls,
     app: axum::Router,
     registered: connections::Registered,
     limits: Limits,
     mut stopping: watch::Receiver<()>,
 ) {
     let conn = Arc::clone(&registered.conn);
-    let stream = zero_copy::Stream::new(tcp);
+    let mut handshake = std::pin::pin!(tls.acceptor().accept(tcp));
+    // Until the handshake is done the connection is one that has not sent
+    // its first request: the header timeout runs from the accept, and at the
+    // connection limit it may be shed like an idle one.
+    let stream = loop {
+        let wake = match conn.next(&limits, tokio::time::Instant::now()) {
+            Next::WaitUntil(at) => at,
+            Next::CloseIdle | Next::HeadTimedOut => {
+                tracing::debug!(peer = %addr, "TLS handshake not done in time or shed: connection dropped");
+                return;
+            }
+        };
+        tokio::select! {
+            done = handshake.as_mut() => match done {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+            },
+            () = sleep_until(wake) => {}
+            () = conn.changed.notified() => {}
+            _ = stopping.changed() => return,
+        }
+    };
     let peer = Peer {
         addr,
-        zero_copy: Some(stream.sender()),
+        zero_copy: None,
     };
+    connection(stream, peer, app, registered, limits, stopping).await;
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one connection until it ends, closing it when it is idle past its
+/// time, shed for room or the server stops, and dropping it when a request
+/// head is late.
+async fn connection<S>(
+    stream: S,
+    peer: Peer,
+    app: axum::Router,
+    registered: connections::Registered,
+    limits: Limits,
+    mut stopping: watch::Receiver<()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::clone(&registered.conn);
+    let addr = peer.addr;
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&conn)));
     // The router as a hyper service: each call checks it is ready, then
     // calls a clone of it once.
@@ -183,12 +340,7 @@ async fn connection(
                 Some(at) => Some(at),
             },
         };
-        let sleep = async {
-            match wake {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = sleep_until(wake);
         tokio::select! {
             result = served.as_mut() => {
                 if let Err(e) = result {

@@ -74,7 +74,10 @@ impl ServerProcess {
             .strip_prefix("portcullis listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_owned();
-        let host = url.trim_start_matches("http://").to_owned();
+        let host = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, h)| h)
+            .to_owned();
         Self { child, url, host }
     }
 
