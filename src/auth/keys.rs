@@ -85,11 +85,11 @@ pub struct TokenKey {
     /// DER of the certificate, base64 (standard, padded), as `x5c` wants it.
     pub x5c: String,
     pub decoding: DecodingKey,
-    /// The private key, in `ring`: ECDSA P-256 signing there costs a small
-    /// fraction of a pure-Rust implementation's, and a token server signs on
-    /// every request.
+    /// The private key, in aws-lc-rs (the one crypto provider): signing
+    /// directly rather than through jsonwebtoken saves re-encoding the
+    /// constant header for every token a request gets.
     signer: Signer,
-    rng: ring::rand::SystemRandom,
+    rng: aws_lc_rs::rand::SystemRandom,
     /// `base64url(header)`, the same for every token this key signs.
     header_b64: String,
     jwk: Jwk,
@@ -99,8 +99,8 @@ pub struct TokenKey {
 }
 
 enum Signer {
-    Ecdsa(ring::signature::EcdsaKeyPair),
-    Rsa(ring::signature::RsaKeyPair),
+    Ecdsa(aws_lc_rs::signature::EcdsaKeyPair),
+    Rsa(aws_lc_rs::signature::RsaKeyPair),
 }
 
 impl TokenKey {
@@ -145,16 +145,15 @@ impl TokenKey {
         .map_err(|e| invalid(key_path, e.to_string()))?;
         let der = pem_contents(&key_pem, "PRIVATE KEY")
             .ok_or_else(|| invalid(key_path, "no PKCS#8 PRIVATE KEY block".into()))?;
-        let rng = ring::rand::SystemRandom::new();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
         let signer = match kind {
-            KeyKind::Es256 => ring::signature::EcdsaKeyPair::from_pkcs8(
-                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            KeyKind::Es256 => aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
                 &der,
-                &rng,
             )
             .map(Signer::Ecdsa)
             .map_err(|e| invalid(key_path, e.to_string()))?,
-            KeyKind::Rs256 => ring::signature::RsaKeyPair::from_pkcs8(&der)
+            KeyKind::Rs256 => aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der)
                 .map(Signer::Rsa)
                 .map_err(|e| invalid(key_path, e.to_string()))?,
         };
@@ -201,9 +200,9 @@ impl TokenKey {
                 .map(|s| s.as_ref().to_vec())
                 .map_err(|e| e.to_string())?,
             Signer::Rsa(pair) => {
-                let mut signature = vec![0; pair.public().modulus_len()];
+                let mut signature = vec![0; pair.public_modulus_len()];
                 pair.sign(
-                    &ring::signature::RSA_PKCS1_SHA256,
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
                     &self.rng,
                     token.as_bytes(),
                     &mut signature,
@@ -377,21 +376,12 @@ fn create(dir: &Path, kind: KeyKind, standby: bool) -> Result<PathBuf, KeyError>
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let gen_err = |e: &dyn std::fmt::Display| KeyError::Generate(e.to_string());
-    let pair = match kind {
-        KeyKind::Es256 => {
-            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| gen_err(&e))?
-        }
-        KeyKind::Rs256 => {
-            use rsa::pkcs8::EncodePrivateKey;
-            let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
-                .map_err(|e| gen_err(&e))?;
-            let pem = key
-                .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
-                .map_err(|e| gen_err(&e))?;
-            KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256)
-                .map_err(|e| gen_err(&e))?
-        }
+    // rcgen generates through aws-lc-rs, RSA (2048 bits) included.
+    let algorithm = match kind {
+        KeyKind::Es256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyKind::Rs256 => &rcgen::PKCS_RSA_SHA256,
     };
+    let pair = KeyPair::generate_for(algorithm).map_err(|e| gen_err(&e))?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| gen_err(&e))?;
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, "Portcullis token signer");
