@@ -1,6 +1,7 @@
 //! A real Docker engine against the real binary: `docker login`, `push`,
 //! `pull`, `logout` and `manifest` through Portcullis' token server with the
-//! shipped policy, and docker's own messages when it refuses.
+//! shipped policy, and docker's own messages when it refuses; over plain
+//! HTTP, and over TLS with the server's CA in docker's `certs.d`.
 //!
 //! Each test starts its own dockerd (`common::docker`) and its own
 //! Portcullis, whose users are added with the real CLI. Like the other
@@ -9,16 +10,35 @@
 
 use crate::common;
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 
+use crate::tls::{curl, keygen_tls_for};
 use common::clients::stderr_of;
-use common::docker::{DockerCli, DockerEngine, docker_archive};
+use common::docker::{DockerCli, DockerEngine, RegistryTrust, docker_archive};
 use common::process::{ServerProcess, config_in, copy_project_policies, run_in};
 use serde_json::Value;
 use tempfile::TempDir;
 
 const ALICE_PASSWORD: &str = "alice-docker-secret-1";
 const BOB_PASSWORD: &str = "bob-docker-secret-2";
+
+/// The address docker is given for a server over TLS, in place of
+/// `127.0.0.1`. dockerd counts `127.0.0.0/8` as an insecure registry whatever
+/// its configuration says (Docker 20.10 appends that range to
+/// `insecure-registries` unconditionally), and for an insecure registry it
+/// speaks HTTPS *without verifying the certificate*, then falls back to HTTP:
+/// a TLS test on `127.0.0.1` or `localhost` passes with no `ca.crt` at all
+/// (tried: `docker login` succeeds). `[::1]` is outside the range, but
+/// Docker 20.10 refuses IPv6 hosts in image references ("invalid reference
+/// format"), and another name would need an `/etc/hosts` line, which is
+/// global to the machine. `0.0.0.0` is neither: Linux delivers a connection
+/// to it to the local host, where the server listens on `127.0.0.1`, and
+/// dockerd counts it as a secure registry, verifying the certificate
+/// (which names `0.0.0.0`) against `certs.d/0.0.0.0:PORT/ca.crt` only.
+/// The TLS tests show that verification: without the `ca.crt`, login fails
+/// with an x509 error.
+const TLS_ADDRESS: &str = "0.0.0.0";
 
 /// A Portcullis with authentication on, the shipped policy and the users
 /// alice and bob, and a Docker engine with a client for it.
@@ -28,43 +48,97 @@ struct World {
     /// Kept alive for the test: dropping it stops dockerd.
     _engine: DockerEngine,
     docker: DockerCli,
+    /// `HOST:PORT`, docker's name for the registry: the server's own over
+    /// plain HTTP, [`TLS_ADDRESS`] and the server's port over TLS.
+    host: String,
+    /// `http://` or `https://` and [`World::host`], as docker names the
+    /// registry in its messages.
+    url: String,
+    /// Over TLS, the certificate the server presents: its own CA.
+    ca: Option<PathBuf>,
 }
 
 impl World {
+    /// Over plain HTTP (dockerd's default trust of loopback).
     fn start() -> Self {
+        Self::start_serving(&[], None)
+    }
+
+    /// Over TLS, with a pair from `keygen --tls` for [`TLS_ADDRESS`]; docker
+    /// does not trust it until [`World::trust`] is called. The daemon's
+    /// configuration is empty: no `insecure-registries`.
+    fn start_tls() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let ca = keygen_tls_for(&dir.path().join("tls"), &[TLS_ADDRESS], false);
+        let key = dir.path().join("tls/tls.key");
+        let args = [
+            "--tls-cert",
+            ca.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        let mut world = Self::start_serving(&args, Some(dir));
+        assert!(
+            world.server.url.starts_with("https://"),
+            "{}",
+            world.server.url
+        );
+        let port = world.server.host.rsplit_once(':').expect("HOST:PORT").1;
+        world.host = format!("{TLS_ADDRESS}:{port}");
+        world.url = format!("https://{}", world.host);
+        world.ca = Some(ca);
+        world
+    }
+
+    /// The server with `serve_args` after its configuration, in `dir` (a new
+    /// one when `None`).
+    fn start_serving(serve_args: &[&str], dir: Option<TempDir>) -> Self {
+        let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("tempdir"));
         let config = config_in(dir.path());
         copy_project_policies(dir.path());
         for (user, password) in [("alice", ALICE_PASSWORD), ("bob", BOB_PASSWORD)] {
             run_in(dir.path(), &["user", "add", user], &format!("{password}\n"));
         }
-        let server = ServerProcess::start_with(&["--config", config.to_str().unwrap()]);
+        let args = [&["--config", config.to_str().unwrap()], serve_args].concat();
+        let server = ServerProcess::start_with(&args);
         let engine = DockerEngine::start();
         let docker = engine.client();
         Self {
+            host: server.host.clone(),
+            url: server.url.clone(),
             server,
             dir,
             _engine: engine,
             docker,
+            ca: None,
         }
     }
 
-    /// `http://HOST:PORT`, as docker names the registry in its messages
-    /// (`https://` when the server serves TLS).
-    fn registry_url(&self) -> &str {
-        &self.server.url
+    /// Puts the server's CA in `certs.d/<host:port>/ca.crt` until the
+    /// returned value is dropped.
+    fn trust(&self) -> RegistryTrust {
+        let ca = self.ca.as_ref().expect("a TLS world");
+        RegistryTrust::install(&self.host, &fs::read(ca).expect("read CA"), None)
+    }
+
+    /// `docker manifest` talks to the registry from the CLI, which over
+    /// plain HTTP must be told `--insecure`; over TLS it verifies the
+    /// certificate against the same `certs.d`.
+    fn manifest_flags(&self) -> &'static [&'static str] {
+        if self.ca.is_some() {
+            &[]
+        } else {
+            &["--insecure"]
+        }
     }
 
     /// `HOST:PORT/<name>`, docker's name for a repository of the server.
     fn image(&self, name: &str) -> String {
-        format!("{}/{name}", self.server.host)
+        format!("{}/{name}", self.host)
     }
 
     fn login_alice(&self) {
-        if let Err(out) = self
-            .docker
-            .login(&self.server.host, "alice", ALICE_PASSWORD)
-        {
+        if let Err(out) = self.docker.login(&self.host, "alice", ALICE_PASSWORD) {
             panic!("docker login refused alice:\n{}", stderr_of(&out));
         }
     }
@@ -122,12 +196,17 @@ fn stored_auth(config: &str, host: &str) -> Value {
 fn docker_login_stores_an_identity_token_not_the_password() {
     let world = World::start();
     world.login_alice();
+    assert_identity_token_stored(&world);
+}
+
+/// config.json holds Portcullis' refresh token for alice, not her password.
+fn assert_identity_token_stored(world: &World) {
     let config = world.docker.config_text();
     assert!(
         !config.contains(ALICE_PASSWORD),
         "the password is in config.json:\n{config}"
     );
-    let auth = stored_auth(&config, &world.server.host);
+    let auth = stored_auth(&config, &world.host);
     let token = auth["identitytoken"].as_str().unwrap_or_default();
     assert!(
         !token.is_empty(),
@@ -158,7 +237,7 @@ fn docker_login_with_a_wrong_password_is_refused() {
     let world = World::start();
     let out = world
         .docker
-        .login(&world.server.host, "alice", "not-alices-password")
+        .login(&world.host, "alice", "not-alices-password")
         .expect_err("docker login with a wrong password succeeded");
     let stderr = stderr_of(&out);
     // docker's wording around the token server's error.
@@ -167,13 +246,13 @@ fn docker_login_with_a_wrong_password_is_refused() {
         &format!(
             "Error response from daemon: Get \"{}/v2/\": \
              unauthorized: incorrect username or password",
-            world.registry_url()
+            world.url
         ),
     );
     assert!(!stderr.contains(ALICE_PASSWORD), "{stderr}");
     let config = world.docker.config_text();
     assert!(
-        stored_auth(&config, &world.server.host).is_null(),
+        stored_auth(&config, &world.host).is_null(),
         "a refused login stored credentials:\n{config}"
     );
 }
@@ -182,6 +261,11 @@ fn docker_login_with_a_wrong_password_is_refused() {
 fn docker_push_rmi_pull_round_trip() {
     let world = World::start();
     world.login_alice();
+    push_rmi_pull(&world);
+}
+
+/// Pushes an image, removes it and pulls it back (alice logged in).
+fn push_rmi_pull(world: &World) {
     let reference = world.image("alice/app:v1");
     let id = world.load(&reference, common::oci::oci_arch());
     let pushed = world.docker.run(&["push", &reference]);
@@ -212,10 +296,10 @@ fn docker_logout_then_anonymous_pull_is_refused() {
     let world = World::start();
     let (reference, _) = world.alice_pushed("alice/app:v1");
     world.docker.run(&["rmi", &reference]);
-    world.docker.run(&["logout", &world.server.host]);
+    world.docker.run(&["logout", &world.host]);
     let config = world.docker.config_text();
     assert!(
-        stored_auth(&config, &world.server.host).is_null(),
+        stored_auth(&config, &world.host).is_null(),
         "logout left credentials:\n{config}"
     );
     let out = world.docker.fails(&["pull", &reference]);
@@ -247,7 +331,7 @@ fn docker_revoked_refresh_token_is_refused() {
         &stderr_of(&out),
         &format!(
             "Error response from daemon: Head \"{}/v2/alice/app/manifests/v1\": {revoked}",
-            world.registry_url()
+            world.url
         ),
     );
     let out = world.docker.fails(&["push", &reference]);
@@ -258,6 +342,13 @@ fn docker_revoked_refresh_token_is_refused() {
 fn docker_manifest_list_push_and_platform_pull() {
     let world = World::start();
     world.login_alice();
+    manifest_list_push_and_platform_pull(&world);
+}
+
+/// A two-platform list made with `docker manifest` from two pushed images,
+/// pushed, inspected, and each platform pulled by `--platform`.
+fn manifest_list_push_and_platform_pull(world: &World) {
+    let flags = world.manifest_flags();
     let amd64 = world.image("alice/multi:amd64");
     let arm64 = world.image("alice/multi:arm64");
     let list = world.image("alice/multi:v1");
@@ -265,15 +356,16 @@ fn docker_manifest_list_push_and_platform_pull() {
     let arm64_id = world.load(&arm64, "arm64");
     world.docker.run(&["push", &amd64]);
     world.docker.run(&["push", &arm64]);
-    world
+    let create = [&["manifest", "create"], flags, &[&list, &amd64, &arm64]].concat();
+    world.docker.run(&create);
+    let pushed = world
         .docker
-        .run(&["manifest", "create", "--insecure", &list, &amd64, &arm64]);
-    let pushed = world.docker.run(&["manifest", "push", "--insecure", &list]);
+        .run(&[&["manifest", "push"], flags, &[&list]].concat());
     let digest = String::from_utf8_lossy(&pushed.stdout).trim().to_owned();
     assert!(digest.starts_with("sha256:"), "manifest push: {digest}");
     let inspected = world
         .docker
-        .run(&["manifest", "inspect", "--insecure", &list]);
+        .run(&[&["manifest", "inspect"], flags, &[&list]].concat());
     let index: Value = serde_json::from_slice(&inspected.stdout).expect("manifest JSON");
     let platforms: Vec<&str> = index["manifests"]
         .as_array()
@@ -288,6 +380,44 @@ fn docker_manifest_list_push_and_platform_pull() {
         assert_eq!(&world.image_id(&list), id, "{platform}");
         world.docker.run(&["rmi", &list]);
     }
+}
+
+#[test]
+fn docker_over_tls_trusts_the_ca_in_certs_d_then_logs_in_pushes_and_pulls() {
+    let world = World::start_tls();
+    // The challenge sends docker to the token endpoint over HTTPS, on the
+    // name docker was given.
+    let ca = world.ca.as_ref().unwrap().to_str().unwrap();
+    let out = curl(&["-i", "--cacert", ca, &format!("{}/v2/", world.url)]);
+    let challenge = String::from_utf8_lossy(&out.stdout);
+    assert_contains(&challenge, &format!("realm=\"{}/token\"", world.url));
+
+    // Not yet trusted: dockerd verifies the certificate, and refuses it.
+    let out = world
+        .docker
+        .login(&world.host, "alice", ALICE_PASSWORD)
+        .expect_err("docker login trusted a certificate it has no CA for");
+    assert_contains(
+        &stderr_of(&out),
+        &format!(
+            "Error response from daemon: Get \"{}/v2/\": \
+             x509: certificate signed by unknown authority",
+            world.url
+        ),
+    );
+
+    let _trust = world.trust();
+    world.login_alice();
+    assert_identity_token_stored(&world);
+    push_rmi_pull(&world);
+}
+
+#[test]
+fn docker_over_tls_manifest_list_push_and_platform_pull() {
+    let world = World::start_tls();
+    let _trust = world.trust();
+    world.login_alice();
+    manifest_list_push_and_platform_pull(&world);
 }
 
 /// Not a test of Portcullis: the harness's own promise that an engine's

@@ -27,8 +27,18 @@ use crate::logs::PASSWORD;
 
 /// `portcullis keygen --tls --dir <dir>`; the certificate's path.
 fn keygen_tls(dir: &Path, force: bool) -> PathBuf {
+    keygen_tls_for(dir, &[], force)
+}
+
+/// `portcullis keygen --tls --dir <dir>` with a `--name` for each of
+/// `names` (beside the `localhost` and `127.0.0.1` it always includes); the
+/// certificate's path. The certificate is its own CA.
+pub(crate) fn keygen_tls_for(dir: &Path, names: &[&str], force: bool) -> PathBuf {
     let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     command.args(["keygen", "--tls", "--dir"]).arg(dir);
+    for name in names {
+        command.args(["--name", name]);
+    }
     if force {
         command.arg("--force");
     }
@@ -148,7 +158,7 @@ fn require_openssl() {
     );
 }
 
-fn curl(args: &[&str]) -> Output {
+pub(crate) fn curl(args: &[&str]) -> Output {
     require("curl");
     Command::new("curl")
         .args(["-sS", "--max-time", "30"])

@@ -11,7 +11,9 @@
 //! Registries are reached over plain HTTP: dockerd treats `127.0.0.0/8` as an
 //! insecure registry by default. For a registry over TLS, [`RegistryTrust`]
 //! puts a CA (and a client certificate) where dockerd looks for them,
-//! `certs.d/<host:port>/`.
+//! `certs.d/<host:port>/`; that range being insecure, dockerd does not
+//! verify certificates there, so TLS tests name the server otherwise (see
+//! `TLS_ADDRESS` in tests/docker.rs).
 #![allow(dead_code)]
 
 use std::fs;
