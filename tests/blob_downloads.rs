@@ -1,16 +1,20 @@
 //! Blob downloads over the zero-copy path (`serve::zero_copy`): HTTP/1
 //! responses whose body is sent from the file with `sendfile`. Every test
 //! compares the bytes received with the bytes pushed: a frame sent as its
-//! placeholder instead of from the file would arrive as zeros.
+//! placeholder instead of from the file would arrive as zeros. Whole bytes
+//! alone would also pass if the server silently streamed a copy instead, so
+//! `downloads_log_the_path_they_took` reads the server's debug line naming
+//! the path of each download.
 
 use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use common::{TestServer, random_bytes};
+use common::process::ServerProcess;
+use common::{TestServer, random_bytes, sha256};
 use reqwest::StatusCode;
 
 /// Spans three of the path's 4 MiB windows, the last one partial.
@@ -203,6 +207,97 @@ async fn http2_downloads_are_whole() {
     assert_eq!(String::from_utf8_lossy(&curl.stdout), "2", "HTTP version");
     let body = std::fs::read(&out).unwrap();
     assert!(body == data, "body differs from the pushed blob");
+}
+
+/// A plain-TCP HTTP/1 download of a large blob, whole or a range, goes by
+/// `sendfile`, and the server says so for each one; a small blob and an
+/// HTTP/2 download are copied. Each download's line is the next `blob sent`
+/// line of the log, so a fallback to the copy fails the test even though
+/// the bytes would arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_log_the_path_they_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--no-auth",
+        "--data-dir",
+        data_dir,
+    ];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command.arg("serve").args(args).stderr(Stdio::piped());
+    // Debug for `serve` alone, where the path lines are.
+    command.env("PORTCULLIS_LOG", "warn,portcullis::serve=debug");
+    let mut server = ServerProcess::spawn(command);
+    let mut log = crate::logs::Log::of(&mut server);
+    let client = reqwest::Client::new();
+    let large = random_bytes(LARGE);
+    let small = random_bytes(1_000);
+    let url = |digest: &str| server.at(&format!("/v2/zc/path/blobs/{digest}"));
+    for data in [&large, &small] {
+        let response = client
+            .post(server.at(&format!(
+                "/v2/zc/path/blobs/uploads/?digest={}",
+                sha256(data)
+            )))
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let (large_digest, small_digest) = (sha256(&large), sha256(&small));
+
+    let mut next_path = |what: &str| {
+        let line = log.wait_for(&["blob sent"]);
+        assert!(
+            line.contains("portcullis::serve::zero_copy"),
+            "{what}: {line}"
+        );
+        line
+    };
+    let body = client.get(url(&large_digest)).send().await.unwrap();
+    assert!(body.bytes().await.unwrap() == large, "whole: bytes differ");
+    let line = next_path("whole");
+    assert!(line.contains(r#"path="sendfile""#), "whole: {line}");
+    assert!(line.contains(&format!("bytes={LARGE}")), "whole: {line}");
+
+    let (start, end) = (1_000_000, 5_999_999);
+    let response = client
+        .get(url(&large_digest))
+        .header("Range", format!("bytes={start}-{end}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(response.bytes().await.unwrap()[..] == large[start..=end]);
+    let line = next_path("range");
+    assert!(line.contains(r#"path="sendfile""#), "range: {line}");
+    assert!(line.contains("bytes=5000000"), "range: {line}");
+
+    let body = client.get(url(&small_digest)).send().await.unwrap();
+    assert!(body.bytes().await.unwrap() == small, "small: bytes differ");
+    let line = next_path("small");
+    assert!(line.contains(r#"path="copy""#), "small: {line}");
+    assert!(line.contains(r#"why="small""#), "small: {line}");
+
+    let url = url(&large_digest);
+    let curl = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-o", "/dev/null"])
+            .args(["-w", "%{http_version} %{size_download}"])
+            .arg(url)
+            .output()
+            .expect("run curl")
+    })
+    .await
+    .unwrap();
+    let shown = String::from_utf8_lossy(&curl.stdout);
+    assert_eq!(shown, format!("2 {LARGE}"), "HTTP/2: {curl:?}");
+    let line = next_path("HTTP/2");
+    assert!(line.contains(r#"path="copy""#), "HTTP/2: {line}");
+    assert!(line.contains(r#"why="connection""#), "HTTP/2: {line}");
 }
 
 /// Reads a response head; returns its status and Content-Length (0 when

@@ -68,14 +68,15 @@ fn setup(extra: &str) -> tempfile::TempDir {
 }
 
 /// `portcullis serve` in `dir` (its ./portcullis.toml) with `args`, its log
-/// at `info` read line by line.
+/// at `info` read line by line, plus the `debug` line naming the path each
+/// blob download took.
 fn serve(dir: &Path, args: &[&str]) -> (ServerProcess, Log) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .current_dir(dir)
-        .env("PORTCULLIS_LOG", "info")
+        .env("PORTCULLIS_LOG", "info,portcullis::serve::zero_copy=debug")
         .stderr(Stdio::piped());
     let mut server = ServerProcess::spawn(command);
     let log = Log::of(&mut server);
@@ -276,7 +277,7 @@ async fn at_the_connection_limit_an_idle_tls_connection_is_shed() {
 #[tokio::test]
 async fn a_large_blob_downloads_byte_exact_over_tls() {
     let dir = setup("");
-    let (server, _log) = serve(dir.path(), &["--no-auth"]);
+    let (server, mut log) = serve(dir.path(), &["--no-auth"]);
     let ca = dir.path().join("tls/tls.crt");
     let ca = ca.to_str().unwrap();
     let blob = common::random_bytes(24 << 20);
@@ -318,6 +319,13 @@ async fn a_large_blob_downloads_byte_exact_over_tls() {
             "{flag}: {out:?}"
         );
         assert!(fs::read(&back).unwrap() == blob, "{flag}: bytes differ");
+        // Streamed through rustls, and the server says so: a TLS
+        // connection offers no `sendfile` handle, whatever the HTTP version.
+        let line = log.wait_for(&["blob sent"]);
+        assert!(
+            line.contains(r#"path="copy""#) && line.contains(r#"why="connection""#),
+            "{flag}: {line}"
+        );
     }
 }
 

@@ -25,7 +25,7 @@
 //! connection instead of sending one byte from the wrong place. A body
 //! dropped before its end withdraws the bytes it never yielded.
 //!
-//! Only HTTP/1 over plain TCP uses this: HTTP/2 (and, later, TLS) frame or
+//! Only HTTP/1 over plain TCP uses this: HTTP/2 and TLS frame or
 //! encrypt the body, so they get the copied stream
 //! ([`FileRange::into_stream`]). Should hyper (or a wrapper between hyper
 //! and [`Stream`]) copy a marker frame instead of passing it through, it
@@ -314,11 +314,29 @@ impl AsyncWrite for Stream {
 /// The body of a response carrying `content`: sent from its file when the
 /// driver gave a file, the connection can take it (`sender`) and the range is
 /// worth it; streamed otherwise.
+///
+/// Each choice is logged at `debug` (target `portcullis::serve::zero_copy`),
+/// so a test can see which path a download took and a silent fallback to
+/// the copy cannot pass for `sendfile`. A log line rather than counters: it
+/// costs nothing unless that level is enabled, needs no place to expose it
+/// (there is no metrics endpoint yet, and a response header would show
+/// clients our internals), and it is per server process, so tests that run
+/// servers side by side do not see each other's downloads. Logged when the
+/// path is chosen, which is enough: once markers are chosen, the bytes go
+/// out by `sendfile` or the connection fails (a copied marker is refused).
 pub fn body(content: Content, sender: Option<Sender>) -> ByteStream {
-    match (content, sender) {
-        (Content::File(range), Some(sender)) if range.len() >= MIN_LEN => markers(sender, range),
-        (content, _) => content.into_stream(),
-    }
+    let (content, why) = match (content, sender) {
+        (Content::File(range), Some(sender)) if range.len() >= MIN_LEN => {
+            tracing::debug!(path = "sendfile", bytes = range.len(), "blob sent");
+            return markers(sender, range);
+        }
+        (content @ Content::File(_), Some(_)) => (content, "small"),
+        // TLS and HTTP/2 connections give no sender.
+        (content @ Content::File(_), None) => (content, "connection"),
+        (content @ Content::Stream(_), _) => (content, "driver"),
+    };
+    tracing::debug!(path = "copy", why, "blob sent");
+    content.into_stream()
 }
 
 /// Marker frames covering `range`, sent over the connection of `sender`,
