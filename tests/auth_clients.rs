@@ -144,18 +144,7 @@ impl AuthServer {
     /// `policies/` directory, the policy a new installation starts with.
     fn start_with_default_policies(users: &[&User]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let policy_dir = dir.path().join("policies");
-        fs::create_dir_all(&policy_dir).unwrap();
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-        let mut copied = 0;
-        for entry in fs::read_dir(&shipped).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                fs::copy(&path, policy_dir.join(path.file_name().unwrap())).unwrap();
-                copied += 1;
-            }
-        }
-        assert!(copied > 0, "no policy files in {}", shipped.display());
+        common::process::copy_project_policies(dir.path());
         Self::start_in(dir, users)
     }
 

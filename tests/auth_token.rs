@@ -4,8 +4,6 @@
 
 use crate::common;
 
-use std::path::Path;
-
 use common::{TestServer, sha256};
 use data_encoding::BASE64;
 use portcullis::auth::users::hash_password;
@@ -24,13 +22,7 @@ async fn server() -> TestServer {
         hash_password("root-pw").unwrap(),
     );
     std::fs::write(dir.path().join("users.toml"), users).unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    for entry in std::fs::read_dir(shipped).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
-    }
+    common::process::copy_project_policies(dir.path());
     TestServer::start_configured(dir, |_| {}).await
 }
 

@@ -356,13 +356,7 @@ async fn open_sessions_are_limited_per_account() {
         hash_password("bob-pw").unwrap(),
     );
     std::fs::write(dir.path().join("users.toml"), users).unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    for entry in std::fs::read_dir(shipped).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
-    }
+    common::process::copy_project_policies(dir.path());
     let server = limited_server(dir).await;
     let alice = token(&server, "alice", "alice/app").await;
     let bob = token(&server, "bob", "bob/app").await;

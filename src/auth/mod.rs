@@ -121,14 +121,21 @@ impl Authority {
         let keys =
             KeyRing::load_or_generate(&config.token.key_dir, kind).map_err(|e| e.to_string())?;
         let users_file = config.users.file.clone();
-        let users = Arc::new(Watched::new(
-            "users",
-            {
-                let file = users_file.clone();
-                move || Fingerprint::of_file(&file)
-            },
-            move || load_users(&users_file),
-        )?);
+        let limiter = Arc::new(LoginLimiter::new(LimitConfig::from(&config.auth)));
+        let users = Arc::new(
+            Watched::new(
+                "users",
+                {
+                    let file = users_file.clone();
+                    move || Fingerprint::of_file(&file)
+                },
+                move || load_users(&users_file),
+            )?
+            .on_reload({
+                let limiter = Arc::clone(&limiter);
+                move |users| carry_out_unlocks(&limiter, users)
+            }),
+        );
         let policy_dir = config.policy.dir.clone();
         // Reloads choose the source again: a policy directory created later
         // replaces the embedded default.
@@ -147,10 +154,10 @@ impl Authority {
         let dir = config.policy.dir.display();
         if std::fs::metadata(&config.policy.dir).is_err() {
             tracing::info!(%dir, "policy directory not found: using the embedded default policy (see `portcullis policy show`)");
-        } else if policy.get().0.is_empty() {
+        } else if policy.get().is_empty() {
             tracing::warn!(%dir, "no policy rules: every request will be denied");
         }
-        let user_count = users.get().0.len();
+        let user_count = users.get().len();
         if user_count == 0 {
             tracing::warn!(
                 file = %config.users.file.display(),
@@ -162,7 +169,7 @@ impl Authority {
             service = %config.token.service,
             issuer = %config.token.issuer,
             users = user_count,
-            rules = policy.get().0.len(),
+            rules = policy.get().len(),
             signing_key = %keys.signer().libtrust_id,
             "token authority ready"
         );
@@ -183,7 +190,7 @@ impl Authority {
                 config.users.cache_secs,
             ))),
             verified_tokens: TokenCache::default(),
-            limiter: Arc::new(LoginLimiter::new(LimitConfig::from(&config.auth))),
+            limiter,
             gate: VerifyGate::new(
                 config.auth.max_concurrent_verifications as usize,
                 config.auth.verification_queue as usize,
@@ -195,49 +202,19 @@ impl Authority {
 
     /// The current users. Remembered logins survive a reload: each is
     /// checked against the hash its user has now. A reload also carries out
-    /// the unlocks it holds (`portcullis user unlock`).
+    /// the unlocks it holds (`portcullis user unlock`, [`carry_out_unlocks`]).
     fn users(&self) -> Arc<Users> {
-        let (users, reloaded) = self.users.get();
-        if reloaded {
-            self.unlock(&users);
-        }
-        users
-    }
-
-    /// Makes the limiter forget the failures of each unlocked account up to
-    /// its `unlocked_at` (wall-clock seconds, turned into the limiter's
-    /// monotonic time; an unlock "in the future" of a skewed clock is now).
-    fn unlock(&self, users: &Users) {
-        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
-        let cutoffs: Vec<(&str, Instant)> = users
-            .unlocks()
-            .filter_map(|(name, at)| {
-                let at = std::time::UNIX_EPOCH + Duration::from_secs(at);
-                let ago = wall.duration_since(at).unwrap_or_default();
-                // None: before this process's clock began, nothing to forget.
-                Some((name, now.checked_sub(ago)?))
-            })
-            .collect();
-        for name in self.limiter.forget_before(&cutoffs, now) {
-            tracing::info!(
-                user = name,
-                "failed logins forgotten: unlocked with `portcullis user unlock`"
-            );
-        }
+        self.users.get()
     }
 
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.get().0
+        self.policy.get()
     }
 
     /// Reloads the users and the policy if their files changed (the
     /// watcher task in `state.rs`), logging each change.
-    /// A users reload here must carry out its unlocks as `users()` does:
-    /// once the watcher has taken the new file in, no login sees a reload.
     pub fn check_files(&self) {
-        if self.users.check_now() {
-            self.unlock(&self.users.get().0);
-        }
+        self.users.check_now();
         self.policy.check_now();
     }
 
@@ -511,6 +488,28 @@ impl Verification {
                 None
             }
         }
+    }
+}
+
+/// Makes the limiter forget the failures of each unlocked account up to
+/// its `unlocked_at` (wall-clock seconds, turned into the limiter's
+/// monotonic time; an unlock "in the future" of a skewed clock is now).
+fn carry_out_unlocks(limiter: &LoginLimiter, users: &Users) {
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    let cutoffs: Vec<(&str, Instant)> = users
+        .unlocks()
+        .filter_map(|(name, at)| {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(at);
+            let ago = wall.duration_since(at).unwrap_or_default();
+            // None: before this process's clock began, nothing to forget.
+            Some((name, now.checked_sub(ago)?))
+        })
+        .collect();
+    for name in limiter.forget_before(&cutoffs, now) {
+        tracing::info!(
+            user = name,
+            "failed logins forgotten: unlocked with `portcullis user unlock`"
+        );
     }
 }
 

@@ -66,6 +66,7 @@ impl Fingerprint {
 }
 
 type Loader<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
+type Reaction<T> = Box<dyn Fn(&T) + Send + Sync>;
 
 /// A value loaded from files, reloaded when they change.
 pub struct Watched<T> {
@@ -75,6 +76,10 @@ pub struct Watched<T> {
     check_every: Duration,
     current: RwLock<Arc<T>>,
     seen: Mutex<(Instant, Fingerprint)>,
+    /// Run on every version a reload puts in force, whoever looked (a
+    /// request or the watcher task), so nothing that depends on a new
+    /// version can be skipped by the other path.
+    on_reload: Option<Reaction<T>>,
 }
 
 impl<T: Summary + Send + Sync + 'static> Watched<T> {
@@ -95,7 +100,14 @@ impl<T: Summary + Send + Sync + 'static> Watched<T> {
             check_every: CHECK_EVERY,
             current: RwLock::new(Arc::new(value)),
             seen: Mutex::new((Instant::now(), before)),
+            on_reload: None,
         })
+    }
+
+    /// What to do with each version a reload brings (not the first load).
+    pub fn on_reload(mut self, react: impl Fn(&T) + Send + Sync + 'static) -> Self {
+        self.on_reload = Some(Box::new(react));
+        self
     }
 
     /// Looks at the files on every access (tests).
@@ -112,39 +124,46 @@ impl<T: Summary + Send + Sync + 'static> Watched<T> {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
     }
 
-    /// The current value, after reloading it if its files changed. Returns
-    /// whether a reload happened (so dependent caches can be dropped).
-    pub fn get(&self) -> (Arc<T>, bool) {
-        let reloaded = self.check(false);
+    /// The current value, after reloading it if its files changed.
+    pub fn get(&self) -> Arc<T> {
+        self.check(false);
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        (Arc::clone(&current), reloaded)
+        Arc::clone(&current)
     }
 
     /// Looks at the files now (the watcher task, which paces itself) and
-    /// reloads if they changed. Returns whether a reload happened.
-    pub fn check_now(&self) -> bool {
-        self.check(true)
+    /// reloads if they changed.
+    pub fn check_now(&self) {
+        self.check(true);
     }
 
-    fn check(&self, now: bool) -> bool {
+    fn check(&self, now: bool) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if !now && seen.0.elapsed() < self.check_every {
-            return false;
+            return;
         }
         seen.0 = Instant::now();
         let fingerprint = (self.fingerprint)();
         if fingerprint == seen.1 {
-            return false;
+            return;
         }
         // Remembered whatever the outcome: a bad version is reported once,
         // not at every check until it is fixed.
         seen.1 = fingerprint;
         match (self.load)() {
             Ok(value) => {
-                let summary = value.summary();
+                tracing::info!(
+                    what = self.what,
+                    "{} reloaded: {}",
+                    self.what,
+                    value.summary()
+                );
+                // Under the `seen` lock: the reaction to one version ends
+                // before another check can bring the next.
+                if let Some(react) = &self.on_reload {
+                    react(&value);
+                }
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
-                tracing::info!(what = self.what, "{} reloaded: {summary}", self.what);
-                true
             }
             Err(e) => {
                 // One line for the whole refusal, however many problems
@@ -156,7 +175,6 @@ impl<T: Summary + Send + Sync + 'static> Watched<T> {
                     "{} reload refused, the previous version stays in force",
                     self.what
                 );
-                false
             }
         }
     }
@@ -164,6 +182,8 @@ impl<T: Summary + Send + Sync + 'static> Watched<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     impl Summary for u32 {
@@ -178,6 +198,7 @@ mod tests {
         let file = dir.path().join("n.txt");
         std::fs::write(&file, "1").unwrap();
         let path = file.clone();
+        let reloads = Arc::new(AtomicUsize::new(0));
         let watched = Watched::new(
             "number",
             {
@@ -190,18 +211,35 @@ mod tests {
             },
         )
         .unwrap()
-        .check_always();
-        assert_eq!((*watched.get().0, watched.get().1), (1, false));
+        .check_always()
+        .on_reload({
+            let reloads = Arc::clone(&reloads);
+            move |_| {
+                reloads.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        assert_eq!(*watched.get(), 1);
+        assert_eq!(
+            reloads.load(Ordering::SeqCst),
+            0,
+            "the first load is no reload"
+        );
         std::fs::write(&file, "22").unwrap();
-        let (value, reloaded) = watched.get();
-        assert_eq!((*value, reloaded), (22, true));
+        assert_eq!(*watched.get(), 22);
+        assert_eq!(reloads.load(Ordering::SeqCst), 1);
         std::fs::write(&file, "not a number").unwrap();
-        assert_eq!(*watched.get().0, 22);
+        assert_eq!(*watched.get(), 22);
+        assert_eq!(
+            reloads.load(Ordering::SeqCst),
+            1,
+            "a refused version brings no reaction"
+        );
         std::fs::write(&file, "333").unwrap();
-        assert_eq!(*watched.get().0, 333);
+        assert_eq!(*watched.get(), 333);
+        assert_eq!(reloads.load(Ordering::SeqCst), 2);
         std::fs::remove_file(&file).unwrap();
         assert_eq!(
-            *watched.get().0,
+            *watched.get(),
             333,
             "a vanished file keeps the last good value"
         );

@@ -161,8 +161,11 @@ pub fn copy_project_policies(dir: &Path) {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).expect("create policies/");
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    for entry in std::fs::read_dir(shipped).expect("read policies/") {
+    let mut copied = 0;
+    for entry in std::fs::read_dir(&shipped).expect("read policies/") {
         let path = entry.expect("entry").path();
         std::fs::copy(&path, policies.join(path.file_name().expect("name"))).expect("copy policy");
+        copied += 1;
     }
+    assert!(copied > 0, "no policy files in {}", shipped.display());
 }
