@@ -38,12 +38,13 @@ pub fn authorize(
     let headers = &parts.headers;
     let required = endpoint.required_access();
     let refuse = |reason: &str, claims: Option<&Claims>, error: Option<&str>| {
+        // Scopes as the challenge names them, computed once for it and the log.
+        let scopes: Vec<String> = required.iter().filter_map(scope_of).collect();
         let subject = match claims {
             Some(c) if c.sub.is_empty() => "anonymous",
             Some(c) => c.sub.as_str(),
             None => "none",
         };
-        let scopes: Vec<String> = required.iter().filter_map(scope_of).collect();
         let carried = claims.map_or_else(String::new, |c| super::token::scope_string(&c.access));
         let addr = addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         // The path without its query: a query may hold what a client
@@ -67,7 +68,7 @@ pub fn authorize(
                 "request refused"
             );
         }
-        challenge(state, authority, parts, &required, error)
+        challenge(state, authority, parts, &required, &scopes, error)
     };
     let Some(token) = bearer(headers) else {
         return Err(refuse("no token", None, None));
@@ -123,9 +124,9 @@ fn challenge(
     authority: &Authority,
     parts: &Parts,
     required: &[Access],
+    scopes: &[String],
     error: Option<&str>,
 ) -> ApiError {
-    let scopes: Vec<String> = required.iter().filter_map(scope_of).collect();
     let mut value = format!(
         "Bearer realm=\"{}/token\",service=\"{}\"",
         public_base(state, parts),
