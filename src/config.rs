@@ -70,6 +70,39 @@ pub struct TlsConfig {
     /// a permanent redirect to the same path over HTTPS. Unset: none.
     #[serde(default)]
     pub redirect_http: Option<SocketAddr>,
+    /// CA certificates (PEM) that client certificates must chain to. Set:
+    /// clients are asked for a certificate, and a token request that
+    /// carries no other credential is made as the account the
+    /// certificate's subject common name (CN) names. Unset: none asked.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: whether a connection without a client certificate
+    /// is served (`optional`, the default) or refused in the handshake
+    /// (`required`).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+impl TlsConfig {
+    /// A pair with nothing else set.
+    pub fn pair(cert: PathBuf, key: PathBuf) -> Self {
+        Self {
+            cert,
+            key,
+            redirect_http: None,
+            client_ca: None,
+            client_auth: ClientAuth::default(),
+        }
+    }
+}
+
+/// `server.tls.client_auth`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -378,6 +411,21 @@ impl Config {
                     let span = lookup(root, &["server", "tls", key]);
                     reader.at_opt(span, format!("server.tls.{key} must not be empty"));
                 }
+            }
+            if tls.client_auth == ClientAuth::Required && tls.client_ca.is_none() {
+                let span = lookup(root, &["server", "tls", "client_auth"]);
+                reader.at_opt(
+                    span,
+                    "server.tls.client_auth = \"required\" needs server.tls.client_ca, the CA that signs the client certificates".to_owned(),
+                );
+            }
+            if tls
+                .client_ca
+                .as_ref()
+                .is_some_and(|p| p.as_os_str().is_empty())
+            {
+                let span = lookup(root, &["server", "tls", "client_ca"]);
+                reader.at_opt(span, "server.tls.client_ca must not be empty".to_owned());
             }
             if tls.redirect_http == Some(self.server.listen) {
                 let span = lookup(root, &["server", "tls", "redirect_http"]);

@@ -54,6 +54,8 @@ error_codes! {
     Unsupported => ("UNSUPPORTED", METHOD_NOT_ALLOWED, "the operation is unsupported"),
     NotFound => ("UNSUPPORTED", NOT_FOUND, "no such endpoint"),
     TooManyRequests => ("TOOMANYREQUESTS", TOO_MANY_REQUESTS, "too many requests"),
+    // Not in the spec either: a backend (an identity source) is down.
+    Unavailable => ("UNAVAILABLE", SERVICE_UNAVAILABLE, "service unavailable"),
     Internal => ("UNKNOWN", INTERNAL_SERVER_ERROR, "internal error"),
     // Not in the spec, which has no code for it; clients show the message.
     StorageFull => ("STORAGE_FULL", INSUFFICIENT_STORAGE, "the registry's storage is full"),
@@ -218,7 +220,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         use axum::http::header::RETRY_AFTER;
         match e {
-            AuthError::BadCredentials => ApiError::new(ErrorCode::Unauthorized)
+            AuthError::BadCredentials { .. } => ApiError::new(ErrorCode::Unauthorized)
                 .message(e.to_string())
                 .oauth("invalid_grant"),
             AuthError::BadRefreshToken | AuthError::UnknownAccount => {
@@ -241,6 +243,14 @@ impl From<AuthError> for ApiError {
                         RETRY_AFTER,
                         crate::auth::ratelimit::retry_after_secs(wait).to_string(),
                     )
+            }
+            AuthError::SourceUnavailable(_) => {
+                // The cause is for the operator; the client learns only
+                // that logins cannot be checked now.
+                tracing::error!(error = %e, "login not checked");
+                ApiError::new(ErrorCode::Unavailable)
+                    .message("identity source unavailable, retry later")
+                    .oauth("temporarily_unavailable")
             }
             AuthError::Storage(cause) => ApiError::from(cause),
             AuthError::Token(_) | AuthError::Internal(_) => {

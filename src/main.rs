@@ -111,12 +111,13 @@ fn main() -> ExitCode {
                 config.auth.enabled = false;
             }
             if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
-                let redirect_http = config.server.tls.take().and_then(|t| t.redirect_http);
-                config.server.tls = Some(portcullis::config::TlsConfig {
-                    cert,
-                    key,
-                    redirect_http,
+                // The pair from the command line, the rest of [server.tls]
+                // (redirect, client certificates) from the configuration.
+                let mut tls = config.server.tls.take().unwrap_or_else(|| {
+                    portcullis::config::TlsConfig::pair(cert.clone(), key.clone())
                 });
+                (tls.cert, tls.key) = (cert, key);
+                config.server.tls = Some(tls);
             }
             serve(config, source)
         }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::tls::{curl, keygen_tls_for};
 use common::clients::stderr_of;
 use common::docker::{DockerCli, DockerEngine, RegistryTrust, docker_archive};
+use common::pki::{TestCa, Validity};
 use common::process::{ServerProcess, config_in, copy_project_policies, run_in};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -68,16 +69,20 @@ impl World {
     /// does not trust it until [`World::trust`] is called. The daemon's
     /// configuration is empty: no `insecure-registries`.
     fn start_tls() -> Self {
+        Self::start_tls_with("")
+    }
+
+    /// [`World::start_tls`] with `extra` lines in `[server.tls]`.
+    fn start_tls_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = keygen_tls_for(&dir.path().join("tls"), &[TLS_ADDRESS], false);
         let key = dir.path().join("tls/tls.key");
-        let args = [
-            "--tls-cert",
+        let tls = format!(
+            "\n[server.tls]\ncert = {:?}\nkey = {:?}\n{extra}",
             ca.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ];
-        let mut world = Self::start_serving(&args, Some(dir));
+            key.to_str().unwrap()
+        );
+        let mut world = Self::start_serving_with(&[], Some(dir), &tls);
         assert!(
             world.server.url.starts_with("https://"),
             "{}",
@@ -93,8 +98,17 @@ impl World {
     /// The server with `serve_args` after its configuration, in `dir` (a new
     /// one when `None`).
     fn start_serving(serve_args: &[&str], dir: Option<TempDir>) -> Self {
+        Self::start_serving_with(serve_args, dir, "")
+    }
+
+    /// [`World::start_serving`] with `config` appended to the configuration.
+    fn start_serving_with(serve_args: &[&str], dir: Option<TempDir>, config: &str) -> Self {
         let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("tempdir"));
-        let config = config_in(dir.path());
+        let file = config_in(dir.path());
+        let mut text = fs::read_to_string(&file).expect("read portcullis.toml");
+        text.push_str(config);
+        fs::write(&file, text).expect("write portcullis.toml");
+        let config = file;
         copy_project_policies(dir.path());
         for (user, password) in [("alice", ALICE_PASSWORD), ("bob", BOB_PASSWORD)] {
             run_in(dir.path(), &["user", "add", user], &format!("{password}\n"));
@@ -267,7 +281,14 @@ fn docker_push_rmi_pull_round_trip() {
 /// Pushes an image, removes it and pulls it back (alice logged in).
 fn push_rmi_pull(world: &World) {
     let reference = world.image("alice/app:v1");
-    let id = world.load(&reference, common::oci::oci_arch());
+    world.load(&reference, common::oci::oci_arch());
+    push_rmi_pull_loaded(world, &reference);
+}
+
+/// Pushes the loaded image `reference`, removes it and pulls it back.
+fn push_rmi_pull_loaded(world: &World, reference: &str) {
+    let id = world.image_id(reference);
+    let reference = reference.to_owned();
     let pushed = world.docker.run(&["push", &reference]);
     let printed = String::from_utf8_lossy(&pushed.stdout);
     assert_contains(&printed, "v1: digest: sha256:");
@@ -418,6 +439,47 @@ fn docker_over_tls_manifest_list_push_and_platform_pull() {
     let _trust = world.trust();
     world.login_alice();
     manifest_list_push_and_platform_pull(&world);
+}
+
+#[test]
+fn docker_with_a_client_certificate_pushes_and_pulls_without_login() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clients = TestCa::new(dir.path(), "clients");
+    let world = World::start_tls_with(&format!(
+        "client_ca = {:?}\nclient_auth = \"required\"\n",
+        clients.cert.to_str().unwrap()
+    ));
+    let ca = fs::read(world.ca.as_ref().unwrap()).expect("read CA");
+    let reference = world.image("alice/app:v1");
+    world.load(&reference, common::oci::oci_arch());
+
+    // Trusting the server is not enough when a certificate is required.
+    let trust = RegistryTrust::install(&world.host, &ca, None);
+    let out = world.docker.fails(&["push", &reference]);
+    assert_contains(&printed(&out), "certificate required");
+    drop(trust);
+
+    // alice's certificate in certs.d: docker presents it, and the token
+    // endpoint takes it for alice with no login.
+    let alice = clients.issue("alice", Some("alice"), Validity::Current);
+    let _trust = RegistryTrust::install(
+        &world.host,
+        &ca,
+        Some((&alice.cert_pem(), &alice.key_pem())),
+    );
+    push_rmi_pull_loaded(&world, &reference);
+    assert!(
+        !world.docker.config_text().contains(&world.host),
+        "docker stored credentials it was never given"
+    );
+    // The certificate is alice: bob's namespace is closed to it.
+    let bobs = world.image("bob/app:v1");
+    world.load(&bobs, common::oci::oci_arch());
+    let out = world.docker.fails(&["push", &bobs]);
+    assert_contains(
+        &printed(&out),
+        "denied: requested access to the resource is denied",
+    );
 }
 
 /// Not a test of Portcullis: the harness's own promise that an engine's

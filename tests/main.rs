@@ -26,6 +26,7 @@ mod cli_check;
 mod cli_keygen;
 mod cli_policy;
 mod cli_users;
+mod client_certs;
 mod clients;
 mod connections;
 mod crash;

@@ -70,7 +70,7 @@ fn setup(extra: &str) -> tempfile::TempDir {
 /// `portcullis serve` in `dir` (its ./portcullis.toml) with `args`, its log
 /// at `info` read line by line, plus the `debug` line naming the path each
 /// blob download took.
-fn serve(dir: &Path, args: &[&str]) -> (ServerProcess, Log) {
+pub(crate) fn serve(dir: &Path, args: &[&str]) -> (ServerProcess, Log) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     command
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -390,7 +390,7 @@ async fn a_bad_new_pair_is_refused_logged_and_the_old_one_kept() {
 
 /// Writes `path` whole at once (a temporary file renamed over it), so that
 /// the watcher never sees it half written: each edit is one reload.
-fn replace(path: &Path, content: &[u8]) {
+pub(crate) fn replace(path: &Path, content: &[u8]) {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, content).unwrap();
     fs::rename(&tmp, path).unwrap();

@@ -122,7 +122,7 @@ async fn handle(
         )),
         Endpoint::Catalog(page) => {
             // The catalog lists only what the caller may pull.
-            let visible = catalog_filter(state, grant, addr);
+            let visible = catalog_filter(state, grant, addr).await?;
             lists::catalog(storage, page, visible).await
         }
         Endpoint::Tags { name, page } => lists::tags(storage, &name, page).await,
@@ -174,26 +174,28 @@ async fn handle(
 }
 
 /// Which repositories a catalog caller may see: those the policy lets them
-/// pull now. `None` when everything is visible (authentication disabled).
-fn catalog_filter(
+/// pull now, with the groups the token's subject has now. `None` when
+/// everything is visible (authentication disabled).
+async fn catalog_filter(
     state: &AppState,
     grant: &authorize::Grant,
     addr: Option<std::net::IpAddr>,
-) -> Option<lists::Visible> {
-    let (authority, authorize::Grant::Token(claims)) = (state.auth.as_ref()?, grant) else {
-        return None;
+) -> Result<Option<lists::Visible>, ApiError> {
+    let (Some(authority), authorize::Grant::Token(claims)) = (state.auth.as_ref(), grant) else {
+        return Ok(None);
     };
-    let account = (!claims.sub.is_empty())
-        .then(|| authority.account(&claims.sub))
-        .flatten();
-    let caller = crate::auth::caller(account.as_ref(), addr);
+    let identity = match claims.sub.is_empty() {
+        true => None,
+        false => authority.lookup(&claims.sub).await?,
+    };
+    let caller = crate::auth::caller(identity.as_ref(), addr);
     let policy = authority.policy();
-    Some(Box::new(move |name: &str| {
+    Ok(Some(Box::new(move |name: &str| {
         !policy
             .decide(&caller, name, &[Action::Pull])
             .granted
             .is_empty()
-    }))
+    })))
 }
 
 /// A request body as the storage layer's byte stream.

@@ -17,11 +17,12 @@ use serde_json::json;
 
 use super::json_response;
 use crate::AppState;
+use crate::auth::identity::Identity;
 use crate::auth::scope::{AccessEntry, ResourceScope};
-use crate::auth::users::Account;
 use crate::auth::{AuthError, Authority, caller};
 use crate::error::{ApiError, ErrorCode};
 use crate::serve::Peer;
+use crate::serve::tls::ClientCert;
 
 /// Largest form body accepted by `POST /token`.
 const MAX_FORM: usize = 64 << 10;
@@ -31,8 +32,17 @@ pub async fn get(State(state): State<Arc<AppState>>, request: Request) -> Respon
         return ApiError::new(ErrorCode::NotFound).into_response();
     };
     let mut record = Record::new(client_addr(&request));
+    let certificate = request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .and_then(|c| c.0.client_cert.clone());
     let (parts, _) = request.into_parts();
-    let result = get_token(authority, &parts.headers, parts.uri.query(), &mut record).await;
+    let asked = Asked {
+        headers: &parts.headers,
+        query: parts.uri.query(),
+        certificate: certificate.as_deref(),
+    };
+    let result = get_token(authority, asked, &mut record).await;
     record.log(&result);
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -68,11 +78,16 @@ fn client_addr(request: &Request) -> Option<IpAddr> {
 /// password and tokens never enter it.
 struct Record {
     addr: Option<IpAddr>,
-    /// How the caller identified: `anonymous`, `basic` (`GET`), `password`
-    /// or `refresh_token` (`POST`).
+    /// How the caller identified: `anonymous`, `basic` or `certificate` (a
+    /// TLS client certificate; `GET`), `password` or `refresh_token` (`POST`).
     grant: &'static str,
     /// The name the caller gave or the refresh token named; `None`: anonymous.
     user: Option<String>,
+    /// The identity source that vouched for `user`, once one did.
+    source: Option<&'static str>,
+    /// The subject of the connection's client certificate, when it was the
+    /// credential.
+    subject: Option<String>,
     service: Option<String>,
     /// The scopes as sent, space-separated.
     asked: String,
@@ -89,6 +104,8 @@ impl Record {
             addr,
             grant: "anonymous",
             user: None,
+            source: None,
+            subject: None,
             service: None,
             asked: String::new(),
             granted: String::new(),
@@ -112,6 +129,8 @@ impl Record {
         match result {
             Ok(_) => tracing::info!(
                 user,
+                source = self.source,
+                certificate = self.subject.as_deref(),
                 addr,
                 grant = self.grant,
                 service,
@@ -122,6 +141,7 @@ impl Record {
             ),
             Err(e) => tracing::info!(
                 user,
+                certificate = self.subject.as_deref(),
                 addr,
                 grant = self.grant,
                 service,
@@ -170,30 +190,52 @@ impl TokenQuery {
     }
 }
 
+/// What a `GET /token` brings: its headers and query, and the client
+/// certificate of its connection.
+struct Asked<'a> {
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    certificate: Option<&'a ClientCert>,
+}
+
 async fn get_token(
     authority: &Authority,
-    headers: &HeaderMap,
-    query: Option<&str>,
+    asked: Asked<'_>,
     record: &mut Record,
 ) -> Result<Response, ApiError> {
-    let q = TokenQuery::parse(query);
+    let q = TokenQuery::parse(asked.query);
     record.service = q.service.clone();
     record.asked = q.scopes.join(" ");
     check_service(authority, q.service.as_deref(), false)?;
     let scopes = parse_scopes(q.scopes.iter().map(String::as_str))?;
-    let account = match basic_credentials(headers)? {
-        Some((user, password)) => {
+    // Credentials in the request come first; a client certificate stands
+    // for its subject only in a request that carries none.
+    let (account, refreshable) = match (basic_credentials(asked.headers)?, asked.certificate) {
+        (Some((user, password)), _) => {
             record.grant = "basic";
             record.user = Some(user.clone());
             if q.account.as_deref().is_some_and(|a| a != user) {
                 return Err(invalid("account does not match the credentials"));
             }
-            Some(login(authority, &user, &password, record).await?)
+            (
+                Some(login(authority, &user, &password, record).await?),
+                true,
+            )
         }
-        None => None,
+        (None, Some(certificate)) => {
+            record.grant = "certificate";
+            let identity = certificate_identity(authority, certificate, record).await?;
+            if q.account.as_deref().is_some_and(|a| a != identity.name) {
+                return Err(invalid("account does not match the client certificate"));
+            }
+            // No refresh token: the certificate is the credential, checked
+            // in every handshake, and a refresh token would outlive it.
+            (Some(identity), false)
+        }
+        (None, None) => (None, false),
     };
     let refresh = match &account {
-        Some(account) if q.offline_token => Some(authority.issue_refresh(account)?),
+        Some(account) if q.offline_token && refreshable => Some(authority.issue_refresh(account)?),
         _ => None,
     };
     respond(authority, account.as_ref(), record, &scopes, refresh, false)
@@ -244,6 +286,7 @@ async fn post_token(
             };
             let account = authority.redeem_refresh(&state.storage, refresh).await?;
             record.user = Some(account.name.clone());
+            record.source = Some(account.source);
             // The same refresh token goes back: docker never stores a
             // rotated one.
             (account, Some(refresh.to_owned()))
@@ -262,25 +305,61 @@ async fn login(
     user: &str,
     password: &str,
     record: &mut Record,
-) -> Result<Account, ApiError> {
+) -> Result<Identity, ApiError> {
     // Without a peer address (never the case over TCP) all such callers
     // share one limiter slot: stricter, never looser.
     let addr = record.addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     match authority.login(user, password, addr).await {
-        Ok(account) => Ok(account),
-        Err(e @ AuthError::BadCredentials) => {
+        Ok(identity) => {
+            record.source = Some(identity.source);
+            Ok(identity)
+        }
+        Err(e @ AuthError::BadCredentials { unknown_user }) => {
             // The client is told the same thing either way (no account
             // enumeration), but the log says which, as distribution's and
             // docker_auth's do: the person reading it is the operator, who
             // needs to tell a typo in a name (`Frank`) from a forgotten
             // password. The log holds the name tried, never the password.
-            record.reason = Some(match authority.account(user) {
-                Some(_) => "wrong password",
-                None => "unknown user",
+            record.reason = Some(match unknown_user {
+                true => "unknown user",
+                false => "wrong password",
             });
             Err(e.into())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The identity a verified client certificate stands for: the account its
+/// subject's common name names, from the identity sources, with that
+/// account's groups. A certificate without a CN, or whose CN names no
+/// account, is refused (401), not served as anonymous: its holder meant to
+/// be someone.
+async fn certificate_identity(
+    authority: &Authority,
+    certificate: &ClientCert,
+    record: &mut Record,
+) -> Result<Identity, ApiError> {
+    let refused = || {
+        ApiError::new(ErrorCode::Unauthorized)
+            .message("the client certificate names no account")
+            .oauth("invalid_grant")
+    };
+    record.subject = Some(certificate.subject.clone());
+    let Some(name) = &certificate.name else {
+        record.reason = Some("client certificate subject has no common name");
+        return Err(refused());
+    };
+    record.user = Some(name.clone());
+    match authority.lookup(name).await? {
+        Some(identity) => {
+            record.source = Some(identity.source);
+            Ok(identity)
+        }
+        None => {
+            record.reason = Some("client certificate names an unknown user");
+            Err(refused())
+        }
     }
 }
 
@@ -335,7 +414,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Ap
 
 fn respond(
     authority: &Authority,
-    account: Option<&Account>,
+    account: Option<&Identity>,
     record: &mut Record,
     scopes: &[ResourceScope],
     refresh: Option<String>,

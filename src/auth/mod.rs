@@ -1,8 +1,10 @@
-//! Identity and tokens: who is asking (file users; LDAP later), what the
-//! policy lets them do, and the tokens that carry it. [`Authority`] is the
-//! one object the HTTP layer talks to; it knows nothing of HTTP itself.
+//! Identity and tokens: who is asking (the identity sources of
+//! [`identity`]), what the policy lets them do, and the tokens that carry
+//! it. [`Authority`] is the one object the HTTP layer talks to; it knows
+//! nothing of HTTP itself.
 
 pub mod gate;
+pub mod identity;
 pub mod keys;
 pub mod ratelimit;
 pub mod reload;
@@ -13,7 +15,7 @@ pub mod users_file;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,22 +27,27 @@ use crate::config::Config;
 use crate::policy::{Caller, Policy, RuleOrigin};
 use crate::storage::Storage;
 use gate::{GateError, VerifyGate};
+use identity::file::FileSource;
+use identity::{Chain, Identity, IdentityError, Login};
 use keys::{KeyKind, KeyRing};
 use ratelimit::{LimitConfig, LoginLimiter, Refusal, Reservation};
 use reload::{Fingerprint, Watched};
 use scope::{AccessEntry, Action, ResourceScope};
 use token::{Claims, TokenError};
-use users::{Account, Users, Verified, VerifyCache};
-use users_file::UsersFile;
+use users::{Users, VerifyCache};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// The client is told the same either way (no account enumeration);
+    /// `unknown_user` is for the operator's log.
     #[error("incorrect username or password")]
-    BadCredentials,
+    BadCredentials { unknown_user: bool },
     #[error("too many failed logins, retry in {} s", ratelimit::retry_after_secs(*.0))]
     TooManyFailures(Duration),
     #[error(transparent)]
     Busy(#[from] GateError),
+    #[error("identity source unavailable: {0}")]
+    SourceUnavailable(String),
     #[error("refresh token invalid, expired or revoked")]
     BadRefreshToken,
     #[error("the account no longer exists")]
@@ -100,14 +107,10 @@ impl std::fmt::Display for Refused {
 pub struct Authority {
     pub settings: TokenSettings,
     pub keys: KeyRing,
-    users: Arc<Watched<Users>>,
-    /// The users file, which a login rewrites to upgrade an outdated hash.
-    users_file: PathBuf,
+    identities: Chain,
     policy: Watched<Policy>,
-    verified_logins: Arc<VerifyCache>,
     verified_tokens: TokenCache,
     limiter: Arc<LoginLimiter>,
-    gate: VerifyGate,
     /// How long an attempt waits for the attempts in flight before it.
     in_flight_wait: Duration,
 }
@@ -122,6 +125,7 @@ impl Authority {
             KeyRing::load_or_generate(&config.token.key_dir, kind).map_err(|e| e.to_string())?;
         let users_file = config.users.file.clone();
         let limiter = Arc::new(LoginLimiter::new(LimitConfig::from(&config.auth)));
+        let wait = Duration::from_millis(config.auth.verification_wait_ms);
         let users = Arc::new(
             Watched::new(
                 "users",
@@ -164,7 +168,19 @@ impl Authority {
                 "no users yet: add one with `portcullis user add NAME`"
             );
         }
-        let wait = Duration::from_millis(config.auth.verification_wait_ms);
+        let file_users = FileSource::new(
+            users,
+            &config.users.file,
+            VerifyCache::new(Duration::from_secs(config.users.cache_secs)),
+            VerifyGate::new(
+                config.auth.max_concurrent_verifications as usize,
+                config.auth.verification_queue as usize,
+                wait,
+            ),
+        );
+        // The users file is the one source so far; the next ones join this
+        // list in their configured order.
+        let identities = Chain::new(vec![Arc::new(file_users)]);
         tracing::info!(
             service = %config.token.service,
             issuer = %config.token.issuer,
@@ -183,38 +199,22 @@ impl Authority {
                 ),
             },
             keys,
-            users,
-            users_file: config.users.file.clone(),
+            identities,
             policy,
-            verified_logins: Arc::new(VerifyCache::new(Duration::from_secs(
-                config.users.cache_secs,
-            ))),
             verified_tokens: TokenCache::default(),
             limiter,
-            gate: VerifyGate::new(
-                config.auth.max_concurrent_verifications as usize,
-                config.auth.verification_queue as usize,
-                wait,
-            ),
             in_flight_wait: wait,
         })
-    }
-
-    /// The current users. Remembered logins survive a reload: each is
-    /// checked against the hash its user has now. A reload also carries out
-    /// the unlocks it holds (`portcullis user unlock`, [`carry_out_unlocks`]).
-    fn users(&self) -> Arc<Users> {
-        self.users.get()
     }
 
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.get()
     }
 
-    /// Reloads the users and the policy if their files changed (the
-    /// watcher task in `state.rs`), logging each change.
+    /// Reloads the identity sources and the policy if their files changed
+    /// (the watcher task in `state.rs`), logging each change.
     pub fn check_files(&self) {
-        self.users.check_now();
+        self.identities.reload_if_changed(true);
         self.policy.check_now();
     }
 
@@ -222,43 +222,44 @@ impl Authority {
     /// first reserved with the failed-login limiter (refused at once, 429,
     /// while the account or the address is throttled; made to wait a little
     /// while attempts in flight fill a threshold), so a concurrent burst gets
-    /// no more verifications than the threshold. Then the verification
-    /// cache, and only on a miss a slot among the bounded verifications
-    /// (429 when none frees up in time) and the hash on the blocking pool
-    /// (argon2 is slow by design and must not stall the async threads).
+    /// no more checks than the threshold. Then the identity sources, in
+    /// order ([`Chain::login`]); each bounds its own slow work.
     pub async fn login(
         &self,
         name: &str,
         password: &str,
         addr: IpAddr,
-    ) -> Result<Account, AuthError> {
-        // The users first: a reload may carry an unlock the limiter must
+    ) -> Result<Identity, AuthError> {
+        // The sources first: a reload may carry an unlock the limiter must
         // know of before it judges this attempt.
-        let users = self.users();
+        self.identities.reload_if_changed(false);
         let reservation = self.reserve(name, addr).await?;
-        if let Some(account) = self.verified_logins.get(&users, name, password) {
-            reservation.success(Instant::now());
-            return Ok(account);
-        }
-        // Refused here, the reservation is dropped: released, not a failure.
-        let permit = self.gate.enter().await?;
-        let job = Verification {
-            users,
-            watched: Arc::clone(&self.users),
-            file: self.users_file.clone(),
-            cache: Arc::clone(&self.verified_logins),
-            name: name.to_owned(),
-            password: password.to_owned(),
-        };
-        // The reservation resolves on the blocking thread, so a client that
-        // hangs up mid-verification is still counted.
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            job.run(reservation)
+        let identities = self.identities.clone();
+        let (name, password) = (name.to_owned(), password.to_owned());
+        // Its own task, so that the reservation resolves even when the
+        // client hangs up mid-check: a burst of abandoned attempts is still
+        // counted.
+        tokio::spawn(async move {
+            match identities.login(&name, &password).await {
+                Ok(Login::Verified(identity)) => {
+                    reservation.success(Instant::now());
+                    Ok(identity)
+                }
+                Ok(refused) => {
+                    reservation.failure(Instant::now());
+                    Err(AuthError::BadCredentials {
+                        unknown_user: matches!(refused, Login::Unknown),
+                    })
+                }
+                // Not the caller's failure: the reservation is released.
+                Err(IdentityError::Busy(e)) => Err(AuthError::Busy(e)),
+                Err(e @ IdentityError::Failed { .. }) => {
+                    Err(AuthError::SourceUnavailable(e.to_string()))
+                }
+            }
         })
         .await
         .map_err(|e| AuthError::Internal(e.to_string()))?
-        .ok_or(AuthError::BadCredentials)
     }
 
     async fn reserve(&self, name: &str, addr: IpAddr) -> Result<Reservation, AuthError> {
@@ -281,10 +282,14 @@ impl Authority {
         }
     }
 
-    /// The account behind a subject now (its groups may have changed since
-    /// a token was issued).
-    pub fn account(&self, name: &str) -> Option<Account> {
-        self.users().account(name)
+    /// The identity behind a name now, from the sources (its groups may
+    /// have changed since a token was issued; a TLS client certificate
+    /// vouches for a name, not for groups).
+    pub async fn lookup(&self, name: &str) -> Result<Option<Identity>, AuthError> {
+        self.identities
+            .lookup(name)
+            .await
+            .map_err(|e| AuthError::SourceUnavailable(e.to_string()))
     }
 
     /// What the policy grants `caller` of the requested scopes: for each
@@ -380,7 +385,7 @@ impl Authority {
     /// A refresh token: a JWT for a separate audience (so it is never
     /// accepted as an access token) that names the subject and the stamp of
     /// its identity.
-    pub fn issue_refresh(&self, account: &Account) -> Result<String, AuthError> {
+    pub fn issue_refresh(&self, account: &Identity) -> Result<String, AuthError> {
         let s = &self.settings;
         let mut claims = Claims::new(
             &s.issuer,
@@ -402,7 +407,7 @@ impl Authority {
         &self,
         storage: &Storage,
         refresh: &str,
-    ) -> Result<Account, AuthError> {
+    ) -> Result<Identity, AuthError> {
         let s = &self.settings;
         let claims = token::verify(
             &self.keys,
@@ -415,79 +420,14 @@ impl Authority {
         if revocations.revokes(&claims.sub, claims.iat) {
             return Err(AuthError::BadRefreshToken);
         }
-        let account = self.account(&claims.sub).ok_or(AuthError::UnknownAccount)?;
+        let account = self
+            .lookup(&claims.sub)
+            .await?
+            .ok_or(AuthError::UnknownAccount)?;
         if claims.stamp.as_deref() != Some(account.stamp.as_str()) {
             return Err(AuthError::BadRefreshToken);
         }
         Ok(account)
-    }
-}
-
-/// One password check on the blocking pool, with what it needs to upgrade
-/// an outdated hash.
-struct Verification {
-    users: Arc<Users>,
-    watched: Arc<Watched<Users>>,
-    file: PathBuf,
-    cache: Arc<VerifyCache>,
-    name: String,
-    password: String,
-}
-
-impl Verification {
-    fn run(self, reservation: Reservation) -> Option<Account> {
-        let Some(verified) = self.users.verify(&self.name, &self.password) else {
-            reservation.failure(Instant::now());
-            return None;
-        };
-        let hash = match verified.outdated {
-            true => self.upgrade(&verified).unwrap_or(verified.hash),
-            false => verified.hash,
-        };
-        // Remembered before the reservation resolves, so that the attempts
-        // of a burst waiting on this one find it.
-        self.cache.insert(&self.name, &self.password, &hash);
-        reservation.success(Instant::now());
-        Some(verified.account)
-    }
-
-    /// Replaces an outdated hash (bcrypt, weaker argon2) in the users file
-    /// by one with the current parameters, and puts the result in force at
-    /// once; the identity stamp stays. Returns the new hash; `None` when the
-    /// file cannot be written (an htpasswd file) or changed meanwhile: the
-    /// next login tries again.
-    fn upgrade(&self, verified: &Verified) -> Option<String> {
-        if self.file.extension().is_none_or(|e| e != "toml") {
-            return None;
-        }
-        let name = self.name.as_str();
-        let new = users::hash_password(&self.password).ok()?;
-        let written = (|| {
-            let mut file = UsersFile::open(&self.file)?;
-            if !file.rehash(name, &verified.hash, &new)? {
-                return Ok(None);
-            }
-            file.save()?;
-            Ok::<_, users_file::EditError>(Some(file.render()))
-        })();
-        match written {
-            Ok(Some(text)) => {
-                match Users::from_toml(&self.file.display().to_string(), &text) {
-                    Ok(users) => self.watched.install(users),
-                    Err(e) => tracing::warn!(error = %e, "rehashed users file unreadable"),
-                }
-                tracing::info!(
-                    user = name,
-                    "password hash upgraded to the current argon2id parameters"
-                );
-                Some(new)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(user = name, error = %e, "password hash not upgraded");
-                None
-            }
-        }
     }
 }
 
@@ -546,7 +486,7 @@ fn catalog_entry() -> AccessEntry {
 }
 
 /// Builds the policy's view of a caller.
-pub fn caller(account: Option<&Account>, addr: Option<IpAddr>) -> Caller {
+pub fn caller(account: Option<&Identity>, addr: Option<IpAddr>) -> Caller {
     Caller {
         user: account.map(|a| a.name.clone()),
         groups: account.map(|a| a.groups.clone()).unwrap_or_default(),

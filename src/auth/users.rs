@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use serde::Deserialize;
+
+use crate::auth::identity::Identity;
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,20 +75,10 @@ pub enum UsersError {
     Hash,
 }
 
-/// A verified user, as the policy sees them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
-    pub name: String,
-    pub groups: Vec<String>,
-    /// The identity's stamp (see the module comment): refresh tokens are
-    /// bound to it.
-    pub stamp: String,
-}
-
 /// A successful password check.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub account: Account,
+    pub account: Identity,
     /// The hash the password was checked against.
     pub hash: String,
     /// The hash is bcrypt or argon2 with weaker than the current parameters:
@@ -107,9 +99,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn account(&self, name: &str) -> Account {
-        Account {
+    fn account(&self, name: &str) -> Identity {
+        Identity {
             name: name.to_owned(),
+            source: crate::auth::identity::file::NAME,
             groups: self.groups.clone(),
             stamp: self
                 .stamp
@@ -281,7 +274,7 @@ impl Users {
 
     /// The account of a user, without a password (refresh tokens re-check
     /// that the account still exists and what its groups are now).
-    pub fn account(&self, name: &str) -> Option<Account> {
+    pub fn account(&self, name: &str) -> Option<Identity> {
         self.users.get(name).map(|entry| entry.account(name))
     }
 
@@ -434,7 +427,7 @@ impl VerifyCache {
 
     /// The account, as `users` has it now, if this pair was verified
     /// recently against the hash the user still has.
-    pub fn get(&self, users: &Users, name: &str, password: &str) -> Option<Account> {
+    pub fn get(&self, users: &Users, name: &str, password: &str) -> Option<Identity> {
         let slot = self.slot(name, password);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let (expires, verified) = entries.get(&slot)?;

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use portcullis::auth::keys::{KeyError, KeyRing};
 use portcullis::auth::users::Users;
-use portcullis::config::Config;
+use portcullis::config::{ClientAuth, Config};
 use portcullis::policy::{Policy, PolicyError, PolicySource};
 
 /// What the check found, per file.
@@ -117,6 +117,19 @@ fn check_tls(config: &Config, report: &mut Report) {
     match portcullis::serve::tls::load_pair(tls) {
         Ok(_) => println!("tls: {} with {}", tls.cert.display(), tls.key.display()),
         Err(e) => report.problem(&tls.cert, e.to_string()),
+    }
+    if let Some(ca) = &tls.client_ca {
+        match portcullis::serve::tls::load_client_verifier(ca, tls.client_auth) {
+            Ok(_) => println!(
+                "tls: client certificates {} against {}",
+                match tls.client_auth {
+                    ClientAuth::Optional => "accepted",
+                    ClientAuth::Required => "required",
+                },
+                ca.display()
+            ),
+            Err(e) => report.problem(ca, e.to_string()),
+        }
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Peer {
     /// Set on plain TCP connections: file ranges may be sent with `sendfile`
     /// (over HTTP/1 only; the handler checks the request's version).
     pub zero_copy: Option<zero_copy::Sender>,
+    /// The client certificate the TLS handshake verified, if one was asked
+    /// for and given (`server.tls.client_ca`).
+    pub client_cert: Option<Arc<tls::ClientCert>>,
 }
 
 /// How long a connection asked to close (idle past its time, shed for
@@ -218,6 +221,7 @@ async fn plain(
     let peer = Peer {
         addr,
         zero_copy: Some(stream.sender()),
+        client_cert: None,
     };
     connection(stream, peer, app, registered, limits, stopping).await;
 }
@@ -261,9 +265,19 @@ async fn secure(
             _ = stopping.changed() => return,
         }
     };
+    // Verified in the handshake: only a certificate that chains to the
+    // client CA gets here.
+    let client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| tls::ClientCert::from_der(cert))
+        .map(Arc::new);
     let peer = Peer {
         addr,
         zero_copy: None,
+        client_cert,
     };
     connection(stream, peer, app, registered, limits, stopping).await;
 }

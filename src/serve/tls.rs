@@ -6,19 +6,29 @@
 //! keeps the session it negotiated with the old pair until it ends. A new
 //! pair that cannot be read, or whose key is not the certificate's, is
 //! refused with one log line and the old pair stays.
+//!
+//! With `client_ca`, clients are asked for a certificate chaining to it
+//! (required or optional, `client_auth`); the CA file is reloaded like the
+//! pair, behind a verifier that delegates to the current one. A verified
+//! client certificate reaches the handlers as [`ClientCert`], the name its
+//! subject gives; mapping that name to an account is the token endpoint's.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::auth::reload::{CHECK_EVERY, Fingerprint};
-use crate::config::TlsConfig;
+use crate::config::{ClientAuth, TlsConfig};
 
 /// Why a certificate pair could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +41,8 @@ pub enum TlsError {
     Key { path: PathBuf, reason: String },
     #[error("{} does not hold the key of the certificate in {}", key.display(), cert.display())]
     Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("{}: cannot read the client CA certificates: {reason}", path.display())]
+    ClientCa { path: PathBuf, reason: String },
     #[error("TLS setup: {0}")]
     Setup(String),
 }
@@ -73,6 +85,128 @@ pub fn load_pair(tls: &TlsConfig) -> Result<CertifiedKey, TlsError> {
     Ok(pair)
 }
 
+/// The verifier of client certificates for `client_ca`: certificates must
+/// chain to one of the file's CA certificates.
+pub fn load_client_verifier(
+    path: &Path,
+    auth: ClientAuth,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let bad = |reason: String| TlsError::ClientCa {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in the file".into()));
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = match auth {
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+        ClientAuth::Required => builder,
+    };
+    builder.build().map_err(|e| bad(e.to_string()))
+}
+
+/// The client verifier new handshakes use: rustls keeps one verifier per
+/// server configuration, so this one delegates to whichever the last good
+/// load of `client_ca` made.
+struct CurrentClientCa(RwLock<Arc<dyn ClientCertVerifier>>);
+
+impl fmt::Debug for CurrentClientCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("current client CA")
+    }
+}
+
+impl CurrentClientCa {
+    fn get(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl ClientCertVerifier for CurrentClientCa {
+    fn offer_client_auth(&self) -> bool {
+        self.get().offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.get().client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints are optional in both TLS versions and borrowing them
+        // from a verifier that a reload may replace is not possible: sent
+        // empty, clients offer whichever certificate they were given.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.get()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.get().supported_verify_schemes()
+    }
+}
+
+/// A client certificate the handshake verified, as handlers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject's first common name (CN), the name it vouches for.
+    /// `None`: the subject has none, so it names no one.
+    pub name: Option<String>,
+    /// The whole subject, for the log.
+    pub subject: String,
+}
+
+impl ClientCert {
+    /// The end-entity certificate of a verified chain. `None` only for a
+    /// certificate x509-parser cannot read, which webpki accepted.
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let subject = cert.subject();
+        let name = subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        Some(Self {
+            name,
+            subject: subject.to_string(),
+        })
+    }
+}
+
 /// The pair new handshakes get.
 struct Current(RwLock<Arc<CertifiedKey>>);
 
@@ -95,11 +229,15 @@ impl ResolvesServerCert for Current {
 pub struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
     current: Arc<Current>,
+    client_ca: Option<Arc<CurrentClientCa>>,
     files: TlsConfig,
     /// The files' fingerprint as they were loaded at start: the watcher
     /// compares against it, so an edit made before its first look counts.
-    loaded: (Fingerprint, Fingerprint),
+    loaded: Files,
 }
+
+/// Fingerprints of the pair's two files and of the client CA file.
+type Files = (Fingerprint, Fingerprint, Option<Fingerprint>);
 
 impl Tls {
     /// Loads the pair `tls` names; TLS 1.2 and 1.3 only, ALPN `h2` then
@@ -108,15 +246,27 @@ impl Tls {
         let loaded = fingerprint(tls);
         let pair = load_pair(tls)?;
         let current = Arc::new(Current(RwLock::new(Arc::new(pair))));
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        let client_ca = match &tls.client_ca {
+            Some(path) => Some(Arc::new(CurrentClientCa(RwLock::new(
+                load_client_verifier(path, tls.client_auth)?,
+            )))),
+            None => None,
+        };
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| TlsError::Setup(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+        let builder = match &client_ca {
+            Some(verifier) => builder
+                .with_client_cert_verifier(Arc::clone(verifier) as Arc<dyn ClientCertVerifier>),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config =
+            builder.with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             current,
+            client_ca,
             files: tls.clone(),
             loaded,
         })
@@ -124,6 +274,27 @@ impl Tls {
 
     pub fn acceptor(&self) -> &tokio_rustls::TlsAcceptor {
         &self.acceptor
+    }
+
+    /// Loads the client CA file again and, when it is good, verifies new
+    /// handshakes' client certificates against it; otherwise logs why and
+    /// keeps the CA in force now.
+    fn reload_client_ca(&self) {
+        let (Some(current), Some(path)) = (&self.client_ca, &self.files.client_ca) else {
+            return;
+        };
+        match load_client_verifier(path, self.files.client_auth) {
+            Ok(verifier) => {
+                *current.0.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+                tracing::info!(
+                    client_ca = %path.display(),
+                    "TLS client CA reloaded: new connections are verified against it"
+                );
+            }
+            Err(e) => tracing::error!(
+                "TLS client CA reload refused, the previous one stays in force: {e}"
+            ),
+        }
     }
 
     /// Loads the files again and, when they make a good pair, serves it to
@@ -160,8 +331,11 @@ impl Tls {
             // A few stats and small reads: off the async threads.
             let checked = tokio::task::spawn_blocking(move || {
                 let now = fingerprint(&tls.files);
-                if now != before {
+                if (&now.0, &now.1) != (&before.0, &before.1) {
                     tls.reload();
+                }
+                if now.2 != before.2 {
+                    tls.reload_client_ca();
                 }
                 now
             })
@@ -174,11 +348,12 @@ impl Tls {
     }
 }
 
-/// Sizes and modification times of the two files: what the watcher compares.
-fn fingerprint(tls: &TlsConfig) -> (Fingerprint, Fingerprint) {
+/// Sizes and modification times of the files: what the watcher compares.
+fn fingerprint(tls: &TlsConfig) -> Files {
     (
         Fingerprint::of_file(&tls.cert),
         Fingerprint::of_file(&tls.key),
+        tls.client_ca.as_deref().map(Fingerprint::of_file),
     )
 }
 

@@ -6,6 +6,7 @@ pub mod clients;
 pub mod distribution;
 pub mod docker;
 pub mod oci;
+pub mod pki;
 pub mod process;
 
 use std::sync::Arc;

@@ -1,0 +1,229 @@
+//! The identity seam: who a caller is, according to which source.
+//!
+//! A [`Source`] turns a name and password into an [`Identity`] (a login), and
+//! looks an account up by name without a password (for refresh grants, for a
+//! name that a TLS client certificate vouched for, for the catalog's view of
+//! a token's subject). [`Chain`] asks its sources in their configured order.
+//!
+//! The users file is the one source today ([`file::FileSource`]); a new one
+//! (a directory, an OIDC issuer) goes in `auth/identity/<name>.rs`,
+//! implements [`Source`] and is added to the chain in `Authority::from_config`
+//! (`auth/mod.rs`).
+//!
+//! What stays above the seam, in `Authority`, because it holds for every
+//! source: the failed-login limiter, the policy, tokens and their stamps.
+
+pub mod file;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::auth::gate::GateError;
+
+/// A caller as a source vouched for them, and as the policy sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub groups: Vec<String>,
+    /// The identity's stamp: refresh tokens are bound to it and die when it
+    /// changes (an account re-created, a password changed).
+    pub stamp: String,
+    /// The source that vouched: `file` for the users file.
+    pub source: &'static str,
+}
+
+/// What a source says of a name and password.
+#[derive(Debug)]
+pub enum Login {
+    Verified(Identity),
+    /// The source knows the name and the password is wrong. It decides: a
+    /// later source is not asked, so that an account cannot be taken over
+    /// through a second source holding the same name.
+    Refused,
+    /// The source has no account of that name: the next one is asked.
+    Unknown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The source could not take the check now (its bound on concurrent
+    /// verifications is full).
+    #[error(transparent)]
+    Busy(#[from] GateError),
+    #[error("identity source {source_name}: {reason}")]
+    Failed {
+        source_name: &'static str,
+        reason: String,
+    },
+}
+
+/// One identity source.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// The name identities carry in [`Identity::source`] and logs show.
+    fn name(&self) -> &'static str;
+
+    /// Checks a password. Slow work (a hash, a network round trip) is this
+    /// source's to bound and to keep off the async threads.
+    async fn login(&self, name: &str, password: &str) -> Result<Login, IdentityError>;
+
+    /// The account of `name` as the source has it now, without a password.
+    async fn lookup(&self, name: &str) -> Result<Option<Identity>, IdentityError>;
+
+    /// Picks up changed files or settings: at once when `now` (the server's
+    /// watcher, every second), else at the source's own pace (before each
+    /// login, so that an unlock in a new users file is known before the
+    /// failed-login limiter judges the attempt). Nothing by default.
+    fn reload_if_changed(&self, _now: bool) {}
+}
+
+/// The configured sources, asked in order.
+#[derive(Clone)]
+pub struct Chain {
+    sources: Vec<Arc<dyn Source>>,
+}
+
+impl Chain {
+    pub fn new(sources: Vec<Arc<dyn Source>>) -> Self {
+        Self { sources }
+    }
+
+    /// A login through the sources in order: the first that knows the name
+    /// decides ([`Login`]). A source that fails is skipped, and its error
+    /// returned only when no later source knew the name either, so that a
+    /// source that is down never locks out the accounts of another.
+    pub async fn login(&self, name: &str, password: &str) -> Result<Login, IdentityError> {
+        let mut failed = None;
+        for source in &self.sources {
+            match source.login(name, password).await {
+                Ok(Login::Unknown) => {}
+                Ok(decided) => return Ok(decided),
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(Login::Unknown), Err)
+    }
+
+    /// The account of `name` from the first source that has one.
+    pub async fn lookup(&self, name: &str) -> Result<Option<Identity>, IdentityError> {
+        let mut failed = None;
+        for source in &self.sources {
+            match source.lookup(name).await {
+                Ok(Some(identity)) => return Ok(Some(identity)),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(None), Err)
+    }
+
+    pub fn reload_if_changed(&self, now: bool) {
+        for source in &self.sources {
+            source.reload_if_changed(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source answering from a fixed list, for the chain's order rules.
+    struct Fixed {
+        name: &'static str,
+        accounts: Vec<(&'static str, &'static str)>,
+        down: bool,
+    }
+
+    #[async_trait]
+    impl Source for Fixed {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        async fn login(&self, name: &str, password: &str) -> Result<Login, IdentityError> {
+            if self.down {
+                return Err(IdentityError::Failed {
+                    source_name: self.name,
+                    reason: "down".into(),
+                });
+            }
+            Ok(match self.accounts.iter().find(|(n, _)| *n == name) {
+                Some((_, p)) if *p == password => {
+                    Login::Verified(self.lookup(name).await?.expect("listed"))
+                }
+                Some(_) => Login::Refused,
+                None => Login::Unknown,
+            })
+        }
+
+        async fn lookup(&self, name: &str) -> Result<Option<Identity>, IdentityError> {
+            if self.down {
+                return Err(IdentityError::Failed {
+                    source_name: self.name,
+                    reason: "down".into(),
+                });
+            }
+            Ok(self
+                .accounts
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(n, _)| Identity {
+                    name: (*n).to_owned(),
+                    groups: Vec::new(),
+                    stamp: String::new(),
+                    source: self.name,
+                }))
+        }
+    }
+
+    fn chain(sources: Vec<Fixed>) -> Chain {
+        Chain::new(
+            sources
+                .into_iter()
+                .map(|s| Arc::new(s) as Arc<dyn Source>)
+                .collect(),
+        )
+    }
+
+    fn fixed(name: &'static str, accounts: &[(&'static str, &'static str)]) -> Fixed {
+        Fixed {
+            name,
+            accounts: accounts.to_vec(),
+            down: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_source_that_knows_a_name_decides() {
+        let c = chain(vec![
+            fixed("first", &[("alice", "a")]),
+            fixed("second", &[("alice", "b"), ("bob", "b")]),
+        ]);
+        assert!(matches!(c.login("alice", "b").await, Ok(Login::Refused)));
+        assert!(
+            matches!(c.login("alice", "a").await, Ok(Login::Verified(i)) if i.source == "first")
+        );
+        assert!(
+            matches!(c.login("bob", "b").await, Ok(Login::Verified(i)) if i.source == "second")
+        );
+        assert!(matches!(c.login("carol", "c").await, Ok(Login::Unknown)));
+        let found = c.lookup("alice").await.unwrap().unwrap();
+        assert_eq!(found.source, "first");
+    }
+
+    #[tokio::test]
+    async fn a_source_that_is_down_fails_only_names_no_other_source_knows() {
+        let mut down = fixed("directory", &[]);
+        down.down = true;
+        let c = chain(vec![down, fixed("file", &[("alice", "a")])]);
+        assert!(matches!(
+            c.login("alice", "a").await,
+            Ok(Login::Verified(_))
+        ));
+        assert!(c.lookup("alice").await.unwrap().is_some());
+        assert!(c.login("bob", "b").await.is_err());
+        assert!(c.lookup("bob").await.is_err());
+    }
+}
