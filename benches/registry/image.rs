@@ -189,12 +189,14 @@ pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
     ]
 }
 
-const DOCKER_PUSH_NOTE: &str = "dockerd gzips every layer before it uploads it (the random \
-     bytes do not compress) and reads it from its vfs storage; the registries receive the \
-     gzipped layers, so the client's compression bounds the figure for both";
+const DOCKER_PUSH_NOTE: &str = "dockerd reads each layer back out of its vfs storage and \
+     gzips it (the random bytes do not compress) while it uploads it; the registry uses a \
+     small fraction of a core meanwhile, so the client's compression bounds the figure for \
+     both";
 const DOCKER_PULL_NOTE: &str = "dockerd downloads the gzipped layers, decompresses and \
      verifies them and unpacks them into its vfs storage, which copies every lower layer \
-     into each new one: the client's work bounds the figure for both";
+     into each new one; the registry is all but idle meanwhile: the client's work bounds the \
+     figure for both";
 
 /// One round of the Docker engine against both registries: loads the image
 /// from `archive`, tags it for each, pushes it to each, removes it, then
