@@ -11,6 +11,8 @@ pub mod process;
 
 use std::sync::Arc;
 
+pub use oci::random_bytes;
+
 use portcullis::config::Config;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -65,14 +67,6 @@ pub fn channel_body() -> (tokio::sync::mpsc::Sender<bytes::Bytes>, reqwest::Body
             .map(|next| next.map(Ok::<_, std::io::Error>))
     });
     (tx, reqwest::Body::wrap_stream(stream))
-}
-
-/// `len` random bytes: content no layer can compress or guess.
-pub fn random_bytes(len: usize) -> Vec<u8> {
-    use rand::RngCore as _;
-    let mut data = vec![0u8; len];
-    rand::rng().fill_bytes(&mut data);
-    data
 }
 
 impl TestServer {
