@@ -324,6 +324,13 @@ fn init_tracing(level: &str) {
             level.to_owned()
         }
     };
+    // rustls warns once per handshake about things clients do harmlessly
+    // (an IP address sent as the server name): one line per connection
+    // would drown the log. A filter that names rustls itself decides.
+    let directives = match directives.contains("rustls") {
+        true => directives,
+        false => format!("{directives},rustls=error"),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .with_writer(std::io::stderr)

@@ -178,9 +178,7 @@ impl Authority {
                 wait,
             ),
         );
-        // The users file is the one source so far; the next ones join this
-        // list in their configured order.
-        let identities = Chain::new(vec![Arc::new(file_users)]);
+        let identities = identity_chain(config, file_users)?;
         tracing::info!(
             service = %config.token.service,
             issuer = %config.token.issuer,
@@ -429,6 +427,30 @@ impl Authority {
         }
         Ok(account)
     }
+}
+
+/// The identity sources in `identity.order`: the users file and each
+/// directory.
+fn identity_chain(config: &Config, file_users: FileSource) -> Result<Chain, String> {
+    let mut file_users = Some(file_users);
+    let mut sources: Vec<Arc<dyn identity::Source>> = Vec::new();
+    for name in config.identity.order() {
+        if name == crate::config::FILE_SOURCE {
+            if let Some(file) = file_users.take() {
+                sources.push(Arc::new(file));
+            }
+            continue;
+        }
+        let ldap = config
+            .identity
+            .ldap
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| format!("identity.order names an unknown source `{name}`"))?;
+        sources.push(Arc::new(identity::ldap::LdapSource::new(ldap)?));
+        tracing::info!(source = %name, urls = %ldap.urls.join(" "), "directory identity source configured");
+    }
+    Ok(Chain::new(sources))
 }
 
 /// Makes the limiter forget the failures of each unlocked account up to

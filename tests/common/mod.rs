@@ -8,6 +8,7 @@ pub mod docker;
 pub mod oci;
 pub mod pki;
 pub mod process;
+pub mod slapd;
 
 use std::sync::Arc;
 
@@ -25,6 +26,29 @@ pub struct TestServer {
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// The claims of a token endpoint answer's `token`, unverified (other
+/// tests verify signatures).
+pub fn token_claims(body: &serde_json::Value) -> serde_json::Value {
+    let token = body["token"].as_str().expect("a token");
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(payload.as_bytes())
+        .expect("base64url claims");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// The actions a token's claims grant on `repository`.
+pub fn granted_actions(claims: &serde_json::Value, repository: &str) -> Vec<String> {
+    claims["access"]
+        .as_array()
+        .expect("access")
+        .iter()
+        .filter(|a| a["name"] == repository)
+        .flat_map(|a| a["actions"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// `sha256:<hex>` of `data`.
