@@ -19,7 +19,7 @@ use crate::logs::Log;
 /// A Portcullis whose identity chain has a directory `corp` on `slapd`.
 struct World {
     slapd: Slapd,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     server: ServerProcess,
     log: Log,
     client: reqwest::Client,
@@ -136,7 +136,7 @@ fn start_with(slapd: Slapd, setup: &Setup<'_>) -> World {
     let log = Log::of(&mut server);
     World {
         slapd,
-        _dir: dir,
+        dir,
         server,
         log,
         client: reqwest::Client::new(),
@@ -530,4 +530,63 @@ fn skopeo_pushes_and_pulls_with_directory_credentials() {
         said.contains("401") || said.contains("unauthorized"),
         "{said}"
     );
+}
+
+/// `portcullis identity test USER --repo REPO` in the world's directory
+/// (its ./portcullis.toml), the password on stdin.
+fn identity_test(w: &World, user: &str, password: &str, repo: &str) -> (Option<i32>, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["identity", "test", user, "--repo", repo])
+        .current_dir(w.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{password}").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn identity_test_says_which_source_answered_and_what_the_policy_grants() {
+    let mut w = start(Setup {
+        options: SlapdOptions {
+            memberof: true,
+            ..Default::default()
+        },
+        groups: "from = \"member_of\"\nprefix = \"ldap:\"\n",
+        policy: Some(GROUP_POLICY),
+        ..Default::default()
+    });
+    let (code, said) = identity_test(&w, "alice", tree::ALICE.password, "team/app");
+    assert_eq!(code, Some(0), "{said}");
+    for line in [
+        "sources:  file, corp",
+        "source:   corp",
+        "user:     alice",
+        "groups:   ldap:admins, ldap:developers",
+        "team/app: pull, push",
+        "developers push in team/",
+    ] {
+        assert!(said.contains(line), "no {line:?} in:\n{said}");
+    }
+    let (code, said) = identity_test(&w, "alice", "wrong", "team/app");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("the password is wrong"), "{said}");
+    let (code, said) = identity_test(&w, "nobody", "x", "team/app");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("no source knows `nobody`"), "{said}");
+    w.slapd.stop();
+    let (code, said) = identity_test(&w, "alice", tree::ALICE.password, "team/app");
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("login not checked"), "{said}");
 }
