@@ -248,7 +248,18 @@ fn assert_identity_token_stored(world: &World) {
 
 #[test]
 fn docker_login_with_a_wrong_password_is_refused() {
-    let world = World::start();
+    wrong_password_is_refused(&World::start());
+}
+
+#[test]
+fn docker_over_tls_login_with_a_wrong_password_is_refused() {
+    let world = World::start_tls();
+    let _trust = world.trust();
+    wrong_password_is_refused(&world);
+}
+
+/// A wrong password: docker's message, nothing stored.
+fn wrong_password_is_refused(world: &World) {
     let out = world
         .docker
         .login(&world.host, "alice", "not-alices-password")
@@ -300,7 +311,18 @@ fn push_rmi_pull_loaded(world: &World, reference: &str) {
 
 #[test]
 fn docker_push_the_policy_denies_is_refused() {
-    let world = World::start();
+    push_the_policy_denies_is_refused(&World::start());
+}
+
+#[test]
+fn docker_over_tls_push_the_policy_denies_is_refused() {
+    let world = World::start_tls();
+    let _trust = world.trust();
+    push_the_policy_denies_is_refused(&world);
+}
+
+/// alice pushing into bob/: docker's "denied".
+fn push_the_policy_denies_is_refused(world: &World) {
     world.login_alice();
     // The shipped policy: alice pushes in alice/**, and only pulls bob/**.
     let reference = world.image("bob/app:v1");
@@ -314,7 +336,18 @@ fn docker_push_the_policy_denies_is_refused() {
 
 #[test]
 fn docker_logout_then_anonymous_pull_is_refused() {
-    let world = World::start();
+    logout_then_anonymous_pull_is_refused(&World::start());
+}
+
+#[test]
+fn docker_over_tls_logout_then_anonymous_pull_is_refused() {
+    let world = World::start_tls();
+    let _trust = world.trust();
+    logout_then_anonymous_pull_is_refused(&world);
+}
+
+/// Logged out, an anonymous pull of alice's image is refused.
+fn logout_then_anonymous_pull_is_refused(world: &World) {
     let (reference, _) = world.alice_pushed("alice/app:v1");
     world.docker.run(&["rmi", &reference]);
     world.docker.run(&["logout", &world.host]);
@@ -337,7 +370,18 @@ fn docker_logout_then_anonymous_pull_is_refused() {
 
 #[test]
 fn docker_revoked_refresh_token_is_refused() {
-    let world = World::start();
+    revoked_refresh_token_is_refused(&World::start());
+}
+
+#[test]
+fn docker_over_tls_revoked_refresh_token_is_refused() {
+    let world = World::start_tls();
+    let _trust = world.trust();
+    revoked_refresh_token_is_refused(&world);
+}
+
+/// The identity token docker stored, revoked: pulls and pushes refused.
+fn revoked_refresh_token_is_refused(world: &World) {
     let (reference, _) = world.alice_pushed("alice/app:v1");
     // The identity token docker stored is a refresh token: revoked, the
     // next exchange of it for an access token fails.
