@@ -8,6 +8,7 @@ pub mod docker;
 pub mod oci;
 pub mod pki;
 pub mod process;
+pub mod slapd;
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
-//! Certificate authorities for client-certificate tests: a CA written as a
-//! PEM file (what `server.tls.client_ca` names) and the client pairs it
-//! signs, each as a certificate file and a key file, as clients take them.
+//! Certificate authorities for TLS tests: a CA written as a PEM file (what
+//! `server.tls.client_ca` names, or what a client is told to trust) and the
+//! pairs it signs, client or server, each as a certificate file and a key
+//! file (PKCS#8 PEM, ECDSA P-256), as programs take them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ impl ClientPair {
         fs::read(&self.key).expect("read client key")
     }
 }
+
+/// A server certificate and its key: the same two files as a client's.
+pub type ServerPair = ClientPair;
 
 /// How long a client certificate is valid, around now.
 pub enum Validity {
@@ -71,7 +75,6 @@ impl TestCa {
     /// A client certificate for subject `CN=<cn>, O=Portcullis tests` (no
     /// CN when `cn` is `None`), written as `<stem>.crt` and `<stem>.key`.
     pub fn issue(&self, stem: &str, cn: Option<&str>, validity: Validity) -> ClientPair {
-        let key = KeyPair::generate().expect("client key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
         let mut dn = DistinguishedName::new();
         if let Some(cn) = cn {
@@ -81,19 +84,45 @@ impl TestCa {
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(stem, params, validity)
+    }
+
+    /// A server certificate for `names` (subject alternative names: an IP
+    /// address where one parses, a DNS name otherwise; the first is also
+    /// the CN), valid around now for server authentication, written as
+    /// `<stem>.crt` and `<stem>.key`.
+    pub fn issue_server(&self, stem: &str, names: &[&str]) -> ServerPair {
+        let sans: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(sans).expect("server params");
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
+        dn.push(DnType::OrganizationName, "Portcullis tests");
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(stem, params, Validity::Current)
+    }
+
+    /// Signs `params` over a fresh key for `validity`, written as
+    /// `<stem>.crt` and `<stem>.key`.
+    fn sign(&self, stem: &str, mut params: CertificateParams, validity: Validity) -> ClientPair {
         let now = time::OffsetDateTime::now_utc();
         let day = time::Duration::days(1);
         (params.not_before, params.not_after) = match validity {
             Validity::Current => (now - day, now + day * 30),
             Validity::Expired => (now - day * 30, now - day),
         };
-        let cert = params.signed_by(&key, &self.issuer).expect("sign client");
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
         let pair = ClientPair {
             cert: self.dir.join(format!("{stem}.crt")),
             key: self.dir.join(format!("{stem}.key")),
         };
-        fs::write(&pair.cert, cert.pem()).expect("write client certificate");
-        fs::write(&pair.key, key.serialize_pem()).expect("write client key");
+        fs::write(&pair.cert, cert.pem()).expect("write certificate");
+        fs::write(&pair.key, key.serialize_pem()).expect("write key");
         pair
     }
 }
