@@ -248,6 +248,8 @@ fn the_log_shows_each_search_filter_as_sent() {
         0,
         "upper-case hex"
     );
+    // The seed's ldapadd, ldapmodify and the readiness probe search nothing.
+    assert_eq!(slapd.search_filters(), [r"(uid=\2A)", "(uid=*)"]);
     assert!(
         slapd
             .log_lines()

@@ -322,13 +322,23 @@ impl Slapd {
         self.log().lines().map(str::to_owned).collect()
     }
 
-    /// How many searches slapd logged with exactly `filter`, as slapd prints
-    /// it (normalized: `(uid=\2A)`, upper-case hex escapes).
-    pub fn searches_with_filter(&self, filter: &str) -> usize {
-        let wanted = format!(" filter=\"{filter}\"");
+    /// The filter of every search slapd logged, in order, as slapd prints
+    /// it (normalized: `(uid=\2A)`, see the module comment).
+    pub fn search_filters(&self) -> Vec<String> {
         self.log()
             .lines()
-            .filter(|line| line.contains(" SRCH base=") && line.ends_with(&wanted))
+            .filter(|line| line.contains(" SRCH base="))
+            .filter_map(|line| line.split_once(" filter=\"")?.1.strip_suffix('"'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// How many searches slapd logged with exactly `filter` (as
+    /// [`Slapd::search_filters`] lists them).
+    pub fn searches_with_filter(&self, filter: &str) -> usize {
+        self.search_filters()
+            .iter()
+            .filter(|f| *f == filter)
             .count()
     }
 
