@@ -6,6 +6,10 @@
 //! per section (sections are read independently so one mistake does not hide
 //! the others), and semantic checks on the values.
 
+mod identity;
+
+pub use identity::{FILE_SOURCE, GroupsFrom, IdentityConfig, LdapConfig, LdapGroups, Nested};
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -26,6 +30,7 @@ pub struct Config {
     pub token: TokenConfig,
     pub users: UsersConfig,
     pub policy: PolicyConfig,
+    pub identity: IdentityConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -351,6 +356,7 @@ impl Config {
                 "token" => config.token = reader.section("token", value),
                 "users" => config.users = reader.section("users", value),
                 "policy" => config.policy = reader.section("policy", value),
+                "identity" => config.identity = reader.section("identity", value),
                 other => reader.at(span, format!("unknown section or key `{other}`")),
             }
         }
@@ -361,6 +367,7 @@ impl Config {
 
     /// Checks on values that parsed but make no sense.
     fn check(&self, root: &DeTable<'_>, reader: &mut Reader<'_>) {
+        self.check_identity(root, reader);
         if self.storage.root.as_os_str().is_empty() {
             let span = lookup(root, &["storage", "root"]);
             reader.at_opt(span, "storage.root must not be empty".to_owned());
@@ -583,6 +590,57 @@ impl<'t> Reader<'t> {
     }
 }
 
+impl Config {
+    /// `[identity]`: each directory's values, unique names, and an order
+    /// that names only sources that exist.
+    fn check_identity(&self, root: &DeTable<'_>, reader: &mut Reader<'_>) {
+        let identity = &self.identity;
+        let mut names: Vec<&str> = vec![FILE_SOURCE];
+        for (i, ldap) in identity.ldap.iter().enumerate() {
+            let index = i.to_string();
+            for (key, message) in ldap.problems() {
+                let span = lookup(root, &["identity", "ldap", &index, key])
+                    .or_else(|| lookup(root, &["identity", "ldap", &index]));
+                reader.at_opt(span, format!("identity.ldap `{}`: {message}", ldap.name));
+            }
+            if names.contains(&ldap.name.as_str()) && ldap.name != FILE_SOURCE {
+                let span = lookup(root, &["identity", "ldap", &index, "name"]);
+                reader.at_opt(
+                    span,
+                    format!("identity.ldap name `{}` is used twice", ldap.name),
+                );
+            }
+            names.push(&ldap.name);
+        }
+        if let Some(order) = &identity.order {
+            let span = || lookup(root, &["identity", "order"]);
+            for name in order {
+                if !names.contains(&name.as_str()) {
+                    reader.at_opt(
+                        span(),
+                        format!(
+                            "identity.order names `{name}`, which is neither `{FILE_SOURCE}` nor an [[identity.ldap]] name"
+                        ),
+                    );
+                }
+            }
+            for (i, name) in order.iter().enumerate() {
+                if order[..i].contains(name) {
+                    reader.at_opt(span(), format!("identity.order lists `{name}` twice"));
+                }
+            }
+            for name in &names {
+                if !order.iter().any(|n| n == name) {
+                    reader.at_opt(
+                        span(),
+                        format!("identity.order leaves out `{name}`: every configured source must be listed"),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The span of the key at `path` (for pointing at it), if present.
 fn lookup(root: &DeTable<'_>, path: &[&str]) -> Option<Range<usize>> {
     lookup_key(root, path)
@@ -596,6 +654,17 @@ fn lookup_key(table: &DeTable<'_>, path: &[&str]) -> Option<Range<usize>> {
     }
     match value.get_ref() {
         DeValue::Table(inner) => lookup_key(inner, rest),
+        // An array of tables (`[[identity.ldap]]`): the next part is the
+        // index, as serde_ignored writes it.
+        DeValue::Array(items) => {
+            let (index, rest) = rest.split_first()?;
+            let item = items.get(index.parse::<usize>().ok()?)?;
+            match (item.get_ref(), rest.is_empty()) {
+                (_, true) => Some(item.span()),
+                (DeValue::Table(inner), false) => lookup_key(inner, rest),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -611,6 +680,34 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_sources_are_read_in_order_and_checked() {
+        let text = "[[identity.ldap]]\nname = \"corp\"\nurls = [\"ldaps://dc1\", \"ldaps://dc2\"]\nuser_base = \"dc=corp\"\n[identity.ldap.groups]\nfrom = \"search\"\nbase = \"ou=groups,dc=corp\"\nnested = \"walk\"\n";
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.identity.order(), ["file", "corp"]);
+        let ldap = &config.identity.ldap[0];
+        assert_eq!(ldap.user_filter, "(uid={username})");
+        assert_eq!(ldap.groups.from, GroupsFrom::Search);
+        assert_eq!(ldap.groups.nested, Nested::Walk);
+
+        let ordered = format!("[identity]\norder = [\"corp\", \"file\"]\n{text}");
+        let config = Config::parse(&ordered).unwrap();
+        assert_eq!(config.identity.order(), ["corp", "file"]);
+
+        assert_eq!(
+            problems(
+                "[identity]\norder = [\"file\", \"nope\"]\n[[identity.ldap]]\nname = \"corp\"\nurls = [\"http://x\"]\nuser_base = \"dc=x\"\nuser_filter = \"(uid=alice)\"\nkye = 1\n"
+            ),
+            [
+                "2:1: identity.order names `nope`, which is neither `file` nor an [[identity.ldap]] name",
+                "2:1: identity.order leaves out `corp`: every configured source must be listed",
+                "5:1: identity.ldap `corp`: `http://x` is not an ldap:// or ldaps:// URL",
+                "7:1: identity.ldap `corp`: user_filter must contain {username}",
+                "8:1: unknown key `identity.ldap.0.kye`",
+            ]
+        );
+    }
 
     fn problems(text: &str) -> Vec<String> {
         Config::parse(text)

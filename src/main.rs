@@ -74,6 +74,11 @@ enum Command {
     /// Token signing keys: a new one (on standby while another signs),
     /// `--activate`, `--retire` (key rotation, bundle first).
     Keygen(cli::keygen::KeygenArgs),
+    /// Tests logins through the identity sources (users file, directories).
+    Identity {
+        #[command(subcommand)]
+        command: cli::identity::IdentityCommand,
+    },
     /// Inspects the access policy.
     Policy {
         #[command(subcommand)]
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => cli::check::run(file.as_deref()),
         Command::User { command } => cli::finish(cli::users::run(command)),
         Command::Keygen(args) => cli::finish(cli::keygen::run(args)),
+        Command::Identity { command } => cli::finish(cli::identity::run(command)),
         Command::Policy { command } => cli::finish(cli::policy::run(command)),
         Command::Token { command } => cli::finish(cli::token::run(command)),
     }
@@ -323,6 +329,13 @@ fn init_tracing(level: &str) {
             say!("PORTCULLIS_LOG: invalid filter: not UTF-8; using {level}");
             level.to_owned()
         }
+    };
+    // rustls warns once per handshake about things clients do harmlessly
+    // (an IP address sent as the server name): one line per connection
+    // would drown the log. A filter that names rustls itself decides.
+    let directives = match directives.contains("rustls") {
+        true => directives,
+        false => format!("{directives},rustls=error"),
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(directives))

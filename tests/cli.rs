@@ -31,9 +31,25 @@ fn examples() -> Vec<PathBuf> {
 fn every_example_configuration_loads_and_checks() {
     let found = examples();
     assert!(!found.is_empty(), "no example configurations");
+    // The files the directory examples name by relative path, as an
+    // operator would have them: a password file and a CA each.
+    let cwd = tempfile::tempdir().unwrap();
+    let secrets = cwd.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    for name in ["ldap-password", "ad-password"] {
+        std::fs::write(secrets.join(name), "service-secret\n").unwrap();
+    }
+    let ca = common::pki::TestCa::new(&cwd.path().join("certs"), "directory");
+    for name in ["ldap-ca.crt", "corp-root-ca.crt"] {
+        std::fs::write(cwd.path().join("certs").join(name), ca.pem()).unwrap();
+    }
     for path in found {
         Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let out = portcullis(&["check-config", path.to_str().unwrap()]);
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["check-config", path.to_str().unwrap()])
+            .current_dir(cwd.path())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}: {:?}", path.display(), out);
     }
 }

@@ -89,28 +89,6 @@ impl Setup {
     }
 }
 
-/// The claims of an access token (its signature is the server's business;
-/// other tests verify it).
-fn claims(body: &Value) -> Value {
-    let token = body["token"].as_str().expect("a token");
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = data_encoding::BASE64URL_NOPAD
-        .decode(payload.as_bytes())
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
-fn actions(claims: &Value, repository: &str) -> Vec<String> {
-    claims["access"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["name"] == repository)
-        .flat_map(|a| a["actions"].as_array().unwrap().clone())
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect()
-}
-
 const PUSH_ALICE: &str = "scope=repository:alice/app:pull,push";
 
 #[test]
@@ -123,9 +101,9 @@ fn a_client_certificate_gets_a_token_for_the_account_its_cn_names() {
         &[],
     );
     assert_eq!(status, 200, "{body}");
-    let c = claims(&body);
+    let c = common::token_claims(&body);
     assert_eq!(c["sub"], "alice");
-    assert_eq!(actions(&c, "alice/app"), ["pull", "push"]);
+    assert_eq!(common::granted_actions(&c, "alice/app"), ["pull", "push"]);
     // The certificate is the credential each time: no refresh token that
     // would outlive it.
     assert!(body.get("refresh_token").is_none(), "{body}");
@@ -139,19 +117,19 @@ fn a_client_certificate_gets_a_token_for_the_account_its_cn_names() {
     let bob = format!("bob:{BOB_PASSWORD}");
     let (status, body) = s.token(Some(&alice), PUSH_ALICE, &["-u", &bob]);
     assert_eq!(status, 200, "{body}");
-    let c = claims(&body);
+    let c = common::token_claims(&body);
     assert_eq!(c["sub"], "bob");
     assert!(
-        !actions(&c, "alice/app").contains(&"push".to_owned()),
+        !common::granted_actions(&c, "alice/app").contains(&"push".to_owned()),
         "{c}"
     );
 
     // Without a certificate (optional): anonymous, nothing granted.
     let (status, body) = s.token(None, PUSH_ALICE, &[]);
     assert_eq!(status, 200, "{body}");
-    let c = claims(&body);
+    let c = common::token_claims(&body);
     assert_eq!(c["sub"], "");
-    assert!(actions(&c, "alice/app").is_empty(), "{c}");
+    assert!(common::granted_actions(&c, "alice/app").is_empty(), "{c}");
 
     // An `account` other than the certificate's is refused.
     let (status, _) = s.token(Some(&alice), &format!("{PUSH_ALICE}&account=bob"), &[]);
@@ -222,7 +200,7 @@ fn required_client_auth_refuses_connections_without_a_certificate() {
     let alice = s.clients.issue("alice", Some("alice"), Validity::Current);
     let (status, body) = s.token(Some(&alice), PUSH_ALICE, &[]);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(claims(&body)["sub"], "alice");
+    assert_eq!(common::token_claims(&body)["sub"], "alice");
 }
 
 #[test]
@@ -238,7 +216,7 @@ fn the_client_ca_is_reloaded_and_a_bad_one_refused() {
     s.log.wait_for(&["TLS client CA reloaded"]);
     let (status, body) = s.token(Some(&after), PUSH_ALICE, &[]);
     assert_eq!(
-        (status, claims(&body)["sub"].clone()),
+        (status, common::token_claims(&body)["sub"].clone()),
         (200, "alice".into())
     );
     let url = s.token_url(PUSH_ALICE);

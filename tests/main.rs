@@ -34,6 +34,7 @@ mod docker;
 mod health;
 mod identity_token;
 mod interop_distribution;
+mod ldap;
 mod login_security;
 mod logs;
 mod memory;

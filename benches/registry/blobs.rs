@@ -32,21 +32,21 @@ use crate::bare;
 use crate::report::{Better, Row};
 use crate::servers::{self, Servers, Target};
 
-const MIB: u64 = 1 << 20;
+pub const MIB: u64 = 1 << 20;
 /// Chunk size of the chunked push.
 const CHUNK: u64 = 64 * MIB;
 /// Buffer size for hashing and plain writes: large, so the loop's own cost
 /// vanishes beside the work measured.
 const BUFFER: usize = 8 << 20;
 /// Measurements per figure; the median is kept.
-const RUNS: usize = 3;
+pub const RUNS: usize = 3;
 /// Pulls take a fraction of a second each, so they get more rounds: their
 /// spread on a shared machine is the widest (one stream from the same
 /// server ran anywhere from 3 to 10 GB/s within one run, with where the
 /// scheduler put sender and receiver).
 const PULL_RUNS: usize = 11;
 /// Clients pulling the blob at the same time for the concurrent figure.
-const CLIENTS: usize = 4;
+pub const CLIENTS: usize = 4;
 
 pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
     let dir = servers.path("blobs");
@@ -140,7 +140,7 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
     if std::fs::hard_link(&blob_path, &served).is_err() {
         std::fs::copy(&blob_path, &served).expect("copy blob for nginx");
     }
-    let (nginx, nginx_url) = servers::start_nginx(&dir, &nginx_root);
+    let (nginx, nginx_url) = servers::start_nginx(&dir, &nginx_root, None);
     for _ in 0..PULL_RUNS {
         // Portcullis, distribution, nginx: the order of the result arrays.
         let mut sources = Vec::new();
@@ -337,21 +337,21 @@ fn peaks(after: &str, targets: [&Target; 2]) {
 }
 
 /// The blob on disk, as the pushes send it.
-struct Blob {
+pub struct Blob {
     /// The file, sent as the request bodies.
-    file: Arc<std::fs::File>,
-    size: u64,
+    pub file: Arc<std::fs::File>,
+    pub size: u64,
     /// `sha256:<hex>`
-    digest: String,
+    pub digest: String,
 }
 
 /// A server measured: its name and process id.
-type Server<'a> = (&'a str, u32);
+pub type Server<'a> = (&'a str, u32);
 
 /// Times one transfer of `size` bytes against `server` and prints how busy
 /// the server was meanwhile (CPU seconds per second: 1.0 is one core
 /// saturated), the evidence for what bounds the figure.
-async fn measure<F, Fut>(server: Server<'_>, what: &str, size: u64, transfer: F) -> f64
+pub async fn measure<F, Fut>(server: Server<'_>, what: &str, size: u64, transfer: F) -> f64
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
@@ -377,13 +377,13 @@ where
 
 /// A push token for `repo`, fetched before the clock starts: issuing it
 /// (a password check) is not part of a blob's transfer.
-async fn push_token(client: &reqwest::Client, target: &Target, repo: &str) -> String {
+pub async fn push_token(client: &reqwest::Client, target: &Target, repo: &str) -> String {
     target
         .token(client, &format!("repository:{repo}:pull,push"))
         .await
 }
 
-async fn push_single(
+pub async fn push_single(
     client: &reqwest::Client,
     target: &Target,
     repo: &str,
@@ -467,7 +467,7 @@ async fn start_upload(
 
 /// A `Location`, made absolute: Portcullis answers with a path,
 /// distribution with a full URL.
-fn absolute(target: &Target, location: String) -> String {
+pub fn absolute(target: &Target, location: String) -> String {
     if location.starts_with("http://") || location.starts_with("https://") {
         location
     } else {
@@ -475,7 +475,7 @@ fn absolute(target: &Target, location: String) -> String {
     }
 }
 
-fn with_digest(location: &str, digest: &str) -> String {
+pub fn with_digest(location: &str, digest: &str) -> String {
     let sep = if location.contains('?') { '&' } else { '?' };
     format!("{location}{sep}digest={digest}")
 }
@@ -564,7 +564,7 @@ async fn pull_into_buffer(url: String, token: Option<String>) {
 /// Writes `size` bytes from a fast deterministic generator (xorshift64*,
 /// incompressible enough that no layer can shortcut it) to `path`, hashing
 /// them on the way. Returns the hex SHA-256.
-fn generate(path: &Path, size: u64) -> String {
+pub fn generate(path: &Path, size: u64) -> String {
     let mut file = std::fs::File::create(path).expect("create blob");
     let mut hasher = Sha256::new();
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -674,18 +674,21 @@ fn sync() {
 
 /// CPU time (user + system) a process has used, in seconds, from
 /// `/proc/<pid>/stat`; 0 if it cannot be read.
-fn cpu_seconds(pid: u32) -> f64 {
-    stat_cpu(&format!("/proc/{pid}/stat"))
+pub fn cpu_seconds(pid: u32) -> f64 {
+    stat_cpu(&format!("/proc/{pid}/stat"), false)
 }
 
+/// The harness' own CPU time, with that of the child processes it has
+/// waited for (a client such as curl, run and reaped within a transfer).
 fn own_cpu_seconds() -> f64 {
-    stat_cpu("/proc/self/stat")
+    stat_cpu("/proc/self/stat", true)
 }
 
-fn stat_cpu(path: &str) -> f64 {
+fn stat_cpu(path: &str, children: bool) -> f64 {
     let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which may hold spaces, hence the
-    // last ')'): utime and stime are the 12th and 13th.
+    // last ')'): utime and stime are the 12th and 13th, cutime and cstime
+    // (children waited for) the 14th and 15th.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or("", |(_, rest)| rest)
@@ -694,8 +697,13 @@ fn stat_cpu(path: &str) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let waited = if children {
+        ticks(13).unwrap_or(0.0) + ticks(14).unwrap_or(0.0)
+    } else {
+        0.0
+    };
     match (ticks(11), ticks(12)) {
-        (Some(u), Some(s)) if hz > 0.0 => (u + s) / hz,
+        (Some(u), Some(s)) if hz > 0.0 => (u + s + waited) / hz,
         _ => 0.0,
     }
 }
@@ -708,7 +716,7 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
 
-fn median(values: &mut dyn Iterator<Item = f64>) -> f64 {
+pub fn median(values: &mut dyn Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)

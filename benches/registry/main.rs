@@ -7,10 +7,16 @@
 //! `cargo bench --bench registry -- [--only SECTION,...] [--blob-mib N]
 //! [--portcullis PATH]`; `--portcullis` measures another build of the
 //! server (say, the previous commit's) with this harness.
-//! Sections: blobs, image, small, tokens, scale.
+//! Sections: blobs, image, small, tokens, scale, tls.
 
 mod bare;
 mod blobs;
+// The test suite's Docker engine harness, and the client helpers it runs the
+// docker CLI with.
+#[path = "../../tests/common/clients.rs"]
+mod clients;
+#[path = "../../tests/common/docker.rs"]
+mod docker;
 // distribution's configuration, as the interoperability tests write it.
 #[path = "../../tests/common/distribution.rs"]
 mod distribution;
@@ -22,6 +28,7 @@ mod report;
 mod scale;
 mod servers;
 mod small;
+mod tls;
 
 use std::time::Instant;
 
@@ -84,7 +91,7 @@ fn main() {
         servers.portcullis.url, servers.distribution.url
     );
     let mut rows: Vec<Row> = Vec::new();
-    let sections: [(&str, &dyn Fn() -> Vec<Row>); 5] = [
+    let sections: [(&str, &dyn Fn() -> Vec<Row>); 6] = [
         ("blobs", &|| {
             runtime.block_on(blobs::run(&servers, &options))
         }),
@@ -100,6 +107,7 @@ fn main() {
         ("scale", &|| {
             runtime.block_on(scale::run(&servers, &options))
         }),
+        ("tls", &|| runtime.block_on(tls::run(&servers, &options))),
     ];
     for (name, run) in sections {
         if !options.runs(name) {

@@ -3,6 +3,7 @@
 //! trusting Portcullis' tokens, so both verify a JWT per request) and nginx
 //! (a static file server: the practical limit for pulls).
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -94,6 +95,8 @@ pub struct Servers {
     pub dir: tempfile::TempDir,
     pub portcullis: Target,
     pub distribution: Target,
+    /// The Portcullis binary measured, for sections that start another one.
+    binary: PathBuf,
     _procs: Vec<Proc>,
 }
 
@@ -103,14 +106,34 @@ impl Servers {
     pub fn start(binary: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let binary = binary.unwrap_or(Path::new(env!("CARGO_BIN_EXE_portcullis")));
-        let (portcullis_proc, portcullis) = start_portcullis(dir.path(), binary);
+        let config = write_portcullis_config(dir.path());
+        let (portcullis_proc, portcullis) = spawn_portcullis(binary, &config, &[]);
         let (distribution_proc, distribution) = start_distribution(dir.path(), &portcullis.url);
         Servers {
             dir,
             portcullis,
             distribution,
+            binary: binary.to_owned(),
             _procs: vec![portcullis_proc, distribution_proc],
         }
+    }
+
+    /// A second Portcullis serving HTTPS with the pair `cert`/`key`, on the
+    /// first one's configuration: the same storage root, users, policy and
+    /// token keys, so it serves what was pushed to the first and accepts
+    /// its tokens (which are fetched from the first, over plain HTTP).
+    pub fn start_portcullis_tls(&self, cert: &Path, key: &Path) -> (Proc, Target) {
+        let config = self.path("portcullis/portcullis.toml");
+        let tls = [
+            OsStr::new("--tls-cert"),
+            cert.as_os_str(),
+            OsStr::new("--tls-key"),
+            key.as_os_str(),
+        ];
+        let (proc, mut target) = spawn_portcullis(&self.binary, &config, &tls);
+        target.name = "portcullis (TLS)";
+        target.token_url = self.portcullis.url.clone();
+        (proc, target)
     }
 
     pub fn targets(&self) -> [&Target; 2] {
@@ -122,7 +145,9 @@ impl Servers {
     }
 }
 
-fn start_portcullis(dir: &Path, binary: &Path) -> (Proc, Target) {
+/// Writes Portcullis' users, policy and configuration under `dir`; returns
+/// the configuration's path.
+fn write_portcullis_config(dir: &Path) -> PathBuf {
     let root = dir.join("portcullis");
     std::fs::create_dir_all(root.join("policies")).unwrap();
     let hash = portcullis::auth::users::hash_password(PASSWORD).unwrap();
@@ -137,10 +162,13 @@ fn start_portcullis(dir: &Path, binary: &Path) -> (Proc, Target) {
     )
     .unwrap();
     let config = root.join("portcullis.toml");
+    // rustls warns, once per handshake, of a client that names an IP address
+    // in SNI (wrk does, against https://127.0.0.1): the client's doing, and
+    // thousands of lines in the `tls` section.
     std::fs::write(
         &config,
         format!(
-            "[log]\nlevel = \"warn\"\n[storage]\nroot = {:?}\n[token]\nissuer = \"{ISSUER}\"\nservice = \"{SERVICE}\"\nkey_dir = {:?}\n[users]\nfile = {:?}\n[policy]\ndir = {:?}\n",
+            "[log]\nlevel = \"warn,rustls=error\"\n[storage]\nroot = {:?}\n[token]\nissuer = \"{ISSUER}\"\nservice = \"{SERVICE}\"\nkey_dir = {:?}\n[users]\nfile = {:?}\n[policy]\ndir = {:?}\n",
             root.join("data"),
             root.join("certs"),
             root.join("users.toml"),
@@ -148,9 +176,16 @@ fn start_portcullis(dir: &Path, binary: &Path) -> (Proc, Target) {
         ),
     )
     .unwrap();
+    config
+}
+
+/// Starts `binary serve` on `config` and a free port, with `extra`
+/// arguments, and reads the address it announces.
+fn spawn_portcullis(binary: &Path, config: &Path, extra: &[&OsStr]) -> (Proc, Target) {
     let mut child = Command::new(binary)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
+        .arg(config)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -164,7 +199,10 @@ fn start_portcullis(dir: &Path, binary: &Path) -> (Proc, Target) {
         .strip_prefix("portcullis listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
-    let host = url.trim_start_matches("http://").to_owned();
+    let host = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, host)| host)
+        .to_owned();
     let pid = child.id();
     (
         Proc { child },
@@ -253,13 +291,31 @@ fn wait_for_port(proc: &mut Proc, port: u16) -> bool {
     false
 }
 
-/// nginx serving one directory, for the static-file reference. nginx cannot
-/// take a listener or port 0, so a free port is found by binding and
+/// nginx serving one directory, for the static-file reference: over plain
+/// HTTP, or over HTTPS (TLS 1.3 only, keep-alive, nginx's defaults
+/// otherwise) with the certificate pair `tls` as (certificate, key). nginx
+/// cannot take a listener or port 0, so a free port is found by binding and
 /// releasing it; a lost race only makes nginx fail to start, which is
-/// retried with another port.
-pub fn start_nginx(dir: &Path, root: &Path) -> (Proc, String) {
+/// retried with another port. Returns the process and its base URL.
+pub fn start_nginx(dir: &Path, root: &Path, tls: Option<(&Path, &Path)>) -> (Proc, String) {
     let conf_dir = dir.join("nginx");
     std::fs::create_dir_all(&conf_dir).unwrap();
+    // `sendfile on` applies to plain connections only: over TLS nginx reads
+    // the file and encrypts it in user space, since kernel TLS (which would
+    // let it sendfile) needs the `tls` ULP, and this kernel offers only
+    // `mptcp` (/proc/sys/net/ipv4/tcp_available_ulp) — as Portcullis does.
+    let (scheme, ssl, tls_lines) = match tls {
+        Some((cert, key)) => (
+            "https",
+            " ssl",
+            format!(
+                "    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n",
+                cert.display(),
+                key.display()
+            ),
+        ),
+        None => ("http", "", String::new()),
+    };
     for _ in 0..5 {
         let port = free_port();
         let conf = conf_dir.join("nginx.conf");
@@ -271,7 +327,7 @@ pub fn start_nginx(dir: &Path, root: &Path) -> (Proc, String) {
                  http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n\
                  \x20 client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n\
                  \x20 uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
-                 \x20 server {{\n    listen 127.0.0.1:{port};\n    root {root};\n  }}\n}}\n",
+                 \x20 server {{\n    listen 127.0.0.1:{port}{ssl};\n{tls_lines}    root {root};\n  }}\n}}\n",
                 pid = conf_dir.join("nginx.pid").display(),
                 err = conf_dir.join("error.log").display(),
                 tmp = conf_dir.display(),
@@ -291,10 +347,27 @@ pub fn start_nginx(dir: &Path, root: &Path) -> (Proc, String) {
             .expect("start nginx (scripts/install-test-deps.sh installs it)");
         let mut proc = Proc { child };
         if wait_for_port(&mut proc, port) {
-            return (proc, format!("http://127.0.0.1:{port}"));
+            return (proc, format!("{scheme}://127.0.0.1:{port}"));
         }
     }
     panic!("nginx did not start");
+}
+
+/// Runs a client program (wrk, curl, skopeo) to its end and returns its
+/// standard output; panics with both streams when it cannot run or fails,
+/// so that a broken run never yields a figure. `shown` names it in messages.
+pub async fn client_output(mut cmd: tokio::process::Command, shown: &str) -> String {
+    let out = cmd.stdin(Stdio::null()).output().await.unwrap_or_else(|e| {
+        panic!("cannot run {shown} (scripts/install-test-deps.sh installs it): {e}")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// Resident and peak resident memory of a process, in bytes, from

@@ -9,7 +9,6 @@
 //! cache already holds, and, in-process, the cold argon2id verification a
 //! credential costs the first time it is seen.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -18,9 +17,9 @@ use crate::Options;
 use crate::report::{Better, Row};
 use crate::servers::{self, Servers, Target};
 
-const REPOSITORY: &str = "bench/small";
-const TAG: &str = "latest";
-const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const REPOSITORY: &str = "bench/small";
+pub const TAG: &str = "latest";
+pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The load: two wrk threads (one per core) holding 64 connections.
 const WRK_ARGS: [&str; 4] = ["-t2", "-c64", "-d10s", "--latency"];
 /// A short run first, so that neither server is measured while it grows
@@ -212,7 +211,7 @@ fn median(values: &mut [f64]) -> f64 {
 /// Pushes a config blob, one small layer and an OCI image manifest tagged
 /// `latest`, asserting each step, so that both registries serve the same
 /// manifest.
-async fn push_image(client: &reqwest::Client, target: &Target, token: &str) {
+pub async fn push_image(client: &reqwest::Client, target: &Target, token: &str) {
     let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
     // Any bytes do for a layer: neither registry looks inside it.
     let layer: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
@@ -300,10 +299,10 @@ async fn push_blob(client: &reqwest::Client, target: &Target, token: &str, bytes
 
 /// What a load run reports that the table uses.
 #[derive(Debug, Clone, PartialEq)]
-struct LoadResult {
-    requests_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub struct LoadResult {
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 impl std::fmt::Display for LoadResult {
@@ -320,7 +319,7 @@ impl std::fmt::Display for LoadResult {
 /// `headers` (`Name: value`). Panics, with wrk's output, when wrk fails or
 /// any response was an error: a figure made of errors must not reach the
 /// table.
-async fn wrk(url: &str, headers: &[&str]) -> LoadResult {
+pub async fn wrk(url: &str, headers: &[&str]) -> LoadResult {
     let _ = run_wrk(&WARM_ARGS, url, headers).await;
     let output = run_wrk(&WRK_ARGS, url, headers).await;
     let result = parse_wrk(&output).unwrap_or_else(|e| panic!("wrk {url}: {e}\n{output}"));
@@ -334,19 +333,8 @@ async fn run_wrk(args: &[&str], url: &str, headers: &[&str]) -> String {
     for header in headers {
         command.arg("-H").arg(header);
     }
-    command.arg(url).stdin(Stdio::null());
-    let output = command
-        .output()
-        .await
-        .expect("run wrk (scripts/install-test-deps.sh installs it)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "wrk {url} failed: {}\n{stdout}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    command.arg(url);
+    servers::client_output(command, &format!("wrk {url}")).await
 }
 
 /// Reads `Requests/sec:`, the 50% and 99% lines of `Latency Distribution`,

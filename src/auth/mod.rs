@@ -123,23 +123,11 @@ impl Authority {
             .ok_or_else(|| format!("unknown key type {}", config.token.key_type))?;
         let keys =
             KeyRing::load_or_generate(&config.token.key_dir, kind).map_err(|e| e.to_string())?;
-        let users_file = config.users.file.clone();
         let limiter = Arc::new(LoginLimiter::new(LimitConfig::from(&config.auth)));
-        let wait = Duration::from_millis(config.auth.verification_wait_ms);
-        let users = Arc::new(
-            Watched::new(
-                "users",
-                {
-                    let file = users_file.clone();
-                    move || Fingerprint::of_file(&file)
-                },
-                move || load_users(&users_file),
-            )?
-            .on_reload({
-                let limiter = Arc::clone(&limiter);
-                move |users| carry_out_unlocks(&limiter, users)
-            }),
-        );
+        let users = Arc::new(watched_users(&config.users.file)?.on_reload({
+            let limiter = Arc::clone(&limiter);
+            move |users| carry_out_unlocks(&limiter, users)
+        }));
         let policy_dir = config.policy.dir.clone();
         // Reloads choose the source again: a policy directory created later
         // replaces the embedded default.
@@ -168,19 +156,8 @@ impl Authority {
                 "no users yet: add one with `portcullis user add NAME`"
             );
         }
-        let file_users = FileSource::new(
-            users,
-            &config.users.file,
-            VerifyCache::new(Duration::from_secs(config.users.cache_secs)),
-            VerifyGate::new(
-                config.auth.max_concurrent_verifications as usize,
-                config.auth.verification_queue as usize,
-                wait,
-            ),
-        );
-        // The users file is the one source so far; the next ones join this
-        // list in their configured order.
-        let identities = Chain::new(vec![Arc::new(file_users)]);
+        let identities = identity_chain(config, users)?;
+        let wait = Duration::from_millis(config.auth.verification_wait_ms);
         tracing::info!(
             service = %config.token.service,
             issuer = %config.token.issuer,
@@ -431,6 +408,41 @@ impl Authority {
     }
 }
 
+/// The identity sources in `identity.order`: the users file (as `users`
+/// watches it) and each directory. `portcullis identity test` builds the
+/// same chain.
+pub fn identity_chain(config: &Config, users: Arc<Watched<Users>>) -> Result<Chain, String> {
+    let wait = Duration::from_millis(config.auth.verification_wait_ms);
+    let mut file_users = Some(FileSource::new(
+        users,
+        &config.users.file,
+        VerifyCache::new(Duration::from_secs(config.users.cache_secs)),
+        VerifyGate::new(
+            config.auth.max_concurrent_verifications as usize,
+            config.auth.verification_queue as usize,
+            wait,
+        ),
+    ));
+    let mut sources: Vec<Arc<dyn identity::Source>> = Vec::new();
+    for name in config.identity.order() {
+        if name == crate::config::FILE_SOURCE {
+            if let Some(file) = file_users.take() {
+                sources.push(Arc::new(file));
+            }
+            continue;
+        }
+        let ldap = config
+            .identity
+            .ldap
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| format!("identity.order names an unknown source `{name}`"))?;
+        sources.push(Arc::new(identity::ldap::LdapSource::new(ldap)?));
+        tracing::info!(source = %name, urls = %ldap.urls.join(" "), "directory identity source configured");
+    }
+    Ok(Chain::new(sources))
+}
+
 /// Makes the limiter forget the failures of each unlocked account up to
 /// its `unlocked_at` (wall-clock seconds, turned into the limiter's
 /// monotonic time; an unlock "in the future" of a skewed clock is now).
@@ -455,6 +467,19 @@ fn carry_out_unlocks(limiter: &LoginLimiter, users: &Users) {
 
 fn refresh_audience(service: &str) -> String {
     format!("{service}#refresh")
+}
+
+/// The users file, reloaded when it changes.
+pub fn watched_users(file: &Path) -> Result<Watched<Users>, String> {
+    let users_file = file.to_owned();
+    Watched::new(
+        "users",
+        {
+            let file = users_file.clone();
+            move || Fingerprint::of_file(&file)
+        },
+        move || load_users(&users_file),
+    )
 }
 
 fn load_users(file: &Path) -> Result<Users, String> {

@@ -41,7 +41,7 @@ use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use serde::Deserialize;
 
-use crate::auth::identity::Identity;
+use crate::auth::identity::{CredentialSlots, Identity};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -386,7 +386,7 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
 /// while a reload that left the user alone (another user's edit, a rehash
 /// already recorded here) keeps it.
 pub struct VerifyCache {
-    key: [u8; 32],
+    slots: CredentialSlots,
     ttl: Duration,
     /// Slot → (expiry, digest of the hash verified against).
     entries: Mutex<HashMap<[u8; 32], Remembered>>,
@@ -404,31 +404,17 @@ fn hash_digest(hash: &str) -> [u8; 32] {
 
 impl VerifyCache {
     pub fn new(ttl: Duration) -> Self {
-        let mut key = [0u8; 32];
-        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         Self {
-            key,
+            slots: CredentialSlots::new(),
             ttl,
             entries: Mutex::new(HashMap::new()),
         }
     }
 
-    fn slot(&self, name: &str, password: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(self.key);
-        // Lengths first, so that ("ab", "c") and ("a", "bc") differ.
-        h.update((name.len() as u64).to_be_bytes());
-        h.update(name.as_bytes());
-        h.update((password.len() as u64).to_be_bytes());
-        h.update(password.as_bytes());
-        h.finalize().into()
-    }
-
     /// The account, as `users` has it now, if this pair was verified
     /// recently against the hash the user still has.
     pub fn get(&self, users: &Users, name: &str, password: &str) -> Option<Identity> {
-        let slot = self.slot(name, password);
+        let slot = self.slots.slot(name, password);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let (expires, verified) = entries.get(&slot)?;
         let current = users.users.get(name);
@@ -447,7 +433,7 @@ impl VerifyCache {
 
     /// Remembers that `password` is right for `name` while its hash is `hash`.
     pub fn insert(&self, name: &str, password: &str, hash: &str) {
-        let slot = self.slot(name, password);
+        let slot = self.slots.slot(name, password);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= CACHE_CAPACITY {
             entries.clear();

@@ -107,6 +107,23 @@ fn check_loaded(config: &Config, report: &mut Report) {
     check_users(&config.users.file, report);
     check_keys(&config.token.key_dir, report);
     check_tls(config, report);
+    check_directories(config, report);
+}
+
+/// What `serve` reads for each directory at start (the service password
+/// file, the CA file); the directory itself is not contacted
+/// (`portcullis identity test` does that).
+fn check_directories(config: &Config, report: &mut Report) {
+    for ldap in &config.identity.ldap {
+        match portcullis::auth::identity::ldap::LdapSource::new(ldap) {
+            Ok(_) => println!(
+                "identity: directory `{}` at {} (not contacted)",
+                ldap.name,
+                ldap.urls.join(", ")
+            ),
+            Err(e) => report.problem(Path::new("identity"), e),
+        }
+    }
 }
 
 /// The TLS pair `serve` would load, when `[server.tls]` is set.

@@ -25,6 +25,7 @@ macro_rules! print {
 }
 
 pub mod check;
+pub mod identity;
 pub mod keygen;
 mod password;
 pub mod policy;

@@ -36,6 +36,16 @@ pub fn read_new(name: &str, min_length: usize) -> Result<String, Failure> {
     Ok(password)
 }
 
+/// Asks for the existing password of `name` (once; a diagnostic, so no
+/// length rule): a prompt at a terminal, else one line of stdin.
+pub fn read_existing(name: &str) -> Result<String, Failure> {
+    if std::io::stdin().is_terminal() {
+        prompt(&format!("Password for {name}: "))
+    } else {
+        read_stdin()
+    }
+}
+
 fn check(password: &str, min_length: usize) -> Result<(), Failure> {
     if password.is_empty() {
         return Err(Failure::refused("empty password; nothing changed"));

@@ -27,7 +27,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
 use super::clients::{fail, output, succeed};
-use super::oci::tar_header;
+use super::oci::{random_bytes, tar_header};
 
 /// How long dockerd may take to answer `docker version`, and to stop.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -334,7 +334,7 @@ pub struct ArchiveImage {
 /// its configuration, and `manifest.json`.
 pub fn docker_archive(dir: &Path, reference: &str, arch: &str) -> ArchiveImage {
     let mut content = format!("an image for linux/{arch}\n").into_bytes();
-    content.extend_from_slice(super::random_bytes(4096).as_slice());
+    content.extend_from_slice(random_bytes(4096).as_slice());
     let layer = tar(&[("hello.txt", &content)]);
     let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
     let config = serde_json::to_vec(&json!({

@@ -12,6 +12,8 @@ pub mod slapd;
 
 use std::sync::Arc;
 
+pub use oci::random_bytes;
+
 use portcullis::config::Config;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -24,6 +26,29 @@ pub struct TestServer {
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// The claims of a token endpoint answer's `token`, unverified (other
+/// tests verify signatures).
+pub fn token_claims(body: &serde_json::Value) -> serde_json::Value {
+    let token = body["token"].as_str().expect("a token");
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(payload.as_bytes())
+        .expect("base64url claims");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// The actions a token's claims grant on `repository`.
+pub fn granted_actions(claims: &serde_json::Value, repository: &str) -> Vec<String> {
+    claims["access"]
+        .as_array()
+        .expect("access")
+        .iter()
+        .filter(|a| a["name"] == repository)
+        .flat_map(|a| a["actions"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// `sha256:<hex>` of `data`.
@@ -66,14 +91,6 @@ pub fn channel_body() -> (tokio::sync::mpsc::Sender<bytes::Bytes>, reqwest::Body
             .map(|next| next.map(Ok::<_, std::io::Error>))
     });
     (tx, reqwest::Body::wrap_stream(stream))
-}
-
-/// `len` random bytes: content no layer can compress or guess.
-pub fn random_bytes(len: usize) -> Vec<u8> {
-    use rand::RngCore as _;
-    let mut data = vec![0u8; len];
-    rand::rng().fill_bytes(&mut data);
-    data
 }
 
 impl TestServer {

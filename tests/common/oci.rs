@@ -69,6 +69,13 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// `len` random bytes: content no layer can compress or guess.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rng().fill_bytes(&mut data);
+    data
+}
+
 /// Writes a tar archive holding one file of `size` random bytes (a real
 /// layer that podman can unpack) into the layout's blob directory, 1 MiB at
 /// a time, so that layers of hundreds of MB never sit in memory; returns its

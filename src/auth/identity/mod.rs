@@ -14,6 +14,7 @@
 //! source: the failed-login limiter, the policy, tokens and their stamps.
 
 pub mod file;
+pub mod ldap;
 
 use std::sync::Arc;
 
@@ -76,6 +77,41 @@ pub trait Source: Send + Sync {
     /// login, so that an unlock in a new users file is known before the
     /// failed-login limiter judges the attempt). Nothing by default.
     fn reload_if_changed(&self, _now: bool) {}
+}
+
+/// Where a cache of good logins keeps a name and password: a keyed hash of
+/// both (the pair itself is never kept), under a key of this process, so
+/// that the cache's keys tell nothing even to someone who reads memory
+/// dumps of another run.
+pub struct CredentialSlots {
+    key: [u8; 32],
+}
+
+impl CredentialSlots {
+    pub fn new() -> Self {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Self { key }
+    }
+
+    pub fn slot(&self, name: &str, password: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.key);
+        // Lengths first, so that ("ab", "c") and ("a", "bc") differ.
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update((password.len() as u64).to_be_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+}
+
+impl Default for CredentialSlots {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The configured sources, asked in order.

@@ -1,0 +1,247 @@
+//! `[identity]` and `[[identity.ldap]]`: which identity sources answer
+//! logins, in which order, and how each directory is reached.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[identity]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct IdentityConfig {
+    /// The sources in the order they are asked: `file` (the users file) and
+    /// the `name` of each `[[identity.ldap]]`. Unset: the users file, then
+    /// each directory in the order written, so a local account still works
+    /// when a directory is down.
+    pub order: Option<Vec<String>>,
+    pub ldap: Vec<LdapConfig>,
+}
+
+impl IdentityConfig {
+    /// The source names in the order they are asked.
+    pub fn order(&self) -> Vec<String> {
+        match &self.order {
+            Some(order) => order.clone(),
+            None => std::iter::once(FILE_SOURCE.to_owned())
+                .chain(self.ldap.iter().map(|l| l.name.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The name of the users file in `identity.order`.
+pub const FILE_SOURCE: &str = "file";
+
+/// One directory (`[[identity.ldap]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+
+pub struct LdapConfig {
+    /// The source's name in `identity.order`, logs and `Identity::source`.
+    pub name: String,
+    /// `ldap://` or `ldaps://` URLs, tried in order (failover).
+    pub urls: Vec<String>,
+    /// Upgrade `ldap://` connections with StartTLS before anything is sent.
+    #[serde(default)]
+    pub starttls: bool,
+    /// CA certificates (PEM) the directory's certificate must chain to.
+    /// Unset: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (a loud warning at start). For trials only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// The service account searches run as. Unset: anonymous searches.
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// A file holding the service account's password (its first line);
+    /// never the password itself in the configuration.
+    #[serde(default)]
+    pub bind_password_file: Option<PathBuf>,
+    /// Where users are searched.
+    pub user_base: String,
+    /// The search filter, with `{username}` (escaped per RFC 4515).
+    #[serde(default = "default_user_filter")]
+    pub user_filter: String,
+    /// The attribute whose value is the identity's name (`uid`,
+    /// `sAMAccountName`, `userPrincipalName`).
+    #[serde(default = "default_user_attribute")]
+    pub user_attribute: String,
+    /// Bind directly as this DN (with `{username}`, escaped per RFC 4514)
+    /// instead of searching first.
+    #[serde(default)]
+    pub bind_dn_template: Option<String>,
+    /// Refuse accounts Active Directory marks disabled (`userAccountControl`
+    /// bit 2).
+    #[serde(default)]
+    pub active_directory: bool,
+    #[serde(default = "default_timeout")]
+    pub connect_timeout_secs: u64,
+    #[serde(default = "default_timeout")]
+    pub operation_timeout_secs: u64,
+    /// Service connections kept open, and the bound on directory operations
+    /// running at once.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long a good login is remembered (seconds): the most a disabled,
+    /// deleted or regrouped user keeps their access.
+    #[serde(default = "default_cache_secs")]
+    pub cache_secs: u64,
+    #[serde(default)]
+    pub groups: LdapGroups,
+}
+
+/// `[identity.ldap.groups]`: where a user's groups come from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LdapGroups {
+    /// `member_of` (a user attribute listing group DNs), `search` (groups
+    /// whose members include the user) or `none`.
+    pub from: GroupsFrom,
+    /// The user attribute for `member_of`.
+    pub attribute: String,
+    /// Where groups are searched (`search`, and the nested walk).
+    pub base: Option<String>,
+    /// The group search filter, with `{dn}` (the user's DN) and/or
+    /// `{username}`, both escaped per RFC 4515.
+    pub filter: String,
+    /// The attribute naming a found group (`cn`).
+    pub name_attribute: String,
+    /// Nested groups: `none`, `in_chain` (Active Directory's
+    /// `LDAP_MATCHING_RULE_IN_CHAIN`) or `walk` (groups of groups, searched
+    /// level by level up to `max_depth`, cycle-safe).
+    pub nested: Nested,
+    pub max_depth: usize,
+    /// Prepended to every directory group name (`ldap:` makes `dev`
+    /// `ldap:dev`), so they cannot collide with local group names.
+    pub prefix: String,
+    /// Groups that count at all (names before the prefix). Empty: all.
+    pub allow: Vec<String>,
+}
+
+impl Default for LdapGroups {
+    fn default() -> Self {
+        Self {
+            from: GroupsFrom::MemberOf,
+            attribute: "memberOf".into(),
+            base: None,
+            filter: "(member={dn})".into(),
+            name_attribute: "cn".into(),
+            nested: Nested::None,
+            max_depth: 5,
+            prefix: String::new(),
+            allow: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupsFrom {
+    MemberOf,
+    Search,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Nested {
+    None,
+    InChain,
+    Walk,
+}
+
+fn default_user_filter() -> String {
+    "(uid={username})".into()
+}
+
+fn default_user_attribute() -> String {
+    "uid".into()
+}
+
+fn default_timeout() -> u64 {
+    5
+}
+
+fn default_pool_size() -> usize {
+    4
+}
+
+fn default_cache_secs() -> u64 {
+    60
+}
+
+impl LdapConfig {
+    /// Problems with the values, each as (key under this entry, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut found = Vec::new();
+        if self.name.is_empty() || self.name == FILE_SOURCE {
+            found.push((
+                "name",
+                format!("name must be set and not `{FILE_SOURCE}` (the users file)"),
+            ));
+        }
+        if self.urls.is_empty() {
+            found.push((
+                "urls",
+                "urls must list at least one ldap:// or ldaps:// URL".into(),
+            ));
+        }
+        for url in &self.urls {
+            let ldaps = url.starts_with("ldaps://");
+            if !ldaps && !url.starts_with("ldap://") {
+                found.push(("urls", format!("`{url}` is not an ldap:// or ldaps:// URL")));
+            }
+            if ldaps && self.starttls {
+                found.push((
+                    "starttls",
+                    format!("starttls is for ldap:// URLs; `{url}` is already TLS"),
+                ));
+            }
+        }
+        if self.bind_dn.is_some() != self.bind_password_file.is_some() {
+            found.push((
+                "bind_dn",
+                "bind_dn and bind_password_file go together".into(),
+            ));
+        }
+        match &self.bind_dn_template {
+            Some(template) if !template.contains("{username}") => found.push((
+                "bind_dn_template",
+                "bind_dn_template must contain {username}".into(),
+            )),
+            _ => {}
+        }
+        if !self.user_filter.contains("{username}") {
+            found.push(("user_filter", "user_filter must contain {username}".into()));
+        }
+        if self.user_attribute.is_empty() {
+            found.push(("user_attribute", "user_attribute must not be empty".into()));
+        }
+        for (key, value) in [
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("operation_timeout_secs", self.operation_timeout_secs),
+        ] {
+            if value == 0 {
+                found.push((key, format!("{key} must be positive")));
+            }
+        }
+        if self.pool_size == 0 {
+            found.push(("pool_size", "pool_size must be positive".into()));
+        }
+        let groups = &self.groups;
+        if groups.from == GroupsFrom::Search
+            && !(groups.filter.contains("{dn}") || groups.filter.contains("{username}"))
+        {
+            found.push((
+                "groups",
+                "groups.filter must contain {dn} or {username}".into(),
+            ));
+        }
+        if (groups.from == GroupsFrom::Search || groups.nested == Nested::Walk)
+            && groups.base.is_none()
+        {
+            found.push(("groups", "groups.base is needed to search groups".into()));
+        }
+        found
+    }
+}
