@@ -41,6 +41,7 @@ mod memory;
 mod policy_globs;
 mod secrets_not_logged;
 mod shutdown;
+mod slapd;
 mod storage_driver;
 mod stress;
 mod tls;

@@ -7,7 +7,8 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
@@ -215,18 +216,18 @@ fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// Spawns a client with its output piped, and its input piped when it is
+/// to be fed.
+fn spawn(cmd: &mut Command, fed: bool) -> Child {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if fed { Stdio::piped() } else { Stdio::null() });
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
 /// Runs a client to completion, feeding `stdin` when given.
 pub fn output(mut cmd: Command, stdin: Option<&str>) -> Output {
-    let shown = format!("{cmd:?}");
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let mut child = spawn(&mut cmd, stdin.is_some());
     if let Some(input) = stdin {
         // Dropping the handle closes the pipe: the client sees the end of
         // its input.
@@ -234,6 +235,31 @@ pub fn output(mut cmd: Command, stdin: Option<&str>) -> Output {
         pipe.write_all(input.as_bytes()).unwrap();
     }
     child.wait_with_output().expect("wait for client")
+}
+
+/// [`output`], bounded: panics when the client runs past `timeout`
+/// (after killing it).
+pub fn output_within(mut cmd: Command, stdin: Option<&str>, timeout: Duration) -> Output {
+    let mut child = spawn(&mut cmd, stdin.is_some());
+    let pid = child.id() as i32;
+    let input = stdin.map(|s| (child.stdin.take().expect("stdin"), s.to_owned()));
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Some((mut pipe, text)) = input {
+            // A client that exits early closes its end: its status says why.
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(timeout) {
+        Ok(out) => out.expect("wait for client"),
+        Err(_) => {
+            // SAFETY: kill(2) on our child, which has not exited (its
+            // waiter has not reported), so its pid is still ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("{cmd:?} ran past {timeout:?}");
+        }
+    }
 }
 
 /// A client's command line, exit status and output, for failure messages.

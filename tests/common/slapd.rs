@@ -15,20 +15,28 @@
 //! - `-d stats` keeps slapd in the foreground and writes its log to stderr,
 //!   here into `slapd.log` (appended to across restarts). A search is logged
 //!   as `conn=N op=M SRCH base="…" scope=2 deref=0 filter="(uid=\2A)"`:
-//!   slapd prints the filter normalized, with escapes in *upper-case* hex
-//!   (`(uid=\2a)` on the wire is logged `(uid=\2A)`). The `SRCH` line is
-//!   written when the request is parsed, before any result is sent, so it is
-//!   in the file by the time the client has its answer.
-//! - Readiness: slapd accepts TCP connections on its listeners before its
-//!   backends are open, so the harness waits for an answered anonymous
-//!   bind (a real LDAP request over a real connection), not for the port.
-//!   A start takes 60–100 ms on an idle machine (the first start after boot
-//!   is slower, the schema files coming from disk).
+//!   slapd prints the filter as it parsed it, normalized: escapes in
+//!   *upper-case* hex (`(uid=\2a)` on the wire is logged `(uid=\2A)`), the
+//!   attribute in its schema spelling and a case-insensitive value in lower
+//!   case (`(UID=Alice\2a*)` is logged `(uid=alice\2A*)`), so an injected
+//!   `)(uid=*` shows as `\29\28uid=\2A` inside one assertion. The `SRCH` line
+//!   is written when the request is parsed, before any result is sent, so it
+//!   is in the file by the time the client has its answer (a `RESULT` line
+//!   may not be yet). The harness's readiness probes are logged as
+//!   anonymous binds (`BIND dn="" method=128`).
+//! - Readiness: the harness waits for an answered anonymous bind (a real
+//!   LDAP request over a real connection), not for the port to accept or
+//!   for the `slapd starting` line.
+//!   On this project's 2-core machine, busy, a start takes 50–150 ms
+//!   (TLS and memberof add some 50 ms; the first start after a build or
+//!   boot up to 0.5 s, the files coming from disk), eight at once
+//!   0.2–0.35 s, and the seed another 50–100 ms.
 //! - Ports: each server's are picked by binding `127.0.0.1:0` and closing;
 //!   when another process takes one in between, slapd exits with
 //!   `bind(…) failed errno=98 (Address already in use)` and the harness
 //!   tries again with new ports. slapd sets `SO_REUSEADDR`, so a restart
-//!   gets the same ports back at once.
+//!   gets the same ports back at once (unless another process took one
+//!   while it was stopped: the restart then fails, saying so).
 //! - Stopping: SIGTERM makes slapd close its listeners and the database and
 //!   exit (0); the harness waits for that exit, so a restart never meets a
 //!   database still open.
@@ -36,7 +44,10 @@
 //!   PKCS#8 PEM key (`BEGIN PRIVATE KEY`, ECDSA P-256) as
 //!   `TLSCertificateKeyFile` as it is. The server certificate names
 //!   `127.0.0.1` and `localhost` (IP and DNS SANs, serverAuth EKU); ldaps://
-//!   and StartTLS (`-ZZ`) on ldap:// both use it.
+//!   and StartTLS (`-ZZ`) on ldap:// both use it. libldap checks a server
+//!   it reaches as `localhost` against the *machine's host name* instead
+//!   ("hostname (vm) does not match common name"), so clients here use
+//!   `127.0.0.1`; the `localhost` SAN is for other clients.
 //! - Clients: `LDAPNOINIT=1` would turn off *all* defaults, the
 //!   `LDAPTLS_*` environment variables included, so a CA given that way is
 //!   ignored; the harness sets `LDAPCONF=/dev/null` instead (and a `HOME` and
@@ -61,13 +72,14 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::clients::describe;
+use super::clients::{describe, output_within};
 use super::pki::TestCa;
+
+pub mod tree;
 
 /// The suffix of every server's one database.
 pub const SUFFIX: &str = "dc=example,dc=org";
@@ -310,13 +322,23 @@ impl Slapd {
         self.log().lines().map(str::to_owned).collect()
     }
 
-    /// How many searches slapd logged with exactly `filter`, as slapd prints
-    /// it (normalized: `(uid=\2A)`, upper-case hex escapes).
-    pub fn searches_with_filter(&self, filter: &str) -> usize {
-        let wanted = format!(" filter=\"{filter}\"");
+    /// The filter of every search slapd logged, in order, as slapd prints
+    /// it (normalized: `(uid=\2A)`, see the module comment).
+    pub fn search_filters(&self) -> Vec<String> {
         self.log()
             .lines()
-            .filter(|line| line.contains(" SRCH base=") && line.ends_with(&wanted))
+            .filter(|line| line.contains(" SRCH base="))
+            .filter_map(|line| line.split_once(" filter=\"")?.1.strip_suffix('"'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// How many searches slapd logged with exactly `filter` (as
+    /// [`Slapd::search_filters`] lists them).
+    pub fn searches_with_filter(&self, filter: &str) -> usize {
+        self.search_filters()
+            .iter()
+            .filter(|f| *f == filter)
             .count()
     }
 
@@ -515,218 +537,4 @@ pub fn ssha(password: &str) -> String {
         .expect("UTF-8 hash")
         .trim()
         .to_owned()
-}
-
-/// Runs `cmd` to completion, feeding `stdin` when given; panics when it
-/// runs past `timeout` (after killing it).
-pub fn output_within(mut cmd: Command, stdin: Option<&str>, timeout: Duration) -> Output {
-    let shown = format!("{cmd:?}");
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    let pid = child.id() as i32;
-    let input = stdin.map(|s| (child.stdin.take().expect("stdin"), s.to_owned()));
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        if let Some((mut pipe, text)) = input {
-            // A client that exits early closes its end: its status says why.
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        let _ = done.send(child.wait_with_output());
-    });
-    match finished.recv_timeout(timeout) {
-        Ok(out) => out.expect("wait for client"),
-        Err(_) => {
-            // SAFETY: kill(2) on our child, which has not exited (its
-            // waiter has not reported), so its pid is still ours.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("{shown} ran past {timeout:?}");
-        }
-    }
-}
-
-/// The common tree [`Slapd::seed`] adds below [`SUFFIX`].
-///
-/// ```text
-/// ou=people    uid=alice  inetOrgPerson + posixAccount  {SSHA} "alice-password"
-///              uid=bob    inetOrgPerson + posixAccount  clear  "bob-password"
-///              uid=carol  inetOrgPerson                 {SSHA} "carol-password"
-///              uid=dave   inetOrgPerson                 clear  "dave-password"  (no group)
-/// ou=groups    cn=developers  groupOfNames        member alice, bob
-///              cn=admins      groupOfNames        member alice
-///              cn=operators   groupOfUniqueNames  uniqueMember bob, carol
-///              cn=posix-users posixGroup          memberUid alice, bob
-///              cn=all-staff   groupOfNames        member developers, staff-ring
-///              cn=staff-ring  groupOfNames        member all-staff, carol   (a cycle)
-/// ou=services  cn=portcullis  applicationProcess + simpleSecurityObject
-///                             {SSHA} "service-password"
-/// ```
-///
-/// ACLs: anyone may bind (`auth` on `userPassword`) and nobody but the root
-/// DN reads a password; a user reads their own entry and nothing else; the
-/// service account reads everything else (people, groups, services).
-///
-/// With the memberof overlay, `memberOf` is: alice developers, admins; bob
-/// developers; carol staff-ring; developers all-staff; all-staff
-/// staff-ring; staff-ring all-staff. Never operators or posix-users (not
-/// groupOfNames), never transitive.
-pub mod tree {
-    pub const PEOPLE: &str = "ou=people,dc=example,dc=org";
-    pub const GROUPS: &str = "ou=groups,dc=example,dc=org";
-    pub const SERVICES: &str = "ou=services,dc=example,dc=org";
-
-    /// The service account, which reads people and groups.
-    pub const SERVICE_DN: &str = "cn=portcullis,ou=services,dc=example,dc=org";
-    pub const SERVICE_PASSWORD: &str = "service-password";
-
-    /// A seeded person.
-    pub struct User {
-        pub uid: &'static str,
-        pub password: &'static str,
-        /// Stored as `{SSHA}` (else in clear).
-        pub hashed: bool,
-    }
-
-    pub const ALICE: User = User {
-        uid: "alice",
-        password: "alice-password",
-        hashed: true,
-    };
-    pub const BOB: User = User {
-        uid: "bob",
-        password: "bob-password",
-        hashed: false,
-    };
-    pub const CAROL: User = User {
-        uid: "carol",
-        password: "carol-password",
-        hashed: true,
-    };
-    pub const DAVE: User = User {
-        uid: "dave",
-        password: "dave-password",
-        hashed: false,
-    };
-    pub const USERS: [&User; 4] = [&ALICE, &BOB, &CAROL, &DAVE];
-
-    pub const DEVELOPERS: &str = "developers";
-    pub const ADMINS: &str = "admins";
-    pub const OPERATORS: &str = "operators";
-    pub const POSIX_USERS: &str = "posix-users";
-    pub const ALL_STAFF: &str = "all-staff";
-    pub const STAFF_RING: &str = "staff-ring";
-
-    impl User {
-        pub fn dn(&self) -> String {
-            user_dn(self.uid)
-        }
-    }
-
-    pub fn user_dn(uid: &str) -> String {
-        format!("uid={uid},{PEOPLE}")
-    }
-
-    pub fn group_dn(cn: &str) -> String {
-        format!("cn={cn},{GROUPS}")
-    }
-
-    /// The LDIF of the tree (cycle half-closed, see [`super::Slapd::seed`]);
-    /// built once per test process (`slappasswd` runs once per hash).
-    pub fn ldif() -> &'static str {
-        static LDIF: super::OnceLock<String> = super::OnceLock::new();
-        LDIF.get_or_init(build)
-    }
-
-    fn password(value: &str, hashed: bool) -> String {
-        if hashed {
-            super::ssha(value)
-        } else {
-            value.to_owned()
-        }
-    }
-
-    fn build() -> String {
-        let mut out = String::from(
-            "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\n\
-             dc: example\no: Example\n\n",
-        );
-        for ou in ["people", "groups", "services"] {
-            out.push_str(&format!(
-                "dn: ou={ou},dc=example,dc=org\nobjectClass: organizationalUnit\nou: {ou}\n\n"
-            ));
-        }
-        for (number, user) in (10001..).zip(USERS) {
-            let uid = user.uid;
-            out.push_str(&format!(
-                "dn: {}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid} example\n\
-                 sn: {uid}\nmail: {uid}@example.org\nuserPassword: {}\n",
-                user.dn(),
-                password(user.password, user.hashed)
-            ));
-            if [ALICE.uid, BOB.uid].contains(&uid) {
-                out.push_str(&format!(
-                    "objectClass: posixAccount\nuidNumber: {number}\ngidNumber: 20000\n\
-                     homeDirectory: /home/{uid}\n"
-                ));
-            }
-            out.push('\n');
-        }
-        let entries = [
-            (
-                DEVELOPERS,
-                "groupOfNames",
-                "member",
-                vec![ALICE.dn(), BOB.dn()],
-            ),
-            (ADMINS, "groupOfNames", "member", vec![ALICE.dn()]),
-            (
-                OPERATORS,
-                "groupOfUniqueNames",
-                "uniqueMember",
-                vec![BOB.dn(), CAROL.dn()],
-            ),
-            (
-                ALL_STAFF,
-                "groupOfNames",
-                "member",
-                vec![group_dn(DEVELOPERS)],
-            ),
-            (
-                STAFF_RING,
-                "groupOfNames",
-                "member",
-                vec![group_dn(ALL_STAFF), CAROL.dn()],
-            ),
-        ];
-        for (cn, class, attr, members) in entries {
-            out.push_str(&format!(
-                "dn: {}\nobjectClass: {class}\ncn: {cn}\n",
-                group_dn(cn)
-            ));
-            for dn in members {
-                out.push_str(&format!("{attr}: {dn}\n"));
-            }
-            out.push('\n');
-        }
-        out.push_str(&format!(
-            "dn: {}\nobjectClass: posixGroup\ncn: {POSIX_USERS}\ngidNumber: 20000\n\
-             memberUid: {}\nmemberUid: {}\n\n",
-            group_dn(POSIX_USERS),
-            ALICE.uid,
-            BOB.uid
-        ));
-        out.push_str(&format!(
-            "dn: {SERVICE_DN}\nobjectClass: applicationProcess\n\
-             objectClass: simpleSecurityObject\ncn: portcullis\nuserPassword: {}\n",
-            password(SERVICE_PASSWORD, true)
-        ));
-        out
-    }
 }
