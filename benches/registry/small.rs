@@ -36,8 +36,9 @@ const HEAD_NOTE: &str = "as GET, without the body; driven by the harness' own lo
      keep-alive connections on 2 threads), since wrk 4.1 never completes a HEAD response that \
      carries Content-Length; the loop shares the 2 cores with the server";
 const TOKEN_NOTE: &str = "CPU per request: HTTP, the keyed credential-cache lookup, the \
-     policy, and an ES256 signature (ring; it was ~0.4 ms in the pure-Rust p256 backend, now a \
-     few tens of µs); the first request paid argon2id; wrk shares the 2 cores";
+     policy, and an ES256 signature (aws-lc-rs, a few tens of µs); the login runs as a task of \
+     its own (so an abandoned attempt still counts with the limiter); the first request paid \
+     argon2id; wrk shares the 2 cores";
 const ARGON_NOTE: &str = "deliberately slow: argon2id at m=19 MiB, t=2, p=1 (OWASP); paid once \
      per credential, then cached";
 
