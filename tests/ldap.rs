@@ -590,3 +590,41 @@ fn identity_test_says_which_source_answered_and_what_the_policy_grants() {
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("login not checked"), "{said}");
 }
+
+#[test]
+fn a_bind_dn_template_binds_directly_and_the_allow_list_filters_groups() {
+    let template = format!(
+        "bind_dn_template = \"uid={{username}},{}\"\n",
+        tree::PEOPLE
+    );
+    let w = start(Setup {
+        options: SlapdOptions {
+            memberof: true,
+            ..Default::default()
+        },
+        ldap: &template,
+        groups: "from = \"member_of\"\nprefix = \"ldap:\"\nallow = [\"developers\"]\n",
+        policy: Some(GROUP_POLICY),
+        ..Default::default()
+    });
+    // alice is in admins too, which the allow list leaves out.
+    let (code, said) = identity_test(&w, "alice", tree::ALICE.password, "team/app");
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("groups:   ldap:developers\n"), "{said}");
+    let (code, said) = identity_test(&w, "alice", "wrong", "team/app");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("the password is wrong"), "{said}");
+    let (code, said) = identity_test(&w, "nobody", "x", "team/app");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("no source knows `nobody`"), "{said}");
+    // The name went into the DN escaped: `x,ou=admins` names no entry.
+    let (code, _) = identity_test(&w, "x,ou=people", "x", "team/app");
+    assert_eq!(code, Some(1));
+    assert!(
+        w.slapd
+            .log()
+            .contains("base=\"uid=x\\2Cou\\3Dpeople,ou=people,dc=example,dc=org\""),
+        "{}",
+        w.slapd.log()
+    );
+}
