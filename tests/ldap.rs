@@ -593,10 +593,7 @@ fn identity_test_says_which_source_answered_and_what_the_policy_grants() {
 
 #[test]
 fn a_bind_dn_template_binds_directly_and_the_allow_list_filters_groups() {
-    let template = format!(
-        "bind_dn_template = \"uid={{username}},{}\"\n",
-        tree::PEOPLE
-    );
+    let template = format!("bind_dn_template = \"uid={{username}},{}\"\n", tree::PEOPLE);
     let w = start(Setup {
         options: SlapdOptions {
             memberof: true,

@@ -229,6 +229,47 @@ fn tls_1_1_is_refused_and_1_2_accepted() {
     assert!(current.contains("TLSv1.2"), "{current}");
 }
 
+/// A client that sends an IP address as the server name (wrk, openssl
+/// `-servername 127.0.0.1`) makes rustls warn on every handshake; the
+/// default log keeps that out, and a filter naming rustls brings it back.
+#[test]
+fn handshakes_naming_an_ip_address_do_not_flood_the_default_log() {
+    require_openssl();
+    let dir = setup("");
+    for (filter, warned) in [("info", false), ("info,rustls=warn", true)] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env("PORTCULLIS_LOG", filter)
+            .stderr(Stdio::piped());
+        let mut server = ServerProcess::spawn(command);
+        let mut log = Log::of(&mut server);
+        for _ in 0..3 {
+            Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &server.host,
+                    "-servername",
+                    "127.0.0.1",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl");
+        }
+        // A line after the handshakes: whatever they logged came before it.
+        let ca = dir.path().join("tls/tls.crt");
+        curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            &server.at("/token?service=portcullis"),
+        ]);
+        log.wait_for(&["token issued"]);
+        assert_eq!(log.count("rustls") > 0, warned, "with {filter}");
+    }
+}
+
 #[tokio::test]
 async fn a_connection_that_never_completes_the_handshake_is_cut() {
     let dir = setup("header_timeout_secs = 1");
