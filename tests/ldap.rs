@@ -45,6 +45,8 @@ struct Setup<'a> {
     /// The CA file Portcullis trusts the directory with, in place of the
     /// test CA that signed slapd's certificate.
     other_ca: Option<&'a std::path::Path>,
+    /// A second directory, `lab`, after `corp` (plain LDAP, no groups).
+    second: Option<&'a Slapd>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -116,11 +118,19 @@ fn start_with(slapd: Slapd, setup: &Setup<'_>) -> World {
          user_base = \"{people}\"\n\
          user_filter = \"(&(objectClass=inetOrgPerson)(uid={{username}}))\"\n\
          cache_secs = 1\n{tls}{ldap}\n\
-         [identity.ldap.groups]\n{groups}\n",
+         [identity.ldap.groups]\n{groups}\n{second}",
         service = tree::SERVICE_DN,
         people = tree::PEOPLE,
         ldap = setup.ldap,
         groups = setup.groups,
+        second = setup.second.map_or_else(String::new, |lab| format!(
+            "[[identity.ldap]]\nname = \"lab\"\nurls = [\"{}\"]\n\
+             bind_dn = \"{}\"\nbind_password_file = \"ldap-password\"\n\
+             user_base = \"{}\"\ncache_secs = 1\n[identity.ldap.groups]\nfrom = \"none\"\n",
+            lab.url(),
+            tree::SERVICE_DN,
+            tree::PEOPLE
+        )),
     );
     fs::write(dir.path().join("portcullis.toml"), config).unwrap();
     for (name, password) in setup.local {
@@ -624,4 +634,96 @@ fn a_bind_dn_template_binds_directly_and_the_allow_list_filters_groups() {
         "{}",
         w.slapd.log()
     );
+}
+
+#[tokio::test]
+async fn of_two_directories_the_first_that_knows_a_name_decides() {
+    let lab = Slapd::start_seeded(SlapdOptions::default());
+    // erin is only in the lab's directory; alice is in both, with another
+    // password in the lab's.
+    lab.add(&format!(
+        "dn: {}\nobjectClass: inetOrgPerson\nuid: erin\ncn: erin\nsn: erin\nuserPassword: erin-password\n",
+        tree::user_dn("erin")
+    ));
+    lab.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userPassword\nuserPassword: lab-alice-password\n",
+        tree::ALICE.dn()
+    ));
+    let mut w = start(Setup {
+        groups: "from = \"none\"\n",
+        second: Some(&lab),
+        ..Default::default()
+    });
+    let (status, body) = w
+        .token("erin", "erin-password", "repository:erin/app:pull")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    w.log
+        .wait_for(&["token issued", "user=\"erin\"", "source=\"lab\""]);
+    let (status, _) = w
+        .token("alice", tree::ALICE.password, "repository:alice/app:pull")
+        .await;
+    assert_eq!(status, 200);
+    w.log
+        .wait_for(&["token issued", "user=\"alice\"", "source=\"corp\""]);
+    // corp knows alice, so corp decides: the lab's password is wrong here.
+    let (status, _) = w
+        .token("alice", "lab-alice-password", "repository:alice/app:pull")
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_directory_that_stops_answering_is_cut_off_by_the_operation_timeout() {
+    let w = start(Setup {
+        ldap: "operation_timeout_secs = 1\nconnect_timeout_secs = 1\npool_size = 2\n",
+        groups: "from = \"none\"\n",
+        local: &[("local", "local-Pa55word")],
+        ..Default::default()
+    });
+    assert_eq!(w.actions(&tree::ALICE, "alice/app").await, PULL_PUSH);
+    // Frozen, not stopped: connections are accepted by the kernel and no
+    // answer ever comes.
+    let conf = w.slapd.dir().join("slapd.conf");
+    let signal = |sig: &str| {
+        let status = Command::new("pkill")
+            .args([sig, "-f", conf.to_str().unwrap()])
+            .status()
+            .expect("run pkill");
+        assert!(status.success(), "pkill {sig}");
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    // More logins at once than the pool bound: every one is answered, as
+    // unavailable or, past the limiter's bound on attempts in flight from
+    // one address, as "being checked, retry" (never as a failed login).
+    let logins = (0..6).map(|_| w.token("bob", "bob-password", "repository:bob/app:pull"));
+    let answers = futures_util::future::join_all(logins).await;
+    for (status, body) in &answers {
+        let code = body["errors"][0]["code"].as_str().unwrap_or("");
+        assert!(
+            (*status, code) == (503, "UNAVAILABLE") || (*status, code) == (429, "TOOMANYREQUESTS"),
+            "{status} {body}"
+        );
+        assert!(!body.to_string().contains("failed logins"), "{body}");
+    }
+    assert!(answers.iter().any(|(status, _)| *status == 503));
+    let took = started.elapsed();
+    // Local users do not wait for the directory.
+    let local = std::time::Instant::now();
+    let (status, _) = w
+        .token("local", "local-Pa55word", "repository:local/app:pull")
+        .await;
+    assert_eq!(status, 200);
+    let local = local.elapsed();
+    signal("-CONT");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "a frozen directory held logins for {took:?}"
+    );
+    assert!(
+        local < std::time::Duration::from_secs(5),
+        "a local login waited {local:?} for the directory"
+    );
+    assert_eq!(w.actions(&tree::BOB, "bob/app").await, PULL_PUSH);
 }

@@ -252,7 +252,10 @@ impl Authority {
                 Err(Refusal::Failures(wait)) => return Err(AuthError::TooManyFailures(wait)),
                 Err(Refusal::InFlight) => {
                     if tokio::time::timeout_at(deadline, resolved).await.is_err() {
-                        return Err(AuthError::TooManyFailures(Duration::from_secs(1)));
+                        // Not a failure of this caller's: the attempts
+                        // before it are still being checked (a slow
+                        // directory, a burst), so it is told to come back.
+                        return Err(AuthError::Busy(GateError::Busy(Duration::from_secs(1))));
                     }
                 }
             }
