@@ -727,3 +727,40 @@ async fn a_directory_that_stops_answering_is_cut_off_by_the_operation_timeout() 
     );
     assert_eq!(w.actions(&tree::BOB, "bob/app").await, PULL_PUSH);
 }
+
+#[test]
+fn policy_explain_resolves_a_directory_users_groups_without_a_password() {
+    let w = start(Setup {
+        options: SlapdOptions {
+            memberof: true,
+            ..Default::default()
+        },
+        groups: "from = \"member_of\"\nprefix = \"ldap:\"\n",
+        policy: Some(GROUP_POLICY),
+        ..Default::default()
+    });
+    let explain = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["policy", "explain"])
+            .args(args)
+            .current_dir(w.dir.path())
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
+    };
+    let (code, said) = explain(&["--user", "bob", "--resolve", "team/app", "push"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("bob (groups: ldap:developers)"), "{said}");
+    assert!(said.contains("resolved by `corp`"), "{said}");
+    // Without --resolve the groups are only those given: none.
+    let (code, said) = explain(&["--user", "bob", "team/app", "push"]);
+    assert_eq!(code, Some(1), "{said}");
+    let (code, said) = explain(&["--user", "nobody", "--resolve", "team/app", "push"]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("no identity source knows `nobody`"), "{said}");
+}

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use portcullis::auth::identity::Login;
+use portcullis::auth::identity::{Chain, Identity, Login};
 use portcullis::auth::scope::Action;
+use portcullis::config::Config;
 use portcullis::policy::{Caller, Policy};
 
 use super::{Failure, load_config, password};
@@ -42,20 +43,37 @@ pub struct TestArgs {
     config: Option<PathBuf>,
 }
 
+/// The identity chain `serve` would build from `config`.
+fn chain(config: &Config) -> Result<Chain, Failure> {
+    let users = portcullis::auth::watched_users(&config.users.file).map_err(Failure::setup)?;
+    portcullis::auth::identity_chain(config, Arc::new(users)).map_err(Failure::setup)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::setup)
+}
+
+/// `user` as the identity sources have it now, without a password
+/// (`policy explain --resolve`).
+pub fn resolve(config: &Config, user: &str) -> Result<Identity, Failure> {
+    let chain = chain(config)?;
+    runtime()?
+        .block_on(chain.lookup(user))
+        .map_err(|e| Failure::setup(format!("`{user}` not looked up: {e}")))?
+        .ok_or_else(|| Failure::setup(format!("no identity source knows `{user}`")))
+}
+
 pub fn run(command: IdentityCommand) -> Result<ExitCode, Failure> {
     let IdentityCommand::Test(args) = command;
     let config = load_config(args.config.as_deref())?;
-    let users = portcullis::auth::watched_users(&config.users.file).map_err(Failure::setup)?;
-    let chain =
-        portcullis::auth::identity_chain(&config, Arc::new(users)).map_err(Failure::setup)?;
+    let chain = chain(&config)?;
     let order = config.identity.order();
     println!("sources:  {}", order.join(", "));
     let password = password::read_existing(&args.user)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Failure::setup)?;
-    let login = runtime
+    let login = runtime()?
         .block_on(chain.login(&args.user, &password))
         .map_err(|e| Failure::setup(format!("login not checked: {e}")))?;
     let identity = match login {

@@ -58,8 +58,8 @@ pub struct ExplainArgs {
     /// The user asking.
     #[arg(long, value_name = "USER")]
     user: Option<String>,
-    /// A group of the user (repeat for several). Groups are not looked up:
-    /// give the ones the user has.
+    /// A group of the user (repeat for several). Groups are not looked up
+    /// unless --resolve is given: give the ones the user has.
     #[arg(
         long = "group",
         short = 'g',
@@ -67,6 +67,11 @@ pub struct ExplainArgs {
         conflicts_with = "anonymous"
     )]
     groups: Vec<String>,
+    /// Looks the user up through the identity sources (the users file,
+    /// directories through their service account; no password) and adds
+    /// the groups found to any --group.
+    #[arg(long, requires = "user")]
+    resolve: bool,
     /// Asks as an anonymous caller (no credentials).
     #[arg(long)]
     anonymous: bool,
@@ -97,7 +102,19 @@ pub fn run(command: PolicyCommand) -> Result<ExitCode, Failure> {
     }
 }
 
-fn explain(args: ExplainArgs) -> Result<ExitCode, Failure> {
+fn explain(mut args: ExplainArgs) -> Result<ExitCode, Failure> {
+    if args.resolve {
+        let user = args.user.clone().unwrap_or_default();
+        let config = load_config(args.source.config.as_deref())?;
+        let identity = super::identity::resolve(&config, &user)?;
+        eprintln!("note: {user} resolved by `{}`", identity.source);
+        args.user = Some(identity.name);
+        for group in identity.groups {
+            if !args.groups.contains(&group) {
+                args.groups.push(group);
+            }
+        }
+    }
     let (policy, source) = args.source.load()?;
     match &source {
         PolicySource::Dir(dir) if policy.is_empty() => eprintln!(
