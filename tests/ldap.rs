@@ -583,6 +583,8 @@ fn identity_test_says_which_source_answered_and_what_the_policy_grants() {
         "sources:  file, corp",
         "source:   corp",
         "user:     alice",
+        "dn:       uid=alice,ou=people,dc=example,dc=org",
+        "groups from: the user's `memberOf` attribute, prefixed `ldap:`",
         "groups:   ldap:admins, ldap:developers",
         "team/app: pull, push",
         "developers push in team/",

@@ -103,6 +103,7 @@ impl Entry {
         Identity {
             name: name.to_owned(),
             source: crate::auth::identity::file::NAME,
+            dn: None,
             groups: self.groups.clone(),
             stamp: self
                 .stamp

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use portcullis::auth::identity::{Chain, Identity, Login};
 use portcullis::auth::scope::Action;
-use portcullis::config::Config;
+use portcullis::config::{Config, GroupsFrom, LdapConfig, Nested};
 use portcullis::policy::{Caller, Policy};
 
 use super::{Failure, load_config, password};
@@ -93,6 +93,17 @@ pub fn run(command: IdentityCommand) -> Result<ExitCode, Failure> {
     println!("result:   logged in");
     println!("source:   {}", identity.source);
     println!("user:     {}", identity.name);
+    if let Some(dn) = &identity.dn {
+        println!("dn:       {dn}");
+    }
+    if let Some(ldap) = config
+        .identity
+        .ldap
+        .iter()
+        .find(|l| l.name == identity.source)
+    {
+        println!("groups from: {}", groups_origin(ldap));
+    }
     match identity.groups.is_empty() {
         true => println!("groups:   none"),
         false => println!("groups:   {}", identity.groups.join(", ")),
@@ -118,4 +129,29 @@ pub fn run(command: IdentityCommand) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a directory's groups come from, as its configuration says.
+fn groups_origin(ldap: &LdapConfig) -> String {
+    let g = &ldap.groups;
+    let base = g.base.as_deref().unwrap_or(&ldap.user_base);
+    let found = match g.from {
+        GroupsFrom::None => return "none (groups.from = \"none\")".to_owned(),
+        GroupsFrom::MemberOf => format!("the user's `{}` attribute", g.attribute),
+        GroupsFrom::Search => format!("a search for {} under {base}", g.filter),
+    };
+    let nested = match g.nested {
+        Nested::None => String::new(),
+        Nested::InChain => format!(", nested by the in-chain rule under {base}"),
+        Nested::Walk => format!(", nested by a walk of {} levels under {base}", g.max_depth),
+    };
+    let prefix = match g.prefix.is_empty() {
+        true => String::new(),
+        false => format!(", prefixed `{}`", g.prefix),
+    };
+    let allow = match g.allow.is_empty() {
+        true => String::new(),
+        false => format!(", only {}", g.allow.join(", ")),
+    };
+    format!("{found}{nested}{prefix}{allow}")
 }

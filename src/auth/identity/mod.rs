@@ -32,6 +32,9 @@ pub struct Identity {
     pub stamp: String,
     /// The source that vouched: `file` for the users file.
     pub source: &'static str,
+    /// Where the source holds the account, when it has such a name (a
+    /// directory entry's DN), for diagnostics.
+    pub dn: Option<String>,
 }
 
 /// What a source says of a name and password.
@@ -210,6 +213,7 @@ mod tests {
                     groups: Vec::new(),
                     stamp: String::new(),
                     source: self.name,
+                    dn: None,
                 }))
         }
     }

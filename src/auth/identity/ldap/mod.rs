@@ -330,6 +330,7 @@ impl LdapSource {
             groups,
             stamp,
             source: self.name,
+            dn: Some(entry.dn.clone()),
         })
     }
 
