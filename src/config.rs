@@ -691,6 +691,17 @@ mod tests {
         assert_eq!(ldap.groups.from, GroupsFrom::Search);
         assert_eq!(ldap.groups.nested, Nested::Walk);
 
+        let walk_by_uid = text.replace(
+            "nested = \"walk\"",
+            "nested = \"walk\"\nfilter = \"(memberUid={username})\"",
+        );
+        assert_eq!(
+            problems(&walk_by_uid),
+            [
+                "5:16: identity.ldap `corp`: groups.nested = \"walk\" needs a groups.filter with {dn}"
+            ]
+        );
+
         let ordered = format!("[identity]\norder = [\"corp\", \"file\"]\n{text}");
         let config = Config::parse(&ordered).unwrap();
         assert_eq!(config.identity.order(), ["corp", "file"]);

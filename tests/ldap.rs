@@ -281,6 +281,15 @@ async fn groups_by_member_unique_member_and_member_uid_searches_and_a_nested_wal
             vec![(alice, "posix-users/app"), (bob, "posix-users/app")],
             vec![(carol, "posix-users/app"), (alice, "developers/app")],
         ),
+        // A found group is named by its name attribute alone, not also by
+        // its DN's RDN.
+        (
+            format!(
+                "{base}filter = \"(memberUid={{username}})\"\nname_attribute = \"gidNumber\"\n"
+            ),
+            vec![(alice, "20000/app")],
+            vec![(alice, "posix-users/app")],
+        ),
     ];
     let mut slapd = Slapd::start_seeded(SlapdOptions::default());
     for (groups, may, may_not) in &cases {

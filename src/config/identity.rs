@@ -237,6 +237,14 @@ impl LdapConfig {
                 "groups.filter must contain {dn} or {username}".into(),
             ));
         }
+        if groups.nested == Nested::Walk && !groups.filter.contains("{dn}") {
+            // The walk asks which groups list a group as a member: only a
+            // filter on the member's DN can say.
+            found.push((
+                "groups",
+                "groups.nested = \"walk\" needs a groups.filter with {dn}".into(),
+            ));
+        }
         if (groups.from == GroupsFrom::Search || groups.nested == Nested::Walk)
             && groups.base.is_none()
         {

@@ -20,7 +20,7 @@
 
 pub mod filter;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -137,8 +137,9 @@ impl LdapSource {
     async fn connect(&self) -> Attempt<Ldap> {
         let mut last = String::from("no URL");
         for url in &self.config.urls {
+            // The timeout below covers the TCP connect, the TLS handshake
+            // and StartTLS alike.
             let mut settings = LdapConnSettings::new()
-                .set_conn_timeout(Duration::from_secs(self.config.connect_timeout_secs))
                 .set_starttls(self.config.starttls)
                 .set_no_tls_verify(self.config.insecure_skip_verify);
             if let Some(tls) = &self.tls {
@@ -345,14 +346,17 @@ impl LdapSource {
             .base
             .clone()
             .unwrap_or_else(|| self.config.user_base.clone());
-        // Group DNs and the names found for them.
-        let mut names: BTreeSet<String> = BTreeSet::new();
-        let mut frontier: Vec<String> = Vec::new();
+        // The user's own groups, each a DN and, when it came from a search,
+        // the name attribute's value.
+        let mut direct: Vec<(String, Option<String>)> = Vec::new();
         match g.from {
             GroupsFrom::None => return Ok(Vec::new()),
             GroupsFrom::MemberOf => {
-                for dn in entry.attrs.get(&g.attribute).into_iter().flatten() {
-                    frontier.push(dn.clone());
+                let dns = entry.attrs.get(&g.attribute).into_iter().flatten();
+                direct.extend(dns.map(|dn| (dn.clone(), None)));
+                if g.nested == Nested::InChain {
+                    let filter = filter::in_chain(&entry.dn);
+                    direct.extend(self.search_groups(ldap, &base, &filter).await?);
                 }
             }
             GroupsFrom::Search => {
@@ -360,48 +364,33 @@ impl LdapSource {
                     Nested::InChain => filter::in_chain(&entry.dn),
                     _ => filter::fill(&g.filter, username, &entry.dn),
                 };
-                for (dn, name) in self.search_groups(ldap, &base, &filter).await? {
-                    if let Some(name) = name {
-                        names.insert(name);
-                    }
-                    frontier.push(dn);
-                }
+                direct = self.search_groups(ldap, &base, &filter).await?;
             }
         }
-        if g.from == GroupsFrom::MemberOf && g.nested == Nested::InChain {
-            for (dn, name) in self
-                .search_groups(ldap, &base, &filter::in_chain(&entry.dn))
-                .await?
-            {
-                names.extend(name);
-                frontier.push(dn);
-            }
-        }
-        let mut seen: BTreeSet<String> = frontier.iter().map(|d| d.to_ascii_lowercase()).collect();
-        for dn in &frontier {
-            names.extend(filter::first_rdn_value(dn));
-        }
-        if g.nested == Nested::Walk {
-            // Level by level: the groups that list a group of the previous
-            // level as a member, never a DN twice (cycles end), at most
-            // `max_depth` levels.
-            let mut level: VecDeque<String> = frontier.into();
-            for _ in 0..g.max_depth {
-                let mut next = VecDeque::new();
-                while let Some(group) = level.pop_front() {
-                    let filter = filter::fill(&g.filter, "", &group);
-                    for (dn, name) in self.search_groups(ldap, &base, &filter).await? {
-                        if seen.insert(dn.to_ascii_lowercase()) {
-                            names.extend(name.or_else(|| filter::first_rdn_value(&dn)));
-                            next.push_back(dn);
-                        }
-                    }
+        // Level by level, the user's own groups first: each DN counts once
+        // (cycles end), named by its name attribute, else by its DN's first
+        // RDN value. With the walk, the groups that list a group of one
+        // level as a member make the next, at most `max_depth` levels up.
+        let walk = g.nested == Nested::Walk;
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut level = direct;
+        for depth in 0..=g.max_depth {
+            let mut next = Vec::new();
+            for (dn, name) in level {
+                if !seen.insert(dn.to_ascii_lowercase()) {
+                    continue;
                 }
-                if next.is_empty() {
-                    break;
+                names.extend(name.or_else(|| filter::first_rdn_value(&dn)));
+                if walk && depth < g.max_depth {
+                    let filter = filter::fill(&g.filter, "", &dn);
+                    next.extend(self.search_groups(ldap, &base, &filter).await?);
                 }
-                level = next;
             }
+            if next.is_empty() {
+                break;
+            }
+            level = next;
         }
         Ok(names
             .into_iter()
