@@ -31,11 +31,9 @@ pub async fn get(State(state): State<Arc<AppState>>, request: Request) -> Respon
     let Some(authority) = &state.auth else {
         return ApiError::new(ErrorCode::NotFound).into_response();
     };
-    let mut record = Record::new(client_addr(&request));
-    let certificate = request
-        .extensions()
-        .get::<ConnectInfo<Peer>>()
-        .and_then(|c| c.0.client_cert.clone());
+    let peer = peer(&request);
+    let mut record = Record::new(peer.map(|p| p.addr.ip()));
+    let certificate = peer.and_then(|p| p.client_cert.clone());
     let (parts, _) = request.into_parts();
     let asked = Asked {
         headers: &parts.headers,
@@ -51,7 +49,7 @@ pub async fn post(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let Some(authority) = &state.auth else {
         return ApiError::new(ErrorCode::NotFound).into_response();
     };
-    let mut record = Record::new(client_addr(&request));
+    let mut record = Record::new(peer(&request).map(|p| p.addr.ip()));
     let body = request.into_body();
     let result = post_token(&state, authority, body, &mut record).await;
     record.log(&result);
@@ -66,11 +64,11 @@ pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
     json_response(StatusCode::OK, "application/json", body)
 }
 
-fn client_addr(request: &Request) -> Option<IpAddr> {
+fn peer(request: &Request) -> Option<&Peer> {
     request
         .extensions()
         .get::<ConnectInfo<Peer>>()
-        .map(|c| c.0.addr.ip())
+        .map(|c| &c.0)
 }
 
 /// One token request as the log tells it, filled in as the request is read

@@ -60,6 +60,17 @@ pub enum AuthError {
     Internal(String),
 }
 
+impl From<IdentityError> for AuthError {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::Busy(busy) => AuthError::Busy(busy),
+            failed @ IdentityError::Failed { .. } => {
+                AuthError::SourceUnavailable(failed.to_string())
+            }
+        }
+    }
+}
+
 /// Token settings, from the configuration.
 #[derive(Debug, Clone)]
 pub struct TokenSettings {
@@ -229,10 +240,7 @@ impl Authority {
                     })
                 }
                 // Not the caller's failure: the reservation is released.
-                Err(IdentityError::Busy(e)) => Err(AuthError::Busy(e)),
-                Err(e @ IdentityError::Failed { .. }) => {
-                    Err(AuthError::SourceUnavailable(e.to_string()))
-                }
+                Err(e) => Err(e.into()),
             }
         })
         .await
@@ -266,10 +274,7 @@ impl Authority {
     /// have changed since a token was issued; a TLS client certificate
     /// vouches for a name, not for groups).
     pub async fn lookup(&self, name: &str) -> Result<Option<Identity>, AuthError> {
-        self.identities
-            .lookup(name)
-            .await
-            .map_err(|e| AuthError::SourceUnavailable(e.to_string()))
+        Ok(self.identities.lookup(name).await?)
     }
 
     /// What the policy grants `caller` of the requested scopes: for each

@@ -113,24 +113,39 @@ pub fn load_client_verifier(
     builder.build().map_err(|e| bad(e.to_string()))
 }
 
-/// The client verifier new handshakes use: rustls keeps one verifier per
-/// server configuration, so this one delegates to whichever the last good
-/// load of `client_ca` made.
-struct CurrentClientCa(RwLock<Arc<dyn ClientCertVerifier>>);
+/// What new handshakes use of a reloadable file (the certificate pair, the
+/// client verifier): rustls keeps one of each per server configuration, so
+/// the configuration holds this, which hands out whichever the last good
+/// load made. A reload is one pointer swap.
+struct Current<T: ?Sized>(RwLock<Arc<T>>);
 
-impl fmt::Debug for CurrentClientCa {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("current client CA")
+impl<T: ?Sized> Current<T> {
+    fn new(value: Arc<T>) -> Arc<Self> {
+        Arc::new(Self(RwLock::new(value)))
     }
-}
 
-impl CurrentClientCa {
-    fn get(&self) -> Arc<dyn ClientCertVerifier> {
+    fn get(&self) -> Arc<T> {
         Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
     }
+
+    fn set(&self, value: Arc<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
+    }
 }
 
-impl ClientCertVerifier for CurrentClientCa {
+impl<T: ?Sized> fmt::Debug for Current<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("current TLS file contents")
+    }
+}
+
+impl ResolvesServerCert for Current<CertifiedKey> {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl ClientCertVerifier for Current<dyn ClientCertVerifier> {
     fn offer_client_auth(&self) -> bool {
         self.get().offer_client_auth()
     }
@@ -207,29 +222,12 @@ impl ClientCert {
     }
 }
 
-/// The pair new handshakes get.
-struct Current(RwLock<Arc<CertifiedKey>>);
-
-impl fmt::Debug for Current {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("current certificate pair")
-    }
-}
-
-impl ResolvesServerCert for Current {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(
-            &self.0.read().unwrap_or_else(|e| e.into_inner()),
-        ))
-    }
-}
-
 /// The TLS side of a listener: the acceptor, and the files it reloads from.
 #[derive(Clone)]
 pub struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
-    current: Arc<Current>,
-    client_ca: Option<Arc<CurrentClientCa>>,
+    current: Arc<Current<CertifiedKey>>,
+    client_ca: Option<Arc<Current<dyn ClientCertVerifier>>>,
     files: TlsConfig,
     /// The files' fingerprint as they were loaded at start: the watcher
     /// compares against it, so an edit made before its first look counts.
@@ -245,11 +243,9 @@ impl Tls {
     pub fn new(tls: &TlsConfig) -> Result<Self, TlsError> {
         let loaded = fingerprint(tls);
         let pair = load_pair(tls)?;
-        let current = Arc::new(Current(RwLock::new(Arc::new(pair))));
+        let current = Current::new(Arc::new(pair));
         let client_ca = match &tls.client_ca {
-            Some(path) => Some(Arc::new(CurrentClientCa(RwLock::new(
-                load_client_verifier(path, tls.client_auth)?,
-            )))),
+            Some(path) => Some(Current::new(load_client_verifier(path, tls.client_auth)?)),
             None => None,
         };
         let builder = rustls::ServerConfig::builder_with_provider(provider())
@@ -285,7 +281,7 @@ impl Tls {
         };
         match load_client_verifier(path, self.files.client_auth) {
             Ok(verifier) => {
-                *current.0.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+                current.set(verifier);
                 tracing::info!(
                     client_ca = %path.display(),
                     "TLS client CA reloaded: new connections are verified against it"
@@ -302,7 +298,7 @@ impl Tls {
     fn reload(&self) {
         match load_pair(&self.files) {
             Ok(pair) => {
-                *self.current.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pair);
+                self.current.set(Arc::new(pair));
                 tracing::info!(
                     cert = %self.files.cert.display(),
                     "TLS certificate reloaded: new connections get the new pair"
