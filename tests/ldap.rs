@@ -47,6 +47,8 @@ struct Setup<'a> {
     other_ca: Option<&'a std::path::Path>,
     /// A second directory, `lab`, after `corp` (plain LDAP, no groups).
     second: Option<&'a Slapd>,
+    /// The user filter, in place of inetOrgPerson entries by `uid`.
+    user_filter: Option<&'a str>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -116,13 +118,16 @@ fn start_with(slapd: Slapd, setup: &Setup<'_>) -> World {
          [[identity.ldap]]\nname = \"corp\"\nurls = [\"{url}\"]\n\
          bind_dn = \"{service}\"\nbind_password_file = \"ldap-password\"\n\
          user_base = \"{people}\"\n\
-         user_filter = \"(&(objectClass=inetOrgPerson)(uid={{username}}))\"\n\
+         user_filter = \"{user_filter}\"\n\
          cache_secs = 1\n{tls}{ldap}\n\
          [identity.ldap.groups]\n{groups}\n{second}",
         service = tree::SERVICE_DN,
         people = tree::PEOPLE,
         ldap = setup.ldap,
         groups = setup.groups,
+        user_filter = setup
+            .user_filter
+            .unwrap_or("(&(objectClass=inetOrgPerson)(uid={username}))"),
         second = setup.second.map_or_else(String::new, |lab| format!(
             "[[identity.ldap]]\nname = \"lab\"\nurls = [\"{}\"]\n\
              bind_dn = \"{}\"\nbind_password_file = \"ldap-password\"\n\
@@ -184,9 +189,10 @@ impl World {
 
 const PULL_PUSH: [&str; 2] = ["pull", "push"];
 
-#[tokio::test]
-async fn directory_users_log_in_and_their_member_of_groups_feed_the_policy() {
-    let mut w = start(Setup {
+/// A directory with the memberof overlay, groups from `memberOf` prefixed
+/// `ldap:`, and [`GROUP_POLICY`].
+fn member_of() -> Setup<'static> {
+    Setup {
         options: SlapdOptions {
             memberof: true,
             ..Default::default()
@@ -194,7 +200,12 @@ async fn directory_users_log_in_and_their_member_of_groups_feed_the_policy() {
         groups: "from = \"member_of\"\nprefix = \"ldap:\"\n",
         policy: Some(GROUP_POLICY),
         ..Default::default()
-    });
+    }
+}
+
+#[tokio::test]
+async fn directory_users_log_in_and_their_member_of_groups_feed_the_policy() {
+    let mut w = start(member_of());
     // alice and bob are developers, carol is not.
     assert_eq!(w.actions(&tree::ALICE, "team/app").await, PULL_PUSH);
     assert_eq!(w.actions(&tree::BOB, "team/app").await, PULL_PUSH);
@@ -389,15 +400,7 @@ async fn the_configured_order_decides_between_a_local_and_a_directory_account() 
 
 #[tokio::test]
 async fn a_user_removed_from_the_directory_loses_access_and_refresh_tokens_fail() {
-    let w = start(Setup {
-        options: SlapdOptions {
-            memberof: true,
-            ..Default::default()
-        },
-        groups: "from = \"member_of\"\nprefix = \"ldap:\"\n",
-        policy: Some(GROUP_POLICY),
-        ..Default::default()
-    });
+    let w = start(member_of());
     assert_eq!(w.actions(&tree::BOB, "team/app").await, PULL_PUSH);
     // A refresh token for bob, as `docker login` gets one.
     let response = w
@@ -577,15 +580,7 @@ fn identity_test(w: &World, user: &str, password: &str, repo: &str) -> (Option<i
 
 #[test]
 fn identity_test_says_which_source_answered_and_what_the_policy_grants() {
-    let mut w = start(Setup {
-        options: SlapdOptions {
-            memberof: true,
-            ..Default::default()
-        },
-        groups: "from = \"member_of\"\nprefix = \"ldap:\"\n",
-        policy: Some(GROUP_POLICY),
-        ..Default::default()
-    });
+    let mut w = start(member_of());
     let (code, said) = identity_test(&w, "alice", tree::ALICE.password, "team/app");
     assert_eq!(code, Some(0), "{said}");
     for line in [
@@ -616,14 +611,9 @@ fn identity_test_says_which_source_answered_and_what_the_policy_grants() {
 fn a_bind_dn_template_binds_directly_and_the_allow_list_filters_groups() {
     let template = format!("bind_dn_template = \"uid={{username}},{}\"\n", tree::PEOPLE);
     let w = start(Setup {
-        options: SlapdOptions {
-            memberof: true,
-            ..Default::default()
-        },
         ldap: &template,
         groups: "from = \"member_of\"\nprefix = \"ldap:\"\nallow = [\"developers\"]\n",
-        policy: Some(GROUP_POLICY),
-        ..Default::default()
+        ..member_of()
     });
     // alice is in admins too, which the allow list leaves out.
     let (code, said) = identity_test(&w, "alice", tree::ALICE.password, "team/app");
@@ -741,15 +731,7 @@ async fn a_directory_that_stops_answering_is_cut_off_by_the_operation_timeout() 
 
 #[test]
 fn policy_explain_resolves_a_directory_users_groups_without_a_password() {
-    let w = start(Setup {
-        options: SlapdOptions {
-            memberof: true,
-            ..Default::default()
-        },
-        groups: "from = \"member_of\"\nprefix = \"ldap:\"\n",
-        policy: Some(GROUP_POLICY),
-        ..Default::default()
-    });
+    let w = start(member_of());
     let explain = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["policy", "explain"])
@@ -774,4 +756,19 @@ fn policy_explain_resolves_a_directory_users_groups_without_a_password() {
     let (code, said) = explain(&["--user", "nobody", "--resolve", "team/app", "push"]);
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("no identity source knows `nobody`"), "{said}");
+}
+
+#[tokio::test]
+async fn a_user_filter_that_matches_several_entries_logs_no_one_in() {
+    let mut w = start(Setup {
+        groups: "from = \"none\"\n",
+        user_filter: Some("(|(uid={username})(objectClass=inetOrgPerson))"),
+        ..Default::default()
+    });
+    let (status, body) = w
+        .token("alice", tree::ALICE.password, "repository:alice/app:pull")
+        .await;
+    assert_eq!(status, 401, "{body}");
+    w.log
+        .wait_for(&["user search matched several entries", "alice"]);
 }
