@@ -177,6 +177,21 @@ impl World {
         (status, response.json().await.unwrap())
     }
 
+    /// `POST /token` with `form` plus the service and a client id.
+    async fn post_token(&self, form: &[(&str, &str)]) -> (u16, Value) {
+        let mut all = vec![("service", "portcullis"), ("client_id", "test")];
+        all.extend_from_slice(form);
+        let response = self
+            .client
+            .post(self.server.at("/token"))
+            .form(&all)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     /// The actions a login of `user` gets on `repository`; panics unless
     /// the login succeeded.
     async fn actions(&self, user: &tree::User, repository: &str) -> Vec<String> {
@@ -403,22 +418,15 @@ async fn a_user_removed_from_the_directory_loses_access_and_refresh_tokens_fail(
     let w = start(member_of());
     assert_eq!(w.actions(&tree::BOB, "team/app").await, PULL_PUSH);
     // A refresh token for bob, as `docker login` gets one.
-    let response = w
-        .client
-        .post(w.server.at("/token"))
-        .form(&[
+    let (status, body) = w
+        .post_token(&[
             ("grant_type", "password"),
             ("username", "bob"),
             ("password", "bob-password"),
-            ("service", "portcullis"),
-            ("client_id", "test"),
             ("access_type", "offline"),
         ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let body: Value = response.json().await.unwrap();
+        .await;
+    assert_eq!(status, 200, "{body}");
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
 
     // Out of developers: team/ closes once the cached login expires (1 s).
@@ -427,43 +435,35 @@ async fn a_user_removed_from_the_directory_loses_access_and_refresh_tokens_fail(
         tree::group_dn(tree::DEVELOPERS),
         tree::BOB.dn()
     ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !w.actions(&tree::BOB, "team/app").await.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "bob kept team/ access"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    within_cache_lifetime("bob kept team/ access", async || {
+        w.actions(&tree::BOB, "team/app").await.is_empty()
+    })
+    .await;
     // Deleted: logins and the refresh grant fail.
     w.slapd.delete(&tree::BOB.dn());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (status, _) = w
-            .token("bob", "bob-password", "repository:bob/app:pull")
-            .await;
-        if status == 401 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "deleted bob still logs in"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    let response = w
-        .client
-        .post(w.server.at("/token"))
-        .form(&[
+    within_cache_lifetime("deleted bob still logs in", async || {
+        let login = w.token("bob", "bob-password", "repository:bob/app:pull");
+        login.await.0 == 401
+    })
+    .await;
+    let (status, body) = w
+        .post_token(&[
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh.as_str()),
-            ("service", "portcullis"),
-            ("client_id", "test"),
         ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 401);
+        .await;
+    assert_eq!(status, 401, "{body}");
+}
+
+/// Waits until `done` holds, as a directory change reaches logins once the
+/// cached ones expire (`cache_secs = 1`): asked again every 200 ms, for at
+/// most 10 s, else `what` fails the test.
+async fn within_cache_lifetime(what: &str, done: impl AsyncFn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
