@@ -71,11 +71,7 @@ async fn token(s: &TestServer, auth: Option<&str>, query: &str) -> (StatusCode, 
 /// The `access` claim of a token (the payload is not verified here: the
 /// server's verification is what the other tests exercise).
 fn access_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    let json = data_encoding::BASE64URL_NOPAD
-        .decode(payload.as_bytes())
-        .unwrap();
-    serde_json::from_slice::<Value>(&json).unwrap()["access"].clone()
+    common::jwt_claims(token)["access"].clone()
 }
 
 async fn bearer_get(s: &TestServer, token: &str, path: &str) -> reqwest::Response {

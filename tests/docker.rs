@@ -228,13 +228,7 @@ fn assert_identity_token_stored(world: &World) {
     );
     // It is Portcullis' refresh token (the one `token revoke` revokes), not
     // an access token or something docker made up.
-    let claims = token.split('.').nth(1).expect("a JWT");
-    let claims: Value = serde_json::from_slice(
-        &data_encoding::BASE64URL_NOPAD
-            .decode(claims.as_bytes())
-            .expect("base64url claims"),
-    )
-    .expect("JSON claims");
+    let claims = common::jwt_claims(token);
     assert_eq!(claims["sub"], "alice", "{claims}");
     assert_eq!(claims["aud"], "portcullis#refresh", "{claims}");
     // With an identity token docker keeps `auth` as base64("user:"): the

@@ -59,14 +59,7 @@ actions = ["pull"]
             .expect("the token request is answered promptly");
         assert_eq!(response.status(), StatusCode::OK);
         let body: Value = response.json().await.unwrap();
-        let token = body["token"].as_str().expect("a token");
-        let payload = token.split('.').nth(1).unwrap();
-        let claims: Value = serde_json::from_slice(
-            &data_encoding::BASE64URL_NOPAD
-                .decode(payload.as_bytes())
-                .unwrap(),
-        )
-        .unwrap();
+        let claims = common::token_claims(&body);
         let granted: Vec<&str> = claims["access"]
             .as_array()
             .unwrap()

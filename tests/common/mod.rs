@@ -28,15 +28,19 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
-/// The claims of a token endpoint answer's `token`, unverified (other
-/// tests verify signatures).
-pub fn token_claims(body: &serde_json::Value) -> serde_json::Value {
-    let token = body["token"].as_str().expect("a token");
+/// The claims of a JWT, unverified (the server's verification is what
+/// other tests exercise).
+pub fn jwt_claims(token: &str) -> serde_json::Value {
     let payload = token.split('.').nth(1).expect("a JWT");
     let bytes = data_encoding::BASE64URL_NOPAD
         .decode(payload.as_bytes())
         .expect("base64url claims");
     serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// The claims of a token endpoint answer's `token` ([`jwt_claims`]).
+pub fn token_claims(body: &serde_json::Value) -> serde_json::Value {
+    jwt_claims(body["token"].as_str().expect("a token"))
 }
 
 /// The actions a token's claims grant on `repository`.
