@@ -7,7 +7,7 @@
 //! `cargo bench --bench registry -- [--only SECTION,...] [--blob-mib N]
 //! [--portcullis PATH]`; `--portcullis` measures another build of the
 //! server (say, the previous commit's) with this harness.
-//! Sections: blobs, image, small, tokens, scale, tls.
+//! Sections: blobs, image, small, tokens, scale, tls, ldap.
 
 mod bare;
 mod blobs;
@@ -21,6 +21,14 @@ mod docker;
 #[path = "../../tests/common/distribution.rs"]
 mod distribution;
 mod image;
+mod ldap;
+// The test suite's TLS certificates and its OpenLDAP harness.
+// Only the CA the slapd harness issues its certificate from is used.
+#[allow(dead_code)]
+#[path = "../../tests/common/pki.rs"]
+mod pki;
+#[path = "../../tests/common/slapd.rs"]
+mod slapd;
 // The OCI layout builder the client tests use.
 #[path = "../../tests/common/oci.rs"]
 mod oci;
@@ -91,7 +99,7 @@ fn main() {
         servers.portcullis.url, servers.distribution.url
     );
     let mut rows: Vec<Row> = Vec::new();
-    let sections: [(&str, &dyn Fn() -> Vec<Row>); 6] = [
+    let sections: [(&str, &dyn Fn() -> Vec<Row>); 7] = [
         ("blobs", &|| {
             runtime.block_on(blobs::run(&servers, &options))
         }),
@@ -108,6 +116,7 @@ fn main() {
             runtime.block_on(scale::run(&servers, &options))
         }),
         ("tls", &|| runtime.block_on(tls::run(&servers, &options))),
+        ("ldap", &|| runtime.block_on(ldap::run(&servers, &options))),
     ];
     for (name, run) in sections {
         if !options.runs(name) {

@@ -136,6 +136,13 @@ impl Servers {
         (proc, target)
     }
 
+    /// Another Portcullis, on a configuration of its own.
+    pub fn start_portcullis_on(&self, config: &Path, name: &'static str) -> (Proc, Target) {
+        let (proc, mut target) = spawn_portcullis(&self.binary, config, &[]);
+        target.name = name;
+        (proc, target)
+    }
+
     pub fn targets(&self) -> [&Target; 2] {
         [&self.portcullis, &self.distribution]
     }

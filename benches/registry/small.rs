@@ -321,20 +321,22 @@ impl std::fmt::Display for LoadResult {
 /// any response was an error: a figure made of errors must not reach the
 /// table.
 pub async fn wrk(url: &str, headers: &[&str]) -> LoadResult {
-    let _ = run_wrk(&WARM_ARGS, url, headers).await;
-    let output = run_wrk(&WRK_ARGS, url, headers).await;
+    let args: Vec<&str> = headers.iter().flat_map(|h| ["-H", h]).collect();
+    wrk_with(url, &args).await
+}
+
+/// [`wrk`] with other arguments before the URL (e.g. `-s script.lua`).
+pub async fn wrk_with(url: &str, extra: &[&str]) -> LoadResult {
+    let _ = run_wrk(&WARM_ARGS, url, extra).await;
+    let output = run_wrk(&WRK_ARGS, url, extra).await;
     let result = parse_wrk(&output).unwrap_or_else(|e| panic!("wrk {url}: {e}\n{output}"));
     eprintln!("  GET {url}: {result}");
     result
 }
 
-async fn run_wrk(args: &[&str], url: &str, headers: &[&str]) -> String {
+async fn run_wrk(args: &[&str], url: &str, extra: &[&str]) -> String {
     let mut command = tokio::process::Command::new("wrk");
-    command.args(args);
-    for header in headers {
-        command.arg("-H").arg(header);
-    }
-    command.arg(url);
+    command.args(args).args(extra).arg(url);
     servers::client_output(command, &format!("wrk {url}")).await
 }
 

@@ -145,6 +145,12 @@ pub struct Users {
 static DECOY_HASH: LazyLock<String> =
     LazyLock::new(|| hash_password(&new_stamp()).expect("hashing a random password cannot fail"));
 
+/// What verifying a password against a current hash costs, spent on the
+/// decoy: a refusal's time then tells nothing.
+pub fn spend_a_verification(password: &str) {
+    let _ = verify_hash(&DECOY_HASH, password);
+}
+
 impl Users {
     /// Reads a users file: TOML (`[users.<name>]`), or an htpasswd file when
     /// its name does not end in `.toml`.
@@ -256,7 +262,7 @@ impl Users {
     /// Checks a password. Slow by design: call it off the async threads.
     pub fn verify(&self, name: &str, password: &str) -> Option<Verified> {
         let Some(entry) = self.users.get(name) else {
-            let _ = verify_hash(&DECOY_HASH, password);
+            spend_a_verification(password);
             return None;
         };
         let outdated = !is_current(&entry.password);
@@ -268,7 +274,7 @@ impl Users {
             });
         }
         if outdated {
-            let _ = verify_hash(&DECOY_HASH, password);
+            spend_a_verification(password);
         }
         None
     }

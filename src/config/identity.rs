@@ -78,8 +78,8 @@ pub struct LdapConfig {
     pub connect_timeout_secs: u64,
     #[serde(default = "default_timeout")]
     pub operation_timeout_secs: u64,
-    /// Service connections kept open, and the bound on directory operations
-    /// running at once.
+    /// Connections kept open of each kind (service searches, user binds),
+    /// and the bound on logins and look-ups asking the directory at once.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// How long a good login is remembered (seconds): the most a disabled,
@@ -163,7 +163,7 @@ fn default_timeout() -> u64 {
 }
 
 fn default_pool_size() -> usize {
-    4
+    16
 }
 
 fn default_cache_secs() -> u64 {

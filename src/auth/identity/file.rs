@@ -58,16 +58,18 @@ impl Source for FileSource {
     /// verifications (refused with [`IdentityError::Busy`] when none frees
     /// up in time) and runs the hash on the blocking pool, as argon2 is slow
     /// by design and must not stall the async threads. A name the file does
-    /// not have costs the same as a wrong password (a decoy hash), so timing
-    /// tells no one which names exist.
+    /// not have is `Unknown` at once, for the next source to decide: when
+    /// none knows it, [`Source::pad_refusal`] spends a wrong password's time.
     async fn login(&self, name: &str, password: &str) -> Result<Login, IdentityError> {
         let users = self.users();
         if let Some(identity) = self.cache.get(&users, name, password) {
             return Ok(Login::Verified(identity));
         }
+        if users.account(name).is_none() {
+            return Ok(Login::Unknown);
+        }
         let permit = self.gate.enter().await?;
         let job = Verification {
-            known: users.account(name).is_some(),
             users,
             watched: Arc::clone(&self.users),
             file: self.file.clone(),
@@ -90,6 +92,28 @@ impl Source for FileSource {
         Ok(self.users().account(name))
     }
 
+    /// A decoy verification, in a slot like any other.
+    async fn pad_refusal(
+        &self,
+        password: &str,
+        decided_by: Option<&'static str>,
+    ) -> Result<(), IdentityError> {
+        if decided_by == Some(NAME) {
+            return Ok(());
+        }
+        let permit = self.gate.enter().await?;
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            users::spend_a_verification(&password);
+        })
+        .await
+        .map_err(|e| IdentityError::Failed {
+            source_name: NAME,
+            reason: e.to_string(),
+        })
+    }
+
     fn reload_if_changed(&self, now: bool) {
         match now {
             true => self.users.check_now(),
@@ -102,7 +126,6 @@ impl Source for FileSource {
 /// an outdated hash.
 struct Verification {
     users: Arc<Users>,
-    known: bool,
     watched: Arc<Watched<Users>>,
     file: PathBuf,
     cache: Arc<VerifyCache>,
@@ -113,10 +136,7 @@ struct Verification {
 impl Verification {
     fn run(self) -> Login {
         let Some(verified) = self.users.verify(&self.name, &self.password) else {
-            return match self.known {
-                true => Login::Refused,
-                false => Login::Unknown,
-            };
+            return Login::Refused;
         };
         let hash = match verified.outdated {
             true => self.upgrade(&verified).unwrap_or(verified.hash),

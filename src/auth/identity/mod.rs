@@ -75,6 +75,23 @@ pub trait Source: Send + Sync {
     /// The account of `name` as the source has it now, without a password.
     async fn lookup(&self, name: &str) -> Result<Option<Identity>, IdentityError>;
 
+    /// Called when the chain refuses a login that `decided_by` refused
+    /// (`None`: no source knew the name). A source whose own refusals are
+    /// slow by design (the users file's password hash) spends that time now
+    /// unless it decided itself, so that the time of a refusal tells no one
+    /// whether, or where, the name exists. Only refusals pay it: a good
+    /// login answers as fast as the source that knew the name. A source
+    /// too busy to pad says so ([`IdentityError::Busy`]), as it would for a
+    /// login of its own: a refusal must not answer faster, or otherwise,
+    /// under load. Nothing by default.
+    async fn pad_refusal(
+        &self,
+        _password: &str,
+        _decided_by: Option<&'static str>,
+    ) -> Result<(), IdentityError> {
+        Ok(())
+    }
+
     /// Picks up changed files or settings: at once when `now` (the server's
     /// watcher, every second), else at the source's own pace (before each
     /// login, so that an unlock in a new users file is known before the
@@ -131,17 +148,39 @@ impl Chain {
     /// A login through the sources in order: the first that knows the name
     /// decides ([`Login`]). A source that fails is skipped, and its error
     /// returned only when no later source knew the name either, so that a
-    /// source that is down never locks out the accounts of another.
+    /// source that is down never locks out the accounts of another. A
+    /// refusal is padded ([`Source::pad_refusal`]) before it is answered.
     pub async fn login(&self, name: &str, password: &str) -> Result<Login, IdentityError> {
         let mut failed = None;
         for source in &self.sources {
             match source.login(name, password).await {
                 Ok(Login::Unknown) => {}
-                Ok(decided) => return Ok(decided),
+                Ok(Login::Refused) => {
+                    self.pad(password, Some(source.name())).await?;
+                    return Ok(Login::Refused);
+                }
+                Ok(verified) => return Ok(verified),
                 Err(e) => failed = Some(e),
             }
         }
-        failed.map_or(Ok(Login::Unknown), Err)
+        match failed {
+            Some(e) => Err(e),
+            None => {
+                self.pad(password, None).await?;
+                Ok(Login::Unknown)
+            }
+        }
+    }
+
+    async fn pad(
+        &self,
+        password: &str,
+        decided_by: Option<&'static str>,
+    ) -> Result<(), IdentityError> {
+        for source in &self.sources {
+            source.pad_refusal(password, decided_by).await?;
+        }
+        Ok(())
     }
 
     /// The account of `name` from the first source that has one.
@@ -166,6 +205,8 @@ impl Chain {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     /// A source answering from a fixed list, for the chain's order rules.
@@ -173,6 +214,8 @@ mod tests {
         name: &'static str,
         accounts: Vec<(&'static str, &'static str)>,
         down: bool,
+        /// Refusals padded, as a slow source pads them.
+        pads: AtomicUsize,
     }
 
     #[async_trait]
@@ -216,6 +259,17 @@ mod tests {
                     dn: None,
                 }))
         }
+
+        async fn pad_refusal(
+            &self,
+            _password: &str,
+            decided_by: Option<&'static str>,
+        ) -> Result<(), IdentityError> {
+            if decided_by != Some(self.name) {
+                self.pads.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
     }
 
     fn chain(sources: Vec<Fixed>) -> Chain {
@@ -232,6 +286,7 @@ mod tests {
             name,
             accounts: accounts.to_vec(),
             down: false,
+            pads: AtomicUsize::new(0),
         }
     }
 
@@ -251,6 +306,31 @@ mod tests {
         assert!(matches!(c.login("carol", "c").await, Ok(Login::Unknown)));
         let found = c.lookup("alice").await.unwrap().unwrap();
         assert_eq!(found.source, "first");
+    }
+
+    #[tokio::test]
+    async fn refusals_are_padded_by_the_sources_that_did_not_decide_and_good_logins_are_not() {
+        let first = Arc::new(fixed("file", &[("alice", "a")]));
+        let second = Arc::new(fixed("directory", &[("bob", "b")]));
+        let c = Chain::new(vec![first.clone(), second.clone()]);
+        let pads = || {
+            (
+                first.pads.load(Ordering::Relaxed),
+                second.pads.load(Ordering::Relaxed),
+            )
+        };
+        assert!(matches!(c.login("bob", "b").await, Ok(Login::Verified(_))));
+        assert!(matches!(
+            c.login("alice", "a").await,
+            Ok(Login::Verified(_))
+        ));
+        assert_eq!(pads(), (0, 0), "a good login is never padded");
+        assert!(matches!(c.login("bob", "x").await, Ok(Login::Refused)));
+        assert_eq!(pads(), (1, 0), "the directory refused: the file pads");
+        assert!(matches!(c.login("alice", "x").await, Ok(Login::Refused)));
+        assert_eq!(pads(), (1, 1), "the file refused: only the other pads");
+        assert!(matches!(c.login("carol", "c").await, Ok(Login::Unknown)));
+        assert_eq!(pads(), (2, 2), "nobody knew the name: all pad");
     }
 
     #[tokio::test]

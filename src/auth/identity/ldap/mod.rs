@@ -10,10 +10,16 @@
 //! that finds several entries is refused; an empty password never reaches a
 //! bind (it would be an unauthenticated bind, which succeeds).
 //!
-//! Service connections are pooled and reused; a user bind runs on a pooled
-//! connection only followed by a rebind as the service account, and a
-//! connection that failed is dropped, not returned. At most `pool_size`
-//! operations run at once, each under `operation_timeout_secs`. When the
+//! Connections are pooled and reused, in two pools: service connections,
+//! bound once as the service account, which run every search, and bind
+//! connections, which run user binds and nothing else. A user bind so never
+//! changes what a search runs as, and no rebind is needed. The bind and the
+//! group search run at once, on their two connections, and the groups are
+//! kept only when the bind succeeds: a login is two round trips after the
+//! user search, not three. A connection that failed is dropped, not
+//! returned. At most `pool_size` logins or look-ups run at once (each on
+//! at most one connection of each pool), each operation under
+//! `operation_timeout_secs`. When the
 //! directory cannot be reached, its users get an "unavailable" answer (503,
 //! not counted as a failed login), the log says so once, and the next
 //! request that gets through says it is reachable again.
@@ -41,7 +47,10 @@ pub struct LdapSource {
     config: LdapConfig,
     bind_password: Option<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Idle connections bound as the service account.
     idle: Mutex<Vec<Ldap>>,
+    /// Idle connections for user binds (bound as the last user, or not).
+    binders: Mutex<Vec<Ldap>>,
     running: Semaphore,
     cache: LoginCache,
     /// The directory was found unreachable and not reached since: the next
@@ -125,6 +134,7 @@ impl LdapSource {
             bind_password,
             tls,
             idle: Mutex::new(Vec::new()),
+            binders: Mutex::new(Vec::new()),
             down: AtomicBool::new(false),
         })
     }
@@ -178,26 +188,47 @@ impl LdapSource {
     /// A pooled service connection (`true`), or a new one bound as the
     /// service (`false`).
     async fn service(&self) -> Attempt<(Ldap, bool)> {
-        loop {
-            let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            match pooled {
-                Some(mut ldap) => {
-                    if !ldap.is_closed() {
-                        return Ok((ldap, true));
-                    }
-                }
-                None => break,
-            }
+        if let Some(ldap) = take(&self.idle) {
+            return Ok((ldap, true));
         }
         let mut ldap = self.connect().await?;
         self.bind_service(&mut ldap).await?;
         Ok((ldap, false))
     }
 
-    fn give_back(&self, ldap: Ldap) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+    fn give_back(&self, pool: &Mutex<Vec<Ldap>>, ldap: Ldap) {
+        let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.config.pool_size {
             idle.push(ldap);
+        }
+    }
+
+    /// Binds as `dn` with `password` on a bind connection: `true` when the
+    /// directory accepts the password, `false` when it refuses it.
+    async fn bind_user(&self, dn: &str, password: &str) -> Attempt<bool> {
+        loop {
+            let (mut ldap, pooled) = match take(&self.binders) {
+                Some(ldap) => (ldap, true),
+                None => (self.connect().await?, false),
+            };
+            let result = ldap
+                .with_timeout(self.timeout())
+                .simple_bind(dn, password)
+                .await;
+            return match result {
+                Ok(result) => {
+                    self.give_back(&self.binders, ldap);
+                    match result.rc {
+                        0 => Ok(true),
+                        INVALID_CREDENTIALS => Ok(false),
+                        rc => Err(Failure::Refused(rc)),
+                    }
+                }
+                // A pooled connection may have died idle: once more on a
+                // new one.
+                Err(_) if pooled => continue,
+                Err(e) => Err(e.into()),
+            };
         }
     }
 
@@ -222,7 +253,7 @@ impl LdapSource {
                     // restarted): once more on a new one.
                     Err(Failure::Unreachable(_)) if pooled => continue,
                     Err(Failure::Unreachable(_)) => {}
-                    _ => self.give_back(ldap),
+                    _ => self.give_back(&self.idle, ldap),
                 }
                 return out;
             }
@@ -435,32 +466,35 @@ impl LdapSource {
         }
     }
 
-    /// The whole login on one service connection: find, bind as the user,
-    /// rebind as the service, read the identity.
+    /// The whole login: find the user on the service connection, then bind
+    /// as the user on a bind connection while the groups are read on the
+    /// service one (kept only when the bind succeeds).
     async fn check(&self, ldap: &mut Ldap, username: &str, password: &str) -> Attempt<Login> {
         let entry = match self.find_user(ldap, username).await? {
             Found::One(entry) => entry,
             Found::None => return Ok(Login::Unknown),
             Found::Several => return Ok(Login::Refused),
         };
-        let bound = ldap
-            .with_timeout(self.timeout())
-            .simple_bind(&entry.dn, password)
-            .await?
-            .success();
-        // Back to the service account before anything else runs on this
-        // connection, whatever the user bind said.
-        self.bind_service(ldap).await?;
-        match bound {
-            Ok(_) => Ok(Login::Verified(
-                self.identity(ldap, username, &entry).await?,
-            )),
-            Err(LdapError::LdapResult { result }) if result.rc == INVALID_CREDENTIALS => {
-                Ok(Login::Refused)
-            }
-            Err(e) => Err(e.into()),
+        let (bound, identity) = tokio::join!(
+            self.bind_user(&entry.dn, password),
+            self.identity(ldap, username, &entry)
+        );
+        match bound? {
+            true => Ok(Login::Verified(identity?)),
+            false => Ok(Login::Refused),
         }
     }
+}
+
+/// A connection from `pool` that is not known to be closed.
+fn take(pool: &Mutex<Vec<Ldap>>) -> Option<Ldap> {
+    let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(mut ldap) = idle.pop() {
+        if !ldap.is_closed() {
+            return Some(ldap);
+        }
+    }
+    None
 }
 
 #[async_trait]
