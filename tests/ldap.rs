@@ -192,6 +192,28 @@ impl World {
         (status, response.json().await.unwrap())
     }
 
+    /// A refresh-token grant.
+    async fn refresh(&self, refresh_token: &str) -> (u16, Value) {
+        self.post_token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ])
+        .await
+    }
+
+    /// `GET /v2/_catalog` with a bearer token.
+    async fn catalog(&self, token: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.server.at("/v2/_catalog"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     /// The actions a login of `user` gets on `repository`; panics unless
     /// the login succeeded.
     async fn actions(&self, user: &tree::User, repository: &str) -> Vec<String> {
@@ -343,7 +365,38 @@ async fn a_stopped_directory_is_unavailable_not_a_wrong_password_and_recovers() 
         ..Default::default()
     });
     assert_eq!(w.actions(&tree::ALICE, "alice/app").await, PULL_PUSH);
+    // What asks the directory without a password: a refresh grant, and the
+    // catalog, which filters by the caller's groups now.
+    let (status, body) = w
+        .post_token(&[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "alice-password"),
+            ("access_type", "offline"),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    // (alice's: bob's password logins below must not find a cached one.)
+    let (status, body) = w
+        .token("alice", "alice-password", "registry:catalog:*")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let catalog_token = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(w.catalog(&catalog_token).await.0, 200);
+
     w.slapd.stop();
+    let (status, body) = w.refresh(&refresh).await;
+    assert_eq!(
+        status, 503,
+        "a refresh grant while the directory is down: {body}"
+    );
+    assert_eq!(body["errors"][0]["code"], "UNAVAILABLE", "{body}");
+    let (status, body) = w.catalog(&catalog_token).await;
+    assert_eq!(
+        status, 503,
+        "the catalog while the directory is down: {body}"
+    );
     // More attempts than the limiter allows failures: none counts.
     for _ in 0..8 {
         let (status, body) = w
@@ -371,6 +424,10 @@ async fn a_stopped_directory_is_unavailable_not_a_wrong_password_and_recovers() 
         "the directory's users did not recover (or were locked out)"
     );
     w.log.wait_for(&["directory reachable again"]);
+    // The refresh token outlived the outage.
+    let (status, body) = w.refresh(&refresh).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(w.catalog(&catalog_token).await.0, 200);
 }
 
 #[tokio::test]
@@ -446,12 +503,7 @@ async fn a_user_removed_from_the_directory_loses_access_and_refresh_tokens_fail(
         login.await.0 == 401
     })
     .await;
-    let (status, body) = w
-        .post_token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh.as_str()),
-        ])
-        .await;
+    let (status, body) = w.refresh(&refresh).await;
     assert_eq!(status, 401, "{body}");
 }
 
