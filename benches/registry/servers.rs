@@ -107,7 +107,7 @@ impl Servers {
         let dir = tempfile::tempdir().expect("tempdir");
         let binary = binary.unwrap_or(Path::new(env!("CARGO_BIN_EXE_portcullis")));
         let config = write_portcullis_config(dir.path());
-        let (portcullis_proc, portcullis) = spawn_portcullis(binary, &config, &[]);
+        let (portcullis_proc, portcullis) = spawn_portcullis(binary, &config, &[], None);
         let (distribution_proc, distribution) = start_distribution(dir.path(), &portcullis.url);
         Servers {
             dir,
@@ -130,15 +130,21 @@ impl Servers {
             OsStr::new("--tls-key"),
             key.as_os_str(),
         ];
-        let (proc, mut target) = spawn_portcullis(&self.binary, &config, &tls);
+        let (proc, mut target) = spawn_portcullis(&self.binary, &config, &tls, None);
         target.name = "portcullis (TLS)";
         target.token_url = self.portcullis.url.clone();
         (proc, target)
     }
 
-    /// Another Portcullis, on a configuration of its own.
-    pub fn start_portcullis_on(&self, config: &Path, name: &'static str) -> (Proc, Target) {
-        let (proc, mut target) = spawn_portcullis(&self.binary, config, &[]);
+    /// Another Portcullis, on a configuration of its own, bound to the CPUs
+    /// `cpus` (a `taskset` list) when given.
+    pub fn start_portcullis_on(
+        &self,
+        config: &Path,
+        name: &'static str,
+        cpus: Option<&str>,
+    ) -> (Proc, Target) {
+        let (proc, mut target) = spawn_portcullis(&self.binary, config, &[], cpus);
         target.name = name;
         (proc, target)
     }
@@ -187,9 +193,23 @@ fn write_portcullis_config(dir: &Path) -> PathBuf {
 }
 
 /// Starts `binary serve` on `config` and a free port, with `extra`
-/// arguments, and reads the address it announces.
-fn spawn_portcullis(binary: &Path, config: &Path, extra: &[&OsStr]) -> (Proc, Target) {
-    let mut child = Command::new(binary)
+/// arguments (under `taskset -c cpus` when given: its runtime is then
+/// sized for those CPUs), and reads the address it announces.
+fn spawn_portcullis(
+    binary: &Path,
+    config: &Path,
+    extra: &[&OsStr],
+    cpus: Option<&str>,
+) -> (Proc, Target) {
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", cpus]).arg(binary);
+            taskset
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(config)
         .args(extra)
