@@ -1,6 +1,7 @@
-//! The one authorization check of every `/v2/` request: the bearer token
-//! must carry every access the parsed endpoint requires. Handlers never
-//! check permissions themselves.
+//! The one authorization check of every request, from its [`Route`]: a
+//! route that takes no credentials passes; a `/v2/` endpoint needs a bearer
+//! token carrying every access it requires. Handlers never check
+//! permissions themselves.
 //!
 //! Every refusal is logged once, at `info`, with what was required and what
 //! the token carried; never the token itself.
@@ -12,6 +13,7 @@ use axum::http::{HeaderMap, header};
 use serde_json::json;
 
 use super::endpoint::{Access, Endpoint};
+use super::route::{Credentials, Route};
 use crate::AppState;
 use crate::auth::Authority;
 use crate::auth::token::Claims;
@@ -19,24 +21,29 @@ use crate::error::{ApiError, ErrorCode};
 
 /// What the request was allowed on.
 pub enum Grant {
+    /// The route takes no credentials (`/token` checks its own).
+    Public,
     /// Authentication is disabled: everything is allowed.
     Open,
     /// A verified token that covers the request.
     Token(Claims),
 }
 
-/// Checks the request `parts` (from `addr`) against what `endpoint` requires.
+/// Checks the request `parts` (from `addr`) against what `route` requires.
 pub fn authorize(
     state: &AppState,
-    endpoint: &Endpoint,
+    route: &Route,
     parts: &Parts,
     addr: Option<IpAddr>,
 ) -> Result<Grant, ApiError> {
+    if route.credentials() == Credentials::None {
+        return Ok(Grant::Public);
+    }
     let Some(authority) = &state.auth else {
         return Ok(Grant::Open);
     };
     let headers = &parts.headers;
-    let required = endpoint.required_access();
+    let required = route.required_access();
     let refuse = |reason: &str, claims: Option<&Claims>, error: Option<&str>| {
         // Scopes as the challenge names them, computed once for it and the log.
         let scopes: Vec<String> = required.iter().filter_map(scope_of).collect();
@@ -54,7 +61,7 @@ pub fn authorize(
         // Every client starts with an unauthenticated `GET /v2/` to learn
         // where tokens come from; logging that 401 at `info` would make
         // half the log noise, so it is `debug`.
-        if claims.is_none() && error.is_none() && matches!(endpoint, Endpoint::Base) {
+        if claims.is_none() && error.is_none() && *route == Route::Registry(Endpoint::Base) {
             tracing::debug!(method, path, addr, reason, "request refused");
         } else {
             tracing::info!(

@@ -258,7 +258,8 @@ fn reads_or_deletes(method: &Method) -> bool {
     [Method::GET, Method::HEAD, Method::DELETE].contains(method)
 }
 
-fn only<T>(method: &Method, allowed: &[Method], value: T) -> Result<T, ApiError> {
+/// `value` when `method` is one of `allowed`, else `UNSUPPORTED` (405).
+pub(super) fn only<T>(method: &Method, allowed: &[Method], value: T) -> Result<T, ApiError> {
     if allowed.contains(method) {
         Ok(value)
     } else {

@@ -10,17 +10,15 @@
 //! debug port, with periodic storage-driver checks behind thresholds.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 
 /// Liveness: the process accepts and answers requests. Touches nothing.
-pub async fn live() -> Response {
+pub fn live() -> Response {
     answer(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
@@ -28,7 +26,7 @@ pub async fn live() -> Response {
 /// and writable (a `stat` and an `access`, no write per probe) and, with
 /// authentication, the token authority (keys, users, policy) is loaded.
 /// A 503 says what is wrong in a word or two, naming no path or secret.
-pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+pub async fn ready(state: &AppState) -> Response {
     let mut problems = Vec::new();
     let root = state.config.storage.root.clone();
     match tokio::task::spawn_blocking(move || storage_problem(&root)).await {

@@ -1,8 +1,9 @@
 //! HTTP: the only module that knows about requests and responses.
 //!
-//! Every `/v2/` request goes through [`dispatch`]: parse it into an
-//! [`Endpoint`], authorize it once from the endpoint's required access, then
-//! one `match` hands it to its handler.
+//! Every request goes through [`dispatch`]: parse it into a [`Route`]
+//! (`/token`, JWKS, the probes, or an [`Endpoint`] of `/v2/`), authorize it
+//! once from the route's credentials and required access, then one `match`
+//! hands it to its handler.
 
 pub mod authorize;
 mod blobs;
@@ -11,6 +12,7 @@ mod health;
 mod lists;
 mod manifests;
 mod referrers;
+pub mod route;
 mod token;
 mod uploads;
 
@@ -18,14 +20,16 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 
 pub use endpoint::{Access, Action, Endpoint};
+pub use route::Route;
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 use crate::serve::{Peer, zero_copy};
 use crate::storage::ByteStream;
 
@@ -37,17 +41,13 @@ pub const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters
 
 pub fn router(state: Arc<AppState>) -> axum::Router {
     axum::Router::new()
-        .route("/v2", axum::routing::any(dispatch))
-        .route("/v2/", axum::routing::any(dispatch))
-        .route("/v2/{*rest}", axum::routing::any(dispatch))
-        .route("/token", axum::routing::get(token::get).post(token::post))
-        .route("/.well-known/jwks.json", axum::routing::get(token::jwks))
-        .fallback(|| async { ApiError::new(ErrorCode::NotFound) })
+        .fallback(dispatch)
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        // Added after the trace layer, so probes every few seconds stay out
-        // of the request log. `get` answers `HEAD` too.
-        .route("/healthz", axum::routing::get(health::live))
-        .route("/readyz", axum::routing::get(health::ready))
+        // The probes are routes like any other ([`Route::Live`],
+        // [`Route::Ready`]); only registered here, after the trace layer,
+        // so that requests every few seconds stay out of the request log.
+        .route("/healthz", axum::routing::any(dispatch))
+        .route("/readyz", axum::routing::any(dispatch))
         .with_state(state)
 }
 
@@ -64,26 +64,34 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             .and_then(|p| p.zero_copy.clone())
             .filter(|_| parts.version <= Version::HTTP_11),
     };
-    let result = match Endpoint::parse(&parts.method, parts.uri.path(), parts.uri.query()) {
-        // The one authorization check, from `endpoint.required_access()`.
-        Ok(endpoint) => match authorize::authorize(&state, &endpoint, &parts, conn.addr) {
-            Ok(grant) => handle(&state, endpoint, &parts.headers, body, &grant, &conn).await,
+    let path = parts.uri.path();
+    // Registry answers (errors too) say which API they speak: engines look
+    // for it on `/v2/` before they use v2 at all.
+    let registry = path == "/v2" || path.starts_with("/v2/");
+    let (version, body_sent) = (parts.version, has_body(&parts.headers));
+    let result = match Route::parse(&parts.method, path, parts.uri.query()) {
+        // The one authorization check, from the route's credentials and
+        // `route.required_access()`.
+        Ok(route) => match authorize::authorize(&state, &route, &parts, conn.addr) {
+            Ok(grant) => handle(&state, route, parts, body, &grant, &conn).await,
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
     };
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    response
-        .headers_mut()
-        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    if registry {
+        response
+            .headers_mut()
+            .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    }
     // An error is often answered before the request body was read (a chunk
     // at the wrong offset, an unknown session); hyper then closes the
     // connection rather than read the rest. Say so, or a keep-alive client
     // puts the connection back in its pool and its next request fails.
     let status = response.status();
     if (status.is_client_error() || status.is_server_error())
-        && parts.version <= Version::HTTP_11
-        && has_body(&parts.headers)
+        && version <= Version::HTTP_11
+        && body_sent
     {
         response
             .headers_mut()
@@ -104,7 +112,33 @@ struct Conn {
     zero_copy: Option<zero_copy::Sender>,
 }
 
+/// The authorized `route`'s answer.
 async fn handle(
+    state: &Arc<AppState>,
+    route: Route,
+    parts: Parts,
+    body: Body,
+    grant: &authorize::Grant,
+    conn: &Conn,
+) -> Result<Response, ApiError> {
+    Ok(match route {
+        Route::Token { post: false } => {
+            token::get(state.clone(), Request::from_parts(parts, body)).await
+        }
+        Route::Token { post: true } => {
+            token::post(state.clone(), Request::from_parts(parts, body)).await
+        }
+        Route::Jwks => token::jwks(state),
+        Route::Live => health::live(),
+        Route::Ready => health::ready(state).await,
+        Route::Registry(endpoint) => {
+            return registry(state, endpoint, &parts.headers, body, grant, conn).await;
+        }
+    })
+}
+
+/// An authorized `/v2/` request on the built-in storage.
+async fn registry(
     state: &AppState,
     endpoint: Endpoint,
     headers: &HeaderMap,
@@ -153,7 +187,7 @@ async fn handle(
             // Sessions are counted against the account that opens them.
             let owner = match grant {
                 authorize::Grant::Token(claims) => Some(claims.sub.as_str()),
-                authorize::Grant::Open => None,
+                authorize::Grant::Open | authorize::Grant::Public => None,
             };
             uploads::start(storage, &name, start, owner, headers, body).await
         }

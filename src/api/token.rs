@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -27,7 +27,7 @@ use crate::serve::tls::ClientCert;
 /// Largest form body accepted by `POST /token`.
 const MAX_FORM: usize = 64 << 10;
 
-pub async fn get(State(state): State<Arc<AppState>>, request: Request) -> Response {
+pub async fn get(state: Arc<AppState>, request: Request) -> Response {
     let Some(authority) = &state.auth else {
         return ApiError::new(ErrorCode::NotFound).into_response();
     };
@@ -45,7 +45,7 @@ pub async fn get(State(state): State<Arc<AppState>>, request: Request) -> Respon
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn post(State(state): State<Arc<AppState>>, request: Request) -> Response {
+pub async fn post(state: Arc<AppState>, request: Request) -> Response {
     let Some(authority) = &state.auth else {
         return ApiError::new(ErrorCode::NotFound).into_response();
     };
@@ -56,7 +56,7 @@ pub async fn post(State(state): State<Arc<AppState>>, request: Request) -> Respo
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
+pub fn jwks(state: &AppState) -> Response {
     let Some(authority) = &state.auth else {
         return ApiError::new(ErrorCode::NotFound).into_response();
     };

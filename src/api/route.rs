@@ -1,0 +1,117 @@
+//! Every request parsed once into a [`Route`]: which service answers it,
+//! which credentials it takes, and the access it needs. [`super::dispatch`]
+//! parses, authorizes at one point ([`super::authorize`]) and hands the
+//! route to its handler; a new backend (the legacy v1 registry, an upstream
+//! v2 registry) is a new variant here with its access, never a second
+//! permission check in a handler.
+
+use axum::http::Method;
+
+use super::endpoint::{self, Access, Endpoint};
+use crate::error::{ApiError, ErrorCode};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/token`: turns credentials into a token (`GET`, and `POST` for
+    /// OAuth2). The credentials are what it checks, so it needs no access.
+    Token { post: bool },
+    /// `/.well-known/jwks.json`: the public keys tokens are signed with.
+    Jwks,
+    /// `/healthz`: the process answers.
+    Live,
+    /// `/readyz`: requests can be served.
+    Ready,
+    /// `/v2/…` on the built-in storage.
+    Registry(Endpoint),
+}
+
+/// What a route takes as credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// None: public, or the route's own business (`/token` checks the
+    /// Basic credentials, refresh token or client certificate it is given).
+    None,
+    /// A bearer token this server issued (`Authorization: Bearer …`).
+    Bearer,
+}
+
+impl Route {
+    /// Parses a request. `path` is the raw (still percent-encoded) path.
+    pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, ApiError> {
+        let read = [Method::GET, Method::HEAD];
+        match path {
+            "/token" if *method == Method::POST => Ok(Route::Token { post: true }),
+            "/token" => endpoint::only(method, &read, Route::Token { post: false }),
+            "/.well-known/jwks.json" => endpoint::only(method, &read, Route::Jwks),
+            "/healthz" => endpoint::only(method, &read, Route::Live),
+            "/readyz" => endpoint::only(method, &read, Route::Ready),
+            _ if path == "/v2" || path.starts_with("/v2/") => {
+                Endpoint::parse(method, path, query).map(Route::Registry)
+            }
+            _ => Err(ErrorCode::NotFound.into()),
+        }
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        match self {
+            Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => Credentials::None,
+            Route::Registry(_) => Credentials::Bearer,
+        }
+    }
+
+    /// Everything a caller must be allowed to do this.
+    pub fn required_access(&self) -> Vec<Access> {
+        match self {
+            Route::Registry(endpoint) => endpoint.required_access(),
+            Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => Vec::new(),
+        }
+    }
+
+    /// Whether the trace and the request log leave it out: probes come
+    /// every few seconds.
+    pub fn is_probe(&self) -> bool {
+        matches!(self, Route::Live | Route::Ready)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_is_one_route_with_its_credentials() {
+        let parse = |m: Method, p: &str| Route::parse(&m, p, None);
+        assert_eq!(
+            parse(Method::GET, "/token").unwrap(),
+            Route::Token { post: false }
+        );
+        assert_eq!(
+            parse(Method::POST, "/token").unwrap(),
+            Route::Token { post: true }
+        );
+        assert_eq!(parse(Method::HEAD, "/healthz").unwrap(), Route::Live);
+        assert_eq!(parse(Method::GET, "/readyz").unwrap(), Route::Ready);
+        assert_eq!(
+            parse(Method::GET, "/.well-known/jwks.json").unwrap(),
+            Route::Jwks
+        );
+        let base = parse(Method::GET, "/v2/").unwrap();
+        assert_eq!(base, Route::Registry(Endpoint::Base));
+        assert_eq!(base.credentials(), Credentials::Bearer);
+        assert_eq!(base.required_access(), vec![Access::Authenticated]);
+        assert_eq!(parse(Method::GET, "/v2").unwrap(), base);
+        for public in ["/token", "/healthz", "/readyz", "/.well-known/jwks.json"] {
+            let route = parse(Method::GET, public).unwrap();
+            assert_eq!(route.credentials(), Credentials::None, "{public}");
+            assert!(route.required_access().is_empty(), "{public}");
+        }
+        // Near misses are not routes.
+        for path in ["/", "/token/", "/v2x", "/v1/_ping", "/healthz/", "/V2/"] {
+            let refused = parse(Method::GET, path).unwrap_err();
+            assert_eq!(refused.code, ErrorCode::NotFound, "{path}");
+        }
+        let refused = parse(Method::DELETE, "/token").unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Unsupported);
+        assert!(parse(Method::PUT, "/healthz").is_err());
+    }
+}
