@@ -31,6 +31,16 @@ pub struct Config {
     pub users: UsersConfig,
     pub policy: PolicyConfig,
     pub identity: IdentityConfig,
+    pub v1: V1Config,
+}
+
+/// `[v1]`: the legacy v1 protocol, routed to a legacy registry.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct V1Config {
+    /// The legacy registry (docker-registry 0.9) that `/v1/` requests are
+    /// forwarded to, as `http://host:port`. Unset: `/v1/` is not served.
+    pub backend: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -357,6 +367,7 @@ impl Config {
                 "users" => config.users = reader.section("users", value),
                 "policy" => config.policy = reader.section("policy", value),
                 "identity" => config.identity = reader.section("identity", value),
+                "v1" => config.v1 = reader.section("v1", value),
                 other => reader.at(span, format!("unknown section or key `{other}`")),
             }
         }
@@ -388,6 +399,21 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             let span = lookup(root, &["log", "level"]);
             reader.at_opt(span, format!("log.level is not a valid filter: {e}"));
+        }
+        if let Some(url) = &self.v1.backend {
+            // Plain HTTP to a backend on a private network, as the legacy
+            // registry is run behind a gateway; only its base is kept.
+            let ok = url.starts_with("http://")
+                && url
+                    .parse::<axum::http::Uri>()
+                    .is_ok_and(|u| u.host().is_some() && matches!(u.path(), "" | "/"));
+            if !ok {
+                let span = lookup(root, &["v1", "backend"]);
+                reader.at_opt(
+                    span,
+                    "v1.backend must be an http:// URL with a host and no path".to_owned(),
+                );
+            }
         }
         if let Some(url) = &self.server.public_url {
             let ok = (url.starts_with("http://") || url.starts_with("https://"))

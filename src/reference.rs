@@ -63,6 +63,30 @@ impl fmt::Display for RepoName {
     }
 }
 
+/// A legacy v1 image id: lower-case hex, 64 digits (or the 16 of the
+/// oldest clients' short form), so it is safe in a storage key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageId(String);
+
+impl ImageId {
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (hex && (s.len() == 64 || s.len() == 16)).then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A validated tag.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tag(String);

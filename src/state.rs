@@ -12,6 +12,8 @@ pub struct AppState {
     pub storage: Storage,
     /// The token authority; `None` when authentication is disabled.
     pub auth: Option<Authority>,
+    /// The legacy v1 registry `/v1/` is routed to (`[v1] backend`).
+    pub v1: Option<crate::api::v1::proxy::Backend>,
 }
 
 impl AppState {
@@ -39,11 +41,16 @@ impl AppState {
         } else {
             None
         };
+        let v1 = match &config.v1.backend {
+            Some(url) => Some(crate::api::v1::proxy::Backend::new(url)?),
+            None => None,
+        };
         let interval = Duration::from_secs(config.storage.sweep_interval_secs);
         let state = Arc::new(Self {
             config,
             storage,
             auth,
+            v1,
         });
         tokio::spawn(sweep_periodically(Arc::downgrade(&state), interval));
         if state.auth.is_some() {

@@ -12,11 +12,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde_json::json;
 
+use super::endpoint::Action;
 use super::endpoint::{Access, Endpoint};
 use super::route::{Credentials, Route};
+use super::v1::V1Endpoint;
 use crate::AppState;
-use crate::auth::Authority;
+use crate::auth::identity::Identity;
 use crate::auth::token::Claims;
+use crate::auth::{AuthError, Authority};
 use crate::error::{ApiError, ErrorCode};
 
 /// What the request was allowed on.
@@ -25,23 +28,194 @@ pub enum Grant {
     Public,
     /// Authentication is disabled: everything is allowed.
     Open,
+    /// Basic credentials checked now (`None`: none sent, anonymous), and
+    /// the policy allows them what the route requires.
+    Login(Option<Identity>),
     /// A verified token that covers the request.
     Token(Claims),
 }
 
 /// Checks the request `parts` (from `addr`) against what `route` requires.
-pub fn authorize(
+pub async fn authorize(
     state: &AppState,
     route: &Route,
     parts: &Parts,
     addr: Option<IpAddr>,
 ) -> Result<Grant, ApiError> {
-    if route.credentials() == Credentials::None {
+    let credentials = route.credentials();
+    if credentials == Credentials::None {
         return Ok(Grant::Public);
     }
     let Some(authority) = &state.auth else {
         return Ok(Grant::Open);
     };
+    match credentials {
+        Credentials::Basic => basic(state, authority, route, parts, addr).await,
+        _ => bearer_grant(state, authority, route, parts, addr),
+    }
+}
+
+/// A route that takes a name and password on each request (the legacy v1
+/// protocol): the identity sources check them, through the failed-login
+/// limiter, and the policy decides what that identity, or an anonymous
+/// caller, may do. Refused: 401 with a Basic challenge when the caller
+/// could do better by logging in, 403 when a logged-in caller may not.
+async fn basic(
+    state: &AppState,
+    authority: &Authority,
+    route: &Route,
+    parts: &Parts,
+    addr: Option<IpAddr>,
+) -> Result<Grant, ApiError> {
+    let (method, path) = (parts.method.as_str(), parts.uri.path());
+    let shown = addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let challenge = |message: &str| {
+        let value = format!("Basic realm=\"{}\"", authority.settings.service);
+        ApiError::new(ErrorCode::Unauthorized)
+            .message(message)
+            .header(header::WWW_AUTHENTICATE, value)
+    };
+    // A v1 token of ours: what it carries must cover the route.
+    if let Some(token) = credential(&parts.headers, "token") {
+        let refused = |reason: &str| {
+            tracing::info!(method, path, addr = shown, reason, "request refused");
+            challenge("invalid or insufficient token")
+        };
+        let claims = authority
+            .verify_v1(token)
+            .map_err(|e| refused(&e.to_string()))?;
+        let need = needs(state, route).await?;
+        if need.met_by(|access| covers(&claims, access)) {
+            return Ok(Grant::Token(claims));
+        }
+        return Err(need
+            .unmet()
+            .unwrap_or_else(|| refused("the token lacks the access")));
+    }
+    let identity = match super::token::basic_credentials(&parts.headers)? {
+        Some((user, password)) => {
+            // As for `/token`: callers without an address share one slot.
+            let from = addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            match authority.login(&user, &password, from).await {
+                Ok(identity) => Some(identity),
+                Err(AuthError::BadCredentials { unknown_user }) => {
+                    let reason = match unknown_user {
+                        true => "unknown user",
+                        false => "wrong password",
+                    };
+                    tracing::info!(method, path, addr = shown, user, reason, "request refused");
+                    return Err(challenge("invalid username or password"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => None,
+    };
+    let caller = crate::auth::caller(identity.as_ref(), addr);
+    let policy = authority.policy();
+    let need = needs(state, route).await?;
+    if need.met_by(|access| allows(&policy, &caller, access)) {
+        return Ok(Grant::Login(identity));
+    }
+    let subject = identity.as_ref().map_or("anonymous", |i| i.name.as_str());
+    let required: Vec<String> = need.accesses().iter().filter_map(scope_of).collect();
+    tracing::info!(
+        method,
+        path,
+        addr = shown,
+        subject,
+        reason = "the policy does not allow it",
+        required = required.join(" "),
+        "request refused"
+    );
+    Err(need.unmet().unwrap_or_else(|| match identity {
+        None => challenge("authentication required"),
+        Some(_) => ApiError::new(ErrorCode::Denied),
+    }))
+}
+
+/// What a route needs: every one of its accesses, or (a v1 image, which
+/// belongs to the repositories bound to it) any one.
+enum Need {
+    All(Vec<Access>),
+    Any { accesses: Vec<Access>, write: bool },
+}
+
+impl Need {
+    fn met_by(&self, allowed: impl Fn(&Access) -> bool) -> bool {
+        match self {
+            Need::All(accesses) => accesses.iter().all(allowed),
+            Need::Any { accesses, .. } => accesses.iter().any(allowed),
+        }
+    }
+
+    fn accesses(&self) -> &[Access] {
+        match self {
+            Need::All(accesses) | Need::Any { accesses, .. } => accesses,
+        }
+    }
+
+    /// The refusal when nothing could ever meet the need: an image bound
+    /// to no repository is unknown to a reader, and a writer must declare
+    /// it in a push first.
+    fn unmet(&self) -> Option<ApiError> {
+        match self {
+            Need::Any { accesses, write } if accesses.is_empty() => Some(match write {
+                true => ApiError::new(ErrorCode::Denied)
+                    .message("the image was not declared by a push to a repository"),
+                false => ApiError::new(ErrorCode::NotFound).message("image not found"),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What `route` needs; for a v1 image, from its bindings in storage.
+async fn needs(state: &AppState, route: &Route) -> Result<Need, ApiError> {
+    let Route::V1(V1Endpoint::Image { id, write, .. }) = route else {
+        return Ok(Need::All(route.required_access()));
+    };
+    let action = match write {
+        true => Action::Push,
+        false => Action::Pull,
+    };
+    let accesses = state
+        .storage
+        .v1_bindings(id)
+        .await?
+        .into_iter()
+        .map(|name| Access::Repository {
+            name,
+            actions: vec![action],
+        })
+        .collect();
+    Ok(Need::Any {
+        accesses,
+        write: *write,
+    })
+}
+
+/// Whether the policy lets `caller` do `access`.
+fn allows(policy: &crate::policy::Policy, caller: &crate::policy::Caller, access: &Access) -> bool {
+    match access {
+        Access::Authenticated => caller.user.is_some(),
+        Access::Catalog => false,
+        Access::Repository { name, actions } => {
+            let decision = policy.decide(caller, name.as_str(), actions);
+            actions.iter().all(|a| decision.granted.contains(a))
+        }
+    }
+}
+
+/// A route that takes a bearer token: it must carry every access the
+/// route requires.
+fn bearer_grant(
+    state: &AppState,
+    authority: &Authority,
+    route: &Route,
+    parts: &Parts,
+    addr: Option<IpAddr>,
+) -> Result<Grant, ApiError> {
     let headers = &parts.headers;
     let required = route.required_access();
     let refuse = |reason: &str, claims: Option<&Claims>, error: Option<&str>| {
@@ -77,7 +251,7 @@ pub fn authorize(
         }
         challenge(state, authority, parts, &required, &scopes, error)
     };
-    let Some(token) = bearer(headers) else {
+    let Some(token) = credential(headers, "bearer") else {
         return Err(refuse("no token", None, None));
     };
     let claims = match authority.verify_bearer(token) {
@@ -98,12 +272,13 @@ pub fn authorize(
     }
 }
 
-/// The token from `Authorization: Bearer …`, if that is what was sent.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The credential of `Authorization: <scheme> …`, if that scheme is what
+/// was sent: `Bearer` (v2 tokens), `Token` (how engines send back an
+/// `X-Docker-Token`).
+fn credential<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
+    let (sent, token) = value.trim().split_once(' ')?;
+    sent.eq_ignore_ascii_case(scheme)
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }

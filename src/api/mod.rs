@@ -15,6 +15,7 @@ mod referrers;
 pub mod route;
 mod token;
 mod uploads;
+pub mod v1;
 
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ pub use endpoint::{Access, Action, Endpoint};
 pub use route::Route;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::serve::{Peer, zero_copy};
 use crate::storage::ByteStream;
 
@@ -69,10 +70,17 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     // for it on `/v2/` before they use v2 at all.
     let registry = path == "/v2" || path.starts_with("/v2/");
     let (version, body_sent) = (parts.version, has_body(&parts.headers));
-    let result = match Route::parse(&parts.method, path, parts.uri.query()) {
+    let parsed = Route::parse(&parts.method, path, parts.uri.query()).and_then(|route| {
+        // Without a backend there is no v1 to authorize for.
+        match route {
+            Route::V1(_) if state.v1.is_none() => Err(ErrorCode::NotFound.into()),
+            route => Ok(route),
+        }
+    });
+    let result = match parsed {
         // The one authorization check, from the route's credentials and
         // `route.required_access()`.
-        Ok(route) => match authorize::authorize(&state, &route, &parts, conn.addr) {
+        Ok(route) => match authorize::authorize(&state, &route, &parts, conn.addr).await {
             Ok(grant) => handle(&state, route, parts, body, &grant, &conn).await,
             Err(e) => Err(e),
         },
@@ -134,6 +142,9 @@ async fn handle(
         Route::Registry(endpoint) => {
             return registry(state, endpoint, &parts.headers, body, grant, conn).await;
         }
+        Route::V1(endpoint) => {
+            return v1::serve(state, endpoint, &parts, body, grant, conn.addr).await;
+        }
     })
 }
 
@@ -187,7 +198,9 @@ async fn registry(
             // Sessions are counted against the account that opens them.
             let owner = match grant {
                 authorize::Grant::Token(claims) => Some(claims.sub.as_str()),
-                authorize::Grant::Open | authorize::Grant::Public => None,
+                authorize::Grant::Open | authorize::Grant::Public | authorize::Grant::Login(_) => {
+                    None
+                }
             };
             uploads::start(storage, &name, start, owner, headers, body).await
         }

@@ -8,6 +8,7 @@
 use axum::http::Method;
 
 use super::endpoint::{self, Access, Endpoint};
+use super::v1::V1Endpoint;
 use crate::error::{ApiError, ErrorCode};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub enum Route {
     Ready,
     /// `/v2/…` on the built-in storage.
     Registry(Endpoint),
+    /// `/v1/…` (and `/_ping`), for the legacy backend.
+    V1(V1Endpoint),
 }
 
 /// What a route takes as credentials.
@@ -33,6 +36,10 @@ pub enum Credentials {
     None,
     /// A bearer token this server issued (`Authorization: Bearer …`).
     Bearer,
+    /// A name and password (`Authorization: Basic …`) or none (anonymous),
+    /// checked by the identity sources on each request, as old engines
+    /// send them.
+    Basic,
 }
 
 impl Route {
@@ -48,6 +55,9 @@ impl Route {
             _ if path == "/v2" || path.starts_with("/v2/") => {
                 Endpoint::parse(method, path, query).map(Route::Registry)
             }
+            _ if path == "/_ping" || path.starts_with("/v1/") => {
+                V1Endpoint::parse(method, path).map(Route::V1)
+            }
             _ => Err(ErrorCode::NotFound.into()),
         }
     }
@@ -56,6 +66,10 @@ impl Route {
         match self {
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => Credentials::None,
             Route::Registry(_) => Credentials::Bearer,
+            // The ping and the login answer without; the login checks the
+            // credentials it is given itself, as `/token` does.
+            Route::V1(V1Endpoint::Ping | V1Endpoint::Login { .. }) => Credentials::None,
+            Route::V1(_) => Credentials::Basic,
         }
     }
 
@@ -63,6 +77,7 @@ impl Route {
     pub fn required_access(&self) -> Vec<Access> {
         match self {
             Route::Registry(endpoint) => endpoint.required_access(),
+            Route::V1(endpoint) => endpoint.required_access(),
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => Vec::new(),
         }
     }
@@ -106,7 +121,7 @@ mod tests {
             assert!(route.required_access().is_empty(), "{public}");
         }
         // Near misses are not routes.
-        for path in ["/", "/token/", "/v2x", "/v1/_ping", "/healthz/", "/V2/"] {
+        for path in ["/", "/token/", "/v2x", "/v1", "/healthz/", "/V2/"] {
             let refused = parse(Method::GET, path).unwrap_err();
             assert_eq!(refused.code, ErrorCode::NotFound, "{path}");
         }

@@ -388,7 +388,7 @@ fn parse_scopes<'a>(raw: impl Iterator<Item = &'a str>) -> Result<Vec<ResourceSc
 }
 
 /// `Authorization: Basic …` as (user, password); `None` when absent.
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
+pub(super) fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };

@@ -367,6 +367,27 @@ impl Authority {
         Ok(claims)
     }
 
+    /// A v1 token (`X-Docker-Token`, sent back as `Authorization: Token
+    /// …`): an access token for a separate audience, so that neither kind
+    /// is ever accepted as the other.
+    pub fn issue_v1(&self, subject: &str, access: Vec<AccessEntry>) -> Result<String, AuthError> {
+        let s = &self.settings;
+        let claims = Claims::new(
+            &s.issuer,
+            subject,
+            &v1_audience(&s.service),
+            s.lifetime,
+            access,
+        );
+        Ok(token::sign(&self.keys, &claims)?)
+    }
+
+    /// Verifies a v1 token.
+    pub fn verify_v1(&self, token: &str) -> Result<Claims, TokenError> {
+        let s = &self.settings;
+        token::verify(&self.keys, token, &s.issuer, &v1_audience(&s.service))
+    }
+
     /// A refresh token: a JWT for a separate audience (so it is never
     /// accepted as an access token) that names the subject and the stamp of
     /// its identity.
@@ -475,6 +496,10 @@ fn carry_out_unlocks(limiter: &LoginLimiter, users: &Users) {
 
 fn refresh_audience(service: &str) -> String {
     format!("{service}#refresh")
+}
+
+fn v1_audience(service: &str) -> String {
+    format!("{service}#v1")
 }
 
 /// The users file, reloaded when it changes.

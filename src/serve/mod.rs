@@ -189,7 +189,16 @@ impl Listening {
 async fn accept(listener: &tokio::net::TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
-            Ok(accepted) => return accepted,
+            Ok(accepted) => {
+                // A streamed answer (a proxied v1 response, a blob) goes out
+                // as its head, then its body: Nagle's algorithm would hold
+                // the body until the client acknowledged the head, which a
+                // client delaying its acknowledgements does 40 ms later.
+                if let Err(e) = accepted.0.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+                return accepted;
+            }
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 tracing::error!(error = %e, "accepting a connection failed");

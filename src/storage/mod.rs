@@ -15,6 +15,7 @@ mod index;
 mod manifests;
 pub mod paths;
 mod uploads;
+mod v1;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -18,17 +18,19 @@
 //! │       ├── data                         bytes received so far
 //! │       ├── info                         JSON: repository, owner (account), start time
 //! │       └── hashstate                    JSON: offset + SHA-256 state at that offset, time written
-//! └── auth/
-//!     └── revocations.json                 refresh tokens issued before these times are void
+//! ├── auth/
+//! │   └── revocations.json                 refresh tokens issued before these times are void
+//! └── v1/
+//!     └── images/<id>/<namespace>+<name>   (empty) this legacy v1 image belongs to that repository
 //! ```
 //!
 //! Every argument is an already validated newtype ([`RepoName`], [`Tag`],
-//! [`Digest`], [`UploadId`]): none of them can hold `..`, `/` where it does not
+//! [`Digest`], [`UploadId`], [`ImageId`]): none of them can hold `..`, `/` where it does not
 //! belong, or an empty component, so no key can leave its subtree.
 
 use uuid::Uuid;
 
-use crate::reference::{Algorithm, Digest, RepoName, Tag};
+use crate::reference::{Algorithm, Digest, ImageId, RepoName, Tag};
 
 /// An upload session id: a UUID, parsed at the edge like every other name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,6 +141,22 @@ pub fn referrer_entry_name(d: &Digest) -> String {
 pub fn parse_referrer_entry_name(name: &str) -> Option<Digest> {
     let (alg, hex) = name.split_once('-')?;
     Digest::parse(&format!("{alg}:{hex}")).ok()
+}
+
+/// The repositories a legacy v1 image is bound to, one entry each.
+pub fn v1_image(id: &ImageId) -> String {
+    format!("v1/images/{id}")
+}
+
+/// One binding: `/` in the name becomes `+`, which no repository name
+/// holds, so the entry is one key component and reads back unchanged.
+pub fn v1_binding(id: &ImageId, repo: &RepoName) -> String {
+    format!("{}/{}", v1_image(id), repo.as_str().replace('/', "+"))
+}
+
+/// The repository of a [`v1_binding`] entry's name.
+pub fn parse_v1_binding(name: &str) -> Option<RepoName> {
+    RepoName::parse(&name.replace('+', "/")).ok()
 }
 
 /// Refresh-token revocations, shared by every replica over the same storage.

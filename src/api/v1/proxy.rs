@@ -1,0 +1,275 @@
+//! Forwarding an authorized v1 request to the legacy backend: the request
+//! body streamed up, the answer streamed down (a layer is never held), on a
+//! pool of keep-alive connections.
+//!
+//! What crosses is filtered both ways. Up: never the client's
+//! `Authorization` (the backend never sees credentials; Portcullis
+//! authorized the request already) nor its `X-Docker-Token` request (tokens
+//! are Portcullis' own), nor hop-by-hop headers; `Host` is the backend's.
+//! Down: hop-by-hop headers and the backend's own tokens dropped, and every
+//! header that names the backend's address (`Location`,
+//! `X-Docker-Endpoints`) rewritten to Portcullis' public address, so that
+//! clients come back here and the backend's address never leaks.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::http::uri::{Authority, Scheme};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
+use axum::response::Response;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::{ApiError, ErrorCode};
+
+pub const X_DOCKER_TOKEN: HeaderName = HeaderName::from_static("x-docker-token");
+pub const X_DOCKER_ENDPOINTS: HeaderName = HeaderName::from_static("x-docker-endpoints");
+
+/// How long the backend may take to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest answer read from the backend for Portcullis' own lookups (tag
+/// lists, ancestries, image JSON).
+const MAX_LOOKUP: usize = 4 << 20;
+
+/// The legacy registry, and the connections to it.
+pub struct Backend {
+    authority: Authority,
+    client: Client<HttpConnector, Body>,
+}
+
+impl Backend {
+    /// `url` is `http://host:port` (checked by the configuration).
+    pub fn new(url: &str) -> Result<Self, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("v1.backend: {e}"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or("v1.backend: no host in the URL")?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Self { authority, client })
+    }
+
+    /// The backend's answer to the request `parts` + `body`; `public` is
+    /// Portcullis' own base URL (`http://host:port`), which replaces the
+    /// backend's address in the answer's headers.
+    pub async fn forward(
+        &self,
+        parts: &Parts,
+        body: Body,
+        public: &str,
+    ) -> Result<Response, ApiError> {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ApiError::new(ErrorCode::Internal))?;
+        let mut request = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(body)
+            .map_err(|_| ApiError::new(ErrorCode::Internal))?;
+        let headers = request.headers_mut();
+        copy_headers(
+            &parts.headers,
+            headers,
+            &[header::AUTHORIZATION, X_DOCKER_TOKEN],
+        );
+        if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+            headers.insert(header::HOST, host);
+        }
+        let answer = self.client.request(request).await.map_err(|e| {
+            // The cause names the backend: for the log, not the client.
+            tracing::warn!(error = %e, "legacy v1 backend unreachable");
+            ApiError::new(ErrorCode::Unavailable).message("the v1 registry is unavailable")
+        })?;
+        let (answer, incoming) = answer.into_parts();
+        let mut response = Response::new(Body::new(incoming));
+        *response.status_mut() = answer.status;
+        let out = response.headers_mut();
+        // `Server` names the backend's software, `WWW-Authenticate` its own
+        // tokens: the answer is Portcullis', and so are the tokens.
+        copy_headers(
+            &answer.headers,
+            out,
+            &[
+                X_DOCKER_TOKEN,
+                header::SET_COOKIE,
+                header::SERVER,
+                header::WWW_AUTHENTICATE,
+            ],
+        );
+        self.rewrite_addresses(out, public);
+        Ok(response)
+    }
+
+    /// The JSON the backend answers to `GET path` (a path of its own API),
+    /// asked as Portcullis, not for a client; `None` when it answers 404.
+    pub async fn get_json(&self, path: &str) -> Result<Option<serde_json::Value>, ApiError> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, path, "legacy v1 backend lookup failed");
+            ApiError::new(ErrorCode::Unavailable).message("the v1 registry is unavailable")
+        };
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| unavailable(&e))?;
+        let request = Request::get(uri)
+            .header(header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .map_err(|e| unavailable(&e))?;
+        let answer = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let status = answer.status();
+        if status == axum::http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(unavailable(&format!("status {status}")));
+        }
+        let body = axum::body::to_bytes(Body::new(answer.into_body()), MAX_LOOKUP)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| unavailable(&e))
+    }
+
+    /// Replaces the backend's address by `public` in the headers that carry
+    /// addresses.
+    fn rewrite_addresses(&self, headers: &mut HeaderMap, public: &str) {
+        let backend_host = self.authority.as_str();
+        let public_host = public
+            .split_once("://")
+            .map_or(public, |(_, host)| host)
+            .to_owned();
+        if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+            let rewritten = location
+                .strip_prefix("http://")
+                .and_then(|rest| rest.strip_prefix(backend_host))
+                .map(|path| format!("{public}{path}"));
+            if let Some(value) = rewritten.and_then(|r| HeaderValue::from_str(&r).ok()) {
+                headers.insert(header::LOCATION, value);
+            }
+        }
+        if headers.contains_key(X_DOCKER_ENDPOINTS) {
+            // Image calls must come back through Portcullis, which
+            // authorizes them: the one endpoint is this server.
+            if let Ok(value) = HeaderValue::from_str(&public_host) {
+                headers.insert(X_DOCKER_ENDPOINTS, value);
+            }
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), which describe one connection and
+/// are never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Copies `from` into `to` but the hop-by-hop headers, those the
+/// `Connection` header names, `Host`, and `drop`.
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, drop: &[HeaderName]) {
+    let named: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    for (name, value) in from {
+        let skip = HOP_BY_HOP.contains(name)
+            || *name == header::HOST
+            || drop.contains(name)
+            || named.iter().any(|n| n == name.as_str());
+        if !skip {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_credentials_and_connection_named_headers_stay_behind() {
+        let mut from = HeaderMap::new();
+        from.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        from.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        from.insert("x-secret", HeaderValue::from_static("1"));
+        from.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        from.insert(header::HOST, HeaderValue::from_static("portcullis:5000"));
+        from.insert(X_DOCKER_TOKEN, HeaderValue::from_static("true"));
+        from.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        from.append("x-multi", HeaderValue::from_static("a"));
+        from.append("x-multi", HeaderValue::from_static("b"));
+        let mut to = HeaderMap::new();
+        copy_headers(&from, &mut to, &[header::AUTHORIZATION, X_DOCKER_TOKEN]);
+        let mut names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-type", "x-multi"]);
+        assert_eq!(to.get_all("x-multi").iter().count(), 2);
+    }
+
+    #[test]
+    fn the_backends_address_is_replaced_by_the_public_one() {
+        let backend = Backend::new("http://10.0.0.5:5001").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://10.0.0.5:5001/v1/images/abc/json"),
+        );
+        headers.insert(
+            X_DOCKER_ENDPOINTS,
+            HeaderValue::from_static("10.0.0.5:5001"),
+        );
+        backend.rewrite_addresses(&mut headers, "https://registry.example.org");
+        assert_eq!(
+            headers[header::LOCATION],
+            "https://registry.example.org/v1/images/abc/json"
+        );
+        assert_eq!(headers[X_DOCKER_ENDPOINTS], "registry.example.org");
+        // A Location elsewhere is left as it is.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::LOCATION, HeaderValue::from_static("/v1/ping"));
+        backend.rewrite_addresses(&mut headers, "http://p:1");
+        assert_eq!(headers[header::LOCATION], "/v1/ping");
+    }
+}
