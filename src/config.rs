@@ -41,6 +41,11 @@ pub struct V1Config {
     /// The legacy registry (docker-registry 0.9) that `/v1/` requests are
     /// forwarded to, as `http://host:port`. Unset: `/v1/` is not served.
     pub backend: Option<String>,
+    /// Docker engines older than this version (`1.10`: engines 1.6–1.9,
+    /// which speak both) are told there is no v2 (`/v2/` answers 404), so
+    /// they push and pull over v1 only and never split a repository
+    /// between the two. Unset: every engine that speaks v2 uses it.
+    pub v1_only_engines_below: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -415,6 +420,21 @@ impl Config {
                 );
             }
         }
+        if let Some(version) = &self.v1.v1_only_engines_below {
+            if crate::api::v1::engine::Version::parse(version).is_none() {
+                let span = lookup(root, &["v1", "v1_only_engines_below"]);
+                reader.at_opt(
+                    span,
+                    format!(
+                        "v1.v1_only_engines_below must be a version such as `1.10`, not `{version}`"
+                    ),
+                );
+            }
+            if self.v1.backend.is_none() {
+                let span = lookup(root, &["v1", "v1_only_engines_below"]);
+                reader.at_opt(span, "v1.v1_only_engines_below needs v1.backend".to_owned());
+            }
+        }
         if let Some(url) = &self.server.public_url {
             let ok = (url.starts_with("http://") || url.starts_with("https://"))
                 && url
@@ -755,6 +775,26 @@ mod tests {
                 None => p.message,
             })
             .collect()
+    }
+
+    #[test]
+    fn the_v1_backend_is_an_http_base_and_the_engine_bound_a_version() {
+        let config = Config::parse(
+            "[v1]\nbackend = \"http://10.0.0.5:5000\"\nv1_only_engines_below = \"1.10\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.v1.backend.as_deref(), Some("http://10.0.0.5:5000"));
+        assert_eq!(
+            problems("[v1]\nbackend = \"https://10.0.0.5/v1\"\n"),
+            ["2:1: v1.backend must be an http:// URL with a host and no path"]
+        );
+        assert_eq!(
+            problems("[v1]\nv1_only_engines_below = \"one.ten\"\n"),
+            [
+                "2:1: v1.v1_only_engines_below must be a version such as `1.10`, not `one.ten`",
+                "2:1: v1.v1_only_engines_below needs v1.backend"
+            ]
+        );
     }
 
     #[test]

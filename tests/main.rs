@@ -47,6 +47,7 @@ mod stress;
 mod tls;
 mod upload_full_disk;
 mod upload_recovery;
+mod v1_engines;
 
 /// With `autotests = false`, a `tests/<name>.rs` without its `mod` line above
 /// would never be compiled or run, silently: every file must be declared.

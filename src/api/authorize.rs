@@ -155,16 +155,22 @@ impl Need {
         }
     }
 
-    /// The refusal when nothing could ever meet the need: an image bound
-    /// to no repository is unknown to a reader, and a writer must declare
-    /// it in a push first.
+    /// The refusal a v1 image call gets instead of a challenge: an image
+    /// the caller may not read is unknown to them (its existence is
+    /// already more than they should learn), and one bound to no
+    /// repository must be declared by a push before it is written.
     fn unmet(&self) -> Option<ApiError> {
         match self {
-            Need::Any { accesses, write } if accesses.is_empty() => Some(match write {
-                true => ApiError::new(ErrorCode::Denied)
+            Need::Any { write: false, .. } => {
+                Some(ApiError::new(ErrorCode::NotFound).message("image not found"))
+            }
+            Need::Any {
+                accesses,
+                write: true,
+            } if accesses.is_empty() => Some(
+                ApiError::new(ErrorCode::Denied)
                     .message("the image was not declared by a push to a repository"),
-                false => ApiError::new(ErrorCode::NotFound).message("image not found"),
-            }),
+            ),
             _ => None,
         }
     }

@@ -70,10 +70,14 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     // for it on `/v2/` before they use v2 at all.
     let registry = path == "/v2" || path.starts_with("/v2/");
     let (version, body_sent) = (parts.version, has_body(&parts.headers));
+    let keep_on_v1 = registry && v1_only(&state, &parts.headers);
     let parsed = Route::parse(&parts.method, path, parts.uri.query()).and_then(|route| {
         // Without a backend there is no v1 to authorize for.
         match route {
             Route::V1(_) if state.v1.is_none() => Err(ErrorCode::NotFound.into()),
+            Route::Registry(_) if keep_on_v1 => {
+                Err(ApiError::new(ErrorCode::NotFound).message("this engine is served over v1"))
+            }
             route => Ok(route),
         }
     });
@@ -87,7 +91,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         Err(e) => Err(e),
     };
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    if registry {
+    // Not on the 404 that keeps an old engine on v1: it would read as "v2
+    // spoken here".
+    if registry && !keep_on_v1 {
         response
             .headers_mut()
             .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
@@ -106,6 +112,16 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Whether the request comes from a Docker engine that
+/// `v1.v1_only_engines_below` keeps on v1.
+fn v1_only(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(below) = state.config.v1.v1_only_engines_below.as_deref() else {
+        return false;
+    };
+    let below = v1::engine::Version::parse(below);
+    v1::engine::docker_version(headers).is_some_and(|v| below.is_some_and(|b| v < b))
 }
 
 /// Whether a request announced a body (HTTP/1 framing).

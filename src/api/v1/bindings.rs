@@ -120,7 +120,7 @@ pub async fn bind_tagged(
 }
 
 /// Whether the caller `grant` stands for may pull `repo`.
-fn may_pull(state: &AppState, grant: &Grant, addr: Option<IpAddr>, repo: &RepoName) -> bool {
+pub fn may_pull(state: &AppState, grant: &Grant, addr: Option<IpAddr>, repo: &RepoName) -> bool {
     match (grant, &state.auth) {
         (Grant::Open, _) => true,
         (Grant::Login(identity), Some(authority)) => {

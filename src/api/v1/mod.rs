@@ -12,6 +12,7 @@
 //! - `/v1/_ping` is public; `/v1/users/` is the login of `docker login`.
 
 mod bindings;
+pub mod engine;
 pub mod proxy;
 
 use std::net::IpAddr;
@@ -165,7 +166,7 @@ pub async fn serve(
             let public = super::authorize::public_base(state, parts);
             backend.forward(parts, body, &public).await
         }
-        V1Endpoint::Search => Err(ErrorCode::Unsupported.into()),
+        V1Endpoint::Search => search(state, backend, parts, grant, addr).await,
         // Answered here: the backend's own ping describes its host and
         // the command line it was started with, its address included.
         V1Endpoint::Ping => Ok((
@@ -228,6 +229,48 @@ async fn read_small(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> 
     axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(ErrorCode::SizeInvalid).message(format!("the body exceeds {limit} bytes"))
     })
+}
+
+/// `GET /v1/search?q=`: the backend's answer, less what the caller may
+/// not pull (a name is already more than such a caller should learn).
+async fn search(
+    state: &AppState,
+    backend: &proxy::Backend,
+    parts: &Parts,
+    grant: &Grant,
+    addr: Option<IpAddr>,
+) -> Result<Response, ApiError> {
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let mut answer = backend
+        .get_json(&format!("/v1/search{query}"))
+        .await?
+        .unwrap_or_else(|| serde_json::json!({"results": []}));
+    let results = answer
+        .get("results")
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let visible: Vec<serde_json::Value> = results
+        .into_iter()
+        .filter(|r| {
+            r.get("name")
+                .and_then(|n| n.as_str())
+                .and_then(|n| RepoName::parse(n).ok())
+                .is_some_and(|name| bindings::may_pull(state, grant, addr, &name))
+        })
+        .collect();
+    answer["num_results"] = visible.len().into();
+    answer["results"] = visible.into();
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        answer.to_string(),
+    )
+        .into_response())
 }
 
 /// Whether the client asks for a token with this request
