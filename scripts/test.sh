@@ -9,6 +9,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "test dependencies"
 scripts/install-test-deps.sh
+scripts/install-legacy-v1.sh
 
 step "cargo fmt --check"
 cargo fmt --check

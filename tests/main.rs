@@ -35,6 +35,7 @@ mod health;
 mod identity_token;
 mod interop_distribution;
 mod ldap;
+mod legacy_v1;
 mod login_security;
 mod logs;
 mod memory;
@@ -48,6 +49,7 @@ mod tls;
 mod upload_full_disk;
 mod upload_recovery;
 mod v1_engines;
+mod v1_routing;
 
 /// With `autotests = false`, a `tests/<name>.rs` without its `mod` line above
 /// would never be compiled or run, silently: every file must be declared.

@@ -8,8 +8,10 @@ use crate::common;
 use common::TestServer;
 use reqwest::StatusCode;
 
-const ENGINE_1_9: &str = "docker/1.9.1 go/go1.4.3 git-commit/a34a1d5 kernel/4.19.0 os/linux arch/amd64";
-const ENGINE_1_10: &str = "docker/1.10.3 go/go1.5.3 git-commit/20f81dd kernel/4.19.0 os/linux arch/amd64";
+const ENGINE_1_9: &str =
+    "docker/1.9.1 go/go1.4.3 git-commit/a34a1d5 kernel/4.19.0 os/linux arch/amd64";
+const ENGINE_1_10: &str =
+    "docker/1.10.3 go/go1.5.3 git-commit/20f81dd kernel/4.19.0 os/linux arch/amd64";
 
 #[tokio::test]
 async fn engines_below_the_bound_are_kept_on_v1_and_the_others_get_v2() {
@@ -32,13 +34,18 @@ async fn engines_below_the_bound_are_kept_on_v1_and_the_others_get_v2() {
     let old = probe(Some(ENGINE_1_9)).await.unwrap();
     assert_eq!(old.status(), StatusCode::NOT_FOUND);
     assert!(
-        old.headers().get("docker-distribution-api-version").is_none(),
+        old.headers()
+            .get("docker-distribution-api-version")
+            .is_none(),
         "an old engine must not read this 404 as v2"
     );
     for agent in [Some(ENGINE_1_10), Some("skopeo/1.9.3"), None] {
         let res = probe(agent).await.unwrap();
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{agent:?}");
-        assert_eq!(res.headers()["docker-distribution-api-version"], "registry/2.0");
+        assert_eq!(
+            res.headers()["docker-distribution-api-version"],
+            "registry/2.0"
+        );
     }
     // Kept on v1 everywhere under /v2/, not only the probe.
     let res = client

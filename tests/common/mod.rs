@@ -5,10 +5,12 @@
 pub mod clients;
 pub mod distribution;
 pub mod docker;
+pub mod legacy_v1;
 pub mod oci;
 pub mod pki;
 pub mod process;
 pub mod slapd;
+pub mod v1_client;
 
 use std::sync::Arc;
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::uri::{Authority, Scheme};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
 use axum::response::Response;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -75,25 +75,47 @@ impl Backend {
             .path_and_query(path)
             .build()
             .map_err(|_| ApiError::new(ErrorCode::Internal))?;
-        let mut request = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .body(body)
-            .map_err(|_| ApiError::new(ErrorCode::Internal))?;
-        let headers = request.headers_mut();
-        copy_headers(
-            &parts.headers,
-            headers,
-            &[header::AUTHORIZATION, X_DOCKER_TOKEN],
-        );
-        if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
-            headers.insert(header::HOST, host);
-        }
-        let answer = self.client.request(request).await.map_err(|e| {
+        let build = |body: Body| {
+            let mut request = Request::builder()
+                .method(parts.method.clone())
+                .uri(uri.clone())
+                .body(body)
+                .map_err(|_| ApiError::new(ErrorCode::Internal))?;
+            let headers = request.headers_mut();
+            copy_headers(
+                &parts.headers,
+                headers,
+                &[header::AUTHORIZATION, X_DOCKER_TOKEN],
+            );
+            if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+                headers.insert(header::HOST, host);
+            }
+            Ok::<_, ApiError>(request)
+        };
+        let unavailable = |e: hyper_util::client::legacy::Error| {
             // The cause names the backend: for the log, not the client.
             tracing::warn!(error = %e, "legacy v1 backend unreachable");
             ApiError::new(ErrorCode::Unavailable).message("the v1 registry is unavailable")
-        })?;
+        };
+        // A read has no body to lose, so it is sent again once when the
+        // first attempt fails: a pooled connection the backend closed (a
+        // restart) fails a request sent on it before the close is seen.
+        let read = matches!(parts.method, Method::GET | Method::HEAD);
+        let answer = match read {
+            true => match self.client.request(build(Body::empty())?).await {
+                Ok(answer) => answer,
+                Err(_) => self
+                    .client
+                    .request(build(Body::empty())?)
+                    .await
+                    .map_err(unavailable)?,
+            },
+            false => self
+                .client
+                .request(build(body)?)
+                .await
+                .map_err(unavailable)?,
+        };
         let (answer, incoming) = answer.into_parts();
         let mut response = Response::new(Body::new(incoming));
         *response.status_mut() = answer.status;
@@ -127,15 +149,21 @@ impl Backend {
             .path_and_query(path)
             .build()
             .map_err(|e| unavailable(&e))?;
-        let request = Request::get(uri)
-            .header(header::ACCEPT, "application/json")
-            .body(Body::empty())
-            .map_err(|e| unavailable(&e))?;
-        let answer = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let request = || {
+            Request::get(uri.clone())
+                .header(header::ACCEPT, "application/json")
+                .body(Body::empty())
+                .map_err(|e| unavailable(&e))
+        };
+        // Once more on failure, as for a client's read (`forward`).
+        let answer = match self.client.request(request()?).await {
+            Ok(answer) => answer,
+            Err(_) => self
+                .client
+                .request(request()?)
+                .await
+                .map_err(|e| unavailable(&e))?,
+        };
         let status = answer.status();
         if status == axum::http::StatusCode::NOT_FOUND {
             return Ok(None);
