@@ -28,7 +28,7 @@ async fn it_serves_a_push_keeps_it_across_a_restart_and_binds_no_image_to_a_repo
     );
 
     // Standalone: no credentials are checked at all.
-    let image = v1_client::push(&client, &legacy.url(), "Basic eDp5", "alice/app").await;
+    let image = v1_client::push_one(&legacy.url(), "Basic eDp5", "alice/app").await;
     let layer_url = format!("/v1/images/{}/layer", image.id);
     let layer = async |base: String| {
         let res = client

@@ -8,21 +8,26 @@ use crate::common;
 
 use common::TestServer;
 use common::legacy_v1::LegacyV1;
-use common::v1_client;
+use common::v1_client::{self, Auth, Engine};
 use data_encoding::BASE64;
 use portcullis::auth::users::hash_password;
 use reqwest::StatusCode;
 
-/// Portcullis with the project's policies, alice and bob, routing v1 to
-/// `backend`.
-async fn gateway(backend: &LegacyV1) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
+/// alice and bob in `dir`'s users file.
+fn two_users(dir: &std::path::Path) {
     let users = format!(
         "[users.alice]\npassword = {:?}\n\n[users.bob]\npassword = {:?}\n",
         hash_password("alice-pw").unwrap(),
         hash_password("bob-pw").unwrap(),
     );
-    std::fs::write(dir.path().join("users.toml"), users).unwrap();
+    std::fs::write(dir.join("users.toml"), users).unwrap();
+}
+
+/// Portcullis with the project's policies, alice and bob, routing v1 to
+/// `backend`.
+async fn gateway(backend: &LegacyV1) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    two_users(dir.path());
     common::process::copy_project_policies(dir.path());
     let url = backend.url();
     TestServer::start_configured(dir, |c| c.v1.backend = Some(url)).await
@@ -243,12 +248,7 @@ async fn own_namespaces(backend: &LegacyV1, dir: tempfile::TempDir) -> TestServe
     if !policies.exists() {
         std::fs::create_dir_all(&policies).unwrap();
         std::fs::write(policies.join("10-own.toml"), OWN_NAMESPACE).unwrap();
-        let users = format!(
-            "[users.alice]\npassword = {:?}\n\n[users.bob]\npassword = {:?}\n",
-            hash_password("alice-pw").unwrap(),
-            hash_password("bob-pw").unwrap(),
-        );
-        std::fs::write(dir.path().join("users.toml"), users).unwrap();
+        two_users(dir.path());
     }
     let url = backend.url();
     TestServer::start_configured(dir, |c| c.v1.backend = Some(url)).await
@@ -275,7 +275,7 @@ async fn a_read_token_for_one_repository_reads_no_layer_of_another_until_granted
     let s = own_namespaces(&backend, tempfile::tempdir().unwrap()).await;
     let client = reqwest::Client::new();
     let (alice, bob) = (basic("alice", "alice-pw"), basic("bob", "bob-pw"));
-    let image = v1_client::push(&client, &s.url, &alice, "alice/app").await;
+    let image = v1_client::push_one(&s.url, &alice, "alice/app").await;
     assert_eq!(
         get_layer(&client, &s, &alice, &image.id).await,
         (StatusCode::OK, image.layer.clone())
@@ -373,8 +373,8 @@ async fn search_lists_only_what_the_caller_may_pull() {
     let s = own_namespaces(&backend, tempfile::tempdir().unwrap()).await;
     let client = reqwest::Client::new();
     let (alice, bob) = (basic("alice", "alice-pw"), basic("bob", "bob-pw"));
-    v1_client::push(&client, &s.url, &alice, "alice/app").await;
-    v1_client::push(&client, &s.url, &bob, "bob/app").await;
+    v1_client::push_one(&s.url, &alice, "alice/app").await;
+    v1_client::push_one(&s.url, &bob, "bob/app").await;
     let names = |auth: Option<String>| {
         let mut request = client.get(s.at("/v1/search?q=app"));
         if let Some(auth) = auth {
@@ -409,7 +409,7 @@ async fn a_backend_restart_costs_no_request_and_a_stopped_one_is_unavailable() {
     let s = own_namespaces(&backend, tempfile::tempdir().unwrap()).await;
     let client = reqwest::Client::new();
     let alice = basic("alice", "alice-pw");
-    let image = v1_client::push(&client, &s.url, &alice, "alice/app").await;
+    let image = v1_client::push_one(&s.url, &alice, "alice/app").await;
     let tags = || {
         client
             .get(s.at("/v1/repositories/alice/app/tags"))
@@ -429,4 +429,46 @@ async fn a_backend_restart_costs_no_request_and_a_stopped_one_is_unavailable() {
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = assert_names_no_backend(&backend, res).await;
     assert!(body.contains("UNAVAILABLE"), "{body}");
+}
+
+#[tokio::test]
+async fn old_engines_push_and_pull_in_both_ways_of_authenticating_and_refusals_hold() {
+    let backend = LegacyV1::start();
+    let s = own_namespaces(&backend, tempfile::tempdir().unwrap()).await;
+    let alice = basic("alice", "alice-pw");
+    for (auth, repo) in [
+        (Auth::TokenFlow, "alice/tokens"),
+        (Auth::BasicEverywhere, "alice/basic"),
+    ] {
+        let mut engine = Engine::new(&s.url, &alice, auth);
+        let pushed = engine.push(repo, "latest", v1_client::images(3)).await;
+        let sent: Vec<Vec<u8>> = pushed.images.iter().map(|i| i.layer.clone()).collect();
+        for pull_auth in [Auth::TokenFlow, Auth::BasicEverywhere] {
+            let mut puller = Engine::new(&s.url, &alice, pull_auth);
+            assert_eq!(
+                puller.pull(repo, "latest").await,
+                sent,
+                "{auth:?} push, {pull_auth:?} pull"
+            );
+        }
+    }
+    // bob may neither push into alice/ nor pull from it, either way.
+    let bob = basic("bob", "bob-pw");
+    for auth in [Auth::TokenFlow, Auth::BasicEverywhere] {
+        let mut engine = Engine::new(&s.url, &bob, auth);
+        assert_eq!(
+            engine.start_push("alice/tokens", &[]).await,
+            StatusCode::FORBIDDEN,
+            "{auth:?} push"
+        );
+        let res = engine
+            .client
+            .get(s.at("/v1/repositories/alice/tokens/images"))
+            .header("authorization", &bob)
+            .header("x-docker-token", "true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{auth:?} pull");
+    }
 }

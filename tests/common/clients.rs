@@ -305,3 +305,59 @@ pub fn stdout_json(out: &Output) -> Value {
         )
     })
 }
+
+/// Waits until the server `child` (started with its output appended to
+/// `log`, which held `logged_before` bytes before) answers `ready` (a real
+/// request, asked every `pause`), for at most `within`. `Err` with what it
+/// logged when it exited first; panics past the deadline.
+pub fn wait_until_ready(
+    child: &mut Child,
+    log: &Path,
+    logged_before: u64,
+    within: Duration,
+    pause: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("server status") {
+            let written = fs::read(log).unwrap_or_default();
+            let since = written.get(logged_before as usize..).unwrap_or_default();
+            return Err(format!(
+                "exited ({status}) before it answered:\n{}",
+                String::from_utf8_lossy(since)
+            ));
+        }
+        if ready() {
+            return Ok(());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not answer within {within:?}:\n{}",
+            log.display(),
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        // A pause between probes, not a synchronization: each probe is a
+        // real request, and the deadline bounds the wait.
+        std::thread::sleep(pause);
+    }
+}
+
+/// SIGTERM to `child`, then SIGKILL past `within`; `false` when it took
+/// SIGKILL. Reaps it either way.
+pub fn terminate(mut child: Child, within: Duration) -> bool {
+    // SAFETY: kill(2) on our own child's pid, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return true,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}

@@ -27,9 +27,11 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
+
+use super::clients::{terminate, wait_until_ready};
 
 const START_DEADLINE: Duration = Duration::from_secs(30);
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
@@ -131,49 +133,28 @@ impl LegacyV1 {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start gunicorn: {e}"));
         let child = self.child.insert(child);
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().expect("registry status") {
-                self.child = None;
-                let log = fs::read(&log_path).unwrap_or_default();
-                let since = log.get(logged_before as usize..).unwrap_or_default();
-                return Err(format!(
-                    "exited ({status}) before it answered:\n{}",
-                    String::from_utf8_lossy(since)
-                ));
-            }
-            if pings(self.port) {
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the legacy registry did not answer within {START_DEADLINE:?}:\n{}",
-                self.log()
-            );
-            // A pause between probes, not a synchronization: each probe is
-            // a real request, and the deadline bounds the wait.
-            std::thread::sleep(Duration::from_millis(20));
+        let port = self.port;
+        let ready = wait_until_ready(
+            child,
+            &log_path,
+            logged_before,
+            START_DEADLINE,
+            Duration::from_millis(20),
+            || pings(port),
+        );
+        if ready.is_err() {
+            self.child = None;
         }
+        ready
     }
 
     /// Stops it (SIGTERM) and waits for it to exit; port and data stay.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on our own child's pid, not yet reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_DEADLINE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the legacy registry did not exit on SIGTERM");
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            }
+        if let Some(child) = self.child.take() {
+            assert!(
+                terminate(child, STOP_DEADLINE),
+                "the legacy registry did not exit on SIGTERM"
+            );
         }
     }
 

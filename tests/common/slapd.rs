@@ -72,11 +72,11 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::clients::{describe, output_within};
+use super::clients::{describe, output_within, terminate, wait_until_ready};
 use super::pki::TestCa;
 
 // Named by path: the benchmark harness includes this file with `#[path]`,
@@ -205,29 +205,19 @@ impl Slapd {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {SLAPD}: {e}"));
         let child = self.child.insert(child);
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().expect("slapd status") {
-                self.child = None;
-                let log = fs::read(&log_path).unwrap_or_default();
-                let since = log.get(logged_before as usize..).unwrap_or_default();
-                return Err(format!(
-                    "slapd exited ({status}) before it answered:\n{}",
-                    String::from_utf8_lossy(since)
-                ));
-            }
-            if answers_bind(self.port) {
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "slapd did not answer within {START_DEADLINE:?}:\n{}",
-                self.log()
-            );
-            // A pause between probes, not a synchronization: each probe is
-            // a real bind, and the deadline bounds the wait.
-            std::thread::sleep(Duration::from_millis(5));
+        let port = self.port;
+        let ready = wait_until_ready(
+            child,
+            &log_path,
+            logged_before,
+            START_DEADLINE,
+            Duration::from_millis(5),
+            || answers_bind(port),
+        );
+        if ready.is_err() {
+            self.child = None;
         }
+        ready
     }
 
     /// Stops slapd (SIGTERM) and waits for it to exit; its ports and data
@@ -254,23 +244,9 @@ impl Slapd {
 
     /// SIGTERM, then SIGKILL past a deadline; `false` when it took SIGKILL.
     fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        // SAFETY: kill(2) on our own child's pid, not yet reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_DEADLINE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return true,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return false;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
+        self.child
+            .take()
+            .is_none_or(|child| terminate(child, STOP_DEADLINE))
     }
 
     /// Whether slapd is running (not stopped, not exited).
