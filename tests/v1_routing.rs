@@ -472,3 +472,69 @@ async fn old_engines_push_and_pull_in_both_ways_of_authenticating_and_refusals_h
         assert_eq!(res.status(), StatusCode::FORBIDDEN, "{auth:?} pull");
     }
 }
+
+/// `tests/v1-client/pull.js` (the npm docker-registry-client) pulling
+/// `name:latest` through `s` as `user`/`password`: its JSON answer and
+/// whether it succeeded.
+async fn npm_pull(
+    s: &TestServer,
+    name: &str,
+    user: &str,
+    password: &str,
+) -> (bool, serde_json::Value) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/v1-client/pull.js");
+    let modules = common::legacy_v1::home().join("node/node_modules");
+    assert!(
+        modules.join("docker-registry-client").is_dir(),
+        "{} is missing: install it with scripts/install-legacy-v1.sh",
+        modules.display()
+    );
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(&script)
+        .arg(format!("{}/{name}", s.url.trim_start_matches("http://")))
+        .env("NODE_PATH", &modules)
+        .env("U", user)
+        .env("P", password);
+    // Off the test's thread, which also serves Portcullis.
+    let out = tokio::task::spawn_blocking(move || {
+        common::clients::output_within(cmd, None, std::time::Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let answer = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", common::clients::describe("node pull.js", &out)));
+    (out.status.success(), answer)
+}
+
+#[tokio::test]
+async fn the_npm_v1_client_pulls_through_portcullis_and_is_refused_a_wrong_password() {
+    let backend = LegacyV1::start();
+    let s = own_namespaces(&backend, tempfile::tempdir().unwrap()).await;
+    let alice = basic("alice", "alice-pw");
+    let mut engine = Engine::new(&s.url, &alice, Auth::TokenFlow);
+    let pushed = engine
+        .push("alice/app", "latest", v1_client::images(2))
+        .await;
+    let (ok, answer) = npm_pull(&s, "alice/app", "alice", "alice-pw").await;
+    assert!(ok, "{answer}");
+    let got: Vec<&str> = answer["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["sha256"].as_str().unwrap())
+        .collect();
+    let sent: Vec<String> = pushed
+        .images
+        .iter()
+        .map(|i| common::sha256(&i.layer)["sha256:".len()..].to_owned())
+        .collect();
+    assert_eq!(got, sent);
+    let (ok, answer) = npm_pull(&s, "alice/app", "alice", "wrong").await;
+    assert!(!ok, "{answer}");
+    assert_eq!(answer["status"], 401, "{answer}");
+    let (ok, answer) = npm_pull(&s, "alice/app", "bob", "bob-pw").await;
+    assert!(
+        !ok && answer["status"] == 403,
+        "bob pulled alice/app: {answer}"
+    );
+}

@@ -37,8 +37,9 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
 const PORT_ATTEMPTS: usize = 5;
 
-/// Where `scripts/install-legacy-v1.sh` puts the environment.
-fn home() -> PathBuf {
+/// Where `scripts/install-legacy-v1.sh` puts the environment (`py27/`) and
+/// the npm v1 client (`node/`).
+pub fn home() -> PathBuf {
     std::env::var_os("PORTCULLIS_LEGACY_V1_HOME").map_or_else(
         || PathBuf::from("/var/cache/portcullis/legacy-v1"),
         PathBuf::from,
