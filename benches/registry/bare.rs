@@ -116,8 +116,14 @@ fn connect(
     let socket = TcpStream::connect(authority).expect("connect");
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    // A bearer token, or a whole `Authorization` value when it names its
+    // scheme (`Token …` for v1): a JWT holds no space.
+    match token {
+        Some(value) if value.contains(' ') => {
+            request.push_str(&format!("Authorization: {value}\r\n"));
+        }
+        Some(token) => request.push_str(&format!("Authorization: Bearer {token}\r\n")),
+        None => {}
     }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));

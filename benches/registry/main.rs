@@ -7,7 +7,7 @@
 //! `cargo bench --bench registry -- [--only SECTION,...] [--blob-mib N]
 //! [--portcullis PATH]`; `--portcullis` measures another build of the
 //! server (say, the previous commit's) with this harness.
-//! Sections: blobs, image, small, tokens, scale, tls, ldap.
+//! Sections: blobs, image, small, tokens, scale, tls, ldap, v1.
 
 mod bare;
 mod blobs;
@@ -22,6 +22,9 @@ mod docker;
 mod distribution;
 mod image;
 mod ldap;
+// The test suite's legacy v1 registry.
+#[path = "../../tests/common/legacy_v1.rs"]
+mod legacy_v1;
 // The test suite's TLS certificates and its OpenLDAP harness.
 // Only the CA the slapd harness issues its certificate from is used.
 #[allow(dead_code)]
@@ -37,6 +40,7 @@ mod scale;
 mod servers;
 mod small;
 mod tls;
+mod v1;
 
 use std::time::Instant;
 
@@ -99,7 +103,7 @@ fn main() {
         servers.portcullis.url, servers.distribution.url
     );
     let mut rows: Vec<Row> = Vec::new();
-    let sections: [(&str, &dyn Fn() -> Vec<Row>); 7] = [
+    let sections: [(&str, &dyn Fn() -> Vec<Row>); 8] = [
         ("blobs", &|| {
             runtime.block_on(blobs::run(&servers, &options))
         }),
@@ -117,6 +121,7 @@ fn main() {
         }),
         ("tls", &|| runtime.block_on(tls::run(&servers, &options))),
         ("ldap", &|| runtime.block_on(ldap::run(&servers, &options))),
+        ("v1", &|| runtime.block_on(v1::run(&servers, &options))),
     ];
     for (name, run) in sections {
         if !options.runs(name) {

@@ -176,6 +176,11 @@ impl LegacyV1 {
         self.port
     }
 
+    /// gunicorn's (the master's) process id; 0 when stopped.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Its storage (`images/`, `repositories/`) and search database.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

@@ -10,7 +10,8 @@
 //!   someone else's id opens nothing: its reads answer 404, its writes 403.
 //! - **A tag** (`PUT …/tags/<t>`) may only name an image bound to its
 //!   repository, so no push can tag its way to another repository's image.
-//! - **A pull** (`GET …/images` or `…/tags`, authorized for pull) binds
+//! - **A pull** (`GET …/images`, where engines and other clients start
+//!   one, authorized for pull) binds
 //!   the ancestry of every tag the backend holds for the repository: what
 //!   was pushed before Portcullis stood in front, and tags set through
 //!   Portcullis, which were checked as above.

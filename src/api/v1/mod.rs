@@ -191,7 +191,9 @@ pub async fn serve(
                     bindings::check_tagged(state, &name, &id).await?;
                     Body::from(id)
                 }
-                RepositoryCall::GetImages | RepositoryCall::Tags => {
+                // Where every pull starts (engines, the npm client): the
+                // ancestry lookups happen once per pull, not per tag read.
+                RepositoryCall::GetImages => {
                     bindings::bind_tagged(state, backend, &name).await?;
                     body
                 }
