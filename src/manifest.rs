@@ -1,5 +1,8 @@
-//! Manifests: the four accepted media types, parsed and checked before anything
-//! is stored. Pure functions; storage decides what the references must resolve to.
+//! Manifests: the four accepted media types and Docker schema 1
+//! ([`schema1`]), parsed and checked before anything is stored. Pure
+//! functions; storage decides what the references must resolve to.
+
+pub mod schema1;
 
 use std::collections::BTreeMap;
 
@@ -36,6 +39,8 @@ pub enum ManifestError {
     SchemaVersion,
     #[error("{0}")]
     Shape(&'static str),
+    #[error(transparent)]
+    Schema1(#[from] schema1::Schema1Error),
 }
 
 /// A content descriptor as it appears in manifests, indexes and the referrers list.
@@ -82,6 +87,8 @@ pub struct Manifest {
     /// `artifactType`, or for an image manifest without one, its config's media type.
     pub artifact_type: Option<String>,
     pub annotations: Option<BTreeMap<String, String>>,
+    /// A Docker schema 1 manifest's name, tag and signed payload.
+    pub schema1: Option<schema1::Schema1>,
 }
 
 impl Manifest {
@@ -117,11 +124,19 @@ fn is_non_distributable(media_type: &str) -> bool {
 /// `manifests`, an OCI image manifest `config`): clients that send a generic
 /// `Content-Type` still get their manifest stored under its real type.
 pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, ManifestError> {
-    let raw: RawManifest =
-        serde_json::from_slice(body).map_err(|e| ManifestError::Syntax(e.to_string()))?;
     let header = content_type.map(essence).filter(|t| {
         !t.is_empty() && !matches!(*t, "application/json" | "application/octet-stream")
     });
+    if let Some(h) = header.filter(|h| schema1::is_schema1(h)) {
+        return Ok(schema1::parse(Some(h), body)?);
+    }
+    let raw: RawManifest =
+        serde_json::from_slice(body).map_err(|e| ManifestError::Syntax(e.to_string()))?;
+    // Engines up to 1.9 push schema 1 without a Content-Type, and schema 1
+    // has no mediaType member: its schemaVersion is what tells.
+    if header.is_none() && raw.media_type.is_none() && raw.schema_version == Some(1) {
+        return Ok(schema1::parse(None, body)?);
+    }
 
     let media_type = match (header, raw.media_type.as_deref()) {
         (Some(h), Some(b)) if h != b => {
@@ -192,6 +207,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Manife
         subject: raw.subject,
         artifact_type,
         annotations: raw.annotations,
+        schema1: None,
     })
 }
 
@@ -269,10 +285,11 @@ mod tests {
             parse(Some(OCI_MANIFEST), b"[]"),
             Err(ManifestError::Syntax(_))
         ));
-        let schema1 = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+        // Schema 1 by its type is checked as schema 1, and a schema 2 body
+        // under that type is not one.
         assert!(matches!(
-            parse(Some(schema1), image(None).to_string().as_bytes()),
-            Err(ManifestError::UnsupportedMediaType(_))
+            parse(Some(schema1::SIGNED), image(None).to_string().as_bytes()),
+            Err(ManifestError::Schema1(_))
         ));
         let docker_without_type = image(None).to_string();
         assert!(parse(Some(DOCKER_MANIFEST), docker_without_type.as_bytes()).is_err());

@@ -17,6 +17,7 @@ mod api_lists;
 mod api_manifests;
 mod api_names;
 mod api_referrers;
+mod api_schema1;
 mod api_uploads;
 mod auth_clients;
 mod auth_token;

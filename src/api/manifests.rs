@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{CONTENT_DIGEST, OCI_SUBJECT, content_length, empty};
 use crate::error::{ApiError, ErrorCode};
-use crate::manifest::{MAX_MANIFEST_BYTES, essence};
+use crate::manifest::{MAX_MANIFEST_BYTES, essence, schema1};
 use crate::reference::{Reference, RepoName};
 use crate::storage::{Storage, StorageError};
 
@@ -20,8 +20,7 @@ pub async fn get(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (digest, media_type, body, size) = if head {
-        let (digest, media_type) = storage.manifest_resolve(name, reference).await?;
-        let size = storage.manifest_size(&digest).await?;
+        let (digest, media_type, size) = storage.manifest_head(name, reference).await?;
         (digest, media_type, Body::empty(), size)
     } else {
         let m = storage.manifest_get(name, reference).await?;
@@ -29,6 +28,18 @@ pub async fn get(
         (m.digest, m.media_type, Body::from(m.content), size)
     };
     if !accepts(headers, &media_type) {
+        if only_schema1(headers) {
+            // Engines up to 1.9 read nothing else; converting the image (and
+            // signing it with a key of the registry's) is not done, so say why
+            // nothing is served rather than "unknown".
+            return Err(ApiError::new(ErrorCode::ManifestUnknown)
+                .message(
+                    "this image is schema 2 / OCI; this client accepts only Docker schema 1 \
+                     manifests, which this registry does not convert to (Docker 1.10 or \
+                     later can pull it)",
+                )
+                .detail(json!({ "mediaType": media_type })));
+        }
         return Err(ApiError::new(ErrorCode::ManifestUnknown)
             .message("the manifest's media type is not in the Accept header")
             .detail(json!({ "mediaType": media_type })));
@@ -93,17 +104,29 @@ pub async fn delete(
     Ok(empty(StatusCode::ACCEPTED, &[]))
 }
 
-/// Whether the client's `Accept` headers admit `media_type`. No `Accept`
-/// admits anything, as do `*/*` and `application/*`.
-fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
-    let mut offered = headers
+/// The media types in the client's `Accept` headers, without parameters.
+fn offered(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(essence)
         .filter(|t| !t.is_empty())
-        .peekable();
+}
+
+/// Whether the client asks for schema 1 and for no other manifest type, as
+/// engines up to 1.9 do (`…v1+prettyjws`, and `application/json`, which names
+/// no manifest type).
+fn only_schema1(headers: &HeaderMap) -> bool {
+    offered(headers).any(schema1::is_schema1)
+        && offered(headers).all(|t| schema1::is_schema1(t) || t == "application/json")
+}
+
+/// Whether the client's `Accept` headers admit `media_type`. No `Accept`
+/// admits anything, as do `*/*` and `application/*`.
+fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    let mut offered = offered(headers).peekable();
     if offered.peek().is_none() {
         return true;
     }
@@ -136,5 +159,16 @@ mod tests {
             &accept(&[DOCKER_MANIFEST, OCI_MANIFEST]),
             OCI_INDEX
         ));
+    }
+
+    #[test]
+    fn schema1_only_clients() {
+        let engine_1_9 = accept(&[schema1::SIGNED, "application/json"]);
+        assert!(only_schema1(&engine_1_9));
+        assert!(accepts(&engine_1_9, schema1::SIGNED));
+        assert!(!accepts(&engine_1_9, DOCKER_MANIFEST));
+        assert!(!only_schema1(&accept(&[schema1::SIGNED, DOCKER_MANIFEST])));
+        assert!(!only_schema1(&accept(&[])));
+        assert!(!only_schema1(&accept(&["application/json"])));
     }
 }

@@ -5,6 +5,11 @@
 //! digest, and for a manifest with a `subject`, a referrer entry under that
 //! subject. Links are written after the content they point at, so a crash
 //! never leaves a tag or revision pointing at nothing.
+//!
+//! A signed schema 1 manifest is named by the digest of its payload, not of
+//! the bytes pushed (which carry the signatures), so its bytes are stored as
+//! the blob of their own digest and its revision link names that digest on a
+//! second line: `blobs/` stays content-addressed.
 
 use bytes::Bytes;
 
@@ -29,12 +34,8 @@ pub struct ManifestPut {
 }
 
 impl Storage {
-    /// The digest and media type a reference names in `repo`.
-    pub async fn manifest_resolve(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<(Digest, String)> {
+    /// The digest a reference names and its revision link.
+    async fn revision(&self, repo: &RepoName, reference: &Reference) -> Result<(Digest, Revision)> {
         let unknown = || StorageError::ManifestUnknown(reference.to_string());
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
@@ -53,16 +54,26 @@ impl Storage {
             .get(&paths::manifest_revision(repo, &digest))
             .await
             .or_unknown(unknown)?;
-        let media_type = String::from_utf8(media_type.to_vec()).map_err(|_| unknown())?;
-        Ok((digest, media_type))
+        let revision = std::str::from_utf8(&media_type)
+            .ok()
+            .and_then(|r| Revision::parse(r, &digest))
+            .ok_or_else(unknown)?;
+        Ok((digest, revision))
     }
 
-    /// Size of the manifest a resolved digest names.
-    pub async fn manifest_size(&self, digest: &Digest) -> Result<u64> {
-        self.driver
-            .stat(&paths::blob_data(digest))
+    /// The digest, media type and size of the manifest a reference names.
+    pub async fn manifest_head(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, String, u64)> {
+        let (digest, revision) = self.revision(repo, reference).await?;
+        let size = self
+            .driver
+            .stat(&paths::blob_data(&revision.content))
             .await
-            .or_unknown(|| StorageError::ManifestUnknown(digest.to_string()))
+            .or_unknown(|| StorageError::ManifestUnknown(reference.to_string()))?;
+        Ok((digest, revision.media_type, size))
     }
 
     pub async fn manifest_get(
@@ -70,15 +81,15 @@ impl Storage {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest> {
-        let (digest, media_type) = self.manifest_resolve(repo, reference).await?;
+        let (digest, revision) = self.revision(repo, reference).await?;
         let content = self
             .driver
-            .get(&paths::blob_data(&digest))
+            .get(&paths::blob_data(&revision.content))
             .await
             .or_unknown(|| StorageError::ManifestUnknown(reference.to_string()))?;
         Ok(StoredManifest {
             digest,
-            media_type,
+            media_type: revision.media_type,
             content,
         })
     }
@@ -98,9 +109,19 @@ impl Storage {
         }
         let parsed = manifest::parse(content_type, &body)
             .map_err(|e| StorageError::ManifestInvalid(e.to_string()))?;
+        // What names the manifest: the signed payload of a schema 1 one.
+        let named: &[u8] = parsed.schema1.as_ref().map_or(&body, |s| &s.payload);
+        if let Some(s) = &parsed.schema1
+            && s.name != repo.as_str()
+        {
+            return Err(StorageError::ManifestInvalid(format!(
+                "schema 1: the manifest's name {:?} is not the repository {repo:?}",
+                s.name
+            )));
+        }
         let digest = match reference {
             Reference::Digest(expected) => {
-                let actual = expected.algorithm().digest_of(&body);
+                let actual = expected.algorithm().digest_of(named);
                 if &actual != expected {
                     return Err(StorageError::DigestMismatch {
                         expected: expected.clone(),
@@ -109,7 +130,15 @@ impl Storage {
                 }
                 actual
             }
-            Reference::Tag(_) => crate::reference::Algorithm::Sha256.digest_of(&body),
+            Reference::Tag(_) => crate::reference::Algorithm::Sha256.digest_of(named),
+        };
+        let revision = Revision {
+            media_type: parsed.media_type.clone(),
+            content: if named.len() == body.len() {
+                digest.clone()
+            } else {
+                crate::reference::Algorithm::Sha256.digest_of(&body)
+            },
         };
 
         for blob in &parsed.blobs {
@@ -132,14 +161,14 @@ impl Storage {
         }
 
         let size = body.len() as u64;
-        let blob = paths::blob_data(&digest);
+        let blob = paths::blob_data(&revision.content);
         if let Err(DriverError::NotFound(_)) = self.driver.stat(&blob).await {
             self.driver.put(&blob, body).await?;
         }
         self.driver
             .put(
                 &paths::manifest_revision(repo, &digest),
-                Bytes::from(parsed.media_type.clone()),
+                Bytes::from(revision.to_string_for(&digest)),
             )
             .await?;
         self.catalog.insert(repo.as_str());
@@ -292,6 +321,39 @@ impl Storage {
         }
         found.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(found)
+    }
+}
+
+/// A revision link's content: the media type, and when the manifest's bytes
+/// are not the blob of its own digest (a signed schema 1 manifest), the
+/// digest they are stored under on a second line.
+struct Revision {
+    media_type: String,
+    content: Digest,
+}
+
+impl Revision {
+    fn parse(link: &str, digest: &Digest) -> Option<Self> {
+        let mut lines = link.lines();
+        let media_type = lines.next()?.trim().to_owned();
+        let content = match lines.next() {
+            Some(d) => Digest::parse(d.trim()).ok()?,
+            None => digest.clone(),
+        };
+        Some(Self {
+            media_type,
+            content,
+        })
+    }
+
+    /// The link as written: one line unless the bytes are stored apart, so
+    /// other manifests' links are as before.
+    fn to_string_for(&self, digest: &Digest) -> String {
+        if &self.content == digest {
+            self.media_type.clone()
+        } else {
+            format!("{}\n{}", self.media_type, self.content)
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! │       ├── _layers/<alg>/<hex>          link (empty): this repository may read that blob
 //! │       ├── _manifests/
 //! │       │   ├── revisions/<alg>/<hex>    link: a manifest of this repository; holds its media type
+//! │       │   │                            (a signed schema 1 one: then the digest of its bytes' blob)
 //! │       │   └── tags/<tag>               the digest the tag points at
 //! │       └── _referrers/<alg>/<hex>/<alg>-<hex>
 //! │                                        descriptor (JSON) of a manifest of this repository
