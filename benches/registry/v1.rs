@@ -75,7 +75,8 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
 
     // Pushes, alternating, each a new image of its own.
     let mut pushed = [Vec::new(), Vec::new()];
-    let mut last = [String::new(), String::new()];
+    // Each side's last push: (repository, image id).
+    let mut last: [(String, String); 2] = Default::default();
     for run in 0..RUNS {
         for (i, target) in [&gateway, &direct].into_iter().enumerate() {
             let repo = format!("bench/v1-{run}-{i}");
@@ -120,19 +121,19 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
                 format!("\"{id}\""),
             )
             .await;
-            last[i] = format!("{repo}|{id}");
+            last[i] = (repo, id);
         }
     }
 
     // Pulls of the last pushed layer of each side, once before the clock.
     let mut pulled = [Vec::new(), Vec::new()];
     let pull_auth = [
-        pull_token(&client, &gateway, last[0].split('|').next().unwrap()).await,
+        pull_token(&client, &gateway, &last[0].0).await,
         String::new(),
     ];
     for _ in 0..=RUNS {
         for (i, target) in [&gateway, &direct].into_iter().enumerate() {
-            let id = last[i].split('|').nth(1).unwrap().to_owned();
+            let id = &last[i].1;
             let url = target.at(&format!("/v1/images/{id}/layer"));
             let auth = (!pull_auth[i].is_empty()).then(|| pull_auth[i].clone());
             let speed = blobs::measure(target.process(), "v1 layer pull", size, || async move {
@@ -149,16 +150,9 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
     }
 
     // Small requests, one after the other.
-    let repo = last[0].split('|').next().unwrap().to_owned();
     let small = [
-        timed(&client, &gateway, &repo, Some(&pull_auth[0])).await,
-        timed(
-            &client,
-            &direct,
-            &last[1].split('|').next().unwrap().to_owned(),
-            None,
-        )
-        .await,
+        timed(&client, &gateway, &last[0].0, Some(&pull_auth[0])).await,
+        timed(&client, &direct, &last[1].0, None).await,
     ];
     eprintln!(
         "  GET tags, one client: portcullis p50 {:.3} ms p99 {:.3} ms; backend p50 {:.3} ms p99 {:.3} ms",
