@@ -14,6 +14,9 @@ pub struct AppState {
     pub auth: Option<Authority>,
     /// The legacy v1 registry `/v1/` is routed to (`[v1] backend`).
     pub v1: Option<crate::api::v1::proxy::Backend>,
+    /// `v1.v1_only_engines_below`, parsed once: engines older than this are
+    /// kept off `/v2/`.
+    pub v1_only_below: Option<crate::api::v1::engine::Version>,
 }
 
 impl AppState {
@@ -45,12 +48,18 @@ impl AppState {
             Some(url) => Some(crate::api::v1::proxy::Backend::new(url)?),
             None => None,
         };
+        let v1_only_below = config
+            .v1
+            .v1_only_engines_below
+            .as_deref()
+            .and_then(crate::api::v1::engine::Version::parse);
         let interval = Duration::from_secs(config.storage.sweep_interval_secs);
         let state = Arc::new(Self {
             config,
             storage,
             auth,
             v1,
+            v1_only_below,
         });
         tokio::spawn(sweep_periodically(Arc::downgrade(&state), interval));
         if state.auth.is_some() {

@@ -538,3 +538,37 @@ async fn the_npm_v1_client_pulls_through_portcullis_and_is_refused_a_wrong_passw
         "bob pulled alice/app: {answer}"
     );
 }
+
+#[tokio::test]
+async fn a_tag_body_that_is_no_image_id_or_too_long_is_refused_and_not_forwarded() {
+    let backend = LegacyV1::start();
+    let s = own_namespaces(&backend, tempfile::tempdir().unwrap()).await;
+    let client = reqwest::Client::new();
+    let alice = basic("alice", "alice-pw");
+    let image = v1_client::push_one(&s.url, &alice, "alice/app").await;
+    for (body, code) in [
+        ("not json".to_owned(), "TAG_INVALID"),
+        ("\"short\"".to_owned(), "TAG_INVALID"),
+        (format!("\"{}\"", "a".repeat(2048)), "SIZE_INVALID"),
+    ] {
+        let res = client
+            .put(s.at("/v1/repositories/alice/app/tags/bad"))
+            .header("authorization", &alice)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{code}");
+        assert_eq!(common::error_code(res).await, code);
+    }
+    // The backend never saw them: only the pushed tag is there.
+    let tags: serde_json::Value = client
+        .get(format!("{}/v1/repositories/alice/app/tags", backend.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tags, serde_json::json!({"latest": image.id}));
+}

@@ -69,12 +69,7 @@ async fn basic(
 ) -> Result<Grant, ApiError> {
     let (method, path) = (parts.method.as_str(), parts.uri.path());
     let shown = addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    let challenge = |message: &str| {
-        let value = format!("Basic realm=\"{}\"", authority.settings.service);
-        ApiError::new(ErrorCode::Unauthorized)
-            .message(message)
-            .header(header::WWW_AUTHENTICATE, value)
-    };
+    let challenge = |message: &str| basic_challenge(authority, message);
     // A v1 token of ours: what it carries must cover the route.
     if let Some(token) = credential(&parts.headers, "token") {
         let refused = |reason: &str| {
@@ -92,25 +87,7 @@ async fn basic(
             .unmet()
             .unwrap_or_else(|| refused("the token lacks the access")));
     }
-    let identity = match super::token::basic_credentials(&parts.headers)? {
-        Some((user, password)) => {
-            // As for `/token`: callers without an address share one slot.
-            let from = addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-            match authority.login(&user, &password, from).await {
-                Ok(identity) => Some(identity),
-                Err(AuthError::BadCredentials { unknown_user }) => {
-                    let reason = match unknown_user {
-                        true => "unknown user",
-                        false => "wrong password",
-                    };
-                    tracing::info!(method, path, addr = shown, user, reason, "request refused");
-                    return Err(challenge("invalid username or password"));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        None => None,
-    };
+    let identity = basic_login(authority, parts, addr).await?;
     let caller = crate::auth::caller(identity.as_ref(), addr);
     let policy = authority.policy();
     let need = needs(state, route).await?;
@@ -132,6 +109,44 @@ async fn basic(
         None => challenge("authentication required"),
         Some(_) => ApiError::new(ErrorCode::Denied),
     }))
+}
+
+/// `401` with a Basic challenge, as v1 clients expect it.
+pub(super) fn basic_challenge(authority: &Authority, message: &str) -> ApiError {
+    let value = format!("Basic realm=\"{}\"", authority.settings.service);
+    ApiError::new(ErrorCode::Unauthorized)
+        .message(message)
+        .header(header::WWW_AUTHENTICATE, value)
+}
+
+/// The identity of the request's Basic credentials, checked by the
+/// identity sources through the failed-login limiter; `None` when it sent
+/// none. Wrong ones are logged (the name tried, never the password) and
+/// answered with [`basic_challenge`].
+pub(super) async fn basic_login(
+    authority: &Authority,
+    parts: &Parts,
+    addr: Option<IpAddr>,
+) -> Result<Option<Identity>, ApiError> {
+    let Some((user, password)) = super::token::basic_credentials(&parts.headers)? else {
+        return Ok(None);
+    };
+    // As for `/token`: callers without an address share one slot.
+    let from = addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    match authority.login(&user, &password, from).await {
+        Ok(identity) => Ok(Some(identity)),
+        Err(AuthError::BadCredentials { unknown_user }) => {
+            let reason = match unknown_user {
+                true => "unknown user",
+                false => "wrong password",
+            };
+            let (method, path) = (parts.method.as_str(), parts.uri.path());
+            let addr = addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+            tracing::info!(method, path, addr, user, reason, "request refused");
+            Err(basic_challenge(authority, "invalid username or password"))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What a route needs: every one of its accesses, or (a v1 image, which
@@ -202,7 +217,11 @@ async fn needs(state: &AppState, route: &Route) -> Result<Need, ApiError> {
 }
 
 /// Whether the policy lets `caller` do `access`.
-fn allows(policy: &crate::policy::Policy, caller: &crate::policy::Caller, access: &Access) -> bool {
+pub(crate) fn allows(
+    policy: &crate::policy::Policy,
+    caller: &crate::policy::Caller,
+    access: &Access,
+) -> bool {
     match access {
         Access::Authenticated => caller.user.is_some(),
         Access::Catalog => false,
@@ -289,7 +308,8 @@ fn credential<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
         .filter(|t| !t.is_empty())
 }
 
-fn covers(claims: &Claims, access: &Access) -> bool {
+/// Whether a token's claims carry `access`.
+pub(crate) fn covers(claims: &Claims, access: &Access) -> bool {
     match access {
         Access::Authenticated => true,
         Access::Catalog => claims.access.iter().any(|a| {

@@ -117,11 +117,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
 /// Whether the request comes from a Docker engine that
 /// `v1.v1_only_engines_below` keeps on v1.
 fn v1_only(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(below) = state.config.v1.v1_only_engines_below.as_deref() else {
-        return false;
-    };
-    let below = v1::engine::Version::parse(below);
-    v1::engine::docker_version(headers).is_some_and(|v| below.is_some_and(|b| v < b))
+    state.v1_only_below.as_ref().is_some_and(|below| {
+        v1::engine::docker_version(headers).is_some_and(|version| version < *below)
+    })
 }
 
 /// Whether a request announced a body (HTTP/1 framing).

@@ -25,8 +25,8 @@ use serde::Deserialize;
 
 use super::proxy::Backend;
 use crate::AppState;
-use crate::api::authorize::Grant;
-use crate::api::endpoint::Action;
+use crate::api::authorize::{self, Grant};
+use crate::api::endpoint::{Access, Action};
 use crate::error::{ApiError, ErrorCode};
 use crate::reference::{ImageId, RepoName};
 
@@ -120,22 +120,20 @@ pub async fn bind_tagged(
     Ok(())
 }
 
-/// Whether the caller `grant` stands for may pull `repo`.
+/// Whether the caller `grant` stands for may pull `repo`, by the same
+/// checks as the authorization of a request.
 pub fn may_pull(state: &AppState, grant: &Grant, addr: Option<IpAddr>, repo: &RepoName) -> bool {
+    let access = Access::Repository {
+        name: repo.clone(),
+        actions: vec![Action::Pull],
+    };
     match (grant, &state.auth) {
         (Grant::Open, _) => true,
         (Grant::Login(identity), Some(authority)) => {
             let caller = crate::auth::caller(identity.as_ref(), addr);
-            let decision = authority
-                .policy()
-                .decide(&caller, repo.as_str(), &[Action::Pull]);
-            decision.granted.contains(&Action::Pull)
+            authorize::allows(&authority.policy(), &caller, &access)
         }
-        (Grant::Token(claims), _) => claims.access.iter().any(|a| {
-            a.kind == "repository"
-                && a.name == repo.as_str()
-                && a.actions.iter().any(|x| x == "pull" || x == "*")
-        }),
+        (Grant::Token(claims), _) => authorize::covers(claims, &access),
         _ => false,
     }
 }

@@ -25,7 +25,6 @@ use axum::response::{IntoResponse, Response};
 use super::authorize::Grant;
 use super::endpoint::{Access, Action, only};
 use crate::AppState;
-use crate::auth::AuthError;
 use crate::auth::scope::AccessEntry;
 use crate::error::{ApiError, ErrorCode};
 use crate::reference::{ImageId, RepoName, Tag};
@@ -336,28 +335,15 @@ async fn login(
     let Some(authority) = &state.auth else {
         return Ok(ok().into_response());
     };
-    let refused = |message: &str| {
-        ApiError::new(ErrorCode::Unauthorized)
-            .message(message)
-            .header(
-                header::WWW_AUTHENTICATE,
-                format!("Basic realm=\"{}\"", authority.settings.service),
-            )
-    };
-    let Some((user, password)) = super::token::basic_credentials(&parts.headers)? else {
-        return Err(refused("authentication required"));
-    };
-    let from = addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    match authority.login(&user, &password, from).await {
-        Ok(identity) => {
+    match super::authorize::basic_login(authority, parts, addr).await? {
+        Some(identity) => {
             tracing::info!(user = identity.name, source = identity.source, "v1 login");
             Ok(ok().into_response())
         }
-        Err(AuthError::BadCredentials { .. }) => {
-            tracing::info!(user, "v1 login refused");
-            Err(refused("invalid username or password"))
-        }
-        Err(e) => Err(e.into()),
+        None => Err(super::authorize::basic_challenge(
+            authority,
+            "authentication required",
+        )),
     }
 }
 
