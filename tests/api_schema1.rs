@@ -169,25 +169,11 @@ async fn signed_push_is_served_as_pushed_by_tag_and_by_payload_digest() {
     }
 
     // Tags list it; a schema 1 manifest has no subject, so no referrers.
-    let tags: Value = server
-        .client
-        .get(server.at(&format!("/v2/{repo}/tags/list")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = server.get_json(&format!("/v2/{repo}/tags/list")).await;
     assert_eq!(tags["tags"], json!(["latest"]));
     let referrers: Value = server
-        .client
-        .get(server.at(&format!("/v2/{repo}/referrers/{digest}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v2/{repo}/referrers/{digest}"))
+        .await;
     assert_eq!(referrers["manifests"], json!([]));
 
     // A PUT by digest must name the payload, not the signed bytes.

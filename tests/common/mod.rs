@@ -198,6 +198,12 @@ impl TestServer {
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
     }
+
+    /// The JSON body of an unauthenticated `GET path`.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let res = self.client.get(self.at(path)).send().await.unwrap();
+        res.json().await.unwrap()
+    }
 }
 
 impl Drop for TestServer {
