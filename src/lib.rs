@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod manifest;
+pub mod migrate;
 pub mod policy;
 pub mod reference;
 pub mod serve;

@@ -283,6 +283,33 @@ fn parse_net(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
+/// A repository pattern outside any rule (the `migrate --repos` selector):
+/// the same syntax as a rule's `repository`, without placeholders, since
+/// there is no caller to fill them in.
+#[derive(Debug, Clone)]
+pub struct RepoPattern(Glob);
+
+impl RepoPattern {
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        if pattern.contains('$') {
+            return Err(format!(
+                "repository pattern `{pattern}`: placeholders need a caller"
+            ));
+        }
+        Glob::parse(pattern).map(Self)
+    }
+
+    /// The one name the pattern stands for, when it has no wildcard.
+    pub fn literal(&self) -> Option<String> {
+        let joined = self.0.segments.join("/");
+        (!joined.contains('*')).then_some(joined)
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.matches_with(name, None, None)
+    }
+}
+
 /// A repository pattern: segments separated by `/`, each either `**` (any
 /// number of segments, including none) or a literal with `*` wildcards that
 /// stay inside the segment, and `${user}` / `${group}` placeholders.

@@ -160,6 +160,11 @@ pub fn parse_v1_binding(name: &str) -> Option<RepoName> {
     RepoName::parse(&name.replace('+', "/")).ok()
 }
 
+/// What the migration off v1 copied of one legacy image (its layer's blob).
+pub fn v1_migrated(id: &ImageId) -> String {
+    format!("v1/migrated/{id}")
+}
+
 /// Refresh-token revocations, shared by every replica over the same storage.
 pub fn revocations() -> String {
     "auth/revocations.json".to_owned()
