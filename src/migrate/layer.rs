@@ -95,7 +95,7 @@ enum Kind {
     /// Stored as it is; decompressed only to hash and check the tar.
     Gzip(MultiGzDecoder<Tar>),
     /// Compressed on the way; the encoder's output is drained per chunk.
-    Tar(Box<Tar>, GzEncoder<Vec<u8>>),
+    Tar(Box<Tar>, Blocks),
 }
 
 /// Turns the chunks of one legacy layer into the chunks of its v2 blob.
@@ -152,10 +152,9 @@ impl Converter {
                     .map_err(|e| LayerError::Gzip(e.to_string()))?;
                 Ok(Bytes::copy_from_slice(bytes))
             }
-            Kind::Tar(tar, encoder) => {
+            Kind::Tar(tar, blocks) => {
                 tar.take(bytes);
-                encoder.write_all(bytes).expect("writing to a Vec");
-                Ok(Bytes::from(std::mem::take(encoder.get_mut())))
+                Ok(blocks.push(bytes))
             }
         }
     }
@@ -165,7 +164,7 @@ impl Converter {
         if let Kind::Unknown(head) = &mut self.kind {
             // Zero or one byte in all: no gzip, so judged as a tar.
             let head = std::mem::take(head);
-            self.kind = Kind::Tar(Box::new(Tar::new()), encoder());
+            self.kind = Kind::Tar(Box::new(Tar::new()), Blocks::new());
             let out = self.feed(&head)?;
             self.stored.update(&out);
             self.stored_len += out.len() as u64;
@@ -178,10 +177,7 @@ impl Converter {
                     .map_err(|e| LayerError::Gzip(e.to_string()))?;
                 (Bytes::new(), tar)
             }
-            Kind::Tar(tar, encoder) => {
-                let tail = encoder.finish().expect("writing to a Vec");
-                (Bytes::from(tail), *tar)
-            }
+            Kind::Tar(tar, blocks) => (blocks.finish(), *tar),
         };
         if !tar.all_zero && !is_tar_header(&tar.first) {
             return Err(LayerError::NotTar);
@@ -199,12 +195,50 @@ impl Converter {
     }
 }
 
-fn encoder() -> GzEncoder<Vec<u8>> {
-    // `GzEncoder::new` writes no modification time and no file name, so the
-    // output depends on the input alone. Level 1: a migration moves whole
-    // registries, and the other levels cost several times the CPU for a few
-    // per cent of size.
-    GzEncoder::new(Vec::new(), Compression::fast())
+/// The compressor, fed in blocks of one fixed size whatever the chunks the
+/// network delivered: the deflate stream depends on how its input was cut
+/// (seen: the same tar fed 7 and 4096 bytes at a time compressed
+/// differently), and the same layer must always become the same blob.
+struct Blocks {
+    pending: Vec<u8>,
+    encoder: GzEncoder<Vec<u8>>,
+}
+
+const COMPRESS_BLOCK: usize = 64 * 1024;
+
+impl Blocks {
+    fn new() -> Self {
+        // `GzEncoder::new` writes no modification time and no file name.
+        // Level 1: a migration moves whole registries, and the other levels
+        // cost several times the CPU for a few per cent of size.
+        Self {
+            pending: Vec::with_capacity(COMPRESS_BLOCK),
+            encoder: GzEncoder::new(Vec::new(), Compression::fast()),
+        }
+    }
+
+    /// Takes bytes; returns the compressed bytes ready so far.
+    fn push(&mut self, mut bytes: &[u8]) -> Bytes {
+        while !bytes.is_empty() {
+            let n = (COMPRESS_BLOCK - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.pending.len() == COMPRESS_BLOCK {
+                self.encoder
+                    .write_all(&self.pending)
+                    .expect("writing to a Vec");
+                self.pending.clear();
+            }
+        }
+        Bytes::from(std::mem::take(self.encoder.get_mut()))
+    }
+
+    fn finish(mut self) -> Bytes {
+        self.encoder
+            .write_all(&self.pending)
+            .expect("writing to a Vec");
+        Bytes::from(self.encoder.finish().expect("writing to a Vec"))
+    }
 }
 
 /// How the layer is stored, from its first bytes.
@@ -214,7 +248,7 @@ fn decide(head: &[u8]) -> Result<Kind, LayerError> {
         [b'B', b'Z', ..] => Err(LayerError::Compression("bzip2")),
         [0xfd, b'7', ..] => Err(LayerError::Compression("xz")),
         [0x28, 0xb5, ..] => Err(LayerError::Compression("zstd")),
-        _ => Ok(Kind::Tar(Box::new(Tar::new()), encoder())),
+        _ => Ok(Kind::Tar(Box::new(Tar::new()), Blocks::new())),
     }
 }
 
