@@ -89,6 +89,10 @@ enum Command {
         #[command(subcommand)]
         command: cli::token::TokenCommand,
     },
+    /// Copies a legacy v1 registry's repositories into the built-in v2
+    /// storage as schema 2 images; resumable, and a second run copies
+    /// nothing.
+    Migrate(cli::migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
         Command::Identity { command } => cli::finish(cli::identity::run(command)),
         Command::Policy { command } => cli::finish(cli::policy::run(command)),
         Command::Token { command } => cli::finish(cli::token::run(command)),
+        Command::Migrate(args) => cli::finish(cli::migrate::run(args)),
     }
 }
 

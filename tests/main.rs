@@ -40,6 +40,7 @@ mod legacy_v1;
 mod login_security;
 mod logs;
 mod memory;
+mod migrate;
 mod policy_globs;
 mod secrets_not_logged;
 mod shutdown;

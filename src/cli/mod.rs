@@ -1,5 +1,5 @@
 //! The subcommands besides `serve`: the configuration check, users, keys,
-//! policy and token revocation. Each returns `Ok(exit code)` or a [`Failure`] that `main` prints.
+//! policy, token revocation and the migration off v1. Each returns `Ok(exit code)` or a [`Failure`] that `main` prints.
 //!
 //! Standard output goes through [`write_stdout`]: `println!` and `print!`
 //! are redefined below, before the submodules, so every command of this
@@ -27,6 +27,7 @@ macro_rules! print {
 pub mod check;
 pub mod identity;
 pub mod keygen;
+pub mod migrate;
 mod password;
 pub mod policy;
 pub mod token;

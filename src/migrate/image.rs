@@ -63,7 +63,10 @@ fn history_entry(ancestor: &Ancestor) -> Value {
     if let Some(created) = json.get("created").filter(|v| v.is_string()) {
         entry.insert("created".into(), created.clone());
     }
-    if let Some(author) = json.get("author").filter(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+    if let Some(author) = json
+        .get("author")
+        .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+    {
         entry.insert("author".into(), author.clone());
     }
     // What the engine ran to make the image, as `docker history` shows it.
@@ -80,7 +83,10 @@ fn history_entry(ancestor: &Ancestor) -> Value {
     if let Some(command) = command.filter(|c| !c.is_empty()) {
         entry.insert("created_by".into(), Value::from(command));
     }
-    if let Some(comment) = json.get("comment").filter(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+    if let Some(comment) = json
+        .get("comment")
+        .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+    {
         entry.insert("comment".into(), comment.clone());
     }
     if ancestor.layer.empty {
@@ -206,7 +212,10 @@ mod tests {
             [layers[0].digest.to_string(), layers[2].digest.to_string()]
         );
         // Parsed back by the registry's own manifest check.
-        crate::manifest::parse(Some(MANIFEST_MEDIA_TYPE), &serde_json::to_vec(&manifest).unwrap())
-            .unwrap();
+        crate::manifest::parse(
+            Some(MANIFEST_MEDIA_TYPE),
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
     }
 }

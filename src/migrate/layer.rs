@@ -39,7 +39,9 @@ pub struct Converted {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LayerError {
-    #[error("the layer is compressed with {0}, which the migration does not read (gzip and plain tar only)")]
+    #[error(
+        "the layer is compressed with {0}, which the migration does not read (gzip and plain tar only)"
+    )]
     Compression(&'static str),
     #[error("the layer is not a tar archive")]
     NotTar,
@@ -267,7 +269,13 @@ fn is_tar_header(block: &[u8]) -> bool {
     let sum: u32 = block[..BLOCK]
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u32 })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as u32
+            }
+        })
         .sum();
     recorded == Some(sum)
 }
@@ -295,7 +303,11 @@ mod tests {
         out
     }
 
-    fn convert(json: &[u8], layer: &[u8], chunk: usize) -> Result<(Vec<u8>, Converted), LayerError> {
+    fn convert(
+        json: &[u8],
+        layer: &[u8],
+        chunk: usize,
+    ) -> Result<(Vec<u8>, Converted), LayerError> {
         let mut converter = Converter::new(json);
         let mut stored = Vec::new();
         for piece in layer.chunks(chunk.max(1)) {

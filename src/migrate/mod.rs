@@ -31,7 +31,8 @@ use crate::reference::{Algorithm, Digest, ImageId, Reference, RepoName, Tag};
 use crate::storage::{Chunk, MigratedLayer, Storage, StorageError};
 use image::{Ancestor, MANIFEST_MEDIA_TYPE};
 use layer::{Converter, GZIP_LAYER};
-use source::{ImageJson, Legacy, SourceError};
+pub use source::Legacy;
+use source::{ImageJson, SourceError};
 
 /// What to migrate, and how.
 #[derive(Debug, Clone)]
@@ -69,6 +70,11 @@ pub enum Event {
         tag: String,
         digest: String,
     },
+    /// The tag holds what the migration makes of it already.
+    TagCurrent {
+        repo: String,
+        tag: String,
+    },
     TagSkipped {
         repo: String,
         tag: String,
@@ -90,6 +96,8 @@ pub struct Report {
     /// Layers an earlier run had copied already.
     pub layers_skipped: usize,
     pub tags_migrated: Vec<(String, String)>,
+    /// Tags an earlier run had migrated already.
+    pub tags_current: usize,
     /// `(repository:tag, why)`.
     pub tags_skipped: Vec<(String, String)>,
     /// `(what, why)`: repositories, tags or layers that could not be copied.
@@ -215,7 +223,9 @@ pub async fn migrate(
     });
 
     // The layers, `jobs` at a time.
-    let copies = futures_util::stream::iter(to_copy.into_iter().map(|(id, repo)| {
+    // Each copy is reported as it ends, so that what an interrupted run had
+    // finished is on screen.
+    let mut copies = futures_util::stream::iter(to_copy.into_iter().map(|(id, repo)| {
         let json = jsons[&id].clone();
         let events = events.clone();
         async move {
@@ -224,8 +234,7 @@ pub async fn migrate(
         }
     }))
     .buffer_unordered(options.jobs.max(1));
-    let copied: Vec<(ImageId, Result<MigratedLayer, String>)> = copies.collect().await;
-    for (id, copied) in copied {
+    while let Some((id, copied)) = copies.next().await {
         match copied {
             Ok(layer) => {
                 report.layers_copied += 1;
@@ -265,6 +274,13 @@ pub async fn migrate(
                 report
                     .tags_migrated
                     .push((planned.repo.to_string(), planned.tag.to_string()));
+            }
+            Ok(TagOutcome::Current) => {
+                events(Event::TagCurrent {
+                    repo: planned.repo.to_string(),
+                    tag: planned.tag.to_string(),
+                });
+                report.tags_current += 1;
             }
             Ok(TagOutcome::Skipped(why)) => {
                 events(Event::TagSkipped {
@@ -350,7 +366,9 @@ async fn copy_layer(
     // The converter's verdict, left by the stream when the body ends.
     let outcome: Arc<Mutex<Option<Result<layer::Converted, String>>>> = Arc::default();
     let stream = convert_stream(body, Converter::new(&json.raw), outcome.clone(), events);
-    let appended = storage.upload_append(repo, upload, Chunk::default(), stream).await;
+    let appended = storage
+        .upload_append(repo, upload, Chunk::default(), stream)
+        .await;
     let converted = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
     let checked = match (appended, converted) {
         (Ok(_), Some(Ok(converted))) => check(&converted, json).map(|()| converted),
@@ -449,6 +467,7 @@ fn refuse(give: &impl Fn(Result<layer::Converted, String>), why: String) -> std:
 
 enum TagOutcome {
     Migrated(Digest),
+    Current,
     Skipped(String),
 }
 
@@ -472,13 +491,16 @@ async fn put_tag(
         .collect();
     let config = Bytes::from(image::config(&ancestors)?);
     let config_digest = Algorithm::Sha256.digest_of(&config);
-    let manifest = Bytes::from(image::manifest((&config_digest, config.len() as u64), &ancestors));
+    let manifest = Bytes::from(image::manifest(
+        (&config_digest, config.len() as u64),
+        &ancestors,
+    ));
     let digest = Algorithm::Sha256.digest_of(&manifest);
     let reference = Reference::Tag(planned.tag.clone());
     let storage_error = |e: StorageError| format!("storage: {e}");
     match storage.manifest_head(repo, &reference).await {
         Ok((current, _, _)) if current == digest => {
-            return Ok(TagOutcome::Skipped("migrated already".into()));
+            return Ok(TagOutcome::Current);
         }
         Ok(_) if !overwrite => {
             return Ok(TagOutcome::Skipped(
@@ -491,7 +513,12 @@ async fn put_tag(
     for ancestor in ancestors.iter().filter(|a| !a.layer.empty) {
         let layer = ancestor.layer;
         let from = RepoName::parse(&layer.repository).map_err(|e| e.to_string())?;
-        if from != *repo && !storage.blob_mount(&from, repo, &layer.digest).await.map_err(storage_error)? {
+        if from != *repo
+            && !storage
+                .blob_mount(&from, repo, &layer.digest)
+                .await
+                .map_err(storage_error)?
+        {
             return Err(format!(
                 "layer {} is no longer linked to {from}; run the migration again",
                 layer.digest

@@ -62,7 +62,9 @@ impl Legacy {
         let bad = |why: &str| SourceError::Url(format!("--from-v1 {url}: {why}"));
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
         if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(bad("an http:// URL is needed (the legacy registry's private address)"));
+            return Err(bad(
+                "an http:// URL is needed (the legacy registry's private address)",
+            ));
         }
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(bad("give the registry's base address, with no path"));
@@ -149,7 +151,8 @@ impl Legacy {
 
     /// The repository's tags and the image id each names.
     pub async fn tags(&self, repo: &str) -> Result<BTreeMap<String, String>, SourceError> {
-        self.get_json(&format!("/v1/repositories/{repo}/tags")).await
+        self.get_json(&format!("/v1/repositories/{repo}/tags"))
+            .await
     }
 
     /// The image and its parents, the image first.
@@ -178,7 +181,10 @@ impl Legacy {
     /// The layer's body, streamed; hyper fails it if it ends before its
     /// `Content-Length`.
     pub async fn layer(&self, id: &str) -> Result<Incoming, SourceError> {
-        Ok(self.get(&format!("/v1/images/{id}/layer")).await?.into_body())
+        Ok(self
+            .get(&format!("/v1/images/{id}/layer"))
+            .await?
+            .into_body())
     }
 }
 

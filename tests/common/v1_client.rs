@@ -70,7 +70,7 @@ pub fn images(count: usize) -> Vec<Image> {
 }
 
 /// A one-file tar archive.
-fn tar(name: &str, content: &[u8]) -> Vec<u8> {
+pub fn tar(name: &str, content: &[u8]) -> Vec<u8> {
     let mut header = [0u8; 512];
     header[..name.len()].copy_from_slice(name.as_bytes());
     header[100..107].copy_from_slice(b"0000644");
