@@ -417,3 +417,213 @@ async fn a_migration_that_could_not_read_everything_resumes_with_what_was_missin
     assert_eq!(blob.status(), 200);
     assert_eq!(blob.bytes().await.unwrap(), fleet.top.layer);
 }
+
+#[tokio::test]
+async fn a_killed_migration_resumes_with_the_layers_it_had_not_copied() {
+    const LAYERS: usize = 6;
+    let backend = LegacyV1::start();
+    let mut images: Vec<Image> = Vec::new();
+    for i in 0..LAYERS {
+        // Gzip layers of a few MiB: stored as they are, so the copy costs
+        // little beyond the transfer, and there is time to be interrupted.
+        let text: String = (0..120_000)
+            .map(|n| format!("layer {i} line {n}\n"))
+            .collect();
+        let layer = gzip(&tar(&format!("data/{i}.txt"), text.as_bytes()));
+        let json = json!({"config": {"Cmd": ["/bin/true"]}});
+        images.push(image(images.last(), layer, json));
+    }
+    let mut engine = Engine::new(&backend.url(), "Basic dXNlcjpwdw==", Auth::BasicEverywhere);
+    let pushed = engine.push("big/layers", "latest", images).await;
+    let data = tempfile::tempdir().unwrap();
+
+    // Killed once the first layer is reported copied.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .args(["migrate", "--from-v1", &backend.url(), "--jobs", "1"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let copied_before = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut child = command.spawn().unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        for line in stderr.lines() {
+            if line.unwrap().starts_with("copied ") {
+                child.kill().unwrap();
+                break;
+            }
+        }
+        child.wait().unwrap();
+    })
+    .await;
+    copied_before.unwrap();
+
+    let rest = migrate(&backend, data.path(), &[]).await;
+    let report = stdout(&rest);
+    assert!(
+        rest.status.success(),
+        "{}",
+        clients::describe("migrate", &rest)
+    );
+    // "copied N layers (B bytes); M copied by an earlier run"
+    let number_after = |label: &str| -> usize {
+        let (_, tail) = report
+            .split_once(label)
+            .unwrap_or_else(|| panic!("{report}"));
+        let number = tail.split_whitespace().next().unwrap_or_default();
+        number.parse().unwrap_or_else(|_| panic!("{report}"))
+    };
+    let (now, earlier) = (number_after("copied "), number_after("bytes); "));
+    assert!(
+        earlier >= 1,
+        "the killed run's layer was copied again: {report}"
+    );
+    assert_eq!(now + earlier, LAYERS, "{report}");
+
+    // The image is whole: every layer is served with the bytes pushed.
+    let server = ServerProcess::start(data.path(), &[]);
+    let client = reqwest::Client::new();
+    let manifest: Value = client
+        .get(server.at("/v2/big/layers/manifests/latest"))
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), LAYERS);
+    for (layer, image) in layers.iter().zip(&pushed.images) {
+        let digest = layer["digest"].as_str().unwrap();
+        assert_eq!(digest, sha256(&image.layer));
+        let blob = client
+            .get(server.at(&format!("/v2/big/layers/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(blob.bytes().await.unwrap(), image.layer);
+    }
+}
+
+#[tokio::test]
+async fn a_tag_pushed_over_v2_since_is_left_alone_unless_overwrite_is_asked() {
+    clients::require("skopeo");
+    let backend = LegacyV1::start();
+    let fleet = fleet();
+    push(&backend, &fleet).await;
+    let data = tempfile::tempdir().unwrap();
+    let first = migrate(&backend, data.path(), &[]).await;
+    assert!(
+        first.status.success(),
+        "{}",
+        clients::describe("migrate", &first)
+    );
+
+    // busybox:1.0 moved over v2 to the app image.
+    let server = ServerProcess::start(data.path(), &[]);
+    let env = ClientEnv::new(&server.host);
+    let moved = tokio::task::spawn_blocking(move || {
+        env.skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &env.docker_ref("team/app:v1"),
+            &env.docker_ref("library/busybox:1.0"),
+        ]);
+        env
+    });
+    let _env = moved.await.unwrap();
+    let digest_of = |server: &ServerProcess, path: &str| {
+        let url = server.at(path);
+        async move {
+            let res = reqwest::Client::new()
+                .head(url)
+                .header(
+                    "accept",
+                    "application/vnd.docker.distribution.manifest.v2+json",
+                )
+                .send()
+                .await
+                .unwrap();
+            common::header_str(&res, "docker-content-digest").to_owned()
+        }
+    };
+    let app = digest_of(&server, "/v2/team/app/manifests/v1").await;
+    let latest = digest_of(&server, "/v2/library/busybox/manifests/latest").await;
+    assert_eq!(
+        digest_of(&server, "/v2/library/busybox/manifests/1.0").await,
+        app
+    );
+
+    let again = migrate(&backend, data.path(), &["--repos", "library/*"]).await;
+    let report = stdout(&again);
+    assert!(again.status.success(), "{report}");
+    assert!(
+        report.contains("left alone library/busybox:1.0: the v2 tag holds another image"),
+        "{report}"
+    );
+    assert!(
+        report.contains("migrated 0 tags; 1 migrated by an earlier run"),
+        "{report}"
+    );
+    assert_eq!(
+        digest_of(&server, "/v2/library/busybox/manifests/1.0").await,
+        app
+    );
+
+    let overwritten = migrate(
+        &backend,
+        data.path(),
+        &["--repos", "busybox", "--overwrite"],
+    )
+    .await;
+    let report = stdout(&overwritten);
+    assert!(overwritten.status.success(), "{report}");
+    assert!(report.contains("migrated 1 tags;"), "{report}");
+    assert_eq!(
+        digest_of(&server, "/v2/library/busybox/manifests/1.0").await,
+        latest
+    );
+}
+
+#[tokio::test]
+async fn a_missing_or_unreachable_legacy_registry_is_a_clear_error() {
+    let data = tempfile::tempdir().unwrap();
+    // Bound and closed at once: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cases: [(&[&str], i32, &str); 3] = [
+        (&[], 2, "give --from-v1 URL or set v1.backend"),
+        (&["--from-v1", "https://legacy.example.com"], 2, "http://"),
+        (
+            &["--from-v1", &format!("http://{closed}")],
+            1,
+            "cannot list the legacy registry's repositories",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        command
+            .arg("migrate")
+            .args(args)
+            .arg("--data-dir")
+            .arg(data.path())
+            // No configuration of the working directory's or the caller's.
+            .current_dir(data.path())
+            .env_remove("PORTCULLIS_CONFIG");
+        let out = tokio::task::spawn_blocking(move || clients::output(command, None))
+            .await
+            .unwrap();
+        let stderr = clients::stderr_of(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
