@@ -565,9 +565,15 @@ async fn pull_into_buffer(url: String, token: Option<String>) {
 /// incompressible enough that no layer can shortcut it) to `path`, hashing
 /// them on the way. Returns the hex SHA-256.
 pub fn generate(path: &Path, size: u64) -> String {
+    generate_seeded(path, size, 0)
+}
+
+/// As [`generate`], another sequence per `seed`.
+pub fn generate_seeded(path: &Path, size: u64, seed: u64) -> String {
     let mut file = std::fs::File::create(path).expect("create blob");
     let mut hasher = Sha256::new();
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    // Never zero: xorshift would stay at zero.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15 | 1) | 1;
     let mut buf = vec![0u8; BUFFER];
     let mut left = size;
     while left > 0 {
@@ -667,7 +673,7 @@ fn write_speed(from: &Path, to: &Path, size: u64, direct: bool) -> f64 {
     speed
 }
 
-fn sync() {
+pub fn sync() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
 }
@@ -708,7 +714,7 @@ fn stat_cpu(path: &str, children: bool) -> f64 {
     }
 }
 
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
 }
 

@@ -95,8 +95,9 @@ pub struct Servers {
     pub dir: tempfile::TempDir,
     pub portcullis: Target,
     pub distribution: Target,
-    /// The Portcullis binary measured, for sections that start another one.
-    binary: PathBuf,
+    /// The Portcullis binary measured, for sections that start another one
+    /// or run one of its commands.
+    pub binary: PathBuf,
     _procs: Vec<Proc>,
 }
 

@@ -10,6 +10,12 @@
 //!
 //! Through Portcullis each request carries the v1 token Portcullis gave the
 //! push (or pull) start; straight to the backend, none (it checks nothing).
+//!
+//! Last, `portcullis migrate --from-v1` copies a repository of
+//! [`MIGRATED_LAYERS`] layers (`--blob-mib` MiB in all) out of the backend,
+//! once with plain tar layers (what engines pushed: the migration gzips
+//! them) and once with gzip layers (stored as they are), beside the
+//! backend's own read rate (its layer pull above).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,10 +33,18 @@ use crate::servers::{self, Servers, Target};
 /// Sequential small requests timed.
 const ROUNDS: usize = 2000;
 
+/// Layers of the migrated repository.
+const MIGRATED_LAYERS: u64 = 16;
+
 const PUSH_NOTE: &str = "the layer streamed through Portcullis to gunicorn's one gevent worker, \
     which writes it and computes its checksum in Python: the backend bounds both figures";
 const PULL_NOTE: &str = "the backend reads the file in Python and writes it to its socket; \
     Portcullis relays the stream (a copy in user space per hop)";
+const MIGRATE_TAR_NOTE: &str = "a chain of plain tar layers of random bytes (the compressor's worst \
+    case), 4 at a time: each layer read from the backend, gzipped (level 1) and hashed three times \
+    (the backend's checksum, the blob, the diff_id) on the way to storage";
+const MIGRATE_GZIP_NOTE: &str = "the same with gzip layers, stored byte for byte: inflated only to \
+    hash the diff_id";
 const SMALL_NOTE: &str = "one client, keep-alive: Portcullis checks the v1 token (cached), the \
     policy, and forwards on a pooled connection to the backend";
 
@@ -159,10 +173,17 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         small[0].0, small[0].1, small[1].0, small[1].1
     );
     let _ = std::fs::remove_file(&layer);
-    drop(legacy);
 
     let median = |v: &[f64]| blobs::median(&mut v.iter().copied());
+    let backend_read = median(&pulled[1]);
+    let mut migrated = Vec::new();
+    for gzip in [false, true] {
+        migrated.push(migration(servers, &client, &direct, &dir, size, gzip).await);
+    }
+    drop(legacy);
+
     let backend = "legacy registry direct";
+    let read = "legacy registry layer pull";
     vec![
         Row::new(
             "v1 layer push, through Portcullis",
@@ -197,7 +218,170 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
             Better::Lower,
         )
         .against(backend, small[1].1),
+        Row::new(
+            format!("v1 → v2 migration, {MIGRATED_LAYERS} plain tar layers"),
+            "MB/s",
+            migrated[0],
+            Better::Higher,
+        )
+        .against(read, backend_read)
+        .note(MIGRATE_TAR_NOTE),
+        Row::new(
+            format!("v1 → v2 migration, {MIGRATED_LAYERS} gzip layers"),
+            "MB/s",
+            migrated[1],
+            Better::Higher,
+        )
+        .against(read, backend_read)
+        .note(MIGRATE_GZIP_NOTE),
     ]
+}
+
+/// Pushes a repository of [`MIGRATED_LAYERS`] layers, `total` bytes of
+/// tar in all, straight to the backend, then times `portcullis migrate`
+/// of it into a storage of its own. MB/s of layer bytes read from the
+/// backend.
+async fn migration(
+    servers: &Servers,
+    client: &reqwest::Client,
+    backend: &Target,
+    dir: &Path,
+    total: u64,
+    gzip: bool,
+) -> f64 {
+    let repo = format!("bench/migrate-{}", if gzip { "gzip" } else { "tar" });
+    let layer = dir.join("migrated-layer");
+    let mut parent: Option<String> = None;
+    let mut read = 0;
+    let auth = "Basic eDp5";
+    for i in 0..MIGRATED_LAYERS {
+        let id = hex::encode(Sha256::digest(format!("{repo}-{i}-{}", std::process::id())));
+        if parent.is_none() {
+            start_push(client, backend, &repo, &id).await;
+        }
+        let json = match &parent {
+            None => image_json(&id),
+            Some(parent) => {
+                image_json(&id).replacen('{', &format!("{{\"parent\":\"{parent}\","), 1)
+            }
+        };
+        let len = {
+            let (path, seed) = (layer.clone(), i);
+            tokio::task::spawn_blocking(move || {
+                write_tar(&path, total / MIGRATED_LAYERS, seed, gzip)
+            })
+            .await
+            .expect("layer")
+        };
+        put(
+            client,
+            backend,
+            auth,
+            &format!("/v1/images/{id}/json"),
+            json.clone(),
+        )
+        .await;
+        let url = backend.at(&format!("/v1/images/{id}/layer"));
+        let file = std::fs::File::open(&layer).expect("open layer");
+        let res = tokio::task::spawn_blocking(move || {
+            bare::send_file("PUT", &url, auth, &[], &file, 0, len)
+        })
+        .await
+        .expect("upload thread");
+        assert_eq!(res.status, 200, "v1 layer push");
+        let res = client
+            .put(backend.at(&format!("/v1/images/{id}/checksum")))
+            .header("x-docker-checksum-payload", checksum(&layer, &json).await)
+            .send()
+            .await
+            .expect("checksum");
+        assert!(res.status().is_success(), "checksum: {}", res.status());
+        read += len;
+        parent = Some(id);
+    }
+    let top = parent.expect("a layer");
+    put(
+        client,
+        backend,
+        auth,
+        &format!("/v1/repositories/{repo}/tags/latest"),
+        format!("\"{top}\""),
+    )
+    .await;
+    let _ = std::fs::remove_file(&layer);
+
+    let data = dir.join(format!("{repo}-storage").replace('/', "-"));
+    let mut command = std::process::Command::new(&servers.binary);
+    command
+        .args([
+            "migrate",
+            "--from-v1",
+            &backend.url,
+            "--repos",
+            &repo,
+            "--jobs",
+            "4",
+        ])
+        .arg("--data-dir")
+        .arg(&data);
+    blobs::sync();
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("migrate thread")
+        .expect("run migrate");
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "migrate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let speed = blobs::mb_per_s(read, elapsed);
+    eprintln!(
+        "  migrate {repo}: {speed:.0} MB/s ({read} bytes in {:.2} s)",
+        elapsed.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&data);
+    speed
+}
+
+/// A one-file tar of `size` random bytes (blobs' generator, seeded per
+/// layer), gzipped at level 1 when `gzip`. Returns the file's length.
+fn write_tar(path: &Path, size: u64, seed: u64, gzip: bool) -> u64 {
+    use std::io::Write;
+    let payload = path.with_extension("payload");
+    blobs::generate_seeded(&payload, size, seed);
+    let mut header = [0u8; 512];
+    header[..7].copy_from_slice(b"payload");
+    header[100..107].copy_from_slice(b"0000644");
+    header[108..115].copy_from_slice(b"0000000");
+    header[116..123].copy_from_slice(b"0000000");
+    header[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    header[136..147].copy_from_slice(b"00000000000");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| b as u32).sum();
+    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let tar = |out: &mut dyn Write| {
+        out.write_all(&header)?;
+        std::io::copy(&mut std::fs::File::open(&payload)?, out)?;
+        out.write_all(&vec![0; ((512 - size % 512) % 512 + 1024) as usize])
+    };
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create layer"));
+    if gzip {
+        let mut gz = flate2::write::GzEncoder::new(&mut file, flate2::Compression::fast());
+        tar(&mut gz).expect("write layer");
+        gz.finish().expect("write layer");
+    } else {
+        tar(&mut file).expect("write layer");
+    }
+    file.flush().expect("write layer");
+    drop(file);
+    let _ = std::fs::remove_file(&payload);
+    std::fs::metadata(path).expect("layer").len()
 }
 
 fn image_id(run: usize, side: usize) -> String {
