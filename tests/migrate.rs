@@ -19,7 +19,8 @@ use common::v1_client::{Auth, Engine, Image, tar};
 use serde_json::{Value, json};
 
 /// The legacy registry's content: `library/busybox` (`latest` and `1.0`,
-/// three images) and `team/app:v1`, one image on top of busybox's.
+/// three images; `busybox` on v2, the name engines ask v2 for) and
+/// `team/app:v1`, one image on top of busybox's.
 struct Fleet {
     base: Image,
     /// An image with an empty layer, as `ENV` in a Dockerfile made them.
@@ -232,7 +233,7 @@ async fn a_legacy_registry_moves_to_v2_with_the_same_files_and_settings() {
     let server = ServerProcess::start(data.path(), &[]);
     let env = ClientEnv::new(&server.host);
     let (busybox, env_) = tokio::task::spawn_blocking(move || {
-        let pulled = skopeo_pull(&env, "library/busybox:latest");
+        let pulled = skopeo_pull(&env, "busybox:latest");
         (pulled, env)
     })
     .await
@@ -282,7 +283,7 @@ async fn a_legacy_registry_moves_to_v2_with_the_same_files_and_settings() {
     // The second tag is the same image; the other repository's image shares
     // busybox's layers.
     let out = tokio::task::spawn_blocking(move || {
-        let same = skopeo_pull(&env, "library/busybox:1.0");
+        let same = skopeo_pull(&env, "busybox:1.0");
         let app = skopeo_pull(&env, "team/app:v1");
         // podman checks every layer against the config's diff_ids.
         env.podman(&["pull", &format!("{}/team/app:v1", env.host)]);
@@ -355,21 +356,14 @@ async fn a_migration_that_could_not_read_everything_resumes_with_what_was_missin
         report.contains(&format!("failed image {}", fleet.app.id)),
         "{report}"
     );
-    for tag in [
-        "library/busybox:latest",
-        "library/busybox:1.0",
-        "team/app:v1",
-    ] {
+    for tag in ["busybox:latest", "busybox:1.0", "team/app:v1"] {
         assert!(report.contains(&format!("failed {tag}: ")), "{report}");
     }
 
     // No tag points at a partial image, and no upload was left behind.
     let server = ServerProcess::start(data.path(), &[]);
     let client = reqwest::Client::new();
-    for path in [
-        "/v2/library/busybox/manifests/latest",
-        "/v2/team/app/manifests/v1",
-    ] {
+    for path in ["/v2/busybox/manifests/latest", "/v2/team/app/manifests/v1"] {
         let res = client.get(server.at(path)).send().await.unwrap();
         assert_eq!(res.status(), 404, "{path}");
     }
@@ -534,7 +528,7 @@ async fn a_tag_pushed_over_v2_since_is_left_alone_unless_overwrite_is_asked() {
             "--src-tls-verify=false",
             "--dest-tls-verify=false",
             &env.docker_ref("team/app:v1"),
-            &env.docker_ref("library/busybox:1.0"),
+            &env.docker_ref("busybox:1.0"),
         ]);
         env
     });
@@ -555,27 +549,21 @@ async fn a_tag_pushed_over_v2_since_is_left_alone_unless_overwrite_is_asked() {
         }
     };
     let app = digest_of(&server, "/v2/team/app/manifests/v1").await;
-    let latest = digest_of(&server, "/v2/library/busybox/manifests/latest").await;
-    assert_eq!(
-        digest_of(&server, "/v2/library/busybox/manifests/1.0").await,
-        app
-    );
+    let latest = digest_of(&server, "/v2/busybox/manifests/latest").await;
+    assert_eq!(digest_of(&server, "/v2/busybox/manifests/1.0").await, app);
 
     let again = migrate(&backend, data.path(), &["--repos", "library/*"]).await;
     let report = stdout(&again);
     assert!(again.status.success(), "{report}");
     assert!(
-        report.contains("left alone library/busybox:1.0: the v2 tag holds another image"),
+        report.contains("left alone busybox:1.0: the v2 tag holds another image"),
         "{report}"
     );
     assert!(
         report.contains("migrated 0 tags; 1 migrated by an earlier run"),
         "{report}"
     );
-    assert_eq!(
-        digest_of(&server, "/v2/library/busybox/manifests/1.0").await,
-        app
-    );
+    assert_eq!(digest_of(&server, "/v2/busybox/manifests/1.0").await, app);
 
     let overwritten = migrate(
         &backend,
@@ -586,6 +574,19 @@ async fn a_tag_pushed_over_v2_since_is_left_alone_unless_overwrite_is_asked() {
     let report = stdout(&overwritten);
     assert!(overwritten.status.success(), "{report}");
     assert!(report.contains("migrated 1 tags;"), "{report}");
+    assert_eq!(
+        digest_of(&server, "/v2/busybox/manifests/1.0").await,
+        latest
+    );
+
+    // v1's name itself, when asked.
+    let kept = migrate(
+        &backend,
+        data.path(),
+        &["--repos", "busybox", "--keep-library-prefix"],
+    )
+    .await;
+    assert!(kept.status.success(), "{}", stdout(&kept));
     assert_eq!(
         digest_of(&server, "/v2/library/busybox/manifests/1.0").await,
         latest

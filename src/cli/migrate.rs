@@ -33,6 +33,11 @@ pub struct MigrateArgs {
     /// such a tag is left alone and reported).
     #[arg(long)]
     overwrite: bool,
+    /// Keep v1's `library/` prefix: `busybox` (v1's `library/busybox`)
+    /// goes to `library/busybox` on v2 instead of `busybox`, the name an
+    /// engine's `docker pull HOST/busybox` asks v2 for.
+    #[arg(long)]
+    keep_library_prefix: bool,
     /// Configuration file (for the storage location and `v1.backend`).
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -52,6 +57,7 @@ pub fn run(args: MigrateArgs) -> Result<ExitCode, Failure> {
         repos: args.repos,
         jobs: args.jobs.into(),
         overwrite: args.overwrite,
+        keep_library: args.keep_library_prefix,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -45,6 +45,9 @@ pub struct Options {
     pub jobs: usize,
     /// Replace a v2 tag that points at something else.
     pub overwrite: bool,
+    /// Keep v1's `library/` prefix on v2 (by default `library/busybox`
+    /// becomes `busybox`, the name engines ask v2 for).
+    pub keep_library: bool,
 }
 
 /// What happens, as it happens (the command line draws it).
@@ -140,11 +143,11 @@ pub async fn migrate(
     let mut plan: Vec<Planned> = Vec::new();
     let mut ancestries: HashMap<String, Vec<ImageId>> = HashMap::new();
     for name in repos {
-        let Ok(repo) = RepoName::parse(&name) else {
+        let Ok(repo) = RepoName::parse(&v2_name(&name, options.keep_library)) else {
             fail(&mut report, name, "not a valid v2 repository name".into());
             continue;
         };
-        let tags = match source.tags(repo.as_str()).await {
+        let tags = match source.tags(&name).await {
             Ok(tags) => tags,
             Err(e) => {
                 fail(&mut report, name, e.to_string());
@@ -325,6 +328,17 @@ async fn select(source: &Legacy, patterns: &[String]) -> Result<Vec<String>, Mig
                     .any(|g| g.matches(name) || short.is_some_and(|s| g.matches(s)))
         })
         .collect())
+}
+
+/// Where a v1 repository goes on v2. An engine's `docker pull
+/// host/busybox` asked the v1 backend for `library/busybox`, and asks v2
+/// for `busybox`: so that the same reference pulls the same image after the
+/// move, `library/x` becomes `x` unless the prefix is to be kept.
+fn v2_name(v1: &str, keep_library: bool) -> String {
+    match v1.strip_prefix("library/") {
+        Some(short) if !keep_library && !short.contains('/') => short.to_owned(),
+        _ => v1.to_owned(),
+    }
 }
 
 /// A single-segment v1 name is the `library/` repository, as the backend
