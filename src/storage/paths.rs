@@ -22,7 +22,8 @@
 //! ├── auth/
 //! │   └── revocations.json                 refresh tokens issued before these times are void
 //! └── v1/
-//!     └── images/<id>/<namespace>+<name>   (empty) this legacy v1 image belongs to that repository
+//!     ├── images/<id>/<namespace>+<name>   (empty) this legacy v1 image belongs to that repository
+//!     └── migrated/<id>                    JSON: the blob `migrate --from-v1` made of its layer
 //! ```
 //!
 //! Every argument is an already validated newtype ([`RepoName`], [`Tag`],
