@@ -314,3 +314,68 @@ async fn an_invalid_log_filter_is_reported_and_the_default_used() {
     );
     log.wait_for(&["token issued"]);
 }
+
+#[tokio::test]
+async fn the_request_log_says_which_backend_served_each_request() {
+    let backend = common::legacy_v1::LegacyV1::start();
+    let dir = setup();
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        format!("[v1]\nbackend = \"{}\"\n", backend.url()),
+    )
+    .unwrap();
+    let (server, mut log) = serve(dir.path(), Some("info,tower_http=debug"));
+    let client = reqwest::Client::new();
+
+    let res = token(
+        &server,
+        "repository:alice/app:pull",
+        Some(("alice", PASSWORD)),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let line = log.wait_for(&["finished processing request", "uri=/token"]);
+    assert!(line.contains("backend=\"self\""), "{line}");
+
+    let body: serde_json::Value = res.json().await.unwrap();
+    let bearer = body["token"].as_str().unwrap().to_owned();
+    let res = client
+        .get(server.at("/v2/alice/app/tags/list"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let line = log.wait_for(&["finished processing request", "uri=/v2/alice/app/tags/list"]);
+    assert!(line.contains("backend=\"storage\""), "{line}");
+
+    let res = client
+        .get(server.at("/v1/repositories/alice/app/tags"))
+        .basic_auth("alice", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        404,
+        "the backend's answer for an unknown repository"
+    );
+    let line = log.wait_for(&[
+        "finished processing request",
+        "uri=/v1/repositories/alice/app/tags",
+    ]);
+    assert!(line.contains("backend=\"legacy-v1\""), "{line}");
+
+    // Refused before any backend: no backend named.
+    let res = client
+        .get(server.at("/v1/repositories/bob/app/tags"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let line = log.wait_for(&[
+        "finished processing request",
+        "uri=/v1/repositories/bob/app/tags",
+    ]);
+    assert!(!line.contains("backend="), "{line}");
+}

@@ -43,13 +43,29 @@ pub const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters
 pub fn router(state: Arc<AppState>) -> axum::Router {
     axum::Router::new()
         .fallback(dispatch)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
         // The probes are routes like any other ([`Route::Live`],
         // [`Route::Ready`]); only registered here, after the trace layer,
         // so that requests every few seconds stay out of the request log.
         .route("/healthz", axum::routing::any(dispatch))
         .route("/readyz", axum::routing::any(dispatch))
         .with_state(state)
+}
+
+/// The span of one request (tower-http's fields, and which backend served
+/// it, recorded once the request is authorized): at `debug` and with the
+/// target of tower-http's own, so that the filter that showed the request
+/// log before (`tower_http=debug`) still does, and at `info` it costs
+/// nothing.
+fn request_span(request: &Request) -> tracing::Span {
+    tracing::debug_span!(
+        target: "tower_http::trace::make_span",
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        version = ?request.version(),
+        backend = tracing::field::Empty,
+    )
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -85,7 +101,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         // The one authorization check, from the route's credentials and
         // `route.required_access()`.
         Ok(route) => match authorize::authorize(&state, &route, &parts, conn.addr).await {
-            Ok(grant) => handle(&state, route, parts, body, &grant, &conn).await,
+            Ok(grant) => {
+                tracing::Span::current().record("backend", route.backend());
+                handle(&state, route, parts, body, &grant, &conn).await
+            }
             Err(e) => Err(e),
         },
         Err(e) => Err(e),

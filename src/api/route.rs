@@ -82,6 +82,18 @@ impl Route {
         }
     }
 
+    /// Who answers the route, for the request log (`backend=` of the
+    /// request span): the built-in storage, the legacy v1 registry, or
+    /// Portcullis itself (tokens, keys, the v1 ping and login).
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Route::Registry(_) => "storage",
+            Route::V1(V1Endpoint::Ping | V1Endpoint::Login { .. }) => "self",
+            Route::V1(_) => "legacy-v1",
+            Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => "self",
+        }
+    }
+
     /// Whether the trace and the request log leave it out: probes come
     /// every few seconds.
     pub fn is_probe(&self) -> bool {
