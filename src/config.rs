@@ -7,8 +7,10 @@
 //! the others), and semantic checks on the values.
 
 mod identity;
+mod upstream;
 
 pub use identity::{FILE_SOURCE, GroupsFrom, IdentityConfig, LdapConfig, LdapGroups, Nested};
+pub use upstream::{CacheConfig, UpstreamConfig};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -32,6 +34,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub identity: IdentityConfig,
     pub v1: V1Config,
+    /// `[[upstream]]`, first match wins (overlaps are refused).
+    pub upstream: Vec<UpstreamConfig>,
 }
 
 /// `[v1]`: the legacy v1 protocol, routed to a legacy registry.
@@ -373,6 +377,7 @@ impl Config {
                 "policy" => config.policy = reader.section("policy", value),
                 "identity" => config.identity = reader.section("identity", value),
                 "v1" => config.v1 = reader.section("v1", value),
+                "upstream" => config.upstream = reader.section("upstream", value),
                 other => reader.at(span, format!("unknown section or key `{other}`")),
             }
         }
@@ -384,6 +389,7 @@ impl Config {
     /// Checks on values that parsed but make no sense.
     fn check(&self, root: &DeTable<'_>, reader: &mut Reader<'_>) {
         self.check_identity(root, reader);
+        self.check_upstreams(root, reader);
         if self.storage.root.as_os_str().is_empty() {
             let span = lookup(root, &["storage", "root"]);
             reader.at_opt(span, "storage.root must not be empty".to_owned());
@@ -687,6 +693,41 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `[[upstream]]`: each one's values, unique names, and prefixes that
+    /// do not overlap (with first-match routing, an overlap would silently
+    /// hide part of the later upstream).
+    fn check_upstreams(&self, root: &DeTable<'_>, reader: &mut Reader<'_>) {
+        for (i, upstream) in self.upstream.iter().enumerate() {
+            let index = i.to_string();
+            for (key, message) in upstream.problems() {
+                let span = lookup(root, &["upstream", &index, key])
+                    .or_else(|| lookup(root, &["upstream", &index]));
+                reader.at_opt(span, format!("upstream `{}`: {message}", upstream.name));
+            }
+            for earlier in &self.upstream[..i] {
+                if earlier.name == upstream.name {
+                    let span = lookup(root, &["upstream", &index, "name"]);
+                    reader.at_opt(
+                        span,
+                        format!("upstream name `{}` is used twice", upstream.name),
+                    );
+                }
+                if upstream::overlap(&earlier.prefix, &upstream.prefix) {
+                    let span = lookup(root, &["upstream", &index, "prefix"]);
+                    reader.at_opt(
+                        span,
+                        format!(
+                            "upstream `{}`: prefix `{}` overlaps `{}` of upstream `{}`",
+                            upstream.name, upstream.prefix, earlier.prefix, earlier.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The span of the key at `path` (for pointing at it), if present.
 fn lookup(root: &DeTable<'_>, path: &[&str]) -> Option<Range<usize>> {
     lookup_key(root, path)
@@ -775,6 +816,41 @@ mod tests {
                 None => p.message,
             })
             .collect()
+    }
+
+    #[test]
+    fn upstreams_are_checked_one_by_one_and_their_prefixes_must_not_overlap() {
+        let config = Config::parse(
+            "[[upstream]]\nname = \"hub\"\nprefix = \"mirror\"\nurl = \"https://registry-1.docker.io\"\n\
+             default_namespace = \"library\"\n[upstream.cache]\ntag_max_age_secs = 60\n\n\
+             [[upstream]]\nname = \"vendor\"\nprefix = \"vendor/images\"\nurl = \"http://10.0.0.9:5000\"\n\
+             strip_prefix = false\npush = true\n",
+        )
+        .unwrap();
+        let [hub, vendor] = &config.upstream[..] else {
+            panic!("two upstreams: {:?}", config.upstream)
+        };
+        assert!(hub.strip_prefix && !hub.push && hub.timeout_secs == 30);
+        assert_eq!(hub.cache.as_ref().map(|c| c.tag_max_age_secs), Some(60));
+        assert!(hub.routes("mirror/alpine") && !hub.routes("mirror") && !hub.routes("mirrors/x"));
+        assert!(!vendor.strip_prefix && vendor.push && vendor.routes("vendor/images/a/b"));
+
+        assert_eq!(
+            problems(
+                "[[upstream]]\nname = \"a\"\nprefix = \"team\"\nurl = \"https://a.example\"\n\
+                 [[upstream]]\nname = \"b\"\nprefix = \"team/sub\"\nurl = \"ftp://b.example/v2\"\n\
+                 push = true\nusername = \"ci\"\n[upstream.cache]\n\
+                 [[upstream]]\nname = \"a\"\nprefix = \"Bad//name\"\nurl = \"https://c.example\"\n",
+            ),
+            [
+                "7:1: upstream `b`: prefix `team/sub` overlaps `team` of upstream `a`",
+                "8:1: upstream `b`: url must be an https:// or http:// URL with a host and no path",
+                "9:1: upstream `b`: push: a pull-through cache is read-only, and push = true needs no [upstream.cache]",
+                "10:1: upstream `b`: username needs password_file, and password_file username",
+                "13:1: upstream name `a` is used twice",
+                "14:1: upstream `a`: prefix `Bad//name` is not a repository name (`mirror`, `vendor/images`)",
+            ]
+        );
     }
 
     #[test]
