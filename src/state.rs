@@ -17,6 +17,8 @@ pub struct AppState {
     /// `v1.v1_only_engines_below`, parsed once: engines older than this are
     /// kept off `/v2/`.
     pub v1_only_below: Option<crate::api::v1::engine::Version>,
+    /// `[[upstream]]`: the prefixes other registries serve.
+    pub upstreams: crate::api::upstream::Upstreams,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
             .v1_only_engines_below
             .as_deref()
             .and_then(crate::api::v1::engine::Version::parse);
+        let upstreams = crate::api::upstream::Upstreams::new(&config.upstream)?;
         let interval = Duration::from_secs(config.storage.sweep_interval_secs);
         let state = Arc::new(Self {
             config,
@@ -60,6 +63,7 @@ impl AppState {
             auth,
             v1,
             v1_only_below,
+            upstreams,
         });
         tokio::spawn(sweep_periodically(Arc::downgrade(&state), interval));
         if state.auth.is_some() {

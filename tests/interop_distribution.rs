@@ -12,12 +12,9 @@
 use crate::common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::clients::ClientEnv;
 use common::distribution::TokenRegistry;
@@ -26,6 +23,7 @@ use common::oci::{
     sha256_digest, write_layout,
 };
 use common::process::ServerProcess;
+use common::registry_process::{DISTRIBUTION, Distribution};
 use data_encoding::BASE64URL_NOPAD;
 use portcullis::auth::keys::{self, KeyKind, KeyRing};
 use portcullis::auth::scope::AccessEntry;
@@ -33,9 +31,6 @@ use portcullis::auth::token::Claims;
 use rand::RngCore;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-
-/// Debian's binary name for distribution's `registry`.
-const DISTRIBUTION: &str = "/usr/bin/docker-registry";
 
 /// Deliberately different from each other and from the defaults, so that a
 /// mix-up between issuer and service (or a default left in place) fails.
@@ -48,10 +43,6 @@ const BOB: (&str, &str) = ("bob", "bob-secret-pw");
 /// Two uncompressed tar layers: one small, one over a MiB, so that uploads
 /// are not all single small requests.
 const LAYER_SIZES: &[usize] = &[50_000, 1_500_000];
-
-/// How long distribution may take to start; it is up in well under a
-/// second, the margin is for a loaded machine.
-const START_DEADLINE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // Portcullis: configuration, users, policy, keys
@@ -173,24 +164,19 @@ fn require_tools() {
 // distribution 2.8 as a child process
 // ---------------------------------------------------------------------------
 
-/// A running `docker-registry serve`. Killed when dropped.
-struct Registry {
-    child: Child,
-    /// `127.0.0.1:PORT`
-    host: String,
-    /// `http://127.0.0.1:PORT`
-    url: String,
-    /// Everything it logged so far, shown when a test fails because of it.
-    log: Arc<Mutex<Vec<String>>>,
+/// distribution trusting this setup's Portcullis (`common::registry_process`).
+struct Registry(Distribution);
+
+impl std::ops::Deref for Registry {
+    type Target = Distribution;
+
+    fn deref(&self) -> &Distribution {
+        &self.0
+    }
 }
 
 impl Registry {
     fn start(setup: &Setup, portcullis: &ServerProcess) -> Self {
-        // distribution cannot be handed a bound listener, but it accepts
-        // port 0 and logs the address it actually bound ("listening on
-        // 127.0.0.1:PORT") once the socket is listening. Reading that line
-        // gives an ephemeral port without binding, dropping and rebinding
-        // one (which another process could take in between).
         let config = setup.path("registry.yml");
         let yaml = TokenRegistry {
             log: "  level: info\n  formatter: text\n",
@@ -204,63 +190,7 @@ impl Registry {
         }
         .yaml();
         fs::write(&config, yaml).unwrap();
-        let mut child = Command::new(DISTRIBUTION)
-            .arg("serve")
-            .arg(&config)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {DISTRIBUTION}: {e}"));
-
-        // distribution logs to stderr. One thread keeps reading it for the
-        // whole life of the process (so the pipe never fills and blocks the
-        // registry), keeps every line for diagnostics and passes them on
-        // until the address is known.
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (lines, received) = mpsc::channel::<String>();
-        let stderr = child.stderr.take().expect("stderr");
-        let kept = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                kept.lock().unwrap().push(line.clone());
-                // The receiver is gone once the address was read.
-                let _ = lines.send(line);
-            }
-        });
-
-        let deadline = Instant::now() + START_DEADLINE;
-        let host = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match received.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = announced_address(&line) {
-                        break addr;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = child.wait().expect("wait");
-                    panic!(
-                        "{DISTRIBUTION} exited ({status}) before listening:\n{}",
-                        log.lock().unwrap().join("\n")
-                    );
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
-                    panic!(
-                        "{DISTRIBUTION} did not announce its address within {START_DEADLINE:?}:\n{}",
-                        log.lock().unwrap().join("\n")
-                    );
-                }
-            }
-        };
-        let registry = Registry {
-            child,
-            url: format!("http://{host}"),
-            host,
-            log,
-        };
+        let registry = Registry(Distribution::spawn(&config));
 
         // It is ours and it delegates to Portcullis: an anonymous `/v2/`
         // is challenged with Portcullis' realm and service.
@@ -276,31 +206,6 @@ impl Registry {
         );
         registry
     }
-
-    fn at(&self, path: &str) -> String {
-        format!("{}{}", self.url, path)
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "distribution's log:\n{}",
-            self.log.lock().unwrap().join("\n")
-        )
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The address in distribution's `msg="listening on 127.0.0.1:PORT"` line.
-fn announced_address(line: &str) -> Option<String> {
-    let rest = line.split("msg=\"listening on ").nth(1)?;
-    let addr = rest.split('"').next()?;
-    Some(addr.to_owned())
 }
 
 // ---------------------------------------------------------------------------

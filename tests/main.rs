@@ -50,6 +50,7 @@ mod stress;
 mod tls;
 mod upload_full_disk;
 mod upload_recovery;
+mod upstream;
 mod v1_engines;
 mod v1_routing;
 

@@ -252,6 +252,41 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The repository the request is about; `None` for the version check
+    /// and the catalog.
+    pub fn name(&self) -> Option<&RepoName> {
+        match self {
+            Endpoint::Base | Endpoint::Catalog(_) => None,
+            Endpoint::Tags { name, .. }
+            | Endpoint::GetManifest { name, .. }
+            | Endpoint::PutManifest { name, .. }
+            | Endpoint::DeleteManifest { name, .. }
+            | Endpoint::GetBlob { name, .. }
+            | Endpoint::DeleteBlob { name, .. }
+            | Endpoint::StartUpload { name, .. }
+            | Endpoint::UploadStatus { name, .. }
+            | Endpoint::PatchUpload { name, .. }
+            | Endpoint::FinishUpload { name, .. }
+            | Endpoint::CancelUpload { name, .. }
+            | Endpoint::Referrers { name, .. } => Some(name),
+        }
+    }
+
+    /// Whether the request changes the repository (a push or a delete).
+    pub fn writes(&self) -> bool {
+        !matches!(
+            self,
+            Endpoint::Base
+                | Endpoint::Catalog(_)
+                | Endpoint::Tags { .. }
+                | Endpoint::GetManifest { .. }
+                | Endpoint::GetBlob { .. }
+                | Endpoint::Referrers { .. }
+        )
+    }
+}
+
 /// `GET`, `HEAD` or `DELETE`: the methods for which a reference that
 /// cannot exist is simply not found.
 fn reads_or_deletes(method: &Method) -> bool {

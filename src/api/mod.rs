@@ -15,6 +15,7 @@ mod referrers;
 pub mod route;
 mod token;
 mod uploads;
+pub mod upstream;
 pub mod v1;
 
 use std::sync::Arc;
@@ -94,6 +95,22 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             Route::Registry(_) if keep_on_v1 => {
                 Err(ApiError::new(ErrorCode::NotFound).message("this engine is served over v1"))
             }
+            Route::Registry(endpoint) => match endpoint
+                .name()
+                .and_then(|n| state.upstreams.route(n))
+            {
+                None => Ok(Route::Registry(endpoint)),
+                // Refused before any credential is looked at: no caller
+                // may push here, whatever the policy says.
+                Some(upstream) if endpoint.writes() && !upstream.config.push => {
+                    Err(ApiError::new(ErrorCode::Unsupported).message(format!(
+                        "{} is served by the upstream registry `{}`, which takes no pushes here",
+                        endpoint.name().map_or("", |n| n.as_str()),
+                        upstream.config.name
+                    )))
+                }
+                Some(upstream) => Ok(Route::Upstream(endpoint, upstream)),
+            },
             route => Ok(route),
         }
     });
@@ -102,7 +119,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         // `route.required_access()`.
         Ok(route) => match authorize::authorize(&state, &route, &parts, conn.addr).await {
             Ok(grant) => {
-                tracing::Span::current().record("backend", route.backend());
+                tracing::Span::current().record("backend", route.backend().as_ref());
                 handle(&state, route, parts, body, &grant, &conn).await
             }
             Err(e) => Err(e),
@@ -177,6 +194,10 @@ async fn handle(
         }
         Route::V1(endpoint) => {
             return v1::serve(state, endpoint, &parts, body, grant, conn.addr).await;
+        }
+        Route::Upstream(endpoint, upstream) => {
+            let public = authorize::public_base(state, &parts);
+            return upstream.forward(&endpoint, &parts, body, &public).await;
         }
     })
 }

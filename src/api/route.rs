@@ -24,6 +24,9 @@ pub enum Route {
     Ready,
     /// `/v2/…` on the built-in storage.
     Registry(Endpoint),
+    /// `/v2/…` of a repository under an upstream's prefix: the same
+    /// endpoint, answered by that upstream.
+    Upstream(Endpoint, std::sync::Arc<crate::api::upstream::Upstream>),
     /// `/v1/…` (and `/_ping`), for the legacy backend.
     V1(V1Endpoint),
 }
@@ -65,7 +68,7 @@ impl Route {
     pub fn credentials(&self) -> Credentials {
         match self {
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => Credentials::None,
-            Route::Registry(_) => Credentials::Bearer,
+            Route::Registry(_) | Route::Upstream(..) => Credentials::Bearer,
             // The ping and the login answer without; the login checks the
             // credentials it is given itself, as `/token` does.
             Route::V1(V1Endpoint::Ping | V1Endpoint::Login { .. }) => Credentials::None,
@@ -76,7 +79,7 @@ impl Route {
     /// Everything a caller must be allowed to do this.
     pub fn required_access(&self) -> Vec<Access> {
         match self {
-            Route::Registry(endpoint) => endpoint.required_access(),
+            Route::Registry(endpoint) | Route::Upstream(endpoint, _) => endpoint.required_access(),
             Route::V1(endpoint) => endpoint.required_access(),
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => Vec::new(),
         }
@@ -85,13 +88,14 @@ impl Route {
     /// Who answers the route, for the request log (`backend=` of the
     /// request span): the built-in storage, the legacy v1 registry, or
     /// Portcullis itself (tokens, keys, the v1 ping and login).
-    pub fn backend(&self) -> &'static str {
-        match self {
+    pub fn backend(&self) -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed(match self {
             Route::Registry(_) => "storage",
+            Route::Upstream(_, upstream) => return upstream.log_name().into(),
             Route::V1(V1Endpoint::Ping | V1Endpoint::Login { .. }) => "self",
             Route::V1(_) => "legacy-v1",
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => "self",
-        }
+        })
     }
 
     /// Whether the trace and the request log leave it out: probes come

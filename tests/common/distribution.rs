@@ -35,15 +35,23 @@ impl TokenRegistry<'_> {
              log:\n{log}\
              storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
              http:\n  addr: {addr}\n  secret: {secret}\n\
-             auth:\n  token:\n\
-             \x20   realm: {realm}\n\
-             \x20   service: {service}\n\
-             \x20   issuer: {issuer}\n\
-             \x20   rootcertbundle: {bundle}\n",
+             {auth}",
             log = self.log,
             root = self.root.display(),
             addr = self.addr,
             secret = self.secret,
+            auth = self.auth_yaml(),
+        )
+    }
+
+    /// Its `auth:` section alone (realm, service, issuer, bundle).
+    pub fn auth_yaml(&self) -> String {
+        format!(
+            "auth:\n  token:\n\
+             \x20   realm: {realm}\n\
+             \x20   service: {service}\n\
+             \x20   issuer: {issuer}\n\
+             \x20   rootcertbundle: {bundle}\n",
             realm = self.realm,
             service = self.service,
             issuer = self.issuer,

@@ -9,6 +9,7 @@ pub mod legacy_v1;
 pub mod oci;
 pub mod pki;
 pub mod process;
+pub mod registry_process;
 pub mod slapd;
 pub mod v1_client;
 

@@ -221,7 +221,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Copies `from` into `to` but the hop-by-hop headers, those the
 /// `Connection` header names, `Host`, and `drop`.
-fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, drop: &[HeaderName]) {
+pub(crate) fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, drop: &[HeaderName]) {
     let named: Vec<String> = from
         .get_all(header::CONNECTION)
         .iter()

@@ -1,0 +1,169 @@
+//! The connections to one upstream registry: https (HTTP/2 when the
+//! upstream offers it in ALPN) or plain http, a bounded number of requests
+//! in flight, a bounded wait for each answer's head, and a body that may
+//! not stall for longer than that between bytes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::UpstreamConfig;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Why a request got no answer. The causes name the upstream's address:
+/// they are for the log, never for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no turn among the {0} requests in flight within the timeout")]
+    Busy(usize),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(#[from] hyper_util::client::legacy::Error),
+}
+
+pub struct Client {
+    inner: hyper_util::client::legacy::Client<Connector, Body>,
+    permits: Arc<Semaphore>,
+    max: usize,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        let timeout = Duration::from_secs(config.timeout_secs);
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout));
+        http.set_nodelay(true);
+        let tls = tls_config(config.ca_file.as_deref())
+            .map_err(|e| format!("upstream `{}`: {e}", config.name))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.max_connections)
+            .build(connector);
+        Ok(Self {
+            inner,
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            max: config.max_connections,
+            timeout,
+        })
+    }
+
+    /// Sends `request` (an absolute URI) and waits for the answer's head.
+    /// The body holds a turn until it is read or dropped.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, SendError> {
+        let started = Instant::now();
+        let permit = tokio::time::timeout(self.timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| SendError::Busy(self.max))?
+            .expect("the semaphore is never closed");
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let answer = tokio::time::timeout(left, self.inner.request(request))
+            .await
+            .map_err(|_| SendError::Timeout(self.timeout))??;
+        let (parts, body) = answer.into_parts();
+        let body = Guarded {
+            inner: body,
+            _permit: permit,
+            idle: self.timeout,
+            stall: Box::pin(tokio::time::sleep(self.timeout)),
+        };
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+/// The rustls client configuration: `ca` alone when given, else the
+/// system's roots; the one crypto provider.
+fn tls_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(ca) => {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "ca_file {}: no certificate in the file",
+                    ca.display()
+                ));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| e.to_string())?;
+            }
+        }
+        None => {
+            // Certificates the system store holds but rustls cannot read
+            // are skipped, as browsers skip them.
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// An answer's body that holds its request's turn and fails when no byte
+/// arrives for `idle`: a stalled upstream must not hold a client (and a
+/// turn) forever.
+struct Guarded {
+    inner: Incoming,
+    _permit: OwnedSemaphorePermit,
+    idle: Duration,
+    stall: Pin<Box<Sleep>>,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let idle = self.idle;
+                self.stall.as_mut().reset(Instant::now() + idle);
+                Poll::Ready(frame.map(|f| f.map_err(std::io::Error::other)))
+            }
+            Poll::Pending => match self.stall.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the upstream stopped sending",
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,553 @@
+//! Repository prefixes served by another v2 registry (`[[upstream]]`).
+//!
+//! A request whose repository is under an upstream's prefix is routed here
+//! once it is authorized (the one check, by Portcullis' policies, on the
+//! name the client used): it goes to the upstream with the name the
+//! upstream knows (the prefix stripped or kept, Docker Hub's `library/`
+//! added), with Portcullis' own credentials ([`auth`]), streamed both ways
+//! ([`client`]). What comes back is Portcullis' answer: the upstream's
+//! address never reaches the client (`Location` and `Link` rewritten, a
+//! redirect to where the upstream keeps its blobs followed here), nor its
+//! challenges or cookies, and an upstream that cannot be reached or does
+//! not take Portcullis' credentials is a `503 UNAVAILABLE` naming the
+//! upstream by its configured name only.
+
+mod auth;
+mod client;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use tokio::sync::OnceCell;
+
+use super::endpoint::{Endpoint, UploadStart};
+use crate::config::UpstreamConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::reference::RepoName;
+use auth::{Account, Challenge, Tokens};
+use client::{Client, SendError};
+
+/// Largest tag list read to put the client's repository name in it.
+const MAX_LIST: usize = 16 << 20;
+
+/// Redirects followed for one blob (distribution sends one, to its storage).
+const MAX_REDIRECTS: usize = 3;
+
+/// Every configured upstream, in configuration order.
+#[derive(Default)]
+pub struct Upstreams {
+    list: Vec<Arc<Upstream>>,
+}
+
+impl Upstreams {
+    pub fn new(configs: &[UpstreamConfig]) -> Result<Self, String> {
+        let list = configs
+            .iter()
+            .map(|c| Upstream::new(c.clone()).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { list })
+    }
+
+    /// The upstream that serves `name`, if any (prefixes do not overlap,
+    /// so at most one does).
+    pub fn route(&self, name: &RepoName) -> Option<Arc<Upstream>> {
+        self.list
+            .iter()
+            .find(|u| u.config.routes(name.as_str()))
+            .cloned()
+    }
+}
+
+/// One upstream registry.
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    /// `scheme://authority` of the upstream, without a trailing `/`.
+    base: String,
+    client: Client,
+    account: Option<Account>,
+    /// What the upstream's `GET /v2/` challenge asked for, learned once.
+    challenge: OnceCell<Option<Challenge>>,
+    tokens: Tokens,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Upstreams are one per name (the configuration checks it).
+impl PartialEq for Upstream {
+    fn eq(&self, other: &Self) -> bool {
+        self.config.name == other.config.name
+    }
+}
+
+impl Eq for Upstream {}
+
+impl Upstream {
+    fn new(config: UpstreamConfig) -> Result<Self, String> {
+        let account = match (&config.username, &config.password_file) {
+            (Some(username), Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    format!(
+                        "upstream `{}`: password_file {}: {e}",
+                        config.name,
+                        file.display()
+                    )
+                })?;
+                let password = text.lines().next().unwrap_or_default().to_owned();
+                Some(Account {
+                    username: username.clone(),
+                    password,
+                })
+            }
+            _ => None,
+        };
+        let base = config.url.trim_end_matches('/').to_owned();
+        Ok(Self {
+            client: Client::new(&config)?,
+            base,
+            account,
+            challenge: OnceCell::new(),
+            tokens: Tokens::default(),
+            config,
+        })
+    }
+
+    /// The name the upstream knows `local` by.
+    pub fn remote(&self, local: &RepoName) -> String {
+        let name = local.as_str();
+        let rest = match self.config.strip_prefix {
+            true => &name[self.config.prefix.len() + 1..],
+            false => name,
+        };
+        match &self.config.default_namespace {
+            Some(namespace) if !rest.contains('/') => format!("{namespace}/{rest}"),
+            _ => rest.to_owned(),
+        }
+    }
+
+    /// `backend=` of the request log.
+    pub fn log_name(&self) -> String {
+        format!("upstream:{}", self.config.name)
+    }
+
+    fn unavailable(&self, why: &str) -> ApiError {
+        ApiError::new(ErrorCode::Unavailable).message(format!(
+            "the upstream registry `{}` {why}",
+            self.config.name
+        ))
+    }
+
+    /// The authorized request `endpoint` (`parts` + `body`), answered by the
+    /// upstream; `public` is Portcullis' base URL, which replaces the
+    /// upstream's in what comes back.
+    pub async fn forward(
+        &self,
+        endpoint: &Endpoint,
+        parts: &Parts,
+        body: Body,
+        public: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let local = endpoint
+            .name()
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound))?;
+        let remote = self.remote(local);
+        let path = parts.uri.path();
+        let rest = path
+            .strip_prefix("/v2/")
+            .and_then(|p| p.strip_prefix(local.as_str()))
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound))?;
+        let query = self.query(endpoint, parts.uri.query());
+        let target = match query {
+            Some(q) => format!("{}/v2/{remote}{rest}?{q}", self.base),
+            None => format!("{}/v2/{remote}{rest}", self.base),
+        };
+        let scope = format!("repository:{remote}:{}", actions(endpoint));
+        let bodiless = matches!(parts.method, Method::GET | Method::HEAD);
+        let mut body = Some(body);
+        let mut answer = None;
+        // A bodiless request is sent once more after a refused token (it
+        // may have expired early); one with a body cannot be replayed.
+        for attempt in 0..2 {
+            let authorization = self.authorization(&scope).await?;
+            let request_body = match bodiless {
+                true => Body::empty(),
+                false => body.take().unwrap_or_else(Body::empty),
+            };
+            let request = build(
+                &parts.method,
+                &target,
+                &parts.headers,
+                authorization,
+                request_body,
+            )?;
+            let sent = self
+                .client
+                .send(request)
+                .await
+                .map_err(|e| self.failed(&e))?;
+            let refused = matches!(sent.status(), StatusCode::UNAUTHORIZED);
+            if refused && bodiless && attempt == 0 {
+                self.tokens.forget(&scope);
+                continue;
+            }
+            answer = Some(sent);
+            break;
+        }
+        let answer = answer.expect("the loop answers or returns");
+        let answer = match answer.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                tracing::warn!(
+                    upstream = %self.config.name,
+                    status = %answer.status(),
+                    "the upstream refused Portcullis' credentials"
+                );
+                return Err(self.unavailable("refused Portcullis' credentials"));
+            }
+            s if s.is_redirection() && bodiless => {
+                self.follow(parts, answer, MAX_REDIRECTS).await?
+            }
+            _ => answer,
+        };
+        self.answer(endpoint, answer, &remote, local, public).await
+    }
+
+    /// The client's query, with a cross-repository mount's `from` turned
+    /// into the upstream's name, or the mount dropped (a plain upload
+    /// start, as the spec allows) when `from` is not of this upstream.
+    fn query(&self, endpoint: &Endpoint, query: Option<&str>) -> Option<String> {
+        let query = query?;
+        let Endpoint::StartUpload {
+            start: UploadStart::Mount { from, .. },
+            ..
+        } = endpoint
+        else {
+            return Some(query.to_owned());
+        };
+        // A blob of another upstream or of the built-in storage cannot be
+        // mounted here.
+        let from = self.config.routes(from.as_str()).then(|| self.remote(from));
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match (key.as_ref(), &from) {
+                ("from", Some(remote)) => {
+                    out.append_pair("from", remote);
+                }
+                ("from" | "mount", None) => {}
+                _ => {
+                    out.append_pair(&key, &value);
+                }
+            }
+        }
+        let out = out.finish();
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// The `Authorization` Portcullis sends for `scope`, if any.
+    async fn authorization(&self, scope: &str) -> Result<Option<HeaderValue>, ApiError> {
+        let challenge = self
+            .challenge
+            .get_or_try_init(|| self.probe())
+            .await?
+            .clone();
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.account.as_ref().map(Account::basic)),
+            Some(Challenge::Bearer { realm, service }) => {
+                if let Some(token) = self.tokens.get(scope) {
+                    return Ok(Some(token));
+                }
+                self.fetch_token(&realm, service.as_deref(), scope)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
+    /// `GET /v2/` as a client starts: what the upstream's challenge asks.
+    async fn probe(&self) -> Result<Option<Challenge>, ApiError> {
+        let request = build(
+            &Method::GET,
+            &format!("{}/v2/", self.base),
+            &HeaderMap::new(),
+            None,
+            Body::empty(),
+        )?;
+        let answer = self
+            .client
+            .send(request)
+            .await
+            .map_err(|e| self.failed(&e))?;
+        if answer.status() != StatusCode::UNAUTHORIZED {
+            return Ok(None);
+        }
+        let challenge = answer
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(Challenge::parse);
+        match challenge {
+            Some(challenge) => Ok(Some(challenge)),
+            None => {
+                tracing::warn!(upstream = %self.config.name, "the upstream asks for credentials Portcullis cannot give");
+                Err(self.unavailable("asks for credentials Portcullis cannot give"))
+            }
+        }
+    }
+
+    /// A token for `scope` from the upstream's token server, with
+    /// Portcullis' account (or anonymously), kept for its lifetime.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<HeaderValue, ApiError> {
+        // Built before the first await: the serializer is not `Send`.
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", scope);
+            query.finish()
+        };
+        let separator = if realm.contains('?') { '&' } else { '?' };
+        let url = format!("{realm}{separator}{query}");
+        let authorization = self.account.as_ref().map(Account::basic);
+        let request = build(
+            &Method::GET,
+            &url,
+            &HeaderMap::new(),
+            authorization,
+            Body::empty(),
+        )?;
+        let answer = self
+            .client
+            .send(request)
+            .await
+            .map_err(|e| self.failed(&e))?;
+        if !answer.status().is_success() {
+            tracing::warn!(
+                upstream = %self.config.name,
+                status = %answer.status(),
+                scope,
+                "the upstream's token server refused Portcullis"
+            );
+            return Err(self.unavailable("refused Portcullis' credentials"));
+        }
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
+            .await
+            .map_err(|_| self.unavailable("sent a broken token answer"))?;
+        let parsed: auth::TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|_| self.unavailable("sent a broken token answer"))?;
+        self.tokens
+            .put(scope, parsed)
+            .ok_or_else(|| self.unavailable("sent a token answer without a token"))
+    }
+
+    /// Follows a redirect of a read (distribution's to where it keeps the
+    /// blob) here, so that the client never learns where it pointed.
+    async fn follow(
+        &self,
+        parts: &Parts,
+        mut answer: Response<Body>,
+        mut left: usize,
+    ) -> Result<Response<Body>, ApiError> {
+        while answer.status().is_redirection() && left > 0 {
+            left -= 1;
+            let Some(location) = answer
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+            else {
+                break;
+            };
+            let target = match location.starts_with('/') {
+                true => format!("{}{location}", self.base),
+                false => location.to_owned(),
+            };
+            if !(target.starts_with("https://") || target.starts_with("http://")) {
+                return Err(self.unavailable("redirected to an address Portcullis cannot reach"));
+            }
+            // Only the headers that shape the read: the upstream's storage
+            // gets no credentials at all.
+            let mut headers = HeaderMap::new();
+            for name in [header::RANGE, header::ACCEPT, header::IF_NONE_MATCH] {
+                if let Some(value) = parts.headers.get(&name) {
+                    headers.insert(name, value.clone());
+                }
+            }
+            let request = build(&parts.method, &target, &headers, None, Body::empty())?;
+            answer = self
+                .client
+                .send(request)
+                .await
+                .map_err(|e| self.failed(&e))?;
+        }
+        if answer.status().is_redirection() {
+            return Err(self.unavailable("redirected too often"));
+        }
+        Ok(answer)
+    }
+
+    /// The upstream's answer as Portcullis': headers filtered and
+    /// addresses rewritten, a tag list under the client's name.
+    async fn answer(
+        &self,
+        endpoint: &Endpoint,
+        answer: Response<Body>,
+        remote: &str,
+        local: &RepoName,
+        public: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let (parts, body) = answer.into_parts();
+        let mut headers = HeaderMap::new();
+        super::v1::proxy::copy_headers(
+            &parts.headers,
+            &mut headers,
+            &[
+                header::WWW_AUTHENTICATE,
+                header::SET_COOKIE,
+                header::SERVER,
+                // Framing is the client connection's own.
+                header::CONTENT_LENGTH,
+            ],
+        );
+        let from = format!("/v2/{remote}/");
+        let to = format!("/v2/{local}/");
+        if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+            let path = location
+                .strip_prefix(self.base.as_str())
+                .unwrap_or(location);
+            let rewritten = match path.strip_prefix(from.as_str()) {
+                Some(rest) if path.starts_with('/') => format!("{public}{to}{rest}"),
+                // Anything else would tell the client where the upstream
+                // is, or send it around Portcullis.
+                _ => format!("{public}{to}"),
+            };
+            match HeaderValue::from_str(&rewritten) {
+                Ok(value) => {
+                    headers.insert(header::LOCATION, value);
+                }
+                Err(_) => {
+                    headers.remove(header::LOCATION);
+                }
+            }
+        }
+        if let Some(link) = headers.get(header::LINK).and_then(|v| v.to_str().ok()) {
+            let rewritten = link.replacen(&format!("<{}{from}", self.base), &format!("<{to}"), 1);
+            let rewritten = rewritten.replacen(&format!("<{from}"), &format!("<{to}"), 1);
+            match HeaderValue::from_str(&rewritten) {
+                Ok(value) => {
+                    headers.insert(header::LINK, value);
+                }
+                Err(_) => {
+                    headers.remove(header::LINK);
+                }
+            }
+        }
+        let body = match endpoint {
+            Endpoint::Tags { .. } if parts.status == StatusCode::OK => {
+                let bytes = axum::body::to_bytes(body, MAX_LIST)
+                    .await
+                    .map_err(|_| self.unavailable("sent a broken tag list"))?;
+                let mut list: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|_| self.unavailable("sent a broken tag list"))?;
+                list["name"] = local.as_str().into();
+                Body::from(serde_json::to_vec(&list).unwrap_or_default())
+            }
+            _ => {
+                if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
+                    headers.insert(header::CONTENT_LENGTH, length.clone());
+                }
+                body
+            }
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = parts.status;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+
+    /// A request that got no answer, logged with its cause (which names
+    /// the upstream's address) and answered without it.
+    fn failed(&self, e: &SendError) -> ApiError {
+        tracing::warn!(upstream = %self.config.name, error = %e, "upstream request failed");
+        match e {
+            SendError::Busy(_) => self.unavailable("is busy"),
+            SendError::Timeout(_) => self.unavailable("did not answer in time"),
+            SendError::Failed(_) => self.unavailable("is unreachable"),
+        }
+    }
+}
+
+/// The actions of the upstream's scope for `endpoint`.
+fn actions(endpoint: &Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::DeleteManifest { .. } | Endpoint::DeleteBlob { .. } => "delete",
+        e if e.writes() => "pull,push",
+        _ => "pull",
+    }
+}
+
+/// A request to `url` with the client's headers but its credentials,
+/// cookies, hop-by-hop headers and `Host`, and Portcullis' `authorization`.
+fn build(
+    method: &Method,
+    url: &str,
+    client_headers: &HeaderMap,
+    authorization: Option<HeaderValue>,
+    body: Body,
+) -> Result<Request<Body>, ApiError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::Internal))?;
+    let mut request = Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .body(body)
+        .map_err(|_| ApiError::new(ErrorCode::Internal))?;
+    let headers = request.headers_mut();
+    super::v1::proxy::copy_headers(
+        client_headers,
+        headers,
+        &[header::AUTHORIZATION, header::COOKIE],
+    );
+    if let Some(value) = authorization {
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(toml: &str) -> Upstream {
+        let config = crate::config::Config::parse(toml).unwrap();
+        Upstream::new(config.upstream[0].clone()).unwrap()
+    }
+
+    #[test]
+    fn names_lose_the_prefix_and_gain_the_default_namespace_as_configured() {
+        let hub = upstream(
+            "[[upstream]]\nname = \"hub\"\nprefix = \"mirror\"\nurl = \"https://registry-1.docker.io\"\ndefault_namespace = \"library\"\n",
+        );
+        let name = |n: &str| RepoName::parse(n).unwrap();
+        assert_eq!(hub.remote(&name("mirror/alpine")), "library/alpine");
+        assert_eq!(hub.remote(&name("mirror/bitnami/redis")), "bitnami/redis");
+        let kept = upstream(
+            "[[upstream]]\nname = \"v\"\nprefix = \"vendor/x\"\nurl = \"http://10.0.0.9:5000/\"\nstrip_prefix = false\n",
+        );
+        assert_eq!(kept.remote(&name("vendor/x/app")), "vendor/x/app");
+        assert_eq!(kept.base, "http://10.0.0.9:5000");
+    }
+}

@@ -1,0 +1,368 @@
+//! Repository prefixes served by an upstream registry: distribution 2.8
+//! (Debian's `docker-registry`, `common::registry_process`) behind
+//! Portcullis, open, behind its own htpasswd, and trusting a second
+//! Portcullis as its token server. skopeo pushes and pulls under the
+//! prefix through Portcullis, whose policies decide; the upstream sees
+//! Portcullis' account, and its address never reaches the client.
+
+use std::path::{Path, PathBuf};
+
+use crate::common;
+
+use common::clients::{self, ClientEnv};
+use common::distribution::TokenRegistry;
+use common::oci::{layout_blobs, oci_ref, write_layout};
+use common::process::{ServerProcess, config_in, run_in};
+use common::registry_process::{Auth, Distribution};
+use serde_json::Value;
+
+const ALICE: (&str, &str) = ("alice", "alice-upstream-pw");
+const BOB: (&str, &str) = ("bob", "bob-upstream-pw");
+
+/// alice pushes under the prefix, bob only pulls, anonymous callers
+/// nothing.
+const POLICY: &str = r#"
+[[rule]]
+description = "alice pushes through the upstream"
+users = ["alice"]
+repositories = ["mirror/**"]
+actions = ["pull", "push", "delete"]
+
+[[rule]]
+description = "users pull"
+users = ["*"]
+repositories = ["**"]
+actions = ["pull"]
+"#;
+
+const LAYER_SIZES: &[usize] = &[20_000, 1_200_000];
+
+/// A Portcullis of its own in `dir`, with alice and bob, [`POLICY`] and
+/// `upstream` (the `[[upstream]]` table's body).
+fn gateway(dir: &Path, upstream: &str) -> ServerProcess {
+    let config = config_in(dir);
+    std::fs::write(dir.join("policies/10-upstream.toml"), POLICY).unwrap();
+    for (name, password) in [ALICE, BOB] {
+        run_in(dir, &["user", "add", name], &format!("{password}\n"));
+    }
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[[upstream]]\n{upstream}"));
+    std::fs::write(&config, text).unwrap();
+    ServerProcess::start_with(&["--config", config.to_str().unwrap()])
+}
+
+fn upstream_table(registry: &Distribution, extra: &str) -> String {
+    format!(
+        "name = \"dist\"\nprefix = \"mirror\"\nurl = \"{}\"\npush = true\n{extra}",
+        registry.url
+    )
+}
+
+/// skopeo for `server`, logged in as `user`.
+fn client(server: &ServerProcess, (user, password): (&str, &str)) -> ClientEnv {
+    let env = ClientEnv::new(&server.host);
+    env.login("skopeo", user, password).expect("login");
+    env
+}
+
+/// Pushes a fresh layout as `env`'s user to `name`; returns the layout's
+/// directory and its manifest digest.
+fn push(env: &ClientEnv, name: &str) -> (PathBuf, String) {
+    let src = env.path("src");
+    let layout = write_layout(&src, "v1", LAYER_SIZES);
+    env.skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &oci_ref(&src, "v1"),
+        &env.docker_ref(name),
+    ]);
+    (src, layout.manifest_digest)
+}
+
+/// Pulls `name` into a fresh layout and asserts that every blob is
+/// byte-identical to `src`'s.
+fn pull_same(env: &ClientEnv, name: &str, src: &Path) {
+    let dst = env.path("dst");
+    let _ = std::fs::remove_dir_all(&dst);
+    env.skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        &env.docker_ref(name),
+        &oci_ref(&dst, "v1"),
+    ]);
+    assert_eq!(layout_blobs(&dst), layout_blobs(src));
+}
+
+async fn json(response: reqwest::Response) -> Value {
+    response.json().await.unwrap()
+}
+
+/// An access token for `scope` from `server`.
+async fn token(server: &ServerProcess, (user, password): (&str, &str), scope: &str) -> String {
+    let res = reqwest::Client::new()
+        .get(server.at(&format!("/token?service=portcullis&scope={scope}")))
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    json(res).await["token"].as_str().unwrap().to_owned()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_open_upstream_serves_its_prefix_under_portcullis_policies() {
+    clients::require("skopeo");
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Distribution::start(
+        &dir.path().join("registry.yml"),
+        &dir.path().join("registry-data"),
+        Auth::Open,
+    );
+    let server = gateway(dir.path(), &upstream_table(&registry, ""));
+
+    // alice pushes under the prefix: the image lands upstream, prefix
+    // stripped, and comes back byte for byte.
+    let alice = client(&server, ALICE);
+    let (alice, src, digest) = blocking(move || {
+        let (src, digest) = push(&alice, "mirror/team/app:v1");
+        pull_same(&alice, "mirror/team/app:v1", &src);
+        (alice, src, digest)
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let upstream_tags = json(
+        http.get(registry.at("/v2/team/app/tags/list"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(upstream_tags["tags"], serde_json::json!(["v1"]));
+
+    // Through Portcullis the tag list carries the client's name.
+    let pull = token(&server, BOB, "repository:mirror/team/app:pull").await;
+    let tags = http
+        .get(server.at("/v2/mirror/team/app/tags/list"))
+        .bearer_auth(&pull)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tags.status(), 200);
+    let tags = json(tags).await;
+    assert_eq!(tags["name"], "mirror/team/app");
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
+    let manifest = http
+        .head(server.at("/v2/mirror/team/app/manifests/v1"))
+        .bearer_auth(&pull)
+        .header("accept", common::oci::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifest.status(), 200);
+    assert_eq!(
+        common::header_str(&manifest, "docker-content-digest"),
+        digest
+    );
+
+    // bob may pull but not push: his push is refused by Portcullis and
+    // never reaches the upstream.
+    let bob = client(&server, BOB);
+    let refused = blocking(move || {
+        write_layout(&bob.path("src"), "v1", LAYER_SIZES);
+        bob.skopeo_fails(&[
+            "copy",
+            "--dest-tls-verify=false",
+            &oci_ref(&bob.path("src"), "v1"),
+            &bob.docker_ref("mirror/bob/app:v1"),
+        ])
+    })
+    .await;
+    let said = clients::stderr_of(&refused);
+    assert!(
+        said.contains("denied") || said.contains("unauthorized"),
+        "{said}"
+    );
+    // (Its reads were his to make: skopeo looks for the blobs first.)
+    for method in ["POST", "PUT", "PATCH", "DELETE"] {
+        assert_eq!(
+            registry.requests(method, "bob/app"),
+            0,
+            "{}",
+            registry.logs()
+        );
+    }
+
+    // An upload's Location is Portcullis', under the client's name.
+    let push_token = token(&server, ALICE, "repository:mirror/team/app:pull,push").await;
+    let started = http
+        .post(server.at("/v2/mirror/team/app/blobs/uploads/"))
+        .bearer_auth(&push_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = common::header_str(&started, "location").to_owned();
+    assert!(
+        location.starts_with(&format!("{}/v2/mirror/team/app/blobs/uploads/", server.url)),
+        "{location}"
+    );
+    assert!(!location.contains(&registry.host), "{location}");
+    for (name, value) in started.headers() {
+        let value = value.to_str().unwrap_or_default();
+        assert!(
+            !value.contains(&registry.host),
+            "{name}: {value} names the upstream"
+        );
+    }
+    let cancelled = http
+        .delete(&location)
+        .bearer_auth(&push_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(cancelled.status().is_success(), "{}", cancelled.status());
+
+    // The upstream stopped: a clear 503 that does not say where it was.
+    registry.stop();
+    let down = http
+        .get(server.at("/v2/mirror/team/app/manifests/v1"))
+        .bearer_auth(&pull)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 503);
+    let body = down.text().await.unwrap();
+    assert!(
+        body.contains("UNAVAILABLE") && body.contains("`dist`"),
+        "{body}"
+    );
+    assert!(!body.contains(&registry.host), "{body}");
+    drop((alice, src));
+}
+
+#[tokio::test]
+async fn an_upstream_behind_htpasswd_sees_portcullis_account_never_the_clients() {
+    clients::require("skopeo");
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    let hash = bcrypt::hash("portcullis-at-upstream", 5).unwrap();
+    std::fs::write(&htpasswd, format!("portcullis:{hash}\n")).unwrap();
+    let registry = Distribution::start(
+        &dir.path().join("registry.yml"),
+        &dir.path().join("registry-data"),
+        Auth::Htpasswd(&htpasswd),
+    );
+    std::fs::write(
+        dir.path().join("upstream-password"),
+        "portcullis-at-upstream\n",
+    )
+    .unwrap();
+    let password_file = dir.path().join("upstream-password");
+    let server = gateway(
+        dir.path(),
+        &upstream_table(
+            &registry,
+            &format!(
+                "username = \"portcullis\"\npassword_file = {:?}\n",
+                password_file.to_str().unwrap()
+            ),
+        ),
+    );
+    let alice = client(&server, ALICE);
+    blocking(move || {
+        let (src, _) = push(&alice, "mirror/team/app:v1");
+        pull_same(&alice, "mirror/team/app:v1", &src);
+    })
+    .await;
+
+    // The wrong password: Portcullis says the upstream refused it, and the
+    // client is not sent to the upstream's realm.
+    let dir2 = tempfile::tempdir().unwrap();
+    std::fs::write(dir2.path().join("upstream-password"), "wrong\n").unwrap();
+    let wrong = dir2.path().join("upstream-password");
+    let server2 = gateway(
+        dir2.path(),
+        &upstream_table(
+            &registry,
+            &format!(
+                "username = \"portcullis\"\npassword_file = {:?}\n",
+                wrong.to_str().unwrap()
+            ),
+        ),
+    );
+    let pull = token(&server2, BOB, "repository:mirror/team/app:pull").await;
+    let refused = reqwest::Client::new()
+        .get(server2.at("/v2/mirror/team/app/manifests/v1"))
+        .bearer_auth(&pull)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().get("www-authenticate").is_none());
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("refused Portcullis' credentials"), "{body}");
+}
+
+#[tokio::test]
+async fn an_upstream_with_its_own_token_server_gets_portcullis_tokens_from_it() {
+    clients::require("skopeo");
+    // The upstream's token server is a second Portcullis, where the front
+    // door has an account that may push `team/**`.
+    let issuer_dir = tempfile::tempdir().unwrap();
+    let issuer_config = config_in(issuer_dir.path());
+    std::fs::write(
+        issuer_dir.path().join("policies/10-front.toml"),
+        "[[rule]]\nusers = [\"front-door\"]\nrepositories = [\"team/**\"]\nactions = [\"pull\", \"push\"]\n",
+    )
+    .unwrap();
+    run_in(
+        issuer_dir.path(),
+        &["user", "add", "front-door"],
+        "front-door-pw\n",
+    );
+    let issuer = ServerProcess::start_with(&["--config", issuer_config.to_str().unwrap()]);
+    // Its key and bundle exist once it has started.
+    let bundle = issuer_dir.path().join("certs/bundle.crt");
+    let block = TokenRegistry {
+        log: "",
+        addr: "",
+        secret: "",
+        root: Path::new(""),
+        realm: &format!("{}/token", issuer.url),
+        service: "portcullis",
+        issuer: "portcullis",
+        bundle: &bundle,
+    }
+    .auth_yaml();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(
+        &dir.path().join("registry.yml"),
+        &dir.path().join("registry-data"),
+        Auth::Token(block),
+    );
+    std::fs::write(dir.path().join("upstream-password"), "front-door-pw\n").unwrap();
+    let password_file = dir.path().join("upstream-password");
+    let server = gateway(
+        dir.path(),
+        &upstream_table(
+            &registry,
+            &format!(
+                "username = \"front-door\"\npassword_file = {:?}\n",
+                password_file.to_str().unwrap()
+            ),
+        ),
+    );
+    let alice = client(&server, ALICE);
+    blocking(move || {
+        let (src, _) = push(&alice, "mirror/team/app:v1");
+        pull_same(&alice, "mirror/team/app:v1", &src);
+    })
+    .await;
+    drop(issuer);
+}
