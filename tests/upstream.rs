@@ -6,6 +6,7 @@
 //! Portcullis' account, and its address never reaches the client.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::common;
 
@@ -365,4 +366,213 @@ async fn an_upstream_with_its_own_token_server_gets_portcullis_tokens_from_it() 
     })
     .await;
     drop(issuer);
+}
+
+/// Pushes `data` as a blob of `repo` straight to an open distribution.
+async fn put_blob(registry: &Distribution, repo: &str, data: Vec<u8>) -> String {
+    let digest = common::sha256(&data);
+    let http = reqwest::Client::new();
+    let started = http
+        .post(registry.at(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = common::header_str(&started, "location").to_owned();
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let done = http
+        .put(format!("{location}{separator}digest={digest}"))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 201, "{}", registry.logs());
+    digest
+}
+
+/// The digest `server` answers for `path` (a manifest) with `token`.
+async fn head_digest(server: &ServerProcess, path: &str, token: &str) -> String {
+    let res = reqwest::Client::new()
+        .head(server.at(path))
+        .bearer_auth(token)
+        .header("accept", common::oci::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{path}");
+    common::header_str(&res, "docker-content-digest").to_owned()
+}
+
+#[tokio::test]
+async fn a_pull_through_cache_serves_what_it_pulled_once_even_with_the_upstream_stopped() {
+    clients::require("skopeo");
+    const AGE_SECS: u64 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Distribution::start(
+        &dir.path().join("registry.yml"),
+        &dir.path().join("registry-data"),
+        Auth::Open,
+    );
+    // The upstream's image, pushed to it directly.
+    let publisher = ClientEnv::new(&registry.host);
+    let upstream_ref = publisher.docker_ref("library/app:v1");
+    let (publisher, src) = blocking(move || {
+        let src = publisher.path("src");
+        write_layout(&src, "v1", LAYER_SIZES);
+        publisher.skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &oci_ref(&src, "v1"),
+            &upstream_ref,
+        ]);
+        (publisher, src)
+    })
+    .await;
+    let server = gateway(
+        dir.path(),
+        &format!(
+            "name = \"hub\"\nprefix = \"cache\"\nurl = \"{}\"\ndefault_namespace = \"library\"\n\
+             [upstream.cache]\ntag_max_age_secs = {AGE_SECS}\n",
+            registry.url
+        ),
+    );
+
+    // No token, no pull: the cache is behind the same policies.
+    let http = reqwest::Client::new();
+    let anonymous = http
+        .get(server.at("/v2/cache/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // The first pull goes upstream once per blob.
+    let bob = client(&server, BOB);
+    let first_pull = Instant::now();
+    let bob = blocking({
+        let src = src.clone();
+        move || {
+            pull_same(&bob, "cache/app:v1", &src);
+            bob
+        }
+    })
+    .await;
+    let layout = layout_blobs(&src);
+    for digest in layout.keys() {
+        let fetched = registry.requests("GET", &format!("/blobs/{digest}"));
+        assert!(
+            fetched <= 1,
+            "{digest} fetched {fetched} times\n{}",
+            registry.logs()
+        );
+    }
+    let token = token(&server, BOB, "repository:cache/app:pull").await;
+    let old = head_digest(&server, "/v2/cache/app/manifests/v1", &token).await;
+
+    // The tag moves upstream: the cache keeps the old one until it is
+    // older than the age, then sees the new one.
+    let new_src = publisher.path("src2");
+    let upstream_ref = publisher.docker_ref("library/app:v1");
+    let publisher = blocking(move || {
+        write_layout(&new_src, "v1", &[30_000]);
+        publisher.skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &oci_ref(&new_src, "v1"),
+            &upstream_ref,
+        ]);
+        publisher
+    })
+    .await;
+    if first_pull.elapsed() < Duration::from_secs(AGE_SECS) {
+        assert_eq!(
+            head_digest(&server, "/v2/cache/app/manifests/v1", &token).await,
+            old
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(AGE_SECS + 15);
+    let new = loop {
+        let now = head_digest(&server, "/v2/cache/app/manifests/v1", &token).await;
+        if now != old {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the moved tag was never seen");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(first_pull.elapsed() >= Duration::from_secs(AGE_SECS));
+    assert_ne!(new, old);
+
+    // The upstream stopped: what was pulled is still served, the old image
+    // by digest byte for byte, the tag (stale now) as last seen.
+    registry.stop();
+    let by_digest = format!("cache/app@{old}");
+    blocking(move || {
+        let dst = bob.path("by-digest");
+        bob.skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            &bob.docker_ref(&by_digest),
+            &oci_ref(&dst, "v1"),
+        ]);
+        assert_eq!(layout_blobs(&dst), layout_blobs(&src));
+        drop(publisher);
+    })
+    .await;
+    assert_eq!(
+        head_digest(&server, "/v2/cache/app/manifests/v1", &token).await,
+        new
+    );
+}
+
+#[tokio::test]
+async fn two_first_pulls_of_a_big_blob_fetch_it_from_the_upstream_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(
+        &dir.path().join("registry.yml"),
+        &dir.path().join("registry-data"),
+        Auth::Open,
+    );
+    let mut data = vec![0u8; 48 << 20];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
+    let digest = put_blob(&registry, "library/big", data.clone()).await;
+    let server = gateway(
+        dir.path(),
+        &format!(
+            "name = \"hub\"\nprefix = \"cache\"\nurl = \"{}\"\ndefault_namespace = \"library\"\n\
+             [upstream.cache]\n",
+            registry.url
+        ),
+    );
+    let token = token(&server, BOB, "repository:cache/big:pull").await;
+    let url = server.at(&format!("/v2/cache/big/blobs/{digest}"));
+    let pull = |url: String, token: String| async move {
+        let res = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap()
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(pull(url.clone(), token.clone())),
+        tokio::spawn(pull(url.clone(), token.clone()))
+    );
+    assert!(
+        a.unwrap() == data && b.unwrap() == data,
+        "a pull got other bytes"
+    );
+    assert_eq!(
+        registry.requests("GET", &format!("/blobs/{digest}")),
+        1,
+        "{}",
+        registry.logs()
+    );
+    // And a third is served from storage.
+    assert!(pull(url, token).await == data);
+    assert_eq!(registry.requests("GET", &format!("/blobs/{digest}")), 1);
 }

@@ -119,7 +119,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         // `route.required_access()`.
         Ok(route) => match authorize::authorize(&state, &route, &parts, conn.addr).await {
             Ok(grant) => {
-                tracing::Span::current().record("backend", route.backend().as_ref());
+                // A cache says itself whether it answered (hit or miss).
+                if !matches!(&route, Route::Upstream(_, u) if u.caches()) {
+                    tracing::Span::current().record("backend", route.backend().as_ref());
+                }
                 handle(&state, route, parts, body, &grant, &conn).await
             }
             Err(e) => Err(e),
@@ -194,6 +197,10 @@ async fn handle(
         }
         Route::V1(endpoint) => {
             return v1::serve(state, endpoint, &parts, body, grant, conn.addr).await;
+        }
+        Route::Upstream(endpoint, upstream) if upstream.caches() => {
+            return upstream::serve_cached(state, &upstream, endpoint, parts, body, grant, conn)
+                .await;
         }
         Route::Upstream(endpoint, upstream) => {
             let public = authorize::public_base(state, &parts);

@@ -102,6 +102,32 @@ impl Storage {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<ManifestPut> {
+        self.manifest_store(repo, reference, content_type, body, References::Present)
+            .await
+    }
+
+    /// Stores a manifest of a pull-through cache: checked like a pushed
+    /// one, but what it references need not be here yet (the cache fetches
+    /// each blob when it is first pulled).
+    pub async fn manifest_put_cached(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<ManifestPut> {
+        self.manifest_store(repo, reference, content_type, body, References::Later)
+            .await
+    }
+
+    async fn manifest_store(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+        references: References,
+    ) -> Result<ManifestPut> {
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(StorageError::ManifestTooLarge {
                 limit: MAX_MANIFEST_BYTES,
@@ -141,7 +167,15 @@ impl Storage {
             },
         };
 
-        for blob in &parsed.blobs {
+        let blobs = match references {
+            References::Present => &parsed.blobs[..],
+            References::Later => &[],
+        };
+        let children = match references {
+            References::Present => &parsed.children[..],
+            References::Later => &[],
+        };
+        for blob in blobs {
             match self.blob_size(repo, blob).await {
                 Err(StorageError::BlobUnknown(d)) => {
                     return Err(StorageError::ManifestBlobUnknown(d));
@@ -149,7 +183,7 @@ impl Storage {
                 other => other?,
             };
         }
-        for child in &parsed.children {
+        for child in children {
             let exists = self
                 .driver
                 .stat(&paths::manifest_revision(repo, child))
@@ -362,4 +396,12 @@ fn ignore_missing(r: std::result::Result<(), DriverError>) -> Result<()> {
         Err(DriverError::NotFound(_)) => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// Whether a stored manifest's blobs and child manifests must be in the
+/// repository already.
+#[derive(Clone, Copy)]
+enum References {
+    Present,
+    Later,
 }

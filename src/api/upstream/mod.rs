@@ -13,7 +13,10 @@
 //! upstream by its configured name only.
 
 mod auth;
+mod cache;
 mod client;
+
+pub(super) use cache::serve as serve_cached;
 
 use std::sync::Arc;
 
@@ -70,6 +73,9 @@ pub struct Upstream {
     /// What the upstream's `GET /v2/` challenge asked for, learned once.
     challenge: OnceCell<Option<Challenge>>,
     tokens: Tokens,
+    /// `[upstream.cache]`: what this replica knows of the pull-through
+    /// cache; `None` for a plain prefix.
+    cache: Option<cache::Cache>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -115,6 +121,7 @@ impl Upstream {
             account,
             challenge: OnceCell::new(),
             tokens: Tokens::default(),
+            cache: config.cache.as_ref().map(cache::Cache::new),
             config,
         })
     }
@@ -135,6 +142,11 @@ impl Upstream {
     /// `backend=` of the request log.
     pub fn log_name(&self) -> String {
         format!("upstream:{}", self.config.name)
+    }
+
+    /// Whether this prefix is a pull-through cache.
+    pub fn caches(&self) -> bool {
+        self.cache.is_some()
     }
 
     fn unavailable(&self, why: &str) -> ApiError {
@@ -169,24 +181,36 @@ impl Upstream {
             None => format!("{}/v2/{remote}{rest}", self.base),
         };
         let scope = format!("repository:{remote}:{}", actions(endpoint));
-        let bodiless = matches!(parts.method, Method::GET | Method::HEAD);
+        let answer = self
+            .send(&parts.method, &target, &parts.headers, body, &scope)
+            .await?;
+        self.answer(endpoint, answer, &remote, local, public).await
+    }
+
+    /// Sends one request to `target` (an absolute URL of the upstream) with
+    /// the client's `headers` and Portcullis' credentials for `scope`;
+    /// follows a read's redirect; an upstream that refuses Portcullis'
+    /// credentials is an error.
+    async fn send(
+        &self,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: Body,
+        scope: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let bodiless = matches!(*method, Method::GET | Method::HEAD);
         let mut body = Some(body);
         let mut answer = None;
         // A bodiless request is sent once more after a refused token (it
         // may have expired early); one with a body cannot be replayed.
         for attempt in 0..2 {
-            let authorization = self.authorization(&scope).await?;
+            let authorization = self.authorization(scope).await?;
             let request_body = match bodiless {
                 true => Body::empty(),
                 false => body.take().unwrap_or_else(Body::empty),
             };
-            let request = build(
-                &parts.method,
-                &target,
-                &parts.headers,
-                authorization,
-                request_body,
-            )?;
+            let request = build(method, target, headers, authorization, request_body)?;
             let sent = self
                 .client
                 .send(request)
@@ -194,28 +218,27 @@ impl Upstream {
                 .map_err(|e| self.failed(&e))?;
             let refused = matches!(sent.status(), StatusCode::UNAUTHORIZED);
             if refused && bodiless && attempt == 0 {
-                self.tokens.forget(&scope);
+                self.tokens.forget(scope);
                 continue;
             }
             answer = Some(sent);
             break;
         }
         let answer = answer.expect("the loop answers or returns");
-        let answer = match answer.status() {
+        match answer.status() {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 tracing::warn!(
                     upstream = %self.config.name,
                     status = %answer.status(),
                     "the upstream refused Portcullis' credentials"
                 );
-                return Err(self.unavailable("refused Portcullis' credentials"));
+                Err(self.unavailable("refused Portcullis' credentials"))
             }
             s if s.is_redirection() && bodiless => {
-                self.follow(parts, answer, MAX_REDIRECTS).await?
+                self.follow(method, headers, answer, MAX_REDIRECTS).await
             }
-            _ => answer,
-        };
-        self.answer(endpoint, answer, &remote, local, public).await
+            _ => Ok(answer),
+        }
     }
 
     /// The client's query, with a cross-repository mount's `from` turned
@@ -357,7 +380,8 @@ impl Upstream {
     /// blob) here, so that the client never learns where it pointed.
     async fn follow(
         &self,
-        parts: &Parts,
+        method: &Method,
+        client_headers: &HeaderMap,
         mut answer: Response<Body>,
         mut left: usize,
     ) -> Result<Response<Body>, ApiError> {
@@ -381,11 +405,11 @@ impl Upstream {
             // gets no credentials at all.
             let mut headers = HeaderMap::new();
             for name in [header::RANGE, header::ACCEPT, header::IF_NONE_MATCH] {
-                if let Some(value) = parts.headers.get(&name) {
+                if let Some(value) = client_headers.get(&name) {
                     headers.insert(name, value.clone());
                 }
             }
-            let request = build(&parts.method, &target, &headers, None, Body::empty())?;
+            let request = build(method, &target, &headers, None, Body::empty())?;
             answer = self
                 .client
                 .send(request)
