@@ -30,10 +30,11 @@ repositories = ["mirror/**"]
 actions = ["pull", "push", "delete"]
 
 [[rule]]
-description = "users pull"
+description = "users pull and list"
 users = ["*"]
 repositories = ["**"]
 actions = ["pull"]
+catalog = true
 "#;
 
 const LAYER_SIZES: &[usize] = &[20_000, 1_200_000];
@@ -125,7 +126,7 @@ async fn an_open_upstream_serves_its_prefix_under_portcullis_policies() {
         &dir.path().join("registry-data"),
         Auth::Open,
     );
-    let server = gateway(dir.path(), &upstream_table(&registry, ""));
+    let server = gateway(dir.path(), &upstream_table(&registry, "catalog = true\n"));
 
     // alice pushes under the prefix: the image lands upstream, prefix
     // stripped, and comes back byte for byte.
@@ -169,6 +170,21 @@ async fn an_open_upstream_serves_its_prefix_under_portcullis_policies() {
     assert_eq!(
         common::header_str(&manifest, "docker-content-digest"),
         digest
+    );
+
+    // The catalog lists the upstream's repositories under the prefix,
+    // beside the built-in storage's own (empty here).
+    let catalog_token = token(&server, BOB, "registry:catalog:*").await;
+    let catalog = http
+        .get(server.at("/v2/_catalog"))
+        .bearer_auth(&catalog_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(catalog.status(), 200);
+    assert_eq!(
+        json(catalog).await["repositories"],
+        serde_json::json!(["mirror/team/app"])
     );
 
     // bob may pull but not push: his push is refused by Portcullis and
@@ -245,6 +261,56 @@ async fn an_open_upstream_serves_its_prefix_under_portcullis_policies() {
     );
     assert!(!body.contains(&registry.host), "{body}");
     drop((alice, src));
+}
+
+#[tokio::test]
+async fn a_prefix_without_push_refuses_every_write_before_looking_at_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(
+        &dir.path().join("registry.yml"),
+        &dir.path().join("registry-data"),
+        Auth::Open,
+    );
+    let server = gateway(
+        dir.path(),
+        &format!(
+            "name = \"ro\"\nprefix = \"mirror\"\nurl = \"{}\"\n",
+            registry.url
+        ),
+    );
+    let push = token(
+        &server,
+        ALICE,
+        "repository:mirror/team/app:pull,push,delete",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        (reqwest::Method::POST, "/v2/mirror/team/app/blobs/uploads/"),
+        (reqwest::Method::PUT, "/v2/mirror/team/app/manifests/v1"),
+        (reqwest::Method::DELETE, "/v2/mirror/team/app/manifests/v1"),
+    ] {
+        let res = http
+            .request(method.clone(), server.at(path))
+            .bearer_auth(&push)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405, "{method} {path}");
+        let body = res.text().await.unwrap();
+        assert!(
+            body.contains("UNSUPPORTED") && body.contains("`ro`"),
+            "{body}"
+        );
+    }
+    for method in ["POST", "PUT", "PATCH", "DELETE"] {
+        assert_eq!(
+            registry.requests(method, "team/app"),
+            0,
+            "{}",
+            registry.logs()
+        );
+    }
 }
 
 #[tokio::test]

@@ -29,17 +29,34 @@ pub async fn tags(storage: &Storage, name: &RepoName, page: Page) -> Result<Resp
 /// Which catalog entries a caller may see.
 pub type Visible = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// A page of the catalog: the built-in storage's repositories and
+/// `upstream` (the upstreams' that are listed, sorted), merged.
 pub async fn catalog(
     storage: &Storage,
     page: Page,
     visible: Option<Visible>,
+    upstream: Vec<String>,
 ) -> Result<Response, ApiError> {
     let n = page_size(&page);
-    let found = storage
-        .catalog_page(page.last.as_deref(), n, |name| {
-            visible.as_ref().is_none_or(|visible| visible(name))
-        })
+    let shown = |name: &str| visible.as_ref().is_none_or(|visible| visible(name));
+    let mut found = storage
+        .catalog_page(page.last.as_deref(), n, &shown)
         .await?;
+    if !upstream.is_empty() {
+        let after = |name: &String| page.last.as_deref().is_none_or(|last| name.as_str() > last);
+        let mut names: Vec<String> = upstream
+            .into_iter()
+            .filter(|name| after(name) && shown(name))
+            .collect();
+        names.append(&mut found.names);
+        names.sort();
+        names.dedup();
+        // The built-in page may have stopped short of names the upstream
+        // listing holds beyond it: its `more` still counts.
+        found.more |= names.len() > n;
+        names.truncate(n);
+        found.names = names;
+    }
     let next = next_page(n, &found);
     let body = json!({ "repositories": found.names }).to_string();
     Ok(with_link(

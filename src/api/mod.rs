@@ -229,7 +229,8 @@ async fn registry(
         Endpoint::Catalog(page) => {
             // The catalog lists only what the caller may pull.
             let visible = catalog_filter(state, grant, addr).await?;
-            lists::catalog(storage, page, visible).await
+            let upstream = state.upstreams.catalog().await;
+            lists::catalog(storage, page, visible, upstream).await
         }
         Endpoint::Tags { name, page } => lists::tags(storage, &name, page).await,
         Endpoint::GetManifest {

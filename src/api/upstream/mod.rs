@@ -35,6 +35,11 @@ use client::{Client, SendError};
 /// Largest tag list read to put the client's repository name in it.
 const MAX_LIST: usize = 16 << 20;
 
+/// Repositories asked per page of an upstream's catalog, and at most in
+/// all (a catalog is for people browsing, not for a whole Docker Hub).
+const CATALOG_PAGE: usize = 1000;
+const MAX_CATALOG: usize = 10_000;
+
 /// Redirects followed for one blob (distribution sends one, to its storage).
 const MAX_REDIRECTS: usize = 3;
 
@@ -45,6 +50,18 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// The repositories of every upstream whose configuration lists them
+    /// in the built-in catalog, under the client's names, sorted.
+    pub async fn catalog(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for upstream in self.list.iter().filter(|u| u.config.catalog) {
+            names.extend(upstream.catalog().await);
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub fn new(configs: &[UpstreamConfig]) -> Result<Self, String> {
         let list = configs
             .iter()
@@ -142,6 +159,90 @@ impl Upstream {
     /// `backend=` of the request log.
     pub fn log_name(&self) -> String {
         format!("upstream:{}", self.config.name)
+    }
+
+    /// The client's name for the upstream's repository `remote`; `None`
+    /// when no client name leads there (a kept prefix it lacks).
+    fn local(&self, remote: &str) -> Option<String> {
+        let prefix = &self.config.prefix;
+        let name = match self.config.strip_prefix {
+            false => remote.to_owned(),
+            true => {
+                // The short name where the default namespace was added.
+                let short = self
+                    .config
+                    .default_namespace
+                    .as_ref()
+                    .and_then(|ns| remote.strip_prefix(ns.as_str())?.strip_prefix('/'))
+                    .filter(|rest| !rest.contains('/'));
+                format!("{prefix}/{}", short.unwrap_or(remote))
+            }
+        };
+        RepoName::parse(&name)
+            .ok()
+            .filter(|n| self.config.routes(n.as_str()))
+            .map(|n| n.as_str().to_owned())
+    }
+
+    /// The upstream's repositories under the client's names, for the
+    /// built-in catalog (`catalog = true`); none, with a warning, when the
+    /// upstream cannot list them.
+    pub async fn catalog(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut next = Some(format!("{}/v2/_catalog?n={CATALOG_PAGE}", self.base));
+        while let Some(target) = next.take() {
+            let answer = self
+                .send(
+                    &Method::GET,
+                    &target,
+                    &HeaderMap::new(),
+                    Body::empty(),
+                    "registry:catalog:*",
+                )
+                .await;
+            let answer = match answer {
+                Ok(answer) if answer.status() == StatusCode::OK => answer,
+                Ok(answer) => {
+                    tracing::warn!(upstream = %self.config.name, status = %answer.status(), "the upstream does not list its repositories");
+                    break;
+                }
+                Err(_) => break,
+            };
+            next = answer
+                .headers()
+                .get(header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|link| {
+                    link.split_once('<')?
+                        .1
+                        .split_once('>')
+                        .map(|(u, _)| u.to_owned())
+                })
+                .filter(|u| u.starts_with("/v2/_catalog?"))
+                .map(|u| format!("{}{u}", self.base));
+            let Ok(bytes) = axum::body::to_bytes(answer.into_body(), MAX_LIST).await else {
+                break;
+            };
+            let listed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let repositories = listed["repositories"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            names.extend(
+                repositories
+                    .iter()
+                    .filter_map(|r| r.as_str())
+                    .filter_map(|r| self.local(r)),
+            );
+            if names.len() >= MAX_CATALOG {
+                tracing::warn!(upstream = %self.config.name, "the upstream's catalog is cut at {MAX_CATALOG} repositories");
+                names.truncate(MAX_CATALOG);
+                break;
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Whether this prefix is a pull-through cache.
@@ -573,5 +674,18 @@ mod tests {
         );
         assert_eq!(kept.remote(&name("vendor/x/app")), "vendor/x/app");
         assert_eq!(kept.base, "http://10.0.0.9:5000");
+        // And back, for the catalog: the short name where the namespace was
+        // added, nothing for a name no client name leads to.
+        assert_eq!(
+            hub.local("library/alpine").as_deref(),
+            Some("mirror/alpine")
+        );
+        assert_eq!(
+            hub.local("bitnami/redis").as_deref(),
+            Some("mirror/bitnami/redis")
+        );
+        assert_eq!(kept.local("vendor/x/app").as_deref(), Some("vendor/x/app"));
+        assert_eq!(kept.local("other/app"), None);
+        assert_eq!(kept.local("Not A Name"), None);
     }
 }
