@@ -108,6 +108,28 @@ fn check_loaded(config: &Config, report: &mut Report) {
     check_keys(&config.token.key_dir, report);
     check_tls(config, report);
     check_directories(config, report);
+    check_upstreams(config, report);
+}
+
+/// What `serve` reads for each upstream at start (its account's password
+/// file, its CA file); the upstream itself is not contacted.
+fn check_upstreams(config: &Config, report: &mut Report) {
+    for upstream in &config.upstream {
+        match portcullis::api::upstream::Upstreams::new(std::slice::from_ref(upstream)) {
+            Ok(_) => println!(
+                "upstream: `{}` serves {}/** from {}{} (not contacted)",
+                upstream.name,
+                upstream.prefix,
+                upstream.url,
+                if upstream.cache.is_some() {
+                    ", a pull-through cache"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => report.problem(Path::new("upstream"), e),
+        }
+    }
 }
 
 /// What `serve` reads for each directory at start (the service password
