@@ -18,6 +18,7 @@ use common::clients::stderr_of;
 use common::docker::{DockerCli, DockerEngine, RegistryTrust, docker_archive};
 use common::pki::{TestCa, Validity};
 use common::process::{ServerProcess, config_in, copy_project_policies, run_in};
+use common::registry_process::{Auth, Distribution};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -301,6 +302,45 @@ fn push_rmi_pull_loaded(world: &World, reference: &str) {
     world.docker.fails(&["image", "inspect", &reference]);
     world.docker.run(&["pull", &reference]);
     assert_eq!(world.image_id(&reference), id, "pulled image differs");
+}
+
+#[test]
+fn docker_pushes_and_pulls_through_an_upstream_prefix() {
+    // distribution behind the prefix `alice/up`, which the shipped policy
+    // lets alice push to (her namespace) and bob only pull.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Distribution::start(
+        &dir.path().join("registry.yml"),
+        &dir.path().join("registry-data"),
+        Auth::Open,
+    );
+    let upstream = format!(
+        "\n[[upstream]]\nname = \"team\"\nprefix = \"alice/up\"\nurl = \"{}\"\npush = true\n",
+        registry.url
+    );
+    let world = World::start_serving_with(&[], None, &upstream);
+    world.login_alice();
+    let reference = world.image("alice/up/app:v1");
+    world.load(&reference, common::oci::oci_arch());
+    push_rmi_pull_loaded(&world, &reference);
+    // It is the upstream's, prefix stripped.
+    assert_eq!(
+        registry.requests("PUT", "/v2/app/manifests/v1"),
+        1,
+        "{}",
+        registry.logs()
+    );
+
+    // bob pulls it, and may not push over it.
+    world.docker.run(&["logout", &world.host]);
+    world.docker.run(&["rmi", &reference]);
+    if let Err(out) = world.docker.login(&world.host, "bob", BOB_PASSWORD) {
+        panic!("docker login refused bob:\n{}", stderr_of(&out));
+    }
+    world.docker.run(&["pull", &reference]);
+    let refused = world.docker.fails(&["push", &reference]);
+    assert_contains(&printed(&refused), "denied");
+    assert_eq!(registry.requests("PUT", "/v2/app/manifests/v1"), 1);
 }
 
 #[test]
