@@ -7,7 +7,7 @@
 //! `cargo bench --bench registry -- [--only SECTION,...] [--blob-mib N]
 //! [--portcullis PATH]`; `--portcullis` measures another build of the
 //! server (say, the previous commit's) with this harness.
-//! Sections: blobs, image, small, tokens, scale, tls, ldap, v1.
+//! Sections: blobs, image, small, tokens, scale, tls, ldap, v1, upstream.
 
 mod bare;
 mod blobs;
@@ -40,6 +40,7 @@ mod scale;
 mod servers;
 mod small;
 mod tls;
+mod upstream;
 mod v1;
 
 use std::time::Instant;
@@ -103,7 +104,7 @@ fn main() {
         servers.portcullis.url, servers.distribution.url
     );
     let mut rows: Vec<Row> = Vec::new();
-    let sections: [(&str, &dyn Fn() -> Vec<Row>); 8] = [
+    let sections: [(&str, &dyn Fn() -> Vec<Row>); 9] = [
         ("blobs", &|| {
             runtime.block_on(blobs::run(&servers, &options))
         }),
@@ -122,6 +123,9 @@ fn main() {
         ("tls", &|| runtime.block_on(tls::run(&servers, &options))),
         ("ldap", &|| runtime.block_on(ldap::run(&servers, &options))),
         ("v1", &|| runtime.block_on(v1::run(&servers, &options))),
+        ("upstream", &|| {
+            runtime.block_on(upstream::run(&servers, &options))
+        }),
     ];
     for (name, run) in sections {
         if !options.runs(name) {
