@@ -642,3 +642,96 @@ async fn two_first_pulls_of_a_big_blob_fetch_it_from_the_upstream_once() {
     assert!(pull(url, token).await == data);
     assert_eq!(registry.requests("GET", &format!("/blobs/{digest}")), 1);
 }
+
+#[tokio::test]
+async fn an_https_upstream_is_verified_against_its_ca_and_spoken_to_over_http2() {
+    clients::require("skopeo");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::pki::TestCa::new(&dir.path().join("pki"), "upstream-ca");
+    let pair = ca.issue_server("upstream", &["127.0.0.1"]);
+    let registry = Distribution::start_with_tls(
+        &dir.path().join("registry.yml"),
+        &dir.path().join("registry-data"),
+        Auth::Open,
+        Some((&pair.cert, &pair.key)),
+    );
+    assert!(registry.url.starts_with("https://"));
+    let config = config_in(dir.path());
+    std::fs::write(dir.path().join("policies/10-upstream.toml"), POLICY).unwrap();
+    run_in(
+        dir.path(),
+        &["user", "add", ALICE.0],
+        &format!("{}\n", ALICE.1),
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[upstream]]\nname = \"tls\"\nprefix = \"mirror\"\nurl = \"{}\"\npush = true\nca_file = {:?}\n",
+        registry.url,
+        ca.cert.to_str().unwrap()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        clients::describe("check-config", &checked)
+    );
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("PORTCULLIS_LOG", "warn,portcullis::api::upstream=debug")
+        .stderr(std::process::Stdio::piped());
+    let mut server = ServerProcess::spawn(command);
+    let mut log = crate::logs::Log::of(&mut server);
+    let alice = client(&server, ALICE);
+    blocking(move || {
+        let (src, _) = push(&alice, "mirror/team/app:v1");
+        pull_same(&alice, "mirror/team/app:v1", &src);
+    })
+    .await;
+    let line = log.wait_for(&["upstream answered", "upstream=tls"]);
+    assert!(line.contains("version=HTTP/2.0"), "{line}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_is_a_503_within_its_timeout() {
+    // Accepts connections and never writes a byte.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let server = gateway(
+        dir.path(),
+        &format!(
+            "name = \"silent\"\nprefix = \"mirror\"\nurl = \"http://{addr}\"\ntimeout_secs = 1\n"
+        ),
+    );
+    let pull = token(&server, BOB, "repository:mirror/team/app:pull").await;
+    let started = Instant::now();
+    let res = reqwest::Client::new()
+        .get(server.at("/v2/mirror/team/app/manifests/v1"))
+        .bearer_auth(&pull)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let body = res.text().await.unwrap();
+    assert!(body.contains("`silent` did not answer in time"), "{body}");
+    assert!(!body.contains(&addr.port().to_string()), "{body}");
+    held.abort();
+}

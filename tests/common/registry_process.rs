@@ -42,6 +42,26 @@ impl Distribution {
     /// Starts a registry over `root` (kept across restarts) checking
     /// clients as `auth` says; its configuration file goes to `config`.
     pub fn start(config: &Path, root: &Path, auth: Auth) -> Self {
+        Self::start_with_tls(config, root, auth, None)
+    }
+
+    /// As [`Distribution::start`], serving HTTPS (and HTTP/2, as Go's
+    /// server does over TLS) with the PEM pair `tls` (certificate, key);
+    /// [`Distribution::url`] is then `https://`.
+    pub fn start_with_tls(
+        config: &Path,
+        root: &Path,
+        auth: Auth,
+        tls: Option<(&Path, &Path)>,
+    ) -> Self {
+        let tls_yaml = match tls {
+            None => String::new(),
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+        };
         let auth = match auth {
             Auth::Open => String::new(),
             Auth::Htpasswd(file) => format!(
@@ -54,12 +74,16 @@ impl Distribution {
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n\
              storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:0\n  secret: upstream-test-secret\n\
+             http:\n  addr: 127.0.0.1:0\n  secret: upstream-test-secret\n{tls_yaml}\
              {auth}",
             root = root.display(),
         );
         fs::write(config, yaml).unwrap();
-        Self::spawn(config)
+        let mut registry = Self::spawn(config);
+        if tls.is_some() {
+            registry.url = format!("https://{}", registry.host);
+        }
+        registry
     }
 
     /// Starts `docker-registry serve <config>` and waits for the address it
@@ -163,9 +187,10 @@ impl Drop for Distribution {
     }
 }
 
-/// The address in distribution's `msg="listening on 127.0.0.1:PORT"` line.
+/// The address in distribution's `msg="listening on 127.0.0.1:PORT"` line
+/// (`…:PORT, tls"` over TLS).
 fn announced_address(line: &str) -> Option<String> {
     let rest = line.split("msg=\"listening on ").nth(1)?;
-    let addr = rest.split('"').next()?;
+    let addr = rest.split(['"', ',']).next()?;
     Some(addr.to_owned())
 }

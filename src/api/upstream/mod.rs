@@ -317,6 +317,12 @@ impl Upstream {
                 .send(request)
                 .await
                 .map_err(|e| self.failed(&e))?;
+            tracing::debug!(
+                upstream = %self.config.name,
+                version = ?sent.version(),
+                status = %sent.status(),
+                "upstream answered"
+            );
             let refused = matches!(sent.status(), StatusCode::UNAUTHORIZED);
             if refused && bodiless && attempt == 0 {
                 self.tokens.forget(scope);
