@@ -10,6 +10,11 @@
 //! header that names the backend's address (`Location`,
 //! `X-Docker-Endpoints`) rewritten to Portcullis' public address, so that
 //! clients come back here and the backend's address never leaks.
+//!
+//! The backend's answer is waited for a bounded time (`[v1]
+//! backend_timeout_secs`): a backend that accepts and never answers gets a
+//! `503 UNAVAILABLE`, not a client hung forever. Only the head is bounded:
+//! a layer's body then takes as long as it takes.
 
 use std::time::Duration;
 
@@ -30,6 +35,14 @@ pub const X_DOCKER_ENDPOINTS: HeaderName = HeaderName::from_static("x-docker-end
 /// How long the backend may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the backend may take to answer a request's head by default
+/// (`[v1] backend_timeout_secs`). docker-registry answers from its storage
+/// within milliseconds, except for a layer PUT, which it answers once the
+/// whole upload is written and checksummed; 30 s covers a slow storage
+/// without leaving an engine (whose own timeouts are minutes long) hanging
+/// on a backend that stopped answering.
+pub const DEFAULT_HEAD_TIMEOUT_SECS: u64 = 30;
+
 /// Largest answer read from the backend for Portcullis' own lookups (tag
 /// lists, ancestries, image JSON).
 const MAX_LOOKUP: usize = 4 << 20;
@@ -38,11 +51,14 @@ const MAX_LOOKUP: usize = 4 << 20;
 pub struct Backend {
     authority: Authority,
     client: Client<HttpConnector, Body>,
+    /// How long an answer's head may take.
+    head_timeout: Duration,
 }
 
 impl Backend {
-    /// `url` is `http://host:port` (checked by the configuration).
-    pub fn new(url: &str) -> Result<Self, String> {
+    /// `url` is `http://host:port` (checked by the configuration);
+    /// `head_timeout` bounds the wait for each answer's head.
+    pub fn new(url: &str, head_timeout: Duration) -> Result<Self, String> {
         let uri: Uri = url.parse().map_err(|e| format!("v1.backend: {e}"))?;
         let authority = uri
             .authority()
@@ -52,7 +68,22 @@ impl Backend {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Self { authority, client })
+        Ok(Self {
+            authority,
+            client,
+            head_timeout,
+        })
+    }
+
+    /// The answer when the backend sent no head within the timeout: the
+    /// client is told the registry is unavailable, without the address.
+    fn timed_out(&self, what: &str) -> ApiError {
+        tracing::warn!(
+            timeout_secs = self.head_timeout.as_secs_f64(),
+            what,
+            "legacy v1 backend did not answer in time"
+        );
+        ApiError::new(ErrorCode::Unavailable).message("the v1 registry did not answer in time")
     }
 
     /// The backend's answer to the request `parts` + `body`; `public` is
@@ -101,20 +132,44 @@ impl Backend {
         // first attempt fails: a pooled connection the backend closed (a
         // restart) fails a request sent on it before the close is seen.
         let read = matches!(parts.method, Method::GET | Method::HEAD);
+        // The wait for the head is bounded, not what comes around it: the
+        // answer's body streams for as long as it needs (a layer of
+        // gigabytes to a slow client), and so does the request's (a layer
+        // pushed by one): the clock starts once the request was sent whole.
         let answer = match read {
-            true => match self.client.request(build(Body::empty())?).await {
-                Ok(answer) => answer,
-                Err(_) => self
-                    .client
-                    .request(build(Body::empty())?)
+            true => {
+                let answer = async {
+                    match self.client.request(build(Body::empty())?).await {
+                        Ok(answer) => Ok(answer),
+                        Err(_) => self
+                            .client
+                            .request(build(Body::empty())?)
+                            .await
+                            .map_err(unavailable),
+                    }
+                };
+                tokio::time::timeout(self.head_timeout, answer)
                     .await
-                    .map_err(unavailable)?,
-            },
-            false => self
-                .client
-                .request(build(body)?)
-                .await
-                .map_err(unavailable)?,
+                    .map_err(|_| self.timed_out("request"))??
+            }
+            false => {
+                let (body, sent) = SentWhole::new(body);
+                let answer = self.client.request(build(Body::new(body))?);
+                tokio::pin!(answer);
+                let early = tokio::select! {
+                    // Answered before the body's end (a refusal).
+                    answer = &mut answer => Some(answer),
+                    // Sent whole, or failed: the head is waited for.
+                    _ = sent => None,
+                };
+                let answer = match early {
+                    Some(answer) => answer,
+                    None => tokio::time::timeout(self.head_timeout, answer)
+                        .await
+                        .map_err(|_| self.timed_out("request"))?,
+                };
+                answer.map_err(unavailable)?
+            }
         };
         let (answer, incoming) = answer.into_parts();
         let mut response = Response::new(Body::new(incoming));
@@ -155,25 +210,35 @@ impl Backend {
                 .body(Body::empty())
                 .map_err(|e| unavailable(&e))
         };
-        // Once more on failure, as for a client's read (`forward`).
-        let answer = match self.client.request(request()?).await {
-            Ok(answer) => answer,
-            Err(_) => self
-                .client
-                .request(request()?)
+        let lookup = async {
+            // Once more on failure, as for a client's read (`forward`).
+            let answer = match self.client.request(request()?).await {
+                Ok(answer) => answer,
+                Err(_) => self
+                    .client
+                    .request(request()?)
+                    .await
+                    .map_err(|e| unavailable(&e))?,
+            };
+            let status = answer.status();
+            if status == axum::http::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                return Err(unavailable(&format!("status {status}")));
+            }
+            axum::body::to_bytes(Body::new(answer.into_body()), MAX_LOOKUP)
                 .await
-                .map_err(|e| unavailable(&e))?,
+                .map(Some)
+                .map_err(|e| unavailable(&e))
         };
-        let status = answer.status();
-        if status == axum::http::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(unavailable(&format!("status {status}")));
-        }
-        let body = axum::body::to_bytes(Body::new(answer.into_body()), MAX_LOOKUP)
+        // A lookup is small: the whole of it is bounded, not only its head.
+        let body = tokio::time::timeout(self.head_timeout, lookup)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|_| self.timed_out("lookup"))??;
+        let Some(body) = body else {
+            return Ok(None);
+        };
         serde_json::from_slice(&body)
             .map(Some)
             .map_err(|e| unavailable(&e))
@@ -203,6 +268,60 @@ impl Backend {
                 headers.insert(X_DOCKER_ENDPOINTS, value);
             }
         }
+    }
+}
+
+/// A request body that says when it was sent whole (or failed), so that the
+/// wait for the answer's head starts then, however long the upload took.
+struct SentWhole {
+    inner: Body,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SentWhole {
+    fn new(inner: Body) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut body = Self {
+            inner,
+            sent: Some(tx),
+        };
+        // An empty body is never polled.
+        if hyper::body::Body::is_end_stream(&body.inner) {
+            body.done();
+        }
+        (body, rx)
+    }
+
+    fn done(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
+        }
+    }
+}
+
+impl hyper::body::Body for SentWhole {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        // hyper stops polling a body of known length once it says it has
+        // ended, so its last frame may be the last call.
+        if !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream() {
+            self.done();
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -278,7 +397,7 @@ mod tests {
 
     #[test]
     fn the_backends_address_is_replaced_by_the_public_one() {
-        let backend = Backend::new("http://10.0.0.5:5001").unwrap();
+        let backend = Backend::new("http://10.0.0.5:5001", Duration::from_secs(1)).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(
             header::LOCATION,
