@@ -157,7 +157,8 @@ async fn handle(
             return registry(state, endpoint, &parts.headers, body, grant, conn).await;
         }
         Route::V1(endpoint) => {
-            return v1::serve(state, endpoint, &parts, body, grant, conn.addr).await;
+            let zero_copy = conn.zero_copy.clone();
+            return v1::serve(state, endpoint, &parts, body, grant, conn.addr, zero_copy).await;
         }
     })
 }
