@@ -30,7 +30,8 @@ const ROUNDS: usize = 2000;
 const PUSH_NOTE: &str = "the layer streamed through Portcullis to gunicorn's one gevent worker, \
     which writes it and computes its checksum in Python: the backend bounds both figures";
 const PULL_NOTE: &str = "the backend reads the file in Python and writes it to its socket; \
-    Portcullis relays the stream (a copy in user space per hop)";
+    Portcullis splices the body from its own connection to the backend to the client's socket \
+    (socket, pipe, socket: no copy in user space)";
 const SMALL_NOTE: &str = "one client, keep-alive: Portcullis checks the v1 token (cached), the \
     policy, and forwards on a pooled connection to the backend";
 
