@@ -39,7 +39,7 @@ pub struct Config {
 }
 
 /// `[v1]`: the legacy v1 protocol, routed to a legacy registry.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct V1Config {
     /// The legacy registry (docker-registry 0.9) that `/v1/` requests are
@@ -50,6 +50,19 @@ pub struct V1Config {
     /// they push and pull over v1 only and never split a repository
     /// between the two. Unset: every engine that speaks v2 uses it.
     pub v1_only_engines_below: Option<String>,
+    /// Seconds the backend may take to answer a request's head (a body then
+    /// streams for as long as it needs); past it the client gets `503`.
+    pub backend_timeout_secs: u64,
+}
+
+impl Default for V1Config {
+    fn default() -> Self {
+        Self {
+            backend: None,
+            v1_only_engines_below: None,
+            backend_timeout_secs: crate::api::v1::proxy::DEFAULT_HEAD_TIMEOUT_SECS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -425,6 +438,10 @@ impl Config {
                     "v1.backend must be an http:// URL with a host and no path".to_owned(),
                 );
             }
+        }
+        if self.v1.backend_timeout_secs == 0 {
+            let span = lookup(root, &["v1", "backend_timeout_secs"]);
+            reader.at_opt(span, "v1.backend_timeout_secs must be positive".to_owned());
         }
         if let Some(version) = &self.v1.v1_only_engines_below {
             if crate::api::v1::engine::Version::parse(version).is_none() {
@@ -860,6 +877,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.v1.backend.as_deref(), Some("http://10.0.0.5:5000"));
+        assert_eq!(config.v1.backend_timeout_secs, 30, "the default");
+        let config = Config::parse("[v1]\nbackend_timeout_secs = 5\n").unwrap();
+        assert_eq!(config.v1.backend_timeout_secs, 5);
+        assert_eq!(
+            problems("[v1]\nbackend = \"http://b:5000\"\nbackend_timeout_secs = 0\n"),
+            ["3:1: v1.backend_timeout_secs must be positive"]
+        );
         assert_eq!(
             problems("[v1]\nbackend = \"https://10.0.0.5/v1\"\n"),
             ["2:1: v1.backend must be an http:// URL with a host and no path"]

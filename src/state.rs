@@ -47,7 +47,10 @@ impl AppState {
             None
         };
         let v1 = match &config.v1.backend {
-            Some(url) => Some(crate::api::v1::proxy::Backend::new(url)?),
+            Some(url) => Some(crate::api::v1::proxy::Backend::new(
+                url,
+                std::time::Duration::from_secs(config.v1.backend_timeout_secs),
+            )?),
             None => None,
         };
         let v1_only_below = config

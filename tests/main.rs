@@ -52,6 +52,7 @@ mod upload_full_disk;
 mod upload_recovery;
 mod upstream;
 mod v1_engines;
+mod v1_proxy;
 mod v1_routing;
 
 /// With `autotests = false`, a `tests/<name>.rs` without its `mod` line above

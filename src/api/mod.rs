@@ -196,7 +196,8 @@ async fn handle(
             return registry(state, endpoint, &parts.headers, body, grant, conn).await;
         }
         Route::V1(endpoint) => {
-            return v1::serve(state, endpoint, &parts, body, grant, conn.addr).await;
+            let zero_copy = conn.zero_copy.clone();
+            return v1::serve(state, endpoint, &parts, body, grant, conn.addr, zero_copy).await;
         }
         Route::Upstream(endpoint, upstream) if upstream.caches() => {
             return upstream::serve_cached(state, &upstream, endpoint, parts, body, grant, conn)

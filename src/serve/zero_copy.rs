@@ -25,6 +25,13 @@
 //! connection instead of sending one byte from the wrong place. A body
 //! dropped before its end withdraws the bytes it never yielded.
 //!
+//! The same frames carry a body relayed from another socket ([`relay`]): a
+//! v1 layer pulled from the legacy backend goes from the backend's socket
+//! into a pipe and from the pipe to the client's socket with `splice(2)`.
+//! A queued range's source is then that pipe, and a frame is sent from it
+//! by the same rule: only at the address where its range expects its next
+//! byte.
+//!
 //! Only HTTP/1 over plain TCP uses this: HTTP/2 and TLS frame or
 //! encrypt the body, so they get the copied stream
 //! ([`FileRange::into_stream`]). Should hyper (or a wrapper between hyper
@@ -46,6 +53,10 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::storage::{ByteStream, Content, FileRange};
+
+mod relay;
+
+pub use relay::relay;
 
 /// Bytes a body hands to hyper per frame, and sends with one `sendfile`
 /// call at most. Each window is in the page cache before its frame is
@@ -71,15 +82,25 @@ fn is_marker(slice: &[u8]) -> bool {
     !slice.is_empty() && MARKER.as_ptr_range().contains(&slice.as_ptr())
 }
 
-/// A range queued on a connection: the bytes still to send (`range.offset`
-/// advances as they go) and where its frames are.
+/// Where a queued range's bytes come from.
+enum Source {
+    /// A file, its bytes at the range's offsets.
+    File(Arc<File>),
+    /// A pipe that a relayed body fills (offsets count the body's bytes).
+    Pipe(Arc<relay::Pipe>),
+}
+
+/// A range queued on a connection: the bytes `[at, end)` still to send
+/// (`at` advances as they go) and where its frames are.
 struct Entry {
     /// The connection's count of ranges when this one was registered.
     id: u64,
-    range: FileRange,
+    source: Source,
     /// Where the range started: its frames cover `[start, end)` window by
     /// window.
     start: u64,
+    at: u64,
+    end: u64,
 }
 
 impl Entry {
@@ -87,9 +108,13 @@ impl Entry {
         (self.id % SLOTS as u64) as usize
     }
 
+    fn is_empty(&self) -> bool {
+        self.at >= self.end
+    }
+
     /// Where in its window the next byte to send is.
     fn in_window(&self) -> usize {
-        ((self.range.offset - self.start) % WINDOW as u64) as usize
+        ((self.at - self.start) % WINDOW as u64) as usize
     }
 
     /// The marker address hyper must be at for the next byte of this range.
@@ -118,18 +143,35 @@ impl Sender {
 
     /// Queues `range`; returns its id, which picks the slot its frames use.
     fn push(&self, range: FileRange) -> u64 {
+        self.push_source(Source::File(range.file), range.offset, range.end)
+    }
+
+    /// Queues the bytes `[start, end)` of `source`; returns their id, which
+    /// picks the slot their frames use.
+    fn push_source(&self, source: Source, start: u64, end: u64) -> u64 {
         let mut queue = self.queue();
         let id = queue.registered;
         queue.registered += 1;
-        let start = range.offset;
-        queue.entries.push_back(Entry { id, range, start });
+        queue.entries.push_back(Entry {
+            id,
+            source,
+            start,
+            at: start,
+            end: end.max(start),
+        });
         id
     }
 
     /// The frame for `len` bytes of range `id`, which start a window.
     fn frame(id: u64, len: usize) -> Bytes {
-        let slot = (id % SLOTS as u64) as usize * WINDOW;
-        Bytes::from_static(&MARKER[slot..slot + len])
+        Self::frame_at(id, 0, len)
+    }
+
+    /// The frame for `len` bytes of range `id` from byte `in_window` of a
+    /// window (`in_window + len` at most a window).
+    fn frame_at(id: u64, in_window: usize, len: usize) -> Bytes {
+        let at = (id % SLOTS as u64) as usize * WINDOW + in_window;
+        Bytes::from_static(&MARKER[at..at + len])
     }
 
     /// A body of range `id` ended having yielded its bytes up to `at`: the
@@ -139,8 +181,8 @@ impl Sender {
         let mut queue = self.queue();
         if let Some(i) = queue.entries.iter().position(|e| e.id == id) {
             let entry = &mut queue.entries[i];
-            entry.range.end = entry.range.end.min(at.max(entry.range.offset));
-            if entry.range.is_empty() {
+            entry.end = entry.end.min(at.max(entry.at));
+            if entry.is_empty() {
                 queue.entries.remove(i);
             }
         }
@@ -152,7 +194,8 @@ impl Sender {
     }
 
     /// Sends from the front range to `socket` as many of `frame`'s bytes as
-    /// it takes, once `frame` is shown to be where that range is.
+    /// it takes, once `frame` is shown to be where that range is: from its
+    /// file with `sendfile`, or from its pipe with `splice`.
     fn send(&self, socket: &TcpStream, frame: &[u8]) -> io::Result<usize> {
         let mut queue = self.queue();
         let Some(front) = queue.entries.front_mut() else {
@@ -166,35 +209,35 @@ impl Sender {
         let count = frame
             .len()
             .min(WINDOW - front.in_window())
-            .min(usize::try_from(front.range.len()).unwrap_or(usize::MAX));
-        let mut offset = libc::off_t::try_from(front.range.offset).map_err(io::Error::other)?;
-        // SAFETY: both descriptors are open for the duration of the call
-        // (`socket` is borrowed, the file is held by the range), and
-        // `offset` is a valid, exclusively borrowed off_t.
-        let sent = unsafe {
-            libc::sendfile(
-                socket.as_raw_fd(),
-                front.range.file.as_raw_fd(),
-                &mut offset,
-                count,
-            )
+            .min(usize::try_from(front.end - front.at).unwrap_or(usize::MAX));
+        let sent = match &front.source {
+            Source::File(file) => send_file(socket, file, front.at, count)?,
+            Source::Pipe(pipe) => pipe.send(socket.as_raw_fd(), count)?,
         };
-        match sent {
-            -1 => Err(io::Error::last_os_error()),
-            // The file ends before the length recorded for it: fail the
-            // response (hyper then closes the connection) rather than pad.
-            0 => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shorter than its recorded size",
-            )),
-            n => {
-                front.range.offset += n as u64;
-                if front.range.is_empty() {
-                    queue.entries.pop_front();
-                }
-                Ok(n as usize)
-            }
+        front.at += sent as u64;
+        if front.is_empty() {
+            queue.entries.pop_front();
         }
+        Ok(sent)
+    }
+}
+
+/// `sendfile(2)` of up to `count` bytes of `file` from `offset` to `socket`.
+fn send_file(socket: &TcpStream, file: &File, offset: u64, count: usize) -> io::Result<usize> {
+    let mut offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    // SAFETY: both descriptors are open for the duration of the call
+    // (`socket` and `file` are borrowed), and `offset` is a valid,
+    // exclusively borrowed off_t.
+    let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut offset, count) };
+    match sent {
+        -1 => Err(io::Error::last_os_error()),
+        // The file ends before the length recorded for it: fail the
+        // response (hyper then closes the connection) rather than pad.
+        0 => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shorter than its recorded size",
+        )),
+        n => Ok(n as usize),
     }
 }
 

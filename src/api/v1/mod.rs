@@ -28,6 +28,7 @@ use crate::AppState;
 use crate::auth::scope::AccessEntry;
 use crate::error::{ApiError, ErrorCode};
 use crate::reference::{ImageId, RepoName, Tag};
+use crate::serve::zero_copy;
 
 /// Tells an engine that this registry authenticates its own users (no
 /// separate index): it then sends its credentials to it.
@@ -138,7 +139,8 @@ impl V1Endpoint {
     }
 }
 
-/// The answer to an authorized v1 request (from `addr`).
+/// The answer to an authorized v1 request (from `addr`, on a connection
+/// that can take relayed bodies when `zero_copy` is given).
 pub async fn serve(
     state: &AppState,
     endpoint: V1Endpoint,
@@ -146,6 +148,7 @@ pub async fn serve(
     body: Body,
     grant: &Grant,
     addr: Option<IpAddr>,
+    zero_copy: Option<zero_copy::Sender>,
 ) -> Result<Response, ApiError> {
     let Some(backend) = &state.v1 else {
         return Err(ErrorCode::NotFound.into());
@@ -160,7 +163,20 @@ pub async fn serve(
         )
             .into_response()),
         V1Endpoint::Login { post: false } => login(state, parts, addr).await,
-        // Authorized from the image's bindings already.
+        // Authorized from the image's bindings already. A layer pull is
+        // the one big answer: spliced through when the connection can.
+        V1Endpoint::Image {
+            part: ImagePart::Layer,
+            write: false,
+            ..
+        } if parts.method == Method::GET => {
+            let public = super::authorize::public_base(state, parts);
+            match zero_copy {
+                Some(sender) => backend.forward_layer(parts, &public, sender).await,
+                // TLS and HTTP/2 clients: the copied stream.
+                None => backend.forward(parts, body, &public).await,
+            }
+        }
         V1Endpoint::Image { .. } => {
             let public = super::authorize::public_base(state, parts);
             backend.forward(parts, body, &public).await

@@ -10,8 +10,23 @@
 //! header that names the backend's address (`Location`,
 //! `X-Docker-Endpoints`) rewritten to Portcullis' public address, so that
 //! clients come back here and the backend's address never leaks.
+//!
+//! The backend's answer is waited for a bounded time (`[v1]
+//! backend_timeout_secs`): a backend that accepts and never answers gets a
+//! `503 UNAVAILABLE`, not a client hung forever. Only the head is bounded:
+//! a layer's body then takes as long as it takes.
+//!
+//! A layer pull (`GET /v1/images/<id>/layer`) from a plain-TCP HTTP/1
+//! client goes on a connection of its own to the backend, so that the body
+//! can be moved from that socket to the client's with `splice`
+//! ([`zero_copy::relay`]), never copied through Portcullis: only when the
+//! backend answers `200` with a `Content-Length` (what else it answers, the
+//! request is sent again on the pooled path and the answer copied).
 
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -23,6 +38,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::serve::zero_copy;
 
 pub const X_DOCKER_TOKEN: HeaderName = HeaderName::from_static("x-docker-token");
 pub const X_DOCKER_ENDPOINTS: HeaderName = HeaderName::from_static("x-docker-endpoints");
@@ -30,19 +46,48 @@ pub const X_DOCKER_ENDPOINTS: HeaderName = HeaderName::from_static("x-docker-end
 /// How long the backend may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the backend may take to answer a request's head by default
+/// (`[v1] backend_timeout_secs`). docker-registry answers from its storage
+/// within milliseconds, except for a layer PUT, which it answers once the
+/// whole upload is written and checksummed; 30 s covers a slow storage
+/// without leaving an engine (whose own timeouts are minutes long) hanging
+/// on a backend that stopped answering.
+pub const DEFAULT_HEAD_TIMEOUT_SECS: u64 = 30;
+
 /// Largest answer read from the backend for Portcullis' own lookups (tag
 /// lists, ancestries, image JSON).
 const MAX_LOOKUP: usize = 4 << 20;
+
+/// Largest response head read on a layer's own connection: the backend's
+/// are a few hundred bytes.
+const MAX_HEAD: usize = 64 << 10;
+
+/// Reads of a layer's response head: the body bytes that come with the head
+/// are put in the relay's pipe by a plain write, which must take them at
+/// once, and a pipe holds a page at least.
+const HEAD_READ: usize = 4 << 10;
 
 /// The legacy registry, and the connections to it.
 pub struct Backend {
     authority: Authority,
     client: Client<HttpConnector, Body>,
+    /// How long an answer's head may take.
+    head_timeout: Duration,
+}
+
+/// What a layer's own connection got.
+enum Layer {
+    /// `200` with a `Content-Length`: the head, the socket at the body, and
+    /// the body bytes read with the head.
+    Relay(Box<(axum::http::response::Parts, TcpStream, Vec<u8>, u64)>),
+    /// Anything else: the request goes the pooled way.
+    Declined(&'static str),
 }
 
 impl Backend {
-    /// `url` is `http://host:port` (checked by the configuration).
-    pub fn new(url: &str) -> Result<Self, String> {
+    /// `url` is `http://host:port` (checked by the configuration);
+    /// `head_timeout` bounds the wait for each answer's head.
+    pub fn new(url: &str, head_timeout: Duration) -> Result<Self, String> {
         let uri: Uri = url.parse().map_err(|e| format!("v1.backend: {e}"))?;
         let authority = uri
             .authority()
@@ -52,7 +97,145 @@ impl Backend {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Self { authority, client })
+        Ok(Self {
+            authority,
+            client,
+            head_timeout,
+        })
+    }
+
+    /// The answer when the backend sent no head within the timeout: the
+    /// client is told the registry is unavailable, without the address.
+    fn timed_out(&self, what: &str) -> ApiError {
+        tracing::warn!(
+            timeout_secs = self.head_timeout.as_secs_f64(),
+            what,
+            "legacy v1 backend did not answer in time"
+        );
+        ApiError::new(ErrorCode::Unavailable).message("the v1 registry did not answer in time")
+    }
+
+    /// `GET /v1/images/<id>/layer`, for a client whose connection can take
+    /// a relayed body (`sender`): the backend's answer, its body spliced
+    /// from a connection of its own; on the pooled path when the backend
+    /// answers anything but `200` with a `Content-Length`, or the client
+    /// asks for a range.
+    pub async fn forward_layer(
+        &self,
+        parts: &Parts,
+        public: &str,
+        sender: zero_copy::Sender,
+    ) -> Result<Response, ApiError> {
+        let why = match parts.headers.contains_key(header::RANGE) {
+            true => "range",
+            false => match tokio::time::timeout(self.head_timeout, self.layer_head(parts)).await {
+                Err(_) => return Err(self.timed_out("layer")),
+                Ok(Err(e)) => {
+                    // The cause names the backend: for the log only.
+                    tracing::warn!(error = %e, "legacy v1 backend unreachable");
+                    return Err(ApiError::new(ErrorCode::Unavailable)
+                        .message("the v1 registry is unavailable"));
+                }
+                Ok(Ok(Layer::Declined(why))) => why,
+                Ok(Ok(Layer::Relay(relay))) => {
+                    let (head, socket, early, len) = *relay;
+                    let body = zero_copy::relay(sender, socket, len, &early).map_err(|e| {
+                        tracing::warn!(error = %e, "cannot relay a v1 layer");
+                        ApiError::new(ErrorCode::Internal)
+                    })?;
+                    let mut response = Response::new(Body::from_stream(body));
+                    *response.status_mut() = head.status;
+                    self.answer_headers(&head.headers, response.headers_mut(), public);
+                    return Ok(response);
+                }
+            },
+        };
+        tracing::debug!(path = "copy", why, "v1 layer sent");
+        self.forward(parts, Body::empty(), public).await
+    }
+
+    /// Sends `parts` (a `GET`) on a new connection and reads the answer's
+    /// head.
+    async fn layer_head(&self, parts: &Parts) -> std::io::Result<Layer> {
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let address = self.authority.as_str();
+        let mut socket = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        socket.set_nodelay(true)?;
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut headers = HeaderMap::new();
+        copy_headers(
+            &parts.headers,
+            &mut headers,
+            &[header::AUTHORIZATION, X_DOCKER_TOKEN],
+        );
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n").into_bytes();
+        for (name, value) in &headers {
+            request.extend_from_slice(name.as_str().as_bytes());
+            request.extend_from_slice(b": ");
+            request.extend_from_slice(value.as_bytes());
+            request.extend_from_slice(b"\r\n");
+        }
+        // The connection is this layer's alone.
+        request.extend_from_slice(b"Connection: close\r\n\r\n");
+        socket.write_all(&request).await?;
+
+        let mut buf = Vec::with_capacity(HEAD_READ);
+        let (head, at) = loop {
+            let mut chunk = [0u8; HEAD_READ];
+            let n = socket.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(invalid("the connection closed before a response head"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut fields);
+            match response.parse(&buf) {
+                Ok(httparse::Status::Complete(at)) => break (head_of(&response)?, at),
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+                Ok(httparse::Status::Partial) => return Err(invalid("response head too large")),
+                Err(e) => return Err(invalid(&format!("response head: {e}"))),
+            }
+        };
+        if head.status != axum::http::StatusCode::OK {
+            return Ok(Layer::Declined("status"));
+        }
+        if head.headers.contains_key(header::TRANSFER_ENCODING) {
+            return Ok(Layer::Declined("transfer-encoding"));
+        }
+        let lengths: Vec<_> = head
+            .headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .collect();
+        let len = match lengths.as_slice() {
+            [one] => one.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()),
+            _ => None,
+        };
+        let Some(len) = len else {
+            return Ok(Layer::Declined("length"));
+        };
+        let early = buf.split_off(at);
+        Ok(Layer::Relay(Box::new((head, socket, early, len))))
+    }
+
+    /// The headers of the backend's answer `from` that reach the client, in
+    /// `to`: both paths filter them here, alike.
+    fn answer_headers(&self, from: &HeaderMap, to: &mut HeaderMap, public: &str) {
+        // `Server` names the backend's software, `WWW-Authenticate` its own
+        // tokens: the answer is Portcullis', and so are the tokens.
+        copy_headers(
+            from,
+            to,
+            &[
+                X_DOCKER_TOKEN,
+                header::SET_COOKIE,
+                header::SERVER,
+                header::WWW_AUTHENTICATE,
+            ],
+        );
+        self.rewrite_addresses(to, public);
     }
 
     /// The backend's answer to the request `parts` + `body`; `public` is
@@ -101,38 +284,49 @@ impl Backend {
         // first attempt fails: a pooled connection the backend closed (a
         // restart) fails a request sent on it before the close is seen.
         let read = matches!(parts.method, Method::GET | Method::HEAD);
+        // The wait for the head is bounded, not what comes around it: the
+        // answer's body streams for as long as it needs (a layer of
+        // gigabytes to a slow client), and so does the request's (a layer
+        // pushed by one): the clock starts once the request was sent whole.
         let answer = match read {
-            true => match self.client.request(build(Body::empty())?).await {
-                Ok(answer) => answer,
-                Err(_) => self
-                    .client
-                    .request(build(Body::empty())?)
+            true => {
+                let answer = async {
+                    match self.client.request(build(Body::empty())?).await {
+                        Ok(answer) => Ok(answer),
+                        Err(_) => self
+                            .client
+                            .request(build(Body::empty())?)
+                            .await
+                            .map_err(unavailable),
+                    }
+                };
+                tokio::time::timeout(self.head_timeout, answer)
                     .await
-                    .map_err(unavailable)?,
-            },
-            false => self
-                .client
-                .request(build(body)?)
-                .await
-                .map_err(unavailable)?,
+                    .map_err(|_| self.timed_out("request"))??
+            }
+            false => {
+                let (body, sent) = SentWhole::new(body);
+                let answer = self.client.request(build(Body::new(body))?);
+                tokio::pin!(answer);
+                let early = tokio::select! {
+                    // Answered before the body's end (a refusal).
+                    answer = &mut answer => Some(answer),
+                    // Sent whole, or failed: the head is waited for.
+                    _ = sent => None,
+                };
+                let answer = match early {
+                    Some(answer) => answer,
+                    None => tokio::time::timeout(self.head_timeout, answer)
+                        .await
+                        .map_err(|_| self.timed_out("request"))?,
+                };
+                answer.map_err(unavailable)?
+            }
         };
         let (answer, incoming) = answer.into_parts();
         let mut response = Response::new(Body::new(incoming));
         *response.status_mut() = answer.status;
-        let out = response.headers_mut();
-        // `Server` names the backend's software, `WWW-Authenticate` its own
-        // tokens: the answer is Portcullis', and so are the tokens.
-        copy_headers(
-            &answer.headers,
-            out,
-            &[
-                X_DOCKER_TOKEN,
-                header::SET_COOKIE,
-                header::SERVER,
-                header::WWW_AUTHENTICATE,
-            ],
-        );
-        self.rewrite_addresses(out, public);
+        self.answer_headers(&answer.headers, response.headers_mut(), public);
         Ok(response)
     }
 
@@ -155,25 +349,35 @@ impl Backend {
                 .body(Body::empty())
                 .map_err(|e| unavailable(&e))
         };
-        // Once more on failure, as for a client's read (`forward`).
-        let answer = match self.client.request(request()?).await {
-            Ok(answer) => answer,
-            Err(_) => self
-                .client
-                .request(request()?)
+        let lookup = async {
+            // Once more on failure, as for a client's read (`forward`).
+            let answer = match self.client.request(request()?).await {
+                Ok(answer) => answer,
+                Err(_) => self
+                    .client
+                    .request(request()?)
+                    .await
+                    .map_err(|e| unavailable(&e))?,
+            };
+            let status = answer.status();
+            if status == axum::http::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                return Err(unavailable(&format!("status {status}")));
+            }
+            axum::body::to_bytes(Body::new(answer.into_body()), MAX_LOOKUP)
                 .await
-                .map_err(|e| unavailable(&e))?,
+                .map(Some)
+                .map_err(|e| unavailable(&e))
         };
-        let status = answer.status();
-        if status == axum::http::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(unavailable(&format!("status {status}")));
-        }
-        let body = axum::body::to_bytes(Body::new(answer.into_body()), MAX_LOOKUP)
+        // A lookup is small: the whole of it is bounded, not only its head.
+        let body = tokio::time::timeout(self.head_timeout, lookup)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|_| self.timed_out("lookup"))??;
+        let Some(body) = body else {
+            return Ok(None);
+        };
         serde_json::from_slice(&body)
             .map(Some)
             .map_err(|e| unavailable(&e))
@@ -204,6 +408,80 @@ impl Backend {
             }
         }
     }
+}
+
+/// A request body that says when it was sent whole (or failed), so that the
+/// wait for the answer's head starts then, however long the upload took.
+struct SentWhole {
+    inner: Body,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SentWhole {
+    fn new(inner: Body) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut body = Self {
+            inner,
+            sent: Some(tx),
+        };
+        // An empty body is never polled.
+        if hyper::body::Body::is_end_stream(&body.inner) {
+            body.done();
+        }
+        (body, rx)
+    }
+
+    fn done(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
+        }
+    }
+}
+
+impl hyper::body::Body for SentWhole {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        // hyper stops polling a body of known length once it says it has
+        // ended, so its last frame may be the last call.
+        if !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream() {
+            self.done();
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A parsed response head, as hyper would have given it.
+fn head_of(response: &httparse::Response<'_, '_>) -> std::io::Result<axum::http::response::Parts> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let status = response
+        .code
+        .and_then(|c| axum::http::StatusCode::from_u16(c).ok())
+        .ok_or_else(|| invalid("response status"))?;
+    let mut head = Response::new(()).into_parts().0;
+    head.status = status;
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| invalid("response header name"))?;
+        let value =
+            HeaderValue::from_bytes(field.value).map_err(|_| invalid("response header value"))?;
+        head.headers.append(name, value);
+    }
+    Ok(head)
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), which describe one connection and
@@ -278,7 +556,7 @@ mod tests {
 
     #[test]
     fn the_backends_address_is_replaced_by_the_public_one() {
-        let backend = Backend::new("http://10.0.0.5:5001").unwrap();
+        let backend = Backend::new("http://10.0.0.5:5001", Duration::from_secs(1)).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(
             header::LOCATION,

@@ -1,0 +1,397 @@
+//! A body relayed from another socket with `splice(2)`: the bytes go from
+//! that socket into a pipe and from the pipe to the client's socket, moved
+//! as page references in the kernel and never through a user-space buffer.
+//! What uses it: a v1 layer pulled from the legacy backend, whose answer's
+//! length is known from its `Content-Length` before the body starts.
+//!
+//! The marker frames of [`super`] carry it: the body (a [`Relay`]) fills the
+//! pipe from the source socket and yields a marker frame for exactly the
+//! bytes it put in the pipe, so a frame's bytes are always waiting in the
+//! pipe when hyper writes it; the connection's [`super::Stream`] then
+//! splices them from the pipe to the client, checked against the queue by
+//! address as a file range's are. The pipe is the only buffer, and it is
+//! bounded: the body waits (for a drain of the pipe by the connection) when
+//! it is full, so a slow client slows the backend down instead of filling
+//! memory.
+//!
+//! A source that ends before its length fails the body, and so the
+//! response: hyper then closes the client's connection rather than end a
+//! body that announced more, so a client never takes a cut layer for a
+//! whole one.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::{Sender, Source, WINDOW, out_of_step};
+use crate::storage::ByteStream;
+
+/// The pipe's capacity asked for: the most a body holds between the two
+/// sockets. A pipe's default (64 KiB) made a splice per 64 KiB on each
+/// side; 1 MiB is also the largest an unprivileged process may ask for
+/// (`/proc/sys/fs/pipe-max-size`). Refused, the default is used.
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// A pipe between the source socket and the client's, shared by the body
+/// that fills it and the connection that drains it.
+pub(super) struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// In bytes, as the kernel reports it.
+    capacity: usize,
+    state: Mutex<PipeState>,
+}
+
+#[derive(Default)]
+struct PipeState {
+    /// Bytes in the pipe: put in by the body, not yet sent by the
+    /// connection.
+    held: usize,
+    /// Bytes the connection has sent from the pipe: a body that saw the
+    /// pipe full waits for this to move.
+    drained: u64,
+    /// The body, when it waits for the pipe to drain.
+    waker: Option<Waker>,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are owned here alone.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fcntl on a descriptor `write` keeps open; plain integers.
+        let capacity = unsafe {
+            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+        };
+        let capacity = usize::try_from(capacity).map_err(|_| io::Error::last_os_error())?;
+        Ok(Self {
+            read,
+            write,
+            capacity,
+            state: Mutex::default(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends up to `count` bytes of the pipe to `socket` (the connection's,
+    /// for a frame whose bytes the body put in the pipe before yielding it).
+    pub(super) fn send(&self, socket: RawFd, count: usize) -> io::Result<usize> {
+        let count = count.min(self.state().held);
+        if count == 0 {
+            // A frame is yielded only for bytes already in the pipe.
+            return Err(out_of_step("a relayed frame with no bytes in its pipe"));
+        }
+        match splice(self.read.as_raw_fd(), socket, count)? {
+            0 => Err(out_of_step("a relayed frame's pipe was empty")),
+            n => {
+                let waker = {
+                    let mut state = self.state();
+                    state.held -= n;
+                    state.drained += n as u64;
+                    state.waker.take()
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// `splice(2)` of up to `count` bytes from `from` to `to`, without waiting
+/// (the pipe end is non-blocking, and so are the sockets).
+fn splice(from: RawFd, to: RawFd, count: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors (kept open by their owners for the call),
+    // no offsets (both ends are a pipe or a socket), flags only.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            count,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// The body relaying `len` bytes from `socket` to the client connection of
+/// `sender`: `early` first (body bytes already read with the head, fewer
+/// than a page), then the rest of the socket.
+pub fn relay(sender: Sender, socket: TcpStream, len: u64, early: &[u8]) -> io::Result<ByteStream> {
+    let pipe = Arc::new(Pipe::new()?);
+    let early = &early[..early.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
+    if !early.is_empty() {
+        // SAFETY: a write of a live slice to a descriptor `pipe` holds.
+        let n = unsafe { libc::write(pipe.write.as_raw_fd(), early.as_ptr().cast(), early.len()) };
+        if usize::try_from(n).ok() != Some(early.len()) {
+            return Err(io::Error::other(
+                "the pipe did not take the body's first bytes",
+            ));
+        }
+        pipe.state().held = early.len();
+    }
+    tracing::debug!(path = "splice", bytes = len, "v1 layer sent");
+    Ok(Relay {
+        sender,
+        id: None,
+        pipe,
+        socket,
+        len,
+        filled: early.len() as u64,
+        yielded: 0,
+        done: false,
+    }
+    .boxed())
+}
+
+struct Relay {
+    sender: Sender,
+    /// Set once the relay is queued on the connection (its first frame).
+    id: Option<u64>,
+    pipe: Arc<Pipe>,
+    socket: TcpStream,
+    len: u64,
+    /// Bytes put in the pipe.
+    filled: u64,
+    /// Bytes yielded as frames.
+    yielded: u64,
+    /// Ended by an error: nothing more is yielded.
+    done: bool,
+}
+
+impl Relay {
+    /// Moves what the socket has into the pipe, as far as the pipe takes
+    /// it; ready once some bytes went in. Pending with a waker registered:
+    /// the socket's readiness, or the connection's next drain of the pipe.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut added = false;
+        while self.filled < self.len {
+            let (held, drained) = {
+                let state = self.pipe.state();
+                (state.held, state.drained)
+            };
+            let room = self.pipe.capacity.saturating_sub(held);
+            if room == 0 {
+                if added {
+                    break;
+                }
+                if self.wait_for_drain(cx, drained) {
+                    return Poll::Pending;
+                }
+                continue;
+            }
+            match self.socket.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+            let want = room.min(usize::try_from(self.len - self.filled).unwrap_or(usize::MAX));
+            let (socket, pipe) = (&self.socket, &self.pipe);
+            let moved = socket.try_io(Interest::READABLE, || {
+                match splice(socket.as_raw_fd(), pipe.write.as_raw_fd(), want) {
+                    // A pipe holds a number of buffers, not of bytes: one
+                    // already holding some may be full of small ones while
+                    // the count says there is room. Only an empty pipe says
+                    // for sure that the socket had nothing: anything else
+                    // keeps the socket's readiness and waits for a drain.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && held > 0 => Ok(None),
+                    other => other.map(Some),
+                }
+            });
+            match moved {
+                // What came before the end (or an error) goes out first: the
+                // next poll meets the end again and fails the body.
+                Ok(Some(0)) | Err(_) if added => break,
+                Ok(Some(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the source closed before the end of the body",
+                    )));
+                }
+                Ok(Some(n)) => {
+                    self.pipe.state().held += n;
+                    self.filled += n as u64;
+                    added = true;
+                }
+                Ok(None) => {
+                    if added {
+                        break;
+                    }
+                    if self.wait_for_drain(cx, drained) {
+                        return Poll::Pending;
+                    }
+                }
+                // The socket's readiness was cleared: the next poll of it
+                // registers the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        match added {
+            true => Poll::Ready(Ok(())),
+            false if self.filled >= self.len => Poll::Ready(Ok(())),
+            false => Poll::Pending,
+        }
+    }
+
+    /// Registers the body to be woken by the connection's next drain of the
+    /// pipe; false when one happened since `drained` was read (try again).
+    fn wait_for_drain(&self, cx: &mut Context<'_>, drained: u64) -> bool {
+        let mut state = self.pipe.state();
+        if state.drained != drained {
+            return false;
+        }
+        state.waker = Some(cx.waker().clone());
+        true
+    }
+}
+
+impl Stream for Relay {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if this.filled > this.yielded {
+                // Queued on the first frame, not when the response was
+                // built, so that the connection's queue is in the order
+                // hyper writes the bodies (see the module comment of
+                // `zero_copy`).
+                let id = match this.id {
+                    Some(id) => id,
+                    None => *this.id.insert(this.sender.push_source(
+                        Source::Pipe(Arc::clone(&this.pipe)),
+                        0,
+                        this.len,
+                    )),
+                };
+                // A frame never crosses a window of its slot, as a file
+                // range's frames do not.
+                let in_window = (this.yielded % WINDOW as u64) as usize;
+                let count = usize::try_from(this.filled - this.yielded)
+                    .unwrap_or(usize::MAX)
+                    .min(WINDOW - in_window);
+                this.yielded += count as u64;
+                return Poll::Ready(Some(Ok(Sender::frame_at(id, in_window, count))));
+            }
+            if this.filled >= this.len {
+                return Poll::Ready(None);
+            }
+            match this.poll_fill(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Frames yielded may still be in hyper's buffer (their bytes are in
+        // the pipe, which the queue keeps); the rest never will be.
+        if let Some(id) = self.id {
+            self.sender.yielded_up_to(id, self.yielded);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::zero_copy::Stream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        (socket, client)
+    }
+
+    /// `source` (written by the test) relayed onto a connection as hyper
+    /// would write the frames; what the connection's peer read, and the
+    /// body's error if it ended with one.
+    async fn relayed(early: &[u8], rest: Vec<u8>, len: u64) -> (Vec<u8>, Option<io::Error>) {
+        let (mut source, relayed_from) = socket_pair().await;
+        let (socket, mut peer) = socket_pair().await;
+        let mut stream = Stream::new(socket);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        // Written by another task, and closed once written, so that the
+        // relay waits for bytes that have not come yet.
+        tokio::spawn(async move {
+            source.write_all(&rest).await.unwrap();
+        });
+        let mut body = relay(stream.sender(), relayed_from, len, early).unwrap();
+        let mut error = None;
+        while let Some(frame) = body.next().await {
+            match frame {
+                Ok(frame) => stream.write_all(&frame).await.unwrap(),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(body);
+        stream.shutdown().await.unwrap();
+        drop(stream);
+        (reader.await.unwrap(), error)
+    }
+
+    /// More than a window and more than the pipe holds, with body bytes
+    /// read with the head: every byte arrives, in order.
+    #[tokio::test]
+    async fn a_relayed_body_arrives_whole_and_in_order() {
+        let data: Vec<u8> = (0..(WINDOW + WINDOW / 2 + 7) as u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (early, rest) = data.split_at(1000);
+        let (got, error) = relayed(early, rest.to_vec(), data.len() as u64).await;
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the relayed bytes differ");
+    }
+
+    /// A source that ends early fails the body: never a short body that
+    /// ends as if it were whole.
+    #[tokio::test]
+    async fn a_source_that_ends_early_fails_the_body() {
+        let (got, error) = relayed(b"", vec![5; 300_000], 1_000_000).await;
+        let error = error.expect("the body failed");
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(got.len(), 300_000, "what came before the end is sent");
+        assert!(got.iter().all(|&b| b == 5));
+    }
+}
