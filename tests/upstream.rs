@@ -172,6 +172,33 @@ async fn an_open_upstream_serves_its_prefix_under_portcullis_policies() {
         digest
     );
 
+    // A range of a layer passes through.
+    let layers = layout_blobs(&src);
+    let (layer, size) = layers
+        .iter()
+        .max_by_key(|(_, size)| **size)
+        .map(|(d, s)| (d.clone(), *s))
+        .unwrap();
+    let ranged = http
+        .get(server.at(&format!("/v2/mirror/team/app/blobs/{layer}")))
+        .bearer_auth(&pull)
+        .header("range", "bytes=100-1123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(
+        common::header_str(&ranged, "content-range"),
+        format!("bytes 100-1123/{size}")
+    );
+    let part = ranged.bytes().await.unwrap();
+    let whole = std::fs::read(
+        src.join("blobs/sha256")
+            .join(layer.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    assert_eq!(part[..], whole[100..1124]);
+
     // The catalog lists the upstream's repositories under the prefix,
     // beside the built-in storage's own (empty here).
     let catalog_token = token(&server, BOB, "registry:catalog:*").await;

@@ -44,7 +44,7 @@ pub const RUNS: usize = 3;
 /// spread on a shared machine is the widest (one stream from the same
 /// server ran anywhere from 3 to 10 GB/s within one run, with where the
 /// scheduler put sender and receiver).
-const PULL_RUNS: usize = 11;
+pub const PULL_RUNS: usize = 11;
 /// Clients pulling the blob at the same time for the concurrent figure.
 pub const CLIENTS: usize = 4;
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::Options;
 use crate::bare;
-use crate::blobs::{self, Blob, MIB, RUNS};
+use crate::blobs::{self, Blob, MIB, PULL_RUNS, RUNS};
 use crate::report::{Better, Row};
 use crate::servers::{PASSWORD, Servers, Target, USER};
 use crate::small;
@@ -99,7 +99,8 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         }
     }
 
-    // Pulls of the last pushed blob of each side, once before the clock.
+    // Pulls of the last pushed blob of each side, once before the clock;
+    // as many as `blobs` takes, since pulls spread the widest.
     let pull_tokens = [
         gateway
             .token(&client, &format!("repository:{}:pull", last[0]))
@@ -109,7 +110,7 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
             .await,
     ];
     let mut pulled = [Vec::new(), Vec::new()];
-    for _ in 0..=RUNS {
+    for _ in 0..=PULL_RUNS {
         for (i, target) in [&gateway, distribution].into_iter().enumerate() {
             let url = target.at(&format!("/v2/{}/blobs/{}", last[i], blob.digest));
             pulled[i].push(timed_pull(target, "pull", size, url, &pull_tokens[i]).await);
@@ -125,7 +126,7 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         .token(&client, &format!("repository:{cached}:pull"))
         .await;
     let mut hits = [Vec::new(), Vec::new()];
-    for round in 0..=RUNS {
+    for round in 0..=PULL_RUNS {
         for (i, (repo, token)) in [(&cached, &cache_token), (&own, &own_token)]
             .into_iter()
             .enumerate()

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Options;
 use crate::bare;
-use crate::blobs::{self, MIB, RUNS};
+use crate::blobs::{self, MIB, PULL_RUNS, RUNS};
 use crate::legacy_v1::LegacyV1;
 use crate::report::{Better, Row};
 use crate::servers::{self, Servers, Target};
@@ -140,13 +140,14 @@ pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {
         }
     }
 
-    // Pulls of the last pushed layer of each side, once before the clock.
+    // Pulls of the last pushed layer of each side, once before the clock;
+    // as many as `blobs` takes, since pulls spread the widest.
     let mut pulled = [Vec::new(), Vec::new()];
     let pull_auth = [
         pull_token(&client, &gateway, &last[0].0).await,
         String::new(),
     ];
-    for _ in 0..=RUNS {
+    for _ in 0..=PULL_RUNS {
         for (i, target) in [&gateway, &direct].into_iter().enumerate() {
             let id = &last[i].1;
             let url = target.at(&format!("/v1/images/{id}/layer"));
