@@ -23,7 +23,6 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
-use tokio::sync::OnceCell;
 
 use super::endpoint::{Endpoint, UploadStart};
 use crate::config::UpstreamConfig;
@@ -87,8 +86,10 @@ pub struct Upstream {
     base: String,
     client: Client,
     account: Option<Account>,
-    /// What the upstream's `GET /v2/` challenge asked for, learned once.
-    challenge: OnceCell<Option<Challenge>>,
+    /// What the upstream's challenge asks for: learned from `GET /v2/`
+    /// before the first request, and again from any later 401 (an upstream
+    /// may start to want credentials, or change its token server).
+    challenge: std::sync::Mutex<Option<Option<Challenge>>>,
     tokens: Tokens,
     /// `[upstream.cache]`: what this replica knows of the pull-through
     /// cache; `None` for a plain prefix.
@@ -136,7 +137,7 @@ impl Upstream {
             client: Client::new(&config)?,
             base,
             account,
-            challenge: OnceCell::new(),
+            challenge: std::sync::Mutex::new(None),
             tokens: Tokens::default(),
             cache: config.cache.as_ref().map(cache::Cache::new),
             config,
@@ -325,7 +326,13 @@ impl Upstream {
             );
             let refused = matches!(sent.status(), StatusCode::UNAUTHORIZED);
             if refused && bodiless && attempt == 0 {
+                // Asked again with what this 401 asks for: a token that
+                // expired early, or an upstream whose challenge changed.
                 self.tokens.forget(scope);
+                if let Some(challenge) = challenge_of(sent.headers()) {
+                    *self.challenge.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Some(challenge));
+                }
                 continue;
             }
             answer = Some(sent);
@@ -381,11 +388,19 @@ impl Upstream {
 
     /// The `Authorization` Portcullis sends for `scope`, if any.
     async fn authorization(&self, scope: &str) -> Result<Option<HeaderValue>, ApiError> {
-        let challenge = self
+        let known = self
             .challenge
-            .get_or_try_init(|| self.probe())
-            .await?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let challenge = match known {
+            Some(challenge) => challenge,
+            None => {
+                let probed = self.probe().await?;
+                *self.challenge.lock().unwrap_or_else(|e| e.into_inner()) = Some(probed.clone());
+                probed
+            }
+        };
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(self.account.as_ref().map(Account::basic)),
@@ -417,13 +432,7 @@ impl Upstream {
         if answer.status() != StatusCode::UNAUTHORIZED {
             return Ok(None);
         }
-        let challenge = answer
-            .headers()
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(Challenge::parse);
-        match challenge {
+        match challenge_of(answer.headers()) {
             Some(challenge) => Ok(Some(challenge)),
             None => {
                 tracing::warn!(upstream = %self.config.name, "the upstream asks for credentials Portcullis cannot give");
@@ -618,6 +627,15 @@ impl Upstream {
             SendError::Failed(_) => self.unavailable("is unreachable"),
         }
     }
+}
+
+/// The first challenge of a 401 that Portcullis can answer.
+fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
+    headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(Challenge::parse)
 }
 
 /// The actions of the upstream's scope for `endpoint`.
