@@ -42,6 +42,12 @@ const LAYER_SIZES: &[usize] = &[20_000, 1_200_000];
 /// A Portcullis of its own in `dir`, with alice and bob, [`POLICY`] and
 /// `upstream` (the `[[upstream]]` table's body).
 fn gateway(dir: &Path, upstream: &str) -> ServerProcess {
+    let config = configure(dir, upstream);
+    ServerProcess::start_with(&["--config", config.to_str().unwrap()])
+}
+
+/// [`gateway`]'s configuration, written; its path.
+fn configure(dir: &Path, upstream: &str) -> PathBuf {
     let config = config_in(dir);
     std::fs::write(dir.join("policies/10-upstream.toml"), POLICY).unwrap();
     for (name, password) in [ALICE, BOB] {
@@ -50,7 +56,21 @@ fn gateway(dir: &Path, upstream: &str) -> ServerProcess {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!("\n[[upstream]]\n{upstream}"));
     std::fs::write(&config, text).unwrap();
-    ServerProcess::start_with(&["--config", config.to_str().unwrap()])
+    config
+}
+
+/// [`gateway`] logging as `filter` says, its log read line by line.
+fn gateway_logged(dir: &Path, upstream: &str, filter: &str) -> (ServerProcess, crate::logs::Log) {
+    let config = configure(dir, upstream);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("PORTCULLIS_LOG", filter)
+        .stderr(std::process::Stdio::piped());
+    let mut server = ServerProcess::spawn(command);
+    let log = crate::logs::Log::of(&mut server);
+    (server, log)
 }
 
 fn upstream_table(registry: &Distribution, extra: &str) -> String {
@@ -683,38 +703,16 @@ async fn an_https_upstream_is_verified_against_its_ca_and_spoken_to_over_http2()
         Some((&pair.cert, &pair.key)),
     );
     assert!(registry.url.starts_with("https://"));
-    let config = config_in(dir.path());
-    std::fs::write(dir.path().join("policies/10-upstream.toml"), POLICY).unwrap();
-    run_in(
-        dir.path(),
-        &["user", "add", ALICE.0],
-        &format!("{}\n", ALICE.1),
-    );
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        "\n[[upstream]]\nname = \"tls\"\nprefix = \"mirror\"\nurl = \"{}\"\npush = true\nca_file = {:?}\n",
+    let upstream = format!(
+        "name = \"tls\"\nprefix = \"mirror\"\nurl = \"{}\"\npush = true\nca_file = {:?}\n",
         registry.url,
         ca.cert.to_str().unwrap()
-    ));
-    std::fs::write(&config, text).unwrap();
-    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check-config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        checked.status.success(),
-        "{}",
-        clients::describe("check-config", &checked)
     );
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .env("PORTCULLIS_LOG", "warn,portcullis::api::upstream=debug")
-        .stderr(std::process::Stdio::piped());
-    let mut server = ServerProcess::spawn(command);
-    let mut log = crate::logs::Log::of(&mut server);
+    let (server, mut log) = gateway_logged(
+        dir.path(),
+        &upstream,
+        "warn,portcullis::api::upstream=debug",
+    );
     let alice = client(&server, ALICE);
     blocking(move || {
         let (src, _) = push(&alice, "mirror/team/app:v1");
@@ -761,4 +759,40 @@ async fn an_upstream_that_never_answers_is_a_503_within_its_timeout() {
     assert!(body.contains("`silent` did not answer in time"), "{body}");
     assert!(!body.contains(&addr.port().to_string()), "{body}");
     held.abort();
+}
+
+#[tokio::test]
+async fn the_request_log_says_which_upstream_answered_and_whether_the_cache_had_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Distribution::start(
+        &dir.path().join("registry.yml"),
+        &dir.path().join("registry-data"),
+        Auth::Open,
+    );
+    let digest = put_blob(&registry, "library/app", b"a small blob".to_vec()).await;
+    let upstreams = format!(
+        "name = \"hub\"\nprefix = \"cache\"\nurl = \"{0}\"\ndefault_namespace = \"library\"\n\
+         [upstream.cache]\n\n[[upstream]]\nname = \"plain\"\nprefix = \"up\"\nurl = \"{0}\"\n",
+        registry.url
+    );
+    let (server, mut log) = gateway_logged(dir.path(), &upstreams, "warn,tower_http=debug");
+    let http = reqwest::Client::new();
+    for (repo, backend) in [
+        ("cache/app", "cache-miss:hub"),
+        ("cache/app", "cache-hit:hub"),
+        ("up/library/app", "upstream:plain"),
+    ] {
+        let pull = token(&server, BOB, &format!("repository:{repo}:pull")).await;
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let res = http
+            .get(server.at(&path))
+            .bearer_auth(&pull)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(&res.bytes().await.unwrap()[..], b"a small blob");
+        let line = log.wait_for(&["finished processing request", &format!("uri={path}")]);
+        assert!(line.contains(&format!("backend=\"{backend}\"")), "{line}");
+    }
 }
