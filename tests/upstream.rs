@@ -73,6 +73,39 @@ fn gateway_logged(dir: &Path, upstream: &str, filter: &str) -> (ServerProcess, c
     (server, log)
 }
 
+/// distribution over `dir`'s `registry-data`, checking clients as `auth` says.
+fn upstream_registry(dir: &Path, auth: Auth) -> Distribution {
+    Distribution::start(&dir.join("registry.yml"), &dir.join("registry-data"), auth)
+}
+
+/// [`gateway`] reaching `registry` with the account `user` (its password
+/// in a file of `dir`'s).
+fn gateway_with_account(
+    dir: &Path,
+    registry: &Distribution,
+    user: &str,
+    password: &str,
+) -> ServerProcess {
+    let password_file = dir.join("upstream-password");
+    std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    let account = format!(
+        "username = \"{user}\"\npassword_file = {:?}\n",
+        password_file.to_str().unwrap()
+    );
+    gateway(dir, &upstream_table(registry, &account))
+}
+
+/// alice pushes `mirror/team/app:v1` through `server` and pulls it back
+/// byte for byte.
+async fn alice_round_trip(server: &ServerProcess) {
+    let alice = client(server, ALICE);
+    blocking(move || {
+        let (src, _) = push(&alice, "mirror/team/app:v1");
+        pull_same(&alice, "mirror/team/app:v1", &src);
+    })
+    .await;
+}
+
 fn upstream_table(registry: &Distribution, extra: &str) -> String {
     format!(
         "name = \"dist\"\nprefix = \"mirror\"\nurl = \"{}\"\npush = true\n{extra}",
@@ -141,11 +174,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 async fn an_open_upstream_serves_its_prefix_under_portcullis_policies() {
     clients::require("skopeo");
     let dir = tempfile::tempdir().unwrap();
-    let mut registry = Distribution::start(
-        &dir.path().join("registry.yml"),
-        &dir.path().join("registry-data"),
-        Auth::Open,
-    );
+    let mut registry = upstream_registry(dir.path(), Auth::Open);
     let server = gateway(dir.path(), &upstream_table(&registry, "catalog = true\n"));
 
     // alice pushes under the prefix: the image lands upstream, prefix
@@ -313,11 +342,7 @@ async fn an_open_upstream_serves_its_prefix_under_portcullis_policies() {
 #[tokio::test]
 async fn a_prefix_without_push_refuses_every_write_before_looking_at_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = Distribution::start(
-        &dir.path().join("registry.yml"),
-        &dir.path().join("registry-data"),
-        Auth::Open,
-    );
+    let registry = upstream_registry(dir.path(), Auth::Open);
     let server = gateway(
         dir.path(),
         &format!(
@@ -367,49 +392,19 @@ async fn an_upstream_behind_htpasswd_sees_portcullis_account_never_the_clients()
     let htpasswd = dir.path().join("htpasswd");
     let hash = bcrypt::hash("portcullis-at-upstream", 5).unwrap();
     std::fs::write(&htpasswd, format!("portcullis:{hash}\n")).unwrap();
-    let registry = Distribution::start(
-        &dir.path().join("registry.yml"),
-        &dir.path().join("registry-data"),
-        Auth::Htpasswd(&htpasswd),
-    );
-    std::fs::write(
-        dir.path().join("upstream-password"),
-        "portcullis-at-upstream\n",
-    )
-    .unwrap();
-    let password_file = dir.path().join("upstream-password");
-    let server = gateway(
+    let registry = upstream_registry(dir.path(), Auth::Htpasswd(&htpasswd));
+    let server = gateway_with_account(
         dir.path(),
-        &upstream_table(
-            &registry,
-            &format!(
-                "username = \"portcullis\"\npassword_file = {:?}\n",
-                password_file.to_str().unwrap()
-            ),
-        ),
+        &registry,
+        "portcullis",
+        "portcullis-at-upstream",
     );
-    let alice = client(&server, ALICE);
-    blocking(move || {
-        let (src, _) = push(&alice, "mirror/team/app:v1");
-        pull_same(&alice, "mirror/team/app:v1", &src);
-    })
-    .await;
+    alice_round_trip(&server).await;
 
     // The wrong password: Portcullis says the upstream refused it, and the
     // client is not sent to the upstream's realm.
     let dir2 = tempfile::tempdir().unwrap();
-    std::fs::write(dir2.path().join("upstream-password"), "wrong\n").unwrap();
-    let wrong = dir2.path().join("upstream-password");
-    let server2 = gateway(
-        dir2.path(),
-        &upstream_table(
-            &registry,
-            &format!(
-                "username = \"portcullis\"\npassword_file = {:?}\n",
-                wrong.to_str().unwrap()
-            ),
-        ),
-    );
+    let server2 = gateway_with_account(dir2.path(), &registry, "portcullis", "wrong");
     let pull = token(&server2, BOB, "repository:mirror/team/app:pull").await;
     let refused = reqwest::Client::new()
         .get(server2.at("/v2/mirror/team/app/manifests/v1"))
@@ -455,29 +450,9 @@ async fn an_upstream_with_its_own_token_server_gets_portcullis_tokens_from_it() 
     }
     .auth_yaml();
     let dir = tempfile::tempdir().unwrap();
-    let registry = Distribution::start(
-        &dir.path().join("registry.yml"),
-        &dir.path().join("registry-data"),
-        Auth::Token(block),
-    );
-    std::fs::write(dir.path().join("upstream-password"), "front-door-pw\n").unwrap();
-    let password_file = dir.path().join("upstream-password");
-    let server = gateway(
-        dir.path(),
-        &upstream_table(
-            &registry,
-            &format!(
-                "username = \"front-door\"\npassword_file = {:?}\n",
-                password_file.to_str().unwrap()
-            ),
-        ),
-    );
-    let alice = client(&server, ALICE);
-    blocking(move || {
-        let (src, _) = push(&alice, "mirror/team/app:v1");
-        pull_same(&alice, "mirror/team/app:v1", &src);
-    })
-    .await;
+    let registry = upstream_registry(dir.path(), Auth::Token(block));
+    let server = gateway_with_account(dir.path(), &registry, "front-door", "front-door-pw");
+    alice_round_trip(&server).await;
     drop(issuer);
 }
 
@@ -521,11 +496,7 @@ async fn a_pull_through_cache_serves_what_it_pulled_once_even_with_the_upstream_
     clients::require("skopeo");
     const AGE_SECS: u64 = 3;
     let dir = tempfile::tempdir().unwrap();
-    let mut registry = Distribution::start(
-        &dir.path().join("registry.yml"),
-        &dir.path().join("registry-data"),
-        Auth::Open,
-    );
+    let mut registry = upstream_registry(dir.path(), Auth::Open);
     // The upstream's image, pushed to it directly.
     let publisher = ClientEnv::new(&registry.host);
     let upstream_ref = publisher.docker_ref("library/app:v1");
@@ -643,11 +614,7 @@ async fn a_pull_through_cache_serves_what_it_pulled_once_even_with_the_upstream_
 #[tokio::test]
 async fn two_first_pulls_of_a_big_blob_fetch_it_from_the_upstream_once() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = Distribution::start(
-        &dir.path().join("registry.yml"),
-        &dir.path().join("registry-data"),
-        Auth::Open,
-    );
+    let registry = upstream_registry(dir.path(), Auth::Open);
     let mut data = vec![0u8; 48 << 20];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
     let digest = put_blob(&registry, "library/big", data.clone()).await;
@@ -713,12 +680,7 @@ async fn an_https_upstream_is_verified_against_its_ca_and_spoken_to_over_http2()
         &upstream,
         "warn,portcullis::api::upstream=debug",
     );
-    let alice = client(&server, ALICE);
-    blocking(move || {
-        let (src, _) = push(&alice, "mirror/team/app:v1");
-        pull_same(&alice, "mirror/team/app:v1", &src);
-    })
-    .await;
+    alice_round_trip(&server).await;
     let line = log.wait_for(&["upstream answered", "upstream=tls"]);
     assert!(line.contains("version=HTTP/2.0"), "{line}");
 }
@@ -764,11 +726,7 @@ async fn an_upstream_that_never_answers_is_a_503_within_its_timeout() {
 #[tokio::test]
 async fn the_request_log_says_which_upstream_answered_and_whether_the_cache_had_it() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = Distribution::start(
-        &dir.path().join("registry.yml"),
-        &dir.path().join("registry-data"),
-        Auth::Open,
-    );
+    let registry = upstream_registry(dir.path(), Auth::Open);
     let digest = put_blob(&registry, "library/app", b"a small blob".to_vec()).await;
     let upstreams = format!(
         "name = \"hub\"\nprefix = \"cache\"\nurl = \"{0}\"\ndefault_namespace = \"library\"\n\

@@ -11,8 +11,6 @@ use std::sync::Arc;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use portcullis::migrate::{self, Event, Legacy, Options};
-use portcullis::storage::Storage;
-use portcullis::storage::fs::FsDriver;
 
 use super::{Failure, load_config};
 
@@ -64,10 +62,7 @@ pub fn run(args: MigrateArgs) -> Result<ExitCode, Failure> {
         .build()
         .map_err(Failure::refused)?;
     runtime.block_on(async {
-        let driver = FsDriver::new(&root)
-            .await
-            .map_err(|e| Failure::refused(format!("{}: {e}", root.display())))?;
-        let storage = Storage::new(Arc::new(driver));
+        let storage = super::open_storage(&root).await?;
         let progress = Progress::new();
         let events = {
             let progress = progress.clone();

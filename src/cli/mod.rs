@@ -103,6 +103,17 @@ fn die_of_broken_pipe() -> ! {
     std::process::exit(141)
 }
 
+/// The filesystem storage at `root`, for the commands that work on it
+/// beside (or instead of) a running server.
+pub async fn open_storage(root: &Path) -> Result<portcullis::storage::Storage, Failure> {
+    let driver = portcullis::storage::fs::FsDriver::new(root)
+        .await
+        .map_err(|e| Failure::refused(format!("{}: {e}", root.display())))?;
+    Ok(portcullis::storage::Storage::new(std::sync::Arc::new(
+        driver,
+    )))
+}
+
 /// Where the configuration came from, for `serve` to say at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {

@@ -3,12 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use portcullis::auth::Revocations;
-use portcullis::storage::Storage;
-use portcullis::storage::fs::FsDriver;
 
 use super::{Failure, load_config};
 
@@ -56,10 +53,7 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, Failure> {
         .build()
         .map_err(Failure::refused)?;
     runtime.block_on(async {
-        let driver = FsDriver::new(&root)
-            .await
-            .map_err(|e| Failure::refused(format!("{}: {e}", root.display())))?;
-        let storage = Storage::new(Arc::new(driver));
+        let storage = super::open_storage(&root).await?;
         let mut revocations = Revocations::load(&storage)
             .await
             .map_err(Failure::refused)?;

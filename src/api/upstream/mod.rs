@@ -415,20 +415,25 @@ impl Upstream {
         }
     }
 
-    /// `GET /v2/` as a client starts: what the upstream's challenge asks.
-    async fn probe(&self) -> Result<Option<Challenge>, ApiError> {
+    /// A `GET` Portcullis makes for itself (the probe, a token), once.
+    async fn get(
+        &self,
+        url: &str,
+        authorization: Option<HeaderValue>,
+    ) -> Result<Response<Body>, ApiError> {
         let request = build(
             &Method::GET,
-            &format!("{}/v2/", self.base),
+            url,
             &HeaderMap::new(),
-            None,
+            authorization,
             Body::empty(),
         )?;
-        let answer = self
-            .client
-            .send(request)
-            .await
-            .map_err(|e| self.failed(&e))?;
+        self.client.send(request).await.map_err(|e| self.failed(&e))
+    }
+
+    /// `GET /v2/` as a client starts: what the upstream's challenge asks.
+    async fn probe(&self) -> Result<Option<Challenge>, ApiError> {
+        let answer = self.get(&format!("{}/v2/", self.base), None).await?;
         if answer.status() != StatusCode::UNAUTHORIZED {
             return Ok(None);
         }
@@ -460,19 +465,9 @@ impl Upstream {
         };
         let separator = if realm.contains('?') { '&' } else { '?' };
         let url = format!("{realm}{separator}{query}");
-        let authorization = self.account.as_ref().map(Account::basic);
-        let request = build(
-            &Method::GET,
-            &url,
-            &HeaderMap::new(),
-            authorization,
-            Body::empty(),
-        )?;
         let answer = self
-            .client
-            .send(request)
-            .await
-            .map_err(|e| self.failed(&e))?;
+            .get(&url, self.account.as_ref().map(Account::basic))
+            .await?;
         if !answer.status().is_success() {
             tracing::warn!(
                 upstream = %self.config.name,
