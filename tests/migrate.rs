@@ -156,6 +156,33 @@ async fn migrate(backend: &LegacyV1, data: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// [`migrate`], which must succeed; its report.
+async fn migrated(backend: &LegacyV1, data: &Path, extra: &[&str]) -> String {
+    let out = migrate(backend, data, extra).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        clients::describe("migrate", &out)
+    );
+    stdout(&out)
+}
+
+/// The schema 2 manifest `server` serves for `repo:tag`.
+async fn manifest_of(server: &ServerProcess, repo: &str, tag: &str) -> Value {
+    let res = reqwest::Client::new()
+        .get(server.at(&format!("/v2/{repo}/manifests/{tag}")))
+        .header("accept", image_manifest())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{repo}:{tag}");
+    res.json().await.unwrap()
+}
+
+fn image_manifest() -> &'static str {
+    "application/vnd.docker.distribution.manifest.v2+json"
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -218,13 +245,7 @@ async fn a_legacy_registry_moves_to_v2_with_the_same_files_and_settings() {
     push(&backend, &fleet).await;
     let data = tempfile::tempdir().unwrap();
 
-    let out = migrate(&backend, data.path(), &["--jobs", "2"]).await;
-    let report = stdout(&out);
-    assert!(
-        out.status.success(),
-        "{}",
-        clients::describe("migrate", &out)
-    );
+    let report = migrated(&backend, data.path(), &["--jobs", "2"]).await;
     assert!(
         report.contains("copied 4 layers") && report.contains("migrated 3 tags;"),
         "{report}"
@@ -243,10 +264,7 @@ async fn a_legacy_registry_moves_to_v2_with_the_same_files_and_settings() {
     // Schema 2, the empty layer left out, the plain tar gzipped with its
     // bytes unchanged, the engine's gzip stored as it was.
     assert_eq!(busybox.manifest["schemaVersion"], 2);
-    assert_eq!(
-        busybox.manifest["mediaType"],
-        "application/vnd.docker.distribution.manifest.v2+json"
-    );
+    assert_eq!(busybox.manifest["mediaType"], image_manifest());
     let layers = busybox.layer_digests();
     assert_eq!(layers.len(), 2, "{}", busybox.manifest);
     assert_eq!(gunzip(&busybox.blob(&layers[0])), fleet.base.layer);
@@ -313,13 +331,7 @@ async fn a_legacy_registry_moves_to_v2_with_the_same_files_and_settings() {
     );
 
     // Everything is in place: a second run copies and writes nothing.
-    let again = migrate(&backend, data.path(), &[]).await;
-    let report = stdout(&again);
-    assert!(
-        again.status.success(),
-        "{}",
-        clients::describe("migrate", &again)
-    );
+    let report = migrated(&backend, data.path(), &[]).await;
     assert!(
         report.contains("copied 0 layers (0 bytes); 4 copied by an earlier run")
             && report.contains("migrated 0 tags; 3 migrated by an earlier run"),
@@ -377,30 +389,14 @@ async fn a_migration_that_could_not_read_everything_resumes_with_what_was_missin
     // Repaired, the next run copies the two missing layers and nothing else.
     std::fs::write(&top_file, &fleet.top.layer).unwrap();
     std::fs::write(&app_file, &fleet.app.layer).unwrap();
-    let second = migrate(&backend, data.path(), &[]).await;
-    let report = stdout(&second);
-    assert!(
-        second.status.success(),
-        "{}",
-        clients::describe("migrate", &second)
-    );
+    let report = migrated(&backend, data.path(), &[]).await;
     assert!(
         report.contains("copied 2 layers") && report.contains("2 copied by an earlier run"),
         "{report}"
     );
     assert!(report.contains("migrated 3 tags;"), "{report}");
     let server = ServerProcess::start(data.path(), &[]);
-    let res = client
-        .get(server.at("/v2/team/app/manifests/v1"))
-        .header(
-            "accept",
-            "application/vnd.docker.distribution.manifest.v2+json",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let manifest: Value = res.json().await.unwrap();
+    let manifest = manifest_of(&server, "team/app", "v1").await;
     let top_layer = manifest["layers"][1]["digest"].as_str().unwrap().to_owned();
     assert_eq!(top_layer, sha256(&fleet.top.layer));
     let blob = client
@@ -454,13 +450,7 @@ async fn a_killed_migration_resumes_with_the_layers_it_had_not_copied() {
     .await;
     copied_before.unwrap();
 
-    let rest = migrate(&backend, data.path(), &[]).await;
-    let report = stdout(&rest);
-    assert!(
-        rest.status.success(),
-        "{}",
-        clients::describe("migrate", &rest)
-    );
+    let report = migrated(&backend, data.path(), &[]).await;
     // "copied N layers (B bytes); M copied by an earlier run"
     let number_after = |label: &str| -> usize {
         let (_, tail) = report
@@ -479,18 +469,7 @@ async fn a_killed_migration_resumes_with_the_layers_it_had_not_copied() {
     // The image is whole: every layer is served with the bytes pushed.
     let server = ServerProcess::start(data.path(), &[]);
     let client = reqwest::Client::new();
-    let manifest: Value = client
-        .get(server.at("/v2/big/layers/manifests/latest"))
-        .header(
-            "accept",
-            "application/vnd.docker.distribution.manifest.v2+json",
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let manifest = manifest_of(&server, "big/layers", "latest").await;
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), LAYERS);
     for (layer, image) in layers.iter().zip(&pushed.images) {
@@ -538,10 +517,7 @@ async fn a_tag_pushed_over_v2_since_is_left_alone_unless_overwrite_is_asked() {
         async move {
             let res = reqwest::Client::new()
                 .head(url)
-                .header(
-                    "accept",
-                    "application/vnd.docker.distribution.manifest.v2+json",
-                )
+                .header("accept", image_manifest())
                 .send()
                 .await
                 .unwrap();
