@@ -18,7 +18,8 @@ pub async fn get(
     headers: &HeaderMap,
     zero_copy: Option<zero_copy::Sender>,
 ) -> Result<Response, ApiError> {
-    let size = storage.blob_size(name, digest).await?;
+    let blob = storage.blob_open(name, digest).await?;
+    let size = blob.size;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(value) => match parse_range(value, size) {
             RangeRequest::Satisfiable(start, end) => Some((start, end)),
@@ -40,7 +41,7 @@ pub async fn get(
     let body = if head || len == 0 {
         Body::empty()
     } else {
-        let content = storage.blob_read(digest, offset, Some(len)).await?;
+        let content = blob.read(offset, Some(len)).await?;
         Body::from_stream(zero_copy::body(content, zero_copy))
     };
     let mut response = (status, body).into_response();

@@ -21,6 +21,15 @@ use super::file_range::FileRange;
 /// A stream of bytes read from, or about to be written to, storage.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 
+/// What [`Driver::stat`] tells of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// In bytes.
+    pub size: u64,
+    /// When its content was last written.
+    pub modified: std::time::SystemTime,
+}
+
 /// An object's bytes as a driver hands them out for reading.
 pub enum Content {
     Stream(ByteStream),
@@ -85,8 +94,9 @@ pub trait Driver: Send + Sync + 'static {
         Ok(Content::Stream(self.read(key, offset, len).await?))
     }
 
-    /// Size in bytes of an object.
-    async fn stat(&self, key: &str) -> Result<u64>;
+    /// An object's size and when it was last written (what garbage
+    /// collection's grace period is measured against).
+    async fn stat(&self, key: &str) -> Result<Meta>;
 
     /// Opens an appender that continues an object from byte `at`, creating it
     /// empty when absent (`at` must then be 0). Bytes stored past `at` (left by

@@ -95,12 +95,21 @@ pub async fn get_put_round_trip(driver: &dyn Driver) {
             got.len(),
             content.len()
         );
-        let size = ok(driver.stat(&key).await, "stat", &key);
+        let before = std::time::SystemTime::now();
+        let meta = ok(driver.stat(&key).await, "stat", &key);
         assert_eq!(
-            size,
+            meta.size,
             content.len() as u64,
             "stat({key}) after put of {} bytes",
             content.len()
+        );
+        // The write time is the store's clock: close to ours, not a
+        // placeholder (garbage collection's grace period depends on it).
+        let skew = std::time::Duration::from_secs(300);
+        assert!(
+            meta.modified <= before + skew && meta.modified + skew >= before,
+            "stat({key}).modified is {:?}, now is {before:?}",
+            meta.modified
         );
     }
     s.remove().await;
@@ -124,7 +133,7 @@ pub async fn put_replaces_atomically(driver: &dyn Driver) {
         got.len()
     );
     assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key),
+        ok(driver.stat(&key).await, "stat", &key).size,
         new.len() as u64,
         "stat({key}) after a put that shrank the object"
     );
@@ -312,7 +321,7 @@ pub async fn append_creates_at_zero(driver: &dyn Driver) {
         "commit must return the object's size"
     );
     assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key),
+        ok(driver.stat(&key).await, "stat", &key).size,
         size,
         "stat after commit"
     );
@@ -329,7 +338,7 @@ pub async fn append_creates_at_zero(driver: &dyn Driver) {
         "commit of nothing"
     );
     assert_eq!(
-        ok(driver.stat(&empty).await, "stat", &empty),
+        ok(driver.stat(&empty).await, "stat", &empty).size,
         0,
         "append(missing, 0) + commit must leave an empty object"
     );
@@ -395,7 +404,7 @@ pub async fn append_discards_residue(driver: &dyn Driver) {
         "an empty appender at 1000 must cut the object to 1000"
     );
     assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key),
+        ok(driver.stat(&key).await, "stat", &key).size,
         1_000,
         "stat after cutting"
     );
@@ -425,7 +434,7 @@ pub async fn abort_restores_size(driver: &dyn Driver) {
     }
     ok(appender.abort().await, "abort", &key);
     assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key),
+        ok(driver.stat(&key).await, "stat", &key).size,
         5_000,
         "size after abort"
     );
@@ -438,7 +447,7 @@ pub async fn abort_restores_size(driver: &dyn Driver) {
     let appender = ok(driver.append(&key, 2_000).await, "append", &key);
     ok(appender.abort().await, "abort", &key);
     assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key),
+        ok(driver.stat(&key).await, "stat", &key).size,
         2_000,
         "abort of an appender opened at 2000 must leave the object 2000 bytes long"
     );
@@ -459,7 +468,7 @@ pub async fn abort_restores_size(driver: &dyn Driver) {
     let mut appender = ok(driver.append(&fresh, 0).await, "append(missing, 0)", &fresh);
     ok(appender.write(pattern(3_000, 36)).await, "write", &fresh);
     ok(appender.abort().await, "abort", &fresh);
-    match driver.stat(&fresh).await {
+    match driver.stat(&fresh).await.map(|m| m.size) {
         Ok(0) | Err(DriverError::NotFound(_)) => {}
         other => panic!(
             "stat({fresh}) after aborting its creating appender: want NotFound or 0, got {}",
@@ -715,7 +724,7 @@ pub async fn rename_replaces_target(driver: &dyn Driver) {
         "rename must replace the target with the source's bytes"
     );
     assert_eq!(
-        ok(driver.stat(&to).await, "stat", &to),
+        ok(driver.stat(&to).await, "stat", &to).size,
         content.len() as u64,
         "stat of target"
     );
@@ -1004,7 +1013,7 @@ pub async fn concurrent_puts_leave_one_whole_value(driver: &dyn Driver) {
         got.len()
     );
     assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key),
+        ok(driver.stat(&key).await, "stat", &key).size,
         got.len() as u64,
         "stat after concurrent puts"
     );
@@ -1036,7 +1045,7 @@ pub async fn large_streamed_append(driver: &dyn Driver) {
     let size = ok(appender.commit().await, "commit", &key);
     assert_eq!(size, TOTAL as u64, "commit after 8 MiB");
     assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key),
+        ok(driver.stat(&key).await, "stat", &key).size,
         TOTAL as u64,
         "stat after 8 MiB"
     );
@@ -1119,7 +1128,7 @@ pub async fn large_appends_at_any_offset(driver: &dyn Driver) {
     }
     ok(appender.abort().await, "abort", &key);
     assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key),
+        ok(driver.stat(&key).await, "stat", &key).size,
         at,
         "abort of a 13 MiB append must leave the object as it was"
     );

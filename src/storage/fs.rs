@@ -15,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::driver::{Appender, ByteStream, Content, Driver, DriverError, Result};
+use super::driver::{Appender, ByteStream, Content, Driver, DriverError, Meta, Result};
 use super::file_range::FileRange;
 
 mod append;
@@ -245,10 +245,13 @@ impl Driver for FsDriver {
         Ok(Content::File(FileRange::new(file, offset, end)))
     }
 
-    async fn stat(&self, key: &str) -> Result<u64> {
+    async fn stat(&self, key: &str) -> Result<Meta> {
         let path = self.path(key)?;
         match tokio::fs::metadata(&path).await {
-            Ok(meta) if meta.is_file() => Ok(meta.len()),
+            Ok(meta) if meta.is_file() => Ok(Meta {
+                size: meta.len(),
+                modified: meta.modified()?,
+            }),
             Ok(_) => Err(DriverError::NotFound(key.to_owned())),
             Err(e) => Err(not_found(key, e)),
         }

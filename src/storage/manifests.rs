@@ -72,6 +72,7 @@ impl Storage {
             .driver
             .stat(&paths::blob_data(&revision.content))
             .await
+            .map(|m| m.size)
             .or_unknown(|| StorageError::ManifestUnknown(reference.to_string()))?;
         Ok((digest, revision.media_type, size))
     }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use driver::{Appender, ByteStream, Content, Driver, DriverError};
+pub use driver::{Appender, ByteStream, Content, Driver, DriverError, Meta};
 pub use file_range::FileRange;
 pub use index::Page;
 pub use manifests::{ManifestPut, StoredManifest};
@@ -145,6 +145,25 @@ impl TagIndexes {
     }
 }
 
+/// A blob a repository may read (from [`Storage::blob_open`]).
+pub struct LinkedBlob<'a> {
+    storage: &'a Storage,
+    digest: Digest,
+    pub size: u64,
+}
+
+impl LinkedBlob<'_> {
+    /// `len` bytes (or the rest) from `offset`, as a stream or an open file
+    /// range; the caller checked the range against [`LinkedBlob::size`].
+    pub async fn read(&self, offset: u64, len: Option<u64>) -> Result<Content> {
+        self.storage
+            .driver
+            .read_content(&paths::blob_data(&self.digest), offset, len)
+            .await
+            .or_unknown(|| StorageError::BlobUnknown(self.digest.clone()))
+    }
+}
+
 impl Storage {
     pub fn new(driver: Arc<dyn Driver>) -> Self {
         Self {
@@ -190,22 +209,19 @@ impl Storage {
         self.driver
             .stat(&paths::blob_data(digest))
             .await
+            .map(|m| m.size)
             .or_unknown(unknown)
     }
 
-    /// `len` bytes (or the rest) of a blob from `offset`, as a stream or an
-    /// open file range. The caller checked the blob with
-    /// [`Storage::blob_size`] and the range against it.
-    pub async fn blob_read(
-        &self,
-        digest: &Digest,
-        offset: u64,
-        len: Option<u64>,
-    ) -> Result<Content> {
-        self.driver
-            .read_content(&paths::blob_data(digest), offset, len)
-            .await
-            .or_unknown(|| StorageError::BlobUnknown(digest.clone()))
+    /// A blob `repo` may read: linked there, with its size. Its bytes are
+    /// read through the handle only, so no read can skip the link check.
+    pub async fn blob_open(&self, repo: &RepoName, digest: &Digest) -> Result<LinkedBlob<'_>> {
+        let size = self.blob_size(repo, digest).await?;
+        Ok(LinkedBlob {
+            storage: self,
+            digest: digest.clone(),
+            size,
+        })
     }
 
     /// Unlinks a blob from a repository. The content stays for other

@@ -289,7 +289,7 @@ impl Storage {
             Algorithm::Sha256 => &own == digest,
             // The session's SHA-256 is known: the blob is its content when
             // its own SHA-256 is the same (read once; this path is rare).
-            Algorithm::Sha512 => match self.driver.stat(&blob).await {
+            Algorithm::Sha512 => match self.driver.stat(&blob).await.map(|m| m.size) {
                 Ok(size) if size == session.offset => self.rehash_sha256(&blob, size).await? == own,
                 Ok(_) | Err(DriverError::NotFound(_)) => false,
                 Err(e) => return Err(e.into()),
@@ -298,7 +298,7 @@ impl Storage {
         if !same {
             return Err(mismatch());
         }
-        match self.driver.stat(&blob).await {
+        match self.driver.stat(&blob).await.map(|m| m.size) {
             Ok(size) if size == session.offset => {}
             // Moved, then lost (collected as unlinked): the bytes are gone,
             // so is the session; the client starts again.
@@ -523,7 +523,7 @@ impl Storage {
     /// Makes the session's data object exactly `len` bytes: creates it when no
     /// byte was ever sent, and drops bytes a crash left past the record.
     async fn ensure_exact_length(&self, data: &str, len: u64) -> Result<()> {
-        match self.driver.stat(data).await {
+        match self.driver.stat(data).await.map(|m| m.size) {
             Ok(size) if size == len => Ok(()),
             Ok(_) | Err(super::DriverError::NotFound(_)) => {
                 let appender = self.driver.append(data, len).await?;
