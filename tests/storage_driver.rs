@@ -34,7 +34,7 @@ properties!(
     prefix_is_not_an_object,
     read_range,
     read_to_end,
-    read_content_matches_read,
+    file_ranges_match_read,
     append_creates_at_zero,
     append_continues_at_recorded_offset,
     append_discards_residue,

@@ -30,23 +30,6 @@ pub struct Meta {
     pub modified: std::time::SystemTime,
 }
 
-/// An object's bytes as a driver hands them out for reading.
-pub enum Content {
-    Stream(ByteStream),
-    /// A range of a local file, which the server may send to a plain TCP
-    /// socket with `sendfile(2)` instead of copying it through user space.
-    File(FileRange),
-}
-
-impl Content {
-    pub fn into_stream(self) -> ByteStream {
-        match self {
-            Content::Stream(stream) => stream,
-            Content::File(range) => range.into_stream(),
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// Nothing is stored under that key (or prefix).
@@ -88,10 +71,10 @@ pub trait Driver: Send + Sync + 'static {
     /// The caller has checked the range against [`Driver::stat`].
     async fn read(&self, key: &str, offset: u64, len: Option<u64>) -> Result<ByteStream>;
 
-    /// As [`Driver::read`], but a driver that keeps objects in local files
-    /// hands out the open file range itself, for zero-copy sending.
-    async fn read_content(&self, key: &str, offset: u64, len: Option<u64>) -> Result<Content> {
-        Ok(Content::Stream(self.read(key, offset, len).await?))
+    /// Its [`FileRanges`], when the driver keeps objects in local files:
+    /// a capability some drivers have, not part of the contract.
+    fn file_ranges(&self) -> Option<&dyn FileRanges> {
+        None
     }
 
     /// An object's size and when it was last written (what garbage
@@ -143,4 +126,14 @@ pub trait Appender: Send {
 
     /// Forgets the written bytes: the object is as it was before the appender opened.
     async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// What a driver that keeps objects in local files can do beside the
+/// contract: hand out an object's open file range, which the server may send
+/// to a plain TCP socket with `sendfile(2)` instead of copying it through
+/// user space.
+#[async_trait]
+pub trait FileRanges: Send + Sync {
+    /// As [`Driver::read`], as an open file range bounded exactly as asked.
+    async fn file_range(&self, key: &str, offset: u64, len: Option<u64>) -> Result<FileRange>;
 }

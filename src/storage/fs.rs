@@ -15,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::driver::{Appender, ByteStream, Content, Driver, DriverError, Meta, Result};
+use super::driver::{Appender, ByteStream, Driver, DriverError, FileRanges, Meta, Result};
 use super::file_range::FileRange;
 
 mod append;
@@ -222,27 +222,11 @@ impl Driver for FsDriver {
     }
 
     async fn read(&self, key: &str, offset: u64, len: Option<u64>) -> Result<ByteStream> {
-        Ok(self.read_content(key, offset, len).await?.into_stream())
+        Ok(self.file_range(key, offset, len).await?.into_stream())
     }
 
-    async fn read_content(&self, key: &str, offset: u64, len: Option<u64>) -> Result<Content> {
-        let path = self.path(key)?;
-        let owned = key.to_owned();
-        let (file, size) = blocking(move || {
-            let file = File::open(&path)?;
-            let meta = file.metadata()?;
-            if !meta.is_file() {
-                return Err(io::ErrorKind::NotFound.into());
-            }
-            Ok((file, meta.len()))
-        })
-        .await
-        .map_err(|e| not_found(&owned, e))?;
-        let end = match len {
-            Some(len) => size.min(offset.saturating_add(len)),
-            None => size,
-        };
-        Ok(Content::File(FileRange::new(file, offset, end)))
+    fn file_ranges(&self) -> Option<&dyn FileRanges> {
+        Some(self)
     }
 
     async fn stat(&self, key: &str) -> Result<Meta> {
@@ -368,5 +352,28 @@ impl Driver for FsDriver {
         })
         .await
         .map_err(|e| not_found(&owned, e))
+    }
+}
+
+#[async_trait]
+impl FileRanges for FsDriver {
+    async fn file_range(&self, key: &str, offset: u64, len: Option<u64>) -> Result<FileRange> {
+        let path = self.path(key)?;
+        let owned = key.to_owned();
+        let (file, size) = blocking(move || {
+            let file = File::open(&path)?;
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Err(io::ErrorKind::NotFound.into());
+            }
+            Ok((file, meta.len()))
+        })
+        .await
+        .map_err(|e| not_found(&owned, e))?;
+        let end = match len {
+            Some(len) => size.min(offset.saturating_add(len)),
+            None => size,
+        };
+        Ok(FileRange::new(file, offset, end))
     }
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use driver::{Appender, ByteStream, Content, Driver, DriverError, Meta};
+pub use driver::{Appender, ByteStream, Driver, DriverError, FileRanges, Meta};
 pub use file_range::FileRange;
 pub use index::Page;
 pub use manifests::{ManifestPut, StoredManifest};
@@ -145,6 +145,24 @@ impl TagIndexes {
     }
 }
 
+/// A blob's bytes as storage hands them out for reading.
+pub enum Content {
+    Stream(ByteStream),
+    /// A range of a local file (a driver with [`FileRanges`]), which the
+    /// server may send to a plain TCP socket with `sendfile(2)` instead of
+    /// copying it through user space.
+    File(FileRange),
+}
+
+impl Content {
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            Content::Stream(stream) => stream,
+            Content::File(range) => range.into_stream(),
+        }
+    }
+}
+
 /// A blob a repository may read (from [`Storage::blob_open`]).
 pub struct LinkedBlob<'a> {
     storage: &'a Storage,
@@ -156,11 +174,13 @@ impl LinkedBlob<'_> {
     /// `len` bytes (or the rest) from `offset`, as a stream or an open file
     /// range; the caller checked the range against [`LinkedBlob::size`].
     pub async fn read(&self, offset: u64, len: Option<u64>) -> Result<Content> {
-        self.storage
-            .driver
-            .read_content(&paths::blob_data(&self.digest), offset, len)
-            .await
-            .or_unknown(|| StorageError::BlobUnknown(self.digest.clone()))
+        let key = paths::blob_data(&self.digest);
+        let driver = &self.storage.driver;
+        let content = match driver.file_ranges() {
+            Some(files) => files.file_range(&key, offset, len).await.map(Content::File),
+            None => driver.read(&key, offset, len).await.map(Content::Stream),
+        };
+        content.or_unknown(|| StorageError::BlobUnknown(self.digest.clone()))
     }
 }
 
