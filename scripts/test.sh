@@ -10,6 +10,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "test dependencies"
 scripts/install-test-deps.sh
 scripts/install-legacy-v1.sh
+scripts/install-garage.sh
 
 step "cargo fmt --check"
 cargo fmt --check

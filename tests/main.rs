@@ -32,6 +32,7 @@ mod clients;
 mod connections;
 mod crash;
 mod docker;
+mod garage;
 mod health;
 mod identity_token;
 mod interop_distribution;

@@ -5,6 +5,7 @@
 pub mod clients;
 pub mod distribution;
 pub mod docker;
+pub mod garage;
 pub mod legacy_v1;
 pub mod oci;
 pub mod pki;
