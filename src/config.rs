@@ -213,6 +213,13 @@ pub struct StorageConfig {
     /// How often idle sessions and crash leftovers are swept, in seconds
     /// (also once at start).
     pub sweep_interval_secs: u64,
+    /// Memory all uploads receiving a body may hold at once, in MiB; each
+    /// holds up to 24 MiB, so this bounds how many stream at once (at
+    /// least 24: one upload).
+    pub upload_memory_mib: usize,
+    /// How long an upload waits for its share of that memory before it
+    /// gets 429, in milliseconds.
+    pub upload_memory_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -288,6 +295,8 @@ impl Default for StorageConfig {
             upload_max_idle_secs: 24 * 60 * 60,
             max_uploads_per_account: 100,
             sweep_interval_secs: 60 * 60,
+            upload_memory_mib: 1024,
+            upload_memory_wait_ms: 10_000,
         }
     }
 }
@@ -419,6 +428,13 @@ impl Config {
                 let span = lookup(root, &["storage", key]);
                 reader.at_opt(span, format!("storage.{key} must be positive"));
             }
+        }
+        if self.storage.upload_memory_mib < 24 {
+            let span = lookup(root, &["storage", "upload_memory_mib"]);
+            reader.at_opt(
+                span,
+                "storage.upload_memory_mib must be at least 24 (what one upload holds)".to_owned(),
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             let span = lookup(root, &["log", "level"]);

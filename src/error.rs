@@ -179,6 +179,11 @@ impl From<StorageError> for ApiError {
             StorageError::TooManyUploads { limit } => ApiError::new(ErrorCode::TooManyRequests)
                 .message("too many open upload sessions for this account: finish or cancel some")
                 .detail(json!({ "limit": limit })),
+            StorageError::UploadMemoryFull => ApiError::new(ErrorCode::TooManyRequests)
+                .message(
+                    "the registry receives as many uploads as its memory allows: try again shortly",
+                )
+                .header(axum::http::header::RETRY_AFTER, "1"),
             StorageError::DigestMismatch { expected, actual } => ApiError::new(
                 ErrorCode::DigestInvalid,
             )

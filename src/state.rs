@@ -32,6 +32,8 @@ impl AppState {
         let storage = Storage::new(Arc::new(driver)).with_upload_limits(UploadLimits {
             max_idle: Duration::from_secs(config.storage.upload_max_idle_secs),
             per_account: config.storage.max_uploads_per_account,
+            memory: config.storage.upload_memory_mib << 20,
+            memory_wait: Duration::from_millis(config.storage.upload_memory_wait_ms),
         });
         // Before serving: what crashes left in `uploads/` goes, and the
         // sessions kept are counted per account before anyone opens more.

@@ -975,3 +975,60 @@ async fn early_refusal_closes_the_connection_openly() {
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
     }
 }
+
+#[tokio::test]
+async fn an_upload_past_the_memory_budget_is_refused_with_429_and_goes_through_once_there_is_room()
+{
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one upload's body at a time, and no waiting for more.
+    let server = TestServer::start_configured(dir, |c| {
+        c.auth.enabled = false;
+        c.storage.upload_memory_mib = 24;
+        c.storage.upload_memory_wait_ms = 0;
+    })
+    .await;
+    let a = start(&server, "budget/a").await;
+    let b = start(&server, "budget/b").await;
+    let client = reqwest::Client::new();
+
+    // A streams a body and does not end it yet; B is refused once A holds
+    // the budget (until then B's bytes go in). With no waiting, A itself is
+    // refused when it arrives while one of B's requests holds the budget:
+    // then A starts again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (tx, streaming, refused) = 'attempt: loop {
+        assert!(std::time::Instant::now() < deadline, "B was never refused");
+        let (tx, body) = common::channel_body();
+        let url = server.at(&a);
+        let streaming = tokio::spawn({
+            let client = client.clone();
+            async move { client.patch(url).body(body).send().await.unwrap() }
+        });
+        tx.send(bytes::Bytes::from_static(b"the first bytes of A"))
+            .await
+            .unwrap();
+        loop {
+            let res = client.patch(server.at(&b)).body("b").send().await.unwrap();
+            if res.status() == StatusCode::TOO_MANY_REQUESTS {
+                break 'attempt (tx, streaming, res);
+            }
+            assert_eq!(res.status(), StatusCode::ACCEPTED);
+            if streaming.is_finished() {
+                let a_answer = streaming.await.unwrap();
+                assert_eq!(a_answer.status(), StatusCode::TOO_MANY_REQUESTS);
+                continue 'attempt;
+            }
+            assert!(std::time::Instant::now() < deadline, "B was never refused");
+        }
+    };
+    assert_eq!(header_str(&refused, "retry-after"), "1");
+    assert_eq!(error_code(refused).await, "TOOMANYREQUESTS");
+
+    // A ends, whole; then B goes through.
+    drop(tx);
+    let finished = streaming.await.unwrap();
+    assert_eq!(finished.status(), StatusCode::ACCEPTED);
+    assert_eq!(header_str(&finished, "range"), "0-19");
+    let res = client.patch(server.at(&b)).body("b").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+}

@@ -48,6 +48,8 @@ pub enum StorageError {
     UploadDataMissing,
     #[error("the account holds {limit} upload sessions already")]
     TooManyUploads { limit: usize },
+    #[error("the uploads' memory budget is taken")]
+    UploadMemoryFull,
     #[error("digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("chunk does not start at upload offset {current}")]
@@ -86,6 +88,8 @@ pub struct Storage {
     driver: Arc<dyn Driver>,
     upload_locks: uploads::Locks,
     upload_limits: UploadLimits,
+    /// The uploads' memory budget, in shares of [`uploads::UPLOAD_MEMORY`].
+    upload_memory: Arc<tokio::sync::Semaphore>,
     upload_owners: uploads::Owners,
     /// Every repository, read once and kept up to date (see [`index`]).
     catalog: index::Index,
@@ -184,12 +188,19 @@ impl LinkedBlob<'_> {
     }
 }
 
+/// The shares of uploads' memory `limits` allows, at least one.
+fn budget(limits: &UploadLimits) -> Arc<tokio::sync::Semaphore> {
+    let shares = (limits.memory / uploads::UPLOAD_MEMORY).max(1);
+    Arc::new(tokio::sync::Semaphore::new(shares))
+}
+
 impl Storage {
     pub fn new(driver: Arc<dyn Driver>) -> Self {
         Self {
             driver,
             upload_locks: uploads::Locks::default(),
             upload_limits: UploadLimits::default(),
+            upload_memory: budget(&UploadLimits::default()),
             upload_owners: uploads::Owners::default(),
             catalog: index::Index::default(),
             tags: TagIndexes::default(),
@@ -199,6 +210,7 @@ impl Storage {
 
     pub fn with_upload_limits(mut self, limits: UploadLimits) -> Self {
         self.upload_limits = limits;
+        self.upload_memory = budget(&limits);
         self
     }
 

@@ -40,7 +40,18 @@ pub struct UploadLimits {
     pub max_idle: Duration,
     /// Sessions one account may hold open at once.
     pub per_account: usize,
+    /// Memory all uploads receiving a body may hold at once, in bytes: each
+    /// holds up to [`UPLOAD_MEMORY`] (its write batches and the bytes
+    /// waiting to be hashed), so this bounds how many stream at once.
+    pub memory: usize,
+    /// How long an upload waits for its share of `memory` before it is
+    /// refused with 429.
+    pub memory_wait: Duration,
 }
+
+/// The most one upload receiving a body holds in memory: four 4 MiB write
+/// batches and up to 8 MiB waiting to be hashed.
+pub const UPLOAD_MEMORY: usize = 24 << 20;
 
 impl Default for UploadLimits {
     /// distribution purges uploads after a day too; a push opens a handful
@@ -51,6 +62,8 @@ impl Default for UploadLimits {
         Self {
             max_idle: Duration::from_secs(24 * 60 * 60),
             per_account: 100,
+            memory: 1 << 30,
+            memory_wait: Duration::from_secs(10),
         }
     }
 }
@@ -417,6 +430,16 @@ impl Storage {
                 current: session.offset,
             });
         }
+        // Its share of the uploads' memory budget, held while the body
+        // streams: past the budget, uploads wait their turn, and past the
+        // wait they are refused rather than let memory grow unbounded.
+        let _share = tokio::time::timeout(
+            self.upload_limits.memory_wait,
+            self.upload_memory.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| StorageError::UploadMemoryFull)?
+        .expect("the budget is never closed");
         let data = paths::upload_data(session.id);
         let mut appender = match self.driver.append(&data, session.offset).await {
             Ok(appender) => appender,
