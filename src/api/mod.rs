@@ -8,6 +8,7 @@
 pub mod authorize;
 mod blobs;
 pub mod endpoint;
+mod forward;
 mod health;
 mod lists;
 mod manifests;

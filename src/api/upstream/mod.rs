@@ -545,7 +545,7 @@ impl Upstream {
     ) -> Result<Response<Body>, ApiError> {
         let (parts, body) = answer.into_parts();
         let mut headers = HeaderMap::new();
-        super::v1::proxy::copy_headers(
+        super::forward::copy_headers(
             &parts.headers,
             &mut headers,
             &[
@@ -660,7 +660,7 @@ fn build(
         .body(body)
         .map_err(|_| ApiError::new(ErrorCode::Internal))?;
     let headers = request.headers_mut();
-    super::v1::proxy::copy_headers(
+    super::forward::copy_headers(
         client_headers,
         headers,
         &[header::AUTHORIZATION, header::COOKIE],

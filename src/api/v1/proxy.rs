@@ -37,6 +37,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::super::forward::copy_headers;
 use crate::error::{ApiError, ErrorCode};
 use crate::serve::zero_copy;
 
@@ -484,75 +485,9 @@ fn head_of(response: &httparse::Response<'_, '_>) -> std::io::Result<axum::http:
     Ok(head)
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), which describe one connection and
-/// are never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Copies `from` into `to` but the hop-by-hop headers, those the
-/// `Connection` header names, `Host`, and `drop`.
-pub(crate) fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, drop: &[HeaderName]) {
-    let named: Vec<String> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .collect();
-    for (name, value) in from {
-        let skip = HOP_BY_HOP.contains(name)
-            || *name == header::HOST
-            || drop.contains(name)
-            || named.iter().any(|n| n == name.as_str());
-        if !skip {
-            to.append(name.clone(), value.clone());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_credentials_and_connection_named_headers_stay_behind() {
-        let mut from = HeaderMap::new();
-        from.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic eDp5"),
-        );
-        from.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-secret"),
-        );
-        from.insert("x-secret", HeaderValue::from_static("1"));
-        from.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        from.insert(header::HOST, HeaderValue::from_static("portcullis:5000"));
-        from.insert(X_DOCKER_TOKEN, HeaderValue::from_static("true"));
-        from.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        from.append("x-multi", HeaderValue::from_static("a"));
-        from.append("x-multi", HeaderValue::from_static("b"));
-        let mut to = HeaderMap::new();
-        copy_headers(&from, &mut to, &[header::AUTHORIZATION, X_DOCKER_TOKEN]);
-        let mut names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["content-type", "x-multi"]);
-        assert_eq!(to.get_all("x-multi").iter().count(), 2);
-    }
 
     #[test]
     fn the_backends_address_is_replaced_by_the_public_one() {
