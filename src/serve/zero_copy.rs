@@ -638,7 +638,8 @@ mod tests {
         assert!(!is_marker(&zeros));
     }
 
-    async fn socket_pair() -> (TcpStream, TcpStream) {
+    /// A connected pair: (the accepted socket, the client's).
+    pub(super) async fn socket_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -325,16 +325,8 @@ impl Drop for Relay {
 mod tests {
     use super::*;
     use crate::serve::zero_copy::Stream;
+    use crate::serve::zero_copy::tests::socket_pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    async fn socket_pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (socket, _) = listener.accept().await.unwrap();
-        (socket, client)
-    }
 
     /// `source` (written by the test) relayed onto a connection as hyper
     /// would write the frames; what the connection's peer read, and the
