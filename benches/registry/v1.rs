@@ -354,19 +354,7 @@ fn write_tar(path: &Path, size: u64, seed: u64, gzip: bool) -> u64 {
     use std::io::Write;
     let payload = path.with_extension("payload");
     blobs::generate_seeded(&payload, size, seed);
-    let mut header = [0u8; 512];
-    header[..7].copy_from_slice(b"payload");
-    header[100..107].copy_from_slice(b"0000644");
-    header[108..115].copy_from_slice(b"0000000");
-    header[116..123].copy_from_slice(b"0000000");
-    header[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-    header[136..147].copy_from_slice(b"00000000000");
-    header[156] = b'0';
-    header[257..263].copy_from_slice(b"ustar\0");
-    header[263..265].copy_from_slice(b"00");
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u32 = header.iter().map(|&b| b as u32).sum();
-    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let header = crate::oci::tar_header("payload", size as usize);
     let tar = |out: &mut dyn Write| {
         out.write_all(&header)?;
         std::io::copy(&mut std::fs::File::open(&payload)?, out)?;
