@@ -577,9 +577,14 @@ async fn a_missing_or_unreachable_legacy_registry_is_a_clear_error() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let cases: [(&[&str], i32, &str); 3] = [
+    let cases: [(&[&str], i32, &str); 4] = [
         (&[], 2, "give --from-v1 URL or set v1.backend"),
         (&["--from-v1", "https://legacy.example.com"], 2, "http://"),
+        (
+            &["--from-v1", "http://127.0.0.1:1", "--repos", "team/a**"],
+            1,
+            "`**` must be a whole path segment",
+        ),
         (
             &["--from-v1", &format!("http://{closed}")],
             1,

@@ -30,7 +30,7 @@ pub async fn tags(storage: &Storage, name: &RepoName, page: Page) -> Result<Resp
 pub type Visible = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// A page of the catalog: the built-in storage's repositories and
-/// `upstream` (the upstreams' that are listed, sorted), merged.
+/// `upstream` (the upstreams' that are listed, in any order), merged.
 pub async fn catalog(
     storage: &Storage,
     page: Page,

@@ -50,14 +50,13 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// The repositories of every upstream whose configuration lists them
-    /// in the built-in catalog, under the client's names, sorted.
+    /// in the built-in catalog, under the client's names (the catalog page
+    /// sorts them with its own).
     pub async fn catalog(&self) -> Vec<String> {
         let mut names = Vec::new();
         for upstream in self.list.iter().filter(|u| u.config.catalog) {
             names.extend(upstream.catalog().await);
         }
-        names.sort();
-        names.dedup();
         names
     }
 
@@ -241,8 +240,6 @@ impl Upstream {
                 break;
             }
         }
-        names.sort();
-        names.dedup();
         names
     }
 
