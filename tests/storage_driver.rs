@@ -17,17 +17,11 @@ async fn driver() -> (TempDir, FsDriver) {
     (dir, driver)
 }
 
+/// One test per property of the suite, each on a fresh driver from `$make`
+/// (an async fn returning what must be kept alive and the driver).
 macro_rules! properties {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let (_dir, driver) = driver().await;
-            driver_suite::$name(&driver).await;
-        }
-    )*};
-}
-
-properties!(
+    ($make:path) => {
+        properties!($make;
     get_put_round_trip,
     put_replaces_atomically,
     missing_key_is_not_found,
@@ -35,12 +29,14 @@ properties!(
     read_range,
     read_to_end,
     file_ranges_match_read,
-    append_creates_at_zero,
-    append_continues_at_recorded_offset,
-    append_discards_residue,
+    assembly_round_trip,
+    assembly_continues_from_recorded_state,
+    assembly_discards_unrecorded_bytes,
+    abort_keeps_recorded_state,
+    finish_is_idempotent,
+    moved_assembly_is_not_found,
+    discard_leaves_nothing,
     sweep_keeps_every_object,
-    abort_restores_size,
-    append_past_end_is_invalid,
     list_direct_children_sorted,
     list_missing_or_empty_is_not_found,
     hidden_names_never_listed,
@@ -53,9 +49,87 @@ properties!(
     delete_prunes_emptied_prefix,
     invalid_keys_are_refused,
     concurrent_puts_leave_one_whole_value,
-    large_streamed_append,
-    large_appends_at_any_offset,
-);
+    large_streamed_assembly,
+    large_assembly_in_odd_rounds,
+        );
+    };
+    ($make:path; $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (_keep, driver) = $make().await;
+            portcullis::storage::driver_suite::$name(&driver).await;
+        }
+    )*};
+}
+
+properties!(driver);
+
+/// The S3 driver's logic on `object_store`'s in-memory store (with S3's
+/// multipart semantics, see `common::memory_store`): fast, in every run.
+mod on_memory {
+    use std::sync::Arc;
+
+    use crate::common::memory_store::S3Multipart;
+    use portcullis::storage::s3::{PartLimits, S3Driver};
+
+    /// Small parts, so that the suite's megabytes cross many of them.
+    pub(super) async fn driver() -> (Arc<S3Multipart>, S3Driver) {
+        let store = Arc::new(S3Multipart::default());
+        let driver = S3Driver::with_store(
+            store.objects.clone(),
+            store.clone(),
+            "prefix/of/the/bucket",
+            PartLimits {
+                size: 256 << 10,
+                in_flight: 3,
+            },
+        );
+        (store, driver)
+    }
+
+    properties!(driver);
+
+    /// Every assembly the suite made was completed or aborted: no
+    /// multipart upload is left open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_suite_leaves_no_multipart_upload_open() {
+        let (store, driver) = driver().await;
+        portcullis::storage::driver_suite::run_all(&driver).await;
+        assert_eq!(store.open_uploads(), 0, "multipart uploads left open");
+    }
+}
+
+/// The S3 driver on a real single-node Garage, with S3's smallest parts.
+mod on_garage {
+    use crate::common::garage::{ACCESS_KEY, BUCKET, Garage, REGION, SECRET_KEY};
+    use portcullis::storage::s3::{PartLimits, S3Driver, S3Options};
+
+    pub(crate) fn options(garage: &Garage) -> S3Options {
+        S3Options {
+            endpoint: Some(garage.endpoint()),
+            region: REGION.to_owned(),
+            bucket: BUCKET.to_owned(),
+            prefix: "registry".to_owned(),
+            access_key_id: Some(ACCESS_KEY.to_owned()),
+            secret_access_key: Some(SECRET_KEY.to_owned()),
+            path_style: true,
+            io_timeout: std::time::Duration::from_secs(30),
+            parts: PartLimits {
+                size: 5 << 20,
+                in_flight: 3,
+            },
+        }
+    }
+
+    pub(super) async fn driver() -> (Garage, S3Driver) {
+        let garage = tokio::task::spawn_blocking(Garage::start).await.unwrap();
+        let driver = S3Driver::new(&options(&garage)).expect("S3 driver");
+        driver.check().await.expect("the bucket answers");
+        (garage, driver)
+    }
+
+    properties!(driver);
+}
 
 /// Every property on one shared driver at the same time: each works under its
 /// own prefix, so they must not disturb one another (as they would share one
@@ -99,7 +173,7 @@ async fn refused_keys_touch_nothing_on_disk() {
     let (dir, driver) = driver().await;
     for key in driver_suite::INVALID_KEYS {
         let _ = driver.put(key, "x".into()).await;
-        let _ = driver.append(key, 0).await;
+        let _ = driver.start_assembly(key).await;
         let _ = driver.put(&format!("a/{key}"), "x".into()).await;
     }
     let beside: Vec<_> = std::fs::read_dir(dir.path())

@@ -81,13 +81,41 @@ pub trait Driver: Send + Sync + 'static {
     /// collection's grace period is measured against).
     async fn stat(&self, key: &str) -> Result<Meta>;
 
-    /// Opens an appender that continues an object from byte `at`, creating it
-    /// empty when absent (`at` must then be 0). Bytes stored past `at` (left by
-    /// a crash before the caller recorded them) are discarded. Written bytes
-    /// count only after [`Appender::commit`]; [`Appender::abort`] leaves the
-    /// object `at` bytes long. The caller records committed sizes itself and
-    /// serializes appenders on one key. `InvalidKey` when `at` is past the end.
-    async fn append(&self, key: &str, at: u64) -> Result<Box<dyn Appender>>;
+    /// Starts assembling an object at `key` from writes that may span many
+    /// requests and processes (an upload's bytes): returns the state to
+    /// record, which [`Driver::assemble`], [`Driver::finish_assembly`] and
+    /// [`Driver::discard_assembly`] are handed back, by this process or any
+    /// other. Nothing is readable at `key` until the assembly is finished.
+    async fn start_assembly(&self, key: &str) -> Result<Assembly>;
+
+    /// Continues the assembly at `key` from a recorded state. Written bytes
+    /// count only once [`Assembler::commit`] returned the new state and the
+    /// caller recorded it: bytes a crash left past a recorded state are
+    /// discarded when that state is continued, and an older state may be
+    /// continued after a newer one was committed (the newer one's bytes
+    /// are then lost). [`Assembler::abort`] leaves the recorded state valid.
+    /// The caller serializes assemblers on one key. `NotFound` (here, or
+    /// from the assembler) when the assembly is gone: finished, discarded,
+    /// or its bytes moved away.
+    async fn assemble(&self, key: &str, from: &Assembly) -> Result<Box<dyn Assembler>>;
+
+    /// Makes the assembled bytes the object at `key`, exactly `state.size`
+    /// bytes long, readable as any other. Idempotent: an object finished
+    /// from this state already is left as it is. Afterwards the assembly
+    /// may not be continued (an object store's multipart upload is closed).
+    /// `NotFound` when its bytes are gone.
+    async fn finish_assembly(&self, key: &str, state: &Assembly) -> Result<()>;
+
+    /// Gives back what an unfinished assembly holds in the store beside
+    /// `key` (an object store's multipart upload, its parts and pending
+    /// bytes). An assembly already gone is not an error. What is at `key`
+    /// itself (a finished object, or the bytes of a driver that assembles in
+    /// place) is the caller's to delete.
+    async fn discard_assembly(&self, key: &str, state: &Assembly) -> Result<()>;
+
+    /// The most memory one [`Assembler`] holds (its write buffers): what an
+    /// upload's share of the memory budget is counted in.
+    fn assembly_memory(&self) -> usize;
 
     /// Removes the driver's own leftovers of writes a crash interrupted
     /// (temporary objects of atomic puts) that are older than `older_than`,
@@ -104,7 +132,10 @@ pub trait Driver: Send + Sync + 'static {
     /// when the prefix holds nothing.
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
 
-    /// Moves an object to `to`, atomically replacing whatever was there.
+    /// Moves an object to `to`, replacing whatever was there: the object at
+    /// `to` is the old one or the moved one, never a mix. On an object store
+    /// a copy then a delete, so after a crash the source may still be there
+    /// beside its copy (never the other way round).
     async fn rename(&self, from: &str, to: &str) -> Result<()>;
 
     /// Deletes an object, or everything under a prefix. `NotFound` when
@@ -112,19 +143,33 @@ pub trait Driver: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<()>;
 }
 
+/// The recorded state of an object being assembled (see
+/// [`Driver::start_assembly`]): small, serializable, and all any process
+/// needs to continue, finish or discard it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Assembly {
+    /// Bytes that count.
+    pub size: u64,
+    /// The driver's own record (an object store's multipart upload, its
+    /// parts and the bytes waiting to fill the next one); null for a driver
+    /// that appends to one object.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub parts: serde_json::Value,
+}
+
 #[async_trait]
-pub trait Appender: Send {
-    /// Size of the object including the bytes written through this appender so far.
+pub trait Assembler: Send {
+    /// Size of the assembly including the bytes written through this assembler so far.
     fn size(&self) -> u64;
 
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
 
-    /// Makes the written bytes durable and part of the object; returns its
-    /// size. On failure the object is left as [`Appender::abort`] leaves it:
+    /// Makes the written bytes durable and part of the assembly; returns the
+    /// state to record. On failure the last recorded state stays valid and
     /// the bytes a failed write took (a full disk) are given back.
-    async fn commit(self: Box<Self>) -> Result<u64>;
+    async fn commit(self: Box<Self>) -> Result<Assembly>;
 
-    /// Forgets the written bytes: the object is as it was before the appender opened.
+    /// Forgets the written bytes: the state the assembler was opened with stays valid.
     async fn abort(self: Box<Self>) -> Result<()>;
 }
 

@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use sha2::Digest as _;
 
-use super::driver::{Driver, DriverError, Result};
+use super::driver::{Assembly, Driver, DriverError, Result};
 
 /// Runs every property in turn.
 pub async fn run_all(driver: &dyn Driver) {
@@ -35,11 +35,13 @@ pub async fn run_all(driver: &dyn Driver) {
     read_range(driver).await;
     read_to_end(driver).await;
     file_ranges_match_read(driver).await;
-    append_creates_at_zero(driver).await;
-    append_continues_at_recorded_offset(driver).await;
-    append_discards_residue(driver).await;
-    abort_restores_size(driver).await;
-    append_past_end_is_invalid(driver).await;
+    assembly_round_trip(driver).await;
+    assembly_continues_from_recorded_state(driver).await;
+    assembly_discards_unrecorded_bytes(driver).await;
+    abort_keeps_recorded_state(driver).await;
+    finish_is_idempotent(driver).await;
+    moved_assembly_is_not_found(driver).await;
+    discard_leaves_nothing(driver).await;
     list_direct_children_sorted(driver).await;
     list_missing_or_empty_is_not_found(driver).await;
     hidden_names_never_listed(driver).await;
@@ -53,8 +55,8 @@ pub async fn run_all(driver: &dyn Driver) {
     delete_prunes_emptied_prefix(driver).await;
     invalid_keys_are_refused(driver).await;
     concurrent_puts_leave_one_whole_value(driver).await;
-    large_streamed_append(driver).await;
-    large_appends_at_any_offset(driver).await;
+    large_streamed_assembly(driver).await;
+    large_assembly_in_odd_rounds(driver).await;
 }
 
 /// Keys the contract says no driver may accept.
@@ -294,231 +296,273 @@ pub async fn file_ranges_match_read(driver: &dyn Driver) {
 }
 
 // ---------------------------------------------------------------------------
-// Appenders
+// Assemblies
 // ---------------------------------------------------------------------------
 
-/// `append(missing, 0)` creates the object; `size()` counts written bytes;
-/// `commit` returns the size; committing with nothing written leaves an
-/// empty object.
-pub async fn append_creates_at_zero(driver: &dyn Driver) {
+/// An assembly is written, committed and finished into an object holding
+/// exactly its bytes; `size()` counts written bytes and `commit` returns the
+/// state with the size. One that never received a byte finishes empty.
+pub async fn assembly_round_trip(driver: &dyn Driver) {
     let s = Scope::new(driver);
     let key = s.key("new/obj");
-    let mut appender = ok(driver.append(&key, 0).await, "append(missing, 0)", &key);
-    assert_eq!(appender.size(), 0, "size() of a fresh appender at 0");
+    let start = ok(driver.start_assembly(&key).await, "start_assembly", &key);
+    assert_eq!(start.size, 0, "a new assembly's size");
+    let mut assembler = ok(driver.assemble(&key, &start).await, "assemble", &key);
+    assert_eq!(assembler.size(), 0, "size() of a fresh assembler");
     let parts = [pattern(1000, 6), pattern(1, 7), pattern(70_000, 8)];
     let mut expected = BytesMut::new();
     for part in &parts {
-        ok(appender.write(part.clone()).await, "write", &key);
+        ok(assembler.write(part.clone()).await, "write", &key);
         expected.extend_from_slice(part);
         assert_eq!(
-            appender.size(),
+            assembler.size(),
             expected.len() as u64,
             "size() must count the bytes written so far"
         );
     }
-    let size = ok(appender.commit().await, "commit", &key);
+    let state = ok(assembler.commit().await, "commit", &key);
     assert_eq!(
-        size,
+        state.size,
         expected.len() as u64,
-        "commit must return the object's size"
+        "commit must return the assembly's size"
     );
+    ok(driver.finish_assembly(&key, &state).await, "finish", &key);
     assert_eq!(
         ok(driver.stat(&key).await, "stat", &key).size,
-        size,
-        "stat after commit"
+        state.size,
+        "stat after finish"
     );
     assert!(
         ok(driver.get(&key).await, "get", &key) == expected,
-        "object after append+commit differs from the bytes written"
+        "object after finish differs from the bytes written"
     );
 
     let empty = s.key("empty");
-    let appender = ok(driver.append(&empty, 0).await, "append(missing, 0)", &empty);
-    assert_eq!(
-        ok(appender.commit().await, "commit", &empty),
-        0,
-        "commit of nothing"
+    let start = ok(
+        driver.start_assembly(&empty).await,
+        "start_assembly",
+        &empty,
+    );
+    ok(
+        driver.finish_assembly(&empty, &start).await,
+        "finish of nothing",
+        &empty,
     );
     assert_eq!(
         ok(driver.stat(&empty).await, "stat", &empty).size,
         0,
-        "append(missing, 0) + commit must leave an empty object"
+        "an assembly finished without a byte must leave an empty object"
     );
     s.remove().await;
 }
 
-/// An appender opened at the recorded size continues the object.
-pub async fn append_continues_at_recorded_offset(driver: &dyn Driver) {
+/// An assembler opened from the recorded state continues the assembly,
+/// round after round, and the state survives serialization (another
+/// process continues it from the record alone).
+pub async fn assembly_continues_from_recorded_state(driver: &dyn Driver) {
     let s = Scope::new(driver);
     let key = s.key("obj");
     let mut expected = BytesMut::new();
-    let mut recorded = 0;
+    let mut recorded = ok(driver.start_assembly(&key).await, "start_assembly", &key);
     for round in 0..4u8 {
-        let mut appender = ok(driver.append(&key, recorded).await, "append", &key);
+        recorded = reloaded(&recorded);
+        let mut assembler = ok(driver.assemble(&key, &recorded).await, "assemble", &key);
         assert_eq!(
-            appender.size(),
-            recorded,
-            "size() of an appender opened at {recorded}"
+            assembler.size(),
+            recorded.size,
+            "size() of an assembler opened at {}",
+            recorded.size
         );
         for i in 0..3u8 {
             let part = pattern(40_000 + usize::from(i) * 333, 10 + round * 3 + i);
-            ok(appender.write(part.clone()).await, "write", &key);
+            ok(assembler.write(part.clone()).await, "write", &key);
             expected.extend_from_slice(&part);
         }
-        recorded = ok(appender.commit().await, "commit", &key);
+        recorded = ok(assembler.commit().await, "commit", &key);
         assert_eq!(
-            recorded,
+            recorded.size,
             expected.len() as u64,
             "commit after round {round}"
         );
     }
+    ok(
+        driver.finish_assembly(&key, &reloaded(&recorded)).await,
+        "finish",
+        &key,
+    );
     assert!(
         ok(driver.get(&key).await, "get", &key) == expected,
-        "object appended in rounds differs from the concatenation of the rounds"
+        "object assembled in rounds differs from the concatenation of the rounds"
     );
     s.remove().await;
 }
 
-/// Bytes stored past `at` (a crash's residue) are discarded by the next
-/// appender, whether or not it writes anything.
-pub async fn append_discards_residue(driver: &dyn Driver) {
+/// A state continued after a newer commit was made from it (a crash before
+/// the newer one was recorded) discards the newer bytes: the object holds
+/// what was recorded and what came after it, whether or not the
+/// continuation wrote anything.
+pub async fn assembly_discards_unrecorded_bytes(driver: &dyn Driver) {
     let s = Scope::new(driver);
-    let key = s.key("obj");
-    let first = pattern(10_000, 20);
-    append_whole(driver, &key, 0, &first).await;
-
-    let tail = pattern(500, 21);
-    let size = append_whole(driver, &key, 4_000, &tail).await;
-    assert_eq!(
-        size, 4_500,
-        "commit after appending 500 bytes at 4000 of 10000"
-    );
-    let mut want = BytesMut::from(&first[..4_000]);
-    want.extend_from_slice(&tail);
-    assert!(
-        ok(driver.get(&key).await, "get", &key) == want,
-        "bytes past `at` must be replaced by what the appender wrote"
-    );
-
-    let size = append_whole(driver, &key, 1_000, &[]).await;
-    assert_eq!(
-        size, 1_000,
-        "an empty appender at 1000 must cut the object to 1000"
-    );
-    assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key).size,
-        1_000,
-        "stat after cutting"
-    );
-    assert!(
-        ok(driver.get(&key).await, "get", &key) == first.slice(..1_000),
-        "cutting must keep the bytes before `at`"
-    );
+    for (name, after) in [("more", pattern(500, 22)), ("nothing", Bytes::new())] {
+        let key = s.key(name);
+        let first = pattern(10_000, 20);
+        let start = ok(driver.start_assembly(&key).await, "start_assembly", &key);
+        let recorded = commit_round(driver, &key, &start, &first).await;
+        // Committed, never recorded.
+        commit_round(driver, &key, &recorded, &pattern(300_000, 21)).await;
+        let state = commit_round(driver, &key, &recorded, &after).await;
+        assert_eq!(
+            state.size,
+            (first.len() + after.len()) as u64,
+            "size after continuing the recorded state with {name}"
+        );
+        ok(driver.finish_assembly(&key, &state).await, "finish", &key);
+        let mut want = BytesMut::from(&first[..]);
+        want.extend_from_slice(&after);
+        assert!(
+            ok(driver.get(&key).await, "get", &key) == want,
+            "bytes committed after the recorded state must be replaced by what came after it ({name})"
+        );
+    }
     s.remove().await;
 }
 
-/// `abort` forgets the written bytes: the object is `at` bytes long, its
-/// first `at` bytes untouched, and it can be appended to again.
-pub async fn abort_restores_size(driver: &dyn Driver) {
+/// `abort` forgets the written bytes: the state the assembler was opened
+/// with stays valid and can be continued, also for the first assembler.
+pub async fn abort_keeps_recorded_state(driver: &dyn Driver) {
     let s = Scope::new(driver);
     let key = s.key("obj");
     let first = pattern(5_000, 30);
-    append_whole(driver, &key, 0, &first).await;
+    let start = ok(driver.start_assembly(&key).await, "start_assembly", &key);
+    let recorded = commit_round(driver, &key, &start, &first).await;
 
-    // Aborted at the end, after more than one large write.
-    let mut appender = ok(driver.append(&key, 5_000).await, "append", &key);
+    // Aborted after more than one large write.
+    let mut assembler = ok(driver.assemble(&key, &recorded).await, "assemble", &key);
     for i in 0..3 {
         ok(
-            appender.write(pattern(700_000, 31 + i)).await,
+            assembler.write(pattern(700_000, 31 + i)).await,
             "write",
             &key,
         );
     }
-    ok(appender.abort().await, "abort", &key);
-    assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key).size,
-        5_000,
-        "size after abort"
-    );
-    assert!(
-        ok(driver.get(&key).await, "get", &key) == first,
-        "abort must leave the committed bytes as they were"
-    );
+    ok(assembler.abort().await, "abort", &key);
 
-    // Aborted below the end: the contract says the object is then `at` long.
-    let appender = ok(driver.append(&key, 2_000).await, "append", &key);
-    ok(appender.abort().await, "abort", &key);
-    assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key).size,
-        2_000,
-        "abort of an appender opened at 2000 must leave the object 2000 bytes long"
-    );
-
-    // Still appendable after aborts.
     let more = pattern(100, 35);
-    append_whole(driver, &key, 2_000, &more).await;
-    let mut want = BytesMut::from(&first[..2_000]);
+    let state = commit_round(driver, &key, &recorded, &more).await;
+    ok(driver.finish_assembly(&key, &state).await, "finish", &key);
+    let mut want = BytesMut::from(&first[..]);
     want.extend_from_slice(&more);
     assert!(
         ok(driver.get(&key).await, "get", &key) == want,
-        "append after abort"
+        "an assembly continued after an abort must hold the recorded bytes and the new ones"
     );
 
-    // Aborting the appender that would have created an object: the object is
-    // either absent or empty, and creating it again works.
+    // The very first assembler aborted: nothing is readable, and the
+    // assembly goes on from its start.
     let fresh = s.key("fresh");
-    let mut appender = ok(driver.append(&fresh, 0).await, "append(missing, 0)", &fresh);
-    ok(appender.write(pattern(3_000, 36)).await, "write", &fresh);
-    ok(appender.abort().await, "abort", &fresh);
+    let start = ok(
+        driver.start_assembly(&fresh).await,
+        "start_assembly",
+        &fresh,
+    );
+    let mut assembler = ok(driver.assemble(&fresh, &start).await, "assemble", &fresh);
+    ok(assembler.write(pattern(3_000, 36)).await, "write", &fresh);
+    ok(assembler.abort().await, "abort", &fresh);
     match driver.stat(&fresh).await.map(|m| m.size) {
         Ok(0) | Err(DriverError::NotFound(_)) => {}
         other => panic!(
-            "stat({fresh}) after aborting its creating appender: want NotFound or 0, got {}",
+            "stat({fresh}) after aborting its first assembler: want NotFound or 0, got {}",
             describe(&other)
         ),
     }
-    append_whole(driver, &fresh, 0, b"again").await;
+    let state = commit_round(driver, &fresh, &start, b"again").await;
+    ok(
+        driver.finish_assembly(&fresh, &state).await,
+        "finish",
+        &fresh,
+    );
     assert_eq!(
         ok(driver.get(&fresh).await, "get", &fresh),
         Bytes::from_static(b"again"),
-        "append(0) after an aborted creation"
+        "assembly after an aborted first assembler"
     );
     s.remove().await;
 }
 
-/// `at` past the end (or past 0 for a missing object) is `InvalidKey`, and
-/// changes nothing: the object keeps its bytes, a missing one stays missing.
-pub async fn append_past_end_is_invalid(driver: &dyn Driver) {
+/// Finishing twice is finishing once, and discarding a finished assembly
+/// leaves its object alone.
+pub async fn finish_is_idempotent(driver: &dyn Driver) {
     let s = Scope::new(driver);
     let key = s.key("obj");
-    append_whole(driver, &key, 0, b"abc").await;
-    expect_invalid(driver.append(&key, 4).await, "append at 4 of 3 bytes", &key);
-    expect_invalid(
-        driver.append(&key, 1 << 40).await,
-        "append far past the end",
+    let content = pattern(90_000, 37);
+    let state = assemble_whole(driver, &key, &content).await;
+    ok(
+        driver.finish_assembly(&key, &reloaded(&state)).await,
+        "a second finish",
         &key,
     );
-    assert_eq!(
-        ok(driver.get(&key).await, "get", &key),
-        Bytes::from_static(b"abc"),
-        "a refused append must not change the object"
+    ok(
+        driver.discard_assembly(&key, &state).await,
+        "discard after finish",
+        &key,
     );
+    assert!(
+        ok(driver.get(&key).await, "get", &key) == content,
+        "a second finish, or a discard after finish, must leave the object as it was"
+    );
+    s.remove().await;
+}
 
-    let missing = s.key("missing/obj");
-    expect_invalid(
-        driver.append(&missing, 1).await,
-        "append(missing, 1)",
-        &missing,
+/// An assembly whose object was finished and moved away is gone: finishing
+/// it again is `NotFound`, and so is continuing it, at the latest when the
+/// continuation is finished.
+pub async fn moved_assembly_is_not_found(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("upload/data");
+    let state = assemble_whole(driver, &key, &pattern(20_000, 38)).await;
+    let moved = s.key("blob");
+    ok(driver.rename(&key, &moved).await, "rename", &key);
+    expect_not_found(
+        driver.finish_assembly(&key, &state).await,
+        "finish after the object moved",
+        &key,
+    );
+    let continued = async {
+        let mut assembler = driver.assemble(&key, &state).await?;
+        assembler.write(pattern(1_000, 39)).await?;
+        let state = assembler.commit().await?;
+        driver.finish_assembly(&key, &state).await
+    };
+    expect_not_found(continued.await, "continuing a moved assembly", &key);
+    s.remove().await;
+}
+
+/// A discarded assembly, once its key is deleted, leaves nothing under its
+/// prefix and cannot be finished; discarding it again is no error.
+pub async fn discard_leaves_nothing(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("upload/data");
+    let start = ok(driver.start_assembly(&key).await, "start_assembly", &key);
+    let state = commit_round(driver, &key, &start, &pattern(30_000, 40)).await;
+    ok(driver.discard_assembly(&key, &state).await, "discard", &key);
+    ok(
+        driver.discard_assembly(&key, &state).await,
+        "a second discard",
+        &key,
+    );
+    match driver.delete(&key).await {
+        Ok(()) | Err(DriverError::NotFound(_)) => {}
+        Err(e) => panic!("delete({key}) after discard: {e}"),
+    }
+    expect_not_found(
+        driver.finish_assembly(&key, &state).await,
+        "finish after discard",
+        &key,
     );
     expect_not_found(
-        driver.stat(&missing).await,
-        "stat after a refused append(missing, 1)",
-        &missing,
-    );
-    assert_eq!(
-        ok(driver.list(&s.root).await, "list", &s.root),
-        ["obj"],
-        "a refused append(missing, 1) must not leave a prefix behind"
+        driver.list(&s.root).await,
+        "list of the prefix of a discarded assembly",
+        &s.root,
     );
     s.remove().await;
 }
@@ -671,8 +715,8 @@ pub async fn hidden_names_never_listed(driver: &dyn Driver) {
 }
 
 /// `sweep_temporaries` removes only the driver's own leftovers: even with
-/// no age at all, every stored object (put, appended, or being appended)
-/// is still there whole afterwards, and an open appender still commits.
+/// no age at all, every stored object (put, or assembled) is still there
+/// whole afterwards, and an open assembler still commits and finishes.
 pub async fn sweep_keeps_every_object(driver: &dyn Driver) {
     let s = Scope::new(driver);
     let put = s.key("sweep/a/put");
@@ -680,10 +724,11 @@ pub async fn sweep_keeps_every_object(driver: &dyn Driver) {
     let empty = s.key("sweep/empty");
     ok(driver.put(&empty, Bytes::new()).await, "put", &empty);
     let appended = s.key("sweep/b/appended");
-    append_whole(driver, &appended, 0, &pattern(70_000, 2)).await;
+    assemble_whole(driver, &appended, &pattern(70_000, 2)).await;
     let open = s.key("sweep/c/open");
-    let mut appender = ok(driver.append(&open, 0).await, "append", &open);
-    ok(appender.write(pattern(5000, 3)).await, "write", &open);
+    let start = ok(driver.start_assembly(&open).await, "start_assembly", &open);
+    let mut assembler = ok(driver.assemble(&open, &start).await, "assemble", &open);
+    ok(assembler.write(pattern(5000, 3)).await, "write", &open);
 
     ok(
         driver.sweep_temporaries(std::time::Duration::ZERO).await,
@@ -691,7 +736,12 @@ pub async fn sweep_keeps_every_object(driver: &dyn Driver) {
         "(root)",
     );
 
-    ok(appender.commit().await, "commit after a sweep", &open);
+    let state = ok(assembler.commit().await, "commit after a sweep", &open);
+    ok(
+        driver.finish_assembly(&open, &state).await,
+        "finish after a sweep",
+        &open,
+    );
     for (key, content) in [
         (&put, pattern(1000, 1)),
         (&empty, Bytes::new()),
@@ -712,7 +762,7 @@ pub async fn sweep_keeps_every_object(driver: &dyn Driver) {
 // ---------------------------------------------------------------------------
 
 /// `rename` moves the object, replacing the target whole; the source
-/// disappears. Works for appended objects and into new prefixes.
+/// disappears. Works for assembled objects and into new prefixes.
 pub async fn rename_replaces_target(driver: &dyn Driver) {
     let s = Scope::new(driver);
     let from = s.key("src/obj");
@@ -733,15 +783,15 @@ pub async fn rename_replaces_target(driver: &dyn Driver) {
     expect_not_found(driver.get(&from).await, "get of a renamed source", &from);
     expect_not_found(driver.stat(&from).await, "stat of a renamed source", &from);
 
-    // An appended object (an upload's data) into a prefix that does not exist yet.
+    // An assembled object (an upload's data) into a prefix that does not exist yet.
     let data = s.key("uploads/u1/data");
     let appended = pattern(150_000, 42);
-    append_whole(driver, &data, 0, &appended).await;
+    assemble_whole(driver, &data, &appended).await;
     let blob = s.key("blobs/sha256/ab/abcdef");
     ok(driver.rename(&data, &blob).await, "rename", &data);
     assert!(
         ok(driver.get(&blob).await, "get", &blob) == appended,
-        "rename of an appended object into a new prefix"
+        "rename of an assembled object into a new prefix"
     );
     expect_not_found(driver.stat(&data).await, "stat of a renamed source", &data);
     s.remove().await;
@@ -974,7 +1024,7 @@ pub async fn invalid_keys_are_refused(driver: &dyn Driver) {
             expect_invalid(driver.put(key, Bytes::from_static(b"x")).await, "put", key);
             expect_invalid(driver.read(key, 0, None).await, "read", key);
             expect_invalid(driver.stat(key).await, "stat", key);
-            expect_invalid(driver.append(key, 0).await, "append", key);
+            expect_invalid(driver.start_assembly(key).await, "start_assembly", key);
             expect_invalid(driver.list(key).await, "list", key);
             expect_invalid(driver.rename(key, &good).await, "rename from", key);
             expect_invalid(driver.rename(&good, key).await, "rename to", key);
@@ -1027,40 +1077,55 @@ pub async fn concurrent_puts_leave_one_whole_value(driver: &dyn Driver) {
     s.remove().await;
 }
 
-/// 8 MiB appended in 64 KiB writes reads back identical, whole and in an
-/// unaligned slice, and a second appender continues it.
-pub async fn large_streamed_append(driver: &dyn Driver) {
+/// 8 MiB assembled in 64 KiB writes reads back identical, whole and in an
+/// unaligned slice, after a second assembler continued it.
+pub async fn large_streamed_assembly(driver: &dyn Driver) {
     const TOTAL: usize = 8 << 20;
     const WRITE: usize = 64 << 10;
     let s = Scope::new(driver);
     let key = s.key("big");
     let content = pattern(TOTAL, 60);
-    let mut appender = ok(driver.append(&key, 0).await, "append", &key);
+    let start = ok(driver.start_assembly(&key).await, "start_assembly", &key);
+    let mut assembler = ok(driver.assemble(&key, &start).await, "assemble", &key);
     for part in content.chunks(WRITE) {
-        ok(appender.write(content.slice_ref(part)).await, "write", &key);
+        ok(
+            assembler.write(content.slice_ref(part)).await,
+            "write",
+            &key,
+        );
     }
     assert_eq!(
-        appender.size(),
+        assembler.size(),
         TOTAL as u64,
         "size() after 8 MiB of writes"
     );
-    let size = ok(appender.commit().await, "commit", &key);
-    assert_eq!(size, TOTAL as u64, "commit after 8 MiB");
+    let state = ok(assembler.commit().await, "commit", &key);
+    assert_eq!(state.size, TOTAL as u64, "commit after 8 MiB");
+
+    let more = pattern(3 * WRITE + 17, 61);
+    let state = commit_round(driver, &key, &reloaded(&state), &more).await;
+    assert_eq!(
+        state.size,
+        (TOTAL + more.len()) as u64,
+        "commit of the continuation"
+    );
+    ok(driver.finish_assembly(&key, &state).await, "finish", &key);
     assert_eq!(
         ok(driver.stat(&key).await, "stat", &key).size,
-        TOTAL as u64,
-        "stat after 8 MiB"
+        state.size,
+        "stat after finish"
     );
-
+    let mut whole = BytesMut::from(&content[..]);
+    whole.extend_from_slice(&more);
     let (len, digest) = read_digest(driver, &key, 0, None).await;
     assert_eq!(
-        len, TOTAL as u64,
+        len, state.size,
         "read of the 8 MiB object returned {len} bytes"
     );
     assert_eq!(
         digest,
-        sha256(&content),
-        "the 8 MiB object read back differs from what was appended"
+        sha256(&whole),
+        "the 8 MiB object read back differs from what was assembled"
     );
     let (offset, n) = (1_000_003usize, 3_000_017usize);
     let slice = read_all(driver, &key, offset as u64, Some(n as u64)).await;
@@ -1068,78 +1133,81 @@ pub async fn large_streamed_append(driver: &dyn Driver) {
         slice == content.slice(offset..offset + n),
         "unaligned slice of the 8 MiB object differs"
     );
-
-    let more = pattern(3 * WRITE + 17, 61);
-    let size = append_whole(driver, &key, TOTAL as u64, &more).await;
-    assert_eq!(
-        size,
-        (TOTAL + more.len()) as u64,
-        "commit of the continuation"
-    );
     let tail = read_all(driver, &key, TOTAL as u64 - 5, None).await;
-    let mut want = BytesMut::from(&content[TOTAL - 5..]);
-    want.extend_from_slice(&more);
-    assert!(tail == want, "the continuation of the 8 MiB object differs");
+    assert!(
+        tail[..] == whole[TOTAL - 5..],
+        "the continuation of the 8 MiB object differs"
+    );
     s.remove().await;
 }
 
-/// Multi-megabyte appends in odd-sized writes, in rounds that start on and
-/// off 4 KiB boundaries and end mid-block, one discarding residue and one
-/// aborted halfway through: the object is always exactly the rounds that
-/// committed. (Drivers may write block-aligned runs differently from the
-/// rest, as the filesystem driver does with `O_DIRECT`.)
-pub async fn large_appends_at_any_offset(driver: &dyn Driver) {
+/// Multi-megabyte rounds in odd-sized writes, starting on and off 4 KiB
+/// boundaries and ending mid-block, one continuing an older state (whose
+/// successor it replaces) and one aborted halfway through: the object is
+/// always exactly the rounds on the recorded path. (Drivers may write
+/// block-aligned runs differently from the rest, as the filesystem driver
+/// does with `O_DIRECT`, or cut them into parts, as object stores do.)
+pub async fn large_assembly_in_odd_rounds(driver: &dyn Driver) {
     const MIB: usize = 1 << 20;
     let s = Scope::new(driver);
     let key = s.key("rounds");
-    let mut expected: Vec<u8> = Vec::new();
-    // (start, length, write size): 0 and 9 MiB + 4096 are block boundaries,
-    // 9 MiB + 123 and 13 MiB + 4219 are not; the third round starts inside
-    // the second round's bytes, which it replaces.
+    let start = ok(driver.start_assembly(&key).await, "start_assembly", &key);
+    // (continued state, length, write size): round 0 ends on a block
+    // boundary; round 2 continues round 0's state again, replacing round 1.
     let rounds = [
-        (0, 9 * MIB + 123, 65_537),
-        (9 * MIB + 123, 4 * MIB + 4_096, 1_000_001),
-        (9 * MIB + 4_096, 4 * MIB + 123, 3 * MIB),
-        (13 * MIB + 4_219, 2 * MIB + 1, 4_096),
+        (0, 9 * MIB + 4_096, 65_537),
+        (1, 4 * MIB + 123, 1_000_001),
+        (1, 4 * MIB + 4_219, 3 * MIB),
+        (3, 2 * MIB + 1, 4_096),
     ];
-    for (round, &(start, len, write)) in rounds.iter().enumerate() {
+    let mut states = vec![start];
+    let mut contents: Vec<Bytes> = Vec::new();
+    let mut path: Vec<usize> = Vec::new();
+    for (round, &(from, len, write)) in rounds.iter().enumerate() {
         let content = pattern(len, 70 + round as u8);
-        let mut appender = ok(driver.append(&key, start as u64).await, "append", &key);
-        for part in content.chunks(write) {
-            ok(appender.write(content.slice_ref(part)).await, "write", &key);
-        }
-        let size = ok(appender.commit().await, "commit", &key);
-        expected.truncate(start);
-        expected.extend_from_slice(&content);
-        assert_eq!(
-            size,
-            expected.len() as u64,
-            "commit of round {round} (at {start}, {len} bytes)"
+        let mut assembler = ok(
+            driver.assemble(&key, &reloaded(&states[from])).await,
+            "assemble",
+            &key,
         );
+        for part in content.chunks(write) {
+            ok(
+                assembler.write(content.slice_ref(part)).await,
+                "write",
+                &key,
+            );
+        }
+        let state = ok(assembler.commit().await, "commit", &key);
+        path.truncate(from);
+        path.push(round);
+        contents.push(content);
+        let expected: usize = path.iter().map(|&r| contents[r].len()).sum();
+        assert_eq!(
+            state.size, expected as u64,
+            "commit of round {round} (continuing state {from}, {len} bytes)"
+        );
+        states.push(state);
     }
-    // An aborted multi-batch append from a block boundary leaves no trace.
-    let at = expected.len() as u64;
-    let mut appender = ok(driver.append(&key, at).await, "append", &key);
+    let last = states.last().expect("rounds ran").clone();
+    // An aborted multi-part round leaves no trace.
+    let mut assembler = ok(driver.assemble(&key, &last).await, "assemble", &key);
     let discarded = pattern(13 * MIB, 79);
     for part in discarded.chunks(MIB + 7) {
         ok(
-            appender.write(discarded.slice_ref(part)).await,
+            assembler.write(discarded.slice_ref(part)).await,
             "write",
             &key,
         );
     }
-    ok(appender.abort().await, "abort", &key);
-    assert_eq!(
-        ok(driver.stat(&key).await, "stat", &key).size,
-        at,
-        "abort of a 13 MiB append must leave the object as it was"
-    );
+    ok(assembler.abort().await, "abort", &key);
+    ok(driver.finish_assembly(&key, &last).await, "finish", &key);
+    let expected: Vec<u8> = path.iter().flat_map(|&r| contents[r].to_vec()).collect();
     let (len, digest) = read_digest(driver, &key, 0, None).await;
     assert_eq!(len, expected.len() as u64, "length after the rounds");
     assert_eq!(
         digest,
         sha256(&expected),
-        "object after rounds at aligned and unaligned offsets differs from the rounds"
+        "object after rounds at aligned and unaligned offsets differs from the recorded rounds"
     );
     s.remove().await;
 }
@@ -1195,17 +1263,32 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Writes `content` through one appender at `at` and commits; returns the size.
-async fn append_whole(driver: &dyn Driver, key: &str, at: u64, content: &[u8]) -> u64 {
-    let mut appender = ok(driver.append(key, at).await, "append", key);
+/// Continues `from` with `content` through one assembler and commits;
+/// returns the new state.
+async fn commit_round(driver: &dyn Driver, key: &str, from: &Assembly, content: &[u8]) -> Assembly {
+    let mut assembler = ok(driver.assemble(key, from).await, "assemble", key);
     if !content.is_empty() {
         ok(
-            appender.write(Bytes::copy_from_slice(content)).await,
+            assembler.write(Bytes::copy_from_slice(content)).await,
             "write",
             key,
         );
     }
-    ok(appender.commit().await, "commit", key)
+    ok(assembler.commit().await, "commit", key)
+}
+
+/// Assembles `content` in one round and finishes it; returns the state.
+async fn assemble_whole(driver: &dyn Driver, key: &str, content: &[u8]) -> Assembly {
+    let start = ok(driver.start_assembly(key).await, "start_assembly", key);
+    let state = commit_round(driver, key, &start, content).await;
+    ok(driver.finish_assembly(key, &state).await, "finish", key);
+    state
+}
+
+/// The state as another process reads it from the record.
+fn reloaded(state: &Assembly) -> Assembly {
+    let record = serde_json::to_vec(state).expect("an assembly serializes");
+    serde_json::from_slice(&record).expect("an assembly's record reads back")
 }
 
 async fn read_all(driver: &dyn Driver, key: &str, offset: u64, len: Option<u64>) -> Bytes {

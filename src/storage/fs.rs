@@ -5,7 +5,11 @@
 //! the old content or the new, never a prefix, even after a crash. Names that
 //! start with `.` are the driver's own and never listed.
 //!
-//! Blocking file calls run on tokio's blocking pool; appenders (`append`)
+//! An assembly (an upload's bytes) is one file appended to in place: its
+//! recorded state is just its size, and finishing it only cuts off what a
+//! crash left past that size.
+//!
+//! Blocking file calls run on tokio's blocking pool; appenders (`assemble`)
 //! batch the request body's small frames into large, direct writes.
 
 use std::fs::{self, File};
@@ -15,7 +19,9 @@ use std::path::{Component, Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::driver::{Appender, ByteStream, Driver, DriverError, FileRanges, Meta, Result};
+use super::driver::{
+    Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta, Result,
+};
 use super::file_range::FileRange;
 
 mod append;
@@ -241,8 +247,16 @@ impl Driver for FsDriver {
         }
     }
 
-    async fn append(&self, key: &str, at: u64) -> Result<Box<dyn Appender>> {
+    async fn start_assembly(&self, key: &str) -> Result<Assembly> {
+        // The file is made by the first append: a session that never
+        // receives a byte costs no file.
+        self.path(key)?;
+        Ok(Assembly::default())
+    }
+
+    async fn assemble(&self, key: &str, from: &Assembly) -> Result<Box<dyn Assembler>> {
         let path = self.path(key)?;
+        let at = from.size;
         let owned_key = key.to_owned();
         let opened = {
             let path = path.clone();
@@ -274,10 +288,32 @@ impl Driver for FsDriver {
         };
         match opened {
             Some((file, mode)) => Ok(Box::new(FsAppender::new(file, mode, path, at))),
-            None => Err(DriverError::InvalidKey(format!(
-                "{owned_key}: offset {at} past end"
-            ))),
+            // Shorter than recorded: moved into place, or lost.
+            None => Err(DriverError::NotFound(owned_key)),
         }
+    }
+
+    async fn finish_assembly(&self, key: &str, state: &Assembly) -> Result<()> {
+        // The bytes are in place already; what a crash left past the
+        // recorded size goes, and an assembly that never received a byte
+        // becomes an empty file.
+        match self.stat(key).await {
+            Ok(meta) if meta.size == state.size => Ok(()),
+            Ok(_) | Err(DriverError::NotFound(_)) => {
+                self.assemble(key, state).await?.commit().await?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn discard_assembly(&self, _key: &str, _state: &Assembly) -> Result<()> {
+        // Everything is in the file at the key, the caller's to delete.
+        Ok(())
+    }
+
+    fn assembly_memory(&self) -> usize {
+        append::MEMORY
     }
 
     async fn sweep_temporaries(&self, older_than: std::time::Duration) -> Result<usize> {

@@ -15,6 +15,7 @@ mod index;
 mod manifests;
 mod migration;
 pub mod paths;
+pub mod s3;
 mod uploads;
 mod v1;
 
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use driver::{Appender, ByteStream, Driver, DriverError, FileRanges, Meta};
+pub use driver::{Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta};
 pub use file_range::FileRange;
 pub use index::Page;
 pub use manifests::{ManifestPut, StoredManifest};
@@ -88,7 +89,8 @@ pub struct Storage {
     driver: Arc<dyn Driver>,
     upload_locks: uploads::Locks,
     upload_limits: UploadLimits,
-    /// The uploads' memory budget, in shares of [`uploads::UPLOAD_MEMORY`].
+    /// The uploads' memory budget, in shares of what one upload holds
+    /// (see [`budget`]).
     upload_memory: Arc<tokio::sync::Semaphore>,
     upload_owners: uploads::Owners,
     /// Every repository, read once and kept up to date (see [`index`]).
@@ -188,19 +190,22 @@ impl LinkedBlob<'_> {
     }
 }
 
-/// The shares of uploads' memory `limits` allows, at least one.
-fn budget(limits: &UploadLimits) -> Arc<tokio::sync::Semaphore> {
-    let shares = (limits.memory / uploads::UPLOAD_MEMORY).max(1);
+/// The shares of uploads' memory `limits` allows, at least one: an upload
+/// receiving a body holds its driver's write buffers and its bytes waiting
+/// to be hashed.
+fn budget(driver: &dyn Driver, limits: &UploadLimits) -> Arc<tokio::sync::Semaphore> {
+    let share = driver.assembly_memory() + uploads::HASH_BACKLOG;
+    let shares = (limits.memory / share).max(1);
     Arc::new(tokio::sync::Semaphore::new(shares))
 }
 
 impl Storage {
     pub fn new(driver: Arc<dyn Driver>) -> Self {
         Self {
+            upload_memory: budget(driver.as_ref(), &UploadLimits::default()),
             driver,
             upload_locks: uploads::Locks::default(),
             upload_limits: UploadLimits::default(),
-            upload_memory: budget(&UploadLimits::default()),
             upload_owners: uploads::Owners::default(),
             catalog: index::Index::default(),
             tags: TagIndexes::default(),
@@ -210,7 +215,7 @@ impl Storage {
 
     pub fn with_upload_limits(mut self, limits: UploadLimits) -> Self {
         self.upload_limits = limits;
-        self.upload_memory = budget(&limits);
+        self.upload_memory = budget(self.driver.as_ref(), &limits);
         self
     }
 

@@ -1,14 +1,18 @@
-//! Upload sessions: bytes are appended to the session's own area while they
-//! are hashed, and become a blob only by a rename after the digest matched.
+//! Upload sessions: bytes are assembled at the session's own key
+//! ([`Driver::assemble`](super::Driver::assemble): one file appended to on
+//! the filesystem, a multipart upload on an object store) while they are
+//! hashed, and become a blob only by a move after the digest matched.
 //!
-//! The session's truth is its `hashstate` record: the committed size and the
-//! SHA-256 state at that size. It is written after every append commits, so a
-//! session survives a restart (or moves to another replica) without rehashing,
-//! and bytes a crash left past the recorded size are discarded by the next
-//! append. A crash between the append and the record only makes that chunk
-//! look unsent; the client learns the real offset from the `Range` it is given.
+//! The session's truth is its `hashstate` record: the driver's assembly
+//! state (the committed size, an object store's parts) and the SHA-256
+//! state at that size. It is written after every chunk commits, so a
+//! session survives a restart (or moves to another replica) without
+//! rehashing, and bytes a crash left past the recorded state are discarded
+//! when it is continued. A crash between the commit and the record only
+//! makes that chunk look unsent; the client learns the real offset from the
+//! `Range` it is given.
 //!
-//! Finishing is idempotent: a finish that died after the rename into
+//! Finishing is idempotent: a finish that died after the move into
 //! `blobs/` left a session without data, which the next finish with the
 //! same digest completes. Sessions belong to the account that opened them
 //! (`info`), which may hold only so many at once, and sessions idle too long
@@ -26,7 +30,7 @@ use sha2::Digest as _;
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use std::time::Duration;
 
-use super::{ByteStream, DriverError, OrUnknown, Result, Storage, StorageError, paths};
+use super::{Assembly, ByteStream, DriverError, OrUnknown, Result, Storage, StorageError, paths};
 use crate::reference::{Algorithm, Digest, RepoName};
 use hash_pipe::HashPipe;
 pub(super) use locks::Locks;
@@ -41,17 +45,16 @@ pub struct UploadLimits {
     /// Sessions one account may hold open at once.
     pub per_account: usize,
     /// Memory all uploads receiving a body may hold at once, in bytes: each
-    /// holds up to [`UPLOAD_MEMORY`] (its write batches and the bytes
-    /// waiting to be hashed), so this bounds how many stream at once.
+    /// holds up to its driver's [`assembly_memory`](super::Driver::assembly_memory)
+    /// and [`HASH_BACKLOG`], so this bounds how many stream at once.
     pub memory: usize,
     /// How long an upload waits for its share of `memory` before it is
     /// refused with 429.
     pub memory_wait: Duration,
 }
 
-/// The most one upload receiving a body holds in memory: four 4 MiB write
-/// batches and up to 8 MiB waiting to be hashed.
-pub const UPLOAD_MEMORY: usize = 24 << 20;
+/// The most bytes of one upload waiting to be hashed ([`HashPipe`]).
+pub const HASH_BACKLOG: usize = hash_pipe::HASH_BACKLOG;
 
 impl Default for UploadLimits {
     /// distribution purges uploads after a day too; a push opens a handful
@@ -89,6 +92,10 @@ struct Info {
 #[derive(Serialize, Deserialize)]
 struct HashRecord {
     offset: u64,
+    /// The driver's own part of the assembly state (see
+    /// [`Assembly::parts`]); absent for a driver that appends.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    parts: serde_json::Value,
     /// Hex of the serialized SHA-256 state after `offset` bytes.
     sha256: String,
     /// When the record was written (seconds since the epoch): the session's
@@ -100,7 +107,9 @@ struct HashRecord {
 
 struct Session {
     id: UploadId,
-    offset: u64,
+    /// What the driver needs to continue the bytes; its `size` is the
+    /// session's offset.
+    assembly: Assembly,
     hasher: sha2::Sha256,
     owner: Option<String>,
     /// Seconds since the epoch of the last append (or of the start).
@@ -110,7 +119,8 @@ struct Session {
 impl Session {
     fn record(&self) -> Bytes {
         let record = HashRecord {
-            offset: self.offset,
+            offset: self.assembly.size,
+            parts: self.assembly.parts.clone(),
             sha256: hex::encode(self.hasher.serialize()),
             written_at: Some(now_secs()),
         };
@@ -149,13 +159,6 @@ impl Storage {
             started_at,
             owner: owner.map(str::to_owned),
         };
-        let session = Session {
-            id,
-            offset: 0,
-            hasher: sha2::Sha256::new(),
-            owner: info.owner.clone(),
-            active_at: started_at,
-        };
         let created = async {
             self.driver
                 .put(
@@ -165,15 +168,31 @@ impl Storage {
                         .into(),
                 )
                 .await?;
-            self.driver
+            // Recorded before any byte is sent, so that whatever the
+            // assembly holds in the store (a multipart upload) is known to
+            // the sweep even if this process dies mid-chunk.
+            let assembly = self.driver.start_assembly(&paths::upload_data(id)).await?;
+            let session = Session {
+                id,
+                assembly,
+                hasher: sha2::Sha256::new(),
+                owner: info.owner.clone(),
+                active_at: started_at,
+            };
+            let recorded = self
+                .driver
                 .put(&paths::upload_hashstate(id), session.record())
-                .await
+                .await;
+            if recorded.is_err() {
+                self.discard_assembly(&session).await;
+            }
+            recorded
         }
         .await;
         if let Err(e) = created {
             // Nothing of a session that failed to start stays (on a full
             // disk, its directory and `info`).
-            self.remove_session(id, owner).await;
+            self.remove_session(id, owner, None).await;
             return Err(e.into());
         }
         Ok(id)
@@ -207,7 +226,7 @@ impl Storage {
 
     /// Bytes received so far.
     pub async fn upload_size(&self, repo: &RepoName, id: UploadId) -> Result<u64> {
-        Ok(self.load_session(repo, id).await?.offset)
+        Ok(self.load_session(repo, id).await?.assembly.size)
     }
 
     /// Appends a chunk (all of it or nothing) and returns the new size.
@@ -221,12 +240,14 @@ impl Storage {
         let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(repo, id).await?;
         self.append(&mut session, chunk, body).await?;
-        Ok(session.offset)
+        Ok(session.assembly.size)
     }
 
     /// Appends an optional last chunk, verifies the digest and moves the bytes
     /// into place as a blob linked to `repo`. Returns the blob's size. On a
-    /// digest mismatch the session stays as it was, so nothing is lost.
+    /// digest mismatch the session stays as it was, so nothing is lost
+    /// (except on a driver whose finished assemblies cannot be continued,
+    /// after a SHA-512 mismatch: see [`Driver::finish_assembly`](super::Driver::finish_assembly)).
     pub async fn upload_finish(
         &self,
         repo: &RepoName,
@@ -236,39 +257,52 @@ impl Storage {
     ) -> Result<u64> {
         let _guard = self.upload_locks.lock(id).await;
         let mut session = self.load_session(repo, id).await?;
-        let data = paths::upload_data(id);
-        if session.offset > 0
-            && let Err(DriverError::NotFound(_)) = self.driver.stat(&data).await
-        {
-            return self.finish_moved(repo, &session, digest, last).await;
-        }
+        // An empty last chunk (the usual `PUT ?digest=` of a chunked push)
+        // changes nothing, not even where the bytes are.
+        let last = match last {
+            Some((chunk, body)) => non_empty(body).await?.map(|body| (chunk, body)),
+            None => None,
+        };
         if let Some((chunk, body)) = last {
             self.append(&mut session, chunk, body).await?;
         }
-        let actual = match digest.algorithm() {
-            Algorithm::Sha256 => session.sha256(),
+        let data = paths::upload_data(id);
+        let mismatch = |actual| StorageError::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        };
+        if digest.algorithm() == Algorithm::Sha256 && &session.sha256() != digest {
+            return Err(mismatch(session.sha256()));
+        }
+        match self.driver.finish_assembly(&data, &session.assembly).await {
+            Ok(()) => {}
+            // Gone: an interrupted finish moved the bytes into `blobs/`.
+            Err(DriverError::NotFound(_)) => {
+                return self.finish_moved(repo, &session, digest).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if digest.algorithm() == Algorithm::Sha512 {
             // Only SHA-256 is kept incrementally (what nearly every client
             // uses); a SHA-512 upload is hashed once more at the end.
-            Algorithm::Sha512 => self.rehash_sha512(&data, session.offset).await?,
-        };
-        if &actual != digest {
-            return Err(StorageError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
+            let actual = self.rehash_sha512(&data, session.assembly.size).await?;
+            if &actual != digest {
+                return Err(mismatch(actual));
+            }
         }
-        self.ensure_exact_length(&data, session.offset).await?;
         let blob = paths::blob_data(digest);
         // Same digest, same bytes: an existing blob (a concurrent or earlier
         // push) is already right, and replacing it would be too.
         match self.driver.stat(&blob).await {
             Ok(_) => {}
-            Err(super::DriverError::NotFound(_)) => self.driver.rename(&data, &blob).await?,
+            Err(DriverError::NotFound(_)) => self.driver.rename(&data, &blob).await?,
             Err(e) => return Err(e.into()),
         }
         self.link_blob(repo, digest).await?;
-        self.remove_session(id, session.owner.as_deref()).await;
-        Ok(session.offset)
+        // The assembly is finished: nothing of it is left to discard.
+        self.remove_session(id, session.owner.as_deref(), None)
+            .await;
+        Ok(session.assembly.size)
     }
 
     /// Finishes a session whose bytes an earlier finish already moved into
@@ -281,57 +315,48 @@ impl Storage {
         repo: &RepoName,
         session: &Session,
         digest: &Digest,
-        last: Option<(Chunk, ByteStream)>,
     ) -> Result<u64> {
-        if let Some((_, mut body)) = last {
-            // An empty last chunk (chunked encoding) changes nothing; bytes
-            // past the end cannot be added to content already in place.
-            while let Some(bytes) = body.next().await {
-                if !bytes.map_err(StorageError::BodyRead)?.is_empty() {
-                    return Err(StorageError::UploadDataMissing);
-                }
-            }
-        }
         let own = session.sha256();
-        let mismatch = || StorageError::DigestMismatch {
-            expected: digest.clone(),
-            actual: own.clone(),
-        };
+        let size = session.assembly.size;
         let blob = paths::blob_data(digest);
         let same = match digest.algorithm() {
             Algorithm::Sha256 => &own == digest,
             // The session's SHA-256 is known: the blob is its content when
             // its own SHA-256 is the same (read once; this path is rare).
             Algorithm::Sha512 => match self.driver.stat(&blob).await.map(|m| m.size) {
-                Ok(size) if size == session.offset => self.rehash_sha256(&blob, size).await? == own,
+                Ok(found) if found == size => self.rehash_sha256(&blob, size).await? == own,
                 Ok(_) | Err(DriverError::NotFound(_)) => false,
                 Err(e) => return Err(e.into()),
             },
         };
         if !same {
-            return Err(mismatch());
+            return Err(StorageError::DigestMismatch {
+                expected: digest.clone(),
+                actual: own,
+            });
         }
         match self.driver.stat(&blob).await.map(|m| m.size) {
-            Ok(size) if size == session.offset => {}
+            Ok(found) if found == size => {}
             // Moved, then lost (collected as unlinked): the bytes are gone,
             // so is the session; the client starts again.
             Ok(_) | Err(DriverError::NotFound(_)) => {
-                self.remove_session(session.id, session.owner.as_deref())
+                self.remove_session(session.id, session.owner.as_deref(), None)
                     .await;
                 return Err(StorageError::UploadUnknown);
             }
             Err(e) => return Err(e.into()),
         }
         self.link_blob(repo, digest).await?;
-        self.remove_session(session.id, session.owner.as_deref())
+        self.remove_session(session.id, session.owner.as_deref(), None)
             .await;
         tracing::info!(upload = %session.id, %digest, "finished an upload an interrupted finish had moved");
-        Ok(session.offset)
+        Ok(size)
     }
 
     pub async fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<()> {
         let _guard = self.upload_locks.lock(id).await;
         let session = self.load_session(repo, id).await?;
+        self.discard_assembly(&session).await;
         let deleted = self
             .driver
             .delete(&paths::upload(id))
@@ -357,13 +382,32 @@ impl Storage {
             .upload_finish(repo, id, digest, Some((chunk, body)))
             .await;
         if result.is_err() {
-            self.remove_session(id, owner).await;
+            let session = self.read_session(id).await.ok().map(|(_, s)| s);
+            self.remove_session(id, owner, session.as_ref()).await;
         }
         result
     }
 
-    /// Removes a session's storage and its count against its owner.
-    async fn remove_session(&self, id: UploadId, owner: Option<&str>) {
+    /// Gives back what a session's unfinished assembly holds in the store;
+    /// a failure is the sweep's to retry, not the caller's.
+    async fn discard_assembly(&self, session: &Session) {
+        let data = paths::upload_data(session.id);
+        if let Err(e) = self.driver.discard_assembly(&data, &session.assembly).await {
+            tracing::warn!(upload = %session.id, error = %e, "could not discard an upload's parts");
+        }
+    }
+
+    /// Removes a session's storage and its count against its owner; the
+    /// parts of an unfinished assembly too when `unfinished` is given.
+    async fn remove_session(
+        &self,
+        id: UploadId,
+        owner: Option<&str>,
+        unfinished: Option<&Session>,
+    ) {
+        if let Some(session) = unfinished {
+            self.discard_assembly(session).await;
+        }
         // The blob is already in place (or the session is being abandoned):
         // a leftover session directory is the sweep's, not an error.
         match self.driver.delete(&paths::upload(id)).await {
@@ -407,7 +451,10 @@ impl Storage {
         let hasher = sha2::Sha256::deserialize(&state).map_err(|_| unknown())?;
         let session = Session {
             id,
-            offset: record.offset,
+            assembly: Assembly {
+                size: record.offset,
+                parts: record.parts,
+            },
             hasher,
             owner: info.owner,
             active_at: record.written_at.unwrap_or(info.started_at),
@@ -416,19 +463,18 @@ impl Storage {
     }
 
     /// Streams `body` onto the session; on any failure the session is left as
-    /// it was (the appender rolls back, the record is not rewritten).
+    /// it was (the assembler rolls back, the record is not rewritten).
     async fn append(
         &self,
         session: &mut Session,
         chunk: Chunk,
         mut body: ByteStream,
     ) -> Result<()> {
+        let offset = session.assembly.size;
         if let Some(start) = chunk.start
-            && start != session.offset
+            && start != offset
         {
-            return Err(StorageError::RangeMismatch {
-                current: session.offset,
-            });
+            return Err(StorageError::RangeMismatch { current: offset });
         }
         // Its share of the uploads' memory budget, held while the body
         // streams: past the budget, uploads wait their turn, and past the
@@ -441,15 +487,17 @@ impl Storage {
         .map_err(|_| StorageError::UploadMemoryFull)?
         .expect("the budget is never closed");
         let data = paths::upload_data(session.id);
-        let mut appender = match self.driver.append(&data, session.offset).await {
-            Ok(appender) => appender,
-            // Shorter than recorded: the data was moved into place by a
-            // finish that did not get to remove the session (or lost).
-            Err(DriverError::InvalidKey(_)) if session.offset > 0 => {
-                return Err(StorageError::UploadDataMissing);
-            }
-            Err(e) => return Err(e.into()),
+        // Gone: the data was moved into place by a finish that did not get
+        // to remove the session (or lost).
+        let gone = |e: DriverError| match e {
+            DriverError::NotFound(_) => StorageError::UploadDataMissing,
+            e => e.into(),
         };
+        let mut assembler = self
+            .driver
+            .assemble(&data, &session.assembly)
+            .await
+            .map_err(gone)?;
         let mut hasher = HashPipe::start(session.hasher.clone());
         let mut received = 0u64;
         let outcome: Result<()> = async {
@@ -462,7 +510,7 @@ impl Storage {
                     return Err(StorageError::SizeMismatch { declared, received });
                 }
                 hasher.update(bytes.clone()).await;
-                appender.write(bytes).await?;
+                assembler.write(bytes).await.map_err(gone)?;
             }
             match chunk.len {
                 Some(declared) if declared != received => {
@@ -479,17 +527,18 @@ impl Storage {
         let hasher = match hashed {
             Ok(hasher) => hasher,
             Err(e) => {
-                if let Err(abort) = appender.abort().await {
+                if let Err(abort) = assembler.abort().await {
                     tracing::warn!(upload = %session.id, error = %abort, "could not roll back chunk");
                 }
                 return Err(e);
             }
         };
-        // A failed commit gives back what it wrote (the appender's contract).
-        let size = appender.commit().await?;
+        // A failed commit gives back what it wrote (the assembler's contract).
+        let assembly = assembler.commit().await.map_err(gone)?;
+        let size = assembly.size;
         let updated = Session {
             id: session.id,
-            offset: size,
+            assembly,
             hasher,
             owner: session.owner.clone(),
             active_at: now_secs(),
@@ -504,9 +553,9 @@ impl Storage {
             // at the next append, which may never come (a full disk would
             // stay full).
             let landed = matches!(self.read_session(session.id).await,
-                Ok((_, recorded)) if recorded.offset == size);
+                Ok((_, recorded)) if recorded.assembly.size == size);
             if !landed {
-                self.drop_residue(&data, session.offset).await;
+                self.drop_residue(&data, &session.assembly).await;
                 return Err(e.into());
             }
             tracing::warn!(upload = %session.id, error = %e, "upload record written, not synced");
@@ -515,9 +564,9 @@ impl Storage {
         Ok(())
     }
 
-    /// Cuts the session's data back to its recorded `size`.
-    async fn drop_residue(&self, data: &str, size: u64) {
-        let cut = async { self.driver.append(data, size).await?.abort().await };
+    /// Cuts the session's data back to its recorded state.
+    async fn drop_residue(&self, data: &str, recorded: &Assembly) {
+        let cut = async { self.driver.assemble(data, recorded).await?.abort().await };
         if let Err(e) = cut.await {
             tracing::warn!(key = data, error = %e, "could not give back an unrecorded chunk");
         }
@@ -542,18 +591,17 @@ impl Storage {
         }
         Ok(Digest::from_sha512(hasher.finalize().as_slice()))
     }
+}
 
-    /// Makes the session's data object exactly `len` bytes: creates it when no
-    /// byte was ever sent, and drops bytes a crash left past the record.
-    async fn ensure_exact_length(&self, data: &str, len: u64) -> Result<()> {
-        match self.driver.stat(data).await.map(|m| m.size) {
-            Ok(size) if size == len => Ok(()),
-            Ok(_) | Err(super::DriverError::NotFound(_)) => {
-                let appender = self.driver.append(data, len).await?;
-                appender.commit().await?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+/// `body`, unless it holds no byte at all (read up to its first non-empty
+/// frame, which is put back in front).
+async fn non_empty(mut body: ByteStream) -> Result<Option<ByteStream>> {
+    while let Some(bytes) = body.next().await {
+        let bytes = bytes.map_err(StorageError::BodyRead)?;
+        if !bytes.is_empty() {
+            let first = futures_util::stream::once(async move { Ok(bytes) });
+            return Ok(Some(Box::pin(first.chain(body))));
         }
     }
+    Ok(None)
 }

@@ -7,6 +7,7 @@ pub mod distribution;
 pub mod docker;
 pub mod garage;
 pub mod legacy_v1;
+pub mod memory_store;
 pub mod oci;
 pub mod pki;
 pub mod process;

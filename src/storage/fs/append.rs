@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{blocking, sync_dir};
-use crate::storage::driver::{Appender, Result};
+use crate::storage::driver::{Assembler, Assembly, Result};
 
 /// Bytes gathered before they are written: large, because a direct write
 /// waits for the device and the device is fastest with large requests
@@ -251,6 +251,9 @@ type BatchWrite = tokio::task::JoinHandle<io::Result<Batch>>;
 /// 1,238 MB/s, for 4 MiB more per upload.
 const IN_FLIGHT: usize = 3;
 
+/// The most one appender holds: its batches in flight and the one filling.
+pub(super) const MEMORY: usize = (IN_FLIGHT + 1) * BATCH;
+
 /// Appends through a ring of batch buffers; see the module comment.
 pub(super) struct FsAppender {
     target: Arc<Target>,
@@ -334,7 +337,7 @@ impl FsAppender {
 }
 
 #[async_trait]
-impl Appender for FsAppender {
+impl Assembler for FsAppender {
     fn size(&self) -> u64 {
         self.size
     }
@@ -356,9 +359,12 @@ impl Appender for FsAppender {
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<u64> {
+    async fn commit(mut self: Box<Self>) -> Result<Assembly> {
         match self.write_out().await {
-            Ok(size) => Ok(size),
+            Ok(size) => Ok(Assembly {
+                size,
+                parts: serde_json::Value::Null,
+            }),
             Err(e) => {
                 // A failed write may have taken blocks (a full disk stays
                 // full otherwise): the object goes back to where it was.

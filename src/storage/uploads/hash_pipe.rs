@@ -32,7 +32,7 @@ const HASH_BATCH: usize = 256 << 10;
 /// turn. 1 GiB pushes alternated between builds (ten rounds each): medians
 /// of 1,100 MB/s with 1 MiB waiting, 1,185 with 4 MiB, 1,257 with 8 MiB; a
 /// second series put 16 MiB level with 8.
-const HASH_BACKLOG: usize = 8 << 20;
+pub(super) const HASH_BACKLOG: usize = 8 << 20;
 
 impl HashPipe {
     pub(super) fn start(mut hasher: sha2::Sha256) -> Self {

@@ -53,7 +53,8 @@ impl Storage {
             };
             match self.read_session(id).await {
                 Ok((_, session)) if now.saturating_sub(session.active_at) > max_idle => {
-                    self.remove_session(id, session.owner.as_deref()).await;
+                    self.remove_session(id, session.owner.as_deref(), Some(&session))
+                        .await;
                     swept.expired += 1;
                 }
                 Ok((_, session)) => {
@@ -62,7 +63,10 @@ impl Storage {
                     }
                 }
                 Err(StorageError::UploadUnknown) => {
-                    self.remove_session(id, None).await;
+                    // Its assembly's state is unreadable: what it holds in an
+                    // object store is left to the bucket's expiry of
+                    // incomplete multipart uploads.
+                    self.remove_session(id, None, None).await;
                     swept.broken += 1;
                 }
                 // One unreadable session (a storage fault) stops nothing

@@ -1,0 +1,380 @@
+//! The object-store driver: objects in an S3-compatible bucket (AWS S3,
+//! Garage, Ceph RGW, MinIO) through the `object_store` crate, or in any
+//! other `object_store` backend with multipart uploads.
+//!
+//! How the contract maps onto an object store:
+//! - `put` and `get` are single PUTs and GETs (a PUT is atomic);
+//! - an assembly is a multipart upload of the object, created when it
+//!   starts so that its id is recorded before any byte is sent (see
+//!   [`assembly`]); finishing it completes the upload;
+//! - `rename` is a server-side copy, then a delete of the source;
+//! - `list` is a delimited listing; names starting with `.` are the
+//!   driver's own (an assembly's pending bytes) and never listed;
+//! - `delete` of a prefix lists it and deletes what it holds.
+//!
+//! Keys are validated as on the filesystem (no empty, `.`-prefixed or
+//! `\`-holding segments), so both drivers accept exactly the same keys.
+
+mod assembly;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::multipart::MultipartStore;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::driver::{Assembler, Assembly, ByteStream, Driver, DriverError, Meta, Result};
+
+/// How assemblies are cut into parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartLimits {
+    /// Bytes per part (the last excepted). S3 wants at least 5 MiB.
+    pub size: usize,
+    /// Parts one assembler uploads at once.
+    pub in_flight: usize,
+}
+
+impl Default for PartLimits {
+    /// 8 MiB parts, 3 at once: 32 MiB per upload, which keeps a 1 GiB push
+    /// well inside the 64 MiB a replica may hold for it.
+    fn default() -> Self {
+        Self {
+            size: 8 << 20,
+            in_flight: 3,
+        }
+    }
+}
+
+/// What the driver needs of an object store: objects, and multipart
+/// uploads whose id and parts survive the process that made them.
+struct Store {
+    objects: Arc<dyn ObjectStore>,
+    multipart: Arc<dyn MultipartStore>,
+    /// Prepended to every key (`<prefix>/<key>`); empty for none.
+    prefix: String,
+    parts: PartLimits,
+}
+
+pub struct S3Driver {
+    store: Arc<Store>,
+}
+
+/// Where an S3 bucket is and how to reach it.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// `http(s)://host:port`; `None` for AWS itself (from the region).
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    /// Keys are stored under it; empty for the bucket's root.
+    pub prefix: String,
+    /// `None` to take the usual AWS environment variables.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// `host:port/bucket/key` rather than `bucket.host:port/key`: what
+    /// self-hosted stores want.
+    pub path_style: bool,
+    /// Longest silence on a connection (a read of a response, a write of a
+    /// request body) before the request fails.
+    pub io_timeout: Duration,
+    pub parts: PartLimits,
+}
+
+impl S3Driver {
+    /// A driver on the bucket `options` names. Nothing is sent yet: the
+    /// first request tells whether the bucket is there (see
+    /// [`S3Driver::check`]).
+    pub fn new(options: &S3Options) -> std::result::Result<Self, String> {
+        use object_store::ClientOptions;
+        use object_store::aws::AmazonS3Builder;
+        let plain_http = options
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        // No limit on a whole request: a blob's GET streams for as long as
+        // the client takes to read it. Silence is what is bounded.
+        let client = ClientOptions::new()
+            .with_timeout_disabled()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_read_timeout(options.io_timeout)
+            .with_allow_http(plain_http);
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&options.bucket)
+            .with_region(&options.region)
+            .with_virtual_hosted_style_request(!options.path_style)
+            .with_allow_http(plain_http)
+            .with_client_options(client);
+        if let Some(endpoint) = &options.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(id) = &options.access_key_id {
+            builder = builder.with_access_key_id(id);
+        }
+        if let Some(secret) = &options.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        let s3 = Arc::new(builder.build().map_err(|e| e.to_string())?);
+        Ok(Self::with_store(
+            s3.clone(),
+            s3,
+            &options.prefix,
+            options.parts,
+        ))
+    }
+
+    /// A driver on any `object_store` backend with multipart uploads (the
+    /// in-memory store in tests).
+    pub fn with_store(
+        objects: Arc<dyn ObjectStore>,
+        multipart: Arc<dyn MultipartStore>,
+        prefix: &str,
+        parts: PartLimits,
+    ) -> Self {
+        Self {
+            store: Arc::new(Store {
+                objects,
+                multipart,
+                prefix: prefix.trim_matches('/').to_owned(),
+                parts: PartLimits {
+                    size: parts.size.max(1),
+                    in_flight: parts.in_flight.max(1),
+                },
+            }),
+        }
+    }
+
+    /// Asks the store for one listing, so that a wrong endpoint, bucket or
+    /// key fails at start rather than at the first push.
+    pub async fn check(&self) -> std::result::Result<(), String> {
+        let root = self.store.root();
+        match self.store.objects.list_with_delimiter(root.as_ref()).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(describe(&e)),
+        }
+    }
+}
+
+impl Store {
+    fn root(&self) -> Option<Path> {
+        (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()))
+    }
+
+    /// The object path of a key, refusing what the filesystem driver
+    /// refuses: both drivers take exactly the same keys.
+    fn path(&self, key: &str) -> Result<Path> {
+        let valid = !key.is_empty()
+            && !key.contains('\0')
+            && !key.contains('\\')
+            && key
+                .split('/')
+                .all(|part| !part.is_empty() && !part.starts_with('.'));
+        if !valid {
+            return Err(DriverError::InvalidKey(key.to_owned()));
+        }
+        Ok(self.own_path(key))
+    }
+
+    /// The object path of a key the driver made itself (`.`-names).
+    fn own_path(&self, key: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        }
+    }
+}
+
+/// An `object_store` error for the log and the caller: its message,
+/// without the request's headers (which `object_store` never puts there).
+fn describe(e: &object_store::Error) -> String {
+    e.to_string()
+}
+
+/// Maps a store's error on `key` to the driver's.
+fn store_error(key: &str, e: object_store::Error) -> DriverError {
+    match e {
+        object_store::Error::NotFound { .. } => DriverError::NotFound(key.to_owned()),
+        object_store::Error::InvalidPath { .. } => DriverError::InvalidKey(key.to_owned()),
+        e => DriverError::Io(io::Error::other(describe(&e))),
+    }
+}
+
+#[async_trait]
+impl Driver for S3Driver {
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.store.path(key)?;
+        let got = self.store.objects.get(&path).await;
+        got.map_err(|e| store_error(key, e))?
+            .bytes()
+            .await
+            .map_err(|e| store_error(key, e))
+    }
+
+    async fn put(&self, key: &str, content: Bytes) -> Result<()> {
+        let path = self.store.path(key)?;
+        self.store
+            .objects
+            .put(&path, PutPayload::from_bytes(content))
+            .await
+            .map(drop)
+            .map_err(|e| store_error(key, e))
+    }
+
+    async fn read(&self, key: &str, offset: u64, len: Option<u64>) -> Result<ByteStream> {
+        let path = self.store.path(key)?;
+        if len == Some(0) {
+            // S3 refuses an empty range; nothing is what was asked.
+            self.stat(key).await?;
+            return Ok(futures_util::stream::empty().boxed());
+        }
+        let range = match (offset, len) {
+            (0, None) => None,
+            (offset, None) => Some(GetRange::Offset(offset)),
+            (offset, Some(len)) => Some(GetRange::Bounded(offset..offset.saturating_add(len))),
+        };
+        let options = GetOptions {
+            range,
+            ..GetOptions::default()
+        };
+        let result = match self.store.objects.get_opts(&path, options).await {
+            Ok(result) => result,
+            // A range from the very end is empty, which S3 (and the
+            // in-memory store) refuse to serve as a range.
+            Err(e) if offset > 0 => {
+                return match self.stat(key).await {
+                    Ok(meta) if meta.size <= offset => Ok(futures_util::stream::empty().boxed()),
+                    _ => Err(store_error(key, e)),
+                };
+            }
+            Err(e) => return Err(store_error(key, e)),
+        };
+        let owned = key.to_owned();
+        Ok(result
+            .into_stream()
+            .map_err(move |e| io::Error::other(format!("{owned}: {}", describe(&e))))
+            .boxed())
+    }
+
+    async fn stat(&self, key: &str) -> Result<Meta> {
+        let path = self.store.path(key)?;
+        let meta = self
+            .store
+            .objects
+            .head(&path)
+            .await
+            .map_err(|e| store_error(key, e))?;
+        Ok(Meta {
+            size: meta.size,
+            modified: meta.last_modified.into(),
+        })
+    }
+
+    async fn start_assembly(&self, key: &str) -> Result<Assembly> {
+        let path = self.store.path(key)?;
+        assembly::start(&self.store, key, &path).await
+    }
+
+    async fn assemble(&self, key: &str, from: &Assembly) -> Result<Box<dyn Assembler>> {
+        let path = self.store.path(key)?;
+        Ok(Box::new(
+            assembly::S3Assembler::open(Arc::clone(&self.store), key, path, from).await?,
+        ))
+    }
+
+    async fn finish_assembly(&self, key: &str, state: &Assembly) -> Result<()> {
+        let path = self.store.path(key)?;
+        assembly::finish(&self.store, key, &path, state).await
+    }
+
+    async fn discard_assembly(&self, key: &str, state: &Assembly) -> Result<()> {
+        let path = self.store.path(key)?;
+        assembly::discard(&self.store, key, &path, state).await
+    }
+
+    fn assembly_memory(&self) -> usize {
+        assembly::memory(&self.store.parts)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let path = self.store.path(prefix)?;
+        let listed = self
+            .store
+            .objects
+            .list_with_delimiter(Some(&path))
+            .await
+            .map_err(|e| store_error(prefix, e))?;
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .chain(listed.objects.iter().map(|o| &o.location))
+            .filter_map(|p| p.filename())
+            .filter(|name| !name.starts_with('.'))
+            .map(str::to_owned)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            return Err(DriverError::NotFound(prefix.to_owned()));
+        }
+        Ok(names)
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let source = self.store.path(from)?;
+        let target = self.store.path(to)?;
+        // The copy is whole or absent at the target; only then does the
+        // source go.
+        self.store
+            .objects
+            .copy(&source, &target)
+            .await
+            .map_err(|e| store_error(from, e))?;
+        self.store
+            .objects
+            .delete(&source)
+            .await
+            .map_err(|e| store_error(from, e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.store.path(key)?;
+        match self.store.objects.head(&path).await {
+            Ok(_) => {
+                return self
+                    .store
+                    .objects
+                    .delete(&path)
+                    .await
+                    .map_err(|e| store_error(key, e));
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_error(key, e)),
+        }
+        let under: Vec<Path> = self
+            .store
+            .objects
+            .list(Some(&path))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| store_error(key, e))?;
+        if under.is_empty() {
+            return Err(DriverError::NotFound(key.to_owned()));
+        }
+        let locations = futures_util::stream::iter(under.into_iter().map(Ok)).boxed();
+        let mut deleted = self.store.objects.delete_stream(locations);
+        while let Some(result) = deleted.next().await {
+            match result {
+                // Gone meanwhile (a concurrent delete): what was asked.
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error(key, e)),
+            }
+        }
+        Ok(())
+    }
+}
