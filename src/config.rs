@@ -7,9 +7,11 @@
 //! the others), and semantic checks on the values.
 
 mod identity;
+mod s3;
 mod upstream;
 
 pub use identity::{FILE_SOURCE, GroupsFrom, IdentityConfig, LdapConfig, LdapGroups, Nested};
+pub use s3::S3Config;
 pub use upstream::{CacheConfig, UpstreamConfig};
 
 use std::fmt;
@@ -214,12 +216,31 @@ pub struct StorageConfig {
     /// (also once at start).
     pub sweep_interval_secs: u64,
     /// Memory all uploads receiving a body may hold at once, in MiB; each
-    /// holds up to 24 MiB, so this bounds how many stream at once (at
-    /// least 24: one upload).
+    /// holds up to [`StorageConfig::upload_share_mib`] (24 on the
+    /// filesystem), so this bounds how many stream at once (at least one
+    /// upload's share).
     pub upload_memory_mib: usize,
     /// How long an upload waits for its share of that memory before it
     /// gets 429, in milliseconds.
     pub upload_memory_wait_ms: u64,
+    /// How long a change made by another replica (a pushed or deleted tag,
+    /// a new repository) may go unseen in this one's tag lists and
+    /// catalog, in seconds; this replica's own changes show at once, and a
+    /// manifest or tag asked for by name is always read from storage.
+    pub listing_staleness_secs: u64,
+    /// `[storage.s3]`: keep everything in an S3-compatible bucket instead
+    /// of under `root`.
+    pub s3: Option<S3Config>,
+}
+
+impl StorageConfig {
+    /// What one upload receiving a body holds in memory: its write
+    /// buffers (the filesystem's 16 MiB of batches, or S3's parts) and up to
+    /// 8 MiB waiting to be hashed.
+    pub fn upload_share_mib(&self) -> usize {
+        let buffers = self.s3.as_ref().map_or(16 << 20, S3Config::upload_memory);
+        (buffers >> 20) + 8
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -297,6 +318,8 @@ impl Default for StorageConfig {
             sweep_interval_secs: 60 * 60,
             upload_memory_mib: 1024,
             upload_memory_wait_ms: 10_000,
+            listing_staleness_secs: 5,
+            s3: None,
         }
     }
 }
@@ -429,12 +452,22 @@ impl Config {
                 reader.at_opt(span, format!("storage.{key} must be positive"));
             }
         }
-        if self.storage.upload_memory_mib < 24 {
+        let share = self.storage.upload_share_mib();
+        if self.storage.upload_memory_mib < share {
             let span = lookup(root, &["storage", "upload_memory_mib"]);
             reader.at_opt(
                 span,
-                "storage.upload_memory_mib must be at least 24 (what one upload holds)".to_owned(),
+                format!(
+                    "storage.upload_memory_mib must be at least {share} (what one upload holds)"
+                ),
             );
+        }
+        if let Some(s3) = &self.storage.s3 {
+            for (key, message) in s3.problems() {
+                let span = lookup(root, &["storage", "s3", key])
+                    .or_else(|| lookup(root, &["storage", "s3"]));
+                reader.at_opt(span, message);
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             let span = lookup(root, &["log", "level"]);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::auth::Authority;
 use crate::config::Config;
-use crate::storage::{Storage, UploadLimits, fs::FsDriver};
+use crate::storage::Storage;
 use std::time::Duration;
 
 pub struct AppState {
@@ -25,16 +25,7 @@ impl AppState {
     /// Opens the storage the configuration names (creating the data directory
     /// on first start) and loads keys, users and policies.
     pub async fn new(config: Config) -> Result<Arc<Self>, String> {
-        let root = &config.storage.root;
-        let driver = FsDriver::new(root)
-            .await
-            .map_err(|e| format!("cannot open storage at {}: {e}", root.display()))?;
-        let storage = Storage::new(Arc::new(driver)).with_upload_limits(UploadLimits {
-            max_idle: Duration::from_secs(config.storage.upload_max_idle_secs),
-            per_account: config.storage.max_uploads_per_account,
-            memory: config.storage.upload_memory_mib << 20,
-            memory_wait: Duration::from_millis(config.storage.upload_memory_wait_ms),
-        });
+        let storage = crate::storage::open::storage(&config.storage).await?;
         // Before serving: what crashes left in `uploads/` goes, and the
         // sessions kept are counted per account before anyone opens more.
         storage.sweep_uploads_logged().await;

@@ -36,7 +36,12 @@ fn every_example_configuration_loads_and_checks() {
     let cwd = tempfile::tempdir().unwrap();
     let secrets = cwd.path().join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
-    for name in ["ldap-password", "ad-password", "vendor-password"] {
+    for name in [
+        "ldap-password",
+        "ad-password",
+        "vendor-password",
+        "s3-secret-key",
+    ] {
         std::fs::write(secrets.join(name), "service-secret\n").unwrap();
     }
     let ca = common::pki::TestCa::new(&cwd.path().join("certs"), "directory");

@@ -43,6 +43,7 @@ mod logs;
 mod memory;
 mod migrate;
 mod policy_globs;
+mod s3;
 mod secrets_not_logged;
 mod shutdown;
 mod slapd;

@@ -109,6 +109,7 @@ fn check_loaded(config: &Config, report: &mut Report) {
     check_tls(config, report);
     check_directories(config, report);
     check_upstreams(config, report);
+    check_storage(config, report);
 }
 
 /// What `serve` reads for each upstream at start (its account's password
@@ -129,6 +130,27 @@ fn check_upstreams(config: &Config, report: &mut Report) {
             ),
             Err(e) => report.problem(Path::new("upstream"), e),
         }
+    }
+}
+
+/// What `serve` reads to open an S3 bucket (the secret key's file); the
+/// store itself is not contacted.
+fn check_storage(config: &Config, report: &mut Report) {
+    let Some(s3) = &config.storage.s3 else {
+        return;
+    };
+    match portcullis::storage::open::s3_options(s3) {
+        Ok(options) => println!(
+            "storage: S3 bucket `{}`{} at {} (not contacted)",
+            options.bucket,
+            if options.prefix.is_empty() {
+                String::new()
+            } else {
+                format!(", under {}/", options.prefix)
+            },
+            options.endpoint.as_deref().unwrap_or("AWS"),
+        ),
+        Err(e) => report.problem(Path::new("storage"), e),
     }
 }
 

@@ -50,7 +50,6 @@ pub fn run(args: MigrateArgs) -> Result<ExitCode, Failure> {
         Failure::setup("no legacy registry: give --from-v1 URL or set v1.backend")
     })?;
     let source = Legacy::new(&url).map_err(Failure::setup)?;
-    let root = args.data_dir.unwrap_or(config.storage.root);
     let options = Options {
         repos: args.repos,
         jobs: args.jobs.into(),
@@ -62,7 +61,7 @@ pub fn run(args: MigrateArgs) -> Result<ExitCode, Failure> {
         .build()
         .map_err(Failure::refused)?;
     runtime.block_on(async {
-        let storage = super::open_storage(&root).await?;
+        let storage = super::open_storage(&config.storage, args.data_dir).await?;
         let progress = Progress::new();
         let events = {
             let progress = progress.clone();

@@ -103,15 +103,24 @@ fn die_of_broken_pipe() -> ! {
     std::process::exit(141)
 }
 
-/// The filesystem storage at `root`, for the commands that work on it
-/// beside (or instead of) a running server.
-pub async fn open_storage(root: &Path) -> Result<portcullis::storage::Storage, Failure> {
-    let driver = portcullis::storage::fs::FsDriver::new(root)
+/// The storage the configuration names (or the filesystem under
+/// `--data-dir` when given), for the commands that work on it beside (or
+/// instead of) a running server.
+pub async fn open_storage(
+    config: &portcullis::config::StorageConfig,
+    data_dir: Option<PathBuf>,
+) -> Result<portcullis::storage::Storage, Failure> {
+    let config = match data_dir {
+        Some(root) => portcullis::config::StorageConfig {
+            root,
+            s3: None,
+            ..config.clone()
+        },
+        None => config.clone(),
+    };
+    portcullis::storage::open::storage(&config)
         .await
-        .map_err(|e| Failure::refused(format!("{}: {e}", root.display())))?;
-    Ok(portcullis::storage::Storage::new(std::sync::Arc::new(
-        driver,
-    )))
+        .map_err(Failure::refused)
 }
 
 /// Where the configuration came from, for `serve` to say at start.

@@ -47,13 +47,12 @@ pub fn run(command: TokenCommand) -> Result<ExitCode, Failure> {
 
 fn revoke(args: RevokeArgs) -> Result<ExitCode, Failure> {
     let config = load_config(args.config.as_deref())?;
-    let root = args.data_dir.unwrap_or(config.storage.root);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Failure::refused)?;
     runtime.block_on(async {
-        let storage = super::open_storage(&root).await?;
+        let storage = super::open_storage(&config.storage, args.data_dir).await?;
         let mut revocations = Revocations::load(&storage)
             .await
             .map_err(Failure::refused)?;

@@ -5,7 +5,8 @@
 //! directory) and then kept up to date by this process' own changes, one
 //! name at a time, instead of being dropped by them. Another replica's
 //! changes reach it when it is read again: by the first listing more than
-//! [`REFRESH`] after the last read ended. A page seeks to `last` in
+//! its staleness (`storage.listing_staleness_secs`, [`REFRESH`] by
+//! default) after the last read ended. A page seeks to `last` in
 //! the ordered map and reads only what it returns.
 //!
 //! Races are settled per name: every change records a generation, and a
@@ -20,8 +21,8 @@ use std::ops::Bound;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-/// How old an index may get before the next listing reads storage again:
-/// the delay before another replica's changes show.
+/// How old an index may get by default before the next listing reads
+/// storage again: the delay before another replica's changes show.
 pub const REFRESH: Duration = Duration::from_secs(5);
 
 /// The spec's list order: "lexical order (i.e. case-insensitive alphanumeric
@@ -100,8 +101,8 @@ impl Index {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fresh(&self) -> bool {
-        self.read().read_at.is_some_and(|at| at.elapsed() < REFRESH)
+    fn fresh(&self, max_age: Duration) -> bool {
+        self.read().read_at.is_some_and(|at| at.elapsed() < max_age)
     }
 
     /// `name` now exists in storage (it was just written).
@@ -154,16 +155,17 @@ impl Index {
     }
 
     /// Reads storage again (`read` lists every name) unless the last read
-    /// is younger than [`REFRESH`]; concurrent callers share one read.
+    /// is younger than `max_age`; concurrent callers share one read.
     pub async fn refresh<E>(
         &self,
         read: impl Future<Output = Result<Vec<String>, E>>,
+        max_age: Duration,
     ) -> Result<(), E> {
-        if self.fresh() {
+        if self.fresh(max_age) {
             return Ok(());
         }
         let _one = self.reading.lock().await;
-        if self.fresh() {
+        if self.fresh(max_age) {
             return Ok(());
         }
         self.write().changed_during_read = Some(HashSet::new());
@@ -233,7 +235,10 @@ mod tests {
     async fn loaded(names: &[&str]) -> Index {
         let index = Index::default();
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        index.refresh(async { Ok::<_, ()>(names) }).await.unwrap();
+        index
+            .refresh(async { Ok::<_, ()>(names) }, REFRESH)
+            .await
+            .unwrap();
         index
     }
 
@@ -295,12 +300,15 @@ mod tests {
         // after the read had seen the tree without `new` and with `gone`.
         index.write().read_at = None;
         index
-            .refresh(async {
-                index.insert("new");
-                index.insert("gone");
-                index.recheck("gone", async { Ok::<_, ()>(false) }).await?;
-                Ok::<_, ()>(vec!["gone".to_owned(), "other".to_owned()])
-            })
+            .refresh(
+                async {
+                    index.insert("new");
+                    index.insert("gone");
+                    index.recheck("gone", async { Ok::<_, ()>(false) }).await?;
+                    Ok::<_, ()>(vec!["gone".to_owned(), "other".to_owned()])
+                },
+                REFRESH,
+            )
             .await
             .unwrap();
         assert_eq!(all(&index), ["new", "other"]);
@@ -310,7 +318,7 @@ mod tests {
     async fn a_failed_read_keeps_the_index_and_stops_tracking() {
         let index = loaded(&["a"]).await;
         index.write().read_at = None;
-        assert!(index.refresh(async { Err(()) }).await.is_err());
+        assert!(index.refresh(async { Err(()) }, REFRESH).await.is_err());
         assert!(index.read().changed_during_read.is_none());
         assert_eq!(all(&index), ["a"]);
     }

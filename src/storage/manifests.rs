@@ -288,7 +288,8 @@ impl Storage {
     /// order. `NameUnknown` when the repository does not exist.
     pub async fn tags_page(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Page> {
         let tags = self.tags.listed(repo);
-        tags.refresh(self.tag_names(repo)).await?;
+        tags.refresh(self.tag_names(repo), self.listing_staleness)
+            .await?;
         if tags.is_empty() && !self.repository_exists(repo).await? {
             self.tags.forget(repo);
             return Err(StorageError::NameUnknown(repo.clone()));

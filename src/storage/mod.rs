@@ -14,6 +14,7 @@ pub mod fs;
 mod index;
 mod manifests;
 mod migration;
+pub mod open;
 pub mod paths;
 pub mod s3;
 mod uploads;
@@ -99,6 +100,10 @@ pub struct Storage {
     tags: TagIndexes,
     /// Directory reads made to answer listings, for tests and diagnostics.
     listing_reads: std::sync::atomic::AtomicU64,
+    /// How old the catalog and tag indexes may get before a listing reads
+    /// storage again: how long another replica's change may go unseen in
+    /// listings (this process' own changes show at once).
+    listing_staleness: std::time::Duration,
 }
 
 /// How many repositories' tag indexes are kept. A listed repository's tags
@@ -210,7 +215,14 @@ impl Storage {
             catalog: index::Index::default(),
             tags: TagIndexes::default(),
             listing_reads: Default::default(),
+            listing_staleness: index::REFRESH,
         }
+    }
+
+    /// How long another replica's changes may go unseen in listings.
+    pub fn with_listing_staleness(mut self, staleness: std::time::Duration) -> Self {
+        self.listing_staleness = staleness;
+        self
     }
 
     pub fn with_upload_limits(mut self, limits: UploadLimits) -> Self {
@@ -344,7 +356,9 @@ impl Storage {
         n: usize,
         visible: impl Fn(&str) -> bool,
     ) -> Result<Page> {
-        self.catalog.refresh(self.walk_repositories()).await?;
+        self.catalog
+            .refresh(self.walk_repositories(), self.listing_staleness)
+            .await?;
         Ok(self.catalog.page(last, n, visible))
     }
 

@@ -1,0 +1,111 @@
+//! `[storage.s3]`: the registry's storage in an S3-compatible bucket
+//! instead of a local directory.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// The store's region (Garage: the `s3_region` of its configuration).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// `http(s)://host[:port]` of a self-hosted store; unset for AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Keys are stored under `<prefix>/`, so one bucket can hold more than
+    /// the registry. Empty: the bucket's root.
+    #[serde(default)]
+    pub prefix: String,
+    /// The access key; with `secret_access_key_file`. Unset: the usual AWS
+    /// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`) or the instance's role.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// A file holding the secret key (its first line); never the secret
+    /// itself in the configuration.
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// `host/bucket/key` addressing, which self-hosted stores want; unset:
+    /// on with an `endpoint`, off for AWS (`bucket.host/key`).
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// Size of the parts an upload is sent in, in MiB (S3's minimum: 5).
+    #[serde(default = "default_part_size")]
+    pub part_size_mib: usize,
+    /// Parts one upload sends at once.
+    #[serde(default = "default_parts_in_flight")]
+    pub parts_in_flight: usize,
+    /// How long a connection to the store may stay silent (no byte of a
+    /// response, no progress sending a request) before the request fails,
+    /// in seconds. A blob streams for as long as it takes.
+    #[serde(default = "default_io_timeout")]
+    pub io_timeout_secs: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+fn default_part_size() -> usize {
+    8
+}
+
+fn default_parts_in_flight() -> usize {
+    3
+}
+
+fn default_io_timeout() -> u64 {
+    60
+}
+
+impl S3Config {
+    /// What one upload receiving a body holds in memory for its parts.
+    pub fn upload_memory(&self) -> usize {
+        (self.part_size_mib << 20) * (self.parts_in_flight + 1)
+    }
+
+    /// What is wrong with it, key by key (`(key, message)`).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut found = Vec::new();
+        if self.bucket.is_empty() {
+            found.push(("bucket", "storage.s3.bucket must not be empty".to_owned()));
+        }
+        if let Some(endpoint) = &self.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            found.push((
+                "endpoint",
+                format!("storage.s3.endpoint `{endpoint}` must start with http:// or https://"),
+            ));
+        }
+        if self.access_key_id.is_some() != self.secret_access_key_file.is_some() {
+            found.push((
+                "access_key_id",
+                "storage.s3: access_key_id needs secret_access_key_file, and secret_access_key_file access_key_id"
+                    .to_owned(),
+            ));
+        }
+        // S3 refuses parts under 5 MiB (the last excepted) and over 5 GiB.
+        if !(5..=5120).contains(&self.part_size_mib) {
+            found.push((
+                "part_size_mib",
+                "storage.s3.part_size_mib must be between 5 and 5120".to_owned(),
+            ));
+        }
+        if !(1..=64).contains(&self.parts_in_flight) {
+            found.push((
+                "parts_in_flight",
+                "storage.s3.parts_in_flight must be between 1 and 64".to_owned(),
+            ));
+        }
+        if self.io_timeout_secs == 0 {
+            found.push((
+                "io_timeout_secs",
+                "storage.s3.io_timeout_secs must be positive".to_owned(),
+            ));
+        }
+        found
+    }
+}

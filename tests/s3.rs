@@ -1,0 +1,410 @@
+//! Portcullis on S3: the registry API on a real Garage bucket, and two
+//! replicas sharing one bucket (and one set of signing keys) as a load
+//! balancer would spread a client's requests over them.
+//!
+//! Each test owns its Garage (`common::garage`) and its temporary
+//! directories; replicas are in-process servers on their own ephemeral
+//! ports (`TestServer`), the registry clients the real skopeo where noted.
+
+use crate::common;
+
+use std::path::PathBuf;
+
+use common::garage::{ACCESS_KEY, BUCKET, Garage, REGION, SECRET_KEY};
+use common::{TestServer, error_code, header_str, random_bytes, sha256};
+use portcullis::auth::users::hash_password;
+use portcullis::config::{Config, S3Config};
+use reqwest::{StatusCode, header};
+use tempfile::TempDir;
+
+const MIB: usize = 1 << 20;
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A Garage bucket and what every replica on it shares: the secret key's
+/// file, the signing keys, the users and the policies.
+struct Bucket {
+    garage: Garage,
+    shared: TempDir,
+}
+
+impl Bucket {
+    async fn start() -> Self {
+        let garage = tokio::task::spawn_blocking(Garage::start).await.unwrap();
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::write(shared.path().join("s3-secret"), format!("{SECRET_KEY}\n")).unwrap();
+        let users = format!(
+            "[users.alice]\npassword = {:?}\n\n[users.root]\npassword = {:?}\ngroups = [\"admins\"]\n",
+            hash_password("alice-pw").unwrap(),
+            hash_password("root-pw").unwrap(),
+        );
+        std::fs::write(shared.path().join("users.toml"), users).unwrap();
+        common::process::copy_project_policies(shared.path());
+        Self { garage, shared }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.shared.path().join(name)
+    }
+
+    /// `[storage.s3]` for this bucket, with S3's smallest parts so that a
+    /// few MiB cross several of them.
+    fn s3(&self) -> S3Config {
+        S3Config {
+            bucket: BUCKET.to_owned(),
+            region: REGION.to_owned(),
+            endpoint: Some(self.garage.endpoint()),
+            prefix: "registry".to_owned(),
+            access_key_id: Some(ACCESS_KEY.to_owned()),
+            secret_access_key_file: Some(self.path("s3-secret")),
+            path_style: Some(true),
+            part_size_mib: 5,
+            parts_in_flight: 2,
+            io_timeout_secs: 30,
+        }
+    }
+
+    /// A replica on the bucket, with authentication on or off; its own
+    /// data directory is never used (everything is in the bucket).
+    async fn replica(&self, auth: bool) -> TestServer {
+        let s3 = self.s3();
+        let (keys, users, policies) = (
+            self.path("certs"),
+            self.path("users.toml"),
+            self.path("policies"),
+        );
+        TestServer::start_configured(tempfile::tempdir().unwrap(), move |config: &mut Config| {
+            config.auth.enabled = auth;
+            config.storage.s3 = Some(s3);
+            // What one replica writes, the other lists at once.
+            config.storage.listing_staleness_secs = 0;
+            config.token.key_dir = keys;
+            config.users.file = users;
+            config.policy.dir = policies;
+        })
+        .await
+    }
+}
+
+/// Starts an upload in `repo`; its `Location`.
+async fn start_upload(server: &TestServer, repo: &str) -> String {
+    let response = server
+        .client
+        .post(server.at(&format!("/v2/{repo}/blobs/uploads/")))
+        .header(header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    header_str(&response, "location").to_owned()
+}
+
+/// One chunk at `at`; asserts 202 and the `Range` after it.
+async fn patch(server: &TestServer, location: &str, at: usize, chunk: &[u8]) {
+    let response = server
+        .client
+        .patch(server.at(location))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(
+            header::CONTENT_RANGE,
+            format!("{at}-{}", at + chunk.len() - 1),
+        )
+        .body(chunk.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED, "PATCH at {at}");
+    assert_eq!(
+        header_str(&response, "range"),
+        format!("0-{}", at + chunk.len() - 1)
+    );
+}
+
+async fn put_close(server: &TestServer, location: &str, digest: &str) -> reqwest::Response {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    server
+        .client
+        .put(server.at(&format!("{location}{sep}digest={digest}")))
+        .header(header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .unwrap()
+}
+
+/// An OCI manifest over `config` and `layers` (digests and sizes).
+fn manifest(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> {
+    let descriptor = |media: &str, (digest, size): (&str, usize)| serde_json::json!({"mediaType": media, "digest": digest, "size": size});
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+        "layers": layers
+            .iter()
+            .map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", *l))
+            .collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+async fn put_manifest(server: &TestServer, repo: &str, reference: &str, body: &[u8]) -> StatusCode {
+    server
+        .client
+        .put(server.at(&format!("/v2/{repo}/manifests/{reference}")))
+        .header(header::CONTENT_TYPE, MANIFEST)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// The digest `repo:reference` resolves to, or the error status.
+async fn resolve(server: &TestServer, repo: &str, reference: &str) -> Result<String, StatusCode> {
+    let response = server
+        .client
+        .get(server.at(&format!("/v2/{repo}/manifests/{reference}")))
+        .header(header::ACCEPT, MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    match response.status() {
+        StatusCode::OK => Ok(header_str(&response, "docker-content-digest").to_owned()),
+        other => Err(other),
+    }
+}
+
+async fn tags(server: &TestServer, repo: &str) -> serde_json::Value {
+    server.get_json(&format!("/v2/{repo}/tags/list")).await["tags"].clone()
+}
+
+/// An image (a config and one layer) pushed through `server`; its
+/// manifest's bytes.
+async fn push_image(server: &TestServer, repo: &str, layer: &[u8]) -> Vec<u8> {
+    let config = format!("{{\"layer\":\"{}\"}}", sha256(layer)).into_bytes();
+    let layer_digest = server.push_blob(repo, layer).await;
+    let config_digest = server.push_blob(repo, &config).await;
+    manifest(
+        (&config_digest, config.len()),
+        &[(&layer_digest, layer.len())],
+    )
+}
+
+#[tokio::test]
+async fn an_upload_started_on_one_replica_is_continued_and_finished_on_the_other() {
+    let bucket = Bucket::start().await;
+    let (a, b) = (bucket.replica(false).await, bucket.replica(false).await);
+    let data = random_bytes(13 * MIB + 2);
+    let digest = sha256(&data);
+    let repo = "team/app";
+
+    // Chunks of odd sizes, so that parts (5 MiB) and chunks never line up:
+    // 3 MiB (all pending), 4 MiB + 1 (a part and a pending tail), both on A;
+    // then 1 byte and the rest on B, which has only what the bucket holds.
+    let location = start_upload(&a, repo).await;
+    let cuts = [0, 3 * MIB, 7 * MIB + 1, 7 * MIB + 2, data.len()];
+    for (i, pair) in cuts.windows(2).enumerate() {
+        let replica = if i < 2 { &a } else { &b };
+        patch(replica, &location, pair[0], &data[pair[0]..pair[1]]).await;
+    }
+    let response = b.client.get(b.at(&location)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        header_str(&response, "range"),
+        format!("0-{}", data.len() - 1)
+    );
+
+    // A wrong digest refuses the finish and loses nothing: the right one
+    // then finishes it, on the first replica again.
+    let wrong = sha256(b"something else");
+    let response = put_close(&b, &location, &wrong).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(response).await, "DIGEST_INVALID");
+    let response = put_close(&a, &location, &digest).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    b.assert_serves_blob(repo, &digest, &data).await;
+    a.assert_serves_blob(repo, &digest, &data).await;
+    let response = b
+        .client
+        .get(b.at(&format!("/v2/{repo}/blobs/{digest}")))
+        .header(header::RANGE, "bytes=5242879-10485760")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    let body = response.bytes().await.unwrap();
+    assert!(
+        body[..] == data[5_242_879..=10_485_760],
+        "the range read back differs"
+    );
+
+    // Another repository does not read it, through either replica.
+    for replica in [&a, &b] {
+        let response = replica
+            .client
+            .get(replica.at(&format!("/v2/other/repo/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(error_code(response).await, "BLOB_UNKNOWN");
+    }
+}
+
+#[tokio::test]
+async fn a_push_through_one_replica_is_pulled_through_the_other_and_tag_changes_show_there() {
+    let bucket = Bucket::start().await;
+    let (a, b) = (bucket.replica(false).await, bucket.replica(false).await);
+    let repo = "team/app";
+    let first = push_image(&a, repo, &random_bytes(6 * MIB)).await;
+    assert_eq!(
+        put_manifest(&a, repo, "v1", &first).await,
+        StatusCode::CREATED
+    );
+    let first_digest = sha256(&first);
+
+    assert_eq!(resolve(&b, repo, "v1").await, Ok(first_digest.clone()));
+    assert_eq!(tags(&b, repo).await, serde_json::json!(["v1"]));
+    let catalog = b.get_json("/v2/_catalog").await;
+    assert_eq!(catalog["repositories"], serde_json::json!([repo]));
+
+    // The tag moved on A: B resolves it to the new manifest, and lists
+    // the new tag A added.
+    let second = push_image(&a, repo, &random_bytes(100_000)).await;
+    assert_eq!(
+        put_manifest(&a, repo, "v1", &second).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put_manifest(&a, repo, "v2", &second).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(resolve(&b, repo, "v1").await, Ok(sha256(&second)));
+    assert_eq!(tags(&b, repo).await, serde_json::json!(["v1", "v2"]));
+    // The first manifest is still there by digest.
+    assert_eq!(
+        resolve(&b, repo, &first_digest).await,
+        Ok(first_digest.clone())
+    );
+
+    // Deleted on A: gone on B, by tag and in its list.
+    let response = a
+        .client
+        .delete(a.at(&format!("/v2/{repo}/manifests/{}", sha256(&second))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(resolve(&b, repo, "v1").await, Err(StatusCode::NOT_FOUND));
+    assert_eq!(resolve(&b, repo, "v2").await, Err(StatusCode::NOT_FOUND));
+    let listed = tags(&b, repo).await;
+    assert!(
+        listed.as_array().is_none_or(Vec::is_empty),
+        "B still lists deleted tags: {listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_racing_to_push_the_same_blob_and_tag_leave_one_consistent_image() {
+    let bucket = Bucket::start().await;
+    let (a, b) = (bucket.replica(false).await, bucket.replica(false).await);
+    let repo = "race/app";
+    let layer = random_bytes(11 * MIB);
+    let digest = sha256(&layer);
+    let (pushed_a, pushed_b) = tokio::join!(a.push_blob(repo, &layer), b.push_blob(repo, &layer));
+    assert_eq!(
+        (pushed_a.as_str(), pushed_b.as_str()),
+        (digest.as_str(), digest.as_str())
+    );
+    a.assert_serves_blob(repo, &digest, &layer).await;
+
+    // Two different images raced under one tag: the tag ends on one of
+    // them, the same through both replicas, and both images stay whole.
+    let config_a = a.push_blob(repo, b"{\"replica\":\"a\"}").await;
+    let config_b = b.push_blob(repo, b"{\"replica\":\"b\"}").await;
+    let image_a = manifest((&config_a, 15), &[(&digest, layer.len())]);
+    let image_b = manifest((&config_b, 15), &[(&digest, layer.len())]);
+    let (put_a, put_b) = tokio::join!(
+        put_manifest(&a, repo, "latest", &image_a),
+        put_manifest(&b, repo, "latest", &image_b)
+    );
+    assert_eq!((put_a, put_b), (StatusCode::CREATED, StatusCode::CREATED));
+    let winner = resolve(&a, repo, "latest").await.expect("the tag resolves");
+    assert_eq!(resolve(&b, repo, "latest").await, Ok(winner.clone()));
+    assert!(
+        winner == sha256(&image_a) || winner == sha256(&image_b),
+        "the tag points at neither image: {winner}"
+    );
+    for image in [&image_a, &image_b] {
+        let digest = sha256(image);
+        assert_eq!(resolve(&a, repo, &digest).await, Ok(digest.clone()));
+        assert_eq!(resolve(&b, repo, &digest).await, Ok(digest));
+    }
+    b.assert_serves_blob(repo, &digest, &layer).await;
+}
+
+#[tokio::test]
+async fn a_token_from_one_replica_is_accepted_by_the_other_within_its_grant() {
+    let bucket = Bucket::start().await;
+    let a = bucket.replica(true).await;
+    let b = bucket.replica(true).await;
+    let token = |server: &TestServer, user: &str, password: &str, scope: &str| {
+        let request = server
+            .client
+            .get(server.at(&format!("/token?service=portcullis&scope={scope}")))
+            .basic_auth(user, Some(password));
+        async move {
+            let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            body["token"].as_str().expect("a token").to_owned()
+        }
+    };
+    // alice may push her own namespace: a token from A pushes through B.
+    let push = token(&a, "alice", "alice-pw", "repository:alice/app:pull,push").await;
+    let data = random_bytes(200_000);
+    let digest = sha256(&data);
+    let response = b
+        .client
+        .post(b.at(&format!("/v2/alice/app/blobs/uploads/?digest={digest}")))
+        .bearer_auth(&push)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    // A token from B for root's repository, with only pull granted to
+    // alice, does not push through A.
+    let pull = token(&b, "alice", "alice-pw", "repository:root/app:pull,push").await;
+    let response = a
+        .client
+        .post(a.at(&format!("/v2/root/app/blobs/uploads/?digest={digest}")))
+        .bearer_auth(&pull)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let challenge = header_str(&response, "www-authenticate").to_owned();
+    assert!(challenge.contains("insufficient_scope"), "{challenge}");
+
+    // A token tampered with (one character of its signature changed) is
+    // refused by the replica that did not issue it; the genuine one reads.
+    let at = push.len() - 10;
+    let swapped = if &push[at..=at] == "A" { "B" } else { "A" };
+    let forged = format!("{}{swapped}{}", &push[..at], &push[at + 1..]);
+    let response = a
+        .client
+        .get(a.at(&format!("/v2/alice/app/blobs/{digest}")))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = a
+        .client
+        .get(a.at(&format!("/v2/alice/app/blobs/{digest}")))
+        .bearer_auth(&push)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
