@@ -10,7 +10,7 @@ use crate::common;
 
 use std::path::PathBuf;
 
-use common::garage::{ACCESS_KEY, BUCKET, Garage, REGION, SECRET_KEY};
+use common::garage::{ACCESS_KEY, BUCKET, Garage, GarageCluster, REGION, SECRET_KEY};
 use common::{TestServer, error_code, header_str, random_bytes, sha256};
 use portcullis::auth::users::hash_password;
 use portcullis::config::{Config, S3Config};
@@ -20,16 +20,40 @@ use tempfile::TempDir;
 const MIB: usize = 1 << 20;
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
+/// What a bucket lives on: one Garage node, or a three-node cluster (each
+/// replica then talks to a node of its own, as replicas in different zones
+/// would).
+enum Nodes {
+    One(Garage),
+    Cluster(GarageCluster),
+}
+
 /// A Garage bucket and what every replica on it shares: the secret key's
 /// file, the signing keys, the users and the policies.
 struct Bucket {
-    garage: Garage,
+    nodes: Nodes,
+    endpoints: Vec<String>,
     shared: TempDir,
 }
 
 impl Bucket {
+    /// On a single node.
     async fn start() -> Self {
         let garage = tokio::task::spawn_blocking(Garage::start).await.unwrap();
+        let endpoints = vec![garage.endpoint()];
+        Self::on(Nodes::One(garage), endpoints)
+    }
+
+    /// On a three-node cluster.
+    async fn start_cluster() -> Self {
+        let cluster = tokio::task::spawn_blocking(|| GarageCluster::start(3))
+            .await
+            .unwrap();
+        let endpoints = cluster.endpoints();
+        Self::on(Nodes::Cluster(cluster), endpoints)
+    }
+
+    fn on(nodes: Nodes, endpoints: Vec<String>) -> Self {
         let shared = tempfile::tempdir().unwrap();
         std::fs::write(shared.path().join("s3-secret"), format!("{SECRET_KEY}\n")).unwrap();
         let users = format!(
@@ -39,20 +63,37 @@ impl Bucket {
         );
         std::fs::write(shared.path().join("users.toml"), users).unwrap();
         common::process::copy_project_policies(shared.path());
-        Self { garage, shared }
+        Self {
+            nodes,
+            endpoints,
+            shared,
+        }
+    }
+
+    /// The S3 endpoint of node `i` (modulo the nodes there are).
+    fn endpoint(&self, i: usize) -> String {
+        self.endpoints[i % self.endpoints.len()].clone()
+    }
+
+    /// Garage's logs, for a failure's message.
+    fn log(&self) -> String {
+        match &self.nodes {
+            Nodes::One(garage) => garage.log(),
+            Nodes::Cluster(cluster) => cluster.log(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.shared.path().join(name)
     }
 
-    /// `[storage.s3]` for this bucket, with S3's smallest parts so that a
-    /// few MiB cross several of them.
-    fn s3(&self) -> S3Config {
+    /// `[storage.s3]` for this bucket through node `node`, with S3's
+    /// smallest parts so that a few MiB cross several of them.
+    fn s3(&self, node: usize) -> S3Config {
         S3Config {
             bucket: BUCKET.to_owned(),
             region: REGION.to_owned(),
-            endpoint: Some(self.garage.endpoint()),
+            endpoint: Some(self.endpoint(node)),
             prefix: "registry".to_owned(),
             access_key_id: Some(ACCESS_KEY.to_owned()),
             secret_access_key_file: Some(self.path("s3-secret")),
@@ -63,10 +104,21 @@ impl Bucket {
         }
     }
 
-    /// A replica on the bucket, with authentication on or off; its own
-    /// data directory is never used (everything is in the bucket).
-    async fn replica(&self, auth: bool) -> TestServer {
-        let s3 = self.s3();
+    /// A replica on the bucket through node `node`, with authentication on
+    /// or off; its own data directory is never used (everything is in the
+    /// bucket).
+    async fn replica(&self, node: usize, auth: bool) -> TestServer {
+        self.replica_with(node, auth, |_| {}).await
+    }
+
+    /// As [`Bucket::replica`], with more configuration.
+    async fn replica_with(
+        &self,
+        node: usize,
+        auth: bool,
+        more: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let s3 = self.s3(node);
         let (keys, users, policies) = (
             self.path("certs"),
             self.path("users.toml"),
@@ -80,6 +132,7 @@ impl Bucket {
             config.token.key_dir = keys;
             config.users.file = users;
             config.policy.dir = policies;
+            more(config);
         })
         .await
     }
@@ -190,8 +243,11 @@ async fn push_image(server: &TestServer, repo: &str, layer: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_upload_started_on_one_replica_is_continued_and_finished_on_the_other() {
-    let bucket = Bucket::start().await;
-    let (a, b) = (bucket.replica(false).await, bucket.replica(false).await);
+    let bucket = Bucket::start_cluster().await;
+    let (a, b) = (
+        bucket.replica(0, false).await,
+        bucket.replica(2, false).await,
+    );
     let data = random_bytes(13 * MIB + 2);
     let digest = sha256(&data);
     let repo = "team/app";
@@ -252,8 +308,11 @@ async fn an_upload_started_on_one_replica_is_continued_and_finished_on_the_other
 
 #[tokio::test]
 async fn a_push_through_one_replica_is_pulled_through_the_other_and_tag_changes_show_there() {
-    let bucket = Bucket::start().await;
-    let (a, b) = (bucket.replica(false).await, bucket.replica(false).await);
+    let bucket = Bucket::start_cluster().await;
+    let (a, b) = (
+        bucket.replica(0, false).await,
+        bucket.replica(2, false).await,
+    );
     let repo = "team/app";
     let first = push_image(&a, repo, &random_bytes(6 * MIB)).await;
     assert_eq!(
@@ -305,8 +364,11 @@ async fn a_push_through_one_replica_is_pulled_through_the_other_and_tag_changes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_racing_to_push_the_same_blob_and_tag_leave_one_consistent_image() {
-    let bucket = Bucket::start().await;
-    let (a, b) = (bucket.replica(false).await, bucket.replica(false).await);
+    let bucket = Bucket::start_cluster().await;
+    let (a, b) = (
+        bucket.replica(0, false).await,
+        bucket.replica(2, false).await,
+    );
     let repo = "race/app";
     let layer = random_bytes(11 * MIB);
     let digest = sha256(&layer);
@@ -344,9 +406,9 @@ async fn replicas_racing_to_push_the_same_blob_and_tag_leave_one_consistent_imag
 
 #[tokio::test]
 async fn a_token_from_one_replica_is_accepted_by_the_other_within_its_grant() {
-    let bucket = Bucket::start().await;
-    let a = bucket.replica(true).await;
-    let b = bucket.replica(true).await;
+    let bucket = Bucket::start_cluster().await;
+    let a = bucket.replica(0, true).await;
+    let b = bucket.replica(1, true).await;
     let token = |server: &TestServer, user: &str, password: &str, scope: &str| {
         let request = server
             .client
@@ -407,4 +469,185 @@ async fn a_token_from_one_replica_is_accepted_by_the_other_within_its_grant() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// `portcullis.toml` for the real binary on this bucket: `config_in`'s
+/// paths, and `[storage.s3]`.
+fn binary_config(bucket: &Bucket, dir: &std::path::Path, extra: &str) -> PathBuf {
+    let path = common::process::config_in(dir);
+    let s3 = bucket.s3(0);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replacen("[storage]\n", &format!("[storage]\n{extra}"), 1);
+    text.push_str(&format!(
+        "\n[storage.s3]\nbucket = {:?}\nregion = {:?}\nendpoint = {:?}\nprefix = {:?}\n\
+         access_key_id = {:?}\nsecret_access_key_file = {:?}\npart_size_mib = 5\n",
+        s3.bucket,
+        s3.region,
+        s3.endpoint.unwrap(),
+        s3.prefix,
+        s3.access_key_id.unwrap(),
+        s3.secret_access_key_file.unwrap().to_str().unwrap(),
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pushes_and_pulls_an_image_through_portcullis_on_s3() {
+    common::clients::require("skopeo");
+    let bucket = Bucket::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(&bucket, dir.path(), "");
+    tokio::task::spawn_blocking(move || {
+        use common::oci::{layout_blobs, layout_tag_digest, oci_ref, write_layout};
+        let server = common::process::ServerProcess::start_with(&[
+            "--no-auth",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        let env = common::clients::ClientEnv::new(&server.host);
+        let src = env.path("src");
+        // A layer over two parts, one under one, one tiny.
+        let layout = write_layout(&src, "v1", &[12 * MIB + 7, 700_000, 3_000]);
+        let remote = env.docker_ref("team/app:v1");
+        env.skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &oci_ref(&src, "v1"),
+            &remote,
+        ]);
+        let back = env.path("back");
+        env.skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            &remote,
+            &oci_ref(&back, "v1"),
+        ]);
+        assert_eq!(layout_tag_digest(&back, "v1"), layout.manifest_digest);
+        assert_eq!(layout_blobs(&back), layout.blobs);
+        // Nothing of the pushes' uploads is left in the bucket.
+        assert!(
+            common::garage::object_keys(&bucket.endpoint(0), "registry/uploads/").is_empty(),
+            "upload sessions left in the bucket"
+        );
+        assert_eq!(
+            common::garage::multipart_uploads(&bucket.endpoint(0)),
+            Vec::<(String, String)>::new(),
+            "multipart uploads left open"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+/// The multipart uploads open in the bucket and the objects under the
+/// registry's `uploads/`.
+fn upload_leftovers(endpoint: &str) -> (Vec<(String, String)>, Vec<String>) {
+    (
+        common::garage::multipart_uploads(endpoint),
+        common::garage::object_keys(endpoint, "registry/uploads/"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_upload_leaves_sessions_another_resumes_and_the_sweep_clears() {
+    use tokio::io::AsyncWriteExt;
+    let bucket = Bucket::start_cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(&bucket, dir.path(), "");
+    let killed = common::process::ServerProcess::start_with(&[
+        "--no-auth",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let client = reqwest::Client::new();
+    let start = |repo: &str| {
+        let request = client
+            .post(format!("{}/v2/{repo}/blobs/uploads/", killed.url))
+            .header(header::CONTENT_LENGTH, "0");
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+            header_str(&response, "location").to_owned()
+        }
+    };
+    // One session with a chunk recorded (a part and a pending tail)...
+    let data = random_bytes(9 * MIB);
+    let digest = sha256(&data);
+    let resumed = start("team/app").await;
+    let response = client
+        .patch(format!("{}{resumed}", killed.url))
+        .header(header::CONTENT_RANGE, format!("0-{}", 6 * MIB - 1))
+        .body(data[..6 * MIB].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    // ...and one killed while its chunk streams: 12 of the 20 MiB it
+    // announced are sent (parts of it on their way to the bucket) when
+    // the replica dies.
+    let abandoned = start("team/app").await;
+    let mut socket = tokio::net::TcpStream::connect(&killed.host).await.unwrap();
+    let head = format!(
+        "PATCH {abandoned} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n\r\n",
+        killed.host,
+        20 * MIB
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&random_bytes(12 * MIB)).await.unwrap();
+    killed.kill();
+    drop(socket);
+
+    let endpoint = bucket.endpoint(0);
+    let (open, _) = tokio::task::spawn_blocking({
+        let endpoint = endpoint.clone();
+        move || upload_leftovers(&endpoint)
+    })
+    .await
+    .unwrap();
+    assert_eq!(open.len(), 2, "both sessions' multipart uploads: {open:?}");
+
+    // Another replica continues the first session from what the bucket
+    // recorded; the second one has nothing recorded and starts over.
+    let other = bucket.replica(1, false).await;
+    let response = other.client.get(other.at(&resumed)).send().await.unwrap();
+    assert_eq!(header_str(&response, "range"), format!("0-{}", 6 * MIB - 1));
+    patch(&other, &resumed, 6 * MIB, &data[6 * MIB..]).await;
+    let response = put_close(&other, &resumed, &digest).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    other.assert_serves_blob("team/app", &digest, &data).await;
+    let response = other.client.get(other.at(&abandoned)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header_str(&response, "range"), "0-0");
+    drop(other);
+
+    // A replica that expires idle sessions after a second sweeps the
+    // abandoned one: its multipart upload is aborted, nothing stays.
+    let _sweeper = bucket
+        .replica_with(2, false, |config| {
+            config.storage.upload_max_idle_secs = 1;
+            config.storage.sweep_interval_secs = 1;
+        })
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let leftovers = tokio::task::spawn_blocking({
+            let endpoint = endpoint.clone();
+            move || upload_leftovers(&endpoint)
+        })
+        .await
+        .unwrap();
+        if leftovers.0.is_empty() && leftovers.1.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left after 30 s of sweeps: {leftovers:?}\n{}",
+            bucket.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
