@@ -351,9 +351,9 @@ async fn oauth_password_grant_with_offline_access_and_revocation() {
             .await
             .unwrap(),
     ));
-    let mut revocations = portcullis::auth::Revocations::load(&storage).await.unwrap();
-    revocations.revoke_user("alice");
-    revocations.save(&storage).await.unwrap();
+    portcullis::auth::Revocations::update(&storage, |r| r.revoke_user("alice"))
+        .await
+        .unwrap();
     let res = redeem(refresh).send().await.unwrap();
     assert_eq!(res.status(), 401);
     let body: Value = res.json().await.unwrap();

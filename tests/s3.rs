@@ -101,6 +101,7 @@ impl Bucket {
             part_size_mib: 5,
             parts_in_flight: 2,
             io_timeout_secs: 30,
+            conditional_writes: None,
         }
     }
 

@@ -49,6 +49,9 @@ macro_rules! properties {
     delete_prunes_emptied_prefix,
     invalid_keys_are_refused,
     concurrent_puts_leave_one_whole_value,
+    put_if_absent_creates_once,
+    put_if_matches_swaps_only_the_version_read,
+    racing_compare_and_swaps_lose_no_update,
     large_streamed_assembly,
     large_assembly_in_odd_rounds,
         );
@@ -84,6 +87,8 @@ mod on_memory {
                 in_flight: 3,
             },
         );
+        // The in-memory store honours conditional writes: the probe finds it.
+        driver.check().await.expect("the in-memory store answers");
         (store, driver)
     }
 
@@ -102,7 +107,8 @@ mod on_memory {
 /// The S3 driver on a real single-node Garage, with S3's smallest parts.
 mod on_garage {
     use crate::common::garage::{ACCESS_KEY, BUCKET, Garage, REGION, SECRET_KEY};
-    use portcullis::storage::s3::{PartLimits, S3Driver, S3Options};
+    use portcullis::storage::Driver as _;
+    use portcullis::storage::s3::{ConditionalWrites, PartLimits, S3Driver, S3Options};
 
     pub(crate) fn options(garage: &Garage) -> S3Options {
         S3Options {
@@ -114,6 +120,7 @@ mod on_garage {
             secret_access_key: Some(SECRET_KEY.to_owned()),
             path_style: true,
             io_timeout: std::time::Duration::from_secs(30),
+            conditional_writes: ConditionalWrites::Probe,
             parts: PartLimits {
                 size: 5 << 20,
                 in_flight: 3,
@@ -129,6 +136,14 @@ mod on_garage {
     }
 
     properties!(driver);
+
+    /// Garage 2.5.0 ignores `If-None-Match` and `If-Match` on PUT: the
+    /// probe at start finds it, and `put_if` falls back to check-then-write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_probe_finds_that_garage_ignores_conditional_writes() {
+        let (_garage, driver) = driver().await;
+        assert!(!driver.conditional_writes());
+    }
 }
 
 /// Every property on one shared driver at the same time: each works under its

@@ -572,10 +572,23 @@ impl Revocations {
         }
     }
 
-    pub async fn save(&self, storage: &Storage) -> Result<(), AuthError> {
-        let json =
-            serde_json::to_vec_pretty(self).map_err(|e| AuthError::Internal(e.to_string()))?;
-        Ok(storage.put_revocations(Bytes::from(json)).await?)
+    /// Applies `change` to the stored record, without losing a revocation
+    /// another writer made meanwhile (see [`Storage::update_revocations`]).
+    pub async fn update(storage: &Storage, change: impl Fn(&mut Self)) -> Result<(), AuthError> {
+        storage
+            .update_revocations(|record| {
+                let mut revocations: Self = match record {
+                    None => Self::default(),
+                    Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
+                        AuthError::Internal(format!("revocation record unreadable: {e}"))
+                    })?,
+                };
+                change(&mut revocations);
+                let json = serde_json::to_vec_pretty(&revocations)
+                    .map_err(|e| AuthError::Internal(e.to_string()))?;
+                Ok(Bytes::from(json))
+            })
+            .await
     }
 
     fn revokes(&self, user: &str, issued_at: u64) -> bool {

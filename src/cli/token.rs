@@ -53,14 +53,12 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, Failure> {
         .map_err(Failure::refused)?;
     runtime.block_on(async {
         let storage = super::open_storage(&config.storage, args.data_dir).await?;
-        let mut revocations = Revocations::load(&storage)
-            .await
-            .map_err(Failure::refused)?;
-        match &args.which.user {
+        Revocations::update(&storage, |revocations| match &args.which.user {
             Some(user) => revocations.revoke_user(user),
             None => revocations.revoke_all(),
-        }
-        revocations.save(&storage).await.map_err(Failure::refused)?;
+        })
+        .await
+        .map_err(Failure::refused)?;
         match &args.which.user {
             Some(user) => println!("revoked the refresh tokens of {user} issued until now"),
             None => println!("revoked every refresh token issued until now"),

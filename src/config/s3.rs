@@ -42,6 +42,12 @@ pub struct S3Config {
     /// in seconds. A blob streams for as long as it takes.
     #[serde(default = "default_io_timeout")]
     pub io_timeout_secs: u64,
+    /// Whether the store honours conditional writes (`If-None-Match`,
+    /// `If-Match`): AWS S3, MinIO and Ceph do, Garage does not. Unset: the
+    /// store is asked at start. Where they are not honoured, two replicas
+    /// writing one object at once leave the last one's.
+    #[serde(default)]
+    pub conditional_writes: Option<bool>,
 }
 
 fn default_region() -> String {

@@ -30,8 +30,25 @@ pub struct Meta {
     pub modified: std::time::SystemTime,
 }
 
+/// An object's version, as [`Driver::get_versioned`] reads it: it changes
+/// with every write (an ETag; on the filesystem, the file's identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// What [`Driver::put_if`] requires of the object before it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Nothing is stored under the key (create-if-absent).
+    Absent,
+    /// The object is still at this version (compare-and-swap).
+    Matches(Version),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
+    /// A conditional write's condition did not hold.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
     /// Nothing is stored under that key (or prefix).
     #[error("not found: {0}")]
     NotFound(String),
@@ -62,6 +79,20 @@ pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 pub trait Driver: Send + Sync + 'static {
     /// Reads a small object whole (links, session metadata, manifests).
     async fn get(&self, key: &str) -> Result<Bytes>;
+
+    /// As [`Driver::get`], with the version [`Driver::put_if`] compares
+    /// against.
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, Version)>;
+
+    /// As [`Driver::put`], only when `condition` holds at the time of the
+    /// write; `PreconditionFailed` otherwise. Atomic where
+    /// [`Driver::conditional_writes`] says so; elsewhere the condition is
+    /// checked, then the object written, and of two writers racing in
+    /// between the last one wins.
+    async fn put_if(&self, key: &str, content: Bytes, condition: Precondition) -> Result<()>;
+
+    /// Whether [`Driver::put_if`] is atomic against every other writer.
+    fn conditional_writes(&self) -> bool;
 
     /// Writes a small object whole, atomically: a concurrent or later reader
     /// sees the previous content or the new one, never a mix or a prefix.

@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use sha2::Digest as _;
 
-use super::driver::{Assembly, Driver, DriverError, Result};
+use super::driver::{Assembly, Driver, DriverError, Precondition, Result};
 
 /// Runs every property in turn.
 pub async fn run_all(driver: &dyn Driver) {
@@ -55,6 +55,9 @@ pub async fn run_all(driver: &dyn Driver) {
     delete_prunes_emptied_prefix(driver).await;
     invalid_keys_are_refused(driver).await;
     concurrent_puts_leave_one_whole_value(driver).await;
+    put_if_absent_creates_once(driver).await;
+    put_if_matches_swaps_only_the_version_read(driver).await;
+    racing_compare_and_swaps_lose_no_update(driver).await;
     large_streamed_assembly(driver).await;
     large_assembly_in_odd_rounds(driver).await;
 }
@@ -291,6 +294,147 @@ pub async fn file_ranges_match_read(driver: &dyn Driver) {
         files.file_range(&s.key("missing"), 0, None).await,
         "file_range",
         &s.key("missing"),
+    );
+    s.remove().await;
+}
+
+// ---------------------------------------------------------------------------
+// Conditional writes
+// ---------------------------------------------------------------------------
+
+/// Create-if-absent writes a missing object and refuses an existing one,
+/// leaving it as it was; with atomic conditional writes, of 16 racing
+/// creators exactly one wins and its content is the object's.
+pub async fn put_if_absent_creates_once(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("once");
+    ok(
+        driver
+            .put_if(&key, pattern(100, 1), Precondition::Absent)
+            .await,
+        "put_if(absent) of a missing object",
+        &key,
+    );
+    expect_precondition_failed(
+        driver
+            .put_if(&key, pattern(100, 2), Precondition::Absent)
+            .await,
+        "put_if(absent) of an existing object",
+        &key,
+    );
+    assert_eq!(
+        ok(driver.get(&key).await, "get", &key),
+        pattern(100, 1),
+        "a refused create-if-absent must leave the object as it was"
+    );
+    if driver.conditional_writes() {
+        let raced = s.key("raced");
+        let writes =
+            (0..16u8).map(|i| driver.put_if(&raced, pattern(1000, i), Precondition::Absent));
+        let results = join_all(writes).await;
+        let winners: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "racing create-if-absent writers that won: {winners:?}"
+        );
+        for (i, result) in results.iter().enumerate() {
+            if !winners.contains(&i) {
+                assert!(
+                    matches!(result, Err(DriverError::PreconditionFailed(_))),
+                    "a losing create-if-absent: want PreconditionFailed, got {}",
+                    describe(result)
+                );
+            }
+        }
+        assert_eq!(
+            ok(driver.get(&raced).await, "get", &raced),
+            pattern(1000, winners[0] as u8),
+            "the object must be the winner's"
+        );
+    }
+    s.remove().await;
+}
+
+/// A compare-and-swap writes only over the version it read: a second swap
+/// from the same version, or one on a missing object, is refused.
+pub async fn put_if_matches_swaps_only_the_version_read(driver: &dyn Driver) {
+    let s = Scope::new(driver);
+    let key = s.key("swap");
+    ok(driver.put(&key, pattern(10, 1)).await, "put", &key);
+    let (content, first) = ok(driver.get_versioned(&key).await, "get_versioned", &key);
+    assert_eq!(content, pattern(10, 1), "get_versioned's content");
+    ok(
+        driver
+            .put_if(&key, pattern(10, 2), Precondition::Matches(first.clone()))
+            .await,
+        "put_if(matches) of the version read",
+        &key,
+    );
+    expect_precondition_failed(
+        driver
+            .put_if(&key, pattern(10, 3), Precondition::Matches(first.clone()))
+            .await,
+        "put_if(matches) of a version since replaced",
+        &key,
+    );
+    let (content, second) = ok(driver.get_versioned(&key).await, "get_versioned", &key);
+    assert_eq!(content, pattern(10, 2), "the swapped content");
+    assert_ne!(first, second, "a write must change the version");
+    let missing = s.key("missing");
+    expect_precondition_failed(
+        driver
+            .put_if(&missing, pattern(10, 4), Precondition::Matches(second))
+            .await,
+        "put_if(matches) of a missing object",
+        &missing,
+    );
+    expect_not_found(
+        driver.get(&missing).await,
+        "get after a refused swap",
+        &missing,
+    );
+    s.remove().await;
+}
+
+/// With atomic conditional writes, 8 writers each adding one to a counter
+/// by read-then-swap (retrying when refused) lose no update.
+pub async fn racing_compare_and_swaps_lose_no_update(driver: &dyn Driver) {
+    if !driver.conditional_writes() {
+        return;
+    }
+    let s = Scope::new(driver);
+    let key = s.key("counter");
+    ok(
+        driver.put(&key, Bytes::from_static(b"0")).await,
+        "put",
+        &key,
+    );
+    let increment = || async {
+        loop {
+            let (content, version) = ok(driver.get_versioned(&key).await, "get_versioned", &key);
+            let n: u64 = std::str::from_utf8(&content).unwrap().parse().unwrap();
+            let next = Bytes::from((n + 1).to_string());
+            match driver
+                .put_if(&key, next, Precondition::Matches(version))
+                .await
+            {
+                Ok(()) => return,
+                Err(DriverError::PreconditionFailed(_)) => continue,
+                Err(e) => panic!("put_if({key}): {e}"),
+            }
+        }
+    };
+    join_all((0..8).map(|_| increment())).await;
+    assert_eq!(
+        ok(driver.get(&key).await, "get", &key),
+        Bytes::from_static(b"8"),
+        "racing compare-and-swap increments lost updates"
     );
     s.remove().await;
 }
@@ -1329,7 +1473,18 @@ fn describe<T>(result: &Result<T>) -> String {
         Ok(_) => "Ok".to_owned(),
         Err(DriverError::NotFound(k)) => format!("NotFound({k})"),
         Err(DriverError::InvalidKey(k)) => format!("InvalidKey({k})"),
+        Err(DriverError::PreconditionFailed(k)) => format!("PreconditionFailed({k})"),
         Err(DriverError::Io(e)) => format!("Io({e})"),
+    }
+}
+
+#[track_caller]
+fn expect_precondition_failed<T>(result: Result<T>, op: &str, key: &str) {
+    if !matches!(result, Err(DriverError::PreconditionFailed(_))) {
+        panic!(
+            "{op}({key}): want PreconditionFailed, got {}",
+            describe(&result)
+        );
     }
 }
 

@@ -20,7 +20,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::driver::{
-    Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta, Result,
+    Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta, Precondition, Result,
+    Version,
 };
 use super::file_range::FileRange;
 
@@ -186,6 +187,58 @@ fn holds_object(dir: &Path) -> bool {
     })
 }
 
+/// A file's version: its identity and content's last change. Every write
+/// of an object renames a new file over it, so any write changes it.
+fn version(meta: &fs::Metadata) -> Version {
+    use std::os::unix::fs::MetadataExt;
+    Version(format!(
+        "{}:{}:{}:{}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    ))
+}
+
+/// The lock a compare-and-swap in `dir` holds while it compares and
+/// renames: an exclusive `flock(2)` on the directory's `.cas-lock`, which
+/// every process (and every open in this one) contends for alike.
+struct CasLock {
+    _held: File,
+}
+
+impl CasLock {
+    fn take(dir: &Path) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".cas-lock"))?;
+        // SAFETY: flock on a descriptor `file` owns; released when it closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { _held: file })
+    }
+}
+
+/// Writes `content` to a fresh temporary beside `path`, synced; its path.
+fn write_temporary(path: &Path, content: &[u8]) -> io::Result<PathBuf> {
+    let parent = path.parent().expect("keys have a parent under the root");
+    let tmp = parent.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
+    with_parent(path, || {
+        let mut file = File::create(&tmp)?;
+        file.write_all(content)?;
+        file.sync_data()
+    })
+    .inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    Ok(tmp)
+}
+
 /// Makes a rename or file creation in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -225,6 +278,74 @@ impl Driver for FsDriver {
         })
         .await
         .map_err(DriverError::Io)
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, Version)> {
+        use std::io::Read as _;
+        let path = self.path(key)?;
+        let owned = key.to_owned();
+        blocking(move || {
+            // The version of the very file read: a write renames a new one
+            // over the key, it never changes this one.
+            let mut file = File::open(&path)?;
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Err(io::ErrorKind::NotFound.into());
+            }
+            let mut content = Vec::with_capacity(meta.len() as usize);
+            file.read_to_end(&mut content)?;
+            Ok((Bytes::from(content), version(&meta)))
+        })
+        .await
+        .map_err(|e| not_found(&owned, e))
+    }
+
+    async fn put_if(&self, key: &str, content: Bytes, condition: Precondition) -> Result<()> {
+        let path = self.path(key)?;
+        let owned = key.to_owned();
+        let written = blocking(move || {
+            let tmp = write_temporary(&path, &content)?;
+            let parent = path.parent().expect("parent").to_owned();
+            let outcome = match condition {
+                // A hard link fails when the name exists: creation and the
+                // check are one step.
+                Precondition::Absent => fs::hard_link(&tmp, &path).map(|()| true).or_else(|e| {
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        Ok(false)
+                    } else {
+                        Err(e)
+                    }
+                }),
+                Precondition::Matches(expected) => {
+                    let _lock = CasLock::take(&parent)?;
+                    match fs::metadata(&path) {
+                        Ok(meta) if meta.is_file() && version(&meta) == expected => {
+                            fs::rename(&tmp, &path).map(|()| true)
+                        }
+                        Ok(_) => Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            let _ = fs::remove_file(&tmp);
+            let written = outcome?;
+            if written {
+                sync_dir(&parent)?;
+            }
+            Ok(written)
+        })
+        .await
+        .map_err(DriverError::Io)?;
+        if written {
+            Ok(())
+        } else {
+            Err(DriverError::PreconditionFailed(owned))
+        }
+    }
+
+    fn conditional_writes(&self) -> bool {
+        true
     }
 
     async fn read(&self, key: &str, offset: u64, len: Option<u64>) -> Result<ByteStream> {

@@ -342,8 +342,30 @@ impl Storage {
         }
     }
 
-    pub async fn put_revocations(&self, record: Bytes) -> Result<()> {
-        Ok(self.driver.put(&paths::revocations(), record).await?)
+    /// Rewrites the revocation record with what `change` makes of the
+    /// current one (`None`: there is none yet), by read-then-swap, again
+    /// when another writer (another replica, another `token revoke`) came
+    /// in between, so that no revocation is lost. Atomic where the driver's
+    /// conditional writes are; elsewhere the last writer wins.
+    pub async fn update_revocations<E: From<StorageError>>(
+        &self,
+        change: impl Fn(Option<&[u8]>) -> std::result::Result<Bytes, E>,
+    ) -> std::result::Result<(), E> {
+        use driver::Precondition;
+        let key = paths::revocations();
+        loop {
+            let (record, condition) = match self.driver.get_versioned(&key).await {
+                Ok((bytes, version)) => (Some(bytes), Precondition::Matches(version)),
+                Err(DriverError::NotFound(_)) => (None, Precondition::Absent),
+                Err(e) => return Err(StorageError::from(e).into()),
+            };
+            let updated = change(record.as_deref())?;
+            match self.driver.put_if(&key, updated, condition).await {
+                Ok(()) => return Ok(()),
+                Err(DriverError::PreconditionFailed(_)) => continue,
+                Err(e) => return Err(StorageError::from(e).into()),
+            }
+        }
     }
 
     /// Up to `n` repositories after `last` that `visible` admits, in the

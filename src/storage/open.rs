@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::s3::{PartLimits, S3Driver, S3Options};
+use super::s3::{ConditionalWrites, PartLimits, S3Driver, S3Options};
 use super::{Driver, Storage, UploadLimits, fs::FsDriver};
 use crate::config::{S3Config, StorageConfig};
 
@@ -70,6 +70,11 @@ pub fn s3_options(config: &S3Config) -> Result<S3Options, String> {
         parts: PartLimits {
             size: config.part_size_mib << 20,
             in_flight: config.parts_in_flight,
+        },
+        conditional_writes: match config.conditional_writes {
+            None => ConditionalWrites::Probe,
+            Some(true) => ConditionalWrites::On,
+            Some(false) => ConditionalWrites::Off,
         },
     })
 }

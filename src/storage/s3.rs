@@ -10,7 +10,12 @@
 //! - `rename` is a server-side copy, then a delete of the source;
 //! - `list` is a delimited listing; names starting with `.` are the
 //!   driver's own (an assembly's pending bytes) and never listed;
-//! - `delete` of a prefix lists it and deletes what it holds.
+//! - `delete` of a prefix lists it and deletes what it holds;
+//! - `put_if` sends `If-None-Match: *` or `If-Match: <etag>`, which AWS S3,
+//!   MinIO and Ceph honour and Garage ignores: whether the store honours
+//!   them is asked of it at start ([`S3Driver::check`] writes the same new
+//!   object twice, conditionally) unless the configuration says, and where
+//!   it does not, `put_if` checks then writes (last writer wins).
 //!
 //! Keys are validated as on the filesystem (no empty, `.`-prefixed or
 //! `\`-holding segments), so both drivers accept exactly the same keys.
@@ -26,9 +31,14 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
+};
 
-use super::driver::{Assembler, Assembly, ByteStream, Driver, DriverError, Meta, Result};
+use super::driver::{
+    Assembler, Assembly, ByteStream, Driver, DriverError, Meta, Precondition, Result, Version,
+};
 
 /// How assemblies are cut into parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +72,22 @@ struct Store {
 
 pub struct S3Driver {
     store: Arc<Store>,
+    /// Whether the store honours conditional writes (see the module
+    /// comment); settled by [`S3Driver::check`] when `Probe`.
+    conditional: std::sync::atomic::AtomicBool,
+    conditional_writes: ConditionalWrites,
+}
+
+/// Whether to rely on the store's conditional writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConditionalWrites {
+    /// Ask the store at start.
+    #[default]
+    Probe,
+    /// It honours them (no probe).
+    On,
+    /// It does not: check, then write.
+    Off,
 }
 
 /// Where an S3 bucket is and how to reach it.
@@ -83,6 +109,7 @@ pub struct S3Options {
     /// request body) before the request fails.
     pub io_timeout: Duration,
     pub parts: PartLimits,
+    pub conditional_writes: ConditionalWrites,
 }
 
 impl S3Driver {
@@ -119,12 +146,9 @@ impl S3Driver {
             builder = builder.with_secret_access_key(secret);
         }
         let s3 = Arc::new(builder.build().map_err(|e| e.to_string())?);
-        Ok(Self::with_store(
-            s3.clone(),
-            s3,
-            &options.prefix,
-            options.parts,
-        ))
+        let mut driver = Self::with_store(s3.clone(), s3, &options.prefix, options.parts);
+        driver.conditional_writes = options.conditional_writes;
+        Ok(driver)
     }
 
     /// A driver on any `object_store` backend with multipart uploads (the
@@ -145,17 +169,67 @@ impl S3Driver {
                     in_flight: parts.in_flight.max(1),
                 },
             }),
+            conditional: std::sync::atomic::AtomicBool::new(false),
+            conditional_writes: ConditionalWrites::Probe,
+        }
+    }
+
+    /// As configured, or what the probe at [`S3Driver::check`] found.
+    fn honours_conditions(&self) -> bool {
+        match self.conditional_writes {
+            ConditionalWrites::On => true,
+            ConditionalWrites::Off => false,
+            ConditionalWrites::Probe => self.conditional.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Writes a new object of the driver's own twice, the second time only
+    /// if absent: a store that lets the second write through ignores
+    /// conditions.
+    async fn probe_conditional_writes(&self) -> std::result::Result<bool, String> {
+        let probe = self
+            .store
+            .own_path(&format!(".probe-{}", uuid::Uuid::new_v4().simple()));
+        let create = || PutOptions::from(PutMode::Create);
+        let objects = &self.store.objects;
+        objects
+            .put_opts(&probe, PutPayload::from_static(b"1"), create())
+            .await
+            .map_err(|e| describe(&e))?;
+        let second = objects
+            .put_opts(&probe, PutPayload::from_static(b"2"), create())
+            .await;
+        let _ = objects.delete(&probe).await;
+        match second {
+            Ok(_) => Ok(false),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(true),
+            // Refused outright (a store that rejects the header): not honoured.
+            Err(_) => Ok(false),
         }
     }
 
     /// Asks the store for one listing, so that a wrong endpoint, bucket or
     /// key fails at start rather than at the first push.
+    /// Probes conditional writes too, when so configured.
     pub async fn check(&self) -> std::result::Result<(), String> {
         let root = self.store.root();
-        match self.store.objects.list_with_delimiter(root.as_ref()).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(describe(&e)),
+        if let Err(e) = self.store.objects.list_with_delimiter(root.as_ref()).await {
+            return Err(describe(&e));
         }
+        if self.conditional_writes == ConditionalWrites::Probe {
+            let honoured = self.probe_conditional_writes().await?;
+            self.conditional
+                .store(honoured, std::sync::atomic::Ordering::Relaxed);
+            if !honoured {
+                tracing::warn!(
+                    "the S3 store ignores conditional writes: where two replicas write one object at once, the last one wins"
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -213,6 +287,68 @@ impl Driver for S3Driver {
             .bytes()
             .await
             .map_err(|e| store_error(key, e))
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, Version)> {
+        let path = self.store.path(key)?;
+        let got = self
+            .store
+            .objects
+            .get(&path)
+            .await
+            .map_err(|e| store_error(key, e))?;
+        let etag = got.meta.e_tag.clone().unwrap_or_default();
+        let bytes = got.bytes().await.map_err(|e| store_error(key, e))?;
+        Ok((bytes, Version(etag)))
+    }
+
+    async fn put_if(&self, key: &str, content: Bytes, condition: Precondition) -> Result<()> {
+        let path = self.store.path(key)?;
+        let failed = || DriverError::PreconditionFailed(key.to_owned());
+        if !self.honours_conditions() {
+            let current = match self.store.objects.head(&path).await {
+                Ok(meta) => Some(meta.e_tag.unwrap_or_default()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(store_error(key, e)),
+            };
+            let holds = match &condition {
+                Precondition::Absent => current.is_none(),
+                Precondition::Matches(Version(etag)) => current.as_ref() == Some(etag),
+            };
+            if !holds {
+                return Err(failed());
+            }
+            return self.put(key, content).await;
+        }
+        let mode = match condition {
+            Precondition::Absent => PutMode::Create,
+            Precondition::Matches(Version(etag)) => PutMode::Update(UpdateVersion {
+                e_tag: Some(etag),
+                version: None,
+            }),
+        };
+        match self
+            .store
+            .objects
+            .put_opts(
+                &path,
+                PutPayload::from_bytes(content),
+                PutOptions::from(mode),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotFound { .. },
+            ) => Err(failed()),
+            Err(e) => Err(store_error(key, e)),
+        }
+    }
+
+    fn conditional_writes(&self) -> bool {
+        self.honours_conditions()
     }
 
     async fn put(&self, key: &str, content: Bytes) -> Result<()> {
