@@ -102,6 +102,8 @@ impl Bucket {
             parts_in_flight: 2,
             io_timeout_secs: 30,
             conditional_writes: None,
+            redirect_pulls: false,
+            redirect_expiry_secs: 60,
         }
     }
 
@@ -474,14 +476,14 @@ async fn a_token_from_one_replica_is_accepted_by_the_other_within_its_grant() {
 
 /// `portcullis.toml` for the real binary on this bucket: `config_in`'s
 /// paths, and `[storage.s3]`.
-fn binary_config(bucket: &Bucket, dir: &std::path::Path, extra: &str) -> PathBuf {
+fn binary_config(bucket: &Bucket, dir: &std::path::Path, extra: &str, s3_extra: &str) -> PathBuf {
     let path = common::process::config_in(dir);
     let s3 = bucket.s3(0);
     let mut text = std::fs::read_to_string(&path).unwrap();
     text = text.replacen("[storage]\n", &format!("[storage]\n{extra}"), 1);
     text.push_str(&format!(
         "\n[storage.s3]\nbucket = {:?}\nregion = {:?}\nendpoint = {:?}\nprefix = {:?}\n\
-         access_key_id = {:?}\nsecret_access_key_file = {:?}\npart_size_mib = 5\n",
+         access_key_id = {:?}\nsecret_access_key_file = {:?}\npart_size_mib = 5\n{s3_extra}",
         s3.bucket,
         s3.region,
         s3.endpoint.unwrap(),
@@ -498,7 +500,10 @@ async fn skopeo_pushes_and_pulls_an_image_through_portcullis_on_s3() {
     common::clients::require("skopeo");
     let bucket = Bucket::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = binary_config(&bucket, dir.path(), "");
+    let config = binary_config(&bucket, dir.path(), "", "");
+    // A second replica on the bucket that redirects pulls into the store.
+    let other = tempfile::tempdir().unwrap();
+    let redirecting = binary_config(&bucket, other.path(), "", "redirect_pulls = true\n");
     tokio::task::spawn_blocking(move || {
         use common::oci::{layout_blobs, layout_tag_digest, oci_ref, write_layout};
         let server = common::process::ServerProcess::start_with(&[
@@ -528,6 +533,39 @@ async fn skopeo_pushes_and_pulls_an_image_through_portcullis_on_s3() {
         ]);
         assert_eq!(layout_tag_digest(&back, "v1"), layout.manifest_digest);
         assert_eq!(layout_blobs(&back), layout.blobs);
+        // skopeo follows the other replica's redirects to the store.
+        let second = common::process::ServerProcess::start_with(&[
+            "--no-auth",
+            "--config",
+            redirecting.to_str().unwrap(),
+        ]);
+        let second_env = common::clients::ClientEnv::new(&second.host);
+        let redirected = second_env.path("redirected");
+        second_env.skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            &second_env.docker_ref("team/app:v1"),
+            &oci_ref(&redirected, "v1"),
+        ]);
+        assert_eq!(layout_blobs(&redirected), layout.blobs);
+        let layer = layout.blobs.keys().next().expect("a blob");
+        let status = std::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--output",
+                "/dev/null",
+                "--write-out",
+                "%{http_code}",
+            ])
+            .arg(format!("{}/v2/team/app/blobs/{layer}", second.url))
+            .output()
+            .expect("run curl");
+        assert_eq!(
+            String::from_utf8_lossy(&status.stdout),
+            "307",
+            "no redirect"
+        );
         // Nothing of the pushes' uploads is left in the bucket.
         assert!(
             common::garage::object_keys(&bucket.endpoint(0), "registry/uploads/").is_empty(),
@@ -557,7 +595,7 @@ async fn a_replica_killed_mid_upload_leaves_sessions_another_resumes_and_the_swe
     use tokio::io::AsyncWriteExt;
     let bucket = Bucket::start_cluster().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = binary_config(&bucket, dir.path(), "");
+    let config = binary_config(&bucket, dir.path(), "", "");
     let killed = common::process::ServerProcess::start_with(&[
         "--no-auth",
         "--config",
@@ -651,4 +689,113 @@ async fn a_replica_killed_mid_upload_leaves_sessions_another_resumes_and_the_swe
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorized_pull_is_redirected_to_a_presigned_url_the_store_serves() {
+    let bucket = Bucket::start().await;
+    let server = bucket
+        .replica_with(0, true, |config| {
+            let s3 = config.storage.s3.as_mut().unwrap();
+            s3.redirect_pulls = true;
+            s3.redirect_expiry_secs = 30;
+        })
+        .await;
+    let token = |scope: &'static str| {
+        let request = server
+            .client
+            .get(server.at(&format!("/token?service=portcullis&scope={scope}")))
+            .basic_auth("alice", Some("alice-pw"));
+        async move {
+            let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            body["token"].as_str().expect("a token").to_owned()
+        }
+    };
+    let push = token("repository:alice/app:pull,push").await;
+    let data = random_bytes(6 * MIB + 5);
+    let digest = sha256(&data);
+    let response = server
+        .client
+        .post(server.at(&format!("/v2/alice/app/blobs/uploads/?digest={digest}")))
+        .bearer_auth(&push)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    // Authorized: a redirect into the store, which serves the blob (and a
+    // range of it) to a client holding nothing but the address.
+    let blob = server.at(&format!("/v2/alice/app/blobs/{digest}"));
+    let response = server
+        .client
+        .get(&blob)
+        .bearer_auth(&push)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(header_str(&response, "docker-content-digest"), digest);
+    let location = header_str(&response, "location").to_owned();
+    assert!(
+        location.starts_with(&bucket.endpoint(0)),
+        "the redirect leads elsewhere: {location}"
+    );
+    let plain = reqwest::Client::new();
+    let fetched = plain.get(&location).send().await.unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert!(
+        fetched.bytes().await.unwrap()[..] == data[..],
+        "the store served other bytes"
+    );
+    let ranged = plain
+        .get(&location)
+        .header(header::RANGE, "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(ranged.bytes().await.unwrap()[..] == data[100..200]);
+    // HEAD is answered by Portcullis itself.
+    let response = server
+        .client
+        .head(&blob)
+        .bearer_auth(&push)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header_str(&response, "content-length"),
+        data.len().to_string()
+    );
+
+    // Refused before any address is signed: no token, a token for another
+    // repository, a blob the repository does not hold.
+    let response = server.client.get(&blob).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().get("location").is_none());
+    let other = token("repository:root/app:pull").await;
+    let response = server
+        .client
+        .get(&blob)
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().get("location").is_none());
+    let response = server
+        .client
+        .get(server.at(&format!("/v2/root/app/blobs/{digest}")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(response.headers().get("location").is_none());
+    // A tampered address is refused by the store.
+    let tampered = location.replacen("X-Amz-Signature=", "X-Amz-Signature=0", 1);
+    let refused = plain.get(&tampered).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 }

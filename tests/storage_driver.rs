@@ -121,6 +121,7 @@ mod on_garage {
             path_style: true,
             io_timeout: std::time::Duration::from_secs(30),
             conditional_writes: ConditionalWrites::Probe,
+            redirect_pulls: None,
             parts: PartLimits {
                 size: 5 << 20,
                 in_flight: 3,

@@ -34,6 +34,20 @@ pub async fn get(
         },
         None => None,
     };
+    if !head && let Some(location) = blob.redirect().await? {
+        // Authorized already: the store serves the bytes (and the range,
+        // which the client sends again) from an address valid briefly.
+        let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+        let h = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            h.insert(header::LOCATION, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+            h.insert(CONTENT_DIGEST, v);
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        return Ok(response);
+    }
     let (status, offset, len) = match range {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         None => (StatusCode::OK, 0, size),

@@ -48,6 +48,22 @@ pub struct S3Config {
     /// writing one object at once leave the last one's.
     #[serde(default)]
     pub conditional_writes: Option<bool>,
+    /// Blob pulls answered with `307 Temporary Redirect` to a URL of the
+    /// store's own, presigned for `redirect_expiry_secs`, so the bytes go
+    /// from the store to the client without passing through Portcullis
+    /// (after it authorized the pull). The `endpoint` must then be
+    /// reachable by clients. Off: pulls stream through Portcullis.
+    #[serde(default)]
+    pub redirect_pulls: bool,
+    #[serde(default = "default_redirect_expiry")]
+    pub redirect_expiry_secs: u64,
+}
+
+fn default_redirect_expiry() -> u64 {
+    // Long enough for a client to follow the redirect and start reading
+    // (the download itself may take longer), short enough that a leaked
+    // address is soon worthless.
+    60
 }
 
 fn default_region() -> String {
@@ -104,6 +120,12 @@ impl S3Config {
             found.push((
                 "parts_in_flight",
                 "storage.s3.parts_in_flight must be between 1 and 64".to_owned(),
+            ));
+        }
+        if !(1..=3600).contains(&self.redirect_expiry_secs) {
+            found.push((
+                "redirect_expiry_secs",
+                "storage.s3.redirect_expiry_secs must be between 1 and 3600".to_owned(),
             ));
         }
         if self.io_timeout_secs == 0 {

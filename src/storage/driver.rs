@@ -108,6 +108,13 @@ pub trait Driver: Send + Sync + 'static {
         None
     }
 
+    /// Its [`Redirects`], when the store can hand a reader an address of
+    /// its own for an object (and the configuration wants it): a
+    /// capability, not part of the contract.
+    fn redirects(&self) -> Option<&dyn Redirects> {
+        None
+    }
+
     /// An object's size and when it was last written (what garbage
     /// collection's grace period is measured against).
     async fn stat(&self, key: &str) -> Result<Meta>;
@@ -212,4 +219,15 @@ pub trait Assembler: Send {
 pub trait FileRanges: Send + Sync {
     /// As [`Driver::read`], as an open file range bounded exactly as asked.
     async fn file_range(&self, key: &str, offset: u64, len: Option<u64>) -> Result<FileRange>;
+}
+
+/// What a driver whose store serves objects itself can do beside the
+/// contract: sign a short-lived address from which a client reads an object
+/// straight from the store (an S3 presigned URL), so its bytes bypass the
+/// gateway. Asked for only after the request was authorized.
+#[async_trait]
+pub trait Redirects: Send + Sync {
+    /// An address that serves the object at `key` for a GET (ranges
+    /// included) until it expires.
+    async fn presigned_get(&self, key: &str) -> Result<String>;
 }

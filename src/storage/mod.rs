@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use driver::{Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta};
+pub use driver::{
+    Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta, Redirects,
+};
 pub use file_range::FileRange;
 pub use index::Page;
 pub use manifests::{ManifestPut, StoredManifest};
@@ -182,6 +184,17 @@ pub struct LinkedBlob<'a> {
 }
 
 impl LinkedBlob<'_> {
+    /// An address of the store's own that serves the blob, when the driver
+    /// redirects reads ([`Redirects`]); `None` when it is read through
+    /// [`LinkedBlob::read`].
+    pub async fn redirect(&self) -> Result<Option<String>> {
+        let Some(redirects) = self.storage.driver.redirects() else {
+            return Ok(None);
+        };
+        let key = paths::blob_data(&self.digest);
+        Ok(Some(redirects.presigned_get(&key).await?))
+    }
+
     /// `len` bytes (or the rest) from `offset`, as a stream or an open file
     /// range; the caller checked the range against [`LinkedBlob::size`].
     pub async fn read(&self, offset: u64, len: Option<u64>) -> Result<Content> {

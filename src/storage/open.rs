@@ -76,5 +76,8 @@ pub fn s3_options(config: &S3Config) -> Result<S3Options, String> {
             Some(true) => ConditionalWrites::On,
             Some(false) => ConditionalWrites::Off,
         },
+        redirect_pulls: config
+            .redirect_pulls
+            .then(|| Duration::from_secs(config.redirect_expiry_secs)),
     })
 }

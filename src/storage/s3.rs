@@ -37,7 +37,8 @@ use object_store::{
 };
 
 use super::driver::{
-    Assembler, Assembly, ByteStream, Driver, DriverError, Meta, Precondition, Result, Version,
+    Assembler, Assembly, ByteStream, Driver, DriverError, Meta, Precondition, Redirects, Result,
+    Version,
 };
 
 /// How assemblies are cut into parts.
@@ -76,6 +77,9 @@ pub struct S3Driver {
     /// comment); settled by [`S3Driver::check`] when `Probe`.
     conditional: std::sync::atomic::AtomicBool,
     conditional_writes: ConditionalWrites,
+    /// Pulls are redirected to presigned URLs valid this long; `None`
+    /// streams them through the gateway.
+    redirect: Option<(Arc<dyn object_store::signer::Signer>, Duration)>,
 }
 
 /// Whether to rely on the store's conditional writes.
@@ -110,6 +114,10 @@ pub struct S3Options {
     pub io_timeout: Duration,
     pub parts: PartLimits,
     pub conditional_writes: ConditionalWrites,
+    /// Blob pulls answered with a `307` to a presigned URL valid this
+    /// long, so the bytes go from the store to the client; `None`: streamed
+    /// through Portcullis.
+    pub redirect_pulls: Option<Duration>,
 }
 
 impl S3Driver {
@@ -146,8 +154,11 @@ impl S3Driver {
             builder = builder.with_secret_access_key(secret);
         }
         let s3 = Arc::new(builder.build().map_err(|e| e.to_string())?);
-        let mut driver = Self::with_store(s3.clone(), s3, &options.prefix, options.parts);
+        let mut driver = Self::with_store(s3.clone(), s3.clone(), &options.prefix, options.parts);
         driver.conditional_writes = options.conditional_writes;
+        driver.redirect = options
+            .redirect_pulls
+            .map(|expiry| (s3 as Arc<dyn object_store::signer::Signer>, expiry));
         Ok(driver)
     }
 
@@ -171,6 +182,7 @@ impl S3Driver {
             }),
             conditional: std::sync::atomic::AtomicBool::new(false),
             conditional_writes: ConditionalWrites::Probe,
+            redirect: None,
         }
     }
 
@@ -275,6 +287,22 @@ fn store_error(key: &str, e: object_store::Error) -> DriverError {
         object_store::Error::NotFound { .. } => DriverError::NotFound(key.to_owned()),
         object_store::Error::InvalidPath { .. } => DriverError::InvalidKey(key.to_owned()),
         e => DriverError::Io(io::Error::other(describe(&e))),
+    }
+}
+
+#[async_trait]
+impl Redirects for S3Driver {
+    async fn presigned_get(&self, key: &str) -> Result<String> {
+        let path = self.store.path(key)?;
+        let (signer, expiry) = self
+            .redirect
+            .as_ref()
+            .ok_or_else(|| DriverError::InvalidKey(format!("{key}: pulls are not redirected")))?;
+        signer
+            .signed_url(object_store::signer::Method::GET, &path, *expiry)
+            .await
+            .map(|url| url.to_string())
+            .map_err(|e| store_error(key, e))
     }
 }
 
@@ -434,6 +462,10 @@ impl Driver for S3Driver {
 
     fn assembly_memory(&self) -> usize {
         assembly::memory(&self.store.parts)
+    }
+
+    fn redirects(&self) -> Option<&dyn Redirects> {
+        self.redirect.is_some().then_some(self as &dyn Redirects)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
