@@ -328,6 +328,11 @@ async fn catalog_lists_repositories_of_any_depth() {
 
 #[tokio::test]
 async fn leftover_temporary_files_are_never_listed() {
+    if crate::STORAGE_ON_S3 {
+        // It writes a crash's leftovers into the data directory; the S3
+        // driver's own are covered by the driver suite.
+        return;
+    }
     let server = TestServer::start().await;
     push_tags(&server, "kept", &["v1"]).await;
     let digest = server.push_blob("gone", b"layer").await;

@@ -242,6 +242,10 @@ async fn deep_names_and_route_words_work() {
 
 #[tokio::test]
 async fn invalid_names_are_refused_and_touch_nothing() {
+    if crate::STORAGE_ON_S3 {
+        // It compares the data directory's files before and after.
+        return;
+    }
     let server = TestServer::start().await;
     // Valid traffic first, so the tree has something to compare against.
     let digest = round_trip(&server, "good/repo", "v1").await;

@@ -429,16 +429,13 @@ async fn wrong_digest_is_digest_invalid_and_nothing_becomes_visible() {
     assert_no_blob(&server, "wrong", &digest).await;
     // The one-request session it used is not left behind to fill the disk
     // (the upload area is drawn in ARCHITECTURE.md).
-    let uploads = server.dir.path().join("data/uploads");
-    let left: Vec<_> = std::fs::read_dir(&uploads)
-        .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "sessions left in {uploads:?}: {left:?}");
+    let left = server.upload_sessions().await;
+    assert!(left.is_empty(), "sessions left: {left:?}");
 
     // Chunked, closed with the wrong digest.
     let location = start(&server, "wrong").await;
     // (Also shows the look above was at the right place.)
-    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 1);
+    assert_eq!(server.upload_sessions().await.len(), 1);
     let response = patch_at(&server, &location, 0, &data).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let response = put_close(&server, &location, &wrong).await;
@@ -885,9 +882,8 @@ async fn concurrent_pushes_of_the_same_blob_all_succeed() {
         server.assert_serves_blob(&repo, &digest, &data).await;
     }
     // Every session was finished and cleared away, none lost in the race.
-    let uploads = server.dir.path().join("data/uploads");
-    let left = std::fs::read_dir(&uploads).map_or(0, |entries| entries.count());
-    assert_eq!(left, 0, "sessions left in {uploads:?}");
+    let left = server.upload_sessions().await;
+    assert!(left.is_empty(), "sessions left: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

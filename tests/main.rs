@@ -9,6 +9,11 @@
 //! subscriber, the current directory); what needs its own process starts the
 //! real binary (`common::process`).
 
+/// The servers `common::TestServer` starts keep their storage on the
+/// filesystem here; `tests/s3_api.rs` runs the registry API tests again
+/// with it on S3.
+pub const STORAGE_ON_S3: bool = false;
+
 mod common;
 
 mod api_blobs;

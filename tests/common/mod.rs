@@ -31,6 +31,46 @@ pub struct TestServer {
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The S3 store its storage is in, in a crate whose servers run on S3
+    /// (`crate::STORAGE_ON_S3`).
+    garage: Option<garage::Garage>,
+}
+
+std::thread_local! {
+    /// The stores of stopped servers, by data directory, until a server is
+    /// started over that directory again (a restart) or the test's thread
+    /// ends, which stops them.
+    static PARKED: std::cell::RefCell<std::collections::HashMap<std::path::PathBuf, garage::Garage>> =
+        Default::default();
+}
+
+/// The bucket prefix servers on S3 keep the registry under.
+pub const S3_PREFIX: &str = "registry";
+
+/// A Garage for a server over `dir` (the one a stopped server over it used,
+/// or a new one), and `[storage.s3]` on it in `config`.
+fn s3_storage(dir: &std::path::Path, config: &mut Config) -> garage::Garage {
+    let garage = PARKED
+        .with(|parked| parked.borrow_mut().remove(dir))
+        .unwrap_or_else(garage::Garage::start);
+    let secret = dir.join("s3-secret");
+    std::fs::write(&secret, format!("{}\n", garage::SECRET_KEY)).expect("secret key file");
+    config.storage.s3 = Some(portcullis::config::S3Config {
+        bucket: garage::BUCKET.to_owned(),
+        region: garage::REGION.to_owned(),
+        endpoint: Some(garage.endpoint()),
+        prefix: S3_PREFIX.to_owned(),
+        access_key_id: Some(garage::ACCESS_KEY.to_owned()),
+        secret_access_key_file: Some(secret),
+        path_style: Some(true),
+        part_size_mib: 5,
+        parts_in_flight: 2,
+        io_timeout_secs: 30,
+        conditional_writes: None,
+        redirect_pulls: false,
+        redirect_expiry_secs: 60,
+    });
+    garage
 }
 
 /// The claims of a JWT, unverified (the server's verification is what
@@ -158,6 +198,7 @@ impl TestServer {
         config.token.key_dir = dir.path().join("certs");
         config.users.file = dir.path().join("users.toml");
         config.policy.dir = dir.path().join("policies");
+        let garage = crate::STORAGE_ON_S3.then(|| s3_storage(dir.path(), &mut config));
         configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -178,12 +219,46 @@ impl TestServer {
             client,
             stop: Some(stop),
             task: Some(task),
+            garage,
         }
     }
 
-    /// Stops the server gracefully and hands back its data directory.
+    /// The upload sessions its storage holds (their ids): the directories
+    /// under `data/uploads`, or the prefixes under the bucket's `uploads/`.
+    pub async fn upload_sessions(&self) -> Vec<String> {
+        match &self.garage {
+            None => std::fs::read_dir(self.dir.path().join("data/uploads"))
+                .map(|entries| {
+                    entries
+                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Some(garage) => {
+                let endpoint = garage.endpoint();
+                let keys = tokio::task::spawn_blocking(move || {
+                    garage::object_keys(&endpoint, &format!("{S3_PREFIX}/uploads/"))
+                })
+                .await
+                .unwrap();
+                let mut sessions: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| k.split('/').nth(2).map(str::to_owned))
+                    .collect();
+                sessions.dedup();
+                sessions
+            }
+        }
+    }
+
+    /// Stops the server gracefully and hands back its data directory (and,
+    /// on S3, keeps its store for a server started over it again).
     pub async fn stop(mut self) -> TempDir {
         self.shutdown().await;
+        if let Some(garage) = self.garage.take() {
+            let dir = self.dir.path().to_owned();
+            PARKED.with(|parked| parked.borrow_mut().insert(dir, garage));
+        }
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
     }
