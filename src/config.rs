@@ -223,11 +223,12 @@ pub struct StorageConfig {
     /// How long an upload waits for its share of that memory before it
     /// gets 429, in milliseconds.
     pub upload_memory_wait_ms: u64,
-    /// How long a change made by another replica (a pushed or deleted tag,
-    /// a new repository) may go unseen in this one's tag lists and
-    /// catalog, in seconds; this replica's own changes show at once, and a
-    /// manifest or tag asked for by name is always read from storage.
-    pub listing_staleness_secs: u64,
+    /// How long a change made by another replica (a moved or deleted tag,
+    /// a deleted manifest or blob link, a new repository) may go unseen in
+    /// this one, in seconds: what it lists, and the tags, links and
+    /// manifests it cached. This replica's own changes show at once; 0
+    /// reads storage for every request.
+    pub staleness_secs: u64,
     /// `[storage.s3]`: keep everything in an S3-compatible bucket instead
     /// of under `root`.
     pub s3: Option<S3Config>,
@@ -318,7 +319,7 @@ impl Default for StorageConfig {
             sweep_interval_secs: 60 * 60,
             upload_memory_mib: 1024,
             upload_memory_wait_ms: 10_000,
-            listing_staleness_secs: 5,
+            staleness_secs: 5,
             s3: None,
         }
     }

@@ -498,8 +498,12 @@ async fn a_tag_pushed_over_v2_since_is_left_alone_unless_overwrite_is_asked() {
         clients::describe("migrate", &first)
     );
 
-    // busybox:1.0 moved over v2 to the app image.
-    let server = ServerProcess::start(data.path(), &[]);
+    // busybox:1.0 moved over v2 to the app image. The server reads every
+    // tag from storage (staleness 0), so what the migrations below write
+    // beside it shows at once rather than within the default 5 s.
+    let config = data.path().join("fresh.toml");
+    std::fs::write(&config, "[storage]\nstaleness_secs = 0\n").unwrap();
+    let server = ServerProcess::start(data.path(), &["--config", config.to_str().unwrap()]);
     let env = ClientEnv::new(&server.host);
     let moved = tokio::task::spawn_blocking(move || {
         env.skopeo(&[

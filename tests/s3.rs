@@ -131,7 +131,7 @@ impl Bucket {
             config.auth.enabled = auth;
             config.storage.s3 = Some(s3);
             // What one replica writes, the other lists at once.
-            config.storage.listing_staleness_secs = 0;
+            config.storage.staleness_secs = 0;
             config.token.key_dir = keys;
             config.users.file = users;
             config.policy.dir = policies;
@@ -798,4 +798,68 @@ async fn an_authorized_pull_is_redirected_to_a_presigned_url_the_store_serves() 
     let tampered = location.replacen("X-Amz-Signature=", "X-Amz-Signature=0", 1);
     let refused = plain.get(&tampered).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_tag_moved_on_one_replica_is_seen_on_the_other_within_the_staleness() {
+    let bucket = Bucket::start_cluster().await;
+    let staleness = std::time::Duration::from_secs(2);
+    let replica = |node| {
+        bucket.replica_with(node, false, move |config| {
+            config.storage.staleness_secs = staleness.as_secs();
+        })
+    };
+    let (a, b) = (replica(0).await, replica(2).await);
+    let repo = "team/app";
+    let first = push_image(&a, repo, &random_bytes(1000)).await;
+    assert_eq!(
+        put_manifest(&a, repo, "v1", &first).await,
+        StatusCode::CREATED
+    );
+    // B reads (and caches) the tag.
+    assert_eq!(resolve(&b, repo, "v1").await, Ok(sha256(&first)));
+
+    let second = push_image(&a, repo, &random_bytes(2000)).await;
+    assert_eq!(
+        put_manifest(&a, repo, "v1", &second).await,
+        StatusCode::CREATED
+    );
+    let moved = std::time::Instant::now();
+    // A sees its own move at once.
+    assert_eq!(resolve(&a, repo, "v1").await, Ok(sha256(&second)));
+    // B may serve the old image until its entry is `staleness` old, never
+    // longer (a margin for the requests themselves).
+    loop {
+        let seen = resolve(&b, repo, "v1").await;
+        if seen == Ok(sha256(&second)) {
+            break;
+        }
+        assert_eq!(seen, Ok(sha256(&first)), "neither image");
+        assert!(
+            moved.elapsed() < staleness + std::time::Duration::from_secs(1),
+            "B still serves the old tag {:?} after the move",
+            moved.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // B deletes the tag: B's own change shows there at once, and A no
+    // longer resolves it either once its own entry is stale.
+    let response = b
+        .client
+        .delete(b.at(&format!("/v2/{repo}/manifests/v1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let deleted = std::time::Instant::now();
+    assert_eq!(resolve(&b, repo, "v1").await, Err(StatusCode::NOT_FOUND));
+    while resolve(&a, repo, "v1").await.is_ok() {
+        assert!(
+            deleted.elapsed() < staleness + std::time::Duration::from_secs(1),
+            "A still serves a deleted tag {:?} after the delete",
+            deleted.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

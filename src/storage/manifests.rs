@@ -41,8 +41,7 @@ impl Storage {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(tag) => {
                 let target = self
-                    .driver
-                    .get(&paths::tag(repo, tag))
+                    .cached_get(&paths::tag(repo, tag))
                     .await
                     .or_unknown(unknown)?;
                 let target = std::str::from_utf8(&target).map_err(|_| unknown())?;
@@ -50,8 +49,7 @@ impl Storage {
             }
         };
         let media_type = self
-            .driver
-            .get(&paths::manifest_revision(repo, &digest))
+            .cached_get(&paths::manifest_revision(repo, &digest))
             .await
             .or_unknown(unknown)?;
         let revision = std::str::from_utf8(&media_type)
@@ -69,10 +67,8 @@ impl Storage {
     ) -> Result<(Digest, String, u64)> {
         let (digest, revision) = self.revision(repo, reference).await?;
         let size = self
-            .driver
-            .stat(&paths::blob_data(&revision.content))
+            .cached_size(&paths::blob_data(&revision.content))
             .await
-            .map(|m| m.size)
             .or_unknown(|| StorageError::ManifestUnknown(reference.to_string()))?;
         Ok((digest, revision.media_type, size))
     }
@@ -84,8 +80,7 @@ impl Storage {
     ) -> Result<StoredManifest> {
         let (digest, revision) = self.revision(repo, reference).await?;
         let content = self
-            .driver
-            .get(&paths::blob_data(&revision.content))
+            .cached_get(&paths::blob_data(&revision.content))
             .await
             .or_unknown(|| StorageError::ManifestUnknown(reference.to_string()))?;
         Ok(StoredManifest {
@@ -198,18 +193,16 @@ impl Storage {
         let size = body.len() as u64;
         let blob = paths::blob_data(&revision.content);
         if let Err(DriverError::NotFound(_)) = self.driver.stat(&blob).await {
-            self.driver.put(&blob, body).await?;
+            self.cached_put(&blob, body).await?;
         }
-        self.driver
-            .put(
-                &paths::manifest_revision(repo, &digest),
-                Bytes::from(revision.to_string_for(&digest)),
-            )
-            .await?;
+        self.cached_put(
+            &paths::manifest_revision(repo, &digest),
+            Bytes::from(revision.to_string_for(&digest)),
+        )
+        .await?;
         self.catalog.insert(repo.as_str());
         if let Reference::Tag(tag) = reference {
-            self.driver
-                .put(&paths::tag(repo, tag), Bytes::from(digest.to_string()))
+            self.cached_put(&paths::tag(repo, tag), Bytes::from(digest.to_string()))
                 .await?;
             if let Some(tags) = self.tags.kept(repo) {
                 tags.insert(tag.as_str());
@@ -247,8 +240,7 @@ impl Storage {
         let digest = match reference {
             Reference::Tag(tag) => {
                 let deleted = self
-                    .driver
-                    .delete(&paths::tag(repo, tag))
+                    .cached_delete(&paths::tag(repo, tag))
                     .await
                     .or_unknown(unknown);
                 self.tag_recheck(repo, tag).await;
@@ -262,7 +254,7 @@ impl Storage {
             let key = paths::tag(repo, &tag);
             match self.driver.get(&key).await {
                 Ok(target) if target.as_ref() == digest.to_string().as_bytes() => {
-                    ignore_missing(self.driver.delete(&key).await)?;
+                    ignore_missing(self.cached_delete(&key).await)?;
                     self.tag_recheck(repo, &tag).await;
                 }
                 Ok(_) | Err(DriverError::NotFound(_)) => {}
@@ -278,8 +270,7 @@ impl Storage {
                     .await,
             )?;
         }
-        self.driver
-            .delete(&paths::manifest_revision(repo, digest))
+        self.cached_delete(&paths::manifest_revision(repo, digest))
             .await
             .or_unknown(unknown)
     }

@@ -7,6 +7,7 @@
 //! - blobs are streamed both ways, never held in memory;
 //! - upload sessions live in storage, so they survive a restart.
 
+mod cache;
 pub mod driver;
 pub mod driver_suite;
 pub mod file_range;
@@ -106,6 +107,8 @@ pub struct Storage {
     /// storage again: how long another replica's change may go unseen in
     /// listings (this process' own changes show at once).
     listing_staleness: std::time::Duration,
+    /// Links and manifests read or written lately (see [`cache`]).
+    cache: cache::Cache,
 }
 
 /// How many repositories' tag indexes are kept. A listed repository's tags
@@ -229,13 +232,67 @@ impl Storage {
             tags: TagIndexes::default(),
             listing_reads: Default::default(),
             listing_staleness: index::REFRESH,
+            cache: cache::Cache::new(index::REFRESH),
         }
     }
 
-    /// How long another replica's changes may go unseen in listings.
-    pub fn with_listing_staleness(mut self, staleness: std::time::Duration) -> Self {
+    /// How long another replica's changes may go unseen here: in listings,
+    /// and in the links and manifests this replica cached.
+    pub fn with_staleness(mut self, staleness: std::time::Duration) -> Self {
         self.listing_staleness = staleness;
+        self.cache = cache::Cache::new(staleness);
         self
+    }
+
+    /// A small object, through the metadata cache.
+    async fn cached_get(&self, key: &str) -> std::result::Result<Bytes, DriverError> {
+        if let Some(bytes) = self.cache.get(key) {
+            return Ok(bytes);
+        }
+        match self.driver.get(key).await {
+            Ok(bytes) => {
+                self.cache.set(key, bytes.clone());
+                Ok(bytes)
+            }
+            // Absence is not kept: another replica's upload or push may
+            // make it present any moment, and the next step of a client's
+            // push (a manifest naming the blob) may come here.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An object's size, through the metadata cache (for content-addressed
+    /// objects, whose size never changes while they exist).
+    async fn cached_size(&self, key: &str) -> std::result::Result<u64, DriverError> {
+        let entry = format!("{key}#size");
+        if let Some(bytes) = self.cache.get(&entry)
+            && let Ok(size) = <[u8; 8]>::try_from(bytes.as_ref())
+        {
+            return Ok(u64::from_le_bytes(size));
+        }
+        let size = self.driver.stat(key).await?.size;
+        let bytes = Bytes::copy_from_slice(&size.to_le_bytes());
+        self.cache.set(&entry, bytes);
+        Ok(size)
+    }
+
+    /// Writes a small object and what this replica knows of it.
+    async fn cached_put(&self, key: &str, content: Bytes) -> std::result::Result<(), DriverError> {
+        let written = self.driver.put(key, content.clone()).await;
+        match &written {
+            Ok(()) => self.cache.set(key, content),
+            // Whether it landed is unknown: ask storage next time.
+            Err(_) => self.cache.forget(key),
+        }
+        written
+    }
+
+    /// Deletes an object (or a prefix) and what this replica knows of it.
+    async fn cached_delete(&self, key: &str) -> std::result::Result<(), DriverError> {
+        let deleted = self.driver.delete(key).await;
+        self.cache.forget(key);
+        self.cache.forget(&format!("{key}#size"));
+        deleted
     }
 
     pub fn with_upload_limits(mut self, limits: UploadLimits) -> Self {
@@ -264,14 +321,11 @@ impl Storage {
     /// there (whether or not another repository has it).
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         let unknown = || StorageError::BlobUnknown(digest.clone());
-        self.driver
-            .stat(&paths::layer_link(repo, digest))
+        self.cached_get(&paths::layer_link(repo, digest))
             .await
             .or_unknown(unknown)?;
-        self.driver
-            .stat(&paths::blob_data(digest))
+        self.cached_size(&paths::blob_data(digest))
             .await
-            .map(|m| m.size)
             .or_unknown(unknown)
     }
 
@@ -290,8 +344,7 @@ impl Storage {
     /// repositories until garbage collection.
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let deleted = self
-            .driver
-            .delete(&paths::layer_link(repo, digest))
+            .cached_delete(&paths::layer_link(repo, digest))
             .await
             .or_unknown(|| StorageError::BlobUnknown(digest.clone()));
         // Unlinking the last blob may have removed the repository.
@@ -317,8 +370,7 @@ impl Storage {
     }
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        self.driver
-            .put(&paths::layer_link(repo, digest), Bytes::new())
+        self.cached_put(&paths::layer_link(repo, digest), Bytes::new())
             .await?;
         self.catalog.insert(repo.as_str());
         Ok(())

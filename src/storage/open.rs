@@ -36,7 +36,7 @@ pub async fn storage(config: &StorageConfig) -> Result<Storage, String> {
             memory: config.upload_memory_mib << 20,
             memory_wait: Duration::from_millis(config.upload_memory_wait_ms),
         })
-        .with_listing_staleness(Duration::from_secs(config.listing_staleness_secs)))
+        .with_staleness(Duration::from_secs(config.staleness_secs)))
 }
 
 /// The driver's options, with the secret key read from its file (what
