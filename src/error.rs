@@ -213,6 +213,12 @@ impl From<StorageError> for ApiError {
                 tracing::warn!(error = %cause, "storage full");
                 ErrorCode::StorageFull.into()
             }
+            StorageError::Driver(crate::storage::DriverError::Unavailable(cause)) => {
+                tracing::error!(error = %cause, "storage unavailable");
+                ApiError::new(ErrorCode::Unavailable)
+                    .message("storage unavailable, retry later")
+                    .header(axum::http::header::RETRY_AFTER, "5")
+            }
             StorageError::Driver(cause) => {
                 tracing::error!(error = %cause, "storage failure");
                 ErrorCode::Internal.into()

@@ -863,3 +863,54 @@ async fn a_tag_moved_on_one_replica_is_seen_on_the_other_within_the_staleness() 
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn readiness_follows_the_store() {
+    let bucket = Bucket::start().await;
+    let server = bucket.replica(0, false).await;
+    let ready = || async {
+        server
+            .client
+            .get(server.at("/readyz"))
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(ready().await.status(), StatusCode::OK);
+    // The store goes away: out of rotation, saying why, naming nothing.
+    let Bucket { nodes, shared, .. } = bucket;
+    drop(nodes);
+    let response = ready().await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["problems"],
+        serde_json::json!(["storage: the store does not answer"])
+    );
+    // Liveness does not depend on it.
+    let live = server
+        .client
+        .get(server.at("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    // Requests get 503 and a time to come back, after a few quick retries.
+    let started = std::time::Instant::now();
+    let response = server
+        .client
+        .get(server.at("/v2/team/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header_str(&response, "retry-after"), "5");
+    let body = response.text().await.unwrap();
+    assert!(body.contains("UNAVAILABLE"), "{body}");
+    assert!(
+        !body.contains("127.0.0.1"),
+        "the store's address leaked: {body}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    drop(shared);
+}

@@ -22,17 +22,29 @@ pub fn live() -> Response {
     answer(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
+/// How long the object store may take to answer a readiness probe's
+/// request: probes come every few seconds and must answer in time.
+const STORE_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Readiness: requests can be served now. The storage root is still there
-/// and writable (a `stat` and an `access`, no write per probe) and, with
+/// and writable (a `stat` and an `access`, no write per probe), or the S3
+/// store answers a `HEAD` within [`STORE_PROBE_TIMEOUT`], and, with
 /// authentication, the token authority (keys, users, policy) is loaded.
 /// A 503 says what is wrong in a word or two, naming no path or secret.
 pub async fn ready(state: &AppState) -> Response {
     let mut problems = Vec::new();
-    let root = state.config.storage.root.clone();
-    match tokio::task::spawn_blocking(move || storage_problem(&root)).await {
-        Ok(None) => {}
-        Ok(Some(problem)) => problems.push(problem),
-        Err(_) => problems.push("storage: the check did not finish"),
+    if state.config.storage.s3.is_some() {
+        // One small request to the store per probe: the bucket answers.
+        if !state.storage.answers(STORE_PROBE_TIMEOUT).await {
+            problems.push("storage: the store does not answer");
+        }
+    } else {
+        let root = state.config.storage.root.clone();
+        match tokio::task::spawn_blocking(move || storage_problem(&root)).await {
+            Ok(None) => {}
+            Ok(Some(problem)) => problems.push(problem),
+            Err(_) => problems.push("storage: the check did not finish"),
+        }
     }
     if state.config.auth.enabled && state.auth.is_none() {
         problems.push("auth: keys, users and policy are not loaded");

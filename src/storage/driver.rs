@@ -55,6 +55,11 @@ pub enum DriverError {
     /// A key the driver refuses to touch (it would escape its root).
     #[error("invalid key: {0}")]
     InvalidKey(String),
+    /// The store could not be reached or did not answer as it should
+    /// (an object store down, refusing our credentials): nothing the
+    /// client can fix, a matter for later or for the operator.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }

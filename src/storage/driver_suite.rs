@@ -1474,6 +1474,7 @@ fn describe<T>(result: &Result<T>) -> String {
         Err(DriverError::NotFound(k)) => format!("NotFound({k})"),
         Err(DriverError::InvalidKey(k)) => format!("InvalidKey({k})"),
         Err(DriverError::PreconditionFailed(k)) => format!("PreconditionFailed({k})"),
+        Err(DriverError::Unavailable(e)) => format!("Unavailable({e})"),
         Err(DriverError::Io(e)) => format!("Io({e})"),
     }
 }

@@ -398,6 +398,17 @@ impl Storage {
         }
     }
 
+    /// Whether the store answers a request (any answer, "not found"
+    /// included) within `timeout`: what a readiness probe asks of it.
+    pub async fn answers(&self, timeout: std::time::Duration) -> bool {
+        let key = paths::revocations();
+        let asked = self.driver.stat(&key);
+        matches!(
+            tokio::time::timeout(timeout, asked).await,
+            Ok(Ok(_) | Err(DriverError::NotFound(_)))
+        )
+    }
+
     /// The refresh-token revocation record, if any was ever written.
     pub async fn revocations(&self) -> Result<Option<Bytes>> {
         match self.driver.get(&paths::revocations()).await {

@@ -133,6 +133,13 @@ impl S3Driver {
             .is_some_and(|e| e.starts_with("http://"));
         // No limit on a whole request: a blob's GET streams for as long as
         // the client takes to read it. Silence is what is bounded.
+        // A few quick retries, then an answer: a client waiting minutes on
+        // a store that is down would rather hear 503 and retry itself.
+        let retry = object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(10),
+            ..object_store::RetryConfig::default()
+        };
         let client = ClientOptions::new()
             .with_timeout_disabled()
             .with_connect_timeout(Duration::from_secs(5))
@@ -143,6 +150,7 @@ impl S3Driver {
             .with_region(&options.region)
             .with_virtual_hosted_style_request(!options.path_style)
             .with_allow_http(plain_http)
+            .with_retry(retry)
             .with_client_options(client);
         if let Some(endpoint) = &options.endpoint {
             builder = builder.with_endpoint(endpoint);
@@ -286,7 +294,7 @@ fn store_error(key: &str, e: object_store::Error) -> DriverError {
     match e {
         object_store::Error::NotFound { .. } => DriverError::NotFound(key.to_owned()),
         object_store::Error::InvalidPath { .. } => DriverError::InvalidKey(key.to_owned()),
-        e => DriverError::Io(io::Error::other(describe(&e))),
+        e => DriverError::Unavailable(format!("{key}: {}", describe(&e))),
     }
 }
 
