@@ -7,4 +7,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-test-deps.sh
+# The `s3` section's store (built once per machine, then left alone).
+scripts/install-garage.sh
 cargo bench --bench registry -- "$@"

@@ -7,7 +7,7 @@
 //! `cargo bench --bench registry -- [--only SECTION,...] [--blob-mib N]
 //! [--portcullis PATH]`; `--portcullis` measures another build of the
 //! server (say, the previous commit's) with this harness.
-//! Sections: blobs, image, small, tokens, scale, tls, ldap, v1, upstream.
+//! Sections: blobs, image, small, tokens, scale, tls, ldap, v1, upstream, s3.
 
 mod bare;
 mod blobs;
@@ -20,6 +20,9 @@ mod docker;
 // distribution's configuration, as the interoperability tests write it.
 #[path = "../../tests/common/distribution.rs"]
 mod distribution;
+// The test suite's single-node Garage, the S3 store of the `s3` section.
+#[path = "../../tests/common/garage.rs"]
+mod garage;
 mod image;
 mod ldap;
 // The test suite's legacy v1 registry.
@@ -36,6 +39,7 @@ mod slapd;
 #[path = "../../tests/common/oci.rs"]
 mod oci;
 mod report;
+mod s3;
 mod scale;
 mod servers;
 mod small;
@@ -104,7 +108,7 @@ fn main() {
         servers.portcullis.url, servers.distribution.url
     );
     let mut rows: Vec<Row> = Vec::new();
-    let sections: [(&str, &dyn Fn() -> Vec<Row>); 9] = [
+    let sections: [(&str, &dyn Fn() -> Vec<Row>); 10] = [
         ("blobs", &|| {
             runtime.block_on(blobs::run(&servers, &options))
         }),
@@ -126,6 +130,7 @@ fn main() {
         ("upstream", &|| {
             runtime.block_on(upstream::run(&servers, &options))
         }),
+        ("s3", &|| runtime.block_on(s3::run(&servers, &options))),
     ];
     for (name, run) in sections {
         if !options.runs(name) {
