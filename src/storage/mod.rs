@@ -7,6 +7,7 @@
 //! - blobs are streamed both ways, never held in memory;
 //! - upload sessions live in storage, so they survive a restart.
 
+mod buffer;
 mod cache;
 pub mod driver;
 pub mod driver_suite;

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{blocking, sync_dir};
+use crate::storage::buffer::MappedBuffer;
 use crate::storage::driver::{Assembler, Assembly, Result};
 
 /// Bytes gathered before they are written: large, because a direct write
@@ -77,72 +78,10 @@ pub(super) fn open(path: &Path, at: u64, create: bool) -> io::Result<(File, Mode
     Ok((plain().open(path)?, Mode::Cached))
 }
 
-/// A batch buffer: an anonymous mapping of its own, so its bytes start on a
-/// page (hence [`BLOCK`]) boundary as direct writes need, its pages are
-/// touched only as far as bytes fill it, and dropping it gives the memory
-/// back to the system. (From the heap, a freed 4 MiB buffer stays in an
-/// allocator arena, raising the process's resident size by that much per
-/// blocking thread that ever held one, and a recycled one is zeroed again.)
-struct Batch {
-    map: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: `Batch` owns its mapping exclusively, like a `Box<[u8]>`.
-unsafe impl Send for Batch {}
-
-impl Batch {
-    fn new() -> io::Result<Self> {
-        // SAFETY: a fresh private anonymous mapping; no existing memory is
-        // involved. It is unmapped exactly once, in `drop`.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                BATCH,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let map = std::ptr::NonNull::new(map.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-        Ok(Self { map, len: 0 })
-    }
-
-    fn buffer(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is BATCH bytes, readable and writable, owned
-        // by `self` (anonymous memory reads as zeros until written).
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), BATCH) }
-    }
-
-    /// Copies as much of `data` as fits; returns how much that was.
-    fn fill(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(BATCH - self.len);
-        let at = self.len;
-        self.buffer()[at..at + n].copy_from_slice(&data[..n]);
-        self.len += n;
-        n
-    }
-
-    fn is_full(&self) -> bool {
-        self.len == BATCH
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: as in `buffer`; the first `len` bytes were written.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, BATCH bytes, unmapped once.
-        unsafe { libc::munmap(self.map.as_ptr().cast(), BATCH) };
-    }
-}
+/// A batch buffer: a mapping of its own (see [`MappedBuffer`]), so its
+/// bytes start on a page (hence [`BLOCK`]) boundary as direct writes need,
+/// and a recycled one is not zeroed again.
+type Batch = MappedBuffer;
 
 /// The open file and how it is written, shared by the writes in flight.
 struct Target {
@@ -290,7 +229,7 @@ impl FsAppender {
         if let Some(handle) = self.in_flight.pop_front() {
             match handle.await.map_err(io::Error::other).and_then(|r| r) {
                 Ok(mut batch) => {
-                    batch.len = 0;
+                    batch.clear();
                     self.spare.push(batch);
                 }
                 Err(e) => {
@@ -320,12 +259,12 @@ impl FsAppender {
         if self.failed {
             return Err(io::Error::other("appender poisoned by an earlier failure"));
         }
-        let Some(batch) = self.batch.take_if(|b| b.len > 0) else {
+        let Some(batch) = self.batch.take_if(|b| !b.is_empty()) else {
             return Ok(());
         };
         self.batch = self.spare.pop();
         // The batch holds the last bytes taken.
-        let offset = self.size - batch.len as u64;
+        let offset = self.size - batch.len() as u64;
         let target = Arc::clone(&self.target);
         self.in_flight
             .push_back(tokio::task::spawn_blocking(move || {
@@ -347,7 +286,7 @@ impl Assembler for FsAppender {
         while !rest.is_empty() {
             let batch = match &mut self.batch {
                 Some(batch) => batch,
-                None => self.batch.insert(Batch::new()?),
+                None => self.batch.insert(Batch::new(BATCH)?),
             };
             let taken = batch.fill(rest);
             self.size += taken as u64;
@@ -439,7 +378,7 @@ mod tests {
         assert!(direct_flag(&file), "Direct mode without O_DIRECT");
         let target = Target::new(file, mode);
         let data: Vec<u8> = (0..3 * BLOCK + 100).map(|i| (i % 251) as u8).collect();
-        let mut batch = Batch::new().unwrap();
+        let mut batch = Batch::new(BATCH).unwrap();
         batch.fill(&data);
         target.write(0, &batch.bytes()[..2 * BLOCK]).unwrap();
         assert_eq!(target.mode(), Mode::Direct, "whole blocks stay direct");
@@ -466,7 +405,7 @@ mod tests {
         let target = Target::new(file, mode);
         // A buffer one byte off a block boundary: the kernel refuses it
         // for O_DIRECT (EINVAL), and the write must still land.
-        let mut batch = Batch::new().unwrap();
+        let mut batch = Batch::new(BATCH).unwrap();
         let data: Vec<u8> = (0..2 * BLOCK + 1).map(|i| (i % 13) as u8).collect();
         batch.fill(&data);
         target.write(0, &batch.bytes()[1..]).unwrap();

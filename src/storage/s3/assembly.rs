@@ -16,7 +16,10 @@
 //! (an aborted or unrecorded commit) are overwritten by the next ones or
 //! left out when the upload completes, since completion names its parts.
 //!
-//! Memory: one part filling and [`PartLimits::in_flight`] being uploaded.
+//! Memory: one part filling and [`PartLimits::in_flight`] being uploaded,
+//! each in a mapping of its own ([`MappedBuffer`]): the request body's
+//! frames are copied in and freed at once, and a part's memory goes back to
+//! the system as soon as its upload is done.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::{PartLimits, Store, store_error};
+use crate::storage::buffer::MappedBuffer;
 use crate::storage::driver::{Assembler, Assembly, DriverError, Result};
 
 /// `Assembly::parts` of this driver.
@@ -224,9 +228,8 @@ pub(super) struct S3Assembler {
     parts: Parts,
     /// Parts being uploaded, oldest first.
     in_flight: VecDeque<PartUpload>,
-    /// The bytes of the part being filled.
-    filling: Vec<Bytes>,
-    filled: usize,
+    /// The part being filled; made when the first byte comes.
+    filling: Option<MappedBuffer>,
     size: u64,
 }
 
@@ -247,25 +250,22 @@ impl S3Assembler {
             // tail is written, which they could otherwise be taken for.
             delete_tails(&store, key, Some(from.size)).await?;
         }
-        let filled = tail.len();
+        let filling = if tail.is_empty() {
+            None
+        } else {
+            let mut part = MappedBuffer::new(parts.part_size as usize)?;
+            part.fill(&tail);
+            Some(part)
+        };
         Ok(Self {
             store,
             key: key.to_owned(),
             path,
             parts,
             in_flight: VecDeque::new(),
-            filling: if tail.is_empty() {
-                Vec::new()
-            } else {
-                vec![tail]
-            },
-            filled,
+            filling,
             size: from.size,
         })
-    }
-
-    fn part_size(&self) -> usize {
-        self.parts.part_size as usize
     }
 
     /// Waits for the oldest part in flight and records its ETag.
@@ -285,8 +285,10 @@ impl S3Assembler {
         while self.in_flight.len() >= self.store.parts.in_flight {
             self.settle_one().await?;
         }
-        let payload: PutPayload = std::mem::take(&mut self.filling).into_iter().collect();
-        self.filled = 0;
+        let Some(part) = self.filling.take() else {
+            return Ok(());
+        };
+        let payload = PutPayload::from_bytes(Bytes::from_owner(part));
         let index = self.parts.etags.len() + self.in_flight.len();
         let store = Arc::clone(&self.store);
         let (path, upload) = (self.path.clone(), self.parts.upload.clone());
@@ -318,14 +320,19 @@ impl Assembler for S3Assembler {
         self.size
     }
 
-    async fn write(&mut self, mut chunk: Bytes) -> Result<()> {
-        while !chunk.is_empty() {
-            let room = self.part_size() - self.filled;
-            let taken = chunk.split_to(room.min(chunk.len()));
-            self.filled += taken.len();
-            self.size += taken.len() as u64;
-            self.filling.push(taken);
-            if self.filled == self.part_size() {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let part = match &mut self.filling {
+                Some(part) => part,
+                None => self
+                    .filling
+                    .insert(MappedBuffer::new(self.parts.part_size as usize)?),
+            };
+            let taken = part.fill(rest);
+            self.size += taken as u64;
+            rest = &rest[taken..];
+            if part.is_full() {
                 self.submit().await?;
             }
         }
@@ -336,8 +343,8 @@ impl Assembler for S3Assembler {
         while !self.in_flight.is_empty() {
             self.settle_one().await?;
         }
-        if self.filled > 0 {
-            let tail: PutPayload = std::mem::take(&mut self.filling).into_iter().collect();
+        if let Some(part) = self.filling.take().filter(|p| !p.is_empty()) {
+            let tail = PutPayload::from_bytes(Bytes::from_owner(part));
             let key = tail_key(&self.key, self.size);
             self.store
                 .objects
