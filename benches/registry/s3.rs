@@ -7,7 +7,7 @@
 //! - Portcullis (tokens on, the first Portcullis' users, policy and keys)
 //!   keeps everything under `portcullis/` in the bucket, in 8 MiB parts, 3
 //!   at once, with an upload memory budget of 256 MiB (for the concurrent
-//!   pushes; a single push holds 40 MiB of it).
+//!   pushes; a single push holds 32 MiB of it).
 //! - distribution trusts the first Portcullis' tokens, as in every section,
 //!   and keeps everything under `distribution/`, in 8 MiB chunks (its
 //!   `chunksize`), with redirects off, so that it serves pulls itself
@@ -52,8 +52,8 @@ use crate::servers::{self, ISSUER, Proc, SERVICE, Servers, Target};
 
 /// Part size and parts in flight, for Portcullis and the raw reference.
 const PART_MIB: usize = 8;
-const IN_FLIGHT: usize = 3;
-/// Portcullis' `upload_memory_mib`: 6 uploads of 40 MiB stream at once.
+const IN_FLIGHT: usize = 2;
+/// Portcullis' `upload_memory_mib`: 8 uploads of 32 MiB stream at once.
 const BUDGET_MIB: u64 = 256;
 /// The concurrent pushes.
 const CLIENTS: usize = 32;
@@ -65,20 +65,20 @@ const PORTCULLIS_PREFIX: &str = "portcullis";
 const DISTRIBUTION_PREFIX: &str = "distribution";
 const RAW_PREFIX: &str = "raw";
 
-const PUSH_NOTE: &str = "Portcullis hashes the body and sends it on in 8 MiB parts, 3 at once, \
+const PUSH_NOTE: &str = "Portcullis hashes the body and sends it on in 8 MiB parts, 2 at once, \
     then completes the upload and moves the object into place with a server-side copy; \
     distribution writes 8 MiB chunks and moves the blob with a multipart copy; Garage, on the \
     same two cores, stores every block";
 const PULL_NOTE: &str = "both relay the store's GET stream to the client (distribution with its \
     redirect to the store turned off)";
 const RAW_PUSH_NOTE: &str = "object_store's WriteMultipart from the bench process, 8 MiB parts, \
-    3 in flight, payloads signed as Portcullis' driver signs them: no hashing, no client \
+    2 in flight, payloads signed as Portcullis' driver signs them: no hashing, no client \
     connection, no move";
 const RAW_PULL_NOTE: &str = "object_store's streamed GET, counted and dropped in the bench process";
-const RSS_NOTE: &str = "VmHWM reset before each push: one upload's 40 MiB share (parts in flight \
+const RSS_NOTE: &str = "VmHWM reset before each push: one upload's 32 MiB share (parts in flight \
     and filling, bytes waiting to be hashed) and the runtime";
 const MANY_NOTE: &str = "32 clients at once, each a monolithic POST of its own blob, with a \
-    256 MiB upload budget (6 uploads of 40 MiB stream at once); the others wait for a share, \
+    256 MiB upload budget (8 uploads of 32 MiB stream at once); the others wait for a share, \
     and get 429 after 10 s of waiting";
 
 pub async fn run(servers: &Servers, options: &Options) -> Vec<Row> {

@@ -75,7 +75,7 @@ fn default_part_size() -> usize {
 }
 
 fn default_parts_in_flight() -> usize {
-    3
+    2
 }
 
 fn default_io_timeout() -> u64 {

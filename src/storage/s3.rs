@@ -51,12 +51,13 @@ pub struct PartLimits {
 }
 
 impl Default for PartLimits {
-    /// 8 MiB parts, 3 at once: 32 MiB per upload, which keeps a 1 GiB push
-    /// well inside the 64 MiB a replica may hold for it.
+    /// 8 MiB parts, 2 at once: 24 MiB per upload, so that a replica
+    /// pushing 1 GiB stays under 64 MiB resident (with 3 at once: 66 MiB,
+    /// 2026-12-03). S3's 10,000 parts make 78 GiB the largest blob.
     fn default() -> Self {
         Self {
             size: 8 << 20,
-            in_flight: 3,
+            in_flight: 2,
         }
     }
 }
