@@ -549,7 +549,8 @@ async fn skopeo_pushes_and_pulls_an_image_through_portcullis_on_s3() {
             &oci_ref(&redirected, "v1"),
         ]);
         assert_eq!(layout_blobs(&redirected), layout.blobs);
-        let layer = layout.blobs.keys().next().expect("a blob");
+        // A blob (not the manifest, which `layout.blobs` holds too).
+        let layer = &layout.config_digest;
         let status = std::process::Command::new("curl")
             .args([
                 "--silent",
