@@ -10,7 +10,7 @@ use crate::common;
 
 use std::path::PathBuf;
 
-use common::garage::{ACCESS_KEY, BUCKET, Garage, GarageCluster, REGION, SECRET_KEY};
+use common::garage::{Garage, GarageCluster, SECRET_KEY};
 use common::{TestServer, error_code, header_str, random_bytes, sha256};
 use portcullis::auth::users::hash_password;
 use portcullis::config::{Config, S3Config};
@@ -87,24 +87,9 @@ impl Bucket {
         self.shared.path().join(name)
     }
 
-    /// `[storage.s3]` for this bucket through node `node`, with S3's
-    /// smallest parts so that a few MiB cross several of them.
+    /// `[storage.s3]` for this bucket through node `node`.
     fn s3(&self, node: usize) -> S3Config {
-        S3Config {
-            bucket: BUCKET.to_owned(),
-            region: REGION.to_owned(),
-            endpoint: Some(self.endpoint(node)),
-            prefix: "registry".to_owned(),
-            access_key_id: Some(ACCESS_KEY.to_owned()),
-            secret_access_key_file: Some(self.path("s3-secret")),
-            path_style: Some(true),
-            part_size_mib: 5,
-            parts_in_flight: 2,
-            io_timeout_secs: 30,
-            conditional_writes: None,
-            redirect_pulls: false,
-            redirect_expiry_secs: 60,
-        }
+        common::s3_config(&self.endpoint(node), self.path("s3-secret"))
     }
 
     /// A replica on the bucket through node `node`, with authentication on
@@ -139,6 +124,37 @@ impl Bucket {
         })
         .await
     }
+}
+
+/// A token for `user` with the password `<user>-pw` (the bucket's users
+/// file), asking for `scope`.
+async fn token(server: &TestServer, user: &str, scope: &str) -> String {
+    let body: serde_json::Value = server
+        .client
+        .get(server.at(&format!("/token?service=portcullis&scope={scope}")))
+        .basic_auth(user, Some(format!("{user}-pw")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["token"].as_str().expect("a token").to_owned()
+}
+
+/// A monolithic blob push into `repo` with `token`; its status.
+async fn push_with(server: &TestServer, token: &str, repo: &str, data: &[u8]) -> reqwest::Response {
+    server
+        .client
+        .post(server.at(&format!(
+            "/v2/{repo}/blobs/uploads/?digest={}",
+            sha256(data)
+        )))
+        .bearer_auth(token)
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Starts an upload in `repo`; its `Location`.
@@ -412,41 +428,17 @@ async fn a_token_from_one_replica_is_accepted_by_the_other_within_its_grant() {
     let bucket = Bucket::start_cluster().await;
     let a = bucket.replica(0, true).await;
     let b = bucket.replica(1, true).await;
-    let token = |server: &TestServer, user: &str, password: &str, scope: &str| {
-        let request = server
-            .client
-            .get(server.at(&format!("/token?service=portcullis&scope={scope}")))
-            .basic_auth(user, Some(password));
-        async move {
-            let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
-            body["token"].as_str().expect("a token").to_owned()
-        }
-    };
     // alice may push her own namespace: a token from A pushes through B.
-    let push = token(&a, "alice", "alice-pw", "repository:alice/app:pull,push").await;
+    let push = token(&a, "alice", "repository:alice/app:pull,push").await;
     let data = random_bytes(200_000);
     let digest = sha256(&data);
-    let response = b
-        .client
-        .post(b.at(&format!("/v2/alice/app/blobs/uploads/?digest={digest}")))
-        .bearer_auth(&push)
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
+    let response = push_with(&b, &push, "alice/app", &data).await;
     assert_eq!(response.status(), StatusCode::CREATED);
 
     // A token from B for root's repository, with only pull granted to
     // alice, does not push through A.
-    let pull = token(&b, "alice", "alice-pw", "repository:root/app:pull,push").await;
-    let response = a
-        .client
-        .post(a.at(&format!("/v2/root/app/blobs/uploads/?digest={digest}")))
-        .bearer_auth(&pull)
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
+    let pull = token(&b, "alice", "repository:root/app:pull,push").await;
+    let response = push_with(&a, &pull, "root/app", &data).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let challenge = header_str(&response, "www-authenticate").to_owned();
     assert!(challenge.contains("insufficient_scope"), "{challenge}");
@@ -702,27 +694,10 @@ async fn an_authorized_pull_is_redirected_to_a_presigned_url_the_store_serves() 
             s3.redirect_expiry_secs = 30;
         })
         .await;
-    let token = |scope: &'static str| {
-        let request = server
-            .client
-            .get(server.at(&format!("/token?service=portcullis&scope={scope}")))
-            .basic_auth("alice", Some("alice-pw"));
-        async move {
-            let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
-            body["token"].as_str().expect("a token").to_owned()
-        }
-    };
-    let push = token("repository:alice/app:pull,push").await;
+    let push = token(&server, "alice", "repository:alice/app:pull,push").await;
     let data = random_bytes(6 * MIB + 5);
     let digest = sha256(&data);
-    let response = server
-        .client
-        .post(server.at(&format!("/v2/alice/app/blobs/uploads/?digest={digest}")))
-        .bearer_auth(&push)
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
+    let response = push_with(&server, &push, "alice/app", &data).await;
     assert_eq!(response.status(), StatusCode::CREATED);
 
     // Authorized: a redirect into the store, which serves the blob (and a
@@ -776,7 +751,7 @@ async fn an_authorized_pull_is_redirected_to_a_presigned_url_the_store_serves() 
     let response = server.client.get(&blob).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(response.headers().get("location").is_none());
-    let other = token("repository:root/app:pull").await;
+    let other = token(&server, "alice", "repository:root/app:pull").await;
     let response = server
         .client
         .get(&blob)

@@ -55,10 +55,18 @@ fn s3_storage(dir: &std::path::Path, config: &mut Config) -> garage::Garage {
         .unwrap_or_else(garage::Garage::start);
     let secret = dir.join("s3-secret");
     std::fs::write(&secret, format!("{}\n", garage::SECRET_KEY)).expect("secret key file");
-    config.storage.s3 = Some(portcullis::config::S3Config {
+    config.storage.s3 = Some(s3_config(&garage.endpoint(), secret));
+    garage
+}
+
+/// `[storage.s3]` for the test bucket at `endpoint` (the key in the file
+/// `secret`), with S3's smallest parts so that a few MiB cross several of
+/// them, under [`S3_PREFIX`].
+pub fn s3_config(endpoint: &str, secret: std::path::PathBuf) -> portcullis::config::S3Config {
+    portcullis::config::S3Config {
         bucket: garage::BUCKET.to_owned(),
         region: garage::REGION.to_owned(),
-        endpoint: Some(garage.endpoint()),
+        endpoint: Some(endpoint.to_owned()),
         prefix: S3_PREFIX.to_owned(),
         access_key_id: Some(garage::ACCESS_KEY.to_owned()),
         secret_access_key_file: Some(secret),
@@ -69,8 +77,7 @@ fn s3_storage(dir: &std::path::Path, config: &mut Config) -> garage::Garage {
         conditional_writes: None,
         redirect_pulls: false,
         redirect_expiry_secs: 60,
-    });
-    garage
+    }
 }
 
 /// The claims of a JWT, unverified (the server's verification is what
