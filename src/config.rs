@@ -235,12 +235,17 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
-    /// What one upload receiving a body holds in memory: its write
-    /// buffers (the filesystem's 16 MiB of batches, or S3's parts) and up to
-    /// 8 MiB waiting to be hashed.
+    /// What one upload receiving a body holds in memory, in MiB: its
+    /// driver's write buffers (the filesystem's batches, or S3's parts) and
+    /// the bytes waiting to be hashed, as the storage counts its budget.
     pub fn upload_share_mib(&self) -> usize {
-        let buffers = self.s3.as_ref().map_or(16 << 20, S3Config::upload_memory);
-        (buffers >> 20) + 8
+        let buffers = self
+            .s3
+            .as_ref()
+            .map_or(crate::storage::fs::ASSEMBLY_MEMORY, |s3| {
+                s3.parts().memory()
+            });
+        (buffers + crate::storage::HASH_BACKLOG) >> 20
     }
 }
 

@@ -83,9 +83,12 @@ fn default_io_timeout() -> u64 {
 }
 
 impl S3Config {
-    /// What one upload receiving a body holds in memory for its parts.
-    pub fn upload_memory(&self) -> usize {
-        (self.part_size_mib << 20) * (self.parts_in_flight + 1)
+    /// The parts an upload is cut into.
+    pub fn parts(&self) -> crate::storage::s3::PartLimits {
+        crate::storage::s3::PartLimits {
+            size: self.part_size_mib << 20,
+            in_flight: self.parts_in_flight,
+        }
     }
 
     /// What is wrong with it, key by key (`(key, message)`).

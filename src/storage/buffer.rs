@@ -18,10 +18,8 @@ pub struct MappedBuffer {
     len: usize,
 }
 
-// SAFETY: `MappedBuffer` owns its mapping exclusively, like a `Box<[u8]>`,
-// and hands out shared access only through `&self`.
+// SAFETY: `MappedBuffer` owns its mapping exclusively, like a `Box<[u8]>`.
 unsafe impl Send for MappedBuffer {}
-unsafe impl Sync for MappedBuffer {}
 
 impl MappedBuffer {
     /// An empty buffer of `capacity` bytes (at least one).

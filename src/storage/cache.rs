@@ -87,19 +87,13 @@ impl Cache {
         entries.bytes += size;
     }
 
-    /// Forgets `key` and everything under it (this replica deleted it).
+    /// Forgets `key` (this replica deleted it, or does not know whether its
+    /// write landed).
     pub fn forget(&self, key: &str) {
         let mut entries = self.lock();
-        let below = format!("{key}/");
-        let mut freed = 0;
-        entries.map.retain(|k, entry| {
-            let keep = k != key && !k.starts_with(&below);
-            if !keep {
-                freed += entry.value.len();
-            }
-            keep
-        });
-        entries.bytes -= freed;
+        if let Some(old) = entries.map.remove(key) {
+            entries.bytes -= old.value.len();
+        }
     }
 }
 
@@ -108,16 +102,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_are_served_until_stale_and_forgotten_with_their_prefix() {
+    fn entries_are_served_until_stale_or_forgotten() {
         let cache = Cache::new(Duration::from_secs(60));
         cache.set("a/tag", Bytes::from_static(b"d1"));
-        cache.set("a/tag/x", Bytes::new());
-        cache.set("ab", Bytes::new());
+        cache.set("a/tag2", Bytes::new());
         assert_eq!(cache.get("a/tag"), Some(Bytes::from_static(b"d1")));
         cache.forget("a/tag");
         assert_eq!(cache.get("a/tag"), None);
-        assert_eq!(cache.get("a/tag/x"), None);
-        assert_eq!(cache.get("ab"), Some(Bytes::new()));
+        assert_eq!(cache.get("a/tag2"), Some(Bytes::new()));
 
         // Read longer ago than the staleness allows.
         cache.set("k", Bytes::new());

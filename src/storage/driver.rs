@@ -80,6 +80,24 @@ impl DriverError {
 
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 
+/// Whether a driver may accept `key`: relative, `/`-separated segments
+/// that are each one plain path component, none empty or starting with
+/// `.` (a driver's own names), no backslash or NUL. Keys are built from
+/// validated names, but the driver is the last line before its store, so
+/// every driver checks again, and all accept exactly the same keys.
+pub fn valid_key(key: &str) -> bool {
+    use std::path::{Component, Path};
+    !key.is_empty()
+        && !key.contains('\0')
+        && !key.contains('\\')
+        && key.split('/').all(|part| {
+            !part.is_empty() && !part.starts_with('.') && {
+                let mut parts = Path::new(part).components();
+                matches!(parts.next(), Some(Component::Normal(_))) && parts.next().is_none()
+            }
+        })
+}
+
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
     /// Reads a small object whole (links, session metadata, manifests).

@@ -14,19 +14,21 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::driver::{
     Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta, Precondition, Result,
-    Version,
+    Version, valid_key,
 };
 use super::file_range::FileRange;
 
 mod append;
 use append::FsAppender;
+/// What one upload's appender holds (its write batches).
+pub use append::MEMORY as ASSEMBLY_MEMORY;
 
 /// Names of the temporaries whole-object writes go through before their
 /// rename; a crash mid-write leaves one behind for [`Driver::sweep_temporaries`].
@@ -52,16 +54,7 @@ impl FsDriver {
     /// driver is the last line before the filesystem, so it checks again that
     /// nothing can leave the root.
     fn path(&self, key: &str) -> Result<PathBuf> {
-        let valid = !key.is_empty()
-            && !key.contains('\0')
-            && !key.contains('\\')
-            && key.split('/').all(|part| {
-                !part.is_empty() && !part.starts_with('.') && {
-                    let mut parts = Path::new(part).components();
-                    matches!(parts.next(), Some(Component::Normal(_))) && parts.next().is_none()
-                }
-            });
-        if valid {
+        if valid_key(key) {
             Ok(self.root.join(key))
         } else {
             Err(DriverError::InvalidKey(key.to_owned()))
@@ -434,7 +427,7 @@ impl Driver for FsDriver {
     }
 
     fn assembly_memory(&self) -> usize {
-        append::MEMORY
+        ASSEMBLY_MEMORY
     }
 
     async fn sweep_temporaries(&self, older_than: std::time::Duration) -> Result<usize> {

@@ -36,7 +36,7 @@ pub use manifests::{ManifestPut, StoredManifest};
 pub use migration::MigratedLayer;
 pub use paths::UploadId;
 pub use uploads::sweep::{STALE_TEMPORARY, UploadSweep};
-pub use uploads::{Chunk, UploadLimits};
+pub use uploads::{Chunk, HASH_BACKLOG, UploadLimits};
 
 use crate::reference::{Digest, RepoName};
 
@@ -288,11 +288,10 @@ impl Storage {
         written
     }
 
-    /// Deletes an object (or a prefix) and what this replica knows of it.
+    /// Deletes a small object and what this replica knows of it.
     async fn cached_delete(&self, key: &str) -> std::result::Result<(), DriverError> {
         let deleted = self.driver.delete(key).await;
         self.cache.forget(key);
-        self.cache.forget(&format!("{key}#size"));
         deleted
     }
 

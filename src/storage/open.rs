@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::s3::{ConditionalWrites, PartLimits, S3Driver, S3Options};
+use super::s3::{ConditionalWrites, S3Driver, S3Options};
 use super::{Driver, Storage, UploadLimits, fs::FsDriver};
 use crate::config::{S3Config, StorageConfig};
 
@@ -67,10 +67,7 @@ pub fn s3_options(config: &S3Config) -> Result<S3Options, String> {
         secret_access_key,
         path_style: config.path_style.unwrap_or(config.endpoint.is_some()),
         io_timeout: Duration::from_secs(config.io_timeout_secs),
-        parts: PartLimits {
-            size: config.part_size_mib << 20,
-            in_flight: config.parts_in_flight,
-        },
+        parts: config.parts(),
         conditional_writes: match config.conditional_writes {
             None => ConditionalWrites::Probe,
             Some(true) => ConditionalWrites::On,

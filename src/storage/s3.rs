@@ -17,8 +17,8 @@
 //!   object twice, conditionally) unless the configuration says, and where
 //!   it does not, `put_if` checks then writes (last writer wins).
 //!
-//! Keys are validated as on the filesystem (no empty, `.`-prefixed or
-//! `\`-holding segments), so both drivers accept exactly the same keys.
+//! Keys are validated as every driver validates them
+//! ([`valid_key`](super::driver::valid_key)), so both accept the same keys.
 
 mod assembly;
 
@@ -38,7 +38,7 @@ use object_store::{
 
 use super::driver::{
     Assembler, Assembly, ByteStream, Driver, DriverError, Meta, Precondition, Redirects, Result,
-    Version,
+    Version, valid_key,
 };
 
 /// How assemblies are cut into parts.
@@ -48,6 +48,13 @@ pub struct PartLimits {
     pub size: usize,
     /// Parts one assembler uploads at once.
     pub in_flight: usize,
+}
+
+impl PartLimits {
+    /// What one assembler holds: a part filling and those in flight.
+    pub fn memory(&self) -> usize {
+        self.size * (self.in_flight + 1)
+    }
 }
 
 impl Default for PartLimits {
@@ -216,7 +223,7 @@ impl S3Driver {
         objects
             .put_opts(&probe, PutPayload::from_static(b"1"), create())
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| e.to_string())?;
         let second = objects
             .put_opts(&probe, PutPayload::from_static(b"2"), create())
             .await;
@@ -238,7 +245,7 @@ impl S3Driver {
     pub async fn check(&self) -> std::result::Result<(), String> {
         let root = self.store.root();
         if let Err(e) = self.store.objects.list_with_delimiter(root.as_ref()).await {
-            return Err(describe(&e));
+            return Err(e.to_string());
         }
         if self.conditional_writes == ConditionalWrites::Probe {
             let honoured = self.probe_conditional_writes().await?;
@@ -259,16 +266,10 @@ impl Store {
         (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()))
     }
 
-    /// The object path of a key, refusing what the filesystem driver
-    /// refuses: both drivers take exactly the same keys.
+    /// The object path of a key, refusing what every driver refuses
+    /// ([`valid_key`]).
     fn path(&self, key: &str) -> Result<Path> {
-        let valid = !key.is_empty()
-            && !key.contains('\0')
-            && !key.contains('\\')
-            && key
-                .split('/')
-                .all(|part| !part.is_empty() && !part.starts_with('.'));
-        if !valid {
+        if !valid_key(key) {
             return Err(DriverError::InvalidKey(key.to_owned()));
         }
         Ok(self.own_path(key))
@@ -284,18 +285,12 @@ impl Store {
     }
 }
 
-/// An `object_store` error for the log and the caller: its message,
-/// without the request's headers (which `object_store` never puts there).
-fn describe(e: &object_store::Error) -> String {
-    e.to_string()
-}
-
 /// Maps a store's error on `key` to the driver's.
 fn store_error(key: &str, e: object_store::Error) -> DriverError {
     match e {
         object_store::Error::NotFound { .. } => DriverError::NotFound(key.to_owned()),
         object_store::Error::InvalidPath { .. } => DriverError::InvalidKey(key.to_owned()),
-        e => DriverError::Unavailable(format!("{key}: {}", describe(&e))),
+        e => DriverError::Unavailable(format!("{key}: {e}")),
     }
 }
 
@@ -429,7 +424,7 @@ impl Driver for S3Driver {
         let owned = key.to_owned();
         Ok(result
             .into_stream()
-            .map_err(move |e| io::Error::other(format!("{owned}: {}", describe(&e))))
+            .map_err(move |e| io::Error::other(format!("{owned}: {e}")))
             .boxed())
     }
 
@@ -470,7 +465,7 @@ impl Driver for S3Driver {
     }
 
     fn assembly_memory(&self) -> usize {
-        assembly::memory(&self.store.parts)
+        self.store.parts.memory()
     }
 
     fn redirects(&self) -> Option<&dyn Redirects> {

@@ -191,7 +191,7 @@ type BatchWrite = tokio::task::JoinHandle<io::Result<Batch>>;
 const IN_FLIGHT: usize = 3;
 
 /// The most one appender holds: its batches in flight and the one filling.
-pub(super) const MEMORY: usize = (IN_FLIGHT + 1) * BATCH;
+pub const MEMORY: usize = (IN_FLIGHT + 1) * BATCH;
 
 /// Appends through a ring of batch buffers; see the module comment.
 pub(super) struct FsAppender {

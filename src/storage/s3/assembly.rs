@@ -31,7 +31,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::{PartLimits, Store, store_error};
+use super::{Store, store_error};
 use crate::storage::buffer::MappedBuffer;
 use crate::storage::driver::{Assembler, Assembly, DriverError, Result};
 
@@ -66,10 +66,6 @@ impl Parts {
             .filter(|tail| *tail < self.part_size.max(1))
             .ok_or_else(|| DriverError::InvalidKey(format!("{key}: inconsistent assembly state")))
     }
-}
-
-pub(super) fn memory(limits: &PartLimits) -> usize {
-    limits.size * (limits.in_flight + 1)
 }
 
 /// The key of the tail a state of `size` bytes keeps, beside `key`.
