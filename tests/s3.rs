@@ -890,3 +890,68 @@ async fn readiness_follows_the_store() {
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     drop(shared);
 }
+
+#[tokio::test]
+async fn a_store_that_refuses_the_key_stops_serve_at_start_and_check_config_reads_the_secret_file()
+{
+    let bucket = Bucket::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(&bucket, dir.path(), "", "");
+    let wrong_secret = dir.path().join("wrong-secret");
+    std::fs::write(&wrong_secret, format!("{}\n", "f".repeat(64))).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let right = bucket.path("s3-secret");
+    let with = |secret: &std::path::Path| {
+        text.replace(
+            &format!("{:?}", right.to_str().unwrap()),
+            &format!("{:?}", secret.to_str().unwrap()),
+        )
+    };
+    let portcullis = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .env("PORTCULLIS_LOG", "warn")
+            .output()
+            .expect("run portcullis")
+    };
+    let config = config.to_str().unwrap().to_owned();
+
+    // A wrong secret: serve refuses before it listens, saying which bucket.
+    std::fs::write(&config, with(&wrong_secret)).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || {
+            portcullis(&[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-auth",
+                "--config",
+                &config,
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve started on a refusing store");
+    assert!(
+        stderr.contains("storage.s3: bucket `portcullis`"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&"f".repeat(64)),
+        "the secret leaked: {stderr}"
+    );
+
+    // A secret file that is not there: check-config names it.
+    let missing = dir.path().join("no-such-secret");
+    std::fs::write(&config, with(&missing)).unwrap();
+    let out = tokio::task::spawn_blocking(move || portcullis(&["check-config", &config]))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("secret_access_key_file"), "{stderr}");
+    assert!(stderr.contains("no-such-secret"), "{stderr}");
+}
