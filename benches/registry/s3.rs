@@ -32,7 +32,6 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -357,8 +356,6 @@ fn start_portcullis(servers: &Servers, dir: &Path, endpoint: &str) -> (Proc, Tar
 fn start_distribution(servers: &Servers, dir: &Path, endpoint: &str) -> (Proc, Target) {
     let root = dir.join("distribution");
     std::fs::create_dir_all(&root).expect("distribution dir");
-    let config = root.join("config.yml");
-    let log = root.join("distribution.log");
     let auth = TokenRegistry {
         log: "",
         addr: "",
@@ -370,13 +367,16 @@ fn start_distribution(servers: &Servers, dir: &Path, endpoint: &str) -> (Proc, T
         bundle: &servers.path("portcullis/certs/bundle.crt"),
     }
     .auth_yaml();
-    for _ in 0..5 {
-        let port = free_port();
-        // distribution 2.8's s3aws driver: with `regionendpoint` set it
-        // addresses the bucket path-style (no `forcepathstyle` option yet)
-        // and takes any region name.
-        let yaml = format!(
-            "version: 0.1\n\
+    // distribution 2.8's s3aws driver: with `regionendpoint` set it
+    // addresses the bucket path-style (no `forcepathstyle` option yet) and
+    // takes any region name.
+    servers::launch_distribution(
+        "distribution (S3)",
+        &root,
+        &servers.portcullis.url,
+        |port| {
+            format!(
+                "version: 0.1\n\
              log:\n  level: error\n  formatter: text\n  accesslog:\n    disabled: true\n\
              storage:\n  s3:\n\
              \x20   accesskey: {access}\n    secretkey: {secret}\n\
@@ -387,67 +387,14 @@ fn start_distribution(servers: &Servers, dir: &Path, endpoint: &str) -> (Proc, T
              \x20 redirect:\n    disable: true\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: bench-secret\n\
              {auth}",
-            access = garage::ACCESS_KEY,
-            secret = garage::SECRET_KEY,
-            region = garage::REGION,
-            bucket = garage::BUCKET,
-            chunk = PART_MIB << 20,
-        );
-        std::fs::write(&config, yaml).expect("distribution config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            // aws-sdk-go reads a CA bundle named there and fails to start
-            // on a plain-HTTP endpoint with it ("HTTPClient's transport
-            // unsupported type"): nothing here is TLS.
-            .env_remove("AWS_CA_BUNDLE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("distribution log"))
-            .spawn()
-            .expect("start docker-registry");
-        let mut proc = Proc { child };
-        if wait_for_port(&mut proc, port) {
-            let host = format!("127.0.0.1:{port}");
-            let pid = proc.pid();
-            return (
-                proc,
-                Target {
-                    name: "distribution (S3)",
-                    url: format!("http://{host}"),
-                    host,
-                    pid,
-                    token_url: servers.portcullis.url.clone(),
-                },
-            );
-        }
-    }
-    panic!(
-        "distribution (S3) did not start:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind")
-        .port()
-}
-
-/// Whether the child came to listen on `port` within 30 s.
-fn wait_for_port(proc: &mut Proc, port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        if let Ok(Some(_)) = proc.child.try_wait() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+                access = garage::ACCESS_KEY,
+                secret = garage::SECRET_KEY,
+                region = garage::REGION,
+                bucket = garage::BUCKET,
+                chunk = PART_MIB << 20,
+            )
+        },
+    )
 }
 
 /// The bucket, as Portcullis' driver reaches it (path-style, plain HTTP),

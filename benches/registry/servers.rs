@@ -247,14 +247,8 @@ fn spawn_portcullis(
 fn start_distribution(dir: &Path, portcullis_url: &str) -> (Proc, Target) {
     let root = dir.join("distribution");
     std::fs::create_dir_all(&root).unwrap();
-    let config = root.join("config.yml");
-    for _ in 0..5 {
-        // Its quietest, fastest setup: no access log, errors only. It would
-        // announce a port-0 address only at level info, which also logs
-        // every request, so a free port is found by binding and releasing
-        // it, and a lost race retried.
-        let port = free_port();
-        let yaml = TokenRegistry {
+    launch_distribution("distribution", &root, portcullis_url, |port| {
+        TokenRegistry {
             log: "  level: error\n  formatter: text\n  accesslog:\n    disabled: true\n",
             addr: &format!("127.0.0.1:{port}"),
             secret: "bench-secret",
@@ -264,14 +258,37 @@ fn start_distribution(dir: &Path, portcullis_url: &str) -> (Proc, Target) {
             issuer: ISSUER,
             bundle: &dir.join("portcullis/certs/bundle.crt"),
         }
-        .yaml();
-        std::fs::write(&config, yaml).unwrap();
+        .yaml()
+    })
+}
+
+/// distribution 2.8 as `name`, configured in `root/config.yml` by `yaml`
+/// for the port it is to listen on, logging to `root/distribution.log`,
+/// trusting the tokens of the Portcullis at `token_url`. Its quietest,
+/// fastest setup has no access log and errors only, so it would announce a
+/// port-0 address only at level info, which also logs every request: a
+/// free port is found by binding and releasing it, and a lost race retried.
+pub fn launch_distribution(
+    name: &'static str,
+    root: &Path,
+    token_url: &str,
+    yaml: impl Fn(u16) -> String,
+) -> (Proc, Target) {
+    let config = root.join("config.yml");
+    let log = root.join("distribution.log");
+    for _ in 0..5 {
+        let port = free_port();
+        std::fs::write(&config, yaml(port)).expect("distribution config");
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
+            // aws-sdk-go (its S3 driver) reads a CA bundle named there and
+            // fails to start on a plain-HTTP endpoint with it ("HTTPClient's
+            // transport unsupported type"): nothing here is TLS.
+            .env_remove("AWS_CA_BUNDLE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("distribution log"))
             .spawn()
             .expect("start docker-registry (scripts/install-test-deps.sh installs it)");
         let mut proc = Proc { child };
@@ -281,16 +298,19 @@ fn start_distribution(dir: &Path, portcullis_url: &str) -> (Proc, Target) {
             return (
                 proc,
                 Target {
-                    name: "distribution",
+                    name,
                     url: format!("http://{host}"),
                     host,
                     pid,
-                    token_url: portcullis_url.to_owned(),
+                    token_url: token_url.to_owned(),
                 },
             );
         }
     }
-    panic!("distribution did not start");
+    panic!(
+        "{name} did not start:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
 
 /// A port that was free a moment ago, for servers that cannot be handed a
