@@ -28,6 +28,7 @@ macro_rules! properties {
     prefix_is_not_an_object,
     read_range,
     read_to_end,
+    large_reads_are_whole_and_in_order,
     file_ranges_match_read,
     assembly_round_trip,
     assembly_continues_from_recorded_state,
@@ -86,7 +87,10 @@ mod on_memory {
                 size: 256 << 10,
                 in_flight: 3,
             },
-        );
+        )
+        // Reads of more than a part in ranges, two ahead, with room for
+        // four ranges in all.
+        .with_read_ahead(2, 1 << 20);
         // The in-memory store honours conditional writes: the probe finds it.
         driver.check().await.expect("the in-memory store answers");
         (store, driver)
@@ -122,6 +126,8 @@ mod on_garage {
             io_timeout: std::time::Duration::from_secs(30),
             conditional_writes: ConditionalWrites::Probe,
             redirect_pulls: None,
+            reads_ahead: 2,
+            read_memory: 32 << 20,
             parts: PartLimits {
                 size: 5 << 20,
                 in_flight: 3,

@@ -57,6 +57,29 @@ pub struct S3Config {
     pub redirect_pulls: bool,
     #[serde(default = "default_redirect_expiry")]
     pub redirect_expiry_secs: u64,
+    /// A pull of more than a part is read in ranged GETs of
+    /// `part_size_mib`, this many fetched ahead of the one being sent, so
+    /// that the store serves it on several connections at once. 0: one GET
+    /// per pull.
+    #[serde(default = "default_reads_ahead")]
+    pub reads_ahead: usize,
+    /// The most all pulls together hold fetched ahead, in MiB; a pull that
+    /// finds none left reads its next range on its own.
+    #[serde(default = "default_read_memory")]
+    pub read_memory_mib: usize,
+}
+
+fn default_reads_ahead() -> usize {
+    // On a single-node Garage sharing two cores (2026-12-03), one 1 GiB
+    // pull went 390 MB/s in one GET, 420 with 2 ranges ahead, 520 with 4
+    // and 560 with 6.
+    4
+}
+
+fn default_read_memory() -> usize {
+    // Four pulls' read-ahead at the defaults (4 × 8 MiB); more pulls at
+    // once read their ranges one at a time.
+    128
 }
 
 fn default_redirect_expiry() -> u64 {
@@ -129,6 +152,12 @@ impl S3Config {
             found.push((
                 "redirect_expiry_secs",
                 "storage.s3.redirect_expiry_secs must be between 1 and 3600".to_owned(),
+            ));
+        }
+        if self.reads_ahead > 64 {
+            found.push((
+                "reads_ahead",
+                "storage.s3.reads_ahead must be between 0 and 64".to_owned(),
             ));
         }
         if self.io_timeout_secs == 0 {

@@ -34,6 +34,7 @@ pub async fn run_all(driver: &dyn Driver) {
     prefix_is_not_an_object(driver).await;
     read_range(driver).await;
     read_to_end(driver).await;
+    large_reads_are_whole_and_in_order(driver).await;
     file_ranges_match_read(driver).await;
     assembly_round_trip(driver).await;
     assembly_continues_from_recorded_state(driver).await;
@@ -255,6 +256,37 @@ pub async fn read_to_end(driver: &dyn Driver) {
         read_all(driver, &empty, 0, None).await.is_empty(),
         "read of an empty object returned bytes"
     );
+    s.remove().await;
+}
+
+/// Reads of objects many parts long (which a driver may split into
+/// ranges read at once) return exactly the bytes asked for, in order:
+/// whole, to the end from an offset, and bounded ranges starting and ending
+/// inside parts.
+pub async fn large_reads_are_whole_and_in_order(driver: &dyn Driver) {
+    const MIB: u64 = 1 << 20;
+    let s = Scope::new(driver);
+    let key = s.key("large");
+    let content = pattern(12 * MIB as usize + 4_099, 6);
+    ok(driver.put(&key, content.clone()).await, "put", &key);
+    let n = content.len() as u64;
+    for (offset, len) in [
+        (0, None),
+        (1, None),
+        (5 * MIB - 1, Some(5 * MIB + 2)),
+        (7 * MIB + 3, Some(4 * MIB)),
+        (n - 10, None),
+        (3, Some(n - 3)),
+    ] {
+        let end = len.map_or(n, |len| offset + len);
+        let want = sha256(&content[offset as usize..end as usize]);
+        let got = read_digest(driver, &key, offset, len).await;
+        assert!(
+            got == (end - offset, want),
+            "read({key}, offset {offset}, len {len:?}) returned {} bytes that are not that slice",
+            got.0
+        );
+    }
     s.remove().await;
 }
 

@@ -76,5 +76,7 @@ pub fn s3_options(config: &S3Config) -> Result<S3Options, String> {
         redirect_pulls: config
             .redirect_pulls
             .then(|| Duration::from_secs(config.redirect_expiry_secs)),
+        reads_ahead: config.reads_ahead,
+        read_memory: config.read_memory_mib << 20,
     })
 }

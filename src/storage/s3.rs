@@ -21,8 +21,10 @@
 //! ([`valid_key`](super::driver::valid_key)), so both accept the same keys.
 
 mod assembly;
+mod ranged;
 
-use std::io;
+pub use ranged::ReadAhead;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +34,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    UpdateVersion,
+    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 
 use super::driver::{
@@ -88,6 +89,8 @@ pub struct S3Driver {
     /// Pulls are redirected to presigned URLs valid this long; `None`
     /// streams them through the gateway.
     redirect: Option<(Arc<dyn object_store::signer::Signer>, Duration)>,
+    /// How large reads are split into ranges fetched at once.
+    read_ahead: ReadAhead,
 }
 
 /// Whether to rely on the store's conditional writes.
@@ -126,6 +129,11 @@ pub struct S3Options {
     /// long, so the bytes go from the store to the client; `None`: streamed
     /// through Portcullis.
     pub redirect_pulls: Option<Duration>,
+    /// Ranges (of `parts.size`) a read fetches ahead of the one it sends; 0
+    /// for one GET per read.
+    pub reads_ahead: usize,
+    /// The most all reads hold fetched ahead, in bytes.
+    pub read_memory: usize,
 }
 
 impl S3Driver {
@@ -170,7 +178,8 @@ impl S3Driver {
             builder = builder.with_secret_access_key(secret);
         }
         let s3 = Arc::new(builder.build().map_err(|e| e.to_string())?);
-        let mut driver = Self::with_store(s3.clone(), s3.clone(), &options.prefix, options.parts);
+        let mut driver = Self::with_store(s3.clone(), s3.clone(), &options.prefix, options.parts)
+            .with_read_ahead(options.reads_ahead, options.read_memory);
         driver.conditional_writes = options.conditional_writes;
         driver.redirect = options
             .redirect_pulls
@@ -199,7 +208,15 @@ impl S3Driver {
             conditional: std::sync::atomic::AtomicBool::new(false),
             conditional_writes: ConditionalWrites::Probe,
             redirect: None,
+            read_ahead: ReadAhead::off(),
         }
+    }
+
+    /// Reads of more than a part fetch `ranges` parts ahead of the one they
+    /// send, holding at most `memory` bytes in all (see [`ReadAhead`]).
+    pub fn with_read_ahead(mut self, ranges: usize, memory: usize) -> Self {
+        self.read_ahead = ReadAhead::new(self.store.parts.size, ranges, memory);
+        self
     }
 
     /// As configured, or what the probe at [`S3Driver::check`] found.
@@ -400,20 +417,17 @@ impl Driver for S3Driver {
             self.stat(key).await?;
             return Ok(futures_util::stream::empty().boxed());
         }
-        let range = match (offset, len) {
-            (0, None) => None,
-            (offset, None) => Some(GetRange::Offset(offset)),
-            (offset, Some(len)) => Some(GetRange::Bounded(offset..offset.saturating_add(len))),
-        };
+        let range = self.read_ahead.first(offset, len);
+        let ranged = range.is_some();
         let options = GetOptions {
             range,
             ..GetOptions::default()
         };
         let result = match self.store.objects.get_opts(&path, options).await {
             Ok(result) => result,
-            // A range from the very end is empty, which S3 (and the
-            // in-memory store) refuse to serve as a range.
-            Err(e) if offset > 0 => {
+            // A range from the very end (of an empty object, too) is empty,
+            // which S3 (and the in-memory store) refuse to serve as a range.
+            Err(e) if ranged => {
                 return match self.stat(key).await {
                     Ok(meta) if meta.size <= offset => Ok(futures_util::stream::empty().boxed()),
                     _ => Err(store_error(key, e)),
@@ -421,11 +435,13 @@ impl Driver for S3Driver {
             }
             Err(e) => return Err(store_error(key, e)),
         };
-        let owned = key.to_owned();
-        Ok(result
-            .into_stream()
-            .map_err(move |e| io::Error::other(format!("{owned}: {e}")))
-            .boxed())
+        Ok(self.read_ahead.read(
+            Arc::clone(&self.store.objects),
+            path,
+            result,
+            len,
+            Arc::from(key),
+        ))
     }
 
     async fn stat(&self, key: &str) -> Result<Meta> {
