@@ -126,22 +126,6 @@ impl Bucket {
     }
 }
 
-/// A token for `user` with the password `<user>-pw` (the bucket's users
-/// file), asking for `scope`.
-async fn token(server: &TestServer, user: &str, scope: &str) -> String {
-    let body: serde_json::Value = server
-        .client
-        .get(server.at(&format!("/token?service=portcullis&scope={scope}")))
-        .basic_auth(user, Some(format!("{user}-pw")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["token"].as_str().expect("a token").to_owned()
-}
-
 /// A monolithic blob push into `repo` with `token`; its status.
 async fn push_with(server: &TestServer, token: &str, repo: &str, data: &[u8]) -> reqwest::Response {
     server
@@ -429,7 +413,7 @@ async fn a_token_from_one_replica_is_accepted_by_the_other_within_its_grant() {
     let a = bucket.replica(0, true).await;
     let b = bucket.replica(1, true).await;
     // alice may push her own namespace: a token from A pushes through B.
-    let push = token(&a, "alice", "repository:alice/app:pull,push").await;
+    let push = a.token("alice", "repository:alice/app:pull,push").await;
     let data = random_bytes(200_000);
     let digest = sha256(&data);
     let response = push_with(&b, &push, "alice/app", &data).await;
@@ -437,7 +421,7 @@ async fn a_token_from_one_replica_is_accepted_by_the_other_within_its_grant() {
 
     // A token from B for root's repository, with only pull granted to
     // alice, does not push through A.
-    let pull = token(&b, "alice", "repository:root/app:pull,push").await;
+    let pull = b.token("alice", "repository:root/app:pull,push").await;
     let response = push_with(&a, &pull, "root/app", &data).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let challenge = header_str(&response, "www-authenticate").to_owned();
@@ -694,7 +678,9 @@ async fn an_authorized_pull_is_redirected_to_a_presigned_url_the_store_serves() 
             s3.redirect_expiry_secs = 30;
         })
         .await;
-    let push = token(&server, "alice", "repository:alice/app:pull,push").await;
+    let push = server
+        .token("alice", "repository:alice/app:pull,push")
+        .await;
     let data = random_bytes(6 * MIB + 5);
     let digest = sha256(&data);
     let response = push_with(&server, &push, "alice/app", &data).await;
@@ -751,7 +737,7 @@ async fn an_authorized_pull_is_redirected_to_a_presigned_url_the_store_serves() 
     let response = server.client.get(&blob).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(response.headers().get("location").is_none());
-    let other = token(&server, "alice", "repository:root/app:pull").await;
+    let other = server.token("alice", "repository:root/app:pull").await;
     let response = server
         .client
         .get(&blob)

@@ -324,22 +324,6 @@ async fn sessions_idle_past_their_age_are_purged_and_active_ones_are_not() {
     .await;
 }
 
-async fn token(server: &TestServer, user: &str, repo: &str) -> String {
-    let basic = data_encoding::BASE64.encode(format!("{user}:{user}-pw").as_bytes());
-    let response = server
-        .client
-        .get(server.at(&format!(
-            "/token?service=portcullis&scope=repository:{repo}:pull,push"
-        )))
-        .header(header::AUTHORIZATION, format!("Basic {basic}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
-}
-
 async fn limited_server(dir: tempfile::TempDir) -> TestServer {
     TestServer::start_configured(dir, |config| {
         config.storage.max_uploads_per_account = 2;
@@ -358,8 +342,10 @@ async fn open_sessions_are_limited_per_account() {
     std::fs::write(dir.path().join("users.toml"), users).unwrap();
     common::process::copy_project_policies(dir.path());
     let server = limited_server(dir).await;
-    let alice = token(&server, "alice", "alice/app").await;
-    let bob = token(&server, "bob", "bob/app").await;
+    let alice = server
+        .token("alice", "repository:alice/app:pull,push")
+        .await;
+    let bob = server.token("bob", "repository:bob/app:pull,push").await;
 
     let mut open = Vec::new();
     for _ in 0..2 {

@@ -152,6 +152,21 @@ pub fn channel_body() -> (tokio::sync::mpsc::Sender<bytes::Bytes>, reqwest::Body
 }
 
 impl TestServer {
+    /// A token for `user` (whose password is `<user>-pw`, as every test's
+    /// users file has it) asking for `scope`; asserts it was issued.
+    pub async fn token(&self, user: &str, scope: &str) -> String {
+        let response = self
+            .client
+            .get(self.at(&format!("/token?service=portcullis&scope={scope}")))
+            .basic_auth(user, Some(format!("{user}-pw")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "a token for {user}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["token"].as_str().expect("a token").to_owned()
+    }
+
     /// Pushes `data` into `repo` in one request (`POST ?digest=`), asserts
     /// 201 Created, and returns its digest.
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
