@@ -23,7 +23,7 @@
 mod assembly;
 mod ranged;
 
-pub use ranged::ReadAhead;
+use ranged::ReadAhead;
 
 use std::sync::Arc;
 use std::time::Duration;
