@@ -1,7 +1,7 @@
 //! The servers under test, as child processes on loopback: Portcullis (the
 //! release binary, tokens on), distribution 2.8 (Debian's `docker-registry`,
 //! trusting Portcullis' tokens, so both verify a JWT per request) and nginx
-//! (a static file server: the practical limit for pulls).
+//! (a static file server: the practical limit for pulls and small requests).
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -98,6 +98,9 @@ pub struct Servers {
     /// The Portcullis binary measured, for sections that start another one
     /// or run one of its commands.
     pub binary: PathBuf,
+    /// nginx's figures for a file of the small manifest's size, measured
+    /// once per run by whichever of `small` and `tokens` needs them first.
+    pub small_nginx: std::sync::OnceLock<crate::small::NginxBaseline>,
     _procs: Vec<Proc>,
 }
 
@@ -115,6 +118,7 @@ impl Servers {
             portcullis,
             distribution,
             binary: binary.to_owned(),
+            small_nginx: std::sync::OnceLock::new(),
             _procs: vec![portcullis_proc, distribution_proc],
         }
     }
@@ -344,7 +348,9 @@ fn wait_for_port(proc: &mut Proc, port: u16) -> bool {
 /// otherwise) with the certificate pair `tls` as (certificate, key). nginx
 /// cannot take a listener or port 0, so a free port is found by binding and
 /// releasing it; a lost race only makes nginx fail to start, which is
-/// retried with another port. Returns the process and its base URL.
+/// retried with another port. A connection stays open for as many requests
+/// as a load generator sends (`keepalive_requests`; nginx's default closes
+/// it after 1,000). Returns the process and its base URL.
 pub fn start_nginx(dir: &Path, root: &Path, tls: Option<(&Path, &Path)>) -> (Proc, String) {
     let conf_dir = dir.join("nginx");
     std::fs::create_dir_all(&conf_dir).unwrap();
@@ -372,7 +378,7 @@ pub fn start_nginx(dir: &Path, root: &Path, tls: Option<(&Path, &Path)>) -> (Pro
             format!(
                 "daemon off;\n# One process: killing it leaves no orphaned workers behind.\nmaster_process off;\npid {pid};\nerror_log {err} error;\n\
                  events {{ worker_connections 1024; }}\n\
-                 http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n\
+                 http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n\
                  \x20 client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n\
                  \x20 uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
                  \x20 server {{\n    listen 127.0.0.1:{port}{ssl};\n{tls_lines}    root {root};\n  }}\n}}\n",

@@ -5,9 +5,13 @@
 //!
 //! `small`: a tiny image is pushed to both registries, then manifest GET and
 //! HEAD by tag are measured against each with one bearer token valid for
-//! both. `tokens`: `GET /token` with a Basic credential the verification
-//! cache already holds, and, in-process, the cold argon2id verification a
-//! credential costs the first time it is seen.
+//! both; on Portcullis also manifest GET and HEAD by digest, a blob HEAD and
+//! `GET /v2/` with the token. `tokens`: `GET /token` with a Basic credential
+//! the verification cache already holds, and, in-process, the cold argon2id
+//! verification a credential costs the first time it is seen. Both compare
+//! Portcullis with what HTTP itself costs here: nginx serving a file of the
+//! manifest's bytes at the manifest's path, measured once per run with the
+//! same load (see [`nginx_baseline`]).
 
 use std::time::{Duration, Instant};
 
@@ -35,70 +39,277 @@ const MANIFEST_NOTE: &str = "CPU per request: HTTP, the bearer token (Portcullis
 const HEAD_NOTE: &str = "as GET, without the body; driven by the harness' own load loop (64 \
      keep-alive connections on 2 threads), since wrk 4.1 never completes a HEAD response that \
      carries Content-Length; the loop shares the 2 cores with the server";
+const NGINX_NOTE: &str = "nginx 1.22 as one process (`master_process off`: a single worker) \
+     serving a file of the manifest's bytes at the manifest's path, with `sendfile`, keep-alive \
+     (`keepalive_requests 1000000`) and no `open_file_cache` (its default): per request it parses \
+     the request, opens, fstats and sendfiles the file and closes it; the same wrk run (the same \
+     headers, 2 threads) shares the 2 cores with it; measured once per run";
+const NGINX_HEAD_NOTE: &str = "nginx (one process, no `open_file_cache`) answers a HEAD by \
+     opening and fstatting the file and sending the header alone; the same load loop as \
+     Portcullis' HEAD, sharing the 2 cores";
+const DIGEST_NOTE: &str = "as by tag, without the tag lookup: the manifest's path is its digest";
+const BLOB_HEAD_NOTE: &str = "the 4 KiB layer's size and digest, without the body; against \
+     nginx's HEAD of the manifest-sized file";
+const BASE_NOTE: &str = "HTTP and the token check alone (a `{}` body): the floor of an \
+     authenticated request, against nginx's GET of the manifest-sized file";
 const TOKEN_NOTE: &str = "CPU per request: HTTP, the keyed credential-cache lookup, the \
      policy, and an ES256 signature (aws-lc-rs, a few tens of µs); the login runs as a task of \
      its own (so an abandoned attempt still counts with the limiter); the first request paid \
      argon2id; wrk shares the 2 cores";
+const TOKEN_NGINX_NOTE: &str = "the same wrk run as the row above, against nginx's GET of the \
+     manifest-sized file (the `small` rows' baseline): what HTTP itself costs here";
 const ARGON_NOTE: &str = "deliberately slow: argon2id at m=19 MiB, t=2, p=1 (OWASP); paid once \
      per credential, then cached";
+
+/// nginx's figures for the manifest-sized file, shared by `small` and
+/// `tokens`.
+pub struct NginxBaseline {
+    /// The file's size: the small manifest's.
+    pub bytes: usize,
+    pub get: LoadResult,
+    pub head: LoadResult,
+}
+
+impl NginxBaseline {
+    fn get_name(&self) -> String {
+        format!("nginx GET, {}-byte file", self.bytes)
+    }
+
+    fn head_name(&self) -> String {
+        format!("nginx HEAD, {}-byte file", self.bytes)
+    }
+}
+
+/// nginx (one process, `servers::start_nginx`) serving the small manifest's
+/// bytes as a file at the manifest's path, measured with the same wrk run
+/// (GET) and the same load loop (HEAD) as the registries, with the same
+/// headers (a bearer token and the manifest type, which nginx ignores), so
+/// that the requests differ only in who answers them. Measured the first
+/// time a section asks and kept in `servers` for the rest of the run; nginx
+/// is stopped before anything else is measured.
+async fn nginx_baseline<'a>(servers: &'a Servers, client: &reqwest::Client) -> &'a NginxBaseline {
+    if let Some(baseline) = servers.small_nginx.get() {
+        return baseline;
+    }
+    let image = SmallImage::new();
+    let dir = servers.path("small");
+    let www = dir.join("www");
+    let path = format!("/v2/{REPOSITORY}/manifests/{TAG}");
+    let file = www.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(file.parent().unwrap()).expect("nginx root");
+    std::fs::write(&file, &image.manifest).expect("manifest file for nginx");
+    let (nginx, nginx_url) = servers::start_nginx(&dir, &www, None);
+    let host = nginx_url
+        .strip_prefix("http://")
+        .expect("plain nginx URL")
+        .to_owned();
+    let token = servers
+        .portcullis
+        .token(client, &format!("repository:{REPOSITORY}:pull"))
+        .await;
+    let bearer = format!("Authorization: Bearer {token}");
+    let accept = format!("Accept: {MANIFEST_TYPE}");
+    let headers = [bearer.as_str(), accept.as_str()];
+    let url = format!("{nginx_url}{path}");
+    let bytes = image.manifest.len();
+    expect_ok(
+        client,
+        "GET",
+        &url,
+        &headers,
+        Some(bytes),
+        "nginx: file GET",
+    )
+    .await;
+    expect_ok(
+        client,
+        "HEAD",
+        &url,
+        &headers,
+        Some(bytes),
+        "nginx: file HEAD",
+    )
+    .await;
+    let get = wrk(&url, &headers).await;
+    let head = head_load(&host, &path, &headers).await;
+    drop(nginx);
+    let _ = servers.small_nginx.set(NginxBaseline { bytes, get, head });
+    servers.small_nginx.get().expect("nginx baseline")
+}
+
+/// Sends `method` to `url` with `headers` (`Name: value`, as wrk takes
+/// them) and asserts a 200, and when `length` is given, a body (GET) or a
+/// Content-Length (HEAD) of that many bytes: the exact request a load run
+/// is about to send must succeed, not merely avoid 4xx/5xx (all wrk counts
+/// as an error), and a failure here says which request failed.
+async fn expect_ok(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &[&str],
+    length: Option<usize>,
+    what: &str,
+) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut request = client.request(method.clone(), url);
+    for header in headers {
+        let (name, value) = header.split_once(": ").expect("header `Name: value`");
+        request = request.header(name, value);
+    }
+    let res = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(res.status(), reqwest::StatusCode::OK, "{what}");
+    let declared = res
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let body = res.bytes().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    if let Some(length) = length {
+        if method == reqwest::Method::HEAD {
+            assert_eq!(declared, Some(length), "{what}: Content-Length");
+        } else {
+            assert_eq!(body.len(), length, "{what}: body length");
+        }
+    }
+}
+
+/// Portcullis' figures beside nginx only.
+struct Others {
+    digest_get: LoadResult,
+    digest_head: LoadResult,
+    blob_head: LoadResult,
+    base_get: LoadResult,
+}
 
 pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
     check_parse_wrk();
     let client = reqwest::Client::new();
+    let nginx = nginx_baseline(servers, &client).await;
+    let image = SmallImage::new();
 
     let scope = format!("repository:{REPOSITORY}:pull,push");
+    let path = format!("/v2/{REPOSITORY}/manifests/{TAG}");
     let mut results = Vec::new();
+    let mut others = None;
     for target in servers.targets() {
         // One token per registry keeps each target's figures independent of
         // the other's run; it lasts 300 s, longer than the runs.
         let token = target.token(&client, &scope).await;
         push_image(&client, target, &token).await;
-        let path = format!("/v2/{REPOSITORY}/manifests/{TAG}");
         let url = target.at(&path);
         let bearer = format!("Authorization: Bearer {token}");
         let accept = format!("Accept: {MANIFEST_TYPE}");
         let headers = [bearer.as_str(), accept.as_str()];
-        // Before measuring anything, the exact requests the load will send
-        // must succeed with a 200, not merely avoid 4xx/5xx (all wrk counts
-        // as an error), and a failure here says which request failed.
-        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
-            let res = client
-                .request(method.clone(), &url)
-                .bearer_auth(&token)
-                .header("accept", MANIFEST_TYPE)
-                .send()
-                .await
-                .expect("manifest request");
-            assert_eq!(
-                res.status(),
-                reqwest::StatusCode::OK,
-                "{}: manifest {method} by tag",
-                target.name
-            );
-        }
+        let bytes = Some(image.manifest.len());
+        let name = target.name;
+        expect_ok(
+            &client,
+            "GET",
+            &url,
+            &headers,
+            bytes,
+            &format!("{name}: manifest GET by tag"),
+        )
+        .await;
+        expect_ok(
+            &client,
+            "HEAD",
+            &url,
+            &headers,
+            bytes,
+            &format!("{name}: manifest HEAD by tag"),
+        )
+        .await;
         let get = wrk(&url, &headers).await;
         let head = head_load(&target.host, &path, &headers).await;
-        results.push((target.name, get, head));
+        results.push((name, get, head));
+        if name != servers.portcullis.name {
+            continue;
+        }
+
+        let by_digest = format!("/v2/{REPOSITORY}/manifests/{}", image.manifest_digest());
+        let url = target.at(&by_digest);
+        expect_ok(
+            &client,
+            "GET",
+            &url,
+            &headers,
+            bytes,
+            "manifest GET by digest",
+        )
+        .await;
+        expect_ok(
+            &client,
+            "HEAD",
+            &url,
+            &headers,
+            bytes,
+            "manifest HEAD by digest",
+        )
+        .await;
+        let digest_get = wrk(&url, &headers).await;
+        let digest_head = head_load(&target.host, &by_digest, &headers).await;
+
+        let blob = format!("/v2/{REPOSITORY}/blobs/{}", image.layer_digest());
+        let bearer_only = [bearer.as_str()];
+        let layer = Some(image.layer.len());
+        expect_ok(
+            &client,
+            "HEAD",
+            &target.at(&blob),
+            &bearer_only,
+            layer,
+            "blob HEAD",
+        )
+        .await;
+        let blob_head = head_load(&target.host, &blob, &bearer_only).await;
+
+        let base = target.at("/v2/");
+        expect_ok(
+            &client,
+            "GET",
+            &base,
+            &bearer_only,
+            None,
+            "GET /v2/ with a token",
+        )
+        .await;
+        let base_get = wrk(&base, &bearer_only).await;
+        others = Some(Others {
+            digest_get,
+            digest_head,
+            blob_head,
+            base_get,
+        });
     }
 
     let (_, p_get, p_head) = &results[0];
     let (d_name, d_get, d_head) = &results[1];
+    let others = others.expect("Portcullis measured");
     let mut rows = Vec::new();
-    for (method, p, d) in [("GET", p_get, d_get), ("HEAD", p_head, d_head)] {
+    for (method, p, d, n) in [
+        ("GET", p_get, d_get, &nginx.get),
+        ("HEAD", p_head, d_head, &nginx.head),
+    ] {
+        let (nginx_name, nginx_note) = if method == "GET" {
+            (nginx.get_name(), NGINX_NOTE)
+        } else {
+            (nginx.head_name(), NGINX_HEAD_NOTE)
+        };
+        let rate = format!("manifest {method} by tag, 64 connections");
+        let p99 = format!("manifest {method} by tag, p99");
         rows.push(
-            Row::new(
-                format!("manifest {method} by tag, 64 connections"),
-                "req/s",
-                p.requests_per_sec,
-                Better::Higher,
-            )
-            .against(*d_name, d.requests_per_sec)
-            .target(2.0)
-            .note(if method == "GET" {
-                MANIFEST_NOTE
-            } else {
-                HEAD_NOTE
-            }),
+            Row::new(rate.clone(), "req/s", p.requests_per_sec, Better::Higher)
+                .against(*d_name, d.requests_per_sec)
+                .target(2.0)
+                .note(if method == "GET" {
+                    MANIFEST_NOTE
+                } else {
+                    HEAD_NOTE
+                }),
         );
         rows.push(
             Row::new(
@@ -110,14 +321,54 @@ pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
             .against(*d_name, d.p50_ms),
         );
         rows.push(
-            Row::new(
-                format!("manifest {method} by tag, p99"),
-                "ms",
-                p.p99_ms,
-                Better::Lower,
-            )
-            .against(*d_name, d.p99_ms)
-            .target(1.0),
+            Row::new(p99.clone(), "ms", p.p99_ms, Better::Lower)
+                .against(*d_name, d.p99_ms)
+                .target(1.0),
+        );
+        // The issue's bar: at least 0.7× nginx's rate, a p99 at most twice
+        // nginx's.
+        rows.push(
+            Row::new(rate, "req/s", p.requests_per_sec, Better::Higher)
+                .against(nginx_name.clone(), n.requests_per_sec)
+                .target(0.7)
+                .note(nginx_note),
+        );
+        rows.push(
+            Row::new(p99, "ms", p.p99_ms, Better::Lower)
+                .against(nginx_name, n.p99_ms)
+                .target(0.5),
+        );
+    }
+    for (figure, measured, reference, note) in [
+        (
+            "manifest GET by digest, 64 connections",
+            &others.digest_get,
+            (nginx.get_name(), &nginx.get),
+            DIGEST_NOTE,
+        ),
+        (
+            "manifest HEAD by digest, 64 connections",
+            &others.digest_head,
+            (nginx.head_name(), &nginx.head),
+            DIGEST_NOTE,
+        ),
+        (
+            "blob HEAD, 64 connections",
+            &others.blob_head,
+            (nginx.head_name(), &nginx.head),
+            BLOB_HEAD_NOTE,
+        ),
+        (
+            "GET /v2/ with a bearer token, 64 connections",
+            &others.base_get,
+            (nginx.get_name(), &nginx.get),
+            BASE_NOTE,
+        ),
+    ] {
+        rows.push(
+            Row::new(figure, "req/s", measured.requests_per_sec, Better::Higher)
+                .against(reference.0, reference.1.requests_per_sec)
+                .note(note),
         );
     }
     rows
@@ -125,6 +376,7 @@ pub async fn run(servers: &Servers, _options: &Options) -> Vec<Row> {
 
 pub async fn tokens(servers: &Servers, _options: &Options) -> Vec<Row> {
     let client = reqwest::Client::new();
+    let nginx = nginx_baseline(servers, &client).await;
     let portcullis = &servers.portcullis;
     let url = format!(
         "{}/token?service={}&scope=repository:{REPOSITORY}:pull",
@@ -152,21 +404,22 @@ pub async fn tokens(servers: &Servers, _options: &Options) -> Vec<Row> {
         .await
         .expect("argon2 timing");
 
+    let rate = "token issuance, cached credential, 64 connections";
     vec![
-        Row::new(
-            "token issuance, cached credential, 64 connections",
-            "req/s",
-            issued.requests_per_sec,
-            Better::Higher,
-        )
-        .target(10_000.0)
-        .note(TOKEN_NOTE),
+        Row::new(rate, "req/s", issued.requests_per_sec, Better::Higher)
+            .target(10_000.0)
+            .note(TOKEN_NOTE),
+        Row::new(rate, "req/s", issued.requests_per_sec, Better::Higher)
+            .against(nginx.get_name(), nginx.get.requests_per_sec)
+            .target(0.5)
+            .note(TOKEN_NGINX_NOTE),
         Row::new(
             "token issuance, cached credential, p99",
             "ms",
             issued.p99_ms,
             Better::Lower,
-        ),
+        )
+        .against(nginx.get_name(), nginx.get.p99_ms),
         Row::new(
             "argon2id verification, cold (in-process)",
             "ms",
@@ -209,34 +462,70 @@ fn median(values: &mut [f64]) -> f64 {
 // ---------------------------------------------------------------------------
 // Pushing the small image.
 
-/// Pushes a config blob, one small layer and an OCI image manifest tagged
-/// `latest`, asserting each step, so that both registries serve the same
-/// manifest.
+/// The small image both registries are given, as bytes: a config blob,
+/// one 4 KiB layer and the OCI image manifest naming them. The same bytes
+/// every time, so that a section that does not push (nginx's baseline, when
+/// only `tokens` runs) knows the manifest's size and digests.
+pub struct SmallImage {
+    pub config: Vec<u8>,
+    pub layer: Vec<u8>,
+    pub manifest: Vec<u8>,
+}
+
+impl SmallImage {
+    pub fn new() -> Self {
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#.to_vec();
+        // Any bytes do for a layer: neither registry looks inside it.
+        let layer: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256_digest(&config),
+                "size": config.len(),
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": sha256_digest(&layer),
+                "size": layer.len(),
+            }],
+        });
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        SmallImage {
+            config,
+            layer,
+            manifest,
+        }
+    }
+
+    pub fn manifest_digest(&self) -> String {
+        sha256_digest(&self.manifest)
+    }
+
+    pub fn layer_digest(&self) -> String {
+        sha256_digest(&self.layer)
+    }
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Pushes the [`SmallImage`]: its config blob, its layer and its manifest,
+/// tagged `latest`, asserting each step, so that both registries serve the
+/// same manifest.
 pub async fn push_image(client: &reqwest::Client, target: &Target, token: &str) {
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
-    // Any bytes do for a layer: neither registry looks inside it.
-    let layer: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
-    let config_digest = push_blob(client, target, token, config).await;
-    let layer_digest = push_blob(client, target, token, &layer).await;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_TYPE,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": layer_digest,
-            "size": layer.len(),
-        }],
-    });
+    let image = SmallImage::new();
+    let config_digest = push_blob(client, target, token, &image.config).await;
+    let layer_digest = push_blob(client, target, token, &image.layer).await;
+    assert_eq!(config_digest, sha256_digest(&image.config));
+    assert_eq!(layer_digest, image.layer_digest());
     let res = client
         .put(target.at(&format!("/v2/{REPOSITORY}/manifests/{TAG}")))
         .bearer_auth(token)
         .header("content-type", MANIFEST_TYPE)
-        .body(serde_json::to_vec(&manifest).unwrap())
+        .body(image.manifest)
         .send()
         .await
         .expect("manifest put");
@@ -252,7 +541,7 @@ pub async fn push_image(client: &reqwest::Client, target: &Target, token: &str) 
 /// A blob in two requests (POST for a session, PUT with the digest), the
 /// way every client can; returns its digest.
 async fn push_blob(client: &reqwest::Client, target: &Target, token: &str, bytes: &[u8]) -> String {
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+    let digest = sha256_digest(bytes);
     let res = client
         .post(target.at(&format!("/v2/{REPOSITORY}/blobs/uploads/")))
         .bearer_auth(token)
