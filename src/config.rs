@@ -229,6 +229,10 @@ pub struct StorageConfig {
     /// manifests it cached. This replica's own changes show at once; 0
     /// reads storage for every request.
     pub staleness_secs: u64,
+    /// What that cache (tags, links, manifests, blob sizes) holds at most,
+    /// in MiB, counting keys and bookkeeping; past it, it starts over. 0
+    /// caches nothing.
+    pub metadata_cache_mib: usize,
     /// `[storage.s3]`: keep everything in an S3-compatible bucket instead
     /// of under `root`.
     pub s3: Option<S3Config>,
@@ -315,6 +319,9 @@ impl Default for PolicyConfig {
     }
 }
 
+/// The largest metadata cache accepted, in MiB (64 GiB).
+const MAX_METADATA_CACHE_MIB: usize = 64 << 10;
+
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
@@ -325,6 +332,7 @@ impl Default for StorageConfig {
             upload_memory_mib: 1024,
             upload_memory_wait_ms: 10_000,
             staleness_secs: 5,
+            metadata_cache_mib: 64,
             s3: None,
         }
     }
@@ -466,6 +474,15 @@ impl Config {
                 format!(
                     "storage.upload_memory_mib must be at least {share} (what one upload holds)"
                 ),
+            );
+        }
+        // A bound in memory, not a wish: more than the machine could hold
+        // is a typo (and would overflow in bytes).
+        if self.storage.metadata_cache_mib > MAX_METADATA_CACHE_MIB {
+            let span = lookup(root, &["storage", "metadata_cache_mib"]);
+            reader.at_opt(
+                span,
+                format!("storage.metadata_cache_mib must be at most {MAX_METADATA_CACHE_MIB}"),
             );
         }
         if let Some(s3) = &self.storage.s3 {

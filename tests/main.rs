@@ -46,6 +46,7 @@ mod legacy_v1;
 mod login_security;
 mod logs;
 mod memory;
+mod metadata_cache;
 mod migrate;
 mod policy_globs;
 mod s3;

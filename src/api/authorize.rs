@@ -32,7 +32,7 @@ pub enum Grant {
     /// the policy allows them what the route requires.
     Login(Option<Identity>),
     /// A verified token that covers the request.
-    Token(Claims),
+    Token(std::sync::Arc<Claims>),
 }
 
 /// Checks the request `parts` (from `addr`) against what `route` requires.
@@ -81,7 +81,7 @@ async fn basic(
             .map_err(|e| refused(&e.to_string()))?;
         let need = needs(state, route).await?;
         if need.met_by(|access| covers(&claims, access)) {
-            return Ok(Grant::Token(claims));
+            return Ok(Grant::Token(claims.into()));
         }
         return Err(need
             .unmet()

@@ -13,7 +13,6 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::json_response;
 use crate::AppState;
@@ -436,25 +435,37 @@ fn respond(
                 .ok()
         })
         .unwrap_or_default();
-    let mut body = json!({
-        "token": issued.token,
-        "access_token": issued.token,
-        "expires_in": issued.claims.exp - issued.claims.iat,
-        "issued_at": issued_at,
-    });
-    if oauth {
-        body["scope"] = json!(scope_string(&issued.claims.access));
-    }
-    if let Some(refresh) = refresh {
-        body["refresh_token"] = json!(refresh);
-    }
-    let mut response = json_response(StatusCode::OK, "application/json", body.to_string());
+    let body = TokenBody {
+        token: &issued.token,
+        access_token: &issued.token,
+        expires_in: issued.claims.exp - issued.claims.iat,
+        issued_at,
+        scope: oauth.then(|| scope_string(&issued.claims.access)),
+        refresh_token: refresh,
+    };
+    let body = serde_json::to_string(&body).map_err(|_| ApiError::new(ErrorCode::Internal))?;
+    let mut response = json_response(StatusCode::OK, "application/json", body);
     // Tokens are credentials: no cache may keep them.
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),
     );
     Ok(response)
+}
+
+/// A token answer: both names of the token (Docker's and OAuth2's), the
+/// granted scope for OAuth2 clients, and a refresh token when one was asked
+/// for. A struct rather than a JSON tree: it is written on every issuance.
+#[derive(serde::Serialize)]
+struct TokenBody<'a> {
+    token: &'a str,
+    access_token: &'a str,
+    expires_in: u64,
+    issued_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
 }
 
 /// Access in scope syntax, space-separated.

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -224,10 +225,12 @@ impl Authority {
         let reservation = self.reserve(name, addr).await?;
         let identities = self.identities.clone();
         let (name, password) = (name.to_owned(), password.to_owned());
-        // Its own task, so that the reservation resolves even when the
-        // client hangs up mid-check: a burst of abandoned attempts is still
-        // counted.
-        tokio::spawn(async move {
+        // Run to its end whatever the client does, so that the reservation
+        // resolves even when the client hangs up mid-check: a burst of
+        // abandoned attempts is still counted. A credential the cache
+        // holds is decided in the first poll, here; one that must be
+        // checked goes on in a task of its own.
+        let mut attempt = Box::pin(async move {
             match identities.login(&name, &password).await {
                 Ok(Login::Verified(identity)) => {
                     reservation.success(Instant::now());
@@ -242,9 +245,13 @@ impl Authority {
                 // Not the caller's failure: the reservation is released.
                 Err(e) => Err(e.into()),
             }
-        })
-        .await
-        .map_err(|e| AuthError::Internal(e.to_string()))?
+        });
+        if let Some(decided) = (&mut attempt).now_or_never() {
+            return decided;
+        }
+        tokio::spawn(attempt)
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?
     }
 
     async fn reserve(&self, name: &str, addr: IpAddr) -> Result<Reservation, AuthError> {
@@ -357,12 +364,14 @@ impl Authority {
     /// Verifies a bearer token presented to the registry, remembering good
     /// ones until they expire (verifying a signature on every request of a
     /// pull would cost more than serving a small manifest).
-    pub fn verify_bearer(&self, token: &str) -> Result<Claims, TokenError> {
+    /// Shared: a token is checked on every request it comes with, and its
+    /// claims are read, never changed.
+    pub fn verify_bearer(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         if let Some(claims) = self.verified_tokens.get(token) {
             return Ok(claims);
         }
         let s = &self.settings;
-        let claims = token::verify(&self.keys, token, &s.issuer, &s.service)?;
+        let claims = Arc::new(token::verify(&self.keys, token, &s.issuer, &s.service)?);
         self.verified_tokens.insert(token, &claims);
         Ok(claims)
     }
@@ -612,31 +621,31 @@ impl Revocations {
 /// token itself is not kept). Bounded: emptied when full.
 #[derive(Default)]
 struct TokenCache {
-    entries: Mutex<HashMap<[u8; 32], Claims>>,
+    entries: Mutex<HashMap<[u8; 32], Arc<Claims>>>,
 }
 
 const TOKEN_CACHE_CAPACITY: usize = 50_000;
 
 impl TokenCache {
-    fn get(&self, token: &str) -> Option<Claims> {
+    fn get(&self, token: &str) -> Option<Arc<Claims>> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let claims = entries.get(&key)?;
         // Same leeway as a fresh verification.
         if claims.exp + token::LEEWAY_SECS > token::now() {
-            Some(claims.clone())
+            Some(Arc::clone(claims))
         } else {
             entries.remove(&key);
             None
         }
     }
 
-    fn insert(&self, token: &str, claims: &Claims) {
+    fn insert(&self, token: &str, claims: &Arc<Claims>) {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= TOKEN_CACHE_CAPACITY {
             entries.clear();
         }
-        entries.insert(key, claims.clone());
+        entries.insert(key, Arc::clone(claims));
     }
 }

@@ -342,6 +342,15 @@ async fn connection<S>(
     // still has to flush).
     let mut closing: Option<tokio::time::Instant> = None;
     let mut stopped = false;
+    // One timer for the connection's life, re-armed only when a deadline
+    // comes earlier than the one it holds: a request moves the deadline
+    // two or three times (head begun, served, idle again), and re-arming a
+    // timer on each move cost more than serving a small request's
+    // manifest. A timer that fires early only makes the state be read
+    // again.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    let mut timer = std::pin::pin!(timer);
+    let mut armed: Option<tokio::time::Instant> = None;
     loop {
         let now = tokio::time::Instant::now();
         let wake = match conn.next(&limits, now) {
@@ -363,16 +372,24 @@ async fn connection<S>(
                 Some(at) => Some(at),
             },
         };
-        let sleep = sleep_until(wake);
+        if let Some(at) = wake
+            && armed.is_none_or(|armed| at < armed)
+        {
+            timer.as_mut().reset(at);
+            armed = Some(at);
+        }
+        // `served` first: what it does (a request begun or done) notifies
+        // `changed`, and a permit taken in the same poll costs no wake-up.
         tokio::select! {
+            biased;
             result = served.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = sleep => {}
             () = conn.changed.notified() => {}
+            () = timer.as_mut(), if armed.is_some() => armed = None,
             _ = stopping.changed(), if !stopped => {
                 // In-flight requests finish and an idle connection closes
                 // now; a head still arriving keeps its deadline.

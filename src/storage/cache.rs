@@ -10,9 +10,11 @@
 //! not cached: a blob or tag another replica is pushing right now must be
 //! found by the next step of that push, wherever it lands.
 //!
-//! Bounded in entries and bytes; past either, it is emptied and refills
+//! Bounded in bytes (`storage.metadata_cache_mib`), counting each entry's
+//! key, value and bookkeeping; past the bound it is emptied and refills
 //! with what is asked for next, which costs one read per entry and keeps
-//! the bookkeeping to a map.
+//! the bookkeeping to a map. What is larger than the bound alone is not
+//! kept.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,10 +22,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-/// Entries kept at most.
-const MAX_ENTRIES: usize = 50_000;
-/// Bytes of cached content kept at most (manifests are up to 4 MiB).
-const MAX_BYTES: usize = 64 << 20;
+/// What an entry costs beyond its key's and value's bytes: the map's slot
+/// (key and entry, with the table's spare room) and the key's allocation.
+const ENTRY_OVERHEAD: usize = 128;
 
 struct Entry {
     value: Bytes,
@@ -38,15 +39,22 @@ struct Entries {
 
 pub struct Cache {
     staleness: Duration,
+    max_bytes: usize,
     entries: Mutex<Entries>,
+}
+
+/// What an entry of `key` and `value` counts against the bound.
+fn cost(key: &str, value: &Bytes) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
 }
 
 impl Cache {
     /// A cache whose entries are served for `staleness` after they were
-    /// read; zero keeps nothing.
-    pub fn new(staleness: Duration) -> Self {
+    /// read, holding at most `max_bytes`; zero in either keeps nothing.
+    pub fn new(staleness: Duration, max_bytes: usize) -> Self {
         Self {
             staleness,
+            max_bytes,
             entries: Mutex::default(),
         }
     }
@@ -68,12 +76,15 @@ impl Cache {
     /// Records what `key` holds now (a read's answer, or this replica's
     /// own write).
     pub fn set(&self, key: &str, value: Bytes) {
-        if self.staleness.is_zero() {
+        let size = cost(key, &value);
+        let mut entries = self.lock();
+        if let Some(old) = entries.map.remove(key) {
+            entries.bytes -= cost(key, &old.value);
+        }
+        if self.staleness.is_zero() || size > self.max_bytes {
             return;
         }
-        let size = value.len();
-        let mut entries = self.lock();
-        if entries.map.len() >= MAX_ENTRIES || entries.bytes + size > MAX_BYTES {
+        if entries.bytes + size > self.max_bytes {
             entries.map.clear();
             entries.bytes = 0;
         }
@@ -81,9 +92,7 @@ impl Cache {
             value,
             at: Instant::now(),
         };
-        if let Some(old) = entries.map.insert(key.to_owned(), entry) {
-            entries.bytes -= old.value.len();
-        }
+        entries.map.insert(key.to_owned(), entry);
         entries.bytes += size;
     }
 
@@ -92,7 +101,7 @@ impl Cache {
     pub fn forget(&self, key: &str) {
         let mut entries = self.lock();
         if let Some(old) = entries.map.remove(key) {
-            entries.bytes -= old.value.len();
+            entries.bytes -= cost(key, &old.value);
         }
     }
 }
@@ -103,7 +112,7 @@ mod tests {
 
     #[test]
     fn entries_are_served_until_stale_or_forgotten() {
-        let cache = Cache::new(Duration::from_secs(60));
+        let cache = Cache::new(Duration::from_secs(60), 1 << 20);
         cache.set("a/tag", Bytes::from_static(b"d1"));
         cache.set("a/tag2", Bytes::new());
         assert_eq!(cache.get("a/tag"), Some(Bytes::from_static(b"d1")));
@@ -118,23 +127,41 @@ mod tests {
         }
         assert_eq!(cache.get("k"), None);
 
-        let off = Cache::new(Duration::ZERO);
+        let off = Cache::new(Duration::ZERO, 1 << 20);
         off.set("k", Bytes::new());
         assert_eq!(off.get("k"), None);
     }
 
     #[test]
     fn it_stays_within_its_bytes() {
-        let cache = Cache::new(Duration::from_secs(60));
+        let max = 64 << 20;
+        let cache = Cache::new(Duration::from_secs(60), max);
         let big = Bytes::from(vec![0u8; 4 << 20]);
         for i in 0..40 {
             cache.set(&format!("m{i}"), big.clone());
-            assert!(cache.lock().bytes <= MAX_BYTES);
+            assert!(cache.lock().bytes <= max);
         }
+        // Small entries count their keys and bookkeeping too.
+        for i in 0..1_000_000 {
+            cache.set(
+                &format!("some/repository/_manifests/tags/t{i}"),
+                Bytes::new(),
+            );
+        }
+        assert!(cache.lock().bytes <= max);
         cache.set("m39", Bytes::new());
         cache.forget("m38");
         let entries = cache.lock();
-        let counted: usize = entries.map.values().map(|e| e.value.len()).sum();
+        let counted: usize = entries.map.iter().map(|(k, e)| cost(k, &e.value)).sum();
         assert_eq!(entries.bytes, counted);
+        drop(entries);
+
+        // What is larger than the bound is not kept, and replaces nothing
+        // stale: the old value is forgotten.
+        let small = Cache::new(Duration::from_secs(60), 4096);
+        small.set("k", Bytes::from_static(b"old"));
+        small.set("k", Bytes::from(vec![0u8; 8192]));
+        assert_eq!(small.get("k"), None);
+        assert_eq!(small.lock().bytes, 0);
     }
 }

@@ -117,6 +117,9 @@ pub struct Storage {
 /// was dropped is read again.
 const TAG_INDEXES: usize = 64;
 
+/// The metadata cache's bound without a configuration (`storage.metadata_cache_mib`).
+const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 /// Tag indexes by repository, with when each was last listed.
 #[derive(Default)]
 struct TagIndexes(std::sync::Mutex<HashMap<RepoName, (Arc<index::Index>, std::time::Instant)>>);
@@ -233,15 +236,16 @@ impl Storage {
             tags: TagIndexes::default(),
             listing_reads: Default::default(),
             listing_staleness: index::REFRESH,
-            cache: cache::Cache::new(index::REFRESH),
+            cache: cache::Cache::new(index::REFRESH, DEFAULT_CACHE_BYTES),
         }
     }
 
-    /// How long another replica's changes may go unseen here: in listings,
-    /// and in the links and manifests this replica cached.
-    pub fn with_staleness(mut self, staleness: std::time::Duration) -> Self {
+    /// How long another replica's changes may go unseen here (in listings,
+    /// and in the links and manifests this replica cached), and how many
+    /// bytes that cache holds at most.
+    pub fn with_cache(mut self, staleness: std::time::Duration, max_bytes: usize) -> Self {
         self.listing_staleness = staleness;
-        self.cache = cache::Cache::new(staleness);
+        self.cache = cache::Cache::new(staleness, max_bytes);
         self
     }
 

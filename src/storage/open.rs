@@ -36,7 +36,10 @@ pub async fn storage(config: &StorageConfig) -> Result<Storage, String> {
             memory: config.upload_memory_mib << 20,
             memory_wait: Duration::from_millis(config.upload_memory_wait_ms),
         })
-        .with_staleness(Duration::from_secs(config.staleness_secs)))
+        .with_cache(
+            Duration::from_secs(config.staleness_secs),
+            config.metadata_cache_mib << 20,
+        ))
 }
 
 /// The driver's options, with the secret key read from its file (what
