@@ -5,6 +5,7 @@
 
 pub mod gate;
 pub mod identity;
+mod issued;
 pub mod keys;
 pub mod ratelimit;
 pub mod reload;
@@ -122,6 +123,7 @@ pub struct Authority {
     identities: Chain,
     policy: Watched<Policy>,
     verified_tokens: TokenCache,
+    issued: issued::IssuedThisSecond,
     limiter: Arc<LoginLimiter>,
     /// How long an attempt waits for the attempts in flight before it.
     in_flight_wait: Duration,
@@ -191,6 +193,7 @@ impl Authority {
             identities,
             policy,
             verified_tokens: TokenCache::default(),
+            issued: Default::default(),
             limiter,
             in_flight_wait: wait,
         })
@@ -353,12 +356,16 @@ impl Authority {
         Grant { access, refused }
     }
 
-    /// Signs an access token for `subject` ("" for anonymous).
+    /// Signs an access token for `subject` ("" for anonymous), or hands
+    /// out the one signed for the same subject and access in this second.
     pub fn issue(&self, subject: &str, access: Vec<AccessEntry>) -> Result<Issued, AuthError> {
         let s = &self.settings;
-        let claims = Claims::new(&s.issuer, subject, &s.service, s.lifetime, access);
-        let token = token::sign(&self.keys, &claims)?;
-        Ok(Issued { token, claims })
+        self.issued
+            .get_or_sign(token::now(), subject, access, |access| {
+                let claims = Claims::new(&s.issuer, subject, &s.service, s.lifetime, access);
+                let token = token::sign(&self.keys, &claims)?;
+                Ok(Issued { token, claims })
+            })
     }
 
     /// Verifies a bearer token presented to the registry, remembering good

@@ -191,7 +191,7 @@ fn valid_component(c: &str) -> bool {
 }
 
 /// One entry of a token's `access` claim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AccessEntry {
     #[serde(rename = "type")]
     pub kind: String,
