@@ -352,6 +352,16 @@ fn wait_for_port(proc: &mut Proc, port: u16) -> bool {
 /// as a load generator sends (`keepalive_requests`; nginx's default closes
 /// it after 1,000). Returns the process and its base URL.
 pub fn start_nginx(dir: &Path, root: &Path, tls: Option<(&Path, &Path)>) -> (Proc, String) {
+    start_nginx_with(dir, root, tls, "")
+}
+
+/// [`start_nginx`] with more directives (whole lines) in its `http` block.
+pub fn start_nginx_with(
+    dir: &Path,
+    root: &Path,
+    tls: Option<(&Path, &Path)>,
+    http_extra: &str,
+) -> (Proc, String) {
     let conf_dir = dir.join("nginx");
     std::fs::create_dir_all(&conf_dir).unwrap();
     // `sendfile on` applies to plain connections only: over TLS nginx reads
@@ -378,7 +388,7 @@ pub fn start_nginx(dir: &Path, root: &Path, tls: Option<(&Path, &Path)>) -> (Pro
             format!(
                 "daemon off;\n# One process: killing it leaves no orphaned workers behind.\nmaster_process off;\npid {pid};\nerror_log {err} error;\n\
                  events {{ worker_connections 1024; }}\n\
-                 http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n\
+                 http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n{http_extra}\
                  \x20 client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n\
                  \x20 uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
                  \x20 server {{\n    listen 127.0.0.1:{port}{ssl};\n{tls_lines}    root {root};\n  }}\n}}\n",
