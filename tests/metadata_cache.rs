@@ -1,13 +1,15 @@
-//! The metadata cache's rules, seen over HTTP: a replica serves its own
-//! tag moves and deletes at once; another replica's change (a second
-//! server over the same storage) may be served stale, but only while the
-//! entry is cached: not past the cache's size, and not after a restart.
+//! The metadata cache's rules, seen from outside: each replica is the real
+//! binary in a process of its own. A replica serves its own tag moves and
+//! deletes at once; another replica's change (a second server over the
+//! same storage) may be served stale, but only while the entry is cached:
+//! not past the cache's size, and not after a restart.
 //! The staleness is set far beyond the tests' length, so every "still
 //! stale" below is the cache at work and never a race with the clock.
 
 use crate::common;
 
-use common::{TestServer, sha256};
+use common::process::ServerProcess;
+use common::sha256;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -15,24 +17,60 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const REPO: &str = "team/app";
 const STALENESS_SECS: u64 = 3600;
 
-/// A server over `data` (its own temp dir for keys and the rest), with the
-/// metadata cache holding `cache_mib`.
-async fn replica(data: &std::path::Path, cache_mib: usize) -> TestServer {
-    let data = data.to_owned();
-    TestServer::start_configured(tempfile::tempdir().unwrap(), move |config| {
-        config.auth.enabled = false;
-        config.storage.root = data;
-        config.storage.staleness_secs = STALENESS_SECS;
-        config.storage.metadata_cache_mib = cache_mib;
-    })
-    .await
+/// A replica: the real server over `data` (its configuration and keys in a
+/// temp dir of their own), its metadata cache holding `cache_mib`.
+struct Replica {
+    process: ServerProcess,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    fn at(&self, path: &str) -> String {
+        self.process.at(path)
+    }
+
+    /// Pushes `data` in one request and returns its digest.
+    async fn push_blob(&self, data: &[u8]) -> String {
+        let digest = sha256(data);
+        let response = self
+            .client
+            .post(self.at(&format!("/v2/{REPO}/blobs/uploads/?digest={digest}")))
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "push a blob");
+        digest
+    }
+}
+
+fn replica(data: &std::path::Path, cache_mib: usize) -> Replica {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nroot = {:?}\nstaleness_secs = {STALENESS_SECS}\nmetadata_cache_mib = {cache_mib}\n\
+             [token]\nkey_dir = {:?}\n",
+            data.to_str().unwrap(),
+            dir.path().join("certs").to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let process = ServerProcess::start_with(&["--no-auth", "--config", config.to_str().unwrap()]);
+    Replica {
+        process,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    }
 }
 
 /// Pushes an image whose manifest carries `padding` bytes of annotation
 /// (distinct per `seed`) and returns the manifest's bytes.
-async fn image(server: &TestServer, seed: &str, padding: usize) -> Vec<u8> {
+async fn image(server: &Replica, seed: &str, padding: usize) -> Vec<u8> {
     let config = server
-        .push_blob(REPO, format!("{{\"seed\":\"{seed}\"}}").as_bytes())
+        .push_blob(format!("{{\"seed\":\"{seed}\"}}").as_bytes())
         .await;
     serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -48,7 +86,7 @@ async fn image(server: &TestServer, seed: &str, padding: usize) -> Vec<u8> {
     .unwrap()
 }
 
-async fn put(server: &TestServer, reference: &str, manifest: &[u8]) {
+async fn put(server: &Replica, reference: &str, manifest: &[u8]) {
     let response = server
         .client
         .put(server.at(&format!("/v2/{REPO}/manifests/{reference}")))
@@ -60,7 +98,7 @@ async fn put(server: &TestServer, reference: &str, manifest: &[u8]) {
     assert_eq!(response.status(), StatusCode::CREATED, "put {reference}");
 }
 
-async fn delete(server: &TestServer, reference: &str) {
+async fn delete(server: &Replica, reference: &str) {
     let response = server
         .client
         .delete(server.at(&format!("/v2/{REPO}/manifests/{reference}")))
@@ -76,7 +114,7 @@ async fn delete(server: &TestServer, reference: &str) {
 
 /// The digest `reference` resolves to by GET (checked against the body)
 /// and by HEAD, or the status when it does not resolve.
-async fn resolve(server: &TestServer, reference: &str) -> Result<String, StatusCode> {
+async fn resolve(server: &Replica, reference: &str) -> Result<String, StatusCode> {
     let url = server.at(&format!("/v2/{REPO}/manifests/{reference}"));
     let head = server
         .client
@@ -116,7 +154,7 @@ async fn resolve(server: &TestServer, reference: &str) -> Result<String, StatusC
 #[tokio::test]
 async fn a_replica_serves_its_own_tag_moves_and_deletes_at_once() {
     let data = tempfile::tempdir().unwrap();
-    let server = replica(data.path(), 64).await;
+    let server = replica(data.path(), 64);
     let first = image(&server, "first", 0).await;
     let second = image(&server, "second", 0).await;
     put(&server, "v1", &first).await;
@@ -148,7 +186,7 @@ async fn a_replica_serves_its_own_tag_moves_and_deletes_at_once() {
 async fn another_replica_s_move_shows_once_the_entry_left_the_cache() {
     let data = tempfile::tempdir().unwrap();
     // `reader` only reads; `writer` moves the tag behind its back.
-    let (reader, writer) = (replica(data.path(), 1).await, replica(data.path(), 1).await);
+    let (reader, writer) = (replica(data.path(), 1), replica(data.path(), 1));
     let first = image(&writer, "first", 0).await;
     let second = image(&writer, "second", 0).await;
     put(&writer, "v1", &first).await;
@@ -187,8 +225,8 @@ async fn another_replica_s_move_shows_once_the_entry_left_the_cache() {
 #[tokio::test]
 async fn a_restarted_replica_starts_cold() {
     let data = tempfile::tempdir().unwrap();
-    let writer = replica(data.path(), 64).await;
-    let reader = replica(data.path(), 64).await;
+    let writer = replica(data.path(), 64);
+    let reader = replica(data.path(), 64);
     let first = image(&writer, "first", 0).await;
     let second = image(&writer, "second", 0).await;
     put(&writer, "v1", &first).await;
@@ -200,8 +238,8 @@ async fn a_restarted_replica_starts_cold() {
     delete(&writer, &sha256(&first)).await;
     assert_eq!(resolve(&reader, &sha256(&first)).await, Ok(sha256(&first)));
 
-    reader.stop().await;
-    let reader = replica(data.path(), 64).await;
+    reader.process.kill();
+    let reader = replica(data.path(), 64);
     assert_eq!(resolve(&reader, "v1").await, Ok(sha256(&second)));
     assert_eq!(
         resolve(&reader, &sha256(&first)).await,
