@@ -4,7 +4,8 @@
 # server and its tools (slapd, ldap-utils), a reverse proxy (nginx-light), a
 # load generator (wrk), what rootless podman needs (uidmap, fuse-overlayfs) and
 # a Docker engine (docker.io: dockerd and the docker CLI; it depends on
-# containerd, runc and iptables, which apt pulls in).
+# containerd, runc and iptables, which apt pulls in), and Node with npm for
+# the OpenID provider of the OIDC tests (scripts/install-oidc-provider.sh).
 #
 # Idempotent: when every program is present it does nothing. When something is
 # missing it installs it with apt-get if run as root, and otherwise lists what
@@ -30,6 +31,8 @@ REQUIRED=(
     docker.io:dockerd
     containerd:containerd
     runc:runc
+    nodejs:node
+    npm:npm
 )
 
 # Daemons live in sbin, which is often not on a non-root user's PATH.

@@ -11,6 +11,7 @@ step "test dependencies"
 scripts/install-test-deps.sh
 scripts/install-legacy-v1.sh
 scripts/install-garage.sh
+scripts/install-oidc-provider.sh
 
 step "cargo fmt --check"
 cargo fmt --check

@@ -10,7 +10,9 @@ mod identity;
 mod s3;
 mod upstream;
 
-pub use identity::{FILE_SOURCE, GroupsFrom, IdentityConfig, LdapConfig, LdapGroups, Nested};
+pub use identity::{
+    FILE_SOURCE, GroupsFrom, IdentityConfig, LdapConfig, LdapGroups, Nested, OidcConfig,
+};
 pub use s3::S3Config;
 pub use upstream::{CacheConfig, UpstreamConfig};
 
@@ -753,10 +755,47 @@ impl Config {
             }
             names.push(&ldap.name);
         }
+        for (i, oidc) in identity.oidc.iter().enumerate() {
+            let index = i.to_string();
+            for (key, message) in oidc.problems() {
+                let span = lookup(root, &["identity", "oidc", &index, key])
+                    .or_else(|| lookup(root, &["identity", "oidc", &index]));
+                reader.at_opt(span, format!("identity.oidc `{}`: {message}", oidc.name));
+            }
+            let span = || lookup(root, &["identity", "oidc", &index, "name"]);
+            if names.contains(&oidc.name.as_str()) && oidc.name != FILE_SOURCE {
+                reader.at_opt(
+                    span(),
+                    format!("identity source name `{}` is used twice", oidc.name),
+                );
+            }
+            let first_of_name = !identity.oidc[..i].iter().any(|o| o.name == oidc.name);
+            if first_of_name && identity.order.iter().flatten().any(|n| *n == oidc.name) {
+                reader.at_opt(
+                    lookup(root, &["identity", "order"]),
+                    format!(
+                        "identity.order names the OIDC issuer `{}`: issuers are not ordered (a token goes to the issuer it names)",
+                        oidc.name
+                    ),
+                );
+            }
+            if identity.oidc[..i].iter().any(|o| o.issuer == oidc.issuer) {
+                reader.at_opt(
+                    lookup(root, &["identity", "oidc", &index, "issuer"]),
+                    format!(
+                        "identity.oidc `{}`: issuer `{}` is configured twice",
+                        oidc.name, oidc.issuer
+                    ),
+                );
+            }
+            names.push(&oidc.name);
+        }
+        let password_sources = &names[..names.len() - identity.oidc.len()];
         if let Some(order) = &identity.order {
             let span = || lookup(root, &["identity", "order"]);
             for name in order {
                 if !names.contains(&name.as_str()) {
+                    // (An OIDC issuer's name is reported above.)
                     reader.at_opt(
                         span(),
                         format!(
@@ -770,7 +809,7 @@ impl Config {
                     reader.at_opt(span(), format!("identity.order lists `{name}` twice"));
                 }
             }
-            for name in &names {
+            for name in password_sources {
                 if !order.iter().any(|n| n == name) {
                     reader.at_opt(
                         span(),

@@ -234,7 +234,7 @@ impl From<AuthError> for ApiError {
             AuthError::BadCredentials { .. } => ApiError::new(ErrorCode::Unauthorized)
                 .message(e.to_string())
                 .oauth("invalid_grant"),
-            AuthError::BadRefreshToken | AuthError::UnknownAccount => {
+            AuthError::BadRefreshToken | AuthError::UnknownAccount | AuthError::BadIdToken(_) => {
                 ApiError::new(ErrorCode::Unauthorized)
                     .message(e.to_string())
                     .oauth("invalid_grant")

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod client_tls;
 pub mod config;
 pub mod error;
 pub mod manifest;

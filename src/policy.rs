@@ -15,13 +15,20 @@
 //! ```
 //!
 //! Who: `users` (names, or `*` for any authenticated user), `groups`,
-//! `anonymous = true`. Where from: `from` (addresses or CIDR blocks). What:
+//! `anonymous = true`, `sources` (the identity sources that must have
+//! vouched: `file`, a directory's or an OpenID issuer's name; alone, any
+//! user of those sources), and `claims` (`{ ref = "refs/heads/main" }`:
+//! each named claim of the caller's token must match its pattern, `*`
+//! standing for any characters; only with `sources`, since a claim means
+//! what its issuer says it means). Where from: `from` (addresses or CIDR
+//! blocks). What:
 //! `repositories` globs, where `*` stays inside one path segment and `**`
 //! spans any number of them, and `${user}` / `${group}` stand for the
 //! caller's name and each of their groups; `catalog = true` lets the rule
 //! answer for the registry catalog. `actions`: `pull`, `push`, `delete`,
 //! `*`, or `[]` to deny explicitly.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +52,10 @@ pub struct Caller {
     /// The client's address, for `from` conditions; `None` when unknown
     /// (such a caller matches no rule that has a `from`).
     pub addr: Option<IpAddr>,
+    /// The identity source that vouched for `user`.
+    pub source: Option<&'static str>,
+    /// Claims of the token that was the credential (OIDC logins).
+    pub claims: BTreeMap<String, String>,
 }
 
 /// Where a rule was written, for `policy explain` and error messages.
@@ -120,6 +131,9 @@ struct Rule {
     groups: Vec<String>,
     anonymous: bool,
     from: Vec<IpNet>,
+    sources: Vec<String>,
+    /// (claim, pattern): all must match.
+    claims: Vec<(String, String)>,
     repositories: Vec<Glob>,
     catalog: bool,
     actions: Vec<Action>,
@@ -259,8 +273,23 @@ impl Rule {
             Some(user) => {
                 self.users.iter().any(|u| u == "*" || u == user)
                     || self.groups.iter().any(|g| caller.groups.contains(g))
+                    // `sources` alone: any user those sources vouch for.
+                    || (self.users.is_empty() && self.groups.is_empty() && !self.sources.is_empty())
             }
         };
+        let source = self.sources.is_empty()
+            || caller
+                .source
+                .is_some_and(|s| self.sources.iter().any(|n| n == s));
+        let claims = self.claims.iter().all(|(claim, pattern)| {
+            caller
+                .claims
+                .get(claim)
+                .is_some_and(|value| wildcard(pattern, value))
+        });
+        if !(source && claims) {
+            return false;
+        }
         let from = self.from.is_empty()
             || caller
                 .addr

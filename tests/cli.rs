@@ -205,6 +205,7 @@ fn example_policies_load_beside_the_shipped_ones_and_decide_as_documented() {
         user: user.map(str::to_owned),
         groups: groups.iter().map(|g| g.to_string()).collect(),
         addr: addr.map(|a| a.parse().unwrap()),
+        ..Caller::default()
     };
     let allows = |caller: &Caller, repo: &str, action: Action| {
         policy.decide(caller, repo, &[action]).granted == [action]
@@ -232,6 +233,44 @@ fn example_policies_load_beside_the_shipped_ones_and_decide_as_documented() {
     assert!(allows(
         &who(Some("root"), &["admins"], None),
         "vendor/x",
+        Action::Push
+    ));
+    let pipeline = |source: &'static str, claims: &[(&str, &str)]| Caller {
+        source: Some(source),
+        claims: claims
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..who(Some("bot"), &[], None)
+    };
+    let main = pipeline(
+        "github",
+        &[("repository", "org/app"), ("ref", "refs/heads/main")],
+    );
+    let pr = pipeline(
+        "github",
+        &[("repository", "org/app"), ("ref", "refs/pull/7/merge")],
+    );
+    assert!(allows(&main, "prod/app/web", Action::Push));
+    assert!(!allows(&pr, "prod/app/web", Action::Push));
+    assert!(allows(&pr, "ci/app/web", Action::Push));
+    let protected = pipeline(
+        "gitlab",
+        &[("project_path", "group/app"), ("ref_protected", "true")],
+    );
+    let unprotected = pipeline(
+        "gitlab",
+        &[("project_path", "group/app"), ("ref_protected", "false")],
+    );
+    assert!(allows(&protected, "prod/app/web", Action::Push));
+    assert!(!allows(&unprotected, "prod/app/web", Action::Push));
+    // The claims of one issuer are nothing from another.
+    assert!(!allows(
+        &pipeline(
+            "gitlab",
+            &[("repository", "org/app"), ("ref", "refs/heads/main")]
+        ),
+        "prod/app/web",
         Action::Push
     ));
 }

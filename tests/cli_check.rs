@@ -221,3 +221,35 @@ fn without_a_file_the_configuration_serve_would_choose_is_checked() {
     assert_eq!(code, Some(2), "{stderr}");
     assert_line_starting(&stderr, "portcullis.toml:2:");
 }
+
+#[test]
+fn an_openid_issuer_is_checked_before_it_vouches_for_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = check(
+        dir.path(),
+        "[identity]\norder = [\"file\", \"sso\"]\n\n\
+         [[identity.oidc]]\nname = \"sso\"\nissuer = \"http://idp.example\"\naudiences = []\n\n\
+         [[identity.oidc]]\nname = \"sso\"\nissuer = \"ftp://idp.example\"\naudiences = [\"r\"]\nleeway_secs = 3600\n",
+    );
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert_line_starting(
+        &err,
+        "portcullis.toml:6:1: identity.oidc `sso`: `http://idp.example` is plain http",
+    );
+    assert_lines(
+        &err,
+        &[
+            "portcullis.toml:7:1: identity.oidc `sso`: audiences must list the `aud` values this registry accepts",
+            "portcullis.toml:11:1: identity.oidc `sso`: `ftp://idp.example` is not an https:// URL",
+            "portcullis.toml:13:1: identity.oidc `sso`: leeway_secs above 300 would accept tokens long expired",
+        ],
+    );
+    assert_line_starting(
+        &err,
+        "portcullis.toml:10:1: identity source name `sso` is used twice",
+    );
+    assert_line_starting(
+        &err,
+        "portcullis.toml:2:1: identity.order names the OIDC issuer `sso`",
+    );
+}

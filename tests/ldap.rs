@@ -161,20 +161,7 @@ fn start_with(slapd: Slapd, setup: &Setup<'_>) -> World {
 impl World {
     /// `GET /token` for `scope` with Basic `user:password` (any bytes).
     async fn token(&self, user: &str, password: &str, scope: &str) -> (u16, Value) {
-        let credentials = data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes());
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("service", "portcullis")
-            .append_pair("scope", scope)
-            .finish();
-        let response = self
-            .client
-            .get(self.server.at(&format!("/token?{query}")))
-            .header("authorization", format!("Basic {credentials}"))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
+        common::basic_token(&self.client, &self.server.url, (user, password), scope, &[]).await
     }
 
     /// `POST /token` with `form` plus the service and a client id.

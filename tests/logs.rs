@@ -81,9 +81,9 @@ pub(crate) fn setup() -> tempfile::TempDir {
     dir
 }
 
-/// `portcullis serve` in `dir` on the embedded default, logging at the
-/// default level unless `log` says otherwise.
-fn serve(dir: &Path, log: Option<&str>) -> (ServerProcess, Log) {
+/// `portcullis serve` in `dir` (its `portcullis.toml`, else the embedded
+/// default), logging at the default level unless `log` says otherwise.
+pub(crate) fn serve(dir: &Path, log: Option<&str>) -> (ServerProcess, Log) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     command
         .args(["serve", "--listen", "127.0.0.1:0"])

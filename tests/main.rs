@@ -48,6 +48,7 @@ mod logs;
 mod memory;
 mod metadata_cache;
 mod migrate;
+mod oidc;
 mod policy_globs;
 mod s3;
 mod secrets_not_logged;

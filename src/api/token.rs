@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::json_response;
 use crate::AppState;
-use crate::auth::identity::Identity;
+use crate::auth::identity::{Credential, Identity};
 use crate::auth::scope::{AccessEntry, ResourceScope};
 use crate::auth::{AuthError, Authority, caller};
 use crate::error::{ApiError, ErrorCode};
@@ -214,10 +214,11 @@ async fn get_token(
             if q.account.as_deref().is_some_and(|a| a != user) {
                 return Err(invalid("account does not match the credentials"));
             }
-            (
-                Some(login(authority, &user, &password, record).await?),
-                true,
-            )
+            let identity = login(authority, &user, &password, record).await?;
+            // A token login gets no refresh token: the client keeps the
+            // issuer's token, which expires on the issuer's terms.
+            let refreshable = identity.credential == Credential::Password;
+            (Some(identity), refreshable)
         }
         (None, Some(certificate)) => {
             record.grant = "certificate";
@@ -269,7 +270,7 @@ async fn post_token(
                 return Err(invalid("username and password are required"));
             };
             let account = login(authority, user, password, record).await?;
-            let refresh = if offline {
+            let refresh = if offline && account.credential == Credential::Password {
                 Some(authority.issue_refresh(&account)?)
             } else {
                 None
@@ -309,6 +310,10 @@ async fn login(
     match authority.login(user, password, addr).await {
         Ok(identity) => {
             record.source = Some(identity.source);
+            if identity.credential != Credential::Password {
+                // The name sent (`oauth2accesstoken`) is not who it is.
+                record.user = Some(identity.name.clone());
+            }
             Ok(identity)
         }
         Err(e @ AuthError::BadCredentials { unknown_user }) => {
@@ -427,7 +432,8 @@ fn respond(
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
-    let issued = authority.issue(subject, grant.access)?;
+    let credential = account.map_or(Credential::Password, |a| a.credential);
+    let issued = authority.issue(subject, credential, grant.access)?;
     let issued_at = time::OffsetDateTime::from_unix_timestamp(issued.claims.iat as i64)
         .ok()
         .and_then(|t| {

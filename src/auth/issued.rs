@@ -12,13 +12,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::Issued;
+use super::identity::Credential;
 use super::scope::AccessEntry;
 
 /// Distinct (account, access) pairs kept for one second at most; past it
 /// the next tokens are signed on their own.
 const CAPACITY: usize = 10_000;
 
-type Key = (String, Vec<AccessEntry>);
+type Key = (String, Credential, Vec<AccessEntry>);
 
 #[derive(Default)]
 pub struct IssuedThisSecond {
@@ -32,10 +33,11 @@ impl IssuedThisSecond {
         &self,
         now: u64,
         subject: &str,
+        credential: Credential,
         access: Vec<AccessEntry>,
         sign: impl FnOnce(Vec<AccessEntry>) -> Result<Issued, E>,
     ) -> Result<Issued, E> {
-        let key = (subject.to_owned(), access);
+        let key = (subject.to_owned(), credential, access);
         {
             let mut second = self.second.lock().unwrap_or_else(|e| e.into_inner());
             if second.0 != now {
@@ -47,13 +49,15 @@ impl IssuedThisSecond {
         }
         // Signed outside the lock: two callers racing sign twice, which is
         // only the cost of not sharing.
-        let (subject, access) = key;
+        let (subject, credential, access) = key;
         let issued = sign(access.clone())?;
         // Kept only for the second its claims were made in.
         let made = issued.claims.iat;
         let mut second = self.second.lock().unwrap_or_else(|e| e.into_inner());
         if second.0 == made && second.1.len() < CAPACITY {
-            second.1.insert((subject, access), issued.clone());
+            second
+                .1
+                .insert((subject, credential, access), issued.clone());
         }
         Ok(issued)
     }
@@ -94,7 +98,13 @@ mod tests {
         let signed = std::cell::Cell::new(0);
         let get = |now, subject, name| {
             cache
-                .get_or_sign(now, subject, entry(name), signer(now, &signed))
+                .get_or_sign(
+                    now,
+                    subject,
+                    Credential::Password,
+                    entry(name),
+                    signer(now, &signed),
+                )
                 .unwrap()
                 .token
         };
@@ -117,7 +127,13 @@ mod tests {
         // Asked in second 100, its claims made in 101 (the clock moved).
         let late = |now| {
             cache
-                .get_or_sign(now, "alice", entry("a/app"), signer(101, &signed))
+                .get_or_sign(
+                    now,
+                    "alice",
+                    Credential::Password,
+                    entry("a/app"),
+                    signer(101, &signed),
+                )
                 .unwrap()
         };
         late(100);

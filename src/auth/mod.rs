@@ -30,7 +30,8 @@ use crate::policy::{Caller, Policy, RuleOrigin};
 use crate::storage::Storage;
 use gate::{GateError, VerifyGate};
 use identity::file::FileSource;
-use identity::{Chain, Identity, IdentityError, Login};
+use identity::oidc::{Issuers, OidcError};
+use identity::{Chain, Credential, Identity, IdentityError, Login};
 use keys::{KeyKind, KeyRing};
 use ratelimit::{LimitConfig, LoginLimiter, Refusal, Reservation};
 use reload::{Fingerprint, Watched};
@@ -44,6 +45,10 @@ pub enum AuthError {
     /// `unknown_user` is for the operator's log.
     #[error("incorrect username or password")]
     BadCredentials { unknown_user: bool },
+    /// A token of a configured OpenID issuer, refused; the reason is the
+    /// client's to read (expired, wrong audience …).
+    #[error("identity token refused: {0}")]
+    BadIdToken(String),
     #[error("too many failed logins, retry in {} s", ratelimit::retry_after_secs(*.0))]
     TooManyFailures(Duration),
     #[error(transparent)]
@@ -121,6 +126,7 @@ pub struct Authority {
     pub settings: TokenSettings,
     pub keys: KeyRing,
     identities: Chain,
+    oidc: Issuers,
     policy: Watched<Policy>,
     verified_tokens: TokenCache,
     issued: issued::IssuedThisSecond,
@@ -171,6 +177,7 @@ impl Authority {
             );
         }
         let identities = identity_chain(config, users)?;
+        let oidc = Issuers::new(&config.identity.oidc)?;
         let wait = Duration::from_millis(config.auth.verification_wait_ms);
         tracing::info!(
             service = %config.token.service,
@@ -191,6 +198,7 @@ impl Authority {
             },
             keys,
             identities,
+            oidc,
             policy,
             verified_tokens: TokenCache::default(),
             issued: Default::default(),
@@ -215,13 +223,20 @@ impl Authority {
     /// while the account or the address is throttled; made to wait a little
     /// while attempts in flight fill a threshold), so a concurrent burst gets
     /// no more checks than the threshold. Then the identity sources, in
-    /// order ([`Chain::login`]); each bounds its own slow work.
+    /// order ([`Chain::login`]); each bounds its own slow work. A password
+    /// that is a token of a configured OpenID issuer goes to that issuer
+    /// alone ([`Authority::token_login`]).
     pub async fn login(
         &self,
         name: &str,
         password: &str,
         addr: IpAddr,
     ) -> Result<Identity, AuthError> {
+        if let Some((issuer, subject)) = self.oidc.route(password) {
+            return self
+                .token_login(issuer, &subject, name, password, addr)
+                .await;
+        }
         // The sources first: a reload may carry an unlock the limiter must
         // know of before it judges this attempt.
         self.identities.reload_if_changed(false);
@@ -247,6 +262,47 @@ impl Authority {
                 }
                 // Not the caller's failure: the reservation is released.
                 Err(e) => Err(e.into()),
+            }
+        });
+        if let Some(decided) = (&mut attempt).now_or_never() {
+            return decided;
+        }
+        tokio::spawn(attempt)
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?
+    }
+
+    /// A login with a token of `issuer`, through the same limiter as a
+    /// password: counted under the subject the token claims, so that forged
+    /// tokens throttle their sender and that subject, not every caller of
+    /// the issuer.
+    async fn token_login(
+        &self,
+        issuer: Arc<identity::oidc::Issuer>,
+        subject: &str,
+        name: &str,
+        token: &str,
+        addr: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        let account = format!("{}#{subject}", issuer.name());
+        let reservation = self.reserve(&account, addr).await?;
+        let (name, token) = (name.to_owned(), token.to_owned());
+        // As for a password: decided at once when the token and the keys
+        // are known, else run to its end in a task of its own.
+        let mut attempt = Box::pin(async move {
+            match issuer.verify(&name, &token).await {
+                Ok(identity) => {
+                    reservation.success(Instant::now());
+                    Ok(identity)
+                }
+                Err(OidcError::Refused(reason)) => {
+                    reservation.failure(Instant::now());
+                    Err(AuthError::BadIdToken(reason))
+                }
+                Err(OidcError::Unavailable(cause)) => Err(AuthError::SourceUnavailable(format!(
+                    "identity source {}: {cause}",
+                    issuer.name()
+                ))),
             }
         });
         if let Some(decided) = (&mut attempt).now_or_never() {
@@ -358,11 +414,19 @@ impl Authority {
 
     /// Signs an access token for `subject` ("" for anonymous), or hands
     /// out the one signed for the same subject and access in this second.
-    pub fn issue(&self, subject: &str, access: Vec<AccessEntry>) -> Result<Issued, AuthError> {
+    /// The token says which kind of credential made it when it was not a
+    /// password (`credential`).
+    pub fn issue(
+        &self,
+        subject: &str,
+        credential: Credential,
+        access: Vec<AccessEntry>,
+    ) -> Result<Issued, AuthError> {
         let s = &self.settings;
         self.issued
-            .get_or_sign(token::now(), subject, access, |access| {
-                let claims = Claims::new(&s.issuer, subject, &s.service, s.lifetime, access);
+            .get_or_sign(token::now(), subject, credential, access, |access| {
+                let mut claims = Claims::new(&s.issuer, subject, &s.service, s.lifetime, access);
+                claims.credential = credential.claim().map(str::to_owned);
                 let token = token::sign(&self.keys, &claims)?;
                 Ok(Issued { token, claims })
             })
@@ -565,6 +629,8 @@ pub fn caller(account: Option<&Identity>, addr: Option<IpAddr>) -> Caller {
         user: account.map(|a| a.name.clone()),
         groups: account.map(|a| a.groups.clone()).unwrap_or_default(),
         addr,
+        source: account.map(|a| a.source),
+        claims: account.map(|a| a.claims.clone()).unwrap_or_default(),
     }
 }
 

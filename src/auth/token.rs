@@ -34,6 +34,11 @@ pub struct Claims {
     /// (see `users`), so that they die with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<String>,
+    /// What the caller proved their identity with, when it was not a
+    /// password: `oidc` (an OpenID issuer's token). For the audit trail;
+    /// registries ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,6 +92,7 @@ impl Claims {
             jti: uuid::Uuid::new_v4().simple().to_string(),
             access,
             stamp: None,
+            credential: None,
         }
     }
 }

@@ -104,6 +104,8 @@ impl Entry {
             name: name.to_owned(),
             source: crate::auth::identity::file::NAME,
             dn: None,
+            credential: Default::default(),
+            claims: Default::default(),
             groups: self.groups.clone(),
             stamp: self
                 .stamp

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use portcullis::auth::identity::{Chain, Identity, Login};
 use portcullis::auth::scope::Action;
 use portcullis::config::{Config, GroupsFrom, LdapConfig, Nested};
-use portcullis::policy::{Caller, Policy};
+use portcullis::policy::Policy;
 
 use super::{Failure, load_config, password};
 
@@ -110,11 +110,7 @@ pub fn run(command: IdentityCommand) -> Result<ExitCode, Failure> {
     }
     if let Some(repo) = &args.repo {
         let (policy, _) = Policy::load_configured(&config.policy.dir).map_err(Failure::setup)?;
-        let caller = Caller {
-            user: Some(identity.name.clone()),
-            groups: identity.groups.clone(),
-            addr: None,
-        };
+        let caller = portcullis::auth::caller(Some(&identity), None);
         let decision = policy.decide(&caller, repo, &Action::ALL);
         let granted: Vec<&str> = decision.granted.iter().map(|a| a.as_str()).collect();
         println!(

@@ -78,6 +78,14 @@ pub struct ExplainArgs {
     /// The client's address, for rules with `from` conditions.
     #[arg(long, value_name = "IP")]
     from: Option<IpAddr>,
+    /// The identity source that vouched for the user (`file`, a
+    /// directory's or an OpenID issuer's name), for rules with `sources`.
+    #[arg(long = "identity-source", value_name = "NAME", requires = "user")]
+    identity_source: Option<String>,
+    /// A claim of the user's token, for rules with `claims` (repeat for
+    /// several): `ref=refs/heads/main`.
+    #[arg(long = "claim", value_name = "NAME=VALUE", requires = "identity_source", value_parser = claim_pair)]
+    claims: Vec<(String, String)>,
     /// Explains listing the catalog (`/v2/_catalog`) instead of a repository.
     #[arg(long, conflicts_with_all = ["repo", "action"])]
     catalog: bool,
@@ -128,6 +136,11 @@ fn explain(mut args: ExplainArgs) -> Result<ExitCode, Failure> {
         user: args.user,
         groups: args.groups,
         addr: args.from,
+        // A command runs once: the name may live as long as the process.
+        source: args
+            .identity_source
+            .map(|s| &*Box::leak(s.into_boxed_str())),
+        claims: args.claims.into_iter().collect(),
     };
     let (request, wanted, decision) = if args.catalog {
         let decision = policy.decide_catalog(&caller);
@@ -220,4 +233,11 @@ fn report(
         None => out.push_str("rule:     no rule matched: denied by default\n"),
     }
     out
+}
+
+fn claim_pair(arg: &str) -> Result<(String, String), String> {
+    arg.split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("`{arg}`: write a claim as NAME=VALUE"))
 }

@@ -1,5 +1,6 @@
-//! `[identity]` and `[[identity.ldap]]`: which identity sources answer
-//! logins, in which order, and how each directory is reached.
+//! `[identity]`, `[[identity.ldap]]` and `[[identity.oidc]]`: which
+//! identity sources answer logins, in which order, how each directory is
+//! reached, and which OpenID Connect issuers' tokens are credentials.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,10 @@ pub struct IdentityConfig {
     /// when a directory is down.
     pub order: Option<Vec<String>>,
     pub ldap: Vec<LdapConfig>,
+    /// OpenID Connect issuers whose tokens are accepted as passwords. They
+    /// are not in `order`: a token names its issuer, so it goes to that
+    /// issuer alone, before any password source is asked.
+    pub oidc: Vec<OidcConfig>,
 }
 
 impl IdentityConfig {
@@ -173,13 +178,7 @@ fn default_cache_secs() -> u64 {
 impl LdapConfig {
     /// Problems with the values, each as (key under this entry, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut found = Vec::new();
-        if self.name.is_empty() || self.name == FILE_SOURCE {
-            found.push((
-                "name",
-                format!("name must be set and not `{FILE_SOURCE}` (the users file)"),
-            ));
-        }
+        let mut found: Vec<_> = name_problem(&self.name).into_iter().collect();
         if self.urls.is_empty() {
             found.push((
                 "urls",
@@ -252,4 +251,129 @@ impl LdapConfig {
         }
         found
     }
+}
+
+/// One OpenID Connect issuer (`[[identity.oidc]]`) whose ID tokens (or JWT
+/// access tokens) are accepted as the password at `/token`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct OidcConfig {
+    /// The source's name in logs, `Identity::source` and policy `sources`.
+    pub name: String,
+    /// The issuer URL exactly as tokens carry it in `iss`; discovery reads
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The `aud` values accepted; a token must carry one of them.
+    pub audiences: Vec<String>,
+    /// The claim whose value names the user: `sub` (the default; stable),
+    /// `preferred_username`, `email` (only when `email_verified` is not
+    /// false), or any string claim.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// The claim listing the user's groups (an array of strings, or one
+    /// string). Unset: no groups.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Prepended to the user name and to every group (`gha:`), so that
+    /// names from this issuer cannot collide with local ones.
+    #[serde(default)]
+    pub prefix: String,
+    /// The Basic user name that must come with a token (`oauth2accesstoken`,
+    /// as cloud registries ask). Unset: any name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// CA certificates (PEM) the issuer's certificate must chain to.
+    /// Unset: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Allow a plain `http://` issuer (and JWKS). Never in production: the
+    /// keys that vouch for every login would travel unprotected.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Each request to the issuer (discovery, keys), in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// How long the issuer's keys are used before they are fetched again
+    /// (seconds). A token naming an unknown key fetches them at once.
+    #[serde(default = "default_jwks_cache_secs")]
+    pub jwks_cache_secs: u64,
+    /// The least time between two fetches of the keys (seconds), so that
+    /// tokens naming made-up keys cannot make Portcullis hammer the issuer.
+    #[serde(default = "default_jwks_min_refresh_secs")]
+    pub jwks_min_refresh_secs: u64,
+    /// Clock drift tolerated on `exp`, `nbf` and `iat`, in seconds.
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+}
+
+fn default_username_claim() -> String {
+    "sub".into()
+}
+
+fn default_jwks_cache_secs() -> u64 {
+    3600
+}
+
+fn default_jwks_min_refresh_secs() -> u64 {
+    10
+}
+
+fn default_leeway_secs() -> u64 {
+    30
+}
+
+impl OidcConfig {
+    /// Problems with the values, each as (key under this entry, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut found: Vec<_> = name_problem(&self.name).into_iter().collect();
+        let https = self.issuer.starts_with("https://");
+        if !https && !self.issuer.starts_with("http://") {
+            found.push((
+                "issuer",
+                format!("`{}` is not an https:// URL", self.issuer),
+            ));
+        } else if !https && !self.allow_http {
+            found.push((
+                "issuer",
+                format!(
+                    "`{}` is plain http: the keys that vouch for logins would travel unprotected (set allow_http = true only for a local test provider)",
+                    self.issuer
+                ),
+            ));
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            found.push((
+                "audiences",
+                "audiences must list the `aud` values this registry accepts".into(),
+            ));
+        }
+        if self.username_claim.is_empty() {
+            found.push(("username_claim", "username_claim must not be empty".into()));
+        }
+        if self.groups_claim.as_deref() == Some("") {
+            found.push(("groups_claim", "groups_claim must not be empty".into()));
+        }
+        if self.timeout_secs == 0 {
+            found.push(("timeout_secs", "timeout_secs must be positive".into()));
+        }
+        if self.jwks_cache_secs == 0 {
+            found.push(("jwks_cache_secs", "jwks_cache_secs must be positive".into()));
+        }
+        if self.leeway_secs > 300 {
+            found.push((
+                "leeway_secs",
+                "leeway_secs above 300 would accept tokens long expired".into(),
+            ));
+        }
+        found
+    }
+}
+
+/// A source's name must be set and must not be the users file's.
+fn name_problem(name: &str) -> Option<(&'static str, String)> {
+    (name.is_empty() || name == FILE_SOURCE).then(|| {
+        (
+            "name",
+            format!("name must be set and not `{FILE_SOURCE}` (the users file)"),
+        )
+    })
 }

@@ -17,11 +17,13 @@ use crate::auth::scope::Action;
 use crate::config::{Problem, Reader, line_col};
 
 /// The keys a rule may have, in the order `policy show` prints them.
-pub(super) const RULE_KEYS: [&str; 8] = [
+pub(super) const RULE_KEYS: [&str; 10] = [
     "description",
     "users",
     "groups",
     "anonymous",
+    "sources",
+    "claims",
     "from",
     "repositories",
     "catalog",
@@ -88,6 +90,7 @@ trait RuleReader {
     -> Option<Rule>;
     fn string(&mut self, key: &str, value: &Spanned<DeValue<'_>>) -> Option<String>;
     fn boolean(&mut self, key: &str, value: &Spanned<DeValue<'_>>) -> bool;
+    fn claims(&mut self, value: &Spanned<DeValue<'_>>) -> Vec<(String, String)>;
     fn strings(&mut self, key: &str, value: &Spanned<DeValue<'_>>) -> Vec<(String, Range<usize>)>;
     fn wrong_type(&mut self, key: &str, wanted: &str, found: &DeValue<'_>, span: Range<usize>);
 }
@@ -107,6 +110,8 @@ impl RuleReader for Reader<'_> {
             groups: Vec::new(),
             anonymous: false,
             from: Vec::new(),
+            sources: Vec::new(),
+            claims: Vec::new(),
             repositories: Vec::new(),
             catalog: false,
             actions: Vec::new(),
@@ -130,6 +135,14 @@ impl RuleReader for Reader<'_> {
                         .collect()
                 }
                 "anonymous" => rule.anonymous = self.boolean(key.get_ref(), value),
+                "sources" => {
+                    rule.sources = self
+                        .strings(key.get_ref(), value)
+                        .into_iter()
+                        .map(|(s, _)| s)
+                        .collect()
+                }
+                "claims" => rule.claims = self.claims(value),
                 "catalog" => rule.catalog = self.boolean(key.get_ref(), value),
                 "from" => {
                     for (s, at) in self.strings(key.get_ref(), value) {
@@ -174,10 +187,18 @@ impl RuleReader for Reader<'_> {
                 "missing `actions` (write `actions = []` to deny explicitly)".to_owned(),
             );
         }
-        if !has("users") && !has("groups") && !has("anonymous") {
+        if !has("users") && !has("groups") && !has("anonymous") && !has("sources") {
             self.at(
                 span.clone(),
-                "a rule must say who it is for: `users`, `groups` or `anonymous = true`".into(),
+                "a rule must say who it is for: `users`, `groups`, `sources` or `anonymous = true`"
+                    .into(),
+            );
+        }
+        if has("claims") && rule.sources.is_empty() {
+            self.at(
+                span.clone(),
+                "`claims` needs `sources`: a claim means what the issuer that signed it says"
+                    .into(),
             );
         }
         if !has("repositories") && !has("catalog") {
@@ -207,6 +228,35 @@ impl RuleReader for Reader<'_> {
                 false
             }
         }
+    }
+
+    /// `claims = { name = "pattern", … }`.
+    fn claims(&mut self, value: &Spanned<DeValue<'_>>) -> Vec<(String, String)> {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.wrong_type(
+                "claims",
+                "a table of claim names and patterns",
+                value.get_ref(),
+                value.span(),
+            );
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for (name, pattern) in table.iter() {
+            match pattern.get_ref() {
+                DeValue::String(p) => found.push((name.get_ref().to_string(), p.to_string())),
+                other => self.wrong_type(
+                    &format!("claims.{}", name.get_ref()),
+                    "a string",
+                    other,
+                    pattern.span(),
+                ),
+            }
+        }
+        if table.is_empty() {
+            self.at(value.span(), "`claims` names no claim".into());
+        }
+        found
     }
 
     /// An array of strings, each with its place (for pointing at a bad one).

@@ -54,6 +54,17 @@ fn show_rule(out: &mut String, rule: &Rule) {
     if rule.anonymous {
         out.push_str("anonymous = true\n");
     }
+    if !rule.sources.is_empty() {
+        let _ = writeln!(out, "sources = {}", list(rule.sources.clone()));
+    }
+    if !rule.claims.is_empty() {
+        let claims: Vec<String> = rule
+            .claims
+            .iter()
+            .map(|(name, pattern)| format!("{} = {}", bare_or_quoted(name), quoted(pattern)))
+            .collect();
+        let _ = writeln!(out, "claims = {{ {} }}", claims.join(", "));
+    }
     if !rule.from.is_empty() {
         let from = rule.from.iter().map(ToString::to_string).collect();
         let _ = writeln!(out, "from = {}", list(from));
@@ -71,6 +82,15 @@ fn show_rule(out: &mut String, rule: &Rule) {
     }
     let actions = rule.actions.iter().map(|a| a.as_str().to_owned()).collect();
     let _ = writeln!(out, "actions = {}", list(actions));
+}
+
+/// A TOML key: bare when it may be, else quoted.
+fn bare_or_quoted(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare { key.to_owned() } else { quoted(key) }
 }
 
 /// A TOML basic string.

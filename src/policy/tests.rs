@@ -17,7 +17,7 @@ fn user(name: &str, groups: &[&str]) -> Caller {
     Caller {
         user: Some(name.to_owned()),
         groups: groups.iter().map(|g| g.to_string()).collect(),
-        addr: None,
+        ..Caller::default()
     }
 }
 
@@ -374,7 +374,7 @@ fn bad_files_are_refused_at_the_offending_value() {
         (
             "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a\"]\nactions = []\nwhen = \"always\"\n",
             "5:1",
-            "unknown key `when` in a rule (known: description, users, groups, anonymous, from, repositories, catalog, actions)",
+            "unknown key `when` in a rule (known: description, users, groups, anonymous, sources, claims, from, repositories, catalog, actions)",
         ),
         (
             "[[rule]]\nusers = [\"a\"]\nrepositories = [\"a\"]\n",
@@ -477,4 +477,105 @@ fn the_shipped_default_policies_load_and_say_what_the_readme_promises() {
             .granted
             .is_empty()
     );
+}
+
+fn from_source(name: &str, source: &'static str, claims: &[(&str, &str)]) -> Caller {
+    Caller {
+        source: Some(source),
+        claims: claims
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..user(name, &[])
+    }
+}
+
+#[test]
+fn sources_and_claims_narrow_a_rule_to_a_token_of_one_issuer() {
+    let p = policy(&[(
+        "10-ci.toml",
+        r#"
+[[rule]]
+sources = ["gha"]
+claims = { repository = "org/app", ref = "refs/heads/*" }
+repositories = ["prod/**"]
+actions = ["push"]
+
+[[rule]]
+users = ["*"]
+sources = ["file"]
+repositories = ["local/**"]
+actions = ["pull"]
+"#,
+    )]);
+    let main = from_source(
+        "bot",
+        "gha",
+        &[("repository", "org/app"), ("ref", "refs/heads/main")],
+    );
+    assert_eq!(p.decide(&main, "prod/x", &[Push]).granted, [Push]);
+    // `*` spans slashes in a claim: a claim is not a path.
+    let nested = from_source(
+        "bot",
+        "gha",
+        &[("repository", "org/app"), ("ref", "refs/heads/feature/x")],
+    );
+    assert_eq!(p.decide(&nested, "prod/x", &[Push]).granted, [Push]);
+    let pr = from_source(
+        "bot",
+        "gha",
+        &[("repository", "org/app"), ("ref", "refs/pull/1/merge")],
+    );
+    assert!(p.decide(&pr, "prod/x", &[Push]).granted.is_empty());
+    let missing = from_source("bot", "gha", &[("repository", "org/app")]);
+    assert!(p.decide(&missing, "prod/x", &[Push]).granted.is_empty());
+    let elsewhere = from_source(
+        "bot",
+        "gitlab",
+        &[("repository", "org/app"), ("ref", "refs/heads/main")],
+    );
+    assert!(
+        p.decide(&elsewhere, "prod/x", &[Push]).granted.is_empty(),
+        "the same claims from another issuer"
+    );
+    assert_eq!(
+        p.decide(&from_source("carol", "file", &[]), "local/a", &[Pull])
+            .granted,
+        [Pull]
+    );
+    assert!(
+        p.decide(&from_source("carol", "corp", &[]), "local/a", &[Pull])
+            .granted
+            .is_empty()
+    );
+    assert!(p.decide(&anonymous(), "prod/x", &[Push]).granted.is_empty());
+}
+
+#[test]
+fn claims_need_sources_and_string_patterns() {
+    let cases = [
+        (
+            "[[rule]]\nusers = [\"*\"]\nclaims = { ref = \"x\" }\nrepositories = [\"a\"]\nactions = []\n",
+            "`claims` needs `sources`",
+        ),
+        (
+            "[[rule]]\nsources = [\"s\"]\nclaims = { ref = 1 }\nrepositories = [\"a\"]\nactions = []\n",
+            "`claims.ref` must be a string",
+        ),
+        (
+            "[[rule]]\nsources = [\"s\"]\nclaims = {}\nrepositories = [\"a\"]\nactions = []\n",
+            "`claims` names no claim",
+        ),
+        (
+            "[[rule]]\nsources = [\"s\"]\nclaims = [\"ref\"]\nrepositories = [\"a\"]\nactions = []\n",
+            "`claims` must be a table",
+        ),
+    ];
+    for (text, reason) in cases {
+        let err = Policy::default()
+            .add_file(Path::new("p/10-x.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(reason), "{text:?} → {err}");
+    }
 }

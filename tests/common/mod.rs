@@ -9,6 +9,7 @@ pub mod garage;
 pub mod legacy_v1;
 pub mod memory_store;
 pub mod oci;
+pub mod oidc;
 pub mod pki;
 pub mod process;
 pub mod registry_process;
@@ -80,6 +81,34 @@ pub fn s3_config(endpoint: &str, secret: std::path::PathBuf) -> portcullis::conf
         reads_ahead: 2,
         read_memory_mib: 64,
     }
+}
+
+/// `GET /token` at `server` (`http://HOST:PORT`) for `scope` with Basic
+/// `user:password` (any bytes) and `extra` query pairs: the status and the
+/// JSON body.
+pub async fn basic_token(
+    client: &reqwest::Client,
+    server: &str,
+    (user, password): (&str, &str),
+    scope: &str,
+    extra: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let credentials = data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes());
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query
+        .append_pair("service", "portcullis")
+        .append_pair("scope", scope);
+    for (key, value) in extra {
+        query.append_pair(key, value);
+    }
+    let response = client
+        .get(format!("{server}/token?{}", query.finish()))
+        .header("authorization", format!("Basic {credentials}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
 }
 
 /// The claims of a JWT, unverified (the server's verification is what

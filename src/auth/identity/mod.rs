@@ -5,17 +5,20 @@
 //! name that a TLS client certificate vouched for, for the catalog's view of
 //! a token's subject). [`Chain`] asks its sources in their configured order.
 //!
-//! The users file is the one source today ([`file::FileSource`]); a new one
-//! (a directory, an OIDC issuer) goes in `auth/identity/<name>.rs`,
-//! implements [`Source`] and is added to the chain in `Authority::from_config`
-//! (`auth/mod.rs`).
+//! The users file ([`file::FileSource`]) and directories ([`ldap`]) are
+//! password sources: they implement [`Source`] and are asked in the
+//! configured order. OpenID Connect issuers ([`oidc`]) are not in the chain:
+//! their credential is a token that names its issuer, so `Authority::login`
+//! hands it to that issuer alone.
 //!
 //! What stays above the seam, in `Authority`, because it holds for every
 //! source: the failed-login limiter, the policy, tokens and their stamps.
 
 pub mod file;
 pub mod ldap;
+pub mod oidc;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -35,6 +38,33 @@ pub struct Identity {
     /// Where the source holds the account, when it has such a name (a
     /// directory entry's DN), for diagnostics.
     pub dn: Option<String>,
+    /// What the caller proved the identity with.
+    pub credential: Credential,
+    /// Claims of the token that was the credential (an OIDC login), for
+    /// policy rules that match them; empty otherwise.
+    pub claims: BTreeMap<String, String>,
+}
+
+/// The kind of credential an identity was proven with; access tokens say
+/// it (`credential`) when it is not a password.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Credential {
+    /// A password (the users file, a directory), or a name vouched for by
+    /// a TLS client certificate.
+    #[default]
+    Password,
+    /// An ID token (or JWT access token) of an OpenID Connect issuer.
+    OidcToken,
+}
+
+impl Credential {
+    /// The name access tokens carry; `None` for a password.
+    pub fn claim(self) -> Option<&'static str> {
+        match self {
+            Credential::Password => None,
+            Credential::OidcToken => Some("oidc"),
+        }
+    }
 }
 
 /// What a source says of a name and password.
@@ -257,6 +287,8 @@ mod tests {
                     stamp: String::new(),
                     source: self.name,
                     dn: None,
+                    credential: Credential::Password,
+                    claims: BTreeMap::new(),
                 }))
         }
 

@@ -363,6 +363,8 @@ impl LdapSource {
             stamp,
             source: self.name,
             dn: Some(entry.dn.clone()),
+            credential: Default::default(),
+            claims: Default::default(),
         })
     }
 

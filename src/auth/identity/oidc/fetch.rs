@@ -1,0 +1,100 @@
+//! Reading an issuer's JSON documents (discovery, keys): over https unless
+//! the configuration allows plain http, each request under the issuer's
+//! timeout, each body bounded, so that a slow or hostile issuer can hold a
+//! login for no longer than the timeout nor fill memory.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+use crate::config::OidcConfig;
+
+/// The largest document read: key sets and discovery documents are a few
+/// kilobytes.
+const MAX_DOCUMENT: usize = 1 << 20;
+
+pub struct Fetcher {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    timeout: Duration,
+    allow_http: bool,
+}
+
+impl Fetcher {
+    pub fn new(config: &OidcConfig) -> Result<Self, String> {
+        let timeout = Duration::from_secs(config.timeout_secs);
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout));
+        let tls = crate::client_tls::config(config.ca_file.as_deref())?;
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let builder = if config.allow_http {
+            builder.https_or_http()
+        } else {
+            builder.https_only()
+        };
+        let connector = builder.enable_http1().enable_http2().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(2)
+            .build(connector);
+        Ok(Self {
+            client,
+            timeout,
+            allow_http: config.allow_http,
+        })
+    }
+
+    /// Whether `url` may be fetched: https, or http when allowed.
+    pub fn allows(&self, url: &str) -> bool {
+        url.starts_with("https://") || (self.allow_http && url.starts_with("http://"))
+    }
+
+    /// GETs `url` and parses its JSON body. The error says what went wrong
+    /// for the operator's log (it never reaches a client).
+    pub async fn json<T: DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        if !self.allows(url) {
+            return Err(format!("{url}: not an https:// URL"));
+        }
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let request = hyper::Request::get(uri)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(Empty::new())
+            .map_err(|e| format!("{url}: {e}"))?;
+        let work = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("{url}: {}", causes(&e)))?;
+            if !response.status().is_success() {
+                return Err(format!("{url}: answered {}", response.status()));
+            }
+            let body = Limited::new(response.into_body(), MAX_DOCUMENT)
+                .collect()
+                .await
+                .map_err(|e| format!("{url}: body unreadable or over 1 MiB: {e}"))?
+                .to_bytes();
+            serde_json::from_slice(&body).map_err(|e| format!("{url}: not the JSON expected: {e}"))
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| format!("{url}: no answer within {} s", self.timeout.as_secs()))?
+    }
+}
+
+/// An error and its causes, one after the other: the client's own message
+/// ("client error (Connect)") says nothing of why.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
