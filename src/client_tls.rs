@@ -4,6 +4,30 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::HttpConnector;
+
+/// An outgoing connector: TCP with `timeout` to connect and no Nagle
+/// delay, TLS by [`config`], HTTP/1.1 and HTTP/2 (by ALPN); plain http too
+/// unless `https_only`.
+pub fn connector(
+    ca: Option<&Path>,
+    timeout: Duration,
+    https_only: bool,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    http.set_nodelay(true);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config(ca)?);
+    let builder = if https_only {
+        builder.https_only()
+    } else {
+        builder.https_or_http()
+    };
+    Ok(builder.enable_http1().enable_http2().wrap_connector(http))
+}
 
 /// The rustls client configuration: `ca` alone when given, else the
 /// system's roots; the one crypto provider.

@@ -816,3 +816,51 @@ async fn serve_in_an_empty_directory_runs_the_embedded_default_policy() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+#[test]
+fn a_pipelines_claims_are_explained_with_its_identity_source() {
+    let dir = policies(&[(
+        "30-ci.toml",
+        "[[rule]]\nsources = [\"github\"]\nclaims = { repository = \"org/app\", ref = \"refs/heads/main\" }\nrepositories = [\"prod/**\"]\nactions = [\"push\"]\n",
+    )]);
+    let rule = "policies/30-ci.toml:1 (rule #1)";
+    let main = [
+        "--user",
+        "bot",
+        "--identity-source",
+        "github",
+        "--claim",
+        "repository=org/app",
+        "--claim",
+        "ref=refs/heads/main",
+        "prod/app",
+        "push",
+    ];
+    explain(dir.path(), &main).allowed("push", rule);
+    let mut pr = main;
+    pr[7] = "ref=refs/pull/7/merge";
+    explain(dir.path(), &pr).denied_by_default("push");
+    // The same claims from another source, or with no source, match nothing.
+    let mut gitlab = main;
+    gitlab[3] = "gitlab";
+    explain(dir.path(), &gitlab).denied_by_default("push");
+    explain(
+        dir.path(),
+        &["--user", "bot", "--claim", "ref=x", "prod/app", "push"],
+    )
+    .error("--identity-source");
+    explain(
+        dir.path(),
+        &[
+            "--user",
+            "bot",
+            "--identity-source",
+            "github",
+            "--claim",
+            "ref",
+            "prod/app",
+            "push",
+        ],
+    )
+    .error("write a claim as NAME=VALUE");
+}

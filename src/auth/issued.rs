@@ -140,4 +140,27 @@ mod tests {
         late(100);
         assert_eq!(signed.get(), 2);
     }
+
+    #[test]
+    fn a_token_made_from_another_kind_of_credential_is_signed_on_its_own() {
+        let cache = IssuedThisSecond::default();
+        let signed = std::cell::Cell::new(0);
+        let get = |credential| {
+            cache
+                .get_or_sign(
+                    100,
+                    "alice",
+                    credential,
+                    entry("a/app"),
+                    signer(100, &signed),
+                )
+                .unwrap()
+                .token
+        };
+        let password = get(Credential::Password);
+        let oidc = get(Credential::OidcToken);
+        assert_ne!(password, oidc, "their claims differ in `credential`");
+        assert_eq!(get(Credential::OidcToken), oidc);
+        assert_eq!(signed.get(), 2);
+    }
 }

@@ -243,12 +243,7 @@ impl Authority {
         let reservation = self.reserve(name, addr).await?;
         let identities = self.identities.clone();
         let (name, password) = (name.to_owned(), password.to_owned());
-        // Run to its end whatever the client does, so that the reservation
-        // resolves even when the client hangs up mid-check: a burst of
-        // abandoned attempts is still counted. A credential the cache
-        // holds is decided in the first poll, here; one that must be
-        // checked goes on in a task of its own.
-        let mut attempt = Box::pin(async move {
+        settle(async move {
             match identities.login(&name, &password).await {
                 Ok(Login::Verified(identity)) => {
                     reservation.success(Instant::now());
@@ -263,13 +258,8 @@ impl Authority {
                 // Not the caller's failure: the reservation is released.
                 Err(e) => Err(e.into()),
             }
-        });
-        if let Some(decided) = (&mut attempt).now_or_never() {
-            return decided;
-        }
-        tokio::spawn(attempt)
-            .await
-            .map_err(|e| AuthError::Internal(e.to_string()))?
+        })
+        .await
     }
 
     /// A login with a token of `issuer`, through the same limiter as a
@@ -287,9 +277,7 @@ impl Authority {
         let account = format!("{}#{subject}", issuer.name());
         let reservation = self.reserve(&account, addr).await?;
         let (name, token) = (name.to_owned(), token.to_owned());
-        // As for a password: decided at once when the token and the keys
-        // are known, else run to its end in a task of its own.
-        let mut attempt = Box::pin(async move {
+        settle(async move {
             match issuer.verify(&name, &token).await {
                 Ok(identity) => {
                     reservation.success(Instant::now());
@@ -304,13 +292,8 @@ impl Authority {
                     issuer.name()
                 ))),
             }
-        });
-        if let Some(decided) = (&mut attempt).now_or_never() {
-            return decided;
-        }
-        tokio::spawn(attempt)
-            .await
-            .map_err(|e| AuthError::Internal(e.to_string()))?
+        })
+        .await
     }
 
     async fn reserve(&self, name: &str, addr: IpAddr) -> Result<Reservation, AuthError> {
@@ -515,6 +498,23 @@ impl Authority {
         }
         Ok(account)
     }
+}
+
+/// Runs a login attempt to its end whatever the client does, so that its
+/// limiter reservation resolves even when the client hangs up mid-check: a
+/// burst of abandoned attempts is still counted. An attempt the caches can
+/// decide is decided in the first poll, here; one that must be checked
+/// (a hash, a directory, an issuer's keys) goes on in a task of its own.
+async fn settle(
+    attempt: impl std::future::Future<Output = Result<Identity, AuthError>> + Send + 'static,
+) -> Result<Identity, AuthError> {
+    let mut attempt = Box::pin(attempt);
+    if let Some(decided) = (&mut attempt).now_or_never() {
+        return decided;
+    }
+    tokio::spawn(attempt)
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))?
 }
 
 /// The identity sources in `identity.order`: the users file (as `users`

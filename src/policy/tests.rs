@@ -579,3 +579,36 @@ fn claims_need_sources_and_string_patterns() {
         assert!(err.contains(reason), "{text:?} → {err}");
     }
 }
+
+#[test]
+fn show_writes_sources_and_claims_back_as_they_decide() {
+    let text = r#"
+[[rule]]
+sources = ["gha"]
+claims = { ref = "refs/heads/*", "job.name" = "build \"x\"" }
+repositories = ["prod/**"]
+actions = ["push"]
+"#;
+    let p = policy(&[("10-ci.toml", text)]);
+    let shown = p.show(&PolicySource::Dir("policies".into()));
+    assert!(shown.contains("sources = [\"gha\"]\n"), "{shown}");
+    assert!(
+        shown.contains(r#"claims = { "job.name" = 'build "x"', ref = "refs/heads/*" }"#),
+        "{shown}"
+    );
+    let again = policy(&[("shown.toml", &shown)]);
+    let job = from_source(
+        "bot",
+        "gha",
+        &[("ref", "refs/heads/main"), ("job.name", "build \"x\"")],
+    );
+    let other = from_source(
+        "bot",
+        "gha",
+        &[("ref", "refs/heads/main"), ("job.name", "y")],
+    );
+    for p in [&p, &again] {
+        assert_eq!(p.decide(&job, "prod/a", &[Push]).granted, [Push]);
+        assert!(p.decide(&other, "prod/a", &[Push]).granted.is_empty());
+    }
+}

@@ -42,18 +42,8 @@ pub struct Client {
 impl Client {
     pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
         let timeout = Duration::from_secs(config.timeout_secs);
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        http.set_nodelay(true);
-        let tls = crate::client_tls::config(config.ca_file.as_deref())
+        let connector = crate::client_tls::connector(config.ca_file.as_deref(), timeout, false)
             .map_err(|e| format!("upstream `{}`: {e}", config.name))?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.max_connections)

@@ -47,7 +47,7 @@ pub struct Identity {
 
 /// The kind of credential an identity was proven with; access tokens say
 /// it (`credential`) when it is not a password.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Credential {
     /// A password (the users file, a directory), or a name vouched for by
     /// a TLS client certificate.

@@ -27,17 +27,8 @@ pub struct Fetcher {
 impl Fetcher {
     pub fn new(config: &OidcConfig) -> Result<Self, String> {
         let timeout = Duration::from_secs(config.timeout_secs);
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        let tls = crate::client_tls::config(config.ca_file.as_deref())?;
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let builder = if config.allow_http {
-            builder.https_or_http()
-        } else {
-            builder.https_only()
-        };
-        let connector = builder.enable_http1().enable_http2().wrap_connector(http);
+        let connector =
+            crate::client_tls::connector(config.ca_file.as_deref(), timeout, !config.allow_http)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(2)
             .build(connector);

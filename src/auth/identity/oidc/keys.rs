@@ -258,3 +258,59 @@ pub fn usable(value: serde_json::Value) -> Option<Key> {
         algorithms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    // A P-256 public point (RFC 7515, A.3) and an RSA modulus stand-in:
+    // `usable` only reads them into a key, it verifies nothing.
+    const X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+
+    fn algorithms(jwk: serde_json::Value) -> Option<Vec<Algorithm>> {
+        usable(jwk).map(|k| k.algorithms)
+    }
+
+    #[test]
+    fn a_key_is_used_only_for_what_its_type_and_alg_allow() {
+        let ec = |extra: serde_json::Value| {
+            let mut jwk = json!({"kty": "EC", "crv": "P-256", "x": X, "y": Y, "kid": "k"});
+            jwk.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            jwk
+        };
+        assert_eq!(algorithms(ec(json!({}))), Some(vec![Algorithm::ES256]));
+        assert_eq!(
+            algorithms(ec(json!({"alg": "ES256", "use": "sig"}))),
+            Some(vec![Algorithm::ES256])
+        );
+        assert_eq!(usable(ec(json!({}))).unwrap().kid.as_deref(), Some("k"));
+        // An alg its type cannot sign with, HMAC included: not used at all.
+        assert_eq!(algorithms(ec(json!({"alg": "RS256"}))), None);
+        assert_eq!(algorithms(ec(json!({"alg": "HS256"}))), None);
+        assert_eq!(algorithms(ec(json!({"use": "enc"}))), None);
+        let rsa = json!({"kty": "RSA", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"});
+        assert_eq!(
+            algorithms(rsa.clone()).map(|a| a.len()),
+            Some(6),
+            "RS* and PS*"
+        );
+        let mut rs256 = rsa;
+        rs256["alg"] = json!("RS256");
+        assert_eq!(algorithms(rs256), Some(vec![Algorithm::RS256]));
+        // A shared secret is never an issuer's key.
+        assert_eq!(
+            algorithms(json!({"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"})),
+            None
+        );
+        assert_eq!(
+            algorithms(json!({"kty": "EC", "crv": "P-521", "x": X, "y": Y})),
+            None
+        );
+        assert_eq!(algorithms(json!({"kty": "what"})), None);
+    }
+}

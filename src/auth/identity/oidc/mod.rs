@@ -144,11 +144,8 @@ impl Issuer {
         if let Some(identity) = self.recall(&slot) {
             return Ok(identity);
         }
-        let alg = checked_header(token)?;
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| OidcError::Refused("malformed token header".into()))?;
-        debug_assert_eq!(header.alg, alg);
-        let keys = self.keys.keys_for(header.kid.as_deref(), alg).await?;
+        let (alg, kid) = checked_header(token)?;
+        let keys = self.keys.keys_for(kid.as_deref(), alg).await?;
         let mut validation = Validation::new(alg);
         validation.leeway = self.config.leeway_secs;
         validation.validate_nbf = true;
@@ -264,11 +261,11 @@ impl Issuer {
     }
 }
 
-/// The header's algorithm, once the header is found to ask for nothing
+/// The header's algorithm and `kid`, once the header is found to ask for nothing
 /// Portcullis refuses: its own key, critical extensions, no signature, or
 /// an HMAC (whose key would have to be a secret Portcullis and the issuer
 /// share; keyed with the issuer's public key it proves nothing).
-fn checked_header(token: &str) -> Result<Algorithm, OidcError> {
+fn checked_header(token: &str) -> Result<(Algorithm, Option<String>), OidcError> {
     let refused = |why: &str| OidcError::Refused(why.to_owned());
     let encoded = token.split('.').next().unwrap_or("");
     let json = data_encoding::BASE64URL_NOPAD
@@ -286,7 +283,7 @@ fn checked_header(token: &str) -> Result<Algorithm, OidcError> {
     if header.contains_key("crit") {
         return Err(refused("the token has critical header extensions"));
     }
-    match header.get("alg").and_then(Value::as_str) {
+    let alg = match header.get("alg").and_then(Value::as_str) {
         None => Err(refused("the token header has no alg")),
         Some(alg) if alg.eq_ignore_ascii_case("none") => Err(refused("unsigned token (alg none)")),
         Some(alg) if alg.starts_with("HS") => Err(refused(
@@ -295,7 +292,13 @@ fn checked_header(token: &str) -> Result<Algorithm, OidcError> {
         Some(alg) => alg
             .parse::<Algorithm>()
             .map_err(|_| refused("the token's algorithm is not supported")),
-    }
+    }?;
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(refused("malformed token header")),
+    };
+    Ok((alg, kid))
 }
 
 /// What a failed verification tells the client.
@@ -310,5 +313,89 @@ fn reason(e: &jsonwebtoken::errors::Error) -> String {
         ErrorKind::InvalidAlgorithm => "the token's algorithm does not match its key".into(),
         ErrorKind::MissingRequiredClaim(claim) => format!("the token has no `{claim}` claim"),
         _ => "malformed token".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn token(header: Value) -> String {
+        let part = |v: Value| data_encoding::BASE64URL_NOPAD.encode(v.to_string().as_bytes());
+        format!("{}.{}.c2ln", part(header), part(json!({"iss": "x"})))
+    }
+
+    fn refusal(header: Value) -> String {
+        match checked_header(&token(header)) {
+            Err(OidcError::Refused(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_header_that_names_its_own_key_or_no_signature_is_refused() {
+        for key in ["jwk", "jku", "x5u", "x5c"] {
+            let why = refusal(json!({"alg": "ES256", "kid": "k", key: "x"}));
+            assert!(why.contains("names its own key"), "{key}: {why}");
+        }
+        assert!(refusal(json!({"alg": "ES256", "crit": ["exp"]})).contains("critical"));
+        assert!(refusal(json!({"alg": "none"})).contains("alg none"));
+        assert!(refusal(json!({"alg": "NONE"})).contains("alg none"));
+        for hmac in ["HS256", "HS384", "HS512"] {
+            assert!(refusal(json!({"alg": hmac})).contains("HMAC"), "{hmac}");
+        }
+        assert!(refusal(json!({"kid": "k"})).contains("no alg"));
+        assert!(refusal(json!({"alg": "ES999"})).contains("not supported"));
+        assert!(refusal(json!({"alg": "ES256", "kid": 7})).contains("malformed"));
+        assert!(matches!(
+            checked_header("not a token"),
+            Err(OidcError::Refused(_))
+        ));
+        let (alg, kid) = checked_header(&token(json!({"alg": "ES256", "kid": "k"}))).unwrap();
+        assert_eq!((alg, kid.as_deref()), (Algorithm::ES256, Some("k")));
+    }
+
+    #[test]
+    fn a_token_goes_to_the_issuer_its_iss_names_and_anything_else_nowhere() {
+        let config = |name: &str, issuer: &str| OidcConfig {
+            name: name.into(),
+            issuer: issuer.into(),
+            audiences: vec!["r".into()],
+            username_claim: "sub".into(),
+            groups_claim: None,
+            prefix: String::new(),
+            username: None,
+            ca_file: None,
+            allow_http: true,
+            timeout_secs: 1,
+            jwks_cache_secs: 60,
+            jwks_min_refresh_secs: 1,
+            leeway_secs: 30,
+        };
+        let issuers = Issuers::new(&[
+            config("a", "http://a.example"),
+            config("b", "http://b.example"),
+        ])
+        .unwrap();
+        let jwt = |claims: Value| {
+            let part = |v: Value| data_encoding::BASE64URL_NOPAD.encode(v.to_string().as_bytes());
+            format!("{}.{}.c2ln", part(json!({"alg": "ES256"})), part(claims))
+        };
+        let (issuer, sub) = issuers
+            .route(&jwt(json!({"iss": "http://b.example", "sub": "s"})))
+            .unwrap();
+        assert_eq!((issuer.name(), sub.as_str()), ("b", "s"));
+        for password in [
+            jwt(json!({"iss": "http://c.example"})),
+            jwt(json!({"iss": "http://a.example/"})),
+            jwt(json!({"sub": "s"})),
+            "correct horse battery staple".to_owned(),
+            "a.b.c".to_owned(),
+            format!("{}.extra", jwt(json!({"iss": "http://a.example"}))),
+        ] {
+            assert!(issuers.route(&password).is_none(), "{password}");
+        }
     }
 }
