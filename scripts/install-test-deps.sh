@@ -4,8 +4,10 @@
 # server and its tools (slapd, ldap-utils), a reverse proxy (nginx-light), a
 # load generator (wrk), what rootless podman needs (uidmap, fuse-overlayfs) and
 # a Docker engine (docker.io: dockerd and the docker CLI; it depends on
-# containerd, runc and iptables, which apt pulls in), and Node with npm for
-# the OpenID provider of the OIDC tests (scripts/install-oidc-provider.sh).
+# containerd, runc and iptables, which apt pulls in), Node with npm for
+# the OpenID provider of the OIDC tests (scripts/install-oidc-provider.sh),
+# and a headless browser (chromium with chromium-driver) for the sign-in
+# page test.
 #
 # Idempotent: when every program is present it does nothing. When something is
 # missing it installs it with apt-get if run as root, and otherwise lists what
@@ -33,6 +35,8 @@ REQUIRED=(
     runc:runc
     nodejs:node
     npm:npm
+    chromium:chromium
+    chromium-driver:chromedriver
 )
 
 # Daemons live in sbin, which is often not on a non-root user's PATH.

@@ -234,11 +234,12 @@ impl From<AuthError> for ApiError {
             AuthError::BadCredentials { .. } => ApiError::new(ErrorCode::Unauthorized)
                 .message(e.to_string())
                 .oauth("invalid_grant"),
-            AuthError::BadRefreshToken | AuthError::UnknownAccount | AuthError::BadIdToken(_) => {
-                ApiError::new(ErrorCode::Unauthorized)
-                    .message(e.to_string())
-                    .oauth("invalid_grant")
-            }
+            AuthError::BadRefreshToken
+            | AuthError::UnknownAccount
+            | AuthError::BadIdToken(_)
+            | AuthError::BadAccessToken(_) => ApiError::new(ErrorCode::Unauthorized)
+                .message(e.to_string())
+                .oauth("invalid_grant"),
             AuthError::TooManyFailures(wait) => ApiError::new(ErrorCode::TooManyRequests)
                 .message(e.to_string())
                 .oauth("invalid_request")

@@ -84,7 +84,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::policy::PolicyCommand,
     },
-    /// Revokes refresh (identity) tokens.
+    /// Personal access tokens (create, list, revoke) and the revocation of
+    /// refresh (identity) tokens.
     Token {
         #[command(subcommand)]
         command: cli::token::TokenCommand,

@@ -56,6 +56,10 @@ pub struct Caller {
     pub source: Option<&'static str>,
     /// Claims of the token that was the credential (OIDC logins).
     pub claims: BTreeMap<String, String>,
+    /// The scopes of the personal access token that was the credential:
+    /// what the rules grant is narrowed to them, never widened, and such a
+    /// caller never lists the catalog. `None`: not narrowed.
+    pub narrowed: Option<std::sync::Arc<[crate::auth::access_tokens::TokenScope]>>,
 }
 
 /// Where a rule was written, for `policy explain` and error messages.
@@ -212,8 +216,12 @@ impl Policy {
     pub fn decide(&self, caller: &Caller, name: &str, wanted: &[Action]) -> Decision {
         for rule in &self.rules {
             if rule.admits(caller) && rule.repositories.iter().any(|g| g.matches(name, caller)) {
+                let mut granted = intersect(wanted, &rule.actions);
+                if let Some(scopes) = &caller.narrowed {
+                    granted.retain(|a| scopes.iter().any(|s| s.allows(name, *a)));
+                }
                 return Decision {
-                    granted: intersect(wanted, &rule.actions),
+                    granted,
                     rule: Some(rule.origin.clone()),
                 };
             }
@@ -229,7 +237,7 @@ impl Policy {
     pub fn decide_catalog(&self, caller: &Caller) -> Decision {
         for rule in &self.rules {
             if rule.catalog && rule.admits(caller) {
-                let granted = if rule.actions.is_empty() {
+                let granted = if rule.actions.is_empty() || caller.narrowed.is_some() {
                     Vec::new()
                 } else {
                     vec![Action::Pull]

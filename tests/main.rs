@@ -16,6 +16,7 @@ pub const STORAGE_ON_S3: bool = false;
 
 mod common;
 
+mod access_tokens;
 mod api_blobs;
 mod api_list_pages;
 mod api_lists;
@@ -27,6 +28,7 @@ mod api_uploads;
 mod auth_clients;
 mod auth_token;
 mod blob_downloads;
+mod browser;
 mod cli;
 mod cli_check;
 mod cli_keygen;

@@ -87,7 +87,7 @@ async fn basic(
             .unmet()
             .unwrap_or_else(|| refused("the token lacks the access")));
     }
-    let identity = basic_login(authority, parts, addr).await?;
+    let identity = basic_login(state, authority, parts, addr).await?;
     let caller = crate::auth::caller(identity.as_ref(), addr);
     let policy = authority.policy();
     let need = needs(state, route).await?;
@@ -124,6 +124,7 @@ pub(super) fn basic_challenge(authority: &Authority, message: &str) -> ApiError 
 /// none. Wrong ones are logged (the name tried, never the password) and
 /// answered with [`basic_challenge`].
 pub(super) async fn basic_login(
+    state: &AppState,
     authority: &Authority,
     parts: &Parts,
     addr: Option<IpAddr>,
@@ -133,7 +134,10 @@ pub(super) async fn basic_login(
     };
     // As for `/token`: callers without an address share one slot.
     let from = addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    match authority.login(&user, &password, from).await {
+    match authority
+        .login(&state.storage, &user, &password, from)
+        .await
+    {
         Ok(identity) => Ok(Some(identity)),
         Err(AuthError::BadCredentials { unknown_user }) => {
             let reason = match unknown_user {

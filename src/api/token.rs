@@ -39,7 +39,7 @@ pub async fn get(state: Arc<AppState>, request: Request) -> Response {
         query: parts.uri.query(),
         certificate: certificate.as_deref(),
     };
-    let result = get_token(authority, asked, &mut record).await;
+    let result = get_token(&state, authority, asked, &mut record).await;
     record.log(&result);
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -82,6 +82,8 @@ struct Record {
     user: Option<String>,
     /// The identity source that vouched for `user`, once one did.
     source: Option<&'static str>,
+    /// The kind of credential, when it was not a password (`oidc`, `pat`).
+    credential: Option<&'static str>,
     /// The subject of the connection's client certificate, when it was the
     /// credential.
     subject: Option<String>,
@@ -102,6 +104,7 @@ impl Record {
             grant: "anonymous",
             user: None,
             source: None,
+            credential: None,
             subject: None,
             service: None,
             asked: String::new(),
@@ -127,6 +130,7 @@ impl Record {
             Ok(_) => tracing::info!(
                 user,
                 source = self.source,
+                credential = self.credential,
                 certificate = self.subject.as_deref(),
                 addr,
                 grant = self.grant,
@@ -196,6 +200,7 @@ struct Asked<'a> {
 }
 
 async fn get_token(
+    state: &AppState,
     authority: &Authority,
     asked: Asked<'_>,
     record: &mut Record,
@@ -214,7 +219,7 @@ async fn get_token(
             if q.account.as_deref().is_some_and(|a| a != user) {
                 return Err(invalid("account does not match the credentials"));
             }
-            let identity = login(authority, &user, &password, record).await?;
+            let identity = login(state, authority, &user, &password, record).await?;
             // A token login gets no refresh token: the client keeps the
             // issuer's token, which expires on the issuer's terms.
             let refreshable = identity.credential == Credential::Password;
@@ -269,7 +274,7 @@ async fn post_token(
             let (Some(user), Some(password)) = (field("username"), field("password")) else {
                 return Err(invalid("username and password are required"));
             };
-            let account = login(authority, user, password, record).await?;
+            let account = login(state, authority, user, password, record).await?;
             let refresh = if offline && account.credential == Credential::Password {
                 Some(authority.issue_refresh(&account)?)
             } else {
@@ -299,6 +304,7 @@ async fn post_token(
 
 /// Verifies credentials, through the failed-login limiter.
 async fn login(
+    state: &AppState,
     authority: &Authority,
     user: &str,
     password: &str,
@@ -307,9 +313,10 @@ async fn login(
     // Without a peer address (never the case over TCP) all such callers
     // share one limiter slot: stricter, never looser.
     let addr = record.addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    match authority.login(user, password, addr).await {
+    match authority.login(&state.storage, user, password, addr).await {
         Ok(identity) => {
             record.source = Some(identity.source);
+            record.credential = identity.credential.claim();
             if identity.credential != Credential::Password {
                 // The name sent (`oauth2accesstoken`) is not who it is.
                 record.user = Some(identity.name.clone());
@@ -326,6 +333,10 @@ async fn login(
                 true => "unknown user",
                 false => "wrong password",
             });
+            Err(e.into())
+        }
+        Err(e @ AuthError::BadAccessToken(refusal)) => {
+            record.reason = Some(refusal.as_str());
             Err(e.into())
         }
         Err(e) => Err(e.into()),

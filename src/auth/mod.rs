@@ -3,6 +3,7 @@
 //! it. [`Authority`] is the one object the HTTP layer talks to; it knows
 //! nothing of HTTP itself.
 
+pub mod access_tokens;
 pub mod gate;
 pub mod identity;
 mod issued;
@@ -49,6 +50,10 @@ pub enum AuthError {
     /// client's to read (expired, wrong audience …).
     #[error("identity token refused: {0}")]
     BadIdToken(String),
+    /// A personal access token refused; the client hears one answer for
+    /// every reason, the log the reason itself.
+    #[error("access token invalid, expired or revoked")]
+    BadAccessToken(access_tokens::Refusal),
     #[error("too many failed logins, retry in {} s", ratelimit::retry_after_secs(*.0))]
     TooManyFailures(Duration),
     #[error(transparent)]
@@ -131,6 +136,7 @@ pub struct Authority {
     verified_tokens: TokenCache,
     issued: issued::IssuedThisSecond,
     limiter: Arc<LoginLimiter>,
+    access_token_uses: Arc<access_tokens::Uses>,
     /// How long an attempt waits for the attempts in flight before it.
     in_flight_wait: Duration,
 }
@@ -203,6 +209,7 @@ impl Authority {
             verified_tokens: TokenCache::default(),
             issued: Default::default(),
             limiter,
+            access_token_uses: Default::default(),
             in_flight_wait: wait,
         })
     }
@@ -225,13 +232,18 @@ impl Authority {
     /// no more checks than the threshold. Then the identity sources, in
     /// order ([`Chain::login`]); each bounds its own slow work. A password
     /// that is a token of a configured OpenID issuer goes to that issuer
-    /// alone ([`Authority::token_login`]).
+    /// alone ([`Authority::token_login`]), one that is a personal access
+    /// token to its record in `storage` ([`Authority::access_token_login`]).
     pub async fn login(
         &self,
+        storage: &Storage,
         name: &str,
         password: &str,
         addr: IpAddr,
     ) -> Result<Identity, AuthError> {
+        if let Some(presented) = access_tokens::Presented::parse(password) {
+            return self.access_token_login(storage, presented, addr).await;
+        }
         if let Some((issuer, subject)) = self.oidc.route(password) {
             return self
                 .token_login(issuer, &subject, name, password, addr)
@@ -294,6 +306,67 @@ impl Authority {
             }
         })
         .await
+    }
+
+    /// A login with a personal access token, through the limiter under the
+    /// token's id: its record read on every use (no cache, so that a
+    /// revocation holds at once on every replica), its owner looked up as
+    /// the sources know them now. The Basic user name is not checked: the
+    /// token names its owner (whose name may hold a `:` that Basic cannot
+    /// carry).
+    async fn access_token_login(
+        &self,
+        storage: &Storage,
+        presented: access_tokens::Presented<'_>,
+        addr: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        let reservation = self
+            .reserve(&format!("token#{}", presented.id), addr)
+            .await?;
+        let record = match access_tokens::load(storage, &presented.id).await {
+            Ok(record) => record,
+            Err(access_tokens::AccessTokenError::Storage(e)) => return Err(e.into()),
+            Err(e) => return Err(AuthError::Internal(e.to_string())),
+        };
+        let now = token::now();
+        let checked = match &record {
+            None => Err(access_tokens::Refusal::Unknown),
+            Some(record) => access_tokens::check(&presented, record, now),
+        };
+        let record = match (record, checked) {
+            (Some(record), Ok(())) => record,
+            (_, checked) => {
+                reservation.failure(Instant::now());
+                let refusal = checked.err().unwrap_or(access_tokens::Refusal::Unknown);
+                return Err(AuthError::BadAccessToken(refusal));
+            }
+        };
+        let scopes = record
+            .scopes()
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        // An owner an OpenID issuer vouched for cannot be looked up: the
+        // record's groups stand. Any other owner is asked for again.
+        let owner = match self.oidc.named(&record.source) {
+            Some(issuer) => access_tokens::Owner::Kept(issuer.name()),
+            None => access_tokens::Owner::Now(self.lookup(&record.user).await?),
+        };
+        match access_tokens::identity(&record, scopes, owner) {
+            Ok(identity) => {
+                reservation.success(Instant::now());
+                // At most once a minute per token: a failed write costs the
+                // record a little accuracy, never the login.
+                if self.access_token_uses.due(&presented.id) {
+                    if let Err(e) = storage.record_access_token_use(&presented.id, now).await {
+                        tracing::warn!(id = %presented.id, error = %e, "could not record an access token's use");
+                    }
+                }
+                Ok(identity)
+            }
+            Err(refusal) => {
+                reservation.failure(Instant::now());
+                Err(AuthError::BadAccessToken(refusal))
+            }
+        }
     }
 
     async fn reserve(&self, name: &str, addr: IpAddr) -> Result<Reservation, AuthError> {
@@ -631,6 +704,7 @@ pub fn caller(account: Option<&Identity>, addr: Option<IpAddr>) -> Caller {
         addr,
         source: account.map(|a| a.source),
         claims: account.map(|a| a.claims.clone()).unwrap_or_default(),
+        narrowed: account.and_then(|a| a.narrowed.clone()),
     }
 }
 

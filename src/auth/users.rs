@@ -27,6 +27,10 @@
 //! warns, naming the account), so that no operator is locked out by an
 //! upgrade.
 //!
+//! `robot = true` (written by `portcullis user add --robot`) makes an account
+//! with no password: it logs in only with its personal access tokens
+//! (`portcullis token create`), for deploy systems.
+//!
 //! An Apache `htpasswd` file of bcrypt hashes (`name:$2y$…` per line) is read
 //! too. Verification is deliberately slow (that is the point of these
 //! hashes): callers run it on the blocking pool, and [`VerifyCache`] spares a
@@ -89,7 +93,11 @@ pub struct Verified {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Entry {
+    /// Empty for a robot.
+    #[serde(default)]
     password: String,
+    #[serde(default)]
+    robot: bool,
     #[serde(default)]
     groups: Vec<String>,
     #[serde(default)]
@@ -106,6 +114,7 @@ impl Entry {
             dn: None,
             credential: Default::default(),
             claims: Default::default(),
+            narrowed: None,
             groups: self.groups.clone(),
             stamp: self
                 .stamp
@@ -207,14 +216,21 @@ impl Users {
         })?;
         for (name, entry) in &parsed.users {
             check_name(name)?;
-            if !is_supported_hash(&entry.password) {
+            let problem = match (entry.robot, entry.password.is_empty()) {
+                (true, false) => {
+                    Some("a robot account has no password (it logs in with its tokens)")
+                }
+                (false, _) if !is_supported_hash(&entry.password) => Some(
+                    "password must be an argon2id or bcrypt hash (see `portcullis user passwd`)",
+                ),
+                _ => None,
+            };
+            if let Some(problem) = problem {
                 return Err(UsersError::Invalid {
                     file: file.to_owned(),
                     line: line_of(text, name),
                     col: 1,
-                    message: format!(
-                        "user `{name}`: password must be an argon2id or bcrypt hash (see `portcullis user passwd`)"
-                    ),
+                    message: format!("user `{name}`: {problem}"),
                 });
             }
         }
@@ -252,6 +268,7 @@ impl Users {
                 name.to_owned(),
                 Entry {
                     password: hash.to_owned(),
+                    robot: false,
                     groups: Vec::new(),
                     stamp: None,
                     unlocked_at: None,
@@ -263,7 +280,8 @@ impl Users {
 
     /// Checks a password. Slow by design: call it off the async threads.
     pub fn verify(&self, name: &str, password: &str) -> Option<Verified> {
-        let Some(entry) = self.users.get(name) else {
+        let Some(entry) = self.users.get(name).filter(|e| !e.robot) else {
+            // A robot refuses every password, in a wrong password's time.
             spend_a_verification(password);
             return None;
         };
@@ -290,7 +308,15 @@ impl Users {
     /// The stored hash of a user (for `portcullis user import-htpasswd`,
     /// which moves bcrypt hashes into the TOML file unchanged).
     pub fn password_hash(&self, name: &str) -> Option<&str> {
-        self.users.get(name).map(|entry| entry.password.as_str())
+        self.users
+            .get(name)
+            .filter(|entry| !entry.robot)
+            .map(|entry| entry.password.as_str())
+    }
+
+    /// Whether `name` is a robot account (no password; tokens only).
+    pub fn is_robot(&self, name: &str) -> bool {
+        self.users.get(name).is_some_and(|entry| entry.robot)
     }
 
     pub fn names(&self) -> impl Iterator<Item = (&str, &[String])> {

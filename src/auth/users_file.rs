@@ -124,11 +124,35 @@ impl UsersFile {
             .is_some_and(|users| users.contains_key(name))
     }
 
+    /// Whether `name` is a robot account of the file.
+    pub fn is_robot(&self, name: &str) -> bool {
+        let users = self.users().ok().flatten();
+        let entry = users.and_then(|users| users.get(name)?.as_table_like());
+        entry
+            .and_then(|e| e.get("robot")?.as_bool())
+            .unwrap_or(false)
+    }
+
     /// Adds a user with a password hash (argon2id, or bcrypt when imported)
     /// and groups, under a fresh identity stamp (so that refresh tokens of
     /// an earlier user of the same name stay void); refuses a name that is
     /// taken or invalid (a new name must be a repository path component).
     pub fn add(&mut self, name: &str, hash: &str, groups: &[String]) -> Result<(), EditError> {
+        self.add_entry(name, Some(hash), groups)
+    }
+
+    /// Adds a robot account: no password, groups, a fresh stamp. It logs in
+    /// only with its personal access tokens.
+    pub fn add_robot(&mut self, name: &str, groups: &[String]) -> Result<(), EditError> {
+        self.add_entry(name, None, groups)
+    }
+
+    fn add_entry(
+        &mut self,
+        name: &str,
+        hash: Option<&str>,
+        groups: &[String],
+    ) -> Result<(), EditError> {
         check_path_name(name)?;
         for group in groups {
             check_group(group)?;
@@ -140,7 +164,10 @@ impl UsersFile {
             });
         }
         let mut entry = Table::new();
-        entry.insert("password", value(hash));
+        match hash {
+            Some(hash) => entry.insert("password", value(hash)),
+            None => entry.insert("robot", value(true)),
+        };
         if !groups.is_empty() {
             entry.insert("groups", value(groups.iter().collect::<Array>()));
         }

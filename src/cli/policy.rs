@@ -141,6 +141,7 @@ fn explain(mut args: ExplainArgs) -> Result<ExitCode, Failure> {
             .identity_source
             .map(|s| &*Box::leak(s.into_boxed_str())),
         claims: args.claims.into_iter().collect(),
+        narrowed: None,
     };
     let (request, wanted, decision) = if args.catalog {
         let decision = policy.decide_catalog(&caller);

@@ -32,6 +32,10 @@ pub enum UserCommand {
         /// A group of the user (repeat for several).
         #[arg(long = "group", short = 'g', value_name = "GROUP")]
         groups: Vec<String>,
+        /// A robot account: no password is asked for, and it logs in only
+        /// with its personal access tokens (`portcullis token create`).
+        #[arg(long)]
+        robot: bool,
         #[command(flatten)]
         file: FileArgs,
     },
@@ -114,7 +118,12 @@ impl FileArgs {
 
 pub fn run(command: UserCommand) -> Result<ExitCode, Failure> {
     match command {
-        UserCommand::Add { name, groups, file } => add(&name, &groups, &file),
+        UserCommand::Add {
+            name,
+            groups,
+            robot,
+            file,
+        } => add(&name, &groups, robot, &file),
         UserCommand::Passwd { name, file } => passwd(&name, &file),
         UserCommand::Del { name, file } => del(&name, &file),
         UserCommand::Unlock { name, file } => unlock(&name, &file),
@@ -128,7 +137,7 @@ pub fn run(command: UserCommand) -> Result<ExitCode, Failure> {
     }
 }
 
-fn add(name: &str, groups: &[String], args: &FileArgs) -> Result<ExitCode, Failure> {
+fn add(name: &str, groups: &[String], robot: bool, args: &FileArgs) -> Result<ExitCode, Failure> {
     // Everything that can refuse the command is checked before the
     // password is asked for.
     check_path_name(name).map_err(Failure::refused)?;
@@ -142,15 +151,25 @@ fn add(name: &str, groups: &[String], args: &FileArgs) -> Result<ExitCode, Failu
             name: name.to_owned(),
         }));
     }
-    let hash = new_hash(name, args)?;
-    file.add(name, &hash, groups).map_err(Failure::refused)?;
+    if robot {
+        file.add_robot(name, groups).map_err(Failure::refused)?;
+    } else {
+        let hash = new_hash(name, args)?;
+        file.add(name, &hash, groups).map_err(Failure::refused)?;
+    }
     file.save().map_err(Failure::refused)?;
     let groups = if groups.is_empty() {
         String::new()
     } else {
         format!(" (groups: {})", groups.join(", "))
     };
-    println!("added user {name}{groups} to {}", file.path().display());
+    let kind = if robot { "robot account" } else { "user" };
+    println!("added {kind} {name}{groups} to {}", file.path().display());
+    if robot {
+        println!(
+            "it has no password: give it a token with `portcullis token create --user {name}`"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -159,6 +178,11 @@ fn passwd(name: &str, args: &FileArgs) -> Result<ExitCode, Failure> {
     let mut file = UsersFile::open(&args.path()?).map_err(Failure::refused)?;
     if !file.contains(name) {
         return Err(unknown(&file, name));
+    }
+    if file.is_robot(name) {
+        return Err(Failure::refused(format!(
+            "{name} is a robot account: it has no password and logs in with its tokens (`portcullis token create --user {name}`)"
+        )));
     }
     if let Err(e) = check_path_name(name) {
         eprintln!("portcullis: warning: {e}");

@@ -612,3 +612,43 @@ actions = ["push"]
         assert!(p.decide(&other, "prod/a", &[Push]).granted.is_empty());
     }
 }
+
+#[test]
+fn an_access_token_narrows_what_the_rules_grant_and_never_widens_it() {
+    use crate::auth::access_tokens::TokenScope;
+    let p = policy(&[(
+        "10.toml",
+        r#"
+[[rule]]
+users = ["alice"]
+repositories = ["team/**", "other/**"]
+actions = ["pull", "push"]
+catalog = true
+"#,
+    )]);
+    let scoped = Caller {
+        narrowed: Some(
+            vec![
+                TokenScope::parse("team/app:pull,push,delete").unwrap(),
+                TokenScope::parse("secret/**:*").unwrap(),
+            ]
+            .into(),
+        ),
+        ..user("alice", &[])
+    };
+    let all = [Action::Pull, Action::Push, Action::Delete];
+    assert_eq!(
+        p.decide(&scoped, "team/app", &all).granted,
+        [Action::Pull, Action::Push]
+    );
+    assert!(p.decide(&scoped, "other/x", &all).granted.is_empty());
+    assert!(
+        p.decide(&scoped, "secret/x", &all).granted.is_empty(),
+        "no rule: the scope adds nothing"
+    );
+    assert!(p.decide_catalog(&scoped).granted.is_empty());
+    assert_eq!(
+        p.decide_catalog(&user("alice", &[])).granted,
+        [Action::Pull]
+    );
+}

@@ -448,6 +448,68 @@ impl Storage {
         }
     }
 
+    /// A personal access token's record, if there is one.
+    pub async fn access_token(&self, id: &paths::AccessTokenId) -> Result<Option<Bytes>> {
+        match self.driver.get(&paths::access_token_record(id)).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(DriverError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a new token's record; ids are random, so one that exists
+    /// already is a fault, refused where the driver can tell.
+    pub async fn create_access_token(
+        &self,
+        id: &paths::AccessTokenId,
+        record: Bytes,
+    ) -> Result<()> {
+        let key = paths::access_token_record(id);
+        let condition = driver::Precondition::Absent;
+        Ok(self.driver.put_if(&key, record, condition).await?)
+    }
+
+    /// Deletes a token: its record first, so that it stops working at once,
+    /// then when it was last used.
+    pub async fn delete_access_token(&self, id: &paths::AccessTokenId) -> Result<()> {
+        for key in [paths::access_token_record(id), paths::access_token_used(id)] {
+            match self.driver.delete(&key).await {
+                Ok(()) | Err(DriverError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids of every token kept.
+    pub async fn access_token_ids(&self) -> Result<Vec<paths::AccessTokenId>> {
+        match self.driver.list(&paths::access_tokens()).await {
+            Ok(names) => Ok(names
+                .iter()
+                .filter_map(|n| paths::AccessTokenId::parse(n))
+                .collect()),
+            Err(DriverError::NotFound(_)) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// When a token was last used (a separate object, so that recording a
+    /// use never rewrites, or brings back, the record a revocation deleted).
+    pub async fn access_token_used(&self, id: &paths::AccessTokenId) -> Result<Option<u64>> {
+        match self.driver.get(&paths::access_token_used(id)).await {
+            Ok(bytes) => Ok(std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())),
+            Err(DriverError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn record_access_token_use(&self, id: &paths::AccessTokenId, at: u64) -> Result<()> {
+        let key = paths::access_token_used(id);
+        Ok(self.driver.put(&key, Bytes::from(at.to_string())).await?)
+    }
+
     /// Up to `n` repositories after `last` that `visible` admits, in the
     /// spec's list order. A directory is a repository when it holds one of
     /// the `_`-prefixed metadata directories; names nest (`a` and `a/b` can

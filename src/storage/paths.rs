@@ -20,7 +20,10 @@
 //! │       ├── info                         JSON: repository, owner (account), start time
 //! │       └── hashstate                    JSON: offset + SHA-256 state at that offset, time written
 //! ├── auth/
-//! │   └── revocations.json                 refresh tokens issued before these times are void
+//! │   ├── revocations.json                 refresh tokens issued before these times are void
+//! │   └── access-tokens/<id>/
+//! │       ├── record.json                  a personal access token: owner, scopes, expiry, secret's hash
+//! │       └── used                         when it was last used (seconds since the epoch)
 //! └── v1/
 //!     ├── images/<id>/<namespace>+<name>   (empty) this legacy v1 image belongs to that repository
 //!     └── migrated/<id>                    JSON: the blob `migrate --from-v1` made of its layer
@@ -60,6 +63,44 @@ impl Default for UploadId {
 impl std::fmt::Display for UploadId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A personal access token's id: the public part of the token, 16 lower-case
+/// hex digits, parsed at the edge like every other name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccessTokenId(String);
+
+impl AccessTokenId {
+    pub const LEN: usize = 16;
+
+    pub fn new() -> Self {
+        let mut bytes = [0u8; Self::LEN / 2];
+        aws_lc_rs::rand::fill(&mut bytes).expect("the system's random source works");
+        Self(hex::encode(bytes))
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = s.len() == Self::LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for AccessTokenId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for AccessTokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -169,6 +210,19 @@ pub fn v1_migrated(id: &ImageId) -> String {
 /// Refresh-token revocations, shared by every replica over the same storage.
 pub fn revocations() -> String {
     "auth/revocations.json".to_owned()
+}
+
+/// Where personal access tokens are kept, one prefix per token.
+pub fn access_tokens() -> String {
+    "auth/access-tokens".to_owned()
+}
+
+pub fn access_token_record(id: &AccessTokenId) -> String {
+    format!("auth/access-tokens/{id}/record.json")
+}
+
+pub fn access_token_used(id: &AccessTokenId) -> String {
+    format!("auth/access-tokens/{id}/used")
 }
 
 pub fn upload(id: UploadId) -> String {

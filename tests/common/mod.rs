@@ -2,6 +2,7 @@
 //! its temporary data directory.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod clients;
 pub mod distribution;
 pub mod docker;

@@ -351,7 +351,7 @@ async fn login(
     let Some(authority) = &state.auth else {
         return Ok(ok().into_response());
     };
-    match super::authorize::basic_login(authority, parts, addr).await? {
+    match super::authorize::basic_login(state, authority, parts, addr).await? {
         Some(identity) => {
             tracing::info!(user = identity.name, source = identity.source, "v1 login");
             Ok(ok().into_response())

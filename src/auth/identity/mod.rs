@@ -43,6 +43,9 @@ pub struct Identity {
     /// Claims of the token that was the credential (an OIDC login), for
     /// policy rules that match them; empty otherwise.
     pub claims: BTreeMap<String, String>,
+    /// What a personal access token narrows the identity's access to
+    /// (`None`: not narrowed).
+    pub narrowed: Option<Arc<[crate::auth::access_tokens::TokenScope]>>,
 }
 
 /// The kind of credential an identity was proven with; access tokens say
@@ -55,6 +58,9 @@ pub enum Credential {
     Password,
     /// An ID token (or JWT access token) of an OpenID Connect issuer.
     OidcToken,
+    /// A personal access token (`portcullis token create`, the sign-in
+    /// page).
+    AccessToken,
 }
 
 impl Credential {
@@ -63,6 +69,7 @@ impl Credential {
         match self {
             Credential::Password => None,
             Credential::OidcToken => Some("oidc"),
+            Credential::AccessToken => Some("pat"),
         }
     }
 }
@@ -289,6 +296,7 @@ mod tests {
                     dn: None,
                     credential: Credential::Password,
                     claims: BTreeMap::new(),
+                    narrowed: None,
                 }))
         }
 

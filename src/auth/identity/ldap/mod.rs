@@ -365,6 +365,7 @@ impl LdapSource {
             dn: Some(entry.dn.clone()),
             credential: Default::default(),
             claims: Default::default(),
+            narrowed: None,
         })
     }
 

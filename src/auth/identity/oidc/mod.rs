@@ -74,6 +74,11 @@ impl Issuers {
         Ok(Self { issuers })
     }
 
+    /// The issuer configured under `name`.
+    pub fn named(&self, name: &str) -> Option<&Arc<Issuer>> {
+        self.issuers.iter().find(|i| i.name == name)
+    }
+
     /// The issuer a password that looks like a JWT names in its `iss`, and
     /// the `sub` it claims (for the failed-login limiter, which counts per
     /// account). `None` for anything else: a password, a token of an issuer
@@ -230,6 +235,7 @@ impl Issuer {
             dn: None,
             credential: Credential::OidcToken,
             claims: kept,
+            narrowed: None,
         };
         Ok((identity, exp))
     }
