@@ -7,12 +7,14 @@
 //! the others), and semantic checks on the values.
 
 mod identity;
+mod login;
 mod s3;
 mod upstream;
 
 pub use identity::{
     FILE_SOURCE, GroupsFrom, IdentityConfig, LdapConfig, LdapGroups, Nested, OidcConfig,
 };
+pub use login::LoginConfig;
 pub use s3::S3Config;
 pub use upstream::{CacheConfig, UpstreamConfig};
 
@@ -40,6 +42,8 @@ pub struct Config {
     pub v1: V1Config,
     /// `[[upstream]]`, first match wins (overlaps are refused).
     pub upstream: Vec<UpstreamConfig>,
+    /// `[login]`: the sign-in page; unset, there is none.
+    pub login: Option<LoginConfig>,
 }
 
 /// `[v1]`: the legacy v1 protocol, routed to a legacy registry.
@@ -439,6 +443,7 @@ impl Config {
                 "identity" => config.identity = reader.section("identity", value),
                 "v1" => config.v1 = reader.section("v1", value),
                 "upstream" => config.upstream = reader.section("upstream", value),
+                "login" => config.login = reader.section("login", value),
                 other => reader.at(span, format!("unknown section or key `{other}`")),
             }
         }
@@ -451,6 +456,7 @@ impl Config {
     fn check(&self, root: &DeTable<'_>, reader: &mut Reader<'_>) {
         self.check_identity(root, reader);
         self.check_upstreams(root, reader);
+        self.check_login(root, reader);
         if self.storage.root.as_os_str().is_empty() {
             let span = lookup(root, &["storage", "root"]);
             reader.at_opt(span, "storage.root must not be empty".to_owned());
@@ -817,6 +823,36 @@ impl Config {
                     );
                 }
             }
+        }
+    }
+}
+
+impl Config {
+    /// `[login]`: its values, and an issuer that exists and accepts the
+    /// page's client id as an audience.
+    fn check_login(&self, root: &DeTable<'_>, reader: &mut Reader<'_>) {
+        let Some(login) = &self.login else { return };
+        for (key, message) in login.problems() {
+            let span = lookup(root, &["login", key]).or_else(|| lookup(root, &["login"]));
+            reader.at_opt(span, format!("login.{key}: {message}"));
+        }
+        let span = || lookup(root, &["login", "issuer"]);
+        match self.identity.oidc.iter().find(|o| o.name == login.issuer) {
+            None => reader.at_opt(
+                span(),
+                format!(
+                    "login.issuer `{}` is not the name of an [[identity.oidc]]",
+                    login.issuer
+                ),
+            ),
+            Some(oidc) if !oidc.audiences.contains(&login.client_id) => reader.at_opt(
+                lookup(root, &["login", "client_id"]),
+                format!(
+                    "login.client_id `{}` must be one of identity.oidc `{}`'s audiences (its ID tokens carry it)",
+                    login.client_id, oidc.name
+                ),
+            ),
+            Some(_) => {}
         }
     }
 }

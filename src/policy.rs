@@ -88,6 +88,15 @@ impl std::fmt::Display for RuleOrigin {
     }
 }
 
+/// A rule that admits a caller, as [`Policy::applicable`] lists it.
+#[derive(Debug, Clone)]
+pub struct Applicable {
+    pub repositories: Vec<String>,
+    pub actions: Vec<Action>,
+    pub catalog: bool,
+    pub origin: RuleOrigin,
+}
+
 /// What the policy decided for one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -230,6 +239,34 @@ impl Policy {
             granted: Vec::new(),
             rule: None,
         }
+    }
+
+    /// The rules that admit `caller`, in the order they are tried, for a
+    /// person to read what they may do (the sign-in page): repository
+    /// patterns with `${user}` filled in, the actions, and whether the rule
+    /// lists the catalog. Per repository the first matching rule decides,
+    /// so an earlier rule may leave a later one nothing.
+    pub fn applicable(&self, caller: &Caller) -> Vec<Applicable> {
+        self.rules
+            .iter()
+            .filter(|rule| rule.admits(caller))
+            .map(|rule| Applicable {
+                repositories: rule
+                    .repositories
+                    .iter()
+                    .map(|g| {
+                        let pattern = g.segments.join("/");
+                        match &caller.user {
+                            Some(user) => pattern.replace("${user}", user),
+                            None => pattern,
+                        }
+                    })
+                    .collect(),
+                actions: rule.actions.clone(),
+                catalog: rule.catalog,
+                origin: rule.origin.clone(),
+            })
+            .collect()
     }
 
     /// Whether the caller may list the catalog: the first matching rule with

@@ -19,6 +19,8 @@ pub struct AppState {
     pub v1_only_below: Option<crate::api::v1::engine::Version>,
     /// `[[upstream]]`: the prefixes other registries serve.
     pub upstreams: crate::api::upstream::Upstreams,
+    /// `[login]`: the sign-in page.
+    pub sign_in: Option<crate::api::login::SignInPage>,
 }
 
 impl AppState {
@@ -52,6 +54,15 @@ impl AppState {
             .as_deref()
             .and_then(crate::api::v1::engine::Version::parse);
         let upstreams = crate::api::upstream::Upstreams::new(&config.upstream)?;
+        let sign_in = match &config.login {
+            Some(_) if auth.is_none() => {
+                return Err(
+                    "[login] needs authentication (auth.enabled): the page makes tokens".into(),
+                );
+            }
+            Some(login) => Some(crate::api::login::SignInPage::new(login)?),
+            None => None,
+        };
         let interval = Duration::from_secs(config.storage.sweep_interval_secs);
         let state = Arc::new(Self {
             config,
@@ -60,6 +71,7 @@ impl AppState {
             v1,
             v1_only_below,
             upstreams,
+            sign_in,
         });
         tokio::spawn(sweep_periodically(Arc::downgrade(&state), interval));
         if state.auth.is_some() {

@@ -55,6 +55,7 @@ mod policy_globs;
 mod s3;
 mod secrets_not_logged;
 mod shutdown;
+mod sign_in;
 mod slapd;
 mod storage_driver;
 mod stress;

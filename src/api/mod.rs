@@ -11,6 +11,7 @@ pub mod endpoint;
 mod forward;
 mod health;
 mod lists;
+pub mod login;
 mod manifests;
 mod referrers;
 pub mod route;
@@ -191,6 +192,7 @@ async fn handle(
             token::post(state.clone(), Request::from_parts(parts, body)).await
         }
         Route::Jwks => token::jwks(state),
+        Route::Login(page) => login::serve(state, page, parts, body).await,
         Route::Live => health::live(),
         Route::Ready => health::ready(state).await,
         Route::Registry(endpoint) => {

@@ -29,6 +29,8 @@ pub enum Route {
     Upstream(Endpoint, std::sync::Arc<crate::api::upstream::Upstream>),
     /// `/v1/…` (and `/_ping`), for the legacy backend.
     V1(V1Endpoint),
+    /// `/login…`: the sign-in page, which checks its own session cookie.
+    Login(super::login::LoginRoute),
 }
 
 /// What a route takes as credentials.
@@ -55,6 +57,12 @@ impl Route {
             "/.well-known/jwks.json" => endpoint::only(method, &read, Route::Jwks),
             "/healthz" => endpoint::only(method, &read, Route::Live),
             "/readyz" => endpoint::only(method, &read, Route::Ready),
+            _ if path == "/login" || path.starts_with("/login/") => {
+                match super::login::LoginRoute::parse(method, path) {
+                    Some(parsed) => parsed.map(Route::Login),
+                    None => Err(ErrorCode::NotFound.into()),
+                }
+            }
             _ if path == "/v2" || path.starts_with("/v2/") => {
                 Endpoint::parse(method, path, query).map(Route::Registry)
             }
@@ -68,6 +76,8 @@ impl Route {
     pub fn credentials(&self) -> Credentials {
         match self {
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => Credentials::None,
+            // The page's session is a cookie it signed itself.
+            Route::Login(_) => Credentials::None,
             Route::Registry(_) | Route::Upstream(..) => Credentials::Bearer,
             // The ping and the login answer without; the login checks the
             // credentials it is given itself, as `/token` does.
@@ -82,6 +92,7 @@ impl Route {
             Route::Registry(endpoint) | Route::Upstream(endpoint, _) => endpoint.required_access(),
             Route::V1(endpoint) => endpoint.required_access(),
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => Vec::new(),
+            Route::Login(_) => Vec::new(),
         }
     }
 
@@ -95,6 +106,7 @@ impl Route {
             Route::V1(V1Endpoint::Ping | V1Endpoint::Login { .. }) => "self",
             Route::V1(_) => "legacy-v1",
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => "self",
+            Route::Login(_) => "self",
         })
     }
 

@@ -218,6 +218,11 @@ impl Authority {
         self.policy.get()
     }
 
+    /// The OpenID issuer configured under `name` (the sign-in page's).
+    pub fn issuer(&self, name: &str) -> Option<Arc<identity::oidc::Issuer>> {
+        self.oidc.named(name).cloned()
+    }
+
     /// Reloads the identity sources and the policy if their files changed
     /// (the watcher task in `state.rs`), logging each change.
     pub fn check_files(&self) {

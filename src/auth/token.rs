@@ -99,7 +99,7 @@ impl Claims {
 
 /// Signs claims with the ring's current key; the header names the key by
 /// its libtrust id and carries the certificate in `x5c`.
-pub fn sign(keys: &KeyRing, claims: &Claims) -> Result<String, TokenError> {
+pub fn sign(keys: &KeyRing, claims: &impl Serialize) -> Result<String, TokenError> {
     let json = serde_json::to_vec(claims).map_err(|e| TokenError::Sign(e.to_string()))?;
     keys.signer().sign_jwt(&json).map_err(TokenError::Sign)
 }
@@ -111,6 +111,18 @@ pub fn verify(
     issuer: &str,
     audience: &str,
 ) -> Result<Claims, TokenError> {
+    verify_as(keys, token, issuer, audience)
+}
+
+/// Verifies a token of ours whose claims are `T` (the sign-in page's
+/// cookies): the same checks, `exp`, `nbf`, `iss`, `aud` and `sub`
+/// required.
+pub fn verify_as<T: serde::de::DeserializeOwned>(
+    keys: &KeyRing,
+    token: &str,
+    issuer: &str,
+    audience: &str,
+) -> Result<T, TokenError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
     let key = keys.find(kid).ok_or(TokenError::UnknownKey)?;
@@ -124,7 +136,7 @@ pub fn verify(
     validation.set_audience(&[audience]);
     validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
     use jsonwebtoken::errors::ErrorKind;
-    jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+    jsonwebtoken::decode::<T>(token, &key.decoding, &validation)
         .map(|data| data.claims)
         .map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => TokenError::Expired,

@@ -27,7 +27,7 @@
 //!   exits some 30 ms after Chromium.
 //! - Deleting the session makes chromedriver close Chromium and answer once
 //!   it has exited (some 0.2 s). Dropping a [`Browser`] does that, kills the
-//!   group, and then kills what still names the browser's directory on its
+//!   group, and then kills what still names the browser's HOME on its
 //!   command line (the crash handler) and waits for it to be gone: no
 //!   Chromium outlives its test, even when the delete fails, and nothing
 //!   writes into the directory once the test removes it. (Chromium's helpers
@@ -68,9 +68,9 @@ pub struct Browser {
     session: String,
     http: reqwest::Client,
     log: PathBuf,
-    /// Everything of this browser's is under it, named on its processes'
-    /// command lines.
-    dir: PathBuf,
+    /// The HOME Chromium is given, which the crash handler's command line
+    /// names (its database is in it).
+    home: PathBuf,
 }
 
 /// An element of the current page, as WebDriver refers to it.
@@ -131,7 +131,7 @@ impl Browser {
             session: String::new(),
             http,
             log,
-            dir: dir.to_owned(),
+            home,
         };
         browser.port = browser.announced_port().await;
         browser.driver = format!("http://127.0.0.1:{}", browser.port);
@@ -263,8 +263,7 @@ impl Browser {
         match self.try_command(path, body).await {
             Ok(value) => value,
             Err(error) => panic!(
-                "WebDriver {path} {shown} failed: {error}
-{}",
+                "WebDriver {path} {shown} failed: {error}\n{}",
                 self.page_for_message().await
             ),
         }
@@ -281,6 +280,16 @@ impl Browser {
     }
 
     /// The page's HTML as the DOM has it now.
+    /// The value of the cookie `name` of the current page, `HttpOnly` ones
+    /// included (what a test needs to replay a request outside the
+    /// browser).
+    pub async fn cookie(&self, name: &str) -> Option<String> {
+        let cookies = self.command("/cookie", None).await;
+        cookies.as_array()?.iter().find_map(|c| {
+            (c["name"] == name).then(|| c["value"].as_str().unwrap_or_default().to_owned())
+        })
+    }
+
     pub async fn source(&self) -> String {
         let source = self.command("/source", None).await;
         source.as_str().expect("the source is a string").to_owned()
@@ -446,16 +455,17 @@ impl Drop for Browser {
         // SAFETY: kill(2) on the group our unreaped child leads.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
-        // Then what left the group: the crash handler.
+        // Then what left the group: the crash handler. (Named by this
+        // browser's own HOME, which nothing else's command line has.)
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let left = processes_naming(&self.dir);
+            let left = processes_naming(&self.home);
             if left.is_empty() {
                 return;
             }
             if Instant::now() >= deadline {
                 // Not a panic: Drop may run while a test panics already.
-                eprintln!("processes of {} still run: {left:?}", self.dir.display());
+                eprintln!("processes of {} still run: {left:?}", self.home.display());
                 return;
             }
             for pid in left {

@@ -223,6 +223,20 @@ impl Provider {
         self.launch();
     }
 
+    /// Registers `uri` as a redirect URI of client `id` (a relying party
+    /// whose address is known only once it runs), restarting on the same
+    /// port with the same keys.
+    pub fn register_redirect(&mut self, id: &str, uri: &str) {
+        self.stop();
+        let clients = self.config["clients"].as_array_mut().unwrap();
+        let client = clients.iter_mut().find(|c| c["client_id"] == id).unwrap();
+        client["redirect_uris"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!(uri));
+        self.launch();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("provider.log")).unwrap_or_default()
     }

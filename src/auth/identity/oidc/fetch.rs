@@ -1,4 +1,5 @@
-//! Reading an issuer's JSON documents (discovery, keys): over https unless
+//! Reading an issuer's JSON documents (discovery, keys, the token
+//! endpoint's answer to the sign-in page): over https unless
 //! the configuration allows plain http, each request under the issuer's
 //! timeout, each body bounded, so that a slow or hostile issuer can hold a
 //! login for no longer than the timeout nor fill memory.
@@ -6,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -19,7 +20,7 @@ use crate::config::OidcConfig;
 const MAX_DOCUMENT: usize = 1 << 20;
 
 pub struct Fetcher {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
     allow_http: bool,
 }
@@ -47,14 +48,56 @@ impl Fetcher {
     /// GETs `url` and parses its JSON body. The error says what went wrong
     /// for the operator's log (it never reaches a client).
     pub async fn json<T: DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let request = hyper::Request::get(self.uri(url)?)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(Full::default())
+            .map_err(|e| format!("{url}: {e}"))?;
+        self.send(url, request).await
+    }
+
+    /// POSTs a form to `url` (the token endpoint), with HTTP Basic
+    /// credentials when given, and parses the JSON answer.
+    pub async fn post_form<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Result<T, String> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut request = hyper::Request::post(self.uri(url)?)
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(
+                hyper::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        if let Some((user, password)) = basic {
+            // RFC 6749, 2.3.1: both parts form-encoded before Basic.
+            let encode =
+                |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", encode(user), encode(password));
+            let value = format!("Basic {}", data_encoding::BASE64.encode(pair.as_bytes()));
+            request = request.header(hyper::header::AUTHORIZATION, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("{url}: {e}"))?;
+        self.send(url, request).await
+    }
+
+    fn uri(&self, url: &str) -> Result<hyper::Uri, String> {
         if !self.allows(url) {
             return Err(format!("{url}: not an https:// URL"));
         }
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let request = hyper::Request::get(uri)
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::new())
-            .map_err(|e| format!("{url}: {e}"))?;
+        url.parse().map_err(|e| format!("{url}: {e}"))
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> Result<T, String> {
         let work = async {
             let response = self
                 .client

@@ -92,6 +92,11 @@ impl KeySet {
         })
     }
 
+    /// The client the issuer is reached with.
+    pub(super) fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
+    }
+
     /// The keys that may have signed a token with this header: the one its
     /// `kid` names (every key for `alg` when it names none). Answers from
     /// memory, without waiting, while the set is fresh and holds the key.

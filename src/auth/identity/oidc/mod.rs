@@ -22,6 +22,7 @@
 //! signature check.
 
 mod fetch;
+pub mod flow;
 pub mod keys;
 
 use std::collections::{BTreeMap, HashMap};
@@ -145,6 +146,12 @@ impl Issuer {
                 )));
             }
         }
+        self.verify_token(token).await
+    }
+
+    /// Verifies `token` (see the module's introduction) and returns the
+    /// identity it stands for.
+    pub async fn verify_token(&self, token: &str) -> Result<Identity, OidcError> {
         let slot: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(identity) = self.recall(&slot) {
             return Ok(identity);
