@@ -41,6 +41,7 @@ fn every_example_configuration_loads_and_checks() {
         "ad-password",
         "vendor-password",
         "s3-secret-key",
+        "sso-client-secret",
     ] {
         std::fs::write(secrets.join(name), "service-secret\n").unwrap();
     }

@@ -253,3 +253,54 @@ fn an_openid_issuer_is_checked_before_it_vouches_for_anyone() {
         "portcullis.toml:2:1: identity.order names the OIDC issuer `sso`",
     );
 }
+
+#[test]
+fn the_sign_in_page_needs_an_issuer_that_takes_its_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = "[[identity.oidc]]\nname = \"sso\"\nissuer = \"https://idp.example\"\naudiences = [\"registry\"]\n\n";
+    let (code, out, err) = check(
+        dir.path(),
+        &format!(
+            "{issuer}[login]\nissuer = \"corp\"\nclient_id = \"registry\"\nsession_secs = 5\n"
+        ),
+    );
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert_lines(
+        &err,
+        &[
+            "portcullis.toml:7:1: login.issuer `corp` is not the name of an [[identity.oidc]]",
+            "portcullis.toml:9:1: login.session_secs: must be between 60 and 86400",
+        ],
+    );
+    let (code, out, err) = check(
+        dir.path(),
+        &format!("{issuer}[login]\nissuer = \"sso\"\nclient_id = \"portcullis\"\n"),
+    );
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert_line_starting(
+        &err,
+        "portcullis.toml:8:1: login.client_id `portcullis` must be one of identity.oidc `sso`'s audiences",
+    );
+    // The client secret is read as `serve` would read it.
+    let (code, out, err) = check(
+        dir.path(),
+        &format!(
+            "{issuer}[login]\nissuer = \"sso\"\nclient_id = \"registry\"\nclient_secret_file = \"missing\"\n"
+        ),
+    );
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("login.client_secret_file missing"), "{err}");
+    std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+    let (code, out, err) = check(
+        dir.path(),
+        &format!(
+            "{issuer}[login]\nissuer = \"sso\"\nclient_id = \"registry\"\nclient_secret_file = \"secret\"\n"
+        ),
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_lines(
+        &out,
+        &["login: sign-in page at /login through `sso` as client `registry` (not contacted)"],
+    );
+    assert!(!out.contains("s3cret") && !err.contains("s3cret"));
+}

@@ -7,7 +7,7 @@
 //! `cargo bench --bench registry -- [--only SECTION,...] [--blob-mib N]
 //! [--portcullis PATH]`; `--portcullis` measures another build of the
 //! server (say, the previous commit's) with this harness.
-//! Sections: blobs, image, small, tokens, scale, tls, ldap, v1, upstream, s3.
+//! Sections: blobs, image, small, tokens, sso, scale, tls, ldap, v1, upstream, s3.
 
 mod bare;
 mod blobs;
@@ -43,6 +43,7 @@ mod s3;
 mod scale;
 mod servers;
 mod small;
+mod sso;
 mod tls;
 mod upstream;
 mod v1;
@@ -108,7 +109,7 @@ fn main() {
         servers.portcullis.url, servers.distribution.url
     );
     let mut rows: Vec<Row> = Vec::new();
-    let sections: [(&str, &dyn Fn() -> Vec<Row>); 10] = [
+    let sections: [(&str, &dyn Fn() -> Vec<Row>); 11] = [
         ("blobs", &|| {
             runtime.block_on(blobs::run(&servers, &options))
         }),
@@ -121,6 +122,7 @@ fn main() {
         ("tokens", &|| {
             runtime.block_on(small::tokens(&servers, &options))
         }),
+        ("sso", &|| runtime.block_on(sso::run(&servers, &options))),
         ("scale", &|| {
             runtime.block_on(scale::run(&servers, &options))
         }),

@@ -110,6 +110,22 @@ fn check_loaded(config: &Config, report: &mut Report) {
     check_directories(config, report);
     check_upstreams(config, report);
     check_storage(config, report);
+    check_login(config, report);
+}
+
+/// What `serve` reads for the sign-in page at start (the client secret's
+/// file); the issuer is not contacted.
+fn check_login(config: &Config, report: &mut Report) {
+    let Some(login) = &config.login else {
+        return;
+    };
+    match portcullis::api::login::SignInPage::new(login) {
+        Ok(_) => println!(
+            "login: sign-in page at /login through `{}` as client `{}` (not contacted)",
+            login.issuer, login.client_id
+        ),
+        Err(e) => report.problem(Path::new("login"), e),
+    }
 }
 
 /// What `serve` reads for each upstream at start (its account's password
