@@ -323,3 +323,32 @@ fn skopeo_pushes_with_a_personal_access_token() {
     );
     drop(w.dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guessing_a_tokens_secret_in_a_concurrent_burst_is_throttled() {
+    let w = start();
+    let token = w.create("alice", &["--name", "ci"]);
+    // 32 guesses at once for the token's id, each with another secret.
+    let guesses = (0..32).map(|i| {
+        let forged = format!("{}{i:04}", &token[..token.len() - 4]);
+        let w = &w;
+        async move {
+            w.token("alice", &forged, "repository:team/app:pull")
+                .await
+                .0
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    // No more guesses checked than the per-account threshold (5), however
+    // many came at once.
+    assert!(
+        checked <= 5,
+        "{checked} of 32 guesses were checked: {statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
