@@ -207,6 +207,9 @@ pub struct PolicyConfig {
     /// Directory of policy files, read in file-name order. When it does not
     /// exist, the default policy built into the binary is used.
     pub dir: PathBuf,
+    /// Policy test files (`[[case]]` tables) that `check-config` runs
+    /// against the policy; see `portcullis policy test`.
+    pub tests: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -321,6 +324,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("./policies"),
+            tests: Vec::new(),
         }
     }
 }

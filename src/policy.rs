@@ -37,6 +37,7 @@ use ipnet::IpNet;
 use crate::auth::scope::Action;
 use crate::config::Problem;
 
+pub mod cases;
 mod embedded;
 mod parse;
 mod show;

@@ -864,3 +864,107 @@ fn a_pipelines_claims_are_explained_with_its_identity_source() {
     )
     .error("write a claim as NAME=VALUE");
 }
+
+/// `policy test`'s output and exit status.
+fn policy_test(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["policy", "test"];
+    all.extend(args);
+    let out = portcullis(dir, &all);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn the_shipped_policies_pass_their_tests_and_a_wrong_case_fails_naming_the_rule() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let default_tests = root.join("policy-tests/default.toml");
+    let default_tests = default_tests.to_str().unwrap();
+    // From a directory without ./policies: the embedded default.
+    let cwd = tempfile::tempdir().unwrap();
+    let (code, out) = policy_test(cwd.path(), &[default_tests]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("the embedded default policy"), "{out}");
+    assert!(out.contains("8 cases: 8 passed, 0 failed"), "{out}");
+
+    // The example policies beside the shipped ones, installed together.
+    let both = tempfile::tempdir().unwrap();
+    for source in ["policies", "examples/policies"] {
+        for entry in std::fs::read_dir(root.join(source)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, both.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let examples = root.join("policy-tests/examples.toml");
+    let (code, out) = policy_test(
+        cwd.path(),
+        &[
+            examples.to_str().unwrap(),
+            "--dir",
+            both.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+
+    // A case the policy contradicts: exit 1, the case's line, what was
+    // expected and got, and the rule that decided.
+    let wrong = cwd.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        "[[case]]\ndescription = \"users push anywhere\"\nuser = \"alice\"\n\
+         repository = \"bob/app\"\nactions = [\"push\"]\nexpect = [\"push\"]\n",
+    )
+    .unwrap();
+    let (code, out) = policy_test(cwd.path(), &[default_tests, wrong.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    let line = out.lines().find(|l| l.starts_with("FAIL")).expect(&out);
+    assert!(
+        line.contains("wrong.toml:1  users push anywhere: expected push, got nothing")
+            && line.contains("50-users.toml"),
+        "{line}"
+    );
+    assert!(out.contains("9 cases: 8 passed, 1 failed"), "{out}");
+
+    // A broken table is not a pass.
+    std::fs::write(&wrong, "[[case]]\nrepository = \"a\"\nexpect = []\n").unwrap();
+    let (code, out) = policy_test(cwd.path(), &[wrong.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("asks for nothing"), "{out}");
+}
+
+#[test]
+fn check_config_runs_the_policy_tests_it_names() {
+    let dir = policies(&[(
+        "10.toml",
+        "[[rule]]\nusers = [\"*\"]\nrepositories = [\"${user}/**\"]\nactions = [\"pull\", \"push\"]\n",
+    )]);
+    std::fs::write(
+        dir.path().join("cases.toml"),
+        "[[case]]\nuser = \"alice\"\nrepository = \"alice/app\"\nactions = [\"push\"]\nexpect = [\"push\"]\n",
+    )
+    .unwrap();
+    let config = "[policy]\ndir = \"policies\"\ntests = [\"cases.toml\"]\n";
+    std::fs::write(dir.path().join("portcullis.toml"), config).unwrap();
+    let out = portcullis(dir.path(), &["check-config", "portcullis.toml"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("policy tests: 1 case passed"), "{said}");
+    // The policy changes; the test catches it before it is deployed.
+    std::fs::write(
+        dir.path().join("policies/10.toml"),
+        "[[rule]]\nusers = [\"*\"]\nrepositories = [\"${user}/**\"]\nactions = [\"pull\"]\n",
+    )
+    .unwrap();
+    let out = portcullis(dir.path(), &["check-config", "portcullis.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("expected push, got nothing"), "{err}");
+}

@@ -104,6 +104,7 @@ fn plural(n: usize, word: &str) -> String {
 
 fn check_loaded(config: &Config, report: &mut Report) {
     check_policy(&config.policy.dir, report);
+    check_policy_tests(config, report);
     check_users(&config.users.file, report);
     check_keys(&config.token.key_dir, report);
     check_tls(config, report);
@@ -229,6 +230,36 @@ fn check_policy(dir: &Path, report: &mut Report) {
         Err(PolicyError::Read { file, source }) => {
             report.problem(&file, format!("{}: cannot read: {source}", file.display()))
         }
+    }
+}
+
+/// The policy tests `policy.tests` names, run against the policy: a case
+/// that fails is a problem, so a policy change is checked before it goes
+/// live.
+fn check_policy_tests(config: &Config, report: &mut Report) {
+    if config.policy.tests.is_empty() {
+        return;
+    }
+    let Ok((policy, _)) = Policy::load_configured(&config.policy.dir) else {
+        return; // reported by check_policy
+    };
+    let (mut cases, mut failed) = (0, 0);
+    for file in &config.policy.tests {
+        match portcullis::policy::cases::run_file(&policy, file) {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    cases += 1;
+                    if !outcome.passed() {
+                        failed += 1;
+                        report.problem(file, super::policy::failure_line(&outcome));
+                    }
+                }
+            }
+            Err(e) => report.problem(file, e.to_string()),
+        }
+    }
+    if failed == 0 && cases > 0 {
+        println!("policy tests: {} passed", plural(cases, "case"));
     }
 }
 

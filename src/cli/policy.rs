@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Args, Subcommand};
 use portcullis::auth::scope::Action;
-use portcullis::policy::{Caller, Decision, Policy, PolicySource};
+use portcullis::policy::{Caller, Decision, Policy, PolicySource, cases};
 use portcullis::reference::RepoName;
 
 use super::{Failure, load_config};
@@ -30,6 +30,34 @@ Examples:
     /// directory, or the embedded default when that does not exist) and
     /// every rule in the order they are tried, with where it was written.
     Show(SourceArgs),
+    /// Runs policy test files (tables of `[[case]]`: a caller, a request
+    /// and the grant expected) against the policy, so that a change is
+    /// checked in CI before it is deployed.
+    #[command(after_help = "\
+Exit status: 0 when every case passes, 1 when any fails, 2 when a file, the
+configuration or the policy is invalid.
+
+A case:
+  [[case]]
+  description = \"a pull request may not push production images\"
+  user = \"bot\"                 # absent: an anonymous caller
+  groups = [\"ci\"]
+  from = \"10.0.0.7\"
+  source = \"github\"            # the identity source that vouched
+  claims = { ref = \"refs/pull/7/merge\" }
+  repository = \"prod/app\"      # or: catalog = true
+  actions = [\"pull\", \"push\"]   # asked for; \"*\" is all three
+  expect = [\"pull\"]            # granted; [] when nothing is")]
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Test files.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    source: SourceArgs,
 }
 
 /// Which policy: the configuration's directory, or another one.
@@ -107,7 +135,57 @@ pub fn run(command: PolicyCommand) -> Result<ExitCode, Failure> {
             print!("{}", policy.show(&source));
             Ok(ExitCode::SUCCESS)
         }
+        PolicyCommand::Test(args) => test(args),
     }
+}
+
+fn test(args: TestArgs) -> Result<ExitCode, Failure> {
+    let (policy, source) = args.source.load()?;
+    println!("policy: {source}");
+    let (mut cases, mut failed) = (0, 0);
+    for file in &args.files {
+        let outcomes = cases::run_file(&policy, file).map_err(Failure::setup)?;
+        for outcome in outcomes {
+            cases += 1;
+            if outcome.passed() {
+                let by = decided_by(&outcome);
+                println!(
+                    "ok    {}  {}: {} ({by})",
+                    outcome.at,
+                    outcome.description,
+                    cases::join(&outcome.granted)
+                );
+            } else {
+                failed += 1;
+                println!("FAIL  {}", failure_line(&outcome));
+            }
+        }
+    }
+    println!("{cases} cases: {} passed, {failed} failed", cases - failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn decided_by(outcome: &cases::Outcome) -> String {
+    match &outcome.rule {
+        Some(rule) => format!("decided by {rule}"),
+        None => "no rule matched".into(),
+    }
+}
+
+/// A failed case as one line: where, what, expected and got, and the rule.
+pub fn failure_line(outcome: &cases::Outcome) -> String {
+    format!(
+        "{}  {}: expected {}, got {} ({})",
+        outcome.at,
+        outcome.description,
+        cases::join(&outcome.expected),
+        cases::join(&outcome.granted),
+        decided_by(outcome)
+    )
 }
 
 fn explain(mut args: ExplainArgs) -> Result<ExitCode, Failure> {
