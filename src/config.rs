@@ -44,6 +44,27 @@ pub struct Config {
     pub upstream: Vec<UpstreamConfig>,
     /// `[login]`: the sign-in page; unset, there is none.
     pub login: Option<LoginConfig>,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus exposition at `/metrics`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Whether `/metrics` is served (counting goes on either way).
+    pub enabled: bool,
+    /// A file holding a token scrapers must send (`Authorization: Bearer
+    /// …`); unset: anyone who reaches the address may read the metrics.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token_file: None,
+        }
+    }
 }
 
 /// `[v1]`: the legacy v1 protocol, routed to a legacy registry.
@@ -448,6 +469,7 @@ impl Config {
                 "v1" => config.v1 = reader.section("v1", value),
                 "upstream" => config.upstream = reader.section("upstream", value),
                 "login" => config.login = reader.section("login", value),
+                "metrics" => config.metrics = reader.section("metrics", value),
                 other => reader.at(span, format!("unknown section or key `{other}`")),
             }
         }

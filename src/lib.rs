@@ -6,6 +6,7 @@ pub mod client_tls;
 pub mod config;
 pub mod error;
 pub mod manifest;
+pub mod metrics;
 pub mod migrate;
 pub mod policy;
 pub mod reference;

@@ -21,6 +21,9 @@ pub struct AppState {
     pub upstreams: crate::api::upstream::Upstreams,
     /// `[login]`: the sign-in page.
     pub sign_in: Option<crate::api::login::SignInPage>,
+    pub metrics: crate::metrics::Metrics,
+    /// `metrics.token_file`'s token, read at start.
+    pub metrics_token: Option<String>,
 }
 
 impl AppState {
@@ -63,6 +66,18 @@ impl AppState {
             Some(login) => Some(crate::api::login::SignInPage::new(login)?),
             None => None,
         };
+        let metrics_token = match &config.metrics.token_file {
+            Some(file) => {
+                let token = std::fs::read_to_string(file)
+                    .map_err(|e| format!("metrics.token_file {}: {e}", file.display()))?;
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(format!("metrics.token_file {}: empty", file.display()));
+                }
+                Some(token.to_owned())
+            }
+            None => None,
+        };
         let interval = Duration::from_secs(config.storage.sweep_interval_secs);
         let state = Arc::new(Self {
             config,
@@ -72,6 +87,8 @@ impl AppState {
             v1_only_below,
             upstreams,
             sign_in,
+            metrics: crate::metrics::Metrics::new(),
+            metrics_token,
         });
         tokio::spawn(sweep_periodically(Arc::downgrade(&state), interval));
         if state.auth.is_some() {

@@ -49,6 +49,7 @@ mod login_security;
 mod logs;
 mod memory;
 mod metadata_cache;
+mod metrics;
 mod migrate;
 mod oidc;
 mod policy_globs;

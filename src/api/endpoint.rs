@@ -90,6 +90,27 @@ pub enum Endpoint {
     },
 }
 
+impl Endpoint {
+    /// The resource, for metrics labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Endpoint::Base => "v2_base",
+            Endpoint::Catalog(_) => "v2_catalog",
+            Endpoint::Tags { .. } => "v2_tags",
+            Endpoint::GetManifest { .. }
+            | Endpoint::PutManifest { .. }
+            | Endpoint::DeleteManifest { .. } => "v2_manifest",
+            Endpoint::GetBlob { .. } | Endpoint::DeleteBlob { .. } => "v2_blob",
+            Endpoint::StartUpload { .. }
+            | Endpoint::UploadStatus { .. }
+            | Endpoint::PatchUpload { .. }
+            | Endpoint::FinishUpload { .. }
+            | Endpoint::CancelUpload { .. } => "v2_upload",
+            Endpoint::Referrers { .. } => "v2_referrers",
+        }
+    }
+}
+
 pub use crate::auth::scope::Action;
 
 /// One thing a request needs to be allowed.

@@ -13,6 +13,7 @@ mod health;
 mod lists;
 pub mod login;
 mod manifests;
+mod metrics;
 mod referrers;
 pub mod route;
 mod token;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 
@@ -52,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         // so that requests every few seconds stay out of the request log.
         .route("/healthz", axum::routing::any(dispatch))
         .route("/readyz", axum::routing::any(dispatch))
+        .route("/metrics", axum::routing::any(dispatch))
         .with_state(state)
 }
 
@@ -72,6 +74,7 @@ fn request_span(request: &Request) -> tracing::Span {
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let peer = parts
         .extensions
@@ -116,6 +119,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             route => Ok(route),
         }
     });
+    let (label, backend) = match &parsed {
+        Ok(route) => (route.label(), route.backend().into_owned()),
+        Err(_) => ("unknown", "self".to_owned()),
+    };
+    let method = method_label(&parts.method);
+    let body_in = content_length(&parts.headers);
     let result = match parsed {
         // The one authorization check, from the route's credentials and
         // `route.required_access()`.
@@ -152,7 +161,39 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    let labels = crate::metrics::RequestLabels {
+        route: label,
+        method,
+        status: status.as_u16(),
+        backend,
+    };
+    // A streamed body (a blob) declares its length in the head; a HEAD
+    // answer declares one and sends nothing.
+    let body_out = match method {
+        "HEAD" => None,
+        _ => axum::body::HttpBody::size_hint(response.body())
+            .exact()
+            .or_else(|| content_length(response.headers())),
+    };
+    state
+        .metrics
+        .request(labels, started.elapsed(), body_in, body_out);
     response
+}
+
+/// The method as a metrics label: the registry's methods, else `other`
+/// (a client's made-up method must not make a label of its own).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Whether the request comes from a Docker engine that
@@ -193,6 +234,7 @@ async fn handle(
         }
         Route::Jwks => token::jwks(state),
         Route::Login(page) => login::serve(state, page, parts, body).await,
+        Route::Metrics => metrics::serve(state, &parts.headers),
         Route::Live => health::live(),
         Route::Ready => health::ready(state).await,
         Route::Registry(endpoint) => {

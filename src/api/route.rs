@@ -31,6 +31,8 @@ pub enum Route {
     V1(V1Endpoint),
     /// `/login…`: the sign-in page, which checks its own session cookie.
     Login(super::login::LoginRoute),
+    /// `/metrics`: the Prometheus exposition (its own optional token).
+    Metrics,
 }
 
 /// What a route takes as credentials.
@@ -57,6 +59,7 @@ impl Route {
             "/.well-known/jwks.json" => endpoint::only(method, &read, Route::Jwks),
             "/healthz" => endpoint::only(method, &read, Route::Live),
             "/readyz" => endpoint::only(method, &read, Route::Ready),
+            "/metrics" => endpoint::only(method, &read, Route::Metrics),
             _ if path == "/login" || path.starts_with("/login/") => {
                 match super::login::LoginRoute::parse(method, path) {
                     Some(parsed) => parsed.map(Route::Login),
@@ -76,8 +79,9 @@ impl Route {
     pub fn credentials(&self) -> Credentials {
         match self {
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => Credentials::None,
-            // The page's session is a cookie it signed itself.
-            Route::Login(_) => Credentials::None,
+            // The page's session is a cookie it signed itself; the metrics'
+            // token is not a registry token.
+            Route::Login(_) | Route::Metrics => Credentials::None,
             Route::Registry(_) | Route::Upstream(..) => Credentials::Bearer,
             // The ping and the login answer without; the login checks the
             // credentials it is given itself, as `/token` does.
@@ -92,7 +96,7 @@ impl Route {
             Route::Registry(endpoint) | Route::Upstream(endpoint, _) => endpoint.required_access(),
             Route::V1(endpoint) => endpoint.required_access(),
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => Vec::new(),
-            Route::Login(_) => Vec::new(),
+            Route::Login(_) | Route::Metrics => Vec::new(),
         }
     }
 
@@ -106,14 +110,29 @@ impl Route {
             Route::V1(V1Endpoint::Ping | V1Endpoint::Login { .. }) => "self",
             Route::V1(_) => "legacy-v1",
             Route::Token { .. } | Route::Jwks | Route::Live | Route::Ready => "self",
-            Route::Login(_) => "self",
+            Route::Login(_) | Route::Metrics => "self",
         })
+    }
+
+    /// The route's name in metrics: one per service and resource, never a
+    /// repository name (which would make a label per repository).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Token { .. } => "token",
+            Route::Jwks => "jwks",
+            Route::Live => "healthz",
+            Route::Ready => "readyz",
+            Route::Login(_) => "login",
+            Route::Metrics => "metrics",
+            Route::V1(_) => "v1",
+            Route::Registry(endpoint) | Route::Upstream(endpoint, _) => endpoint.label(),
+        }
     }
 
     /// Whether the trace and the request log leave it out: probes come
     /// every few seconds.
     pub fn is_probe(&self) -> bool {
-        matches!(self, Route::Live | Route::Ready)
+        matches!(self, Route::Live | Route::Ready | Route::Metrics)
     }
 }
 
@@ -143,7 +162,13 @@ mod tests {
         assert_eq!(base.credentials(), Credentials::Bearer);
         assert_eq!(base.required_access(), vec![Access::Authenticated]);
         assert_eq!(parse(Method::GET, "/v2").unwrap(), base);
-        for public in ["/token", "/healthz", "/readyz", "/.well-known/jwks.json"] {
+        for public in [
+            "/token",
+            "/healthz",
+            "/readyz",
+            "/.well-known/jwks.json",
+            "/metrics",
+        ] {
             let route = parse(Method::GET, public).unwrap();
             assert_eq!(route.credentials(), Credentials::None, "{public}");
             assert!(route.required_access().is_empty(), "{public}");

@@ -40,7 +40,7 @@ pub async fn get(state: Arc<AppState>, request: Request) -> Response {
         certificate: certificate.as_deref(),
     };
     let result = get_token(&state, authority, asked, &mut record).await;
-    record.log(&result);
+    record.log(&result, &state.metrics);
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -51,7 +51,7 @@ pub async fn post(state: Arc<AppState>, request: Request) -> Response {
     let mut record = Record::new(peer(&request).map(|p| p.addr.ip()));
     let body = request.into_body();
     let result = post_token(&state, authority, body, &mut record).await;
-    record.log(&result);
+    record.log(&result, &state.metrics);
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -114,7 +114,20 @@ impl Record {
         }
     }
 
-    fn log(&self, result: &Result<Response, ApiError>) {
+    fn log(&self, result: &Result<Response, ApiError>, metrics: &crate::metrics::Metrics) {
+        match result {
+            Ok(_) => metrics.token("granted", "none"),
+            Err(e) => metrics.token(
+                "refused",
+                match e.code.status().as_u16() {
+                    400 => "invalid_request",
+                    401 => "bad_credentials",
+                    429 => "throttled",
+                    503 => "unavailable",
+                    _ => "error",
+                },
+            ),
+        }
         // A credential that named no one yet (a refused refresh token, a
         // form without a name) is not an anonymous request.
         let nobody = match self.grant {
@@ -313,7 +326,30 @@ async fn login(
     // Without a peer address (never the case over TCP) all such callers
     // share one limiter slot: stricter, never looser.
     let addr = record.addr.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    match authority.login(&state.storage, user, password, addr).await {
+    let started = std::time::Instant::now();
+    let result = authority.login(&state.storage, user, password, addr).await;
+    let (source, credential, outcome) = match &result {
+        Ok(identity) => (
+            identity.source,
+            identity.credential.claim().unwrap_or("password"),
+            "ok",
+        ),
+        Err(e) => (
+            "unknown",
+            "unknown",
+            match e {
+                AuthError::TooManyFailures(_) => "throttled",
+                AuthError::Busy(_) => "busy",
+                AuthError::SourceUnavailable(_) | AuthError::Storage(_) => "unavailable",
+                AuthError::Internal(_) | AuthError::Token(_) => "error",
+                _ => "refused",
+            },
+        ),
+    };
+    state
+        .metrics
+        .login(source, credential, outcome, started.elapsed());
+    match result {
         Ok(identity) => {
             record.source = Some(identity.source);
             record.credential = identity.credential.claim();

@@ -112,6 +112,24 @@ fn check_loaded(config: &Config, report: &mut Report) {
     check_upstreams(config, report);
     check_storage(config, report);
     check_login(config, report);
+    check_metrics(config, report);
+}
+
+/// The scrape token `serve` reads at start, when one is configured.
+fn check_metrics(config: &Config, report: &mut Report) {
+    let Some(file) = &config.metrics.token_file else {
+        return;
+    };
+    match std::fs::read_to_string(file) {
+        Ok(token) if !token.trim().is_empty() => {
+            println!("metrics: /metrics requires the token of {}", file.display())
+        }
+        Ok(_) => report.problem(
+            file,
+            format!("metrics.token_file {}: empty", file.display()),
+        ),
+        Err(e) => report.problem(file, format!("metrics.token_file {}: {e}", file.display())),
+    }
 }
 
 /// What `serve` reads for the sign-in page at start (the client secret's

@@ -448,6 +448,12 @@ impl Storage {
         }
     }
 
+    /// The upload sessions this replica knows of (started here, or found
+    /// by its sweep), for the metrics.
+    pub fn upload_sessions(&self) -> usize {
+        self.upload_owners.total()
+    }
+
     /// A personal access token's record, if there is one.
     pub async fn access_token(&self, id: &paths::AccessTokenId) -> Result<Option<Bytes>> {
         match self.driver.get(&paths::access_token_record(id)).await {

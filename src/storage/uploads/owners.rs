@@ -20,6 +20,11 @@ impl Owners {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many sessions are held, by every owner.
+    pub(in crate::storage) fn total(&self) -> usize {
+        self.map().values().map(HashSet::len).sum()
+    }
+
     /// Records `id` for `owner` if the owner holds fewer than `limit`
     /// sessions; checked and recorded at once, so concurrent starts cannot
     /// all pass the check.

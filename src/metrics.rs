@@ -1,0 +1,234 @@
+//! The process' metrics, served at `/metrics` in the OpenMetrics text
+//! format (which Prometheus scrapes), with the Prometheus project's own
+//! crate. One [`Metrics`] per server ([`crate::AppState`]), so that servers
+//! sharing a process (the tests') count apart.
+//!
+//! | family (`portcullis_…`)              | labels                          |
+//! |--------------------------------------|---------------------------------|
+//! | `http_requests_total`                | route, method, status, backend  |
+//! | `http_request_duration_seconds`      | route, method (to the head)     |
+//! | `http_request_body_bytes_total`      | route (declared lengths)        |
+//! | `http_response_body_bytes_total`     | route (declared lengths)        |
+//! | `token_requests_total`               | result, reason                  |
+//! | `logins_total`                       | source, credential, result      |
+//! | `login_duration_seconds`             | source                          |
+//! | `upload_sessions_open`               | (this replica's)                |
+//! | `build_info`                         | version                         |
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// What the content type of `/metrics` says.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub method: &'static str,
+    pub status: u16,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimedLabels {
+    route: &'static str,
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    result: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    source: String,
+    credential: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Histograms<TimedLabels>,
+    bytes_in: Family<RouteLabel, Counter>,
+    bytes_out: Family<RouteLabel, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    logins: Family<LoginLabels, Counter>,
+    login_durations: Histograms<SourceLabel>,
+    uploads_open: Gauge,
+}
+
+/// Request latencies from 0.1 ms to about 6.5 s.
+fn request_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// Logins from 0.1 ms (a cached one) to about 13 s (a slow directory).
+fn login_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method, status and backend",
+            requests.clone(),
+        );
+        let durations: Histograms<TimedLabels> = Family::new_with_constructor(request_buckets);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response head (a streamed body goes on after it)",
+            durations.clone(),
+        );
+        let bytes_in = Family::default();
+        registry.register(
+            "http_request_body_bytes",
+            "Request body bytes, as declared by Content-Length",
+            bytes_in.clone(),
+        );
+        let bytes_out = Family::default();
+        registry.register(
+            "http_response_body_bytes",
+            "Response body bytes, as the head declares them (a body cut short counts whole)",
+            bytes_out.clone(),
+        );
+        let tokens = Family::default();
+        registry.register(
+            "token_requests",
+            "Token requests, granted or refused, by reason",
+            tokens.clone(),
+        );
+        let logins = Family::default();
+        registry.register(
+            "logins",
+            "Credentials checked at the token endpoint, by identity source, credential kind and result",
+            logins.clone(),
+        );
+        let login_durations: Histograms<SourceLabel> = Family::new_with_constructor(login_buckets);
+        registry.register(
+            "login_duration_seconds",
+            "Time to check a credential, by the identity source that decided",
+            login_durations.clone(),
+        );
+        let uploads_open = Gauge::default();
+        registry.register(
+            "upload_sessions_open",
+            "Upload sessions this replica knows of",
+            uploads_open.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The running build", build);
+        Self {
+            registry,
+            requests,
+            durations,
+            bytes_in,
+            bytes_out,
+            tokens,
+            logins,
+            login_durations,
+            uploads_open,
+        }
+    }
+
+    /// One answered request.
+    pub fn request(
+        &self,
+        labels: RequestLabels,
+        took: Duration,
+        body_in: Option<u64>,
+        body_out: Option<u64>,
+    ) {
+        let (route, method) = (labels.route, labels.method);
+        self.requests.get_or_create(&labels).inc();
+        self.durations
+            .get_or_create(&TimedLabels { route, method })
+            .observe(took.as_secs_f64());
+        if let Some(n) = body_in.filter(|n| *n > 0) {
+            self.bytes_in.get_or_create(&RouteLabel { route }).inc_by(n);
+        }
+        if let Some(n) = body_out.filter(|n| *n > 0) {
+            self.bytes_out
+                .get_or_create(&RouteLabel { route })
+                .inc_by(n);
+        }
+    }
+
+    /// A token request's outcome: `granted`, or refused for `reason`.
+    pub fn token(&self, result: &'static str, reason: &'static str) {
+        self.tokens
+            .get_or_create(&TokenLabels { result, reason })
+            .inc();
+    }
+
+    /// A credential checked: by which source (`unknown` when none decided),
+    /// of which kind, with what result, in how long.
+    pub fn login(
+        &self,
+        source: &str,
+        credential: &'static str,
+        result: &'static str,
+        took: Duration,
+    ) {
+        self.logins
+            .get_or_create(&LoginLabels {
+                source: source.to_owned(),
+                credential,
+                result,
+            })
+            .inc();
+        self.login_durations
+            .get_or_create(&SourceLabel {
+                source: source.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The exposition, with the gauges read now.
+    pub fn render(&self, uploads_open: usize) -> String {
+        self.uploads_open.set(uploads_open as i64);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
