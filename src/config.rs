@@ -51,7 +51,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Whether `/metrics` is served (counting goes on either way).
+    /// Whether metrics are counted and `/metrics` served.
     pub enabled: bool,
     /// A file holding a token scrapers must send (`Authorization: Bearer
     /// …`); unset: anyone who reaches the address may read the metrics.

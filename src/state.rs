@@ -78,6 +78,7 @@ impl AppState {
             }
             None => None,
         };
+        let metrics = crate::metrics::Metrics::new(config.metrics.enabled);
         let interval = Duration::from_secs(config.storage.sweep_interval_secs);
         let state = Arc::new(Self {
             config,
@@ -87,7 +88,7 @@ impl AppState {
             v1_only_below,
             upstreams,
             sign_in,
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
             metrics_token,
         });
         tokio::spawn(sweep_periodically(Arc::downgrade(&state), interval));

@@ -125,7 +125,7 @@ async fn every_family_counts_what_happens() {
 
     let after = Scrape::of(&s).await;
     let grew = |name: &str, labels: &[&str]| after.value(name, labels) - before.value(name, labels);
-    let requests = "portcullis_http_requests_total";
+    let requests = "portcullis_http_request_duration_seconds_count";
     assert_eq!(
         grew(
             requests,

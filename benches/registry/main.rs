@@ -7,7 +7,7 @@
 //! `cargo bench --bench registry -- [--only SECTION,...] [--blob-mib N]
 //! [--portcullis PATH]`; `--portcullis` measures another build of the
 //! server (say, the previous commit's) with this harness.
-//! Sections: blobs, image, small, tokens, sso, scale, tls, ldap, v1, upstream, s3.
+//! Sections: blobs, image, small, tokens, sso, ops, scale, tls, ldap, v1, upstream, s3.
 
 mod bare;
 mod blobs;
@@ -38,6 +38,7 @@ mod slapd;
 // The OCI layout builder the client tests use.
 #[path = "../../tests/common/oci.rs"]
 mod oci;
+mod ops;
 mod report;
 mod s3;
 mod scale;
@@ -109,7 +110,7 @@ fn main() {
         servers.portcullis.url, servers.distribution.url
     );
     let mut rows: Vec<Row> = Vec::new();
-    let sections: [(&str, &dyn Fn() -> Vec<Row>); 11] = [
+    let sections: [(&str, &dyn Fn() -> Vec<Row>); 12] = [
         ("blobs", &|| {
             runtime.block_on(blobs::run(&servers, &options))
         }),
@@ -123,6 +124,7 @@ fn main() {
             runtime.block_on(small::tokens(&servers, &options))
         }),
         ("sso", &|| runtime.block_on(sso::run(&servers, &options))),
+        ("ops", &|| runtime.block_on(ops::run(&servers, &options))),
         ("scale", &|| {
             runtime.block_on(scale::run(&servers, &options))
         }),

@@ -26,6 +26,9 @@ pub struct Row {
     pub target: Option<f64>,
     /// What bounds the figure, said in the closing note and the README.
     pub note: &'static str,
+    /// The ratio measured pair by pair (the median of alternating runs'
+    /// ratios), which stands for the ratio of the two medians shown.
+    pub paired: Option<f64>,
 }
 
 impl Row {
@@ -38,6 +41,7 @@ impl Row {
             better,
             target: None,
             note: "",
+            paired: None,
         }
     }
 
@@ -51,6 +55,11 @@ impl Row {
         self
     }
 
+    pub fn paired_ratio(mut self, ratio: f64) -> Self {
+        self.paired = Some(ratio);
+        self
+    }
+
     pub fn note(mut self, note: &'static str) -> Self {
         self.note = note;
         self
@@ -59,6 +68,9 @@ impl Row {
     /// How many times better than the reference (>1 is better).
     pub fn ratio(&self) -> Option<f64> {
         let (_, reference) = self.reference.as_ref()?;
+        if self.paired.is_some() {
+            return self.paired;
+        }
         if *reference == 0.0 || self.value == 0.0 {
             return None;
         }

@@ -120,8 +120,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         }
     });
     let (label, backend) = match &parsed {
-        Ok(route) => (route.label(), route.backend().into_owned()),
-        Err(_) => ("unknown", "self".to_owned()),
+        Ok(route) => (route.label(), route.backend()),
+        Err(_) => ("unknown", std::borrow::Cow::Borrowed("self")),
     };
     let method = method_label(&parts.method);
     let body_in = content_length(&parts.headers);

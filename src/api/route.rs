@@ -173,6 +173,28 @@ mod tests {
             assert_eq!(route.credentials(), Credentials::None, "{public}");
             assert!(route.required_access().is_empty(), "{public}");
         }
+        // Every route's metrics label is one the byte counters know.
+        for (method, path) in [
+            (Method::GET, "/token"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/login"),
+            (Method::GET, "/v2/_catalog"),
+            (Method::GET, "/v2/a/tags/list"),
+            (Method::GET, "/v2/a/manifests/latest"),
+            (
+                Method::HEAD,
+                "/v2/a/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            ),
+            (Method::POST, "/v2/a/blobs/uploads/"),
+            (
+                Method::GET,
+                "/v2/a/referrers/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            ),
+            (Method::GET, "/v1/_ping"),
+        ] {
+            let route = parse(method, path).unwrap();
+            assert!(crate::metrics::ROUTES.contains(&route.label()), "{path}");
+        }
         // Near misses are not routes.
         for path in ["/", "/token/", "/v2x", "/v1", "/healthz/", "/V2/"] {
             let refused = parse(Method::GET, path).unwrap_err();
