@@ -45,6 +45,16 @@ pub struct Config {
     /// `[login]`: the sign-in page; unset, there is none.
     pub login: Option<LoginConfig>,
     pub metrics: MetricsConfig,
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the audit trail (see `audit.rs`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where its JSON lines go: a file (appended to, created `0600`), or
+    /// `-` for stdout; unset: no audit trail.
+    pub file: Option<PathBuf>,
 }
 
 /// `[metrics]`: the Prometheus exposition at `/metrics`.
@@ -470,6 +480,7 @@ impl Config {
                 "upstream" => config.upstream = reader.section("upstream", value),
                 "login" => config.login = reader.section("login", value),
                 "metrics" => config.metrics = reader.section("metrics", value),
+                "audit" => config.audit = reader.section("audit", value),
                 other => reader.at(span, format!("unknown section or key `{other}`")),
             }
         }

@@ -1,6 +1,7 @@
 //! Portcullis: a registry front door. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod client_tls;
 pub mod config;

@@ -22,6 +22,8 @@ pub struct AppState {
     /// `[login]`: the sign-in page.
     pub sign_in: Option<crate::api::login::SignInPage>,
     pub metrics: crate::metrics::Metrics,
+    /// `[audit]`: the audit trail.
+    pub audit: crate::audit::Audit,
     /// `metrics.token_file`'s token, read at start.
     pub metrics_token: Option<String>,
 }
@@ -79,6 +81,10 @@ impl AppState {
             None => None,
         };
         let metrics = crate::metrics::Metrics::new(config.metrics.enabled);
+        let audit = match &config.audit.file {
+            Some(file) => crate::audit::Audit::open(file).await?,
+            None => crate::audit::Audit::disabled(),
+        };
         let interval = Duration::from_secs(config.storage.sweep_interval_secs);
         let state = Arc::new(Self {
             config,
@@ -89,6 +95,7 @@ impl AppState {
             upstreams,
             sign_in,
             metrics,
+            audit,
             metrics_token,
         });
         tokio::spawn(sweep_periodically(Arc::downgrade(&state), interval));

@@ -25,6 +25,7 @@ mod api_names;
 mod api_referrers;
 mod api_schema1;
 mod api_uploads;
+mod audit;
 mod auth_clients;
 mod auth_token;
 mod blob_downloads;

@@ -5,6 +5,7 @@
 //! once from the route's credentials and required access, then one `match`
 //! hands it to its handler.
 
+mod audit;
 pub mod authorize;
 mod blobs;
 pub mod endpoint;
@@ -125,22 +126,35 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     };
     let method = method_label(&parts.method);
     let body_in = content_length(&parts.headers);
+    let mut audited = audit::Audited::default();
     let result = match parsed {
         // The one authorization check, from the route's credentials and
         // `route.required_access()`.
         Ok(route) => match authorize::authorize(&state, &route, &parts, conn.addr).await {
             Ok(grant) => {
+                if state.audit.enabled() {
+                    audited = audit::Audited::of(&route, Some(&grant), &parts);
+                }
                 // A cache says itself whether it answered (hit or miss).
                 if !matches!(&route, Route::Upstream(_, u) if u.caches()) {
                     tracing::Span::current().record("backend", route.backend().as_ref());
                 }
                 handle(&state, route, parts, body, &grant, &conn).await
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                if state.audit.enabled() {
+                    audited = audit::Audited::of(&route, None, &parts);
+                }
+                Err(e)
+            }
         },
         Err(e) => Err(e),
     };
+    let code = result.as_ref().err().map(|e| e.code.code());
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if state.audit.enabled() {
+        audited.record(&state.audit, &response, code, conn.addr);
+    }
     // Not on the 404 that keeps an old engine on v1: it would read as "v2
     // spoken here".
     if registry && !keep_on_v1 {

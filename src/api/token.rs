@@ -41,6 +41,7 @@ pub async fn get(state: Arc<AppState>, request: Request) -> Response {
     };
     let result = get_token(&state, authority, asked, &mut record).await;
     record.log(&result, &state.metrics);
+    record.audit(&result, &state.audit);
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -52,6 +53,7 @@ pub async fn post(state: Arc<AppState>, request: Request) -> Response {
     let body = request.into_body();
     let result = post_token(&state, authority, body, &mut record).await;
     record.log(&result, &state.metrics);
+    record.audit(&result, &state.audit);
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -112,6 +114,51 @@ impl Record {
             refused: String::new(),
             reason: None,
         }
+    }
+
+    /// The audit line of this request (`token`): the same facts as the log
+    /// line, as JSON.
+    fn audit(&self, result: &Result<Response, ApiError>, audit: &crate::audit::Audit) {
+        if !audit.enabled() {
+            return;
+        }
+        let none_if_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let credential = match self.grant {
+            "anonymous" => None,
+            "certificate" => Some("certificate"),
+            "refresh_token" => Some("refresh_token"),
+            _ => Some(self.credential.unwrap_or("password")),
+        };
+        let (outcome, status, reason) = match result {
+            Ok(_) => ("granted", 200, None),
+            Err(e) => (
+                "refused",
+                e.code.status().as_u16(),
+                Some(
+                    self.reason
+                        .map(str::to_owned)
+                        .or_else(|| e.message.clone())
+                        .unwrap_or_else(|| e.code.message().to_owned()),
+                ),
+            ),
+        };
+        audit.record(
+            "token",
+            serde_json::json!({
+                "result": outcome,
+                "status": status,
+                "user": self.user,
+                "source": self.source,
+                "credential": credential,
+                "certificate": self.subject,
+                "addr": self.addr.map(|a| a.to_string()),
+                "route": "token",
+                "asked": none_if_empty(&self.asked),
+                "granted": none_if_empty(&self.granted),
+                "refusals": none_if_empty(&self.refused),
+                "reason": reason,
+            }),
+        );
     }
 
     fn log(&self, result: &Result<Response, ApiError>, metrics: &crate::metrics::Metrics) {

@@ -1,0 +1,121 @@
+//! The audit trail (`[audit] file`): one JSON line per decision and per
+//! change, for the people who must later say who did what.
+//!
+//! | `event`      | when                                                       |
+//! |--------------|------------------------------------------------------------|
+//! | `token`      | a token request answered: granted (what, and each refusal with its rule) or refused (why) |
+//! | `refused`    | a registry request refused at enforcement (401, 403)      |
+//! | `push`       | a manifest stored (`tag` set when it moved a tag)         |
+//! | `blob_push`  | a blob upload finished                                     |
+//! | `delete`     | a manifest (or tag) deleted                                |
+//! | `blob_delete`| a blob link deleted                                        |
+//!
+//! Fields (absent when they do not apply): `time` (RFC 3339, UTC, ms),
+//! `event`, `result` (`granted`, `refused`, `ok`), `user`, `source` (the
+//! identity source), `credential` (`password`, `oidc`, `pat`,
+//! `certificate`, `token`), `addr`, `method`, `route`, `repository`,
+//! `reference`, `tag`, `digest`, `asked`, `granted`, `refusals` (each
+//! with the rule that decided), `status`, `reason`. Never a password, a
+//! token or a secret: the lines are built from what the request log holds.
+//!
+//! Lines go through a bounded queue to one writer task, so a slow disk
+//! never holds a request; a full queue drops the line and says so in the
+//! log (`audit lines dropped`). The file is opened for appending (`0600`),
+//! so `logrotate` with `copytruncate` rotates it; `-` writes to stdout for
+//! the host's log system.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Map, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// Lines queued for the writer before new ones are dropped.
+const QUEUE: usize = 16_384;
+
+pub struct Audit {
+    lines: Option<mpsc::Sender<String>>,
+    dropped: AtomicU64,
+}
+
+impl Audit {
+    pub fn disabled() -> Self {
+        Self {
+            lines: None,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Opens `file` (`-`: stdout) and starts the writer. Call inside the
+    /// runtime.
+    pub async fn open(file: &std::path::Path) -> Result<Self, String> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        if file == std::path::Path::new("-") {
+            tokio::spawn(write_lines(rx, tokio::io::stdout()));
+        } else {
+            let out = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(file)
+                .await
+                .map_err(|e| format!("audit.file {}: {e}", file.display()))?;
+            tokio::spawn(write_lines(rx, out));
+        }
+        Ok(Self {
+            lines: Some(tx),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    /// Records one event: `fields` as a JSON object, after `time` and
+    /// `event`. Fields whose value is `null` are left out.
+    pub fn record(&self, event: &str, fields: Value) {
+        let Some(lines) = &self.lines else { return };
+        let mut line = Map::new();
+        line.insert("time".into(), Value::String(now()));
+        line.insert("event".into(), Value::String(event.to_owned()));
+        if let Value::Object(fields) = fields {
+            line.extend(fields.into_iter().filter(|(_, v)| !v.is_null()));
+        }
+        let mut text = Value::Object(line).to_string();
+        text.push('\n');
+        if lines.try_send(text).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "audit lines dropped: the audit file cannot keep up"
+                );
+            }
+        }
+    }
+}
+
+async fn write_lines(mut rx: mpsc::Receiver<String>, mut out: impl tokio::io::AsyncWrite + Unpin) {
+    let mut batch = String::new();
+    while let Some(line) = rx.recv().await {
+        batch.push_str(&line);
+        while batch.len() < 64 << 10 {
+            match rx.try_recv() {
+                Ok(line) => batch.push_str(&line),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = out.write_all(batch.as_bytes()).await {
+            tracing::error!(error = %e, "audit trail: write failed");
+        }
+        let _ = out.flush().await;
+        batch.clear();
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
