@@ -7,7 +7,6 @@ use std::net::IpAddr;
 
 use axum::http::request::Parts;
 use axum::response::Response;
-use serde_json::json;
 
 use super::authorize::Grant;
 use super::endpoint::Endpoint;
@@ -127,22 +126,21 @@ impl Audited {
         } else {
             self.event.unwrap_or("change")
         };
-        audit.record(
+        audit.record(&crate::audit::Line {
             event,
-            json!({
-                "result": if refused { "refused" } else { "ok" },
-                "status": status.as_u16(),
-                "user": self.user,
-                "credential": self.credential,
-                "addr": addr.map(|a| a.to_string()),
-                "method": self.method,
-                "route": self.route,
-                "repository": self.repository,
-                "reference": self.reference,
-                "tag": self.tag,
-                "digest": digest,
-                "reason": if refused { code } else { None },
-            }),
-        );
+            result: if refused { "refused" } else { "ok" },
+            status: status.as_u16(),
+            user: self.user.as_deref(),
+            credential: self.credential.as_deref(),
+            addr,
+            method: Some(&self.method),
+            route: self.route,
+            repository: self.repository.as_deref(),
+            reference: self.reference.as_deref(),
+            tag: self.tag.as_deref(),
+            digest,
+            reason: if refused { code } else { None },
+            ..Default::default()
+        });
     }
 }

@@ -122,7 +122,9 @@ impl Record {
         if !audit.enabled() {
             return;
         }
-        let none_if_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        fn none_if_empty(s: &str) -> Option<&str> {
+            (!s.is_empty()).then_some(s)
+        }
         let credential = match self.grant {
             "anonymous" => None,
             "certificate" => Some("certificate"),
@@ -136,29 +138,27 @@ impl Record {
                 e.code.status().as_u16(),
                 Some(
                     self.reason
-                        .map(str::to_owned)
-                        .or_else(|| e.message.clone())
-                        .unwrap_or_else(|| e.code.message().to_owned()),
+                        .or(e.message.as_deref())
+                        .unwrap_or(e.code.message()),
                 ),
             ),
         };
-        audit.record(
-            "token",
-            serde_json::json!({
-                "result": outcome,
-                "status": status,
-                "user": self.user,
-                "source": self.source,
-                "credential": credential,
-                "certificate": self.subject,
-                "addr": self.addr.map(|a| a.to_string()),
-                "route": "token",
-                "asked": none_if_empty(&self.asked),
-                "granted": none_if_empty(&self.granted),
-                "refusals": none_if_empty(&self.refused),
-                "reason": reason,
-            }),
-        );
+        audit.record(&crate::audit::Line {
+            event: "token",
+            result: outcome,
+            status,
+            user: self.user.as_deref(),
+            source: self.source,
+            credential,
+            certificate: self.subject.as_deref(),
+            addr: self.addr,
+            route: "token",
+            asked: none_if_empty(&self.asked),
+            granted: none_if_empty(&self.granted),
+            refusals: none_if_empty(&self.refused),
+            reason,
+            ..Default::default()
+        });
     }
 
     fn log(&self, result: &Result<Response, ApiError>, metrics: &crate::metrics::Metrics) {
