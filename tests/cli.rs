@@ -42,6 +42,7 @@ fn every_example_configuration_loads_and_checks() {
         "vendor-password",
         "s3-secret-key",
         "sso-client-secret",
+        "metrics-token",
     ] {
         std::fs::write(secrets.join(name), "service-secret\n").unwrap();
     }
@@ -49,6 +50,14 @@ fn every_example_configuration_loads_and_checks() {
     for name in ["ldap-ca.crt", "corp-root-ca.crt"] {
         std::fs::write(cwd.path().join("certs").join(name), ca.pem()).unwrap();
     }
+    // The production example's HTTPS pair and policy tests.
+    ca.issue_server("registry", &["registry.example.org"]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("policy-tests/default.toml"),
+        cwd.path().join("policy-tests.toml"),
+    )
+    .unwrap();
     for path in found {
         Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))

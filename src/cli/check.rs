@@ -113,6 +113,34 @@ fn check_loaded(config: &Config, report: &mut Report) {
     check_storage(config, report);
     check_login(config, report);
     check_metrics(config, report);
+    check_audit(config, report);
+}
+
+/// Where the audit trail would go: stdout, or a file in a directory that
+/// exists (`serve` creates the file, not its directory).
+fn check_audit(config: &Config, report: &mut Report) {
+    let Some(file) = &config.audit.file else {
+        return;
+    };
+    if file == Path::new("-") {
+        println!("audit: JSON lines to stdout");
+        return;
+    }
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if dir.is_dir() {
+        println!("audit: JSON lines appended to {}", file.display());
+    } else {
+        report.problem(
+            file,
+            format!(
+                "audit.file {}: its directory does not exist",
+                file.display()
+            ),
+        );
+    }
 }
 
 /// The scrape token `serve` reads at start, when one is configured.
