@@ -957,6 +957,19 @@ fn lookup_key(table: &DeTable<'_>, path: &[&str]) -> Option<Range<usize>> {
     }
 }
 
+/// A secret kept in a file of its own (`key` names the setting, for the
+/// message): its first line, trimmed, which must not be empty. What
+/// `serve` reads at start and `check-config` reads to say so.
+pub fn read_secret(key: &str, path: &Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+    let secret = text.lines().next().unwrap_or("").trim();
+    if secret.is_empty() {
+        return Err(format!("{key} {}: empty", path.display()));
+    }
+    Ok(secret.to_owned())
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];

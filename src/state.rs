@@ -69,15 +69,7 @@ impl AppState {
             None => None,
         };
         let metrics_token = match &config.metrics.token_file {
-            Some(file) => {
-                let token = std::fs::read_to_string(file)
-                    .map_err(|e| format!("metrics.token_file {}: {e}", file.display()))?;
-                let token = token.trim();
-                if token.is_empty() {
-                    return Err(format!("metrics.token_file {}: empty", file.display()));
-                }
-                Some(token.to_owned())
-            }
+            Some(file) => Some(crate::config::read_secret("metrics.token_file", file)?),
             None => None,
         };
         let metrics = crate::metrics::Metrics::new(config.metrics.enabled);

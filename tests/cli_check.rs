@@ -304,3 +304,36 @@ fn the_sign_in_page_needs_an_issuer_that_takes_its_client() {
     );
     assert!(!out.contains("s3cret") && !err.contains("s3cret"));
 }
+
+#[test]
+fn the_metrics_token_and_the_audit_trail_are_read_as_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty-token"), "\n").unwrap();
+    let (code, out, err) = check(
+        dir.path(),
+        "[metrics]\ntoken_file = \"empty-token\"\n[audit]\nfile = \"no-such-dir/audit.jsonl\"\n",
+    );
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("metrics.token_file empty-token: empty"),
+        "{err}"
+    );
+    assert!(
+        err.contains("audit.file no-such-dir/audit.jsonl: its directory does not exist"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("token"), "scrape-me\n").unwrap();
+    let (code, out, err) = check(
+        dir.path(),
+        "[metrics]\ntoken_file = \"token\"\n[audit]\nfile = \"-\"\n",
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_lines(
+        &out,
+        &[
+            "metrics: /metrics requires the token of token",
+            "audit: JSON lines to stdout",
+        ],
+    );
+    assert!(!out.contains("scrape-me"));
+}

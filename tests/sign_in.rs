@@ -166,6 +166,23 @@ async fn a_person_signs_in_makes_a_token_and_skopeo_pushes_with_it() {
         .unwrap();
     assert_eq!(answer.status(), 400);
     assert!(answer.text().await.unwrap().contains("sign in again"));
+    // The issuer sending an error back (the person cancelled): its words
+    // shown to the person, escaped, and no session made.
+    let answer = client
+        .get(format!(
+            "{}/login/callback?error=access_denied&error_description=%3Cscript%3Ecancelled%3C%2Fscript%3E",
+            server.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(!answer.headers().contains_key("set-cookie"));
+    let page = answer.text().await.unwrap();
+    assert!(
+        page.contains("The sign-in did not complete: &lt;script&gt;cancelled"),
+        "{page}"
+    );
 
     // Revoked on the page: refused at once.
     browser.goto(&format!("{}/login", server.url)).await;

@@ -4,7 +4,6 @@
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorCode};
@@ -19,7 +18,7 @@ pub fn serve(state: &AppState, headers: &HeaderMap) -> Response {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !bool::from(sent.as_bytes().ct_eq(expected.as_bytes())) {
+        if !crate::auth::same_secret(sent.as_bytes(), expected.as_bytes()) {
             let mut refused =
                 (StatusCode::UNAUTHORIZED, "metrics token required\n").into_response();
             refused.headers_mut().insert(

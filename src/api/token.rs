@@ -528,13 +528,7 @@ fn respond(
         .join("; ");
     let credential = account.map_or(Credential::Password, |a| a.credential);
     let issued = authority.issue(subject, credential, grant.access)?;
-    let issued_at = time::OffsetDateTime::from_unix_timestamp(issued.claims.iat as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default();
+    let issued_at = crate::auth::token::rfc3339(issued.claims.iat);
     let body = TokenBody {
         token: &issued.token,
         access_token: &issued.token,

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::identity::{Credential, Identity};
 use super::scope::Action;
@@ -115,10 +114,6 @@ impl TokenScope {
         })
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
     /// Whether this scope lets a token do `action` on repository `name`.
     pub fn allows(&self, name: &str, action: Action) -> bool {
         self.repositories.matches(name) && self.actions.contains(&action)
@@ -163,7 +158,6 @@ impl Record {
 /// A token just made: the one time its secret is known.
 pub struct Created {
     pub token: String,
-    pub id: AccessTokenId,
     pub record: Record,
 }
 
@@ -231,7 +225,6 @@ pub async fn create(storage: &Storage, new: NewToken<'_>) -> Result<Created, Acc
     storage.create_access_token(&id, Bytes::from(json)).await?;
     Ok(Created {
         token: format!("{PREFIX}{id}_{secret}"),
-        id,
         record,
     })
 }
@@ -304,7 +297,7 @@ impl Refusal {
 /// time, then the expiry.
 pub fn check(presented: &Presented<'_>, record: &Record, now: u64) -> Result<(), Refusal> {
     let sent = hex::encode(Sha256::digest(presented.secret.as_bytes()));
-    if !bool::from(sent.as_bytes().ct_eq(record.secret_sha256.as_bytes())) {
+    if !super::same_secret(sent.as_bytes(), record.secret_sha256.as_bytes()) {
         return Err(Refusal::Unknown);
     }
     if record.expired(now) {

@@ -701,6 +701,14 @@ fn catalog_entry() -> AccessEntry {
     }
 }
 
+/// Whether a secret sent matches the one expected, in time that does not
+/// depend on where they differ (a form token, a nonce, a scrape token, a
+/// token's hash).
+pub fn same_secret(sent: &[u8], expected: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(sent.ct_eq(expected))
+}
+
 /// Builds the policy's view of a caller.
 pub fn caller(account: Option<&Identity>, addr: Option<IpAddr>) -> Caller {
     Caller {

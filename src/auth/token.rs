@@ -63,6 +63,19 @@ pub enum TokenError {
     Sign(String),
 }
 
+/// Seconds since the epoch as RFC 3339 in UTC (`2026-12-04T20:31:07Z`),
+/// for token answers, the sign-in page and `token list`; the number itself
+/// if it is out of range.
+pub fn rfc3339(secs: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     SystemTime::now()

@@ -103,8 +103,9 @@ fn plural(n: usize, word: &str) -> String {
 }
 
 fn check_loaded(config: &Config, report: &mut Report) {
-    check_policy(&config.policy.dir, report);
-    check_policy_tests(config, report);
+    if let Some(policy) = check_policy(&config.policy.dir, report) {
+        check_policy_tests(config, &policy, report);
+    }
     check_users(&config.users.file, report);
     check_keys(&config.token.key_dir, report);
     check_tls(config, report);
@@ -148,15 +149,9 @@ fn check_metrics(config: &Config, report: &mut Report) {
     let Some(file) = &config.metrics.token_file else {
         return;
     };
-    match std::fs::read_to_string(file) {
-        Ok(token) if !token.trim().is_empty() => {
-            println!("metrics: /metrics requires the token of {}", file.display())
-        }
-        Ok(_) => report.problem(
-            file,
-            format!("metrics.token_file {}: empty", file.display()),
-        ),
-        Err(e) => report.problem(file, format!("metrics.token_file {}: {e}", file.display())),
+    match portcullis::config::read_secret("metrics.token_file", file) {
+        Ok(_) => println!("metrics: /metrics requires the token of {}", file.display()),
+        Err(e) => report.problem(file, e),
     }
 }
 
@@ -257,24 +252,31 @@ fn check_tls(config: &Config, report: &mut Report) {
     }
 }
 
-fn check_policy(dir: &Path, report: &mut Report) {
+/// The policy `serve` would run with, once reported; `None` when it does
+/// not load (its problems reported).
+fn check_policy(dir: &Path, report: &mut Report) -> Option<Policy> {
     match Policy::load_configured(dir) {
-        Ok((policy, source)) => match source {
-            PolicySource::Dir(_) if policy.is_empty() => println!(
-                "policy: {source}: no rules, every request will be denied (`portcullis policy show`)"
-            ),
-            _ => println!(
-                "policy: {source}: {} (`portcullis policy show`)",
-                plural(policy.len(), "rule")
-            ),
-        },
+        Ok((policy, source)) => {
+            match source {
+                PolicySource::Dir(_) if policy.is_empty() => println!(
+                    "policy: {source}: no rules, every request will be denied (`portcullis policy show`)"
+                ),
+                _ => println!(
+                    "policy: {source}: {} (`portcullis policy show`)",
+                    plural(policy.len(), "rule")
+                ),
+            }
+            Some(policy)
+        }
         Err(PolicyError::Invalid { problems }) => {
             for p in problems {
                 report.problem(&p.file, p.to_string());
             }
+            None
         }
         Err(PolicyError::Read { file, source }) => {
-            report.problem(&file, format!("{}: cannot read: {source}", file.display()))
+            report.problem(&file, format!("{}: cannot read: {source}", file.display()));
+            None
         }
     }
 }
@@ -282,16 +284,13 @@ fn check_policy(dir: &Path, report: &mut Report) {
 /// The policy tests `policy.tests` names, run against the policy: a case
 /// that fails is a problem, so a policy change is checked before it goes
 /// live.
-fn check_policy_tests(config: &Config, report: &mut Report) {
+fn check_policy_tests(config: &Config, policy: &Policy, report: &mut Report) {
     if config.policy.tests.is_empty() {
         return;
     }
-    let Ok((policy, _)) = Policy::load_configured(&config.policy.dir) else {
-        return; // reported by check_policy
-    };
     let (mut cases, mut failed) = (0, 0);
     for file in &config.policy.tests {
-        match portcullis::policy::cases::run_file(&policy, file) {
+        match portcullis::policy::cases::run_file(policy, file) {
             Ok(outcomes) => {
                 for outcome in outcomes {
                     cases += 1;

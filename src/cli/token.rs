@@ -206,16 +206,7 @@ fn list(args: ListArgs) -> Result<ExitCode, Failure> {
 
 /// A time as RFC 3339 (UTC); `None` as `never`.
 fn when(at: Option<u64>) -> String {
-    let Some(at) = at else {
-        return "never".to_owned();
-    };
-    time::OffsetDateTime::from_unix_timestamp(at as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| at.to_string())
+    at.map_or_else(|| "never".to_owned(), portcullis::auth::token::rfc3339)
 }
 
 fn revoke(args: RevokeArgs) -> Result<ExitCode, Failure> {

@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use crate::AppState;
 use crate::auth::access_tokens::{self, NewToken, TokenScope};
 use crate::auth::identity::oidc::{OidcError, flow};
-use crate::auth::{Authority, caller};
+use crate::auth::{Authority, caller, same_secret};
 use crate::config::LoginConfig;
 use crate::error::{ApiError, ErrorCode};
 use session::{SESSION, SIGN_IN, Session, SignIn};
@@ -82,12 +82,10 @@ pub struct SignInPage {
 impl SignInPage {
     pub fn new(config: &LoginConfig) -> Result<Self, String> {
         let secret = match &config.client_secret_file {
-            Some(file) => Some(
-                std::fs::read_to_string(file)
-                    .map_err(|e| format!("login.client_secret_file {}: {e}", file.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
+            Some(file) => Some(crate::config::read_secret(
+                "login.client_secret_file",
+                file,
+            )?),
             None => None,
         };
         Ok(Self {
@@ -137,10 +135,10 @@ pub async fn serve(state: &Arc<AppState>, route: LoginRoute, parts: Parts, body:
     };
     let here = Here::of(state, &parts);
     let answer = match route {
-        LoginRoute::Page => show(state, page, authority, &parts, None).await,
+        LoginRoute::Page => show(state, page, authority, &parts, &here, None).await,
         LoginRoute::Start => start(page, authority, &here).await,
         LoginRoute::Callback => callback(page, authority, &parts, &here).await,
-        LoginRoute::CreateToken => create(state, page, authority, &parts, body).await,
+        LoginRoute::CreateToken => create(state, page, authority, &parts, &here, body).await,
         LoginRoute::RevokeToken => revoke(state, authority, &parts, body).await,
         LoginRoute::Logout => Ok(logout(&here)),
     };
@@ -170,6 +168,7 @@ async fn show(
     page: &SignInPage,
     authority: &Authority,
     parts: &Parts,
+    here: &Here,
     created: Option<page::Created>,
 ) -> Result<Response, String> {
     let Some(session) = Session::read(authority, &parts.headers) else {
@@ -195,7 +194,6 @@ async fn show(
             tokens.push((record, used));
         }
     }
-    let here = Here::of(state, parts);
     let view = page::SignedIn {
         session: &session,
         rules: &rules,
@@ -255,7 +253,7 @@ async fn callback(
     let again = "This sign-in expired or was not started here: sign in again.";
     let sign_in = SignIn::read(authority, &parts.headers).ok_or(again)?;
     let state = query.get("state").map_or("", String::as_str);
-    if !constant_time_eq(state, &sign_in.state) {
+    if !same_secret(state.as_bytes(), sign_in.state.as_bytes()) {
         return Err(again.to_owned());
     }
     let code = query.get("code").ok_or("The issuer sent no code back.")?;
@@ -315,7 +313,7 @@ async fn posted(
         .map_err(|_| "The form is too large.")?;
     let fields = form(&bytes);
     let sent = fields.get("form_token").map_or("", String::as_str);
-    if !constant_time_eq(sent, &session.form_token) {
+    if !same_secret(sent.as_bytes(), session.form_token.as_bytes()) {
         return Err("This form is not from your current sign-in: reload the page.".into());
     }
     Ok((session, fields))
@@ -326,6 +324,7 @@ async fn create(
     page: &SignInPage,
     authority: &Authority,
     parts: &Parts,
+    here: &Here,
     body: Body,
 ) -> Result<Response, String> {
     let (session, fields) = posted(authority, parts, body).await?;
@@ -370,7 +369,7 @@ async fn create(
         name: name.to_owned(),
         token: created.token,
     };
-    show(state, page, authority, parts, Some(created)).await
+    show(state, page, authority, parts, here, Some(created)).await
 }
 
 async fn revoke(
@@ -416,9 +415,4 @@ fn form(bytes: &[u8]) -> HashMap<String, String> {
             .or_insert_with(|| value.into_owned());
     }
     fields
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::session::Session;
 use crate::auth::access_tokens::Record;
+use crate::auth::token::rfc3339 as when;
 use crate::policy::Applicable;
 
 /// A token just made, shown once.
@@ -89,17 +90,6 @@ pub fn problem(message: &str) -> String {
             escape(message)
         ),
     )
-}
-
-/// RFC 3339, UTC, to the second.
-fn when(at: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(at as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| at.to_string())
 }
 
 /// The user name to give `docker login` with a token: the token names its

@@ -13,7 +13,6 @@
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::{Identity, Issuer, OidcError};
 
@@ -152,7 +151,7 @@ impl Issuer {
             .ok_or_else(|| OidcError::Refused("the token endpoint gave no ID token".into()))?;
         let identity = self.verify_token(&id_token).await?;
         let carried = identity.claims.get("nonce").map_or("", String::as_str);
-        if !bool::from(carried.as_bytes().ct_eq(nonce.as_bytes())) {
+        if !crate::auth::same_secret(carried.as_bytes(), nonce.as_bytes()) {
             return Err(OidcError::Refused(
                 "the ID token is not from this sign-in (nonce)".into(),
             ));
