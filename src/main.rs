@@ -94,6 +94,13 @@ enum Command {
     /// storage as schema 2 images; resumable, and a second run copies
     /// nothing.
     Migrate(cli::migrate::MigrateArgs),
+    /// Removes blobs and links no manifest references (and with
+    /// `--delete-untagged`, manifests no tag reaches), while servers keep
+    /// serving; `--dry-run` to see first.
+    Gc(cli::gc::GcArgs),
+    /// Checks every blob's digest and every link, tag and manifest;
+    /// `--repair` removes what is broken.
+    Fsck(cli::gc::FsckArgs),
 }
 
 fn main() -> ExitCode {
@@ -138,6 +145,8 @@ fn main() -> ExitCode {
         Command::Policy { command } => cli::finish(cli::policy::run(command)),
         Command::Token { command } => cli::finish(cli::token::run(command)),
         Command::Migrate(args) => cli::finish(cli::migrate::run(args)),
+        Command::Gc(args) => cli::finish(cli::gc::run_gc(args)),
+        Command::Fsck(args) => cli::finish(cli::gc::run_fsck(args)),
     }
 }
 

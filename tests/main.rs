@@ -41,6 +41,7 @@ mod connections;
 mod crash;
 mod docker;
 mod garage;
+mod gc;
 mod health;
 mod identity_token;
 mod interop_distribution;

@@ -209,3 +209,23 @@ async fn refused_keys_touch_nothing_on_disk() {
         .collect();
     assert!(inside.is_empty(), "refused keys created {inside:?}");
 }
+
+/// A moved object is as old as the move, as an object store's copy is:
+/// an upload idle for a day and then finished makes a blob of now, which
+/// garbage collection's grace period protects.
+#[tokio::test]
+async fn a_moved_file_is_as_old_as_the_move() {
+    let (dir, driver) = driver().await;
+    driver.put("uploads/u/data", "bytes".into()).await.unwrap();
+    let file = std::fs::File::open(dir.path().join("root/uploads/u/data")).unwrap();
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    file.set_modified(day_ago).unwrap();
+    let before = std::time::SystemTime::now();
+    driver.rename("uploads/u/data", "blobs/b").await.unwrap();
+    let moved = driver.stat("blobs/b").await.unwrap();
+    assert!(
+        moved.modified >= before,
+        "{:?} < {before:?}",
+        moved.modified
+    );
+}

@@ -7,7 +7,7 @@
 //! `cargo bench --bench registry -- [--only SECTION,...] [--blob-mib N]
 //! [--portcullis PATH]`; `--portcullis` measures another build of the
 //! server (say, the previous commit's) with this harness.
-//! Sections: blobs, image, small, tokens, sso, ops, scale, tls, ldap, v1, upstream, s3.
+//! Sections: blobs, image, small, tokens, sso, ops, gc, scale, tls, ldap, v1, upstream, s3.
 
 mod bare;
 mod blobs;
@@ -36,6 +36,7 @@ mod pki;
 #[path = "../../tests/common/slapd.rs"]
 mod slapd;
 // The OCI layout builder the client tests use.
+mod gc;
 #[path = "../../tests/common/oci.rs"]
 mod oci;
 mod ops;
@@ -110,7 +111,7 @@ fn main() {
         servers.portcullis.url, servers.distribution.url
     );
     let mut rows: Vec<Row> = Vec::new();
-    let sections: [(&str, &dyn Fn() -> Vec<Row>); 12] = [
+    let sections: [(&str, &dyn Fn() -> Vec<Row>); 13] = [
         ("blobs", &|| {
             runtime.block_on(blobs::run(&servers, &options))
         }),
@@ -125,6 +126,7 @@ fn main() {
         }),
         ("sso", &|| runtime.block_on(sso::run(&servers, &options))),
         ("ops", &|| runtime.block_on(ops::run(&servers, &options))),
+        ("gc", &|| runtime.block_on(gc::run(&servers, &options))),
         ("scale", &|| {
             runtime.block_on(scale::run(&servers, &options))
         }),

@@ -1,5 +1,6 @@
 //! The subcommands besides `serve`: the configuration check, users, keys,
-//! policy, token revocation and the migration off v1. Each returns `Ok(exit code)` or a [`Failure`] that `main` prints.
+//! policy, token revocation, the migration off v1, garbage collection and
+//! the store's check. Each returns `Ok(exit code)` or a [`Failure`] that `main` prints.
 //!
 //! Standard output goes through [`write_stdout`]: `println!` and `print!`
 //! are redefined below, before the submodules, so every command of this
@@ -25,6 +26,7 @@ macro_rules! print {
 }
 
 pub mod check;
+pub mod gc;
 pub mod identity;
 pub mod keygen;
 pub mod migrate;

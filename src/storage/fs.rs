@@ -477,6 +477,12 @@ impl Driver for FsDriver {
             if !fs::metadata(&source)?.is_file() {
                 return Err(io::ErrorKind::NotFound.into());
             }
+            // A move writes the object at `to`: it is as old as the move,
+            // as on an object store, where the copy is a new object. (A
+            // rename keeps the file's time: an upload idle for a day and then
+            // finished would make a blob a day old, which garbage
+            // collection's grace period would not protect.)
+            fs::File::open(&source)?.set_modified(std::time::SystemTime::now())?;
             with_parent(&target, || fs::rename(&source, &target))?;
             sync_dir(target.parent().expect("parent"))?;
             prune_empty_parents(&source, &root);

@@ -35,7 +35,11 @@ pub struct ManifestPut {
 
 impl Storage {
     /// The digest a reference names and its revision link.
-    async fn revision(&self, repo: &RepoName, reference: &Reference) -> Result<(Digest, Revision)> {
+    pub(super) async fn revision(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, Revision)> {
         let unknown = || StorageError::ManifestUnknown(reference.to_string());
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
@@ -191,10 +195,11 @@ impl Storage {
         }
 
         let size = body.len() as u64;
-        let blob = paths::blob_data(&revision.content);
-        if let Err(DriverError::NotFound(_)) = self.driver.stat(&blob).await {
-            self.cached_put(&blob, body).await?;
-        }
+        // Written even when stored already: the write makes it young, so a
+        // garbage collection that found it unreferenced leaves it alone
+        // (`gc.rs`: nothing written within the grace period is swept).
+        self.cached_put(&paths::blob_data(&revision.content), body)
+            .await?;
         self.cached_put(
             &paths::manifest_revision(repo, &digest),
             Bytes::from(revision.to_string_for(&digest)),
@@ -354,9 +359,9 @@ impl Storage {
 /// A revision link's content: the media type, and when the manifest's bytes
 /// are not the blob of its own digest (a signed schema 1 manifest), the
 /// digest they are stored under on a second line.
-struct Revision {
-    media_type: String,
-    content: Digest,
+pub(super) struct Revision {
+    pub(super) media_type: String,
+    pub(super) content: Digest,
 }
 
 impl Revision {
@@ -384,7 +389,7 @@ impl Revision {
     }
 }
 
-fn ignore_missing(r: std::result::Result<(), DriverError>) -> Result<()> {
+pub(super) fn ignore_missing(r: std::result::Result<(), DriverError>) -> Result<()> {
     match r {
         Err(DriverError::NotFound(_)) => Ok(()),
         other => Ok(other?),

@@ -454,7 +454,7 @@ impl Driver for S3Driver {
             .map_err(|e| store_error(key, e))?;
         Ok(Meta {
             size: meta.size,
-            modified: meta.last_modified.into(),
+            modified: latest_in_second(meta.last_modified.into()),
         })
     }
 
@@ -564,5 +564,20 @@ impl Driver for S3Driver {
             }
         }
         Ok(())
+    }
+}
+
+/// S3 gives an object's time in whole seconds (`Last-Modified`), cut down:
+/// the object may have been written up to a second later. What it was
+/// written by is asked so that nothing younger than an age goes (garbage
+/// collection's grace period, an idle upload's limit), so the latest time
+/// the object could have been written is the one to answer with.
+fn latest_in_second(at: std::time::SystemTime) -> std::time::SystemTime {
+    let whole = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .is_ok_and(|since| since.subsec_nanos() == 0);
+    match whole {
+        true => at + std::time::Duration::from_millis(999),
+        false => at,
     }
 }

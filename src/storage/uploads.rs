@@ -285,19 +285,19 @@ impl Storage {
         if digest.algorithm() == Algorithm::Sha512 {
             // Only SHA-256 is kept incrementally (what nearly every client
             // uses); a SHA-512 upload is hashed once more at the end.
-            let actual = self.rehash_sha512(&data, session.assembly.size).await?;
+            let actual = self
+                .rehash(&data, Algorithm::Sha512, session.assembly.size)
+                .await?;
             if &actual != digest {
                 return Err(mismatch(actual));
             }
         }
-        let blob = paths::blob_data(digest);
         // Same digest, same bytes: an existing blob (a concurrent or earlier
-        // push) is already right, and replacing it would be too.
-        match self.driver.stat(&blob).await {
-            Ok(_) => {}
-            Err(DriverError::NotFound(_)) => self.driver.rename(&data, &blob).await?,
-            Err(e) => return Err(e.into()),
-        }
+        // push) is replaced by its equal, atomically. Moving the bytes even
+        // then makes the blob young, so a garbage collection that found it
+        // unreferenced leaves it alone (`gc.rs`: nothing written within the
+        // grace period is swept).
+        self.driver.rename(&data, &paths::blob_data(digest)).await?;
         self.link_blob(repo, digest).await?;
         // The assembly is finished: nothing of it is left to discard.
         self.remove_session(id, session.owner.as_deref(), None)
@@ -324,7 +324,9 @@ impl Storage {
             // The session's SHA-256 is known: the blob is its content when
             // its own SHA-256 is the same (read once; this path is rare).
             Algorithm::Sha512 => match self.driver.stat(&blob).await.map(|m| m.size) {
-                Ok(found) if found == size => self.rehash_sha256(&blob, size).await? == own,
+                Ok(found) if found == size => {
+                    self.rehash(&blob, Algorithm::Sha256, size).await? == own
+                }
                 Ok(_) | Err(DriverError::NotFound(_)) => false,
                 Err(e) => return Err(e.into()),
             },
@@ -572,24 +574,23 @@ impl Storage {
         }
     }
 
-    async fn rehash_sha256(&self, key: &str, len: u64) -> Result<Digest> {
-        let mut hasher = sha2::Sha256::new();
-        let mut stream = self.driver.read(key, 0, Some(len)).await?;
-        while let Some(bytes) = stream.next().await {
-            hasher.update(&bytes.map_err(DriverError::Io)?);
-        }
-        Ok(Digest::from_sha256(hasher.finalize().as_slice()))
+    /// The digest under `alg` of the first `len` bytes at `key`, read back.
+    pub(super) async fn rehash(&self, key: &str, alg: Algorithm, len: u64) -> Result<Digest> {
+        Ok(match alg {
+            Algorithm::Sha256 => Digest::from_sha256(&self.hash::<sha2::Sha256>(key, len).await?),
+            Algorithm::Sha512 => Digest::from_sha512(&self.hash::<sha2::Sha512>(key, len).await?),
+        })
     }
 
-    async fn rehash_sha512(&self, data: &str, len: u64) -> Result<Digest> {
-        let mut hasher = sha2::Sha512::new();
+    async fn hash<H: sha2::Digest + Send>(&self, key: &str, len: u64) -> Result<Vec<u8>> {
+        let mut hasher = H::new();
         if len > 0 {
-            let mut stream = self.driver.read(data, 0, Some(len)).await?;
+            let mut stream = self.driver.read(key, 0, Some(len)).await?;
             while let Some(bytes) = stream.next().await {
-                hasher.update(&bytes.map_err(super::DriverError::Io)?);
+                hasher.update(&bytes.map_err(DriverError::Io)?);
             }
         }
-        Ok(Digest::from_sha512(hasher.finalize().as_slice()))
+        Ok(hasher.finalize().to_vec())
     }
 }
 
