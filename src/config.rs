@@ -66,6 +66,10 @@ pub struct MetricsConfig {
     /// A file holding a token scrapers must send (`Authorization: Bearer
     /// …`); unset: anyone who reaches the address may read the metrics.
     pub token_file: Option<PathBuf>,
+    /// A listener of its own for `/metrics` (plain HTTP, say
+    /// `127.0.0.1:9100` or an address only the monitoring network
+    /// reaches); the main listener then answers `/metrics` with 404.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for MetricsConfig {
@@ -73,6 +77,7 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             token_file: None,
+            listen: None,
         }
     }
 }

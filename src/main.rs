@@ -214,6 +214,14 @@ async fn run(config: Config) -> Result<(), String> {
             Some(portcullis::serve::Https { tls, redirect })
         }
     };
+    let metrics = match config.metrics.listen {
+        Some(at) if config.metrics.enabled => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| format!("cannot listen on {at} (metrics.listen): {e}"))?,
+        ),
+        _ => None,
+    };
     let scheme = if https.is_some() { "https" } else { "http" };
     let state = portcullis::AppState::new(config).await?;
     // Listen for signals before announcing the address: whoever reads that
@@ -239,8 +247,18 @@ async fn run(config: Config) -> Result<(), String> {
             tracing::info!(%at, "redirecting plain HTTP to HTTPS");
         }
     }
+    if let Some(at) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
+        // Read by tests and scripts, as the address line above.
+        if let Err(e) = writeln!(
+            std::io::stdout(),
+            "portcullis metrics on http://{at}/metrics"
+        ) {
+            tracing::warn!("cannot write the metrics address to standard output: {e}");
+        }
+        tracing::info!(%at, "metrics on a listener of their own");
+    }
     tracing::info!(%addr, %scheme, storage = %root.display(), "listening");
-    portcullis::serve::serve_with(listener, state, https, shutdown)
+    portcullis::serve::serve_with(listener, state, https, metrics, shutdown)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");

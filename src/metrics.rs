@@ -12,6 +12,9 @@
 //! | `logins_total`                       | source, credential, result      |
 //! | `login_duration_seconds`             | source                          |
 //! | `upload_sessions_open`               | (this replica's)                |
+//! | `storage_operations_total`           | backend, operation, result      |
+//! | `storage_operation_duration_seconds` | backend, operation              |
+//! | `cache_requests_total`               | upstream, result                |
 //! | `build_info`                         | version                         |
 //!
 //! Requests are counted by the latency histogram alone (its `_count` is
@@ -85,6 +88,25 @@ struct SourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageLabels {
+    backend: &'static str,
+    operation: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    backend: &'static str,
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    upstream: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -104,6 +126,9 @@ pub struct Metrics {
     logins: Family<LoginLabels, Counter>,
     login_durations: Histograms<SourceLabel>,
     uploads_open: Gauge,
+    storage: Family<StorageLabels, Counter>,
+    storage_durations: Histograms<OperationLabels>,
+    cache: Family<CacheLabels, Counter>,
 }
 
 /// Request latencies from 0.1 ms to about 6.5 s.
@@ -167,6 +192,25 @@ impl Metrics {
             "Upload sessions this replica knows of",
             uploads_open.clone(),
         );
+        let storage = Family::default();
+        registry.register(
+            "storage_operations",
+            "Operations on the store, by backend, operation and result (ok, not_found, error)",
+            storage.clone(),
+        );
+        let storage_durations: Histograms<OperationLabels> =
+            Family::new_with_constructor(request_buckets);
+        registry.register(
+            "storage_operation_duration_seconds",
+            "Time an operation on the store took (a read: until its stream was open)",
+            storage_durations.clone(),
+        );
+        let cache = Family::default();
+        registry.register(
+            "cache_requests",
+            "Pulls under a pull-through cache's prefix, by upstream and result (hit, miss; pass: neither read nor kept)",
+            cache.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -184,7 +228,39 @@ impl Metrics {
             logins,
             login_durations,
             uploads_open,
+            storage,
+            storage_durations,
+            cache,
         }
+    }
+
+    /// What counts the operations on a store of `backend`; `None` when
+    /// nothing is counted (the driver is then not wrapped at all).
+    pub fn storage_observer(
+        &self,
+        backend: &'static str,
+    ) -> Option<std::sync::Arc<dyn crate::storage::metered::Observer>> {
+        self.enabled.then(|| {
+            std::sync::Arc::new(StorageObserver {
+                backend,
+                operations: self.storage.clone(),
+                durations: self.storage_durations.clone(),
+            }) as _
+        })
+    }
+
+    /// A pull under a cached upstream's prefix, answered from the cache
+    /// (`hit`) or from the upstream (`miss`).
+    pub fn cache(&self, upstream: &str, result: &'static str) {
+        if !self.enabled {
+            return;
+        }
+        self.cache
+            .get_or_create(&CacheLabels {
+                upstream: upstream.to_owned(),
+                result,
+            })
+            .inc();
     }
 
     /// One answered request.
@@ -251,5 +327,32 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+struct StorageObserver {
+    backend: &'static str,
+    operations: Family<StorageLabels, Counter>,
+    durations: Histograms<OperationLabels>,
+}
+
+impl crate::storage::metered::Observer for StorageObserver {
+    fn operation(
+        &self,
+        operation: &'static str,
+        outcome: crate::storage::metered::Outcome,
+        took: Duration,
+    ) {
+        let backend = self.backend;
+        self.operations
+            .get_or_create(&StorageLabels {
+                backend,
+                operation,
+                result: outcome.label(),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&OperationLabels { backend, operation })
+            .observe(took.as_secs_f64());
     }
 }

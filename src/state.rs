@@ -32,7 +32,14 @@ impl AppState {
     /// Opens the storage the configuration names (creating the data directory
     /// on first start) and loads keys, users and policies.
     pub async fn new(config: Config) -> Result<Arc<Self>, String> {
-        let storage = crate::storage::open::storage(&config.storage).await?;
+        let metrics = crate::metrics::Metrics::new(config.metrics.enabled);
+        let mut storage = crate::storage::open::storage(&config.storage).await?;
+        if let Some(observer) = metrics.storage_observer(match config.storage.s3 {
+            Some(_) => "s3",
+            None => "filesystem",
+        }) {
+            storage = storage.metered(observer);
+        }
         // Before serving: what crashes left in `uploads/` goes, and the
         // sessions kept are counted per account before anyone opens more.
         storage.sweep_uploads_logged().await;
@@ -72,7 +79,6 @@ impl AppState {
             Some(file) => Some(crate::config::read_secret("metrics.token_file", file)?),
             None => None,
         };
-        let metrics = crate::metrics::Metrics::new(config.metrics.enabled);
         let audit = match &config.audit.file {
             Some(file) => crate::audit::Audit::open(file).await?,
             None => crate::audit::Audit::disabled(),

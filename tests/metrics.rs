@@ -209,6 +209,38 @@ async fn every_family_counts_what_happens() {
         ),
         1.0
     );
+    // The store: the blob's bytes committed and moved into place, read
+    // back; absence (a blob never pushed) is an answer, not an error.
+    let unknown = sha256(b"never pushed");
+    let absent = s
+        .client
+        .get(s.at(&format!("/v2/alice/secret-project/blobs/{unknown}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(absent.status(), 404);
+    let after = Scrape::of(&s).await;
+    let grew = |name: &str, labels: &[&str]| after.value(name, labels) - before.value(name, labels);
+    let backend = match crate::STORAGE_ON_S3 {
+        true => "backend=\"s3\"",
+        false => "backend=\"filesystem\"",
+    };
+    let storage = "portcullis_storage_operations_total";
+    for operation in ["commit", "rename", "read"] {
+        let operation = format!("operation=\"{operation}\"");
+        let labels = [backend, operation.as_str(), "result=\"ok\""];
+        assert!(grew(storage, &labels) >= 1.0, "{operation}");
+    }
+    assert!(grew(storage, &[backend, "result=\"not_found\""]) >= 1.0);
+    assert_eq!(grew(storage, &[backend, "result=\"error\""]), 0.0);
+    assert!(
+        grew(
+            "portcullis_storage_operation_duration_seconds_count",
+            &[backend, "operation=\"rename\""]
+        ) >= 1.0
+    );
+
     // The scrapes themselves are counted too, under their own route.
     assert!(after.value(requests, &["route=\"metrics\""]) >= 2.0);
 
@@ -254,4 +286,57 @@ async fn a_scrape_token_when_configured_and_nothing_when_disabled() {
     .await;
     let response = off.client.get(off.at("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 404);
+}
+
+/// With `metrics.listen`, `/metrics` is served there alone, and the main
+/// listener answers it with 404 (the real binary, which binds both).
+#[tokio::test]
+async fn metrics_on_a_listener_of_their_own() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::process::config_in(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&config, text).unwrap();
+    /// Killed when the test ends, passed or not.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("PORTCULLIS_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let _running = Running(child);
+    let mut line = || lines.next().unwrap().unwrap();
+    let main = line()
+        .strip_prefix("portcullis listening on ")
+        .unwrap()
+        .to_owned();
+    let scrape = line()
+        .strip_prefix("portcullis metrics on ")
+        .unwrap()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let status = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(format!("{main}/v2/")).await, 401);
+    assert_eq!(status(format!("{main}/metrics")).await, 404);
+    let scraped = http.get(&scrape).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    let body = scraped.text().await.unwrap();
+    assert!(body.contains("portcullis_build_info"), "{body}");
+    // The main listener's refusals were counted; nothing but /metrics here.
+    assert!(body.contains("route=\"v2_base\""), "{body}");
+    let base = scrape.strip_suffix("/metrics").unwrap();
+    assert_eq!(status(format!("{base}/v2/")).await, 404);
 }

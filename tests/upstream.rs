@@ -562,6 +562,11 @@ async fn a_pull_through_cache_serves_what_it_pulled_once_even_with_the_upstream_
     }
     let token = token(&server, BOB, "repository:cache/app:pull").await;
     let old = head_digest(&server, "/v2/cache/app/manifests/v1", &token).await;
+    let misses = cache_requests(&server, "miss").await;
+    assert!(
+        misses >= 1.0 + LAYER_SIZES.len() as f64,
+        "each blob a miss: {misses}"
+    );
 
     // The tag moves upstream: the cache keeps the old one until it is
     // older than the age, then sees the new one.
@@ -618,6 +623,23 @@ async fn a_pull_through_cache_serves_what_it_pulled_once_even_with_the_upstream_
         head_digest(&server, "/v2/cache/app/manifests/v1", &token).await,
         new
     );
+    assert!(cache_requests(&server, "hit").await >= 1.0 + LAYER_SIZES.len() as f64);
+}
+
+/// `portcullis_cache_requests_total` of the upstream `hub` for `result`.
+async fn cache_requests(server: &ServerProcess, result: &str) -> f64 {
+    let text = reqwest::get(server.at("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = format!("{{upstream=\"hub\",result=\"{result}\"}}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("portcullis_cache_requests_total"))
+        .filter_map(|l| l.strip_prefix(labels.as_str()))
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .sum()
 }
 
 #[tokio::test]

@@ -58,6 +58,24 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
+/// The router of `metrics.listen`, the listener of its own: `/metrics` and
+/// nothing else, out of the request log and the request metrics (a scrape
+/// every few seconds is not traffic).
+pub fn metrics_router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+                 headers: axum::http::HeaderMap| async move {
+                    metrics::serve(&state, &headers)
+                },
+            ),
+        )
+        .fallback(|| async { ApiError::from(ErrorCode::NotFound).into_response() })
+        .with_state(state)
+}
+
 /// The span of one request (tower-http's fields, and which backend served
 /// it, recorded once the request is authorized): at `debug` and with the
 /// target of tower-http's own, so that the filter that showed the request
@@ -248,6 +266,10 @@ async fn handle(
         }
         Route::Jwks => token::jwks(state),
         Route::Login(page) => login::serve(state, page, parts, body).await,
+        // Served on a listener of its own when one is configured.
+        Route::Metrics if state.config.metrics.listen.is_some() => {
+            return Err(ErrorCode::NotFound.into());
+        }
         Route::Metrics => metrics::serve(state, &parts.headers),
         Route::Live => health::live(),
         Route::Ready => health::ready(state).await,

@@ -146,6 +146,9 @@ fn check_audit(config: &Config, report: &mut Report) {
 
 /// The scrape token `serve` reads at start, when one is configured.
 fn check_metrics(config: &Config, report: &mut Report) {
+    if let Some(at) = config.metrics.listen {
+        println!("metrics: /metrics on a listener of its own, http://{at}");
+    }
     let Some(file) = &config.metrics.token_file else {
         return;
     };

@@ -67,7 +67,7 @@ pub async fn serve(
         }),
         None => None,
     };
-    serve_with(listener, state, https, shutdown).await
+    serve_with(listener, state, https, None, shutdown).await
 }
 
 /// What a listener serving HTTPS needs beyond the plain one.
@@ -84,11 +84,13 @@ pub struct Https {
 /// certificate or a taken port fails the start). TLS connections get the
 /// same limits as plain ones: the handshake counts as the wait for the
 /// first request head, and a handshaking connection holds a slot and can be
-/// shed for room.
+/// shed for room. `metrics` is the bound listener of `metrics.listen`,
+/// which serves `/metrics` alone, in plain HTTP, under the same limits.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     https: Option<Https>,
+    metrics: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = Limits::new(&state.config.server);
@@ -118,10 +120,17 @@ pub async fn serve_with(
         }
         None => (None, None),
     };
+    let scrapes =
+        metrics.map(|listener| (listener, crate::api::metrics_router(Arc::clone(&state))));
     let app = crate::build_router(state);
     let main = listening.accept_loop(listener, app, tls);
     let redirect = async {
         if let Some((listener, router)) = redirect {
+            listening.accept_loop(listener, router, None).await;
+        }
+    };
+    let scrapes = async {
+        if let Some((listener, router)) = scrapes {
             listening.accept_loop(listener, router, None).await;
         }
     };
@@ -132,7 +141,7 @@ pub async fn serve_with(
         // close at once).
         let _ = stop.send(());
     };
-    tokio::join!(main, redirect, stopper);
+    tokio::join!(main, redirect, scrapes, stopper);
     listening.tasks.close();
     listening.tasks.wait().await;
     Ok(())

@@ -18,6 +18,7 @@ pub mod gc;
 mod index;
 mod inventory;
 mod manifests;
+pub mod metered;
 mod migration;
 pub mod open;
 pub mod paths;
@@ -300,6 +301,12 @@ impl Storage {
         let deleted = self.driver.delete(key).await;
         self.cache.forget(key);
         deleted
+    }
+
+    /// Tells `observer` of every operation on the store (the storage metrics).
+    pub fn metered(mut self, observer: Arc<dyn metered::Observer>) -> Self {
+        self.driver = Arc::new(metered::Metered::new(self.driver, observer));
+        self
     }
 
     pub fn with_upload_limits(mut self, limits: UploadLimits) -> Self {

@@ -90,10 +90,11 @@ impl Cache {
     }
 }
 
-/// Who answered, for the request log.
-fn served(upstream: &Upstream, how: &str) {
+/// Who answered, for the request log and the metrics.
+fn served(state: &AppState, upstream: &Upstream, how: &'static str) {
     let value = format!("cache-{how}:{}", upstream.config.name);
     tracing::Span::current().record("backend", value.as_str());
+    state.metrics.cache(&upstream.config.name, how);
 }
 
 /// An authorized request under a cached upstream's prefix.
@@ -119,24 +120,24 @@ pub(in crate::api) async fn serve(
             match local(endpoint.clone()).await {
                 Err(e) if e.code == ErrorCode::BlobUnknown => {}
                 answer => {
-                    served(upstream, "hit");
+                    served(state, upstream, "hit");
                     return answer;
                 }
             }
             // A probe or a part of a blob not kept yet: asked upstream as
             // it is, and nothing is kept.
             if head || parts.headers.contains_key(header::RANGE) {
-                served(upstream, "miss");
+                served(state, upstream, "miss");
                 let public = authorize::public_base(state, &parts);
                 return upstream.forward(&endpoint, &parts, body, &public).await;
             }
             match fill_blob(state, upstream, cache, &name, &digest, &parts).await? {
                 Filled::Streaming(response) => {
-                    served(upstream, "miss");
+                    served(state, upstream, "miss");
                     Ok(response)
                 }
                 Filled::Stored => {
-                    served(upstream, "hit");
+                    served(state, upstream, "hit");
                     local(endpoint).await
                 }
             }
@@ -145,13 +146,13 @@ pub(in crate::api) async fn serve(
             name, reference, ..
         } => {
             let hit = manifest(state, upstream, cache, name, reference).await?;
-            served(upstream, if hit { "hit" } else { "miss" });
+            served(state, upstream, if hit { "hit" } else { "miss" });
             local(endpoint).await
         }
         // Tag lists, referrers: the upstream's, as for an uncached prefix.
         _ => {
             let public = authorize::public_base(state, &parts);
-            served(upstream, "pass");
+            served(state, upstream, "pass");
             upstream.forward(&endpoint, &parts, body, &public).await
         }
     }
