@@ -211,7 +211,7 @@ impl Authority {
             issuer = %config.token.issuer,
             users = user_count,
             rules = policy.get().len(),
-            signing_key = %keys.get().signer().libtrust_id,
+            signing_key = %keys.current().signer().libtrust_id,
             "token authority ready"
         );
         Ok(Self {
@@ -241,10 +241,12 @@ impl Authority {
         self.policy.get()
     }
 
-    /// The signing keys in force (after reloading them if their files
-    /// changed); keep the `Arc` for the whole of one signing or check.
+    /// The signing keys in force; keep the `Arc` for the whole of one
+    /// signing or check. Every bearer token is checked with them, so they
+    /// are not looked at on use: the watcher task does every second
+    /// ([`Authority::check_files`]), and `SIGHUP` at once.
     pub fn keys(&self) -> Arc<KeyRing> {
-        self.keys.get()
+        self.keys.current()
     }
 
     /// Builds the password sources `identity` names, without putting them

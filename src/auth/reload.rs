@@ -194,6 +194,12 @@ impl<T: Summary + Send + Sync + 'static> Watched<T> {
         self.current.get()
     }
 
+    /// The value in force, without looking at the files: for the hot
+    /// paths whose files only the watcher task (and `SIGHUP`) looks at.
+    pub fn current(&self) -> Arc<T> {
+        self.current.get()
+    }
+
     /// Looks at the files now (the watcher task, which paces itself) and
     /// reloads if they changed.
     pub fn check_now(&self) {
@@ -306,5 +312,25 @@ mod tests {
             333,
             "a vanished file keeps the last good value"
         );
+    }
+
+    #[test]
+    fn a_key_directory_changes_with_its_keys_not_with_the_bundle_or_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("token-1.key", "k");
+        write("token-1.crt", "c");
+        let before = Fingerprint::of_key_dir(dir.path());
+        write("bundle.crt", "b");
+        write(".token-2.key.tmp", "half");
+        write("token-2.tmp", "half");
+        assert_eq!(Fingerprint::of_key_dir(dir.path()), before);
+        write("token-2.standby", "marker");
+        let standby = Fingerprint::of_key_dir(dir.path());
+        assert_ne!(standby, before);
+        std::fs::remove_file(dir.path().join("token-2.standby")).unwrap();
+        assert_eq!(Fingerprint::of_key_dir(dir.path()), before);
+        write("token-1.key", "another key");
+        assert_ne!(Fingerprint::of_key_dir(dir.path()), before);
     }
 }
