@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod migrate;
 pub mod policy;
+pub mod reconfigure;
 pub mod reference;
 pub mod serve;
 pub mod state;

@@ -16,6 +16,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use portcullis::config::Config;
@@ -118,25 +119,14 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(failure) => return cli::finish(Err(failure)),
             };
-            if let Some(listen) = listen {
-                config.server.listen = listen;
-            }
-            if let Some(dir) = data_dir {
-                config.storage.root = dir;
-            }
-            if no_auth {
-                config.auth.enabled = false;
-            }
-            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
-                // The pair from the command line, the rest of [server.tls]
-                // (redirect, client certificates) from the configuration.
-                let mut tls = config.server.tls.take().unwrap_or_else(|| {
-                    portcullis::config::TlsConfig::pair(cert.clone(), key.clone())
-                });
-                (tls.cert, tls.key) = (cert, key);
-                config.server.tls = Some(tls);
-            }
-            serve(config, source)
+            let overrides = Overrides {
+                listen,
+                data_dir,
+                no_auth,
+                tls_pair: tls_cert.zip(tls_key),
+            };
+            overrides.apply(&mut config);
+            serve(config, Rereader { source, overrides })
         }
         Command::CheckConfig { file } => cli::check::run(file.as_deref()),
         Command::User { command } => cli::finish(cli::users::run(command)),
@@ -150,10 +140,65 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config, source: cli::ConfigSource) -> ExitCode {
+/// What `serve`'s options put over the configuration file, at start and
+/// on every reload (so a reload never reports them as changes).
+struct Overrides {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    no_auth: bool,
+    tls_pair: Option<(PathBuf, PathBuf)>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.storage.root = dir.clone();
+        }
+        if self.no_auth {
+            config.auth.enabled = false;
+        }
+        if let Some((cert, key)) = &self.tls_pair {
+            // The pair from the command line, the rest of [server.tls]
+            // (redirect, client certificates) from the configuration.
+            let mut tls =
+                config.server.tls.take().unwrap_or_else(|| {
+                    portcullis::config::TlsConfig::pair(cert.clone(), key.clone())
+                });
+            (tls.cert, tls.key) = (cert.clone(), key.clone());
+            config.server.tls = Some(tls);
+        }
+    }
+}
+
+/// Reads the configuration `serve` started with again, for `SIGHUP`: the
+/// same file (not a new search: a `./portcullis.toml` created since does
+/// not replace the embedded default), with the same overrides.
+struct Rereader {
+    source: cli::ConfigSource,
+    overrides: Overrides,
+}
+
+impl Rereader {
+    /// `Ok(None)`: none was read at start.
+    fn reread(&self) -> Result<Option<Config>, String> {
+        let file = match &self.source {
+            cli::ConfigSource::Given(path) => path.as_path(),
+            cli::ConfigSource::WorkingDirectory => std::path::Path::new(cli::LOCAL_CONFIG),
+            cli::ConfigSource::Embedded => return Ok(None),
+        };
+        let mut config = Config::load(file).map_err(|e| e.to_string())?;
+        self.overrides.apply(&mut config);
+        Ok(Some(config))
+    }
+}
+
+fn serve(config: Config, rereader: Rereader) -> ExitCode {
     tune_allocator();
     init_tracing(&config.log.level);
-    tracing::info!("configuration: {source}");
+    tracing::info!("configuration: {}", rereader.source);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -161,7 +206,7 @@ fn serve(config: Config, source: cli::ConfigSource) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, rereader)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             say!("portcullis: {e}");
@@ -192,7 +237,7 @@ fn tune_allocator() {
     }
 }
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run(config: Config, rereader: Rereader) -> Result<(), String> {
     let listen = config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -228,6 +273,22 @@ async fn run(config: Config) -> Result<(), String> {
     // line may signal at once, and a SIGTERM that arrived before the handler
     // existed would kill the process instead of stopping it gracefully.
     let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
+    // Likewise SIGHUP, whose default action would end the process.
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let hangups =
+            signal(SignalKind::hangup()).map_err(|e| format!("cannot handle signals: {e}"))?;
+        let tls = https.as_ref().map(|h| h.tls.clone());
+        tokio::spawn(reload_on_hangup(
+            hangups,
+            Arc::downgrade(&state),
+            tls,
+            rereader,
+        ));
+    }
+    #[cfg(not(unix))]
+    drop(rereader);
     // Before the address line: whoever reads it may stop reading the log.
     match &state.auth {
         None => warn_open_registry(addr, scheme),
@@ -308,6 +369,33 @@ fn trusting_registry_settings(config: &Config, addr: SocketAddr) -> String {
         config.token.issuer,
         config.token.service,
     )
+}
+
+/// On every SIGHUP while the state lives: the watched files checked and the
+/// configuration read again ([`portcullis::reconfigure::hangup`]), off the
+/// async threads; requests go on meanwhile.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    state: std::sync::Weak<portcullis::AppState>,
+    tls: Option<portcullis::serve::tls::Tls>,
+    rereader: Rereader,
+) {
+    let rereader = Arc::new(rereader);
+    while hangups.recv().await.is_some() {
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        tracing::info!("SIGHUP: checking the watched files and reading the configuration again");
+        let (tls, rereader) = (tls.clone(), Arc::clone(&rereader));
+        let done = tokio::task::spawn_blocking(move || {
+            portcullis::reconfigure::hangup(&state, tls.as_ref(), rereader.reread());
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!("SIGHUP reload failed: {e}");
+        }
+    }
 }
 
 /// Starts listening for SIGINT and SIGTERM now; the returned future resolves

@@ -1,8 +1,11 @@
-//! Everything a request handler needs, built once from the configuration.
+//! Everything a request handler needs, built once from the configuration
+//! (what can change while serving is behind a `Current`, or reloaded by
+//! its owner: see `reconfigure.rs` and `auth/reload.rs`).
 
 use std::sync::Arc;
 
 use crate::auth::Authority;
+use crate::auth::reload::Current;
 use crate::config::Config;
 use crate::storage::Storage;
 use std::time::Duration;
@@ -17,8 +20,12 @@ pub struct AppState {
     /// `v1.v1_only_engines_below`, parsed once: engines older than this are
     /// kept off `/v2/`.
     pub v1_only_below: Option<crate::api::v1::engine::Version>,
-    /// `[[upstream]]`: the prefixes other registries serve.
-    pub upstreams: crate::api::upstream::Upstreams,
+    /// `[[upstream]]`: the prefixes other registries serve; replaced whole
+    /// when `SIGHUP` brings new settings (`reconfigure.rs`).
+    pub upstreams: Current<crate::api::upstream::Upstreams>,
+    /// The configuration in force: `config` with the sections a `SIGHUP`
+    /// applied since (`reconfigure.rs` compares a new file against it).
+    pub applied: std::sync::Mutex<Config>,
     /// `[login]`: the sign-in page.
     pub sign_in: Option<crate::api::login::SignInPage>,
     pub metrics: crate::metrics::Metrics,
@@ -65,7 +72,9 @@ impl AppState {
             .v1_only_engines_below
             .as_deref()
             .and_then(crate::api::v1::engine::Version::parse);
-        let upstreams = crate::api::upstream::Upstreams::new(&config.upstream)?;
+        let upstreams = Current::new(Arc::new(crate::api::upstream::Upstreams::new(
+            &config.upstream,
+        )?));
         let sign_in = match &config.login {
             Some(_) if auth.is_none() => {
                 return Err(
@@ -85,6 +94,7 @@ impl AppState {
         };
         let interval = Duration::from_secs(config.storage.sweep_interval_secs);
         let state = Arc::new(Self {
+            applied: std::sync::Mutex::new(config.clone()),
             config,
             storage,
             auth,
@@ -123,7 +133,7 @@ async fn sweep_periodically(state: std::sync::Weak<AppState>, interval: Duration
     }
 }
 
-/// Checks the users and policy files every second while the state lives, so
+/// Checks the users, policy and key files every second while the state lives, so
 /// that an edit, good or bad, is logged when it is made and not only at the
 /// next request that needs them.
 async fn watch_files(state: std::sync::Weak<AppState>) {

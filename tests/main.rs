@@ -55,6 +55,7 @@ mod metrics;
 mod migrate;
 mod oidc;
 mod policy_globs;
+mod reload;
 mod s3;
 mod secrets_not_logged;
 mod shutdown;

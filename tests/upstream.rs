@@ -469,7 +469,7 @@ async fn an_upstream_with_its_own_token_server_gets_portcullis_tokens_from_it() 
 }
 
 /// Pushes `data` as a blob of `repo` straight to an open distribution.
-async fn put_blob(registry: &Distribution, repo: &str, data: Vec<u8>) -> String {
+pub(crate) async fn put_blob(registry: &Distribution, repo: &str, data: Vec<u8>) -> String {
     let digest = common::sha256(&data);
     let http = reqwest::Client::new();
     let started = http

@@ -121,7 +121,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             }
             Route::Registry(endpoint) => match endpoint
                 .name()
-                .and_then(|n| state.upstreams.route(n))
+                .and_then(|n| state.upstreams.get().route(n))
             {
                 None => Ok(Route::Registry(endpoint)),
                 // Refused before any credential is looked at: no caller
@@ -311,7 +311,7 @@ async fn registry(
         Endpoint::Catalog(page) => {
             // The catalog lists only what the caller may pull.
             let visible = catalog_filter(state, grant, addr).await?;
-            let upstream = state.upstreams.catalog().await;
+            let upstream = state.upstreams.get().catalog().await;
             lists::catalog(storage, page, visible, upstream).await
         }
         Endpoint::Tags { name, page } => lists::tags(storage, &name, page).await,

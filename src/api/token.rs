@@ -61,7 +61,7 @@ pub fn jwks(state: &AppState) -> Response {
     let Some(authority) = &state.auth else {
         return ApiError::new(ErrorCode::NotFound).into_response();
     };
-    let body = serde_json::to_string(&authority.keys.jwks()).unwrap_or_default();
+    let body = serde_json::to_string(&authority.keys().jwks()).unwrap_or_default();
     json_response(StatusCode::OK, "application/json", body)
 }
 

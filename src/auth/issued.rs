@@ -5,8 +5,10 @@
 //! their `jti`, since `iat`, `nbf` and `exp` count whole seconds. The
 //! signature is most of what issuing a token costs. Nothing outlives its
 //! second, so what a token carries is always what the policy granted in
-//! that second, and a signing key is never used after the ring that held
-//! it (the cache belongs to one [`super::Authority`]).
+//! that second, and a token is handed out only while the key ring that
+//! signed it is in force: entries are kept per second and per ring
+//! ([`crate::auth::keys::KeyRing::id`]), so a reloaded ring (a key
+//! activated or retired) signs the next token itself.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,15 +25,18 @@ type Key = (String, Credential, Vec<AccessEntry>);
 
 #[derive(Default)]
 pub struct IssuedThisSecond {
-    second: Mutex<(u64, HashMap<Key, Issued>)>,
+    /// The second and the ring the entries belong to.
+    second: Mutex<((u64, u64), HashMap<Key, Issued>)>,
 }
 
 impl IssuedThisSecond {
-    /// The token issued in second `now` to `subject` for `access`, or the
-    /// one `sign` makes (kept for the rest of the second).
+    /// The token issued in second `now` with key ring `ring` to `subject`
+    /// for `access`, or the one `sign` makes (kept for the rest of the
+    /// second, while that ring is in force).
     pub fn get_or_sign<E>(
         &self,
         now: u64,
+        ring: u64,
         subject: &str,
         credential: Credential,
         access: Vec<AccessEntry>,
@@ -40,8 +45,8 @@ impl IssuedThisSecond {
         let key = (subject.to_owned(), credential, access);
         {
             let mut second = self.second.lock().unwrap_or_else(|e| e.into_inner());
-            if second.0 != now {
-                *second = (now, HashMap::new());
+            if second.0 != (now, ring) {
+                *second = ((now, ring), HashMap::new());
             }
             if let Some(issued) = second.1.get(&key) {
                 return Ok(issued.clone());
@@ -54,7 +59,7 @@ impl IssuedThisSecond {
         // Kept only for the second its claims were made in.
         let made = issued.claims.iat;
         let mut second = self.second.lock().unwrap_or_else(|e| e.into_inner());
-        if second.0 == made && second.1.len() < CAPACITY {
+        if second.0 == (made, ring) && second.1.len() < CAPACITY {
             second
                 .1
                 .insert((subject, credential, access), issued.clone());
@@ -100,6 +105,7 @@ mod tests {
             cache
                 .get_or_sign(
                     now,
+                    1,
                     subject,
                     Credential::Password,
                     entry(name),
@@ -129,6 +135,7 @@ mod tests {
             cache
                 .get_or_sign(
                     now,
+                    1,
                     "alice",
                     Credential::Password,
                     entry("a/app"),
@@ -149,6 +156,7 @@ mod tests {
             cache
                 .get_or_sign(
                     100,
+                    1,
                     "alice",
                     credential,
                     entry("a/app"),
@@ -161,6 +169,30 @@ mod tests {
         let oidc = get(Credential::OidcToken);
         assert_ne!(password, oidc, "their claims differ in `credential`");
         assert_eq!(get(Credential::OidcToken), oidc);
+        assert_eq!(signed.get(), 2);
+    }
+
+    #[test]
+    fn a_reloaded_key_ring_signs_anew_within_the_second() {
+        let cache = IssuedThisSecond::default();
+        let signed = std::cell::Cell::new(0);
+        let get = |ring| {
+            cache
+                .get_or_sign(
+                    100,
+                    ring,
+                    "alice",
+                    Credential::Password,
+                    entry("a/app"),
+                    signer(100, &signed),
+                )
+                .unwrap()
+                .token
+        };
+        let before = get(1);
+        let after = get(2);
+        assert_ne!(before, after, "the new ring's key signs");
+        assert_eq!(get(2), after);
         assert_eq!(signed.get(), 2);
     }
 }

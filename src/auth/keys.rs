@@ -14,7 +14,8 @@
 //! (the bundle gains its certificate), hand the bundle to every trusting
 //! registry, activate the key, and once the old key's tokens have expired
 //! retire it. A directory without markers is read as before: the newest key
-//! signs.
+//! signs. A running server watches the directory (`auth/reload.rs`), so each
+//! step takes effect without a restart.
 //!
 //! Registries find the verifying key in different ways, so tokens carry all
 //! of them: `x5c` (the certificate, for distribution 2.8 and 3.x), `kid` as
@@ -227,7 +228,14 @@ pub struct KeyRing {
     keys: Vec<TokenKey>,
     /// Index of the key that signs: the last one not on standby.
     signer: usize,
+    /// Tells this load from every other one of the process: what was signed
+    /// or verified with a ring is remembered under its id, so a reloaded
+    /// ring never meets a token an earlier one vouched for.
+    id: u64,
 }
+
+/// The next [`KeyRing::id`].
+static RING_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl KeyRing {
     /// Loads every `token-*.key` of `dir` (with its `.crt`, and noting
@@ -248,7 +256,13 @@ impl KeyRing {
             .iter()
             .rposition(|k| !k.standby)
             .ok_or_else(|| KeyError::AllStandby(dir.to_owned()))?;
-        Ok(Self { keys, signer })
+        let id = RING_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Self { keys, signer, id })
+    }
+
+    /// This load's id, unique in the process.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Loads the directory, generating a first key when it has none (the
@@ -367,7 +381,7 @@ pub fn standby_marker(key: &Path) -> PathBuf {
 /// What a marker says to whoever opens it.
 const STANDBY_NOTE: &str = "This key is on standby: it verifies tokens and its certificate is in \
 bundle.crt, but it does not sign.\n`portcullis keygen --activate` removes this file, so that the \
-key signs once Portcullis restarts.\n";
+key signs (a running Portcullis notices within a second).\n";
 
 fn create(dir: &Path, kind: KeyKind, standby: bool) -> Result<PathBuf, KeyError> {
     let io = |path: &Path| {
@@ -401,9 +415,12 @@ fn create(dir: &Path, kind: KeyKind, standby: bool) -> Result<PathBuf, KeyError>
         let marker = standby_marker(&key_path);
         write_new(&marker, STANDBY_NOTE.as_bytes(), 0o644).map_err(io(&marker))?;
     }
-    write_new(&key_path, pair.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
+    // The certificate before the key, each file whole when it appears: a
+    // running server reloads the directory when it changes, and a key seen
+    // without its certificate, or half written, would be a refused reload.
     let cert_path = key_path.with_extension("crt");
     write_new(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
+    write_new(&key_path, pair.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
     write_bundle(dir)?;
     Ok(key_path)
 }
@@ -442,15 +459,23 @@ fn token_files(dir: &Path, extension: &str) -> std::io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// Creates `path` with `content`, whole: written and synced under a
+/// temporary name, then linked into place, which fails if `path` exists.
 fn write_new(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    let mut file = options.open(path)?;
-    file.write_all(content)?;
-    file.sync_all()
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(content)?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    linked
 }
 
 /// The stamp of a new key: seconds since the epoch, zero padded, and

@@ -35,7 +35,7 @@ use identity::oidc::{Issuers, OidcError};
 use identity::{Chain, Credential, Identity, IdentityError, Login};
 use keys::{KeyKind, KeyRing};
 use ratelimit::{LimitConfig, LoginLimiter, Refusal, Reservation};
-use reload::{Fingerprint, Watched};
+use reload::{Current, Fingerprint, Watched};
 use scope::{AccessEntry, Action, ResourceScope};
 use token::{Claims, TokenError};
 use users::{Users, VerifyCache};
@@ -129,8 +129,18 @@ impl std::fmt::Display for Refused {
 
 pub struct Authority {
     pub settings: TokenSettings,
-    pub keys: KeyRing,
-    identities: Chain,
+    /// The key directory, reloaded when it changes: a key activated signs
+    /// at once, a retired one stops verifying.
+    keys: Watched<KeyRing>,
+    /// The password sources in force; replaced whole when `SIGHUP` brings
+    /// a new `[identity]` (a login finishes on the chain it started with).
+    identities: Current<Chain>,
+    /// What a new chain is built from: the users file's source (kept across
+    /// reconfigurations, with its cache and its bound on verifications) and
+    /// the directories of the chain in force, each with the settings it was
+    /// made from (an unchanged one is kept, with its connections).
+    file_source: Arc<dyn identity::Source>,
+    directories: Mutex<Vec<Directory>>,
     oidc: Issuers,
     policy: Watched<Policy>,
     verified_tokens: TokenCache,
@@ -147,8 +157,18 @@ impl Authority {
     pub fn from_config(config: &Config) -> Result<Self, String> {
         let kind = KeyKind::parse(&config.token.key_type)
             .ok_or_else(|| format!("unknown key type {}", config.token.key_type))?;
-        let keys =
-            KeyRing::load_or_generate(&config.token.key_dir, kind).map_err(|e| e.to_string())?;
+        // A first key is generated at start only: a directory emptied later
+        // is a refused reload, and the keys in force stay.
+        KeyRing::load_or_generate(&config.token.key_dir, kind).map_err(|e| e.to_string())?;
+        let key_dir = config.token.key_dir.clone();
+        let keys = Watched::new(
+            "signing keys",
+            {
+                let dir = key_dir.clone();
+                move || Fingerprint::of_key_dir(&dir)
+            },
+            move || KeyRing::load(&key_dir).map_err(|e| e.to_string()),
+        )?;
         let limiter = Arc::new(LoginLimiter::new(LimitConfig::from(&config.auth)));
         let users = Arc::new(watched_users(&config.users.file)?.on_reload({
             let limiter = Arc::clone(&limiter);
@@ -182,7 +202,8 @@ impl Authority {
                 "no users yet: add one with `portcullis user add NAME`"
             );
         }
-        let identities = identity_chain(config, users)?;
+        let file_source: Arc<dyn identity::Source> = Arc::new(file_source(config, users));
+        let (identities, directories) = chain_of(&config.identity, &file_source, &[])?;
         let oidc = Issuers::new(&config.identity.oidc)?;
         let wait = Duration::from_millis(config.auth.verification_wait_ms);
         tracing::info!(
@@ -190,7 +211,7 @@ impl Authority {
             issuer = %config.token.issuer,
             users = user_count,
             rules = policy.get().len(),
-            signing_key = %keys.signer().libtrust_id,
+            signing_key = %keys.current().signer().libtrust_id,
             "token authority ready"
         );
         Ok(Self {
@@ -203,7 +224,9 @@ impl Authority {
                 ),
             },
             keys,
-            identities,
+            identities: Current::new(Arc::new(identities)),
+            file_source,
+            directories: Mutex::new(directories),
             oidc,
             policy,
             verified_tokens: TokenCache::default(),
@@ -218,6 +241,40 @@ impl Authority {
         self.policy.get()
     }
 
+    /// The signing keys in force; keep the `Arc` for the whole of one
+    /// signing or check. Every bearer token is checked with them, so they
+    /// are not looked at on use: the watcher task does every second
+    /// ([`Authority::check_files`]), and `SIGHUP` at once.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.current()
+    }
+
+    /// Builds the password sources `identity` names, without putting them
+    /// in force: directories whose settings did not change are kept as they
+    /// are, new or changed ones are made (their settings checked, their
+    /// files read). [`Authority::install_identities`] puts the result in
+    /// force; an error leaves everything as it was.
+    pub fn prepare_identities(
+        &self,
+        identity: &crate::config::IdentityConfig,
+    ) -> Result<PreparedIdentities, String> {
+        let kept = self.directories.lock().unwrap_or_else(|e| e.into_inner());
+        let (chain, directories) = chain_of(identity, &self.file_source, &kept)?;
+        let order = chain.names().join(", ");
+        Ok(PreparedIdentities {
+            chain,
+            directories,
+            order,
+        })
+    }
+
+    /// Puts prepared sources in force: new logins go through them, logins
+    /// under way finish on the chain they started with.
+    pub fn install_identities(&self, prepared: PreparedIdentities) {
+        *self.directories.lock().unwrap_or_else(|e| e.into_inner()) = prepared.directories;
+        self.identities.set(Arc::new(prepared.chain));
+    }
+
     /// The OpenID issuer configured under `name` (the sign-in page's).
     pub fn issuer(&self, name: &str) -> Option<Arc<identity::oidc::Issuer>> {
         self.oidc.named(name).cloned()
@@ -226,8 +283,9 @@ impl Authority {
     /// Reloads the identity sources and the policy if their files changed
     /// (the watcher task in `state.rs`), logging each change.
     pub fn check_files(&self) {
-        self.identities.reload_if_changed(true);
+        self.identities.get().reload_if_changed(true);
         self.policy.check_now();
+        self.keys.check_now();
     }
 
     /// Checks a name and password from a client address. The attempt is
@@ -256,9 +314,9 @@ impl Authority {
         }
         // The sources first: a reload may carry an unlock the limiter must
         // know of before it judges this attempt.
-        self.identities.reload_if_changed(false);
+        let identities = self.identities.get();
+        identities.reload_if_changed(false);
         let reservation = self.reserve(name, addr).await?;
-        let identities = self.identities.clone();
         let (name, password) = (name.to_owned(), password.to_owned());
         settle(async move {
             match identities.login(&name, &password).await {
@@ -401,7 +459,8 @@ impl Authority {
     /// have changed since a token was issued; a TLS client certificate
     /// vouches for a name, not for groups).
     pub async fn lookup(&self, name: &str) -> Result<Option<Identity>, AuthError> {
-        Ok(self.identities.lookup(name).await?)
+        let identities = self.identities.get();
+        Ok(identities.lookup(name).await?)
     }
 
     /// What the policy grants `caller` of the requested scopes: for each
@@ -484,13 +543,20 @@ impl Authority {
         access: Vec<AccessEntry>,
     ) -> Result<Issued, AuthError> {
         let s = &self.settings;
-        self.issued
-            .get_or_sign(token::now(), subject, credential, access, |access| {
+        let keys = self.keys();
+        self.issued.get_or_sign(
+            token::now(),
+            keys.id(),
+            subject,
+            credential,
+            access,
+            |access| {
                 let mut claims = Claims::new(&s.issuer, subject, &s.service, s.lifetime, access);
                 claims.credential = credential.claim().map(str::to_owned);
-                let token = token::sign(&self.keys, &claims)?;
+                let token = token::sign(&keys, &claims)?;
                 Ok(Issued { token, claims })
-            })
+            },
+        )
     }
 
     /// Verifies a bearer token presented to the registry, remembering good
@@ -499,12 +565,13 @@ impl Authority {
     /// Shared: a token is checked on every request it comes with, and its
     /// claims are read, never changed.
     pub fn verify_bearer(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
-        if let Some(claims) = self.verified_tokens.get(token) {
+        let keys = self.keys();
+        if let Some(claims) = self.verified_tokens.get(token, keys.id()) {
             return Ok(claims);
         }
         let s = &self.settings;
-        let claims = Arc::new(token::verify(&self.keys, token, &s.issuer, &s.service)?);
-        self.verified_tokens.insert(token, &claims);
+        let claims = Arc::new(token::verify(&keys, token, &s.issuer, &s.service)?);
+        self.verified_tokens.insert(token, keys.id(), &claims);
         Ok(claims)
     }
 
@@ -520,13 +587,13 @@ impl Authority {
             s.lifetime,
             access,
         );
-        Ok(token::sign(&self.keys, &claims)?)
+        Ok(token::sign(&self.keys(), &claims)?)
     }
 
     /// Verifies a v1 token.
     pub fn verify_v1(&self, token: &str) -> Result<Claims, TokenError> {
         let s = &self.settings;
-        token::verify(&self.keys, token, &s.issuer, &v1_audience(&s.service))
+        token::verify(&self.keys(), token, &s.issuer, &v1_audience(&s.service))
     }
 
     /// A refresh token: a JWT for a separate audience (so it is never
@@ -542,7 +609,7 @@ impl Authority {
             Vec::new(),
         );
         claims.stamp = Some(account.stamp.clone());
-        Ok(token::sign(&self.keys, &claims)?)
+        Ok(token::sign(&self.keys(), &claims)?)
     }
 
     /// Checks a refresh token and returns the account it stands for, as it
@@ -557,7 +624,7 @@ impl Authority {
     ) -> Result<Identity, AuthError> {
         let s = &self.settings;
         let claims = token::verify(
-            &self.keys,
+            &self.keys(),
             refresh,
             &s.issuer,
             &refresh_audience(&s.service),
@@ -599,8 +666,14 @@ async fn settle(
 /// watches it) and each directory. `portcullis identity test` builds the
 /// same chain.
 pub fn identity_chain(config: &Config, users: Arc<Watched<Users>>) -> Result<Chain, String> {
+    let file: Arc<dyn identity::Source> = Arc::new(file_source(config, users));
+    chain_of(&config.identity, &file, &[]).map(|(chain, _)| chain)
+}
+
+/// The users file as a source, with its verification cache and bound.
+fn file_source(config: &Config, users: Arc<Watched<Users>>) -> FileSource {
     let wait = Duration::from_millis(config.auth.verification_wait_ms);
-    let mut file_users = Some(FileSource::new(
+    FileSource::new(
         users,
         &config.users.file,
         VerifyCache::new(Duration::from_secs(config.users.cache_secs)),
@@ -609,25 +682,61 @@ pub fn identity_chain(config: &Config, users: Arc<Watched<Users>>) -> Result<Cha
             config.auth.verification_queue as usize,
             wait,
         ),
-    ));
+    )
+}
+
+/// A directory source and the settings it was made from.
+#[derive(Clone)]
+struct Directory {
+    config: crate::config::LdapConfig,
+    source: Arc<dyn identity::Source>,
+}
+
+/// Sources built by [`Authority::prepare_identities`], not yet in force.
+pub struct PreparedIdentities {
+    chain: Chain,
+    directories: Vec<Directory>,
+    /// The sources' names in order, for the log.
+    pub order: String,
+}
+
+/// The chain `identity` names: `file` for the users file, each directory
+/// taken from `kept` when its settings are the same, else made anew.
+fn chain_of(
+    identity: &crate::config::IdentityConfig,
+    file: &Arc<dyn identity::Source>,
+    kept: &[Directory],
+) -> Result<(Chain, Vec<Directory>), String> {
+    let mut file = Some(file);
     let mut sources: Vec<Arc<dyn identity::Source>> = Vec::new();
-    for name in config.identity.order() {
+    let mut directories = Vec::new();
+    for name in identity.order() {
         if name == crate::config::FILE_SOURCE {
-            if let Some(file) = file_users.take() {
-                sources.push(Arc::new(file));
+            if let Some(file) = file.take() {
+                sources.push(Arc::clone(file));
             }
             continue;
         }
-        let ldap = config
-            .identity
+        let ldap = identity
             .ldap
             .iter()
             .find(|l| l.name == name)
             .ok_or_else(|| format!("identity.order names an unknown source `{name}`"))?;
-        sources.push(Arc::new(identity::ldap::LdapSource::new(ldap)?));
-        tracing::info!(source = %name, urls = %ldap.urls.join(" "), "directory identity source configured");
+        let directory = match kept.iter().find(|d| d.config == *ldap) {
+            Some(same) => same.clone(),
+            None => {
+                let source = Arc::new(identity::ldap::LdapSource::new(ldap)?);
+                tracing::info!(source = %name, urls = %ldap.urls.join(" "), "directory identity source configured");
+                Directory {
+                    config: ldap.clone(),
+                    source,
+                }
+            }
+        };
+        sources.push(Arc::clone(&directory.source));
+        directories.push(directory);
     }
-    Ok(Chain::new(sources))
+    Ok((Chain::new(sources), directories))
 }
 
 /// Makes the limiter forget the failures of each unlocked account up to
@@ -778,21 +887,26 @@ impl Revocations {
 }
 
 /// Verified access tokens until they expire, keyed by their SHA-256 (the
-/// token itself is not kept). Bounded: emptied when full.
+/// token itself is not kept), each under the id of the key ring that
+/// verified it: a reloaded ring checks every token again, so a retired
+/// key's tokens stop at once. Bounded: emptied when full.
 #[derive(Default)]
 struct TokenCache {
-    entries: Mutex<HashMap<[u8; 32], Arc<Claims>>>,
+    entries: Mutex<HashMap<[u8; 32], Verified>>,
 }
+
+/// A token's claims and the id of the ring that verified them.
+type Verified = (u64, Arc<Claims>);
 
 const TOKEN_CACHE_CAPACITY: usize = 50_000;
 
 impl TokenCache {
-    fn get(&self, token: &str) -> Option<Arc<Claims>> {
+    fn get(&self, token: &str, ring: u64) -> Option<Arc<Claims>> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let claims = entries.get(&key)?;
+        let (verified_by, claims) = entries.get(&key)?;
         // Same leeway as a fresh verification.
-        if claims.exp + token::LEEWAY_SECS > token::now() {
+        if *verified_by == ring && claims.exp + token::LEEWAY_SECS > token::now() {
             Some(Arc::clone(claims))
         } else {
             entries.remove(&key);
@@ -800,12 +914,12 @@ impl TokenCache {
         }
     }
 
-    fn insert(&self, token: &str, claims: &Arc<Claims>) {
+    fn insert(&self, token: &str, ring: u64, claims: &Arc<Claims>) {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= TOKEN_CACHE_CAPACITY {
             entries.clear();
         }
-        entries.insert(key, Arc::clone(claims));
+        entries.insert(key, (ring, Arc::clone(claims)));
     }
 }

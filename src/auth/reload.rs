@@ -1,11 +1,16 @@
-//! Files that change under a running server (users, policies): reloaded when
-//! their fingerprint changes, and kept as they were when the new content is
-//! bad, so that a typo in a policy never opens or closes the registry.
+//! Files that change under a running server (users, policies, signing keys):
+//! reloaded when their fingerprint changes, and kept as they were when the
+//! new content is bad, so that a typo in a policy never opens or closes the
+//! registry.
 //!
 //! The files are looked at on use and, so that a bad edit is reported when
 //! it is made rather than at the next request, by a task that checks every
-//! [`CHECK_EVERY`] (`state.rs`). Each change is logged once: a good version
-//! with what it holds, a bad one with its file, line, column and message.
+//! [`CHECK_EVERY`] (`state.rs`), and at once on `SIGHUP`. Each change is
+//! logged once: a good version with what it holds, a bad one with its file,
+//! line, column and message.
+//!
+//! A new version replaces the old one whole ([`Current`]): a request holds
+//! the `Arc` it started with and finishes on it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,6 +37,46 @@ impl Summary for crate::policy::Policy {
     }
 }
 
+impl Summary for crate::auth::keys::KeyRing {
+    fn summary(&self) -> String {
+        let standby = self.keys().iter().filter(|k| k.standby).count();
+        let signer = self.signer();
+        let count = self.keys().len();
+        format!(
+            "{count} key{} ({standby} on standby), signing with {} ({})",
+            if count == 1 { "" } else { "s" },
+            signer.libtrust_id,
+            signer.file.display()
+        )
+    }
+}
+
+/// What is in force of a value that can be replaced while it is used: a
+/// reader gets the whole current `Arc` and keeps it for as long as it needs
+/// (a request finishes on the version it started with); a replacement is
+/// one pointer swap, never a change in place.
+pub struct Current<T: ?Sized>(RwLock<Arc<T>>);
+
+impl<T: ?Sized> Current<T> {
+    pub fn new(value: Arc<T>) -> Self {
+        Self(RwLock::new(value))
+    }
+
+    pub fn get(&self) -> Arc<T> {
+        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set(&self, value: Arc<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for Current<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("current version")
+    }
+}
+
 /// Names, sizes and modification times of the watched files: any edit,
 /// addition or removal changes it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -49,12 +94,31 @@ impl Fingerprint {
 
     /// Of every `*.toml` in a directory.
     pub fn of_dir(dir: &Path) -> Self {
+        Self::of_dir_matching(dir, |p| p.extension().is_some_and(|e| e == "toml"))
+    }
+
+    /// Of the signing keys in a key directory: every `token-*` key,
+    /// certificate and standby marker (not `bundle.crt`, which keygen writes
+    /// from them, nor temporary files).
+    pub fn of_key_dir(dir: &Path) -> Self {
+        Self::of_dir_matching(dir, |p| {
+            let token = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("token-"));
+            token
+                && p.extension()
+                    .is_some_and(|e| e == "key" || e == "crt" || e == "standby")
+        })
+    }
+
+    fn of_dir_matching(dir: &Path, keep: impl Fn(&Path) -> bool) -> Self {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .filter(|p| keep(p))
             .filter_map(|p| {
                 let m = std::fs::metadata(&p).ok()?;
                 Some((p, m.len(), m.modified().ok()))
@@ -74,7 +138,7 @@ pub struct Watched<T> {
     load: Loader<T>,
     fingerprint: Box<dyn Fn() -> Fingerprint + Send + Sync>,
     check_every: Duration,
-    current: RwLock<Arc<T>>,
+    current: Current<T>,
     seen: Mutex<(Instant, Fingerprint)>,
     /// Run on every version a reload puts in force, whoever looked (a
     /// request or the watcher task), so nothing that depends on a new
@@ -98,7 +162,7 @@ impl<T: Summary + Send + Sync + 'static> Watched<T> {
             load: Box::new(load),
             fingerprint: Box::new(fingerprint),
             check_every: CHECK_EVERY,
-            current: RwLock::new(Arc::new(value)),
+            current: Current::new(Arc::new(value)),
             seen: Mutex::new((Instant::now(), before)),
             on_reload: None,
         })
@@ -121,14 +185,19 @@ impl<T: Summary + Send + Sync + 'static> Watched<T> {
     /// next check still reloads from the files: an edit by someone else right
     /// after ours is never missed.
     pub fn install(&self, value: T) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+        self.current.set(Arc::new(value));
     }
 
     /// The current value, after reloading it if its files changed.
     pub fn get(&self) -> Arc<T> {
         self.check(false);
-        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(&current)
+        self.current.get()
+    }
+
+    /// The value in force, without looking at the files: for the hot
+    /// paths whose files only the watcher task (and `SIGHUP`) looks at.
+    pub fn current(&self) -> Arc<T> {
+        self.current.get()
     }
 
     /// Looks at the files now (the watcher task, which paces itself) and
@@ -163,7 +232,7 @@ impl<T: Summary + Send + Sync + 'static> Watched<T> {
                 if let Some(react) = &self.on_reload {
                     react(&value);
                 }
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+                self.current.set(Arc::new(value));
             }
             Err(e) => {
                 // One line for the whole refusal, however many problems
@@ -243,5 +312,25 @@ mod tests {
             333,
             "a vanished file keeps the last good value"
         );
+    }
+
+    #[test]
+    fn a_key_directory_changes_with_its_keys_not_with_the_bundle_or_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("token-1.key", "k");
+        write("token-1.crt", "c");
+        let before = Fingerprint::of_key_dir(dir.path());
+        write("bundle.crt", "b");
+        write(".token-2.key.tmp", "half");
+        write("token-2.tmp", "half");
+        assert_eq!(Fingerprint::of_key_dir(dir.path()), before);
+        write("token-2.standby", "marker");
+        let standby = Fingerprint::of_key_dir(dir.path());
+        assert_ne!(standby, before);
+        std::fs::remove_file(dir.path().join("token-2.standby")).unwrap();
+        assert_eq!(Fingerprint::of_key_dir(dir.path()), before);
+        write("token-1.key", "another key");
+        assert_ne!(Fingerprint::of_key_dir(dir.path()), before);
     }
 }

@@ -28,7 +28,7 @@ pub struct KeygenArgs {
     /// emergency: trusting registries refuse its tokens until they have the new bundle).
     #[arg(long, conflicts_with_all = ["activate", "retire"])]
     now: bool,
-    /// Make the newest standby key the signing one (once Portcullis restarts).
+    /// Make the newest standby key the signing one (a running Portcullis takes it up within a second).
     #[arg(long, conflicts_with_all = ["retire", "key_type"])]
     activate: bool,
     /// Remove every key older than the signing one (standby keys stay) and rewrite the bundle.
@@ -92,7 +92,7 @@ pub fn run(args: KeygenArgs) -> Result<ExitCode, Failure> {
             dir.join("bundle.crt").display()
         );
         println!(
-            "  2. run `portcullis keygen --activate` and restart Portcullis: the new key signs from then on;"
+            "  2. run `portcullis keygen --activate`: a running Portcullis signs with the new key within a second (or at once on SIGHUP);"
         );
         println!(
             "  3. once the old key's tokens have expired, run `portcullis keygen --retire` and hand out the bundle again."
@@ -104,7 +104,7 @@ pub fn run(args: KeygenArgs) -> Result<ExitCode, Failure> {
         );
         if ring.keys().len() > 1 {
             println!(
-                "Portcullis signs with it once restarted; registries that trust Portcullis refuse its tokens until they have the new bundle."
+                "A running Portcullis signs with it within a second; registries that trust Portcullis refuse its tokens until they have the new bundle."
             );
         }
     } else {
@@ -136,7 +136,7 @@ fn activate(dir: &Path) -> Result<ExitCode, Failure> {
     print_ids(find(&ring, &key_path)?);
     if ring.signer().file == key_path {
         println!(
-            "It signs new tokens once Portcullis restarts (keys are read at start); every registry that trusts Portcullis must already have the bundle that holds its certificate."
+            "A running Portcullis signs new tokens with it within a second (at once on SIGHUP); every registry that trusts Portcullis must already have the bundle that holds its certificate."
         );
         println!(
             "Older keys keep verifying; once their tokens have expired, run `portcullis keygen --retire`."
@@ -162,7 +162,7 @@ fn retire(dir: &Path) -> Result<ExitCode, Failure> {
     }
     print_bundle(dir, &ring);
     println!(
-        "Once Portcullis restarts, tokens the retired keys signed no longer verify, refresh tokens (`docker login`) included. Give the new bundle to the registries that trust Portcullis."
+        "Within a second (at once on SIGHUP), tokens the retired keys signed no longer verify at a running Portcullis, refresh tokens (`docker login`) included. Give the new bundle to the registries that trust Portcullis."
     );
     Ok(ExitCode::SUCCESS)
 }

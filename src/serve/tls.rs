@@ -13,9 +13,8 @@
 //! client certificate reaches the handlers as [`ClientCert`], the name its
 //! subject gives; mapping that name to an account is the token endpoint's.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -27,7 +26,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::auth::reload::{CHECK_EVERY, Fingerprint};
+use crate::auth::reload::{CHECK_EVERY, Current, Fingerprint};
 use crate::config::{ClientAuth, TlsConfig};
 
 /// Why a certificate pair could not be used.
@@ -113,32 +112,10 @@ pub fn load_client_verifier(
     builder.build().map_err(|e| bad(e.to_string()))
 }
 
-/// What new handshakes use of a reloadable file (the certificate pair, the
-/// client verifier): rustls keeps one of each per server configuration, so
-/// the configuration holds this, which hands out whichever the last good
-/// load made. A reload is one pointer swap.
-struct Current<T: ?Sized>(RwLock<Arc<T>>);
-
-impl<T: ?Sized> Current<T> {
-    fn new(value: Arc<T>) -> Arc<Self> {
-        Arc::new(Self(RwLock::new(value)))
-    }
-
-    fn get(&self) -> Arc<T> {
-        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    fn set(&self, value: Arc<T>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
-    }
-}
-
-impl<T: ?Sized> fmt::Debug for Current<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("current TLS file contents")
-    }
-}
-
+// What new handshakes use of a reloadable file (the certificate pair, the
+// client verifier): rustls keeps one of each per server configuration, so
+// the configuration holds a `Current`, which hands out whichever the last
+// good load made. A reload is one pointer swap.
 impl ResolvesServerCert for Current<CertifiedKey> {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.get())
@@ -229,9 +206,10 @@ pub struct Tls {
     current: Arc<Current<CertifiedKey>>,
     client_ca: Option<Arc<Current<dyn ClientCertVerifier>>>,
     files: TlsConfig,
-    /// The files' fingerprint as they were loaded at start: the watcher
-    /// compares against it, so an edit made before its first look counts.
-    loaded: Files,
+    /// The files' fingerprint as last looked at (at start: as they were
+    /// loaded, so an edit made before the first look counts); shared by the
+    /// watcher and `SIGHUP`, so each change is loaded once whoever saw it.
+    seen: Arc<Mutex<Files>>,
 }
 
 /// Fingerprints of the pair's two files and of the client CA file.
@@ -243,9 +221,12 @@ impl Tls {
     pub fn new(tls: &TlsConfig) -> Result<Self, TlsError> {
         let loaded = fingerprint(tls);
         let pair = load_pair(tls)?;
-        let current = Current::new(Arc::new(pair));
+        let current = Arc::new(Current::new(Arc::new(pair)));
         let client_ca = match &tls.client_ca {
-            Some(path) => Some(Current::new(load_client_verifier(path, tls.client_auth)?)),
+            Some(path) => Some(Arc::new(Current::new(load_client_verifier(
+                path,
+                tls.client_auth,
+            )?))),
             None => None,
         };
         let builder = rustls::ServerConfig::builder_with_provider(provider())
@@ -264,7 +245,7 @@ impl Tls {
             current,
             client_ca,
             files: tls.clone(),
-            loaded,
+            seen: Arc::new(Mutex::new(loaded)),
         })
     }
 
@@ -298,10 +279,11 @@ impl Tls {
     fn reload(&self) {
         match load_pair(&self.files) {
             Ok(pair) => {
+                let holds = describe(&pair);
                 self.current.set(Arc::new(pair));
                 tracing::info!(
                     cert = %self.files.cert.display(),
-                    "TLS certificate reloaded: new connections get the new pair"
+                    "TLS certificate reloaded: new connections get the new pair ({holds})"
                 );
             }
             Err(e) => tracing::error!(
@@ -310,11 +292,25 @@ impl Tls {
         }
     }
 
-    /// Checks the files every [`CHECK_EVERY`] and reloads them when their
-    /// size or modification time changed; each change is loaded (and, when
-    /// bad, logged) once. Ends with the server (`stopped`).
+    /// Reloads whichever of the files changed since they were last looked
+    /// at (the watcher every [`CHECK_EVERY`], and `SIGHUP`); each change is
+    /// loaded (and, when bad, logged) once. Reads files: call it off the
+    /// async threads.
+    pub fn check_now(&self) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = fingerprint(&self.files);
+        if (&now.0, &now.1) != (&seen.0, &seen.1) {
+            self.reload();
+        }
+        if now.2 != seen.2 {
+            self.reload_client_ca();
+        }
+        *seen = now;
+    }
+
+    /// Checks the files every [`CHECK_EVERY`] ([`Tls::check_now`]). Ends
+    /// with the server (`stopped`).
     pub async fn watch(self, mut stopped: tokio::sync::watch::Receiver<()>) {
-        let mut seen = self.loaded.clone();
         let mut ticks = tokio::time::interval(CHECK_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -323,24 +319,28 @@ impl Tls {
                 _ = stopped.changed() => return,
             }
             let tls = self.clone();
-            let before = seen.clone();
             // A few stats and small reads: off the async threads.
-            let checked = tokio::task::spawn_blocking(move || {
-                let now = fingerprint(&tls.files);
-                if (&now.0, &now.1) != (&before.0, &before.1) {
-                    tls.reload();
-                }
-                if now.2 != before.2 {
-                    tls.reload_client_ca();
-                }
-                now
-            })
-            .await;
-            match checked {
-                Ok(now) => seen = now,
-                Err(e) => tracing::error!("TLS certificate check failed: {e}"),
+            if let Err(e) = tokio::task::spawn_blocking(move || tls.check_now()).await {
+                tracing::error!("TLS certificate check failed: {e}");
             }
         }
+    }
+}
+
+/// What a pair holds, for its reload's log line: the first certificate's
+/// subject and end of validity, and the chain's length.
+fn describe(pair: &CertifiedKey) -> String {
+    let Some(first) = pair.cert.first() else {
+        return "no certificate".into();
+    };
+    match x509_parser::parse_x509_certificate(first) {
+        Ok((_, cert)) => format!(
+            "subject {}, valid until {}, {} certificates in the chain",
+            cert.subject(),
+            cert.validity().not_after,
+            pair.cert.len()
+        ),
+        Err(_) => format!("{} certificates in the chain", pair.cert.len()),
     }
 }
 

@@ -143,7 +143,7 @@ fn read<T: serde::de::DeserializeOwned>(
     let value = cookie(headers, name)?;
     let s = &authority.settings;
     token::verify_as(
-        &authority.keys,
+        &authority.keys(),
         value,
         &s.issuer,
         &audience(authority, what),
@@ -176,5 +176,5 @@ pub fn set_cookie(name: &str, value: Option<(&str, u64)>, secure: bool) -> Optio
 
 /// Signs a cookie's claims.
 pub fn sign(authority: &Authority, claims: &impl Serialize) -> Option<String> {
-    token::sign(&authority.keys, claims).ok()
+    token::sign(&authority.keys(), claims).ok()
 }

@@ -68,6 +68,34 @@ impl Upstreams {
         Ok(Self { list })
     }
 
+    /// The upstreams `configs` name, for a reconfiguration: one whose
+    /// settings did not change is kept as it is (its connections, tokens
+    /// and cache knowledge), the others are made anew. Nothing of `self`
+    /// changes; requests under way keep the upstream they were routed to.
+    pub fn reconfigured(&self, configs: &[UpstreamConfig]) -> Result<Self, String> {
+        let list = configs
+            .iter()
+            .map(|c| match self.list.iter().find(|u| u.config == *c) {
+                Some(same) => Ok(Arc::clone(same)),
+                None => Upstream::new(c.clone()).map(Arc::new),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { list })
+    }
+
+    /// What the upstreams are, for a reload's log line: each name, prefix
+    /// and address.
+    pub fn summary(&self) -> String {
+        if self.list.is_empty() {
+            return "none".into();
+        }
+        self.list
+            .iter()
+            .map(|u| format!("{} ({}/ at {})", u.config.name, u.config.prefix, u.base))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The upstream that serves `name`, if any (prefixes do not overlap,
     /// so at most one does).
     pub fn route(&self, name: &RepoName) -> Option<Arc<Upstream>> {

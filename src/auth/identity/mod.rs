@@ -233,6 +233,11 @@ impl Chain {
         failed.map_or(Ok(None), Err)
     }
 
+    /// The sources' names, in the order they are asked.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.sources.iter().map(|s| s.name()).collect()
+    }
+
     pub fn reload_if_changed(&self, now: bool) {
         for source in &self.sources {
             source.reload_if_changed(now);
