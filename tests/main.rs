@@ -54,6 +54,7 @@ mod metrics;
 mod migrate;
 mod oidc;
 mod policy_globs;
+mod request_id;
 mod s3;
 mod secrets_not_logged;
 mod shutdown;
