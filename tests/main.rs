@@ -53,6 +53,7 @@ mod metadata_cache;
 mod metrics;
 mod migrate;
 mod oidc;
+mod packaging;
 mod policy_globs;
 mod request_id;
 mod s3;
