@@ -313,3 +313,55 @@ fn check_config_says_how_serve_would_log() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_backend_is_sent_our_id_not_the_clients() {
+    // A v1 backend that answers 404 to everything and hands over each
+    // request head it read.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_url = format!("http://{}", backend.local_addr().unwrap());
+    let (heads, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = backend.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = heads.send(String::from_utf8_lossy(&head).to_lowercase());
+                let _ = socket
+                    .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("portcullis.toml");
+    std::fs::write(&config, format!("[v1]\nbackend = \"{backend_url}\"\n")).unwrap();
+    let server = ServerProcess::start(data.path(), &["--config", config.to_str().unwrap()]);
+
+    let res = reqwest::Client::new()
+        .get(server.at("/v1/repositories/team/app/tags"))
+        .header("x-request-id", "chosen-by-the-client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404, "the backend's answer");
+    let id = header_id(&res);
+    assert_ne!(id, "chosen-by-the-client");
+    let head = tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .expect("the backend was asked")
+        .unwrap();
+    assert!(
+        head.contains(&format!("x-request-id: {}", id.to_lowercase())),
+        "{head}"
+    );
+    assert!(!head.contains("chosen-by-the-client"), "{head}");
+}
