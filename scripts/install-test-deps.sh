@@ -6,8 +6,9 @@
 # a Docker engine (docker.io: dockerd and the docker CLI; it depends on
 # containerd, runc and iptables, which apt pulls in), Node with npm for
 # the OpenID provider of the OIDC tests (scripts/install-oidc-provider.sh),
-# and a headless browser (chromium with chromium-driver) for the sign-in
-# page test.
+# a headless browser (chromium with chromium-driver) for the sign-in
+# page test, and for the packaging test an image builder that needs no
+# daemon (buildah) and systemd-analyze (systemd) to check the unit.
 #
 # Idempotent: when every program is present it does nothing. When something is
 # missing it installs it with apt-get if run as root, and otherwise lists what
@@ -23,6 +24,7 @@ REQUIRED=(
     openssl:openssl
     skopeo:skopeo
     podman:podman
+    buildah:buildah
     docker-registry:docker-registry
     slapd:slapd
     ldap-utils:ldapsearch
@@ -37,6 +39,7 @@ REQUIRED=(
     npm:npm
     chromium:chromium
     chromium-driver:chromedriver
+    systemd:systemd-analyze
 )
 
 # Daemons live in sbin, which is often not on a non-root user's PATH.

@@ -11,7 +11,8 @@
 //! | `blob_delete`| a blob link deleted                                        |
 //!
 //! Fields (absent when they do not apply): `time` (RFC 3339, UTC, ms),
-//! `event`, `result` (`granted`, `refused`, `ok`), `user`, `source` (the
+//! `request_id` (as in the request's log lines, `X-Request-Id` and error
+//! body), `event`, `result` (`granted`, `refused`, `ok`), `user`, `source` (the
 //! identity source), `credential` (`password`, `oidc`, `pat`,
 //! `certificate`, `token`), `addr`, `method`, `route`, `repository`,
 //! `reference`, `tag`, `digest`, `asked`, `granted`, `refusals` (each
@@ -76,7 +77,12 @@ impl Audit {
     /// pass (a token request writes one per request).
     pub fn record(&self, line: &Line<'_>) {
         let Some(lines) = &self.lines else { return };
-        let Ok(mut text) = serde_json::to_string(&Stamped { time: now(), line }) else {
+        let stamped = Stamped {
+            time: now(),
+            request_id: crate::api::request_id::current(),
+            line,
+        };
+        let Ok(mut text) = serde_json::to_string(&stamped) else {
             return;
         };
         text.push('\n');
@@ -132,6 +138,10 @@ pub struct Line<'a> {
 #[derive(Serialize)]
 struct Stamped<'a> {
     time: String,
+    /// The request's id, as in its log lines and answer (every line is
+    /// written while its request is served).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<crate::api::request_id::RequestId>,
     #[serde(flatten)]
     line: &'a Line<'a>,
 }

@@ -303,6 +303,45 @@ impl StorageConfig {
 pub struct LogConfig {
     /// A tracing filter directive, e.g. `info` or `portcullis=debug`.
     pub level: String,
+    /// How each line is written: `text` for people, `json` (one object a
+    /// line) for a log collector. `PORTCULLIS_LOG_FORMAT` wins.
+    pub format: LogFormat,
+    /// Peers (addresses or CIDR networks: the proxies in front) whose
+    /// `X-Request-Id` is taken as the request's id, when it is short and of a
+    /// safe charset; every other request gets an id of our own. Empty: none.
+    #[serde(deserialize_with = "networks")]
+    pub request_id_from: Vec<ipnet::IpNet>,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// A list of addresses or networks (`10.0.0.5`, `10.0.0.0/8`, `::1`), as a
+/// policy's `from` reads them.
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            crate::policy::parse_net(s).ok_or_else(|| {
+                serde::de::Error::custom(format!("`{s}` is not an address or a CIDR network"))
+            })
+        })
+        .collect()
 }
 
 impl Default for ServerConfig {
@@ -388,6 +427,8 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".to_owned(),
+            format: LogFormat::Text,
+            request_id_from: Vec::new(),
         }
     }
 }

@@ -123,8 +123,10 @@ impl IntoResponse for ApiError {
             "code": self.code.code(),
             "message": self.message.as_deref().unwrap_or(self.code.message()),
         });
-        if let Some(detail) = self.detail {
-            error["detail"] = detail;
+        match (self.detail, crate::api::request_id::current()) {
+            (Some(detail), None) => error["detail"] = detail,
+            (detail, Some(id)) => error["detail"] = with_request_id(detail, id),
+            (None, None) => {}
         }
         let mut body = json!({ "errors": [error] });
         if let Some(oauth) = self.oauth {
@@ -270,6 +272,31 @@ impl From<AuthError> for ApiError {
                 ErrorCode::Internal.into()
             }
         }
+    }
+}
+
+/// An error's detail with the request's id in it, so that a user's error
+/// message leads to the request's log lines: an object gains the key
+/// `request_id`; a list (the access entries of a 401, in distribution's
+/// form) keeps its entries where clients look for them and gains the object
+/// `{"request_id": …}` at its end.
+fn with_request_id(
+    detail: Option<serde_json::Value>,
+    id: crate::api::request_id::RequestId,
+) -> serde_json::Value {
+    use serde_json::Value;
+    let id = Value::from(id.as_str());
+    match detail {
+        None => json!({ "request_id": id }),
+        Some(Value::Object(mut fields)) => {
+            fields.insert("request_id".to_owned(), id);
+            Value::Object(fields)
+        }
+        Some(Value::Array(mut entries)) => {
+            entries.push(json!({ "request_id": id }));
+            Value::Array(entries)
+        }
+        Some(other) => json!([other, { "request_id": id }]),
     }
 }
 

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use portcullis::config::Config;
+use portcullis::config::{Config, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -197,7 +197,7 @@ impl Rereader {
 
 fn serve(config: Config, rereader: Rereader) -> ExitCode {
     tune_allocator();
-    init_tracing(&config.log.level);
+    init_tracing(&config.log.level, config.log.format);
     tracing::info!("configuration: {}", rereader.source);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -424,10 +424,11 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     })
 }
 
-/// Logs to stderr at `level` (`log.level`), or as `PORTCULLIS_LOG` says. A
-/// bad filter is said on stderr rather than silently replaced: a person who
+/// Logs to stderr at `level` (`log.level`), or as `PORTCULLIS_LOG` says, in
+/// `format` (`log.format`), or as `PORTCULLIS_LOG_FORMAT` says. A bad filter
+/// or format is said on stderr rather than silently replaced: a person who
 /// asked for `debug` and sees nothing needs to know why.
-fn init_tracing(level: &str) {
+fn init_tracing(level: &str, format: LogFormat) {
     const FALLBACK: &str = "info";
     let level = match filter_problem(level) {
         None => level,
@@ -458,16 +459,56 @@ fn init_tracing(level: &str) {
         true => directives,
         false => format!("{directives},rustls=error"),
     };
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .with_writer(std::io::stderr)
         // On a failed write the subscriber would report it with
         // `eprintln!`, which panics when stderr is a closed pipe.
-        .log_internal_errors(false)
+        .log_internal_errors(false);
+    match log_format(format) {
         // Colour codes only help a person at a terminal; in files and
         // journals they are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => subscriber
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One object a line: the event's fields beside `message`, and the
+        // spans it is in (the request's, with its `request_id`, first) as a
+        // list; the innermost span alone would hide the request's at
+        // `debug`, where tower-http's span is inside it.
+        LogFormat::Json => subscriber
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
+/// `PORTCULLIS_LOG_FORMAT` (`text`, `json`) when set and valid, else
+/// `configured`.
+fn log_format(configured: LogFormat) -> LogFormat {
+    match std::env::var("PORTCULLIS_LOG_FORMAT") {
+        Ok(value) if value.trim().is_empty() => configured,
+        Ok(value) => match value.trim() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => {
+                say!(
+                    "PORTCULLIS_LOG_FORMAT: {value:?} is not `text` or `json`; using {}",
+                    configured.as_str()
+                );
+                configured
+            }
+        },
+        Err(std::env::VarError::NotPresent) => configured,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            say!(
+                "PORTCULLIS_LOG_FORMAT: not UTF-8; using {}",
+                configured.as_str()
+            );
+            configured
+        }
+    }
 }
 
 /// What is wrong with a log filter, if anything. Beyond the filter syntax, a

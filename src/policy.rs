@@ -345,14 +345,16 @@ impl Rule {
 }
 
 /// IPv4-mapped IPv6 addresses (from dual-stack listeners) compare as IPv4.
-fn canonical(addr: IpAddr) -> IpAddr {
+pub fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
         v4 => v4,
     }
 }
 
-fn parse_net(s: &str) -> Option<IpNet> {
+/// An address or a CIDR network (`10.0.0.5`, `10.0.0.0/8`): a rule's `from`,
+/// and `log.request_id_from`.
+pub fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))

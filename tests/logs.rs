@@ -63,6 +63,11 @@ impl Log {
         }
     }
 
+    /// Every line read so far.
+    pub(crate) fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Lines read so far that contain `part`.
     pub(crate) fn count(&self, part: &str) -> usize {
         self.seen.iter().filter(|l| l.contains(part)).count()
@@ -84,14 +89,23 @@ pub(crate) fn setup() -> tempfile::TempDir {
 /// `portcullis serve` in `dir` (its `portcullis.toml`, else the embedded
 /// default), logging at the default level unless `log` says otherwise.
 pub(crate) fn serve(dir: &Path, log: Option<&str>) -> (ServerProcess, Log) {
+    serve_with(dir, &[("PORTCULLIS_LOG", log)])
+}
+
+/// As [`serve`], with the log's environment variables (`PORTCULLIS_LOG`,
+/// `PORTCULLIS_LOG_FORMAT`) set or, for `None`, removed.
+pub(crate) fn serve_with(dir: &Path, env: &[(&str, Option<&str>)]) -> (ServerProcess, Log) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .current_dir(dir)
         .env_remove("PORTCULLIS_LOG")
+        .env_remove("PORTCULLIS_LOG_FORMAT")
         .stderr(Stdio::piped());
-    if let Some(log) = log {
-        command.env("PORTCULLIS_LOG", log);
+    for (name, value) in env {
+        if let Some(value) = value {
+            command.env(name, value);
+        }
     }
     let mut server = ServerProcess::spawn(command);
     let log = Log::of(&mut server);

@@ -18,8 +18,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Copies `from` into `to` but the hop-by-hop headers, those the
-/// `Connection` header names, `Host`, and `drop`.
+/// `Connection` header names, `Host`, and `drop`. `X-Request-Id` crosses
+/// as the id of the request being served, so that the other side's log
+/// names it as ours does (a client's own is not passed off as ours).
 pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, drop: &[HeaderName]) {
+    use super::request_id::{X_REQUEST_ID, current};
     let named: Vec<String> = from
         .get_all(header::CONNECTION)
         .iter()
@@ -30,10 +33,16 @@ pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, drop: &[HeaderName]) {
     for (name, value) in from {
         let skip = HOP_BY_HOP.contains(name)
             || *name == header::HOST
+            || *name == X_REQUEST_ID
             || drop.contains(name)
             || named.iter().any(|n| n == name.as_str());
         if !skip {
             to.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(id) = current() {
+        if let Ok(value) = axum::http::HeaderValue::from_str(id.as_str()) {
+            to.insert(X_REQUEST_ID, value);
         }
     }
 }
@@ -68,6 +77,9 @@ mod tests {
         );
         from.append("x-multi", HeaderValue::from_static("a"));
         from.append("x-multi", HeaderValue::from_static("b"));
+        // Outside a request: a client's id is not forwarded, and there is
+        // no id of ours to send.
+        from.insert("x-request-id", HeaderValue::from_static("the-clients"));
         let mut to = HeaderMap::new();
         copy_headers(&from, &mut to, &[header::AUTHORIZATION, X_DOCKER_TOKEN]);
         let mut names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();

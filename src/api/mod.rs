@@ -16,6 +16,7 @@ pub mod login;
 mod manifests;
 mod metrics;
 mod referrers;
+pub mod request_id;
 pub mod route;
 mod token;
 mod uploads;
@@ -55,6 +56,13 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/healthz", axum::routing::any(dispatch))
         .route("/readyz", axum::routing::any(dispatch))
         .route("/metrics", axum::routing::any(dispatch))
+        // Outermost, so that every answer (the probes' too) carries the
+        // request id and every log line of the request, the trace layer's
+        // included, is in its span.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_id::assign,
+        ))
         .with_state(state)
 }
 

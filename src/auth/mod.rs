@@ -657,7 +657,9 @@ async fn settle(
     if let Some(decided) = (&mut attempt).now_or_never() {
         return decided;
     }
-    tokio::spawn(attempt)
+    // In the request's span, so that what the sources log (a directory
+    // unreachable, a hash upgraded) names the request.
+    tokio::spawn(tracing::Instrument::in_current_span(attempt))
         .await
         .map_err(|e| AuthError::Internal(e.to_string()))?
 }

@@ -115,6 +115,28 @@ fn check_loaded(config: &Config, report: &mut Report) {
     check_login(config, report);
     check_metrics(config, report);
     check_audit(config, report);
+    check_log(config);
+}
+
+/// How `serve` would log (the level itself is checked with the file), and
+/// whose request ids it would take.
+fn check_log(config: &Config) {
+    let log = &config.log;
+    let ids = match log.request_id_from.as_slice() {
+        [] => "its own request ids".to_owned(),
+        nets => format!(
+            "X-Request-Id taken from {}",
+            nets.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    println!(
+        "log: {} lines at `{}` on stderr, {ids}",
+        log.format.as_str(),
+        log.level
+    );
 }
 
 /// Where the audit trail would go: stdout, or a file in a directory that

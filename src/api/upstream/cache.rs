@@ -397,7 +397,8 @@ async fn start_fill(
             drop(done);
         }
     };
-    tokio::spawn(task);
+    // Its lines ("blob cached") belong to the pull that started it.
+    tokio::spawn(tracing::Instrument::in_current_span(task));
     let body = futures_util::stream::unfold(from_fill, |mut from_fill| async move {
         from_fill.recv().await.map(|item| (item, from_fill))
     });

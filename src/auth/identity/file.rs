@@ -77,8 +77,11 @@ impl Source for FileSource {
             name: name.to_owned(),
             password: password.to_owned(),
         };
+        // What the check logs (a hash upgraded) names the request.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _in = span.enter();
             job.run()
         })
         .await
