@@ -52,6 +52,7 @@ mod memory;
 mod metadata_cache;
 mod metrics;
 mod migrate;
+mod notifications;
 mod oidc;
 mod policy_globs;
 mod s3;

@@ -15,6 +15,7 @@ mod lists;
 pub mod login;
 mod manifests;
 mod metrics;
+mod notify;
 mod referrers;
 pub mod route;
 mod token;
@@ -127,6 +128,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let method = method_label(&parts.method);
     let body_in = content_length(&parts.headers);
     let mut audited = audit::Audited::default();
+    let mut notified = None;
     let result = match parsed {
         // The one authorization check, from the route's credentials and
         // `route.required_access()`.
@@ -134,6 +136,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             Ok(grant) => {
                 if state.audit.enabled() {
                     audited = audit::Audited::of(&route, Some(&grant), &parts);
+                }
+                if state.notifier.enabled() {
+                    notified = notify::Notified::of(&state, &route, &grant, &parts, conn.addr);
                 }
                 // A cache says itself whether it answered (hit or miss).
                 if !matches!(&route, Route::Upstream(_, u) if u.caches()) {
@@ -154,6 +159,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     if state.audit.enabled() {
         audited.record(&state.audit, &response, code, conn.addr);
+    }
+    if let Some(notified) = notified {
+        notified.record(&state, &response);
     }
     // Not on the 404 that keeps an old engine on v1: it would read as "v2
     // spoken here".

@@ -115,6 +115,30 @@ fn check_loaded(config: &Config, report: &mut Report) {
     check_login(config, report);
     check_metrics(config, report);
     check_audit(config, report);
+    check_notifications(config, report);
+}
+
+/// What `serve` reads for each notification endpoint at start (its token
+/// file), and where the queues go; the receivers are not contacted.
+fn check_notifications(config: &Config, report: &mut Report) {
+    let endpoints = &config.notifications.endpoints;
+    if endpoints.is_empty() {
+        return;
+    }
+    let dir = config.notifications.queue_dir(&config.storage.root);
+    println!("notifications: queues under {}", dir.display());
+    for endpoint in endpoints {
+        match portcullis::notify::deliver::Receiver::new(endpoint) {
+            Ok(receiver) => println!(
+                "notifications: `{}` gets {} of {} at {} (not contacted)",
+                endpoint.name,
+                endpoint.actions.join(", "),
+                endpoint.repositories.join(", "),
+                receiver.address(),
+            ),
+            Err(e) => report.problem(Path::new("notifications"), e),
+        }
+    }
 }
 
 /// Where the audit trail would go: stdout, or a file in a directory that
