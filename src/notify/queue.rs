@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! <queue_dir>/<endpoint>/
-//! ├── 00000000000000000007.events   a batch, whole: written as .tmp-…, fsync'd, renamed
+//! ├── 00000000000000000007.events   a batch, whole: written as .writing-…, fsync'd, renamed
 //! ├── 00000000000000000008.events
-//! └── .tmp-00000000000000000009     a batch being written (a crash leaves it; removed at start)
+//! └── .writing-00000000000000000009 a batch being written (a crash leaves it; removed at start)
 //! ```
 //!
 //! A segment is written whole and renamed into place, then the directory
@@ -24,7 +24,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const SUFFIX: &str = ".events";
-const TMP: &str = ".tmp-";
+/// Not the storage's `.tmp-`: its sweep of `storage.root` (where the
+/// queues are by default) must leave these alone.
+const TMP: &str = ".writing-";
 
 /// A segment: its sequence number and how many events it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,12 +179,12 @@ mod tests {
             .unwrap();
         queue.append(&["{\"a\":3}".into()]).unwrap();
         assert_eq!(queue.pending(), 3);
-        std::fs::write(dir.path().join(".tmp-00000000000000000002"), "{\"a\":").unwrap();
+        std::fs::write(dir.path().join(".writing-00000000000000000002"), "{\"a\":").unwrap();
         drop(queue);
 
         let queue = Queue::open(dir.path()).unwrap();
         assert_eq!(queue.pending(), 3);
-        assert!(!dir.path().join(".tmp-00000000000000000002").exists());
+        assert!(!dir.path().join(".writing-00000000000000000002").exists());
         let first = queue.front().unwrap();
         assert_eq!(queue.read(first).unwrap(), ["{\"a\":1}", "{\"a\":2}"]);
         queue.remove(first).unwrap();
