@@ -417,8 +417,13 @@ async fn pushes_pulls_mounts_and_deletes_arrive_in_distributions_envelope() {
 #[tokio::test(flavor = "multi_thread")]
 async fn filters_leave_out_other_repositories_and_actions() {
     let (team, deletes) = (Receiver::up(), Receiver::up());
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("hook-token");
+    std::fs::write(&token_file, "hook-secret\n").unwrap();
     let mut team_only = team.endpoint("team");
     team_only.repositories = vec!["alice/team/**".into()];
+    team_only.token_file = Some(token_file);
+    team_only.headers = [("x-source".to_owned(), "portcullis".to_owned())].into();
     let mut deletes_only = deletes.endpoint("deletes");
     deletes_only.actions = vec!["delete".into()];
     let s = server(vec![team_only, deletes_only]).await;
@@ -462,6 +467,14 @@ async fn filters_leave_out_other_repositories_and_actions() {
         ["alice/team/a", "alice/team/last"],
         "{events:#?}"
     );
+    for received in team.log.received.lock().unwrap().iter() {
+        assert_eq!(received.headers["authorization"], "Bearer hook-secret");
+        assert_eq!(received.headers["x-source"], "portcullis");
+        assert!(!received.body.to_string().contains("hook-secret"));
+    }
+    for received in deletes.log.received.lock().unwrap().iter() {
+        assert!(received.headers.get("authorization").is_none());
+    }
     let events = deletes.events(1).await;
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["action"], "delete");
@@ -555,6 +568,8 @@ async fn a_receiver_down_then_failing_gets_every_event_once_in_order() {
         receiver.log.attempts.load(Ordering::SeqCst) >= 4,
         "the 500s were retried"
     );
+    // The backlog (five events of five requests) in one POST.
+    assert_eq!(receiver.log.received.lock().unwrap().len(), 1);
     let text = all_delivered(&s.client, &s.url, 5.0).await;
     assert!(failures(&text) >= 5.0, "refusals and 500s counted:\n{text}");
     assert_eq!(receiver.events(0).await.len(), 5);

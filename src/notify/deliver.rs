@@ -1,7 +1,9 @@
-//! One endpoint's delivery: the oldest segment of its queue POSTed as one
-//! envelope, again and again with exponential back-off until the receiver
-//! answers 2xx, then deleted; the next segment after it, so events arrive
-//! in the order they were made.
+//! One endpoint's delivery: the oldest segments of its queue (up to
+//! [`POST_EVENTS`] events, or one larger segment) POSTed as one envelope,
+//! again with exponential back-off until the receiver answers 2xx (each
+//! attempt taking the oldest again, so events queued meanwhile join
+//! them), then deleted; the next ones after them, so events arrive in the
+//! order they were made.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +23,10 @@ use crate::metrics::NotifyMetrics;
 /// What a receiver's answer may hold that is read (and thrown away), so
 /// that the connection can be used again.
 const MAX_ANSWER: usize = 64 << 10;
+
+/// Events one POST carries at most, when several segments wait (a
+/// receiver back after an outage gets its backlog in few requests).
+pub const POST_EVENTS: u64 = 64;
 
 /// A receiver: where and how to POST, and how long to wait.
 pub struct Receiver {
@@ -154,66 +160,90 @@ pub async fn run(
 ) {
     let mut backoff = receiver.backoff_initial;
     loop {
-        let Some(segment) = queue.front() else {
+        let segments = queue.oldest(POST_EVENTS);
+        if segments.is_empty() {
             tokio::select! {
                 () = written.notified() => continue,
                 () = stop.cancelled() => return,
             }
-        };
-        let lines = match blocking(&queue, move |q| q.read(segment)).await {
-            Ok(lines) => lines,
-            Err(e) => {
-                tracing::error!(endpoint = %receiver.name, error = %e, "notifications: a queued batch cannot be read; dropped");
-                metrics.dropped.inc_by(segment.events);
-                remove(&receiver, &queue, segment, &metrics).await;
-                continue;
+        }
+        // Read in order up to the first that cannot be: that one is
+        // dropped when it comes first, else the ones before it go alone.
+        let to_read = segments.clone();
+        let (lines, read, failed) = blocking(&queue, move |q| {
+            let mut lines = Vec::new();
+            for (i, segment) in to_read.iter().enumerate() {
+                match q.read(*segment) {
+                    Ok(more) => lines.extend(more),
+                    Err(e) => return Ok((lines, i, Some(e))),
+                }
             }
-        };
+            Ok((lines, to_read.len(), None))
+        })
+        .await
+        .unwrap_or_else(|e| (Vec::new(), 0, Some(e)));
+        if let (0, Some(e)) = (read, &failed) {
+            let segment = segments[0];
+            tracing::error!(endpoint = %receiver.name, error = %e, "notifications: a queued batch cannot be read; dropped");
+            metrics.dropped.inc_by(segment.events);
+            remove(&receiver, &queue, &[segment], &metrics).await;
+            continue;
+        }
+        let segments = &segments[..read];
+        let events: u64 = segments.iter().map(|s| s.events).sum();
         let body = envelope(&receiver.name, &lines);
-        loop {
-            if stop.is_cancelled() {
-                return;
+        if stop.is_cancelled() {
+            return;
+        }
+        let started = Instant::now();
+        let result = receiver.post(body).await;
+        metrics
+            .delivery_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                metrics.delivered.inc_by(events);
+                remove(&receiver, &queue, segments, &metrics).await;
+                backoff = receiver.backoff_initial;
             }
-            let started = Instant::now();
-            let result = receiver.post(body.clone()).await;
-            metrics
-                .delivery_seconds
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => {
-                    metrics.delivered.inc_by(segment.events);
-                    remove(&receiver, &queue, segment, &metrics).await;
-                    backoff = receiver.backoff_initial;
-                    break;
+            // Retried from the top: what has been queued since joins the
+            // same events in the next attempt, so a backlog goes in few
+            // POSTs.
+            Err(why) => {
+                metrics.failures.inc();
+                tracing::warn!(
+                    endpoint = %receiver.name,
+                    events,
+                    retry_in = ?backoff,
+                    "notifications: {why}"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return,
                 }
-                Err(why) => {
-                    metrics.failures.inc();
-                    tracing::warn!(
-                        endpoint = %receiver.name,
-                        events = segment.events,
-                        retry_in = ?backoff,
-                        "notifications: {why}"
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = stop.cancelled() => return,
-                    }
-                    backoff = (backoff * 2).min(receiver.backoff_max);
-                }
+                backoff = (backoff * 2).min(receiver.backoff_max);
             }
         }
     }
 }
 
-/// Deletes a segment that needs no more sending. If that fails the
-/// segment stays, and is sent again: at least once, never lost.
+/// Deletes segments that need no more sending, oldest first. A file that
+/// cannot be deleted is sent again after a restart: at least once, never
+/// lost.
 async fn remove(
     receiver: &Receiver,
     queue: &Arc<Queue>,
-    segment: Segment,
+    segments: &[Segment],
     metrics: &NotifyMetrics,
 ) {
-    if let Err(e) = blocking(queue, move |q| q.remove(segment)).await {
+    let segments = segments.to_vec();
+    // Each one, whatever happened to the one before.
+    let removed = blocking(queue, move |q| {
+        let results: Vec<_> = segments.into_iter().map(|s| q.remove(s)).collect();
+        results.into_iter().collect::<std::io::Result<()>>()
+    })
+    .await;
+    if let Err(e) = removed {
         tracing::error!(endpoint = %receiver.name, error = %e, "notifications: a delivered batch could not be removed");
     }
     metrics.pending.set(queue.pending() as i64);

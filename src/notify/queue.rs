@@ -124,9 +124,20 @@ impl Queue {
         Ok(())
     }
 
-    /// The oldest segment, if any.
-    pub fn front(&self) -> Option<Segment> {
-        self.lock().front().copied()
+    /// The oldest segments, as many as hold `events` events together (at
+    /// least one, however large); none when the queue is empty.
+    pub fn oldest(&self, events: u64) -> Vec<Segment> {
+        let segments = self.lock();
+        let mut taken = Vec::new();
+        let mut count = 0;
+        for segment in segments.iter() {
+            if !taken.is_empty() && count + segment.events > events {
+                break;
+            }
+            count += segment.events;
+            taken.push(*segment);
+        }
+        taken
     }
 
     /// A segment's events.
@@ -185,17 +196,23 @@ mod tests {
         let queue = Queue::open(dir.path()).unwrap();
         assert_eq!(queue.pending(), 3);
         assert!(!dir.path().join(".writing-00000000000000000002").exists());
-        let first = queue.front().unwrap();
+        let [first] = queue.oldest(1)[..] else {
+            panic!("one segment")
+        };
         assert_eq!(queue.read(first).unwrap(), ["{\"a\":1}", "{\"a\":2}"]);
         queue.remove(first).unwrap();
         assert_eq!(queue.pending(), 1);
-        let second = queue.front().unwrap();
-        assert_eq!(queue.read(second).unwrap(), ["{\"a\":3}"]);
-        // New segments come after the kept ones.
+        // New segments come after the kept ones; several small ones are
+        // taken together.
         queue.append(&["{\"a\":4}".into()]).unwrap();
-        queue.remove(second).unwrap();
-        let third = queue.front().unwrap();
+        let [second, third] = queue.oldest(2)[..] else {
+            panic!("two segments")
+        };
         assert!(third.seq > second.seq);
+        assert_eq!(queue.read(second).unwrap(), ["{\"a\":3}"]);
         assert_eq!(queue.read(third).unwrap(), ["{\"a\":4}"]);
+        queue.remove(second).unwrap();
+        queue.remove(third).unwrap();
+        assert_eq!((queue.pending(), queue.oldest(10).len()), (0, 0));
     }
 }
