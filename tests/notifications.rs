@@ -1,7 +1,8 @@
 //! Notifications from outside: a test receiver (an HTTP server on
 //! 127.0.0.1:0 recording what it is sent, answering 500 to its first
 //! requests when asked) gets distribution's envelopes for pushes, pulls,
-//! mounts and deletes; filters leave events out; 500s and a receiver that
+//! mounts and deletes, and for what skopeo pushes and pulls (chunked
+//! uploads, the manifest by tag); filters leave events out; 500s and a receiver that
 //! is not listening are retried until the events arrive; the real binary
 //! stopped with SIGTERM while the receiver is down sends every event once
 //! when started again; metrics count it; check-config refuses a bad section.
@@ -730,4 +731,84 @@ fn check_config_refuses_a_bad_section_and_reports_a_good_one() {
         "{out}"
     );
     assert!(!out.contains("hook-secret") && !err.contains("hook-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_skopeo_push_and_pull_are_told_blob_by_blob() {
+    common::clients::require("skopeo");
+    let receiver = Receiver::up();
+    let s = TestServer::start_configured(tempfile::tempdir().unwrap(), |config| {
+        config.auth.enabled = false;
+        config.notifications.endpoints = vec![receiver.endpoint("ci")];
+    })
+    .await;
+    let env = common::clients::ClientEnv::new(s.url.trim_start_matches("http://"));
+    let src = env.path("src");
+    common::oci::write_layout(&src, "v1", &[10_000, 40_000]);
+    let (from, to) = (
+        common::oci::oci_ref(&src, "v1"),
+        env.docker_ref("team/app:v1"),
+    );
+    let back = common::oci::oci_ref(&env.path("back"), "v1");
+    let env = tokio::task::spawn_blocking(move || {
+        env.skopeo(&["copy", "--dest-tls-verify=false", &from, &to]);
+        env.skopeo(&["copy", "--src-tls-verify=false", &to, &back]);
+        env
+    })
+    .await
+    .unwrap();
+    drop(env);
+
+    // Three blobs and the manifest pushed, then pulled.
+    let events = receiver.events(8).await;
+    let of =
+        |action: &str| -> Vec<&Value> { events.iter().filter(|e| e["action"] == action).collect() };
+    let (pushes, pulls) = (of("push"), of("pull"));
+    assert_eq!(
+        (pushes.len(), pulls.len(), events.len()),
+        (4, 4, 8),
+        "{events:#?}"
+    );
+    // What was told pushed is what the registry serves at the event's
+    // url (skopeo may re-encode the layers it pushes), and was pulled.
+    for push in &pushes {
+        let target = &push["target"];
+        let url = target["url"].as_str().unwrap();
+        let served = s
+            .client
+            .head(url)
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served.status(), 200, "{push}");
+        assert_eq!(
+            common::header_str(&served, "docker-content-digest"),
+            target["digest"]
+        );
+        let length = common::header_str(&served, "content-length").parse::<u64>();
+        assert_eq!(length.ok(), target["size"].as_u64(), "{push}");
+        assert_eq!(target["repository"], "team/app");
+        assert!(
+            push["request"]["useragent"]
+                .as_str()
+                .is_some_and(|a| a.contains("skopeo")),
+            "{push}"
+        );
+        let pulled = pulls
+            .iter()
+            .find(|e| e["target"]["digest"] == target["digest"]);
+        assert_eq!(
+            pulled.map(|e| &e["target"]["size"]),
+            Some(&target["size"]),
+            "{events:#?}"
+        );
+    }
+    let manifest = pushes
+        .iter()
+        .find(|e| e["target"]["mediaType"] == OCI_MANIFEST)
+        .unwrap();
+    assert_eq!(manifest["target"]["tag"], "v1");
+    // The blobs before the manifest that needs them.
+    assert_eq!(events[3]["target"]["digest"], manifest["target"]["digest"]);
 }

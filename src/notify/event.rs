@@ -73,7 +73,8 @@ pub struct Actor {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Source {
-    /// The address this server listens on.
+    /// The address this server is configured to listen on
+    /// (`server.listen`).
     pub addr: String,
     /// This process' id, made at start.
     #[serde(rename = "instanceID")]
