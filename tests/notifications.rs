@@ -714,6 +714,15 @@ fn check_config_refuses_a_bad_section_and_reports_a_good_one() {
         err.contains("notifications.endpoints.token_file missing-token"),
         "{err}"
     );
+    std::fs::write(dir.path().join("a-file"), "").unwrap();
+    let (code, out, err) = check(
+        "[notifications]\nqueue_dir = \"a-file/queues\"\n[[notifications.endpoints]]\nname = \"ci\"\nurl = \"http://ci.example\"\n",
+    );
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("notifications.queue_dir a-file/queues: a-file is not a directory"),
+        "{err}"
+    );
 
     std::fs::write(dir.path().join("token"), "hook-secret\n").unwrap();
     let (code, out, err) = check(

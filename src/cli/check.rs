@@ -126,7 +126,19 @@ fn check_notifications(config: &Config, report: &mut Report) {
         return;
     }
     let dir = config.notifications.queue_dir(&config.storage.root);
-    println!("notifications: queues under {}", dir.display());
+    // `serve` creates it (and its parents): only something else in its
+    // place stops it.
+    match dir.ancestors().find(|d| d.exists()) {
+        Some(there) if !there.is_dir() => report.problem(
+            &dir,
+            format!(
+                "notifications.queue_dir {}: {} is not a directory",
+                dir.display(),
+                there.display()
+            ),
+        ),
+        _ => println!("notifications: queues under {}", dir.display()),
+    }
     for endpoint in endpoints {
         match portcullis::notify::deliver::Receiver::new(endpoint) {
             Ok(receiver) => println!(
