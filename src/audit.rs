@@ -164,7 +164,8 @@ async fn write_lines(mut rx: mpsc::Receiver<String>, mut out: impl tokio::io::As
     }
 }
 
-fn now() -> String {
+/// Now, as RFC 3339 in UTC (the notifications' timestamps too).
+pub(crate) fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

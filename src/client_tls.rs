@@ -29,6 +29,20 @@ pub fn connector(
     Ok(builder.enable_http1().enable_http2().wrap_connector(http))
 }
 
+/// An error of an outgoing request and its causes on one line: hyper's
+/// own message alone ("client error (Connect)") does not say what went
+/// wrong.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 /// The rustls client configuration: `ca` alone when given, else the
 /// system's roots; the one crypto provider.
 pub fn config(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {

@@ -8,6 +8,7 @@
 
 mod identity;
 mod login;
+mod notifications;
 mod s3;
 mod upstream;
 
@@ -15,6 +16,7 @@ pub use identity::{
     FILE_SOURCE, GroupsFrom, IdentityConfig, LdapConfig, LdapGroups, Nested, OidcConfig,
 };
 pub use login::LoginConfig;
+pub use notifications::{ACTIONS as NOTIFY_ACTIONS, NotificationsConfig, NotifyEndpointConfig};
 pub use s3::S3Config;
 pub use upstream::{CacheConfig, UpstreamConfig};
 
@@ -46,6 +48,8 @@ pub struct Config {
     pub login: Option<LoginConfig>,
     pub metrics: MetricsConfig,
     pub audit: AuditConfig,
+    /// `[notifications]`: webhooks of pushes, pulls and deletes.
+    pub notifications: NotificationsConfig,
 }
 
 /// `[audit]`: the audit trail (see `audit.rs`).
@@ -527,6 +531,7 @@ impl Config {
                 "login" => config.login = reader.section("login", value),
                 "metrics" => config.metrics = reader.section("metrics", value),
                 "audit" => config.audit = reader.section("audit", value),
+                "notifications" => config.notifications = reader.section("notifications", value),
                 other => reader.at(span, format!("unknown section or key `{other}`")),
             }
         }
@@ -540,6 +545,7 @@ impl Config {
         self.check_identity(root, reader);
         self.check_upstreams(root, reader);
         self.check_login(root, reader);
+        self.check_notifications(root, reader);
         if self.storage.root.as_os_str().is_empty() {
             let span = lookup(root, &["storage", "root"]);
             reader.at_opt(span, "storage.root must not be empty".to_owned());
@@ -941,6 +947,36 @@ impl Config {
 }
 
 impl Config {
+    /// `[[notifications.endpoints]]`: each one's values and unique names
+    /// (a name is its queue's directory).
+    fn check_notifications(&self, root: &DeTable<'_>, reader: &mut Reader<'_>) {
+        let endpoints = &self.notifications.endpoints;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let index = i.to_string();
+            let span = |key: &str| {
+                lookup(root, &["notifications", "endpoints", &index, key])
+                    .or_else(|| lookup(root, &["notifications", "endpoints", &index]))
+            };
+            for (key, message) in endpoint.problems() {
+                reader.at_opt(
+                    span(key),
+                    format!("notifications endpoint `{}`: {message}", endpoint.name),
+                );
+            }
+            if endpoints[..i].iter().any(|e| e.name == endpoint.name) {
+                reader.at_opt(
+                    span("name"),
+                    format!(
+                        "notifications endpoint name `{}` is used twice",
+                        endpoint.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+impl Config {
     /// `[[upstream]]`: each one's values, unique names, and prefixes that
     /// do not overlap (with first-match routing, an overlap would silently
     /// hide part of the later upstream).
@@ -1109,6 +1145,43 @@ mod tests {
                 "10:1: upstream `b`: username needs password_file, and password_file username",
                 "13:1: upstream name `a` is used twice",
                 "14:1: upstream `a`: prefix `Bad//name` is not a repository name (`mirror`, `vendor/images`)",
+            ]
+        );
+    }
+
+    #[test]
+    fn notifications_endpoints_are_read_with_defaults_and_checked() {
+        let config = Config::parse(
+            "[[notifications.endpoints]]\nname = \"ci\"\nurl = \"https://ci.example/hook\"\n\
+             [notifications.endpoints.headers]\nx-source = \"portcullis\"\n",
+        )
+        .unwrap();
+        let ci = &config.notifications.endpoints[0];
+        assert_eq!(ci.repositories, ["**"]);
+        assert_eq!(ci.actions, ["push", "pull", "mount", "delete"]);
+        assert_eq!((ci.timeout_secs, ci.max_pending), (5, 10_000));
+        assert_eq!(ci.headers["x-source"], "portcullis");
+        assert_eq!(
+            config.notifications.queue_dir(Path::new("/srv/data")),
+            PathBuf::from("/srv/data/_notifications")
+        );
+        assert_eq!(
+            problems(
+                "[[notifications.endpoints]]\nname = \"a\"\nurl = \"ftp://x\"\n\
+                 [[notifications.endpoints]]\nname = \"a\"\nurl = \"https://u:p@x\"\n\
+                 repositories = [\"team/**x\"]\nactions = [\"pull\", \"tag\"]\nbackoff_max_secs = 0\n\
+                 [[notifications.endpoints]]\nname = \"../up\"\nurl = \"http://x\"\n",
+            ),
+            [
+                "3:1: notifications endpoint `a`: url must be an http:// or https:// URL with a host",
+                // Without the key it is about, the endpoint's table.
+                "4:1: notifications endpoint `a`: backoff_initial_ms must not be longer than backoff_max_secs",
+                "5:1: notifications endpoint name `a` is used twice",
+                "6:1: notifications endpoint `a`: url must not hold credentials (use token_file)",
+                "7:1: notifications endpoint `a`: repositories: repository pattern `team/**x`: `**` must be a whole path segment",
+                "8:1: notifications endpoint `a`: actions: `tag` is not one of push, pull, mount, delete",
+                "9:1: notifications endpoint `a`: backoff_max_secs must be positive",
+                "11:1: notifications endpoint `../up`: name must be letters, digits, `.`, `_` or `-`, not starting with `.` (it names the queue's directory)",
             ]
         );
     }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod manifest;
 pub mod metrics;
 pub mod migrate;
+pub mod notify;
 pub mod policy;
 pub mod reconfigure;
 pub mod reference;

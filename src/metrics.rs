@@ -15,6 +15,10 @@
 //! | `storage_operations_total`           | backend, operation, result      |
 //! | `storage_operation_duration_seconds` | backend, operation              |
 //! | `cache_requests_total`               | upstream, result                |
+//! | `notifications_total`                | endpoint, result (`delivered`, `dropped`) |
+//! | `notification_failures_total`        | endpoint (failed POSTs)         |
+//! | `notifications_pending`              | endpoint                        |
+//! | `notification_delivery_seconds`      | endpoint                        |
 //! | `build_info`                         | version                         |
 //!
 //! Requests are counted by the latency histogram alone (its `_count` is
@@ -107,6 +111,33 @@ struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifyLabels {
+    endpoint: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: String,
+}
+
+/// One notification endpoint's series, resolved once at start
+/// ([`Metrics::notifications`]) and updated by its tasks.
+#[derive(Clone)]
+pub struct NotifyMetrics {
+    /// Events the receiver acknowledged.
+    pub delivered: Counter,
+    /// Events dropped: the queue full, or unwritable.
+    pub dropped: Counter,
+    /// POSTs that failed (refused, timed out, not 2xx).
+    pub failures: Counter,
+    /// Events queued, not yet acknowledged.
+    pub pending: Gauge,
+    /// Each POST's time, failed or not.
+    pub delivery_seconds: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -129,6 +160,10 @@ pub struct Metrics {
     storage: Family<StorageLabels, Counter>,
     storage_durations: Histograms<OperationLabels>,
     cache: Family<CacheLabels, Counter>,
+    notifications: Family<NotifyLabels, Counter>,
+    notification_failures: Family<EndpointLabel, Counter>,
+    notifications_pending: Family<EndpointLabel, Gauge>,
+    notification_seconds: Histograms<EndpointLabel>,
 }
 
 /// Request latencies from 0.1 ms to about 6.5 s.
@@ -139,6 +174,11 @@ fn request_buckets() -> Histogram {
 /// Logins from 0.1 ms (a cached one) to about 13 s (a slow directory).
 fn login_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// POSTs to a receiver from 1 ms to about 65 s.
+fn delivery_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 impl Metrics {
@@ -211,6 +251,31 @@ impl Metrics {
             "Pulls under a pull-through cache's prefix, by upstream and result (hit, miss; pass: neither read nor kept)",
             cache.clone(),
         );
+        let notifications = Family::default();
+        registry.register(
+            "notifications",
+            "Notification events, by endpoint: delivered (acknowledged with a 2xx) or dropped (its queue full)",
+            notifications.clone(),
+        );
+        let notification_failures = Family::default();
+        registry.register(
+            "notification_failures",
+            "Failed notification POSTs (refused, timed out or not 2xx), each retried",
+            notification_failures.clone(),
+        );
+        let notifications_pending = Family::default();
+        registry.register(
+            "notifications_pending",
+            "Notification events queued for an endpoint, not yet acknowledged",
+            notifications_pending.clone(),
+        );
+        let notification_seconds: Histograms<EndpointLabel> =
+            Family::new_with_constructor(delivery_buckets);
+        registry.register(
+            "notification_delivery_seconds",
+            "Time of each notification POST, failed or not",
+            notification_seconds.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -231,6 +296,10 @@ impl Metrics {
             storage,
             storage_durations,
             cache,
+            notifications,
+            notification_failures,
+            notifications_pending,
+            notification_seconds,
         }
     }
 
@@ -261,6 +330,39 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// The series of the notification endpoint `endpoint` (a configured
+    /// name, so the labels stay bounded); with metrics off, series of
+    /// their own that nothing serves.
+    pub fn notifications(&self, endpoint: &str) -> NotifyMetrics {
+        if !self.enabled {
+            return NotifyMetrics {
+                delivered: Counter::default(),
+                dropped: Counter::default(),
+                failures: Counter::default(),
+                pending: Gauge::default(),
+                delivery_seconds: delivery_buckets(),
+            };
+        }
+        let result = |result| {
+            self.notifications
+                .get_or_create(&NotifyLabels {
+                    endpoint: endpoint.to_owned(),
+                    result,
+                })
+                .clone()
+        };
+        let label = EndpointLabel {
+            endpoint: endpoint.to_owned(),
+        };
+        NotifyMetrics {
+            delivered: result("delivered"),
+            dropped: result("dropped"),
+            failures: self.notification_failures.get_or_create(&label).clone(),
+            pending: self.notifications_pending.get_or_create(&label).clone(),
+            delivery_seconds: self.notification_seconds.get_or_create(&label).clone(),
+        }
     }
 
     /// One answered request.

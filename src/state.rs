@@ -31,6 +31,8 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// `[audit]`: the audit trail.
     pub audit: crate::audit::Audit,
+    /// `[notifications]`: the webhooks' queues and delivery.
+    pub notifier: crate::notify::Notifier,
     /// `metrics.token_file`'s token, read at start.
     pub metrics_token: Option<String>,
 }
@@ -92,6 +94,10 @@ impl AppState {
             Some(file) => crate::audit::Audit::open(file).await?,
             None => crate::audit::Audit::disabled(),
         };
+        let notifier = match config.notifications.endpoints.is_empty() {
+            true => crate::notify::Notifier::disabled(),
+            false => crate::notify::Notifier::start(&config, &metrics).await?,
+        };
         let interval = Duration::from_secs(config.storage.sweep_interval_secs);
         let state = Arc::new(Self {
             applied: std::sync::Mutex::new(config.clone()),
@@ -104,6 +110,7 @@ impl AppState {
             sign_in,
             metrics,
             audit,
+            notifier,
             metrics_token,
         });
         tokio::spawn(sweep_periodically(Arc::downgrade(&state), interval));

@@ -38,15 +38,8 @@ async fn login_status(client: &reqwest::Client, url: &str, user: &str, password:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_guesses_gets_no_more_verifications_than_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = format!(
-        "[users.alice]\npassword = {:?}\n",
-        hash_password("alice-pw").unwrap()
-    );
-    std::fs::write(dir.path().join("users.toml"), users).unwrap();
-    common::process::copy_project_policies(dir.path());
     // The default: 5 failures per account and address.
-    let s = TestServer::start_configured(dir, |_| {}).await;
+    let s = TestServer::with_alice(|_| {}).await;
     let guesses: Vec<_> = (0..40)
         .map(|i| {
             let (client, url) = (s.client.clone(), s.url.clone());

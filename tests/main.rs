@@ -53,6 +53,7 @@ mod memory;
 mod metadata_cache;
 mod metrics;
 mod migrate;
+mod notifications;
 mod oidc;
 mod packaging;
 mod policy_globs;

@@ -7,18 +7,10 @@
 use crate::common;
 
 use common::{TestServer, sha256};
-use portcullis::auth::users::hash_password;
 
 /// A server with the shipped policies and alice (`alice-pw`).
 async fn server(configure: impl FnOnce(&mut portcullis::config::Config)) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let users = format!(
-        "[users.alice]\npassword = {:?}\n",
-        hash_password("alice-pw").unwrap()
-    );
-    std::fs::write(dir.path().join("users.toml"), users).unwrap();
-    common::process::copy_project_policies(dir.path());
-    TestServer::start_configured(dir, configure).await
+    TestServer::with_alice(configure).await
 }
 
 /// The exposition, parsed into (series, value) pairs.

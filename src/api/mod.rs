@@ -15,6 +15,7 @@ mod lists;
 pub mod login;
 mod manifests;
 mod metrics;
+mod notify;
 mod referrers;
 pub mod request_id;
 pub mod route;
@@ -153,6 +154,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let method = method_label(&parts.method);
     let body_in = content_length(&parts.headers);
     let mut audited = audit::Audited::default();
+    let mut notified = None;
     let result = match parsed {
         // The one authorization check, from the route's credentials and
         // `route.required_access()`.
@@ -160,6 +162,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             Ok(grant) => {
                 if state.audit.enabled() {
                     audited = audit::Audited::of(&route, Some(&grant), &parts);
+                }
+                if state.notifier.enabled() {
+                    notified = notify::Notified::of(&state, &route, &grant, &parts, conn.addr);
                 }
                 // A cache says itself whether it answered (hit or miss).
                 if !matches!(&route, Route::Upstream(_, u) if u.caches()) {
@@ -180,6 +185,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     if state.audit.enabled() {
         audited.record(&state.audit, &response, code, conn.addr);
+    }
+    if let Some(notified) = notified {
+        notified.record(&state, &response);
     }
     // Not on the 404 that keeps an old engine on v1: it would read as "v2
     // spoken here".

@@ -24,16 +24,15 @@ pub async fn start(
                 start: None,
                 len: content_length(headers),
             };
-            storage
+            let size = storage
                 .blob_put(name, owner, &digest, chunk, byte_stream(body))
                 .await?;
-            Ok(created(name, &digest))
+            Ok(created(name, &digest, size))
         }
         UploadStart::Mount { digest, from } => {
-            if storage.blob_mount(&from, name, &digest).await? {
-                Ok(created(name, &digest))
-            } else {
-                new_session(storage, name, owner).await
+            match storage.blob_mount(&from, name, &digest).await? {
+                Some(size) => Ok(created(name, &digest, size)),
+                None => new_session(storage, name, owner).await,
             }
         }
         UploadStart::Session => new_session(storage, name, owner).await,
@@ -99,7 +98,7 @@ pub async fn finish(
     }
     .await;
     match result {
-        Ok(_) => Ok(created(name, digest)),
+        Ok(size) => Ok(created(name, digest, size)),
         Err(e) => Err(refused_chunk(storage, name, id, e).await),
     }
 }
@@ -134,14 +133,19 @@ pub async fn cancel(
     Ok(empty(StatusCode::NO_CONTENT, &[]))
 }
 
-fn created(name: &RepoName, digest: &Digest) -> Response {
-    empty(
+/// A blob is there: where, and (for its notification) its size.
+fn created(name: &RepoName, digest: &Digest, size: u64) -> Response {
+    let mut response = empty(
         StatusCode::CREATED,
         &[
             (header::LOCATION, format!("/v2/{name}/blobs/{digest}")),
             (CONTENT_DIGEST, digest.to_string()),
         ],
-    )
+    );
+    response
+        .extensions_mut()
+        .insert(super::notify::BlobSize(size));
+    response
 }
 
 fn session_response(status: StatusCode, name: &RepoName, id: UploadId, size: u64) -> Response {

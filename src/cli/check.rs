@@ -116,6 +116,7 @@ fn check_loaded(config: &Config, report: &mut Report) {
     check_metrics(config, report);
     check_audit(config, report);
     check_log(config);
+    check_notifications(config, report);
 }
 
 /// How `serve` would log (the level itself is checked with the file), and
@@ -137,6 +138,41 @@ fn check_log(config: &Config) {
         log.format.as_str(),
         log.level
     );
+}
+
+/// What `serve` reads for each notification endpoint at start (its token
+/// file), and where the queues go; the receivers are not contacted.
+fn check_notifications(config: &Config, report: &mut Report) {
+    let endpoints = &config.notifications.endpoints;
+    if endpoints.is_empty() {
+        return;
+    }
+    let dir = config.notifications.queue_dir(&config.storage.root);
+    // `serve` creates it (and its parents): only something else in its
+    // place stops it.
+    match dir.ancestors().find(|d| d.exists()) {
+        Some(there) if !there.is_dir() => report.problem(
+            &dir,
+            format!(
+                "notifications.queue_dir {}: {} is not a directory",
+                dir.display(),
+                there.display()
+            ),
+        ),
+        _ => println!("notifications: queues under {}", dir.display()),
+    }
+    for endpoint in endpoints {
+        match portcullis::notify::deliver::Receiver::new(endpoint) {
+            Ok(receiver) => println!(
+                "notifications: `{}` gets {} of {} at {} (not contacted)",
+                endpoint.name,
+                endpoint.actions.join(", "),
+                endpoint.repositories.join(", "),
+                receiver.address(),
+            ),
+            Err(e) => report.problem(Path::new("notifications"), e),
+        }
+    }
 }
 
 /// Where the audit trail would go: stdout, or a file in a directory that

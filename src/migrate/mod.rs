@@ -528,10 +528,11 @@ async fn put_tag(
         let layer = ancestor.layer;
         let from = RepoName::parse(&layer.repository).map_err(|e| e.to_string())?;
         if from != *repo
-            && !storage
+            && storage
                 .blob_mount(&from, repo, &layer.digest)
                 .await
                 .map_err(storage_error)?
+                .is_none()
         {
             return Err(format!(
                 "layer {} is no longer linked to {from}; run the migration again",

@@ -17,6 +17,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::client_tls::error_chain;
+
 /// How long the backend may take to answer a request's head. A layer's body
 /// may take as long as it takes; an answer that never starts is a dead
 /// backend.
@@ -197,19 +199,6 @@ fn simple_checksums(header: &str) -> Vec<String> {
         .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(|hex| format!("sha256:{}", hex.to_ascii_lowercase()))
         .collect()
-}
-
-/// An error and its causes on one line: hyper's own message alone ("client
-/// error (Connect)") does not say what went wrong.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
 }
 
 /// The body's next chunk of data (trailers and empty frames skipped).

@@ -122,7 +122,7 @@ pub async fn serve_with(
     };
     let scrapes =
         metrics.map(|listener| (listener, crate::api::metrics_router(Arc::clone(&state))));
-    let app = crate::build_router(state);
+    let app = crate::build_router(Arc::clone(&state));
     let main = listening.accept_loop(listener, app, tls);
     let redirect = async {
         if let Some((listener, router)) = redirect {
@@ -144,6 +144,9 @@ pub async fn serve_with(
     tokio::join!(main, redirect, scrapes, stopper);
     listening.tasks.close();
     listening.tasks.wait().await;
+    // No request is in flight any more: every event made is written to
+    // its queue before the process may exit.
+    state.notifier.flush().await;
     Ok(())
 }
 

@@ -366,19 +366,20 @@ impl Storage {
         deleted
     }
 
-    /// Links a blob of `from` into `to`. `false` when `from` does not have it.
+    /// Links a blob of `from` into `to`: its size, or `None` when `from`
+    /// does not have it.
     pub async fn blob_mount(
         &self,
         from: &RepoName,
         to: &RepoName,
         digest: &Digest,
-    ) -> Result<bool> {
+    ) -> Result<Option<u64>> {
         match self.blob_size(from, digest).await {
-            Ok(_) => {
+            Ok(size) => {
                 self.link_blob(to, digest).await?;
-                Ok(true)
+                Ok(Some(size))
             }
-            Err(StorageError::BlobUnknown(_)) => Ok(false),
+            Err(StorageError::BlobUnknown(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }

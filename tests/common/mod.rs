@@ -277,6 +277,19 @@ impl TestServer {
         }
     }
 
+    /// A server with the shipped policies and one user, alice
+    /// (`alice-pw`), with the configuration `configure` makes.
+    pub async fn with_alice(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let users = format!(
+            "[users.alice]\npassword = {:?}\n",
+            portcullis::auth::users::hash_password("alice-pw").expect("hash")
+        );
+        std::fs::write(dir.path().join("users.toml"), users).expect("users.toml");
+        process::copy_project_policies(dir.path());
+        Self::start_configured(dir, configure).await
+    }
+
     /// The upload sessions its storage holds (their ids): the directories
     /// under `data/uploads`, or the prefixes under the bucket's `uploads/`.
     pub async fn upload_sessions(&self) -> Vec<String> {

@@ -103,7 +103,7 @@ impl Fetcher {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("{url}: {}", causes(&e)))?;
+                .map_err(|e| format!("{url}: {}", crate::client_tls::error_chain(&e)))?;
             if !response.status().is_success() {
                 return Err(format!("{url}: answered {}", response.status()));
             }
@@ -118,17 +118,4 @@ impl Fetcher {
             .await
             .map_err(|_| format!("{url}: no answer within {} s", self.timeout.as_secs()))?
     }
-}
-
-/// An error and its causes, one after the other: the client's own message
-/// ("client error (Connect)") says nothing of why.
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
