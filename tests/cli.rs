@@ -43,6 +43,7 @@ fn every_example_configuration_loads_and_checks() {
         "s3-secret-key",
         "sso-client-secret",
         "metrics-token",
+        "ci-webhook-token",
     ] {
         std::fs::write(secrets.join(name), "service-secret\n").unwrap();
     }
