@@ -60,10 +60,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         // Outermost, so that every answer (the probes' too) carries the
         // request id and every log line of the request, the trace layer's
         // included, is in its span.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            request_id::assign,
-        ))
+        .layer(request_id::AssignLayer(state.clone()))
         .with_state(state)
 }
 

@@ -24,9 +24,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
@@ -53,12 +52,10 @@ pub struct RequestId {
 impl RequestId {
     /// A new id of our own.
     pub fn generate() -> Self {
-        let mut random = [0u8; RANDOM_BYTES];
-        // The system's generator failing leaves zeros: a worse id, still a
-        // request served.
-        let _ = aws_lc_rs::rand::fill(&mut random);
+        let random = next_random();
+        let random = &random[..RANDOM_BYTES];
         let mut encoded = [0u8; 12];
-        data_encoding::BASE64URL_NOPAD.encode_mut(&random, &mut encoded);
+        data_encoding::BASE64URL_NOPAD.encode_mut(random, &mut encoded);
         Self::parse(&encoded).unwrap_or(Self {
             len: 0,
             bytes: [0; MAX_LEN],
@@ -107,25 +104,100 @@ tokio::task_local! {
     static CURRENT: RequestId;
 }
 
+thread_local! {
+    /// A splitmix64 state per thread, seeded from the system's generator.
+    /// An id names a request and is no secret (guessing one gains nothing),
+    /// so it needs uniqueness, not a DRBG call per request, which cost the
+    /// small requests a measurable share of their time.
+    static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+        let mut seed = [0u8; 8];
+        // The system's generator failing leaves a fixed seed: ids repeat
+        // across processes, requests are still served.
+        let _ = aws_lc_rs::rand::fill(&mut seed);
+        u64::from_le_bytes(seed)
+    });
+}
+
+/// 16 bytes from this thread's generator.
+fn next_random() -> [u8; 16] {
+    STATE.with(|state| {
+        let mut out = [0u8; 16];
+        for half in out.chunks_exact_mut(8) {
+            let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            half.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        out
+    })
+}
+
 /// The id of the request this code runs for; `None` outside one (a
 /// background task, a command).
 pub fn current() -> Option<RequestId> {
     CURRENT.try_with(|id| *id).ok()
 }
 
-/// The outermost layer of the router: names the request, serves it inside
-/// its span and with [`current`] set, and says the name in the answer.
-pub async fn assign(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let id = of(&state, &request);
-    // At `error`, so that whatever the level, any line the request logs is
-    // in it: a span's level only decides whether it exists, and a level
-    // that shows a request's warnings must show which request it was.
-    let span = tracing::error_span!(target: "portcullis::request", "request", request_id = %id);
-    let mut response = CURRENT.scope(id, next.run(request)).instrument(span).await;
-    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-        response.headers_mut().insert(X_REQUEST_ID, value);
+/// The outermost layer of the router ([`Assign`] around it): names the
+/// request, serves it inside its span and with [`current`] set, and says
+/// the name in the answer. A layer of its own rather than
+/// `axum::middleware::from_fn`, which clones the boxed router for every
+/// request.
+#[derive(Clone)]
+pub struct AssignLayer(pub Arc<AppState>);
+
+impl<S> tower::Layer<S> for AssignLayer {
+    type Service = Assign<S>;
+
+    fn layer(&self, inner: S) -> Assign<S> {
+        Assign {
+            inner,
+            state: Arc::clone(&self.0),
+        }
     }
-    response
+}
+
+#[derive(Clone)]
+pub struct Assign<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S> tower::Service<Request> for Assign<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let id = of(&self.state, &request);
+        // At `error`, so that whatever the level, any line the request logs
+        // is in it: a span's level only decides whether it exists, and a
+        // level that shows a request's warnings must show which request it
+        // was.
+        let span = tracing::error_span!(target: "portcullis::request", "request", request_id = %id);
+        let answer = CURRENT.scope(id, self.inner.call(request)).instrument(span);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+                response.headers_mut().insert(X_REQUEST_ID, value);
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// The id `request` is served under: its proxy's, when the peer is one of
