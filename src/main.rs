@@ -173,21 +173,29 @@ impl Overrides {
     }
 }
 
-/// Reads the configuration `serve` started with again, for `SIGHUP`: the
-/// same file (not a new search: a `./portcullis.toml` created since does
-/// not replace the embedded default), with the same overrides.
+/// Reads the configuration `serve` started with again, for `SIGHUP` and
+/// when the file changes: the same file (not a new search: a
+/// `./portcullis.toml` created since does not replace the embedded
+/// default), with the same overrides.
 struct Rereader {
     source: cli::ConfigSource,
     overrides: Overrides,
 }
 
 impl Rereader {
+    /// The file read at start; `None` for the embedded default.
+    fn file(&self) -> Option<&std::path::Path> {
+        match &self.source {
+            cli::ConfigSource::Given(path) => Some(path.as_path()),
+            cli::ConfigSource::WorkingDirectory => Some(std::path::Path::new(cli::LOCAL_CONFIG)),
+            cli::ConfigSource::Embedded => None,
+        }
+    }
+
     /// `Ok(None)`: none was read at start.
     fn reread(&self) -> Result<Option<Config>, String> {
-        let file = match &self.source {
-            cli::ConfigSource::Given(path) => path.as_path(),
-            cli::ConfigSource::WorkingDirectory => std::path::Path::new(cli::LOCAL_CONFIG),
-            cli::ConfigSource::Embedded => return Ok(None),
+        let Some(file) = self.file() else {
+            return Ok(None);
         };
         let mut config = Config::load(file).map_err(|e| e.to_string())?;
         self.overrides.apply(&mut config);
@@ -371,9 +379,12 @@ fn trusting_registry_settings(config: &Config, addr: SocketAddr) -> String {
     )
 }
 
-/// On every SIGHUP while the state lives: the watched files checked and the
-/// configuration read again ([`portcullis::reconfigure::hangup`]), off the
-/// async threads; requests go on meanwhile.
+/// On every SIGHUP while the state lives, the watched files checked, and on
+/// SIGHUP or when the configuration file changed (looked at every second),
+/// the configuration read again ([`portcullis::reconfigure::hangup`]), off
+/// the async threads; requests go on meanwhile. One task does both, so an
+/// edit followed by a SIGHUP is read once: the second sees the file as the
+/// first left it.
 #[cfg(unix)]
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
@@ -381,19 +392,45 @@ async fn reload_on_hangup(
     tls: Option<portcullis::serve::tls::Tls>,
     rereader: Rereader,
 ) {
+    use portcullis::auth::reload::{CHECK_EVERY, Fingerprint};
     let rereader = Arc::new(rereader);
-    while hangups.recv().await.is_some() {
+    let fingerprint = |r: &Rereader| r.file().map(Fingerprint::of_file);
+    let mut seen = fingerprint(&rereader);
+    let mut ticks = tokio::time::interval(CHECK_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hangup = tokio::select! {
+            signalled = hangups.recv() => match signalled {
+                Some(()) => true,
+                None => return,
+            },
+            _ = ticks.tick() => false,
+        };
+        let now = fingerprint(&rereader);
+        let changed = now != seen;
+        if !hangup && !changed {
+            continue;
+        }
+        seen = now;
         let Some(state) = state.upgrade() else {
             return;
         };
-        tracing::info!("SIGHUP: checking the watched files and reading the configuration again");
         let (tls, rereader) = (tls.clone(), Arc::clone(&rereader));
         let done = tokio::task::spawn_blocking(move || {
-            portcullis::reconfigure::hangup(&state, tls.as_ref(), rereader.reread());
+            if hangup {
+                tracing::info!("SIGHUP: checking the watched files");
+            }
+            match changed {
+                true => {
+                    tracing::info!("the configuration file changed: reading it again");
+                    portcullis::reconfigure::hangup(&state, tls.as_ref(), rereader.reread());
+                }
+                false => portcullis::reconfigure::files(&state, tls.as_ref()),
+            }
         })
         .await;
         if let Err(e) = done {
-            tracing::error!("SIGHUP reload failed: {e}");
+            tracing::error!("configuration reload failed: {e}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `SIGHUP`: every watched file looked at now (users, policies, signing
 //! keys, the TLS pair and client CA, each reloaded by its owner when it
-//! changed), and the configuration file read again.
+//! changed), and the configuration file read again when it changed (on
+//! `SIGHUP`, or found changed by the check every second).
 //!
 //! Of the configuration, what can change safely while requests are served
 //! is applied: the password sources (`identity.order`, `[[identity.ldap]]`)
@@ -27,18 +28,25 @@ use crate::serve::tls::Tls;
 /// files and may connect nowhere but builds clients: call it off the async
 /// threads.
 pub fn hangup(state: &AppState, tls: Option<&Tls>, reread: Result<Option<Config>, String>) {
-    if let Some(authority) = &state.auth {
-        authority.check_files();
-    }
-    if let Some(tls) = tls {
-        tls.check_now();
-    }
+    files(state, tls);
     match reread {
         Ok(Some(config)) => apply(state, config),
         Ok(None) => tracing::info!(
             "configuration not read again on SIGHUP: none was read at start (the embedded default is in use); the watched files were checked"
         ),
         Err(e) => refused(&e),
+    }
+}
+
+/// The watched files looked at now (users, policies, keys, the TLS files),
+/// each reloaded by its owner when it changed: a `SIGHUP` when the
+/// configuration file itself did not change.
+pub fn files(state: &AppState, tls: Option<&Tls>) {
+    if let Some(authority) = &state.auth {
+        authority.check_files();
+    }
+    if let Some(tls) = tls {
+        tls.check_now();
     }
 }
 

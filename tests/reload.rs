@@ -682,10 +682,27 @@ async fn sighup_applies_new_upstream_and_ldap_settings_under_load_and_refuses_a_
         load.goes_on().await;
     }
 
+    // An edit alone, with no SIGHUP, is found and applied too (the file is
+    // looked at every second), and a SIGHUP after it reads nothing again.
+    replace(
+        &config,
+        configuration(storage, &ldap, &first.url, "").as_bytes(),
+    );
+    let line = log.wait_for(&["configuration reloaded"]);
+    assert!(line.contains("upstreams now mirror"), "{line}");
+    assert_eq!(
+        mirror_tags(&client).await,
+        serde_json::json!(["from-first"])
+    );
+    server.signal(libc::SIGHUP);
+    log.wait_for(&["SIGHUP: checking the watched files"]);
+    load.goes_on().await;
+
     load.finish().await;
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "SIGHUP stopped the server"
     );
-    assert_eq!(log.count("configuration reloaded"), 1);
+    assert_eq!(log.count("configuration reloaded"), 2);
+    assert_eq!(log.count("configuration reload refused"), 2);
 }
