@@ -5,9 +5,9 @@
 //! |--------------|------------------------------------------------------------|
 //! | `token`      | a token request answered: granted (what, and each refusal with its rule) or refused (why) |
 //! | `refused`    | a registry request refused at enforcement (401, 403)      |
-//! | `push`       | a manifest stored (`tag` set when it moved a tag)         |
-//! | `blob_push`  | a blob upload finished                                     |
-//! | `delete`     | a manifest (or tag) deleted                                |
+//! | `push`       | a manifest stored (`tag` set when it moved a tag); a v1 tag pushed |
+//! | `blob_push`  | a blob upload finished; a v1 image's layer pushed          |
+//! | `delete`     | a manifest (or tag) deleted; a v1 tag or repository        |
 //! | `blob_delete`| a blob link deleted                                        |
 //!
 //! Fields (absent when they do not apply): `time` (RFC 3339, UTC, ms),

@@ -178,3 +178,95 @@ async fn decisions_and_changes_are_audited_without_secrets() {
     assert_eq!(enforced[0]["reason"], "UNAUTHORIZED");
     assert_eq!(all.len(), 6, "reads are not audited: {all:#?}");
 }
+
+/// The legacy v1 protocol's changes are in the trail too (the real legacy
+/// registry behind Portcullis): a push (its layers and its tag), a tag
+/// deleted, and a push refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn v1_pushes_and_deletes_are_audited() {
+    use common::legacy_v1::LegacyV1;
+    use common::v1_client;
+    let backend = LegacyV1::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("users.toml"),
+        format!(
+            "[users.alice]\npassword = {:?}\n\n[users.bob]\npassword = {:?}\n",
+            hash_password(PASSWORD).unwrap(),
+            hash_password("bob-pw").unwrap(),
+        ),
+    )
+    .unwrap();
+    common::process::copy_project_policies(dir.path());
+    let file = dir.path().join("audit.jsonl");
+    let (audit_file, url) = (file.clone(), backend.url());
+    let s = TestServer::start_configured(dir, move |config| {
+        config.audit.file = Some(audit_file);
+        config.v1.backend = Some(url);
+    })
+    .await;
+    let basic = |user: &str, password: &str| {
+        use data_encoding::BASE64;
+        format!(
+            "Basic {}",
+            BASE64.encode(format!("{user}:{password}").as_bytes())
+        )
+    };
+    let alice = basic("alice", PASSWORD);
+    let image = v1_client::push_one(&s.url, &alice, "alice/legacy").await;
+    let deleted = s
+        .client
+        .delete(s.at("/v1/repositories/alice/legacy/tags/latest"))
+        .header("authorization", &alice)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let mut bob = v1_client::Engine::new(
+        &s.url,
+        &basic("bob", "bob-pw"),
+        v1_client::Auth::BasicEverywhere,
+    );
+    assert_eq!(
+        bob.start_push("alice/legacy", &[]).await,
+        reqwest::StatusCode::FORBIDDEN
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let found = lines(&file, 1);
+        if find(&found, "refused", "refused")
+            .iter()
+            .any(|l| l["route"] == "v1" && l["status"] == 403 && l["repository"] == "alice/legacy")
+        {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no refusal of bob: {found:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let v1 = |event: &str| -> Vec<&Value> {
+        find(&lines, event, "ok")
+            .into_iter()
+            .filter(|l| l["route"] == "v1")
+            .collect()
+    };
+    let pushed = v1("push");
+    assert_eq!(pushed.len(), 1, "{lines:?}");
+    assert_eq!(pushed[0]["repository"], "alice/legacy");
+    assert_eq!(pushed[0]["tag"], "latest");
+    assert_eq!(pushed[0]["user"], "alice");
+    let layers = v1("blob_push");
+    assert!(
+        layers.iter().any(|l| l["reference"] == image.id.as_str()),
+        "the layer of {}: {layers:?}",
+        image.id
+    );
+    let deleted = v1("delete");
+    assert_eq!(deleted.len(), 1, "{lines:?}");
+    assert_eq!(deleted[0]["repository"], "alice/legacy");
+    assert_eq!(deleted[0]["reference"], "latest");
+    let text = std::fs::read_to_string(&file).unwrap();
+    for secret in [PASSWORD, "bob-pw", alice.as_str()] {
+        assert!(!text.contains(secret), "{secret} in the trail");
+    }
+}

@@ -11,6 +11,7 @@ use axum::response::Response;
 use super::authorize::Grant;
 use super::endpoint::Endpoint;
 use super::route::Route;
+use super::v1::{ImagePart, RepositoryCall, V1Endpoint};
 use crate::audit::Audit;
 use crate::reference::Reference;
 
@@ -60,7 +61,7 @@ impl Audited {
             }
             // A monolithic upload finishes in its first request.
             Some(Endpoint::StartUpload { .. }) => (Some("blob_push"), None, None),
-            _ => (None, None, None),
+            _ => v1_change(route),
         };
         let (user, credential) = match grant {
             Some(Grant::Token(claims)) => (
@@ -87,6 +88,10 @@ impl Audited {
             method: parts.method.to_string(),
             repository: endpoint
                 .and_then(Endpoint::name)
+                .or(match route {
+                    Route::V1(V1Endpoint::Repository { name, .. }) => Some(name),
+                    _ => None,
+                })
                 .map(|n| n.as_str().to_owned()),
             reference,
             tag,
@@ -110,7 +115,7 @@ impl Audited {
         let status = response.status();
         let refused = matches!(status.as_u16(), 401 | 403) && self.enforced && !self.probe;
         let changed = match self.event {
-            Some("blob_push") => status.as_u16() == 201,
+            Some("blob_push") if self.route != "v1" => status.as_u16() == 201,
             Some(_) => status.is_success(),
             None => false,
         };
@@ -142,5 +147,28 @@ impl Audited {
             reason: if refused { code } else { None },
             ..Default::default()
         });
+    }
+}
+
+/// The changes of the legacy v1 protocol: a tag pushed (which is what
+/// makes a v1 push visible) or deleted, a repository deleted, an image's
+/// layer pushed (its id the reference: a v1 image belongs to no one
+/// repository).
+fn v1_change(route: &Route) -> (Option<&'static str>, Option<String>, Option<String>) {
+    match route {
+        Route::V1(V1Endpoint::Repository { call, .. }) => match call {
+            RepositoryCall::PutTag(tag) => {
+                (Some("push"), Some(tag.to_string()), Some(tag.to_string()))
+            }
+            RepositoryCall::DeleteTag(tag) => (Some("delete"), Some(tag.to_string()), None),
+            RepositoryCall::Delete => (Some("delete"), None, None),
+            _ => (None, None, None),
+        },
+        Route::V1(V1Endpoint::Image {
+            id,
+            part: ImagePart::Layer,
+            write: true,
+        }) => (Some("blob_push"), Some(id.to_string()), None),
+        _ => (None, None, None),
     }
 }
