@@ -75,6 +75,9 @@ pub struct ApiError {
     /// On token endpoint answers, the OAuth2 error (RFC 6749 §5.2), written
     /// beside the registry-style `errors` so that both kinds of client read it.
     pub oauth: Option<&'static str>,
+    /// Whom enforcement refused (a token's subject, a logged-in account),
+    /// for the audit line; never written to the answer.
+    pub refused: Option<String>,
 }
 
 impl ApiError {
@@ -85,7 +88,14 @@ impl ApiError {
             detail: None,
             headers: Box::default(),
             oauth: None,
+            refused: None,
         }
+    }
+
+    /// Says whom the refusal was for (the audit trail's `user`).
+    pub fn refusing(mut self, subject: &str) -> Self {
+        self.refused = Some(subject.to_owned());
+        self
     }
 
     pub fn oauth(mut self, error: &'static str) -> Self {

@@ -110,6 +110,7 @@ impl Audited {
         audit: &Audit,
         response: &Response,
         code: Option<&str>,
+        refused_user: Option<&str>,
         addr: Option<IpAddr>,
     ) {
         let status = response.status();
@@ -135,7 +136,7 @@ impl Audited {
             event,
             result: if refused { "refused" } else { "ok" },
             status: status.as_u16(),
-            user: self.user.as_deref(),
+            user: self.user.as_deref().or(refused_user.filter(|_| refused)),
             credential: self.credential.as_deref(),
             addr,
             method: Some(&self.method),

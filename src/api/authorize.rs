@@ -105,10 +105,14 @@ async fn basic(
         required = required.join(" "),
         "request refused"
     );
-    Err(need.unmet().unwrap_or_else(|| match identity {
+    let refusal = need.unmet().unwrap_or_else(|| match identity {
         None => challenge("authentication required"),
         Some(_) => ApiError::new(ErrorCode::Denied),
-    }))
+    });
+    Err(match &identity {
+        Some(identity) => refusal.refusing(&identity.name),
+        None => refusal,
+    })
 }
 
 /// `401` with a Basic challenge, as v1 clients expect it.
@@ -278,7 +282,11 @@ fn bearer_grant(
                 "request refused"
             );
         }
-        challenge(state, authority, parts, &required, &scopes, error)
+        let refusal = challenge(state, authority, parts, &required, &scopes, error);
+        match claims {
+            Some(c) if !c.sub.is_empty() => refusal.refusing(&c.sub),
+            _ => refusal,
+        }
     };
     let Some(token) = credential(headers, "bearer") else {
         return Err(refuse("no token", None, None));

@@ -179,9 +179,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         Err(e) => Err(e),
     };
     let code = result.as_ref().err().map(|e| e.code.code());
+    let refused = result.as_ref().err().and_then(|e| e.refused.clone());
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     if state.audit.enabled() {
-        audited.record(&state.audit, &response, code, conn.addr);
+        audited.record(&state.audit, &response, code, refused.as_deref(), conn.addr);
     }
     if let Some(notified) = notified {
         notified.record(&state, &response);
