@@ -126,7 +126,8 @@ impl Store {
                 .run(&["gc", "--dry-run", "--delete-untagged", "--grace", "0s"])
                 .await;
             assert_eq!(status, 0, "{out}");
-            if out.contains(&doomed) && out.contains(" 0 unreferenced but younger") {
+            let links_old = out.contains("; 0 unreferenced blob links younger");
+            if out.contains(&doomed) && links_old && out.contains(" 0 unreferenced but younger") {
                 return out;
             }
             assert!(
