@@ -288,7 +288,7 @@ async fn run(config: Config, rereader: Rereader) -> Result<(), String> {
         let hangups =
             signal(SignalKind::hangup()).map_err(|e| format!("cannot handle signals: {e}"))?;
         let tls = https.as_ref().map(|h| h.tls.clone());
-        tokio::spawn(reload_on_hangup(
+        tokio::spawn(reload_on_signal_or_edit(
             hangups,
             Arc::downgrade(&state),
             tls,
@@ -386,7 +386,7 @@ fn trusting_registry_settings(config: &Config, addr: SocketAddr) -> String {
 /// edit followed by a SIGHUP is read once: the second sees the file as the
 /// first left it.
 #[cfg(unix)]
-async fn reload_on_hangup(
+async fn reload_on_signal_or_edit(
     mut hangups: tokio::signal::unix::Signal,
     state: std::sync::Weak<portcullis::AppState>,
     tls: Option<portcullis::serve::tls::Tls>,

@@ -152,7 +152,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let body_in = content_length(&parts.headers);
     let mut audited = audit::Audited::default();
     let mut notified = None;
-    let result = match parsed {
+    let mut result = match parsed {
         // The one authorization check, from the route's credentials and
         // `route.required_access()`.
         Ok(route) => match authorize::authorize(&state, &route, &parts, conn.addr).await {
@@ -179,7 +179,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         Err(e) => Err(e),
     };
     let code = result.as_ref().err().map(|e| e.code.code());
-    let refused = result.as_ref().err().and_then(|e| e.refused.clone());
+    // Taken, not cloned: the answer never shows it.
+    let refused = result.as_mut().err().and_then(|e| e.refused.take());
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     if state.audit.enabled() {
         audited.record(&state.audit, &response, code, refused.as_deref(), conn.addr);

@@ -62,15 +62,8 @@ fn open(runtime: &tokio::runtime::Runtime, args: StoreArgs) -> Result<(Config, S
     Ok((config, storage))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(Failure::refused)
-}
-
 pub fn run_gc(args: GcArgs) -> Result<ExitCode, Failure> {
-    let runtime = runtime()?;
+    let runtime = super::runtime()?;
     let (config, storage) = open(&runtime, args.store)?;
     let options = gc::Options {
         dry_run: args.dry_run,
@@ -121,7 +114,7 @@ pub fn run_gc(args: GcArgs) -> Result<ExitCode, Failure> {
 }
 
 pub fn run_fsck(args: FsckArgs) -> Result<ExitCode, Failure> {
-    let runtime = runtime()?;
+    let runtime = super::runtime()?;
     let (config, storage) = open(&runtime, args.store)?;
     let caches: Vec<_> = config
         .upstream

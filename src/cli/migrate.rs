@@ -56,11 +56,7 @@ pub fn run(args: MigrateArgs) -> Result<ExitCode, Failure> {
         overwrite: args.overwrite,
         keep_library: args.keep_library_prefix,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(Failure::refused)?;
-    runtime.block_on(async {
+    super::runtime()?.block_on(async {
         let storage = super::open_storage(&config.storage, args.data_dir).await?;
         let progress = Progress::new();
         let events = {

@@ -105,6 +105,15 @@ fn die_of_broken_pipe() -> ! {
     std::process::exit(141)
 }
 
+/// A runtime on every core, for the commands that walk or copy a whole
+/// store (`migrate`, `gc`, `fsck`).
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::refused)
+}
+
 /// The storage the configuration names (or the filesystem under
 /// `--data-dir` when given), for the commands that work on it beside (or
 /// instead of) a running server.

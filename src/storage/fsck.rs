@@ -182,7 +182,7 @@ impl Storage {
                     if !repaired {
                         stored.insert(digest.clone());
                     }
-                    self.found(
+                    found(
                         &mut report,
                         events,
                         Problem::CorruptBlob { digest, actual },
@@ -229,7 +229,7 @@ impl Storage {
                 repo: repo.clone(),
                 digest: digest.clone(),
             };
-            self.found(report, events, problem, repaired);
+            found(report, events, problem, repaired);
         }
 
         let read: BTreeMap<Digest, _> = futures_util::stream::iter(contents.revisions.clone())
@@ -261,7 +261,7 @@ impl Storage {
                                 manifest: digest.clone(),
                                 missing: missing.clone(),
                             };
-                            self.found(report, events, problem, false);
+                            found(report, events, problem, false);
                         }
                     }
                     continue;
@@ -281,7 +281,7 @@ impl Storage {
                 digest: digest.clone(),
                 why,
             };
-            self.found(report, events, problem, repaired);
+            found(report, events, problem, repaired);
         }
 
         for (tag, target) in &contents.tags {
@@ -294,7 +294,7 @@ impl Storage {
                 tag: tag.clone(),
                 target: target.clone(),
             };
-            self.found(report, events, problem, repaired);
+            found(report, events, problem, repaired);
         }
         for (subject, referrer) in &contents.referrers {
             if whole.contains(referrer) {
@@ -309,7 +309,7 @@ impl Storage {
                 subject: subject.clone(),
                 referrer: referrer.clone(),
             };
-            self.found(report, events, problem, repaired);
+            found(report, events, problem, repaired);
         }
         Ok(())
     }
@@ -318,15 +318,10 @@ impl Storage {
     async fn remove(&self, key: &str) -> Result<bool> {
         ignore_missing(self.driver.delete(key).await).map(|()| true)
     }
+}
 
-    fn found(
-        &self,
-        report: &mut Report,
-        events: &(dyn Fn(Event) + Sync),
-        problem: Problem,
-        repaired: bool,
-    ) {
-        events(Event::Found(problem.clone()));
-        report.problems.push((problem, repaired));
-    }
+/// Reports a problem as it is found, and keeps it for the report.
+fn found(report: &mut Report, events: &(dyn Fn(Event) + Sync), problem: Problem, repaired: bool) {
+    events(Event::Found(problem.clone()));
+    report.problems.push((problem, repaired));
 }

@@ -204,12 +204,9 @@ impl Storage {
                     return Ok(None);
                 }
                 if !options.dry_run {
-                    match self.driver.delete(&key).await {
-                        Ok(()) | Err(DriverError::NotFound(_)) => {}
-                        Err(e) => return Err(super::StorageError::from(e)),
-                    }
+                    ignore_missing(self.driver.delete(&key).await)?;
                 }
-                Ok(Some(meta.size))
+                Ok::<_, super::StorageError>(Some(meta.size))
             })
             .buffer_unordered(IN_FLIGHT)
             .inspect(|_| events(Event::Swept { blobs: 1 }))
@@ -429,7 +426,7 @@ impl Storage {
         marked: &mut HashSet<Digest>,
     ) -> Result<()> {
         for repo in self.repository_names().await? {
-            let contents = self.contents(&repo).await?;
+            let contents = self.links(&repo).await?;
             marked.extend(contents.layers);
             let name = repo.to_string();
             let new: Vec<Digest> = contents

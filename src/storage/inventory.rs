@@ -60,8 +60,9 @@ impl Storage {
         Ok(names)
     }
 
-    /// A repository's tags (read), revisions, links and referrer entries (listed).
-    pub async fn contents(&self, repo: &RepoName) -> Result<Contents> {
+    /// A repository's revisions and blob links (listed, nothing read): what
+    /// the collector's second look needs. The other fields are empty.
+    pub async fn links(&self, repo: &RepoName) -> Result<Contents> {
         let base = paths::repository(repo);
         let revisions = self
             .digests_under(&format!("{base}/{}/revisions", paths::MANIFESTS_DIR))
@@ -69,6 +70,19 @@ impl Storage {
         let layers = self
             .digests_under(&format!("{base}/{}", paths::LAYERS_DIR))
             .await?;
+        Ok(Contents {
+            revisions,
+            layers,
+            ..Contents::default()
+        })
+    }
+
+    /// A repository's tags (read), revisions, links and referrer entries (listed).
+    pub async fn contents(&self, repo: &RepoName) -> Result<Contents> {
+        let base = paths::repository(repo);
+        let Contents {
+            revisions, layers, ..
+        } = self.links(repo).await?;
         let mut referrers = Vec::new();
         let referrers_dir = format!("{base}/{}", paths::REFERRERS_DIR);
         for subject in self.digests_under(&referrers_dir).await? {
