@@ -679,3 +679,49 @@ async fn fsck_finds_a_corrupt_blob_and_a_dangling_link_and_repairs_them() {
     assert_eq!(status, 0, "{out}");
     assert_whole(server, &image).await;
 }
+
+/// A manifest whose bytes are gone is broken, and so is what points at it:
+/// its tag, and the referrer entry of a referrer whose bytes are gone too.
+/// The repair removes them all; the image pushed again checks out whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_finds_broken_manifests_dangling_tags_and_referrers_and_repairs_them() {
+    let store = Store::fs_with_staleness(0).await;
+    let server = &store.server;
+    let image = push_image(server, "team/app", Some("v1"), b"a layer", None).await;
+    let signature = push_image(server, "team/app", None, b"a signature", Some(&image)).await;
+    std::fs::remove_file(store.blob_file(&image.digest)).unwrap();
+    std::fs::remove_file(store.blob_file(&signature.digest)).unwrap();
+
+    let (status, out) = store.run(&["fsck"]).await;
+    assert_eq!(status, 1, "{out}");
+    let (image_digest, signature_digest) = (&image.digest, &signature.digest);
+    for expected in [
+        format!(
+            "found: broken manifest team/app@{image_digest}: its bytes ({image_digest}) are not stored"
+        ),
+        format!("found: broken manifest team/app@{signature_digest}"),
+        format!("found: dangling tag team/app:v1: no manifest {image_digest}"),
+        format!("found: dangling referrer team/app@{signature_digest} of {image_digest}"),
+        "4 problems".to_owned(),
+    ] {
+        assert!(out.contains(&expected), "{expected:?} missing in:\n{out}");
+    }
+    assert!(
+        out.contains("4 of them `portcullis fsck --repair` removes"),
+        "{out}"
+    );
+
+    let (status, out) = store.run(&["fsck", "--repair"]).await;
+    assert_eq!(status, 0, "every problem repaired: {out}");
+    assert!(out.contains("4 problems, 4 repaired"), "{out}");
+    assert_eq!(manifest_status(server, "team/app", "v1").await, 404);
+    let referrers = server
+        .get_json(&format!("/v2/team/app/referrers/{image_digest}"))
+        .await;
+    assert_eq!(referrers["manifests"], serde_json::json!([]), "{referrers}");
+
+    let image = push_image(server, "team/app", Some("v1"), b"a layer", None).await;
+    let (status, out) = store.run(&["fsck"]).await;
+    assert_eq!(status, 0, "{out}");
+    assert_whole(server, &image).await;
+}
