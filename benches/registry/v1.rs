@@ -40,7 +40,7 @@ const PUSH_NOTE: &str = "the layer streamed through Portcullis to gunicorn's one
     which writes it and computes its checksum in Python: the backend bounds both figures";
 const PULL_NOTE: &str = "the backend reads the file in Python and writes it to its socket; \
     Portcullis splices the body from its own connection to the backend to the client's socket \
-    (socket, pipe, socket: no copy in user space)";
+    (socket, pipe, socket: no copy in user space), woken per 512 KiB received";
 const MIGRATE_TAR_NOTE: &str = "a chain of plain tar layers of random bytes (the compressor's worst \
     case), 4 at a time: each layer read from the backend, gzipped (level 1) and hashed three times \
     (the backend's checksum, the blob, the diff_id) on the way to storage";

@@ -14,6 +14,15 @@
 //! it is full, so a slow client slows the backend down instead of filling
 //! memory.
 //!
+//! Wake-ups: the source socket's receive low-water mark (`SO_RCVLOWAT`) is
+//! raised to half the pipe (at most [`LOW_WATER`]), so the kernel wakes the
+//! relay once that much is queued rather than at every segment: measured
+//! on two cores (2026-12-07), a 1 GiB layer from the legacy backend took
+//! Portcullis 0.26 CPU-seconds at the kernel's mark of one byte, 0.15 at
+//! 512 KiB (0.22 at 256 KiB). The mark never asks for more than the body
+//! has left, and a source slower than the mark per [`TRICKLE`] gets it
+//! lowered again, so a trickle is relayed as it comes.
+//!
 //! A source that ends before its length fails the body, and so the
 //! response: hyper then closes the client's connection rather than end a
 //! body that announced more, so a client never takes a cut layer for a
@@ -24,11 +33,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::{Sender, Source, WINDOW, out_of_step};
 use crate::storage::ByteStream;
@@ -38,6 +49,17 @@ use crate::storage::ByteStream;
 /// side; 1 MiB is also the largest an unprivileged process may ask for
 /// (`/proc/sys/fs/pipe-max-size`). Refused, the default is used.
 const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// The highest receive low-water mark asked of the source socket while
+/// bytes come fast, and half of [`PIPE_SIZE`]: a pipe half drained has room
+/// for what one wake-up brings.
+const LOW_WATER: usize = 512 << 10;
+
+/// How long the relay waits for its mark's worth of bytes before it takes
+/// what there is: a source slower than that (50 MB/s at [`LOW_WATER`]) is
+/// relayed as it comes, at the kernel's own mark of one byte, until it is
+/// fast again.
+const TRICKLE: Duration = Duration::from_millis(10);
 
 /// A pipe between the source socket and the client's, shared by the body
 /// that fills it and the connection that drains it.
@@ -149,7 +171,8 @@ pub fn relay(sender: Sender, socket: TcpStream, len: u64, early: &[u8]) -> io::R
         pipe.state().held = early.len();
     }
     tracing::debug!(path = "splice", bytes = len, "v1 layer sent");
-    Ok(Relay {
+    let marks = Marks::new(pipe.capacity);
+    let mut relay = Relay {
         sender,
         id: None,
         pipe,
@@ -158,8 +181,74 @@ pub fn relay(sender: Sender, socket: TcpStream, len: u64, early: &[u8]) -> io::R
         filled: early.len() as u64,
         yielded: 0,
         done: false,
+        marks,
+    };
+    relay.set_mark();
+    Ok(relay.boxed())
+}
+
+/// The source socket's low-water mark, and what decides it: whether the
+/// source keeps up the high mark's worth per [`TRICKLE`].
+struct Marks {
+    /// The mark while the source is fast: half the pipe, at most
+    /// [`LOW_WATER`].
+    high: usize,
+    /// The mark in force on the socket (1: the kernel's default).
+    current: usize,
+    /// Set while the source trickles: since when, and the bytes moved
+    /// since then. `high` of them within [`TRICKLE`] ends it.
+    trickle: Option<(Instant, usize)>,
+    /// The deadline of a wait for the socket at the raised mark.
+    wait: Pin<Box<Sleep>>,
+    /// Whether `wait` runs for the wait in progress.
+    waiting: bool,
+}
+
+impl Marks {
+    fn new(pipe: usize) -> Self {
+        Self {
+            high: LOW_WATER.min(pipe / 2).max(1),
+            current: 1,
+            trickle: None,
+            wait: Box::pin(tokio::time::sleep(TRICKLE)),
+            waiting: false,
+        }
     }
-    .boxed())
+
+    /// Bytes moved from the socket: the wait is over, and a trickle that
+    /// came fast enough ends.
+    fn moved(&mut self, n: usize) {
+        self.waiting = false;
+        if let Some((since, bytes)) = &mut self.trickle {
+            if since.elapsed() > TRICKLE {
+                (*since, *bytes) = (Instant::now(), n);
+            } else {
+                *bytes += n;
+                if *bytes >= self.high {
+                    self.trickle = None;
+                }
+            }
+        }
+    }
+
+    /// The socket has nothing for the relay: true when the raised mark was
+    /// waited on for longer than [`TRICKLE`], and the source is taken for
+    /// a trickle from now on.
+    fn waited_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.current <= 1 {
+            return false;
+        }
+        if !self.waiting {
+            self.waiting = true;
+            self.wait.as_mut().reset(Instant::now() + TRICKLE);
+        }
+        if self.wait.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.waiting = false;
+        self.trickle = Some((Instant::now(), 0));
+        true
+    }
 }
 
 struct Relay {
@@ -175,9 +264,42 @@ struct Relay {
     yielded: u64,
     /// Ended by an error: nothing more is yielded.
     done: bool,
+    marks: Marks,
 }
 
 impl Relay {
+    /// Sets the socket's low-water mark to what the source's pace and the
+    /// body's rest call for: never more than the socket has left to give,
+    /// so the last bytes wake the relay too.
+    fn set_mark(&mut self) {
+        let left = usize::try_from(self.len - self.filled).unwrap_or(usize::MAX);
+        let mark = match self.marks.trickle {
+            Some(_) => 1,
+            None => self.marks.high.min(left).max(1),
+        };
+        if mark == self.marks.current {
+            return;
+        }
+        let value = libc::c_int::try_from(mark).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt on a descriptor `socket` keeps open, with a
+        // pointer to a live c_int and its size.
+        let set = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        // Refused, the kernel's mark stays: the relay works as before, with
+        // more wake-ups. The kernel signals readiness at once when a lowered
+        // mark is already met.
+        if set == 0 {
+            self.marks.current = mark;
+        }
+    }
+
     /// Moves what the socket has into the pipe, as far as the pipe takes
     /// it; ready once some bytes went in. Pending with a waker registered:
     /// the socket's readiness, or the connection's next drain of the pipe.
@@ -201,7 +323,13 @@ impl Relay {
             match self.socket.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => break,
+                Poll::Pending => {
+                    if !added && self.marks.waited_too_long(cx) {
+                        // Woken by the kernel once the lowered mark is met.
+                        self.set_mark();
+                    }
+                    break;
+                }
             }
             let want = room.min(usize::try_from(self.len - self.filled).unwrap_or(usize::MAX));
             let (socket, pipe) = (&self.socket, &self.pipe);
@@ -230,6 +358,8 @@ impl Relay {
                     self.pipe.state().held += n;
                     self.filled += n as u64;
                     added = true;
+                    self.marks.moved(n);
+                    self.set_mark();
                 }
                 Ok(None) => {
                     if added {
@@ -374,6 +504,47 @@ mod tests {
         assert!(error.is_none(), "{error:?}");
         assert_eq!(got.len(), data.len());
         assert!(got == data, "the relayed bytes differ");
+    }
+
+    /// A source that sends less than the relay's raised mark and then waits
+    /// for the client to have it (a backend trickling, or answering a
+    /// client's progress) gets it relayed all the same, once the relay has
+    /// waited [`TRICKLE`]: the mark is lowered, never waited on for good.
+    #[tokio::test]
+    async fn a_trickle_below_the_mark_is_relayed_as_it_comes() {
+        let (mut source, relayed_from) = socket_pair().await;
+        let (socket, mut peer) = socket_pair().await;
+        let mut stream = Stream::new(socket);
+        let (first_seen, seen) = tokio::sync::oneshot::channel();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0; 1000];
+            peer.read_exact(&mut got).await.unwrap();
+            first_seen.send(()).unwrap();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        tokio::spawn(async move {
+            source.write_all(&[7; 1000]).await.unwrap();
+            // The rest only once the first bytes reached the client.
+            seen.await.unwrap();
+            source.write_all(&[7; 9000]).await.unwrap();
+        });
+        let mut body = relay(stream.sender(), relayed_from, 10_000, b"").unwrap();
+        let relayed = async {
+            while let Some(frame) = body.next().await {
+                stream.write_all(&frame.unwrap()).await.unwrap();
+                stream.flush().await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), relayed)
+            .await
+            .expect("the first bytes were held back for the mark");
+        drop(body);
+        stream.shutdown().await.unwrap();
+        drop(stream);
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), 10_000);
+        assert!(got.iter().all(|&b| b == 7));
     }
 
     /// A source that ends early fails the body: never a short body that
