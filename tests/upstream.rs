@@ -785,3 +785,80 @@ async fn the_request_log_says_which_upstream_answered_and_whether_the_cache_had_
         assert!(line.contains(&format!("backend=\"{backend}\"")), "{line}");
     }
 }
+
+/// A blob pulled whole through a plain-HTTP upstream from a plain-HTTP/1
+/// client is spliced from the upstream's socket to the client's, byte for
+/// byte, and more than once on the same client connection; a range of it
+/// takes the pooled path; a blob the upstream does not have is its 404,
+/// asked again on the pooled path, never a relayed error page.
+#[tokio::test]
+async fn a_blob_pulled_through_a_plain_upstream_is_spliced_to_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = upstream_registry(dir.path(), Auth::Open);
+    // Larger than a window of the connection's marker frames (4 MiB).
+    let data: Vec<u8> = (0..6 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let digest = put_blob(&registry, "team/big", data.clone()).await;
+    let (server, mut log) = gateway_logged(
+        dir.path(),
+        &upstream_table(&registry, ""),
+        "warn,portcullis::serve=debug",
+    );
+    let pull = token(&server, BOB, "repository:mirror/team/big:pull").await;
+    let path = format!("/v2/mirror/team/big/blobs/{digest}");
+    let http = reqwest::Client::new();
+    for round in 0..2 {
+        let res = http
+            .get(server.at(&path))
+            .bearer_auth(&pull)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{round}");
+        assert_eq!(
+            common::header_str(&res, "content-length"),
+            data.len().to_string(),
+            "{round}"
+        );
+        assert_eq!(
+            common::header_str(&res, "docker-content-digest"),
+            digest,
+            "{round}"
+        );
+        let body = res.bytes().await.unwrap();
+        assert!(body[..] == data[..], "{round}: the bytes differ");
+        let line = log.wait_for(&["upstream blob sent"]);
+        assert!(line.contains(r#"path="splice""#), "{round}: {line}");
+        assert!(
+            line.contains(&format!("bytes={}", data.len())),
+            "{round}: {line}"
+        );
+    }
+
+    let ranged = http
+        .get(server.at(&path))
+        .bearer_auth(&pull)
+        .header("range", "bytes=5000000-5001023")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(
+        ranged.bytes().await.unwrap()[..],
+        data[5_000_000..5_001_024]
+    );
+
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let res = http
+        .get(server.at(&format!("/v2/mirror/team/big/blobs/{missing}")))
+        .bearer_auth(&pull)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let line = log.wait_for(&["upstream blob sent"]);
+    assert!(line.contains(r#"path="copy""#), "{line}");
+    assert!(line.contains(r#"why="status""#), "{line}");
+    let body = res.text().await.unwrap();
+    assert!(body.contains("BLOB_UNKNOWN"), "{body}");
+    assert!(!body.contains(&registry.url), "{body}");
+}

@@ -301,7 +301,9 @@ async fn handle(
         }
         Route::Upstream(endpoint, upstream) => {
             let public = authorize::public_base(state, &parts);
-            return upstream.forward(&endpoint, &parts, body, &public).await;
+            return upstream
+                .forward(&endpoint, &parts, body, &public, conn.zero_copy.clone())
+                .await;
         }
     })
 }

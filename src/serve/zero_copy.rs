@@ -54,8 +54,14 @@ use tokio::net::TcpStream;
 
 use crate::storage::{ByteStream, Content, FileRange};
 
+mod fetch;
 mod relay;
 
+pub use fetch::{CONNECT_TIMEOUT, Fetched, fetch};
+
+/// The target of the log line that says which path a body took, for the
+/// relays logged by their callers too: one filter shows them all.
+pub const LOG_TARGET: &str = "portcullis::serve::zero_copy";
 pub use relay::relay;
 
 /// Bytes a body hands to hyper per frame, and sends with one `sendfile`

@@ -129,7 +129,9 @@ pub(in crate::api) async fn serve(
             if head || parts.headers.contains_key(header::RANGE) {
                 served(state, upstream, "miss");
                 let public = authorize::public_base(state, &parts);
-                return upstream.forward(&endpoint, &parts, body, &public).await;
+                return upstream
+                    .forward(&endpoint, &parts, body, &public, None)
+                    .await;
             }
             match fill_blob(state, upstream, cache, &name, &digest, &parts).await? {
                 Filled::Streaming(response) => {
@@ -153,7 +155,9 @@ pub(in crate::api) async fn serve(
         _ => {
             let public = authorize::public_base(state, &parts);
             served(state, upstream, "pass");
-            upstream.forward(&endpoint, &parts, body, &public).await
+            upstream
+                .forward(&endpoint, &parts, body, &public, None)
+                .await
         }
     }
 }

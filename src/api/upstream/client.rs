@@ -56,14 +56,25 @@ impl Client {
         })
     }
 
+    /// A turn among the requests in flight, for a request sent on a
+    /// connection of its own (a relayed blob): held until its body ends.
+    pub async fn turn(&self) -> Result<OwnedSemaphorePermit, SendError> {
+        tokio::time::timeout(self.timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| SendError::Busy(self.max))
+            .map(|permit| permit.expect("the semaphore is never closed"))
+    }
+
+    /// How long the upstream may take to answer a request's head.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sends `request` (an absolute URI) and waits for the answer's head.
     /// The body holds a turn until it is read or dropped.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, SendError> {
         let started = Instant::now();
-        let permit = tokio::time::timeout(self.timeout, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| SendError::Busy(self.max))?
-            .expect("the semaphore is never closed");
+        let permit = self.turn().await?;
         let left = self.timeout.saturating_sub(started.elapsed());
         let answer = tokio::time::timeout(left, self.inner.request(request))
             .await

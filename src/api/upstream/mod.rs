@@ -11,6 +11,13 @@
 //! challenges or cookies, and an upstream that cannot be reached or does
 //! not take Portcullis' credentials is a `503 UNAVAILABLE` naming the
 //! upstream by its configured name only.
+//!
+//! A blob `GET` (no `Range`) from a plain-TCP HTTP/1 client to a plain-HTTP
+//! upstream goes on a connection of its own, so that the body moves from
+//! the upstream's socket to the client's with `splice` and never through
+//! Portcullis' memory ([`zero_copy::fetch`], [`zero_copy::relay`]); any
+//! answer but a `200` with a `Content-Length` (a redirect, a refused token,
+//! an error) is asked for again on the pooled path, which handles them all.
 
 mod auth;
 mod cache;
@@ -28,6 +35,7 @@ use super::endpoint::{Endpoint, UploadStart};
 use crate::config::UpstreamConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::reference::RepoName;
+use crate::serve::zero_copy;
 use auth::{Account, Challenge, Tokens};
 use client::{Client, SendError};
 
@@ -286,12 +294,15 @@ impl Upstream {
     /// The authorized request `endpoint` (`parts` + `body`), answered by the
     /// upstream; `public` is Portcullis' base URL, which replaces the
     /// upstream's in what comes back.
+    /// `zero_copy`, the client connection's, when it can take a relayed
+    /// body.
     pub async fn forward(
         &self,
         endpoint: &Endpoint,
         parts: &Parts,
         body: Body,
         public: &str,
+        zero_copy: Option<zero_copy::Sender>,
     ) -> Result<Response<Body>, ApiError> {
         let local = endpoint
             .name()
@@ -308,10 +319,98 @@ impl Upstream {
             None => format!("{}/v2/{remote}{rest}", self.base),
         };
         let scope = format!("repository:{remote}:{}", actions(endpoint));
+        let relayable = matches!(endpoint, Endpoint::GetBlob { .. })
+            && parts.method == Method::GET
+            && !parts.headers.contains_key(header::RANGE);
+        if let (true, Some(sender)) = (relayable, zero_copy) {
+            if let Some(answer) = self
+                .relayed(&target, &parts.headers, &scope, sender)
+                .await?
+            {
+                return self.answer(endpoint, answer, &remote, local, public).await;
+            }
+        }
         let answer = self
             .send(&parts.method, &target, &parts.headers, body, &scope)
             .await?;
         self.answer(endpoint, answer, &remote, local, public).await
+    }
+
+    /// A blob `GET` of `target` on a connection of its own, its body relayed
+    /// to the client's connection (`sender`) by `splice`; `None` when the
+    /// upstream is not plain HTTP or answers anything a relay cannot carry,
+    /// for the pooled path to ask again.
+    async fn relayed(
+        &self,
+        target: &str,
+        headers: &HeaderMap,
+        scope: &str,
+        sender: zero_copy::Sender,
+    ) -> Result<Option<Response<Body>>, ApiError> {
+        let Some(authority) = self
+            .base
+            .strip_prefix("http://")
+            .map(|rest| rest.split('/').next().unwrap_or(rest))
+        else {
+            return Ok(None);
+        };
+        let authorization = self.authorization(scope).await?;
+        let (request, _) =
+            build(&Method::GET, target, headers, authorization, Body::empty())?.into_parts();
+        let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut headers = request.headers;
+        // Written by the fetch itself.
+        headers.remove(header::HOST);
+        headers.remove(header::CONNECTION);
+        let turn = self.client.turn().await.map_err(|e| self.failed(&e))?;
+        let timeout = self.client.timeout();
+        let fetched = match tokio::time::timeout(
+            timeout,
+            zero_copy::fetch(authority, path, &headers),
+        )
+        .await
+        {
+            Err(_) => return Err(self.failed(&SendError::Timeout(timeout))),
+            Ok(Err(e)) => {
+                // The cause names the upstream's address: for the log only.
+                tracing::warn!(upstream = %self.config.name, error = %e, "upstream request failed");
+                return Err(self.unavailable("is unreachable"));
+            }
+            Ok(Ok(fetched)) => fetched,
+        };
+        let (head, socket, early, len) = match fetched {
+            zero_copy::Fetched::Relay(relay) => *relay,
+            zero_copy::Fetched::Declined(why) => {
+                tracing::debug!(
+                    target: zero_copy::LOG_TARGET,
+                    upstream = %self.config.name,
+                    path = "copy",
+                    why,
+                    "upstream blob sent"
+                );
+                return Ok(None);
+            }
+        };
+        tracing::debug!(
+            target: zero_copy::LOG_TARGET,
+            upstream = %self.config.name,
+            path = "splice",
+            bytes = len,
+            "upstream blob sent"
+        );
+        let body = zero_copy::relay(sender, socket, len, &early).map_err(|e| {
+            tracing::warn!(error = %e, "cannot relay an upstream blob");
+            ApiError::new(ErrorCode::Internal)
+        })?;
+        // The turn is the body's until it ends or is dropped.
+        let body = futures_util::StreamExt::map(body, move |frame| {
+            let _turn = &turn;
+            frame
+        });
+        let mut answer = Response::new(Body::from_stream(body));
+        *answer.status_mut() = head.status;
+        *answer.headers_mut() = head.headers;
+        Ok(Some(answer))
     }
 
     /// Sends one request to `target` (an absolute URL of the upstream) with

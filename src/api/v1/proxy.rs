@@ -25,9 +25,6 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::uri::{Authority, Scheme};
@@ -44,9 +41,6 @@ use crate::serve::zero_copy;
 pub const X_DOCKER_TOKEN: HeaderName = HeaderName::from_static("x-docker-token");
 pub const X_DOCKER_ENDPOINTS: HeaderName = HeaderName::from_static("x-docker-endpoints");
 
-/// How long the backend may take to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How long the backend may take to answer a request's head by default
 /// (`[v1] backend_timeout_secs`). docker-registry answers from its storage
 /// within milliseconds, except for a layer PUT, which it answers once the
@@ -59,30 +53,12 @@ pub const DEFAULT_HEAD_TIMEOUT_SECS: u64 = 30;
 /// lists, ancestries, image JSON).
 const MAX_LOOKUP: usize = 4 << 20;
 
-/// Largest response head read on a layer's own connection: the backend's
-/// are a few hundred bytes.
-const MAX_HEAD: usize = 64 << 10;
-
-/// Reads of a layer's response head: the body bytes that come with the head
-/// are put in the relay's pipe by a plain write, which must take them at
-/// once, and a pipe holds a page at least.
-const HEAD_READ: usize = 4 << 10;
-
 /// The legacy registry, and the connections to it.
 pub struct Backend {
     authority: Authority,
     client: Client<HttpConnector, Body>,
     /// How long an answer's head may take.
     head_timeout: Duration,
-}
-
-/// What a layer's own connection got.
-enum Layer {
-    /// `200` with a `Content-Length`: the head, the socket at the body, and
-    /// the body bytes read with the head.
-    Relay(Box<(axum::http::response::Parts, TcpStream, Vec<u8>, u64)>),
-    /// Anything else: the request goes the pooled way.
-    Declined(&'static str),
 }
 
 impl Backend {
@@ -95,7 +71,7 @@ impl Backend {
             .cloned()
             .ok_or("v1.backend: no host in the URL")?;
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_connect_timeout(Some(zero_copy::CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
@@ -137,9 +113,15 @@ impl Backend {
                     return Err(ApiError::new(ErrorCode::Unavailable)
                         .message("the v1 registry is unavailable"));
                 }
-                Ok(Ok(Layer::Declined(why))) => why,
-                Ok(Ok(Layer::Relay(relay))) => {
+                Ok(Ok(zero_copy::Fetched::Declined(why))) => why,
+                Ok(Ok(zero_copy::Fetched::Relay(relay))) => {
                     let (head, socket, early, len) = *relay;
+                    tracing::debug!(
+                        target: zero_copy::LOG_TARGET,
+                        path = "splice",
+                        bytes = len,
+                        "v1 layer sent"
+                    );
                     let body = zero_copy::relay(sender, socket, len, &early).map_err(|e| {
                         tracing::warn!(error = %e, "cannot relay a v1 layer");
                         ApiError::new(ErrorCode::Internal)
@@ -157,13 +139,7 @@ impl Backend {
 
     /// Sends `parts` (a `GET`) on a new connection and reads the answer's
     /// head.
-    async fn layer_head(&self, parts: &Parts) -> std::io::Result<Layer> {
-        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-        let address = self.authority.as_str();
-        let mut socket = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        socket.set_nodelay(true)?;
+    async fn layer_head(&self, parts: &Parts) -> std::io::Result<zero_copy::Fetched> {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut headers = HeaderMap::new();
         copy_headers(
@@ -171,54 +147,7 @@ impl Backend {
             &mut headers,
             &[header::AUTHORIZATION, X_DOCKER_TOKEN],
         );
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n").into_bytes();
-        for (name, value) in &headers {
-            request.extend_from_slice(name.as_str().as_bytes());
-            request.extend_from_slice(b": ");
-            request.extend_from_slice(value.as_bytes());
-            request.extend_from_slice(b"\r\n");
-        }
-        // The connection is this layer's alone.
-        request.extend_from_slice(b"Connection: close\r\n\r\n");
-        socket.write_all(&request).await?;
-
-        let mut buf = Vec::with_capacity(HEAD_READ);
-        let (head, at) = loop {
-            let mut chunk = [0u8; HEAD_READ];
-            let n = socket.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(invalid("the connection closed before a response head"));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let mut fields = [httparse::EMPTY_HEADER; 64];
-            let mut response = httparse::Response::new(&mut fields);
-            match response.parse(&buf) {
-                Ok(httparse::Status::Complete(at)) => break (head_of(&response)?, at),
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-                Ok(httparse::Status::Partial) => return Err(invalid("response head too large")),
-                Err(e) => return Err(invalid(&format!("response head: {e}"))),
-            }
-        };
-        if head.status != axum::http::StatusCode::OK {
-            return Ok(Layer::Declined("status"));
-        }
-        if head.headers.contains_key(header::TRANSFER_ENCODING) {
-            return Ok(Layer::Declined("transfer-encoding"));
-        }
-        let lengths: Vec<_> = head
-            .headers
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .collect();
-        let len = match lengths.as_slice() {
-            [one] => one.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()),
-            _ => None,
-        };
-        let Some(len) = len else {
-            return Ok(Layer::Declined("length"));
-        };
-        let early = buf.split_off(at);
-        Ok(Layer::Relay(Box::new((head, socket, early, len))))
+        zero_copy::fetch(self.authority.as_str(), path, &headers).await
     }
 
     /// The headers of the backend's answer `from` that reach the client, in
@@ -463,26 +392,6 @@ impl hyper::body::Body for SentWhole {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// A parsed response head, as hyper would have given it.
-fn head_of(response: &httparse::Response<'_, '_>) -> std::io::Result<axum::http::response::Parts> {
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let status = response
-        .code
-        .and_then(|c| axum::http::StatusCode::from_u16(c).ok())
-        .ok_or_else(|| invalid("response status"))?;
-    let mut head = Response::new(()).into_parts().0;
-    head.status = status;
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| invalid("response header name"))?;
-        let value =
-            HeaderValue::from_bytes(field.value).map_err(|_| invalid("response header value"))?;
-        head.headers.append(name, value);
-    }
-    Ok(head)
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! A body relayed from another socket with `splice(2)`: the bytes go from
 //! that socket into a pipe and from the pipe to the client's socket, moved
 //! as page references in the kernel and never through a user-space buffer.
-//! What uses it: a v1 layer pulled from the legacy backend, whose answer's
-//! length is known from its `Content-Length` before the body starts.
+//! What uses it: a v1 layer pulled from the legacy backend and a blob pulled
+//! from an upstream registry over plain HTTP/1 ([`super::fetch`]), whose
+//! answer's length is known from its `Content-Length` before the body starts.
 //!
 //! The marker frames of [`super`] carry it: the body (a [`Relay`]) fills the
 //! pipe from the source socket and yields a marker frame for exactly the
@@ -170,7 +171,6 @@ pub fn relay(sender: Sender, socket: TcpStream, len: u64, early: &[u8]) -> io::R
         }
         pipe.state().held = early.len();
     }
-    tracing::debug!(path = "splice", bytes = len, "v1 layer sent");
     let marks = Marks::new(pipe.capacity);
     let mut relay = Relay {
         sender,
