@@ -27,7 +27,7 @@ const ROUNDS: usize = 2000;
 const PUSH_NOTE: &str = "the blob streamed through Portcullis to distribution (a copy in user \
     space per hop); distribution hashes and writes it, and bounds both figures";
 const PULL_NOTE: &str = "distribution reads the file and writes it to its socket; Portcullis \
-    relays the stream";
+    splices the body from its own connection to distribution to the client's socket";
 const CACHE_NOTE: &str = "served from the built-in storage by the built-in handler (sendfile), \
     after one check that the blob is stored";
 const MANIFEST_NOTE: &str = "one client, keep-alive: Portcullis checks its token and the \
