@@ -398,7 +398,9 @@ impl Upstream {
             bytes = len,
             "upstream blob sent"
         );
-        let body = zero_copy::relay(sender, socket, len, &early).map_err(|e| {
+        // As on the pooled path, an upstream that stops sending for the
+        // timeout fails the body rather than hold the client.
+        let body = zero_copy::relay(sender, socket, len, &early, Some(timeout)).map_err(|e| {
             tracing::warn!(error = %e, "cannot relay an upstream blob");
             ApiError::new(ErrorCode::Internal)
         })?;

@@ -122,10 +122,11 @@ impl Backend {
                         bytes = len,
                         "v1 layer sent"
                     );
-                    let body = zero_copy::relay(sender, socket, len, &early).map_err(|e| {
-                        tracing::warn!(error = %e, "cannot relay a v1 layer");
-                        ApiError::new(ErrorCode::Internal)
-                    })?;
+                    let body =
+                        zero_copy::relay(sender, socket, len, &early, None).map_err(|e| {
+                            tracing::warn!(error = %e, "cannot relay a v1 layer");
+                            ApiError::new(ErrorCode::Internal)
+                        })?;
                     let mut response = Response::new(Body::from_stream(body));
                     *response.status_mut() = head.status;
                     self.answer_headers(&head.headers, response.headers_mut(), public);

@@ -157,8 +157,16 @@ fn splice(from: RawFd, to: RawFd, count: usize) -> io::Result<usize> {
 
 /// The body relaying `len` bytes from `socket` to the client connection of
 /// `sender`: `early` first (body bytes already read with the head, fewer
-/// than a page), then the rest of the socket.
-pub fn relay(sender: Sender, socket: TcpStream, len: u64, early: &[u8]) -> io::Result<ByteStream> {
+/// than a page), then the rest of the socket. With `idle`, a source that
+/// sends nothing for that long while the relay has room for its bytes fails
+/// the body (a slow client is not a stalled source).
+pub fn relay(
+    sender: Sender,
+    socket: TcpStream,
+    len: u64,
+    early: &[u8],
+    idle: Option<Duration>,
+) -> io::Result<ByteStream> {
     let pipe = Arc::new(Pipe::new()?);
     let early = &early[..early.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
     if !early.is_empty() {
@@ -182,6 +190,11 @@ pub fn relay(sender: Sender, socket: TcpStream, len: u64, early: &[u8]) -> io::R
         yielded: 0,
         done: false,
         marks,
+        stall: idle.map(|idle| Stall {
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            armed: false,
+        }),
     };
     relay.set_mark();
     Ok(relay.boxed())
@@ -251,6 +264,26 @@ impl Marks {
     }
 }
 
+/// The deadline of a source that stopped sending: armed while the relay
+/// waits for the source with room for its bytes, cleared by any byte and by
+/// a wait for the client.
+struct Stall {
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl Stall {
+    /// True once the source has sent nothing for `idle`.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            self.armed = true;
+            self.timer.as_mut().reset(Instant::now() + self.idle);
+        }
+        self.timer.as_mut().poll(cx).is_ready()
+    }
+}
+
 struct Relay {
     sender: Sender,
     /// Set once the relay is queued on the connection (its first frame).
@@ -265,6 +298,7 @@ struct Relay {
     /// Ended by an error: nothing more is yielded.
     done: bool,
     marks: Marks,
+    stall: Option<Stall>,
 }
 
 impl Relay {
@@ -324,6 +358,12 @@ impl Relay {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
+                    if !added && self.stall.as_mut().is_some_and(|s| s.expired(cx)) {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the source stopped sending",
+                        )));
+                    }
                     if !added && self.marks.waited_too_long(cx) {
                         // Woken by the kernel once the lowered mark is met.
                         self.set_mark();
@@ -359,6 +399,9 @@ impl Relay {
                     self.filled += n as u64;
                     added = true;
                     self.marks.moved(n);
+                    if let Some(stall) = &mut self.stall {
+                        stall.armed = false;
+                    }
                     self.set_mark();
                 }
                 Ok(None) => {
@@ -385,12 +428,16 @@ impl Relay {
 
     /// Registers the body to be woken by the connection's next drain of the
     /// pipe; false when one happened since `drained` was read (try again).
-    fn wait_for_drain(&self, cx: &mut Context<'_>, drained: u64) -> bool {
+    fn wait_for_drain(&mut self, cx: &mut Context<'_>, drained: u64) -> bool {
         let mut state = self.pipe.state();
         if state.drained != drained {
             return false;
         }
         state.waker = Some(cx.waker().clone());
+        // Waiting for the client: the source is not stalled.
+        if let Some(stall) = &mut self.stall {
+            stall.armed = false;
+        }
         true
     }
 }
@@ -475,7 +522,7 @@ mod tests {
         tokio::spawn(async move {
             source.write_all(&rest).await.unwrap();
         });
-        let mut body = relay(stream.sender(), relayed_from, len, early).unwrap();
+        let mut body = relay(stream.sender(), relayed_from, len, early, None).unwrap();
         let mut error = None;
         while let Some(frame) = body.next().await {
             match frame {
@@ -529,7 +576,7 @@ mod tests {
             seen.await.unwrap();
             source.write_all(&[7; 9000]).await.unwrap();
         });
-        let mut body = relay(stream.sender(), relayed_from, 10_000, b"").unwrap();
+        let mut body = relay(stream.sender(), relayed_from, 10_000, b"", None).unwrap();
         let relayed = async {
             while let Some(frame) = body.next().await {
                 stream.write_all(&frame.unwrap()).await.unwrap();
@@ -545,6 +592,43 @@ mod tests {
         let got = reader.await.unwrap();
         assert_eq!(got.len(), 10_000);
         assert!(got.iter().all(|&b| b == 7));
+    }
+
+    /// A source that stops sending, its connection open, fails the body
+    /// once it has sent nothing for the idle time: what it sent before is
+    /// relayed, and the client is not held for good.
+    #[tokio::test]
+    async fn a_source_that_stalls_fails_the_body_after_the_idle_time() {
+        let (mut source, relayed_from) = socket_pair().await;
+        let (socket, mut peer) = socket_pair().await;
+        let mut stream = Stream::new(socket);
+        source.write_all(&[3; 1000]).await.unwrap();
+        let idle = std::time::Duration::from_millis(300);
+        let mut body = relay(stream.sender(), relayed_from, 10_000, b"", Some(idle)).unwrap();
+        let started = std::time::Instant::now();
+        let mut error = None;
+        let mut sent = 0;
+        while let Some(frame) = body.next().await {
+            match frame {
+                Ok(frame) => {
+                    stream.write_all(&frame).await.unwrap();
+                    stream.flush().await.unwrap();
+                    sent += frame.len();
+                }
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let error = error.expect("the stalled source failed the body");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= idle, "{:?}", started.elapsed());
+        assert_eq!(sent, 1000);
+        let mut got = vec![0; 1000];
+        peer.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == 3));
+        drop(source);
     }
 
     /// A source that ends early fails the body: never a short body that
