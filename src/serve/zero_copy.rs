@@ -58,11 +58,11 @@ mod fetch;
 mod relay;
 
 pub use fetch::{CONNECT_TIMEOUT, Fetched, fetch};
+pub use relay::relay;
 
 /// The target of the log line that says which path a body took, for the
 /// relays logged by their callers too: one filter shows them all.
 pub const LOG_TARGET: &str = "portcullis::serve::zero_copy";
-pub use relay::relay;
 
 /// Bytes a body hands to hyper per frame, and sends with one `sendfile`
 /// call at most. Each window is in the page cache before its frame is

@@ -190,11 +190,7 @@ pub fn relay(
         yielded: 0,
         done: false,
         marks,
-        stall: idle.map(|idle| Stall {
-            idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
-            armed: false,
-        }),
+        stall: idle.map(Deadline::after),
     };
     relay.set_mark();
     Ok(relay.boxed())
@@ -211,10 +207,8 @@ struct Marks {
     /// Set while the source trickles: since when, and the bytes moved
     /// since then. `high` of them within [`TRICKLE`] ends it.
     trickle: Option<(Instant, usize)>,
-    /// The deadline of a wait for the socket at the raised mark.
-    wait: Pin<Box<Sleep>>,
-    /// Whether `wait` runs for the wait in progress.
-    waiting: bool,
+    /// The end of a wait for the socket at the raised mark.
+    wait: Deadline,
 }
 
 impl Marks {
@@ -223,15 +217,14 @@ impl Marks {
             high: LOW_WATER.min(pipe / 2).max(1),
             current: 1,
             trickle: None,
-            wait: Box::pin(tokio::time::sleep(TRICKLE)),
-            waiting: false,
+            wait: Deadline::after(TRICKLE),
         }
     }
 
     /// Bytes moved from the socket: the wait is over, and a trickle that
     /// came fast enough ends.
     fn moved(&mut self, n: usize) {
-        self.waiting = false;
+        self.wait.clear();
         if let Some((since, bytes)) = &mut self.trickle {
             if since.elapsed() > TRICKLE {
                 (*since, *bytes) = (Instant::now(), n);
@@ -248,39 +241,46 @@ impl Marks {
     /// waited on for longer than [`TRICKLE`], and the source is taken for
     /// a trickle from now on.
     fn waited_too_long(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.current <= 1 {
+        if self.current <= 1 || !self.wait.expired(cx) {
             return false;
         }
-        if !self.waiting {
-            self.waiting = true;
-            self.wait.as_mut().reset(Instant::now() + TRICKLE);
-        }
-        if self.wait.as_mut().poll(cx).is_pending() {
-            return false;
-        }
-        self.waiting = false;
+        self.wait.clear();
         self.trickle = Some((Instant::now(), 0));
         true
     }
 }
 
-/// The deadline of a source that stopped sending: armed while the relay
-/// waits for the source with room for its bytes, cleared by any byte and by
-/// a wait for the client.
-struct Stall {
-    idle: Duration,
+/// The end of a wait that started at the first look after the last
+/// [`Deadline::clear`]: how the relay tells a source below its mark (after
+/// [`TRICKLE`]) and a stalled source (after the idle time).
+struct Deadline {
+    after: Duration,
     timer: Pin<Box<Sleep>>,
     armed: bool,
 }
 
-impl Stall {
-    /// True once the source has sent nothing for `idle`.
+impl Deadline {
+    fn after(after: Duration) -> Self {
+        Self {
+            after,
+            timer: Box::pin(tokio::time::sleep(after)),
+            armed: false,
+        }
+    }
+
+    /// True once `after` has passed since the wait started (this call
+    /// starts one when none runs); the task is woken then otherwise.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.armed {
             self.armed = true;
-            self.timer.as_mut().reset(Instant::now() + self.idle);
+            self.timer.as_mut().reset(Instant::now() + self.after);
         }
         self.timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// The wait is over.
+    fn clear(&mut self) {
+        self.armed = false;
     }
 }
 
@@ -298,7 +298,9 @@ struct Relay {
     /// Ended by an error: nothing more is yielded.
     done: bool,
     marks: Marks,
-    stall: Option<Stall>,
+    /// With an idle time: armed while the relay waits for the source with
+    /// room for its bytes, cleared by any byte and by a wait for the client.
+    stall: Option<Deadline>,
 }
 
 impl Relay {
@@ -400,7 +402,7 @@ impl Relay {
                     added = true;
                     self.marks.moved(n);
                     if let Some(stall) = &mut self.stall {
-                        stall.armed = false;
+                        stall.clear();
                     }
                     self.set_mark();
                 }
@@ -436,7 +438,7 @@ impl Relay {
         state.waker = Some(cx.waker().clone());
         // Waiting for the client: the source is not stalled.
         if let Some(stall) = &mut self.stall {
-            stall.armed = false;
+            stall.clear();
         }
         true
     }
