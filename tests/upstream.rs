@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::common;
 
 use common::clients::{self, ClientEnv};
@@ -718,12 +720,21 @@ async fn an_https_upstream_is_verified_against_its_ca_and_spoken_to_over_http2()
 
 #[tokio::test]
 async fn an_upstream_that_never_answers_is_a_503_within_its_timeout() {
-    // Accepts connections and never writes a byte.
+    // A hand-written stand-in (distribution cannot be made to hang): it
+    // answers the `GET /v2/` probe, open, on the connection's first
+    // request, and never writes a byte for anything else.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
     let held = tokio::spawn(async move {
         let mut open = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
+        while let Ok((mut socket, _)) = silent.accept().await {
+            let mut head = [0u8; 4096];
+            let n = socket.read(&mut head).await.unwrap_or(0);
+            if head[..n].starts_with(b"GET /v2/ ") {
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+            }
             open.push(socket);
         }
     });
@@ -735,22 +746,30 @@ async fn an_upstream_that_never_answers_is_a_503_within_its_timeout() {
         ),
     );
     let pull = token(&server, BOB, "repository:mirror/team/app:pull").await;
-    let started = Instant::now();
-    let res = reqwest::Client::new()
-        .get(server.at("/v2/mirror/team/app/manifests/v1"))
-        .bearer_auth(&pull)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 503);
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
-    let body = res.text().await.unwrap();
-    assert!(body.contains("`silent` did not answer in time"), "{body}");
-    assert!(!body.contains(&addr.port().to_string()), "{body}");
+    // A manifest on the pooled path, a whole blob on a connection of its
+    // own (the relay's).
+    let blob = format!("/v2/mirror/team/app/blobs/sha256:{}", "a".repeat(64));
+    for path in ["/v2/mirror/team/app/manifests/v1", blob.as_str()] {
+        let started = Instant::now();
+        let res = reqwest::Client::new()
+            .get(server.at(path))
+            .bearer_auth(&pull)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503, "{path}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+        let body = res.text().await.unwrap();
+        assert!(
+            body.contains("`silent` did not answer in time"),
+            "{path}: {body}"
+        );
+        assert!(!body.contains(&addr.port().to_string()), "{path}: {body}");
+    }
     held.abort();
 }
 
@@ -788,13 +807,14 @@ async fn the_request_log_says_which_upstream_answered_and_whether_the_cache_had_
 
 /// A blob pulled whole through a plain-HTTP upstream from a plain-HTTP/1
 /// client is spliced from the upstream's socket to the client's, byte for
-/// byte, and more than once on the same client connection; a range of it
-/// takes the pooled path; a blob the upstream does not have is its 404,
-/// asked again on the pooled path, never a relayed error page.
+/// byte, pull after pull; a range of it takes the pooled path; a blob the
+/// upstream does not have is its 404, asked again on the pooled path, never
+/// a relayed error page; the upstream stopped, a whole-blob pull is the
+/// clear 503 of the pooled path.
 #[tokio::test]
 async fn a_blob_pulled_through_a_plain_upstream_is_spliced_to_the_client() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = upstream_registry(dir.path(), Auth::Open);
+    let mut registry = upstream_registry(dir.path(), Auth::Open);
     // Larger than a window of the connection's marker frames (4 MiB).
     let data: Vec<u8> = (0..6 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
     let digest = put_blob(&registry, "team/big", data.clone()).await;
@@ -861,4 +881,16 @@ async fn a_blob_pulled_through_a_plain_upstream_is_spliced_to_the_client() {
     let body = res.text().await.unwrap();
     assert!(body.contains("BLOB_UNKNOWN"), "{body}");
     assert!(!body.contains(&registry.url), "{body}");
+
+    registry.stop();
+    let down = http
+        .get(server.at(&path))
+        .bearer_auth(&pull)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 503);
+    let body = down.text().await.unwrap();
+    assert!(body.contains("`dist` is unreachable"), "{body}");
+    assert!(!body.contains(&registry.host), "{body}");
 }
