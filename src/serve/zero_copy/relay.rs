@@ -18,9 +18,10 @@
 //! Wake-ups: the source socket's receive low-water mark (`SO_RCVLOWAT`) is
 //! raised to half the pipe (at most [`LOW_WATER`]), so the kernel wakes the
 //! relay once that much is queued rather than at every segment: measured
-//! on two cores (2026-12-07), a 1 GiB layer from the legacy backend took
-//! Portcullis 0.26 CPU-seconds at the kernel's mark of one byte, 0.15 at
-//! 512 KiB (0.22 at 256 KiB). The mark never asks for more than the body
+//! on two cores (2026-12-07), in one sweep of marks, a 1 GiB layer from the
+//! legacy backend took Portcullis 0.26 CPU-seconds at the kernel's mark of
+//! one byte, 0.22 at 256 KiB, 0.15 at 512 KiB (the builds before and after,
+//! side by side: 0.30 and 0.20). The mark never asks for more than the body
 //! has left, and a source slower than the mark per [`TRICKLE`] gets it
 //! lowered again, so a trickle is relayed as it comes.
 //!
