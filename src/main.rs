@@ -251,7 +251,12 @@ async fn run(config: Config, rereader: Rereader) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let root = config.storage.root.clone();
+    // Where the registry's content is, for the address line.
+    let storage = match &config.storage.s3 {
+        Some(s3) if s3.prefix.is_empty() => format!("s3://{}", s3.bucket),
+        Some(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix.trim_matches('/')),
+        None => config.storage.root.display().to_string(),
+    };
     // The pair is loaded and the redirect port bound before the address is
     // announced: a bad certificate or a taken port fails the start.
     let https = match &config.server.tls {
@@ -326,7 +331,7 @@ async fn run(config: Config, rereader: Rereader) -> Result<(), String> {
         }
         tracing::info!(%at, "metrics on a listener of their own");
     }
-    tracing::info!(%addr, %scheme, storage = %root.display(), "listening");
+    tracing::info!(%addr, %scheme, %storage, "listening");
     portcullis::serve::serve_with(listener, state, https, metrics, shutdown)
         .await
         .map_err(|e| e.to_string())?;

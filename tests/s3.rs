@@ -941,3 +941,124 @@ async fn a_store_that_refuses_the_key_stops_serve_at_start_and_check_config_read
     assert!(stderr.contains("secret_access_key_file"), "{stderr}");
     assert!(stderr.contains("no-such-secret"), "{stderr}");
 }
+
+/// A server process on `config` without authentication, its log (at
+/// `filter`) read line by line.
+fn logged(
+    config: &std::path::Path,
+    filter: &str,
+) -> (common::process::ServerProcess, crate::logs::Log) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .args(["serve", "--no-auth", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .env("PORTCULLIS_LOG", filter)
+        .stderr(std::process::Stdio::piped());
+    let mut server = common::process::ServerProcess::spawn(command);
+    let log = crate::logs::Log::of(&mut server);
+    (server, log)
+}
+
+/// A blob pulled by a plain-HTTP/1 client from Portcullis on a plain-HTTP
+/// store is relayed from the store's answers with `splice(2)`, in ranged
+/// GETs of a part (5 MiB here) asked for several at once: byte for byte
+/// whole (three ranges) and for a range across two parts; a range under
+/// 1 MiB, a small blob, a replica with `relay_pulls = false` and a HEAD
+/// are answered without it, with the same bytes and headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_from_a_plain_http_store_are_relayed_in_ranges() {
+    let bucket = Bucket::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(&bucket, dir.path(), "", "");
+    let other = tempfile::tempdir().unwrap();
+    let copying = binary_config(&bucket, other.path(), "", "relay_pulls = false\n");
+    let filter = "warn,portcullis::serve=debug";
+    let (server, mut log) = logged(&config, filter);
+    let (second, mut second_log) = logged(&copying, filter);
+    let http = reqwest::Client::new();
+
+    let big = random_bytes(13 * MIB + 3);
+    let small = random_bytes(300_000);
+    for data in [&big, &small] {
+        let pushed = http
+            .post(format!(
+                "{}/v2/team/relay/blobs/uploads/?digest={}",
+                server.url,
+                sha256(data)
+            ))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pushed.status(), StatusCode::CREATED);
+    }
+    let blob = |url: &str, data: &[u8]| format!("{url}/v2/team/relay/blobs/{}", sha256(data));
+
+    for round in 0..2 {
+        let res = http.get(blob(&server.url, &big)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{round}");
+        assert_eq!(header_str(&res, "content-length"), big.len().to_string());
+        assert_eq!(header_str(&res, "docker-content-digest"), sha256(&big));
+        assert!(
+            res.bytes().await.unwrap()[..] == big[..],
+            "{round}: the bytes differ"
+        );
+        let line = log.wait_for(&["blob sent", r#"path="splice""#]);
+        assert!(line.contains(&format!("bytes={}", big.len())), "{line}");
+    }
+
+    let (first, last) = (4_000_000, 11_000_000);
+    let res = http
+        .get(blob(&server.url, &big))
+        .header(header::RANGE, format!("bytes={first}-{last}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        header_str(&res, "content-range"),
+        format!("bytes {first}-{last}/{}", big.len())
+    );
+    assert!(res.bytes().await.unwrap()[..] == big[first..=last]);
+    let line = log.wait_for(&["blob sent", r#"path="splice""#]);
+    assert!(
+        line.contains(&format!("bytes={}", last - first + 1)),
+        "{line}"
+    );
+
+    // Under a relay's worth: the driver's read, copied.
+    let res = http
+        .get(blob(&server.url, &big))
+        .header(header::RANGE, "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(res.bytes().await.unwrap()[..] == big[100..200]);
+    log.wait_for(&["blob sent", r#"path="copy""#, r#"why="driver""#]);
+    let res = http.get(blob(&server.url, &small)).send().await.unwrap();
+    assert!(res.bytes().await.unwrap()[..] == small[..]);
+    log.wait_for(&["blob sent", r#"path="copy""#, r#"why="driver""#]);
+    let res = http.head(blob(&server.url, &big)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header_str(&res, "content-length"), big.len().to_string());
+
+    let res = http.get(blob(&second.url, &big)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.bytes().await.unwrap()[..] == big[..],
+        "copied: the bytes differ"
+    );
+    second_log.wait_for(&["blob sent", r#"path="copy""#, r#"why="driver""#]);
+    assert_eq!(second_log.count(r#"path="splice""#), 0);
+
+    // The store gone, the first range finds no one: the driver's read
+    // answers, as it answers a store that is down.
+    let Bucket { nodes, .. } = bucket;
+    drop(nodes);
+    let res = http.get(blob(&server.url, &big)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = res.text().await.unwrap();
+    assert!(!body.contains("127.0.0.1"), "{body}");
+}

@@ -128,6 +128,7 @@ mod on_garage {
             redirect_pulls: None,
             reads_ahead: 2,
             read_memory: 32 << 20,
+            relay_pulls: true,
             parts: PartLimits {
                 size: 5 << 20,
                 in_flight: 3,
@@ -143,6 +144,46 @@ mod on_garage {
     }
 
     properties!(driver);
+
+    /// A GET the driver signs for the server to send itself serves any
+    /// range of the object on a plain connection (the `Range` header is not
+    /// signed), is refused by the store once tampered with, and is offered
+    /// only where the configuration relays pulls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn signed_plain_gets_serve_ranges_of_the_object() {
+        let (garage, driver) = driver().await;
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        driver
+            .put("plain/object", data.clone().into())
+            .await
+            .unwrap();
+        let gets = driver
+            .plain_gets()
+            .expect("a plain-HTTP endpoint signs GETs");
+        assert_eq!(gets.plan().range, 5 << 20);
+        assert_eq!(gets.plan().ahead, 2);
+        let signed = gets.signed_get("plain/object").await.unwrap();
+        let url = format!("http://{}{}", signed.authority, signed.target);
+        assert!(url.starts_with(&garage.endpoint()), "{url}");
+        let http = reqwest::Client::new();
+        let ranged = http
+            .get(&url)
+            .header("range", "bytes=1000000-2999999")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ranged.status(), 206);
+        assert!(ranged.bytes().await.unwrap()[..] == data[1_000_000..3_000_000]);
+        let tampered = url.replacen("X-Amz-Signature=", "X-Amz-Signature=0", 1);
+        assert_eq!(http.get(&tampered).send().await.unwrap().status(), 403);
+
+        let copying = S3Driver::new(&S3Options {
+            relay_pulls: false,
+            ..options(&garage)
+        })
+        .unwrap();
+        assert!(copying.plain_gets().is_none());
+    }
 
     /// Garage 2.5.0 ignores `If-None-Match` and `If-Match` on PUT: the
     /// probe at start finds it, and `put_if` falls back to check-then-write.

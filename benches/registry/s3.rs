@@ -68,9 +68,9 @@ const PUSH_NOTE: &str = "Portcullis hashes the body and sends it on in 8 MiB par
     then completes the upload and moves the object into place with a server-side copy; \
     distribution writes 8 MiB chunks and moves the blob with a multipart copy; Garage, on the \
     same two cores, stores every block";
-const PULL_NOTE: &str = "Portcullis reads the blob in ranged GETs of 8 MiB, the one being sent \
-    streamed and 4 fetched at once ahead of it; distribution relays one GET stream (its redirect to \
-    the store turned off)";
+const PULL_NOTE: &str = "Portcullis relays the blob from the store's answers to ranged GETs of \
+    8 MiB, 4 asked for ahead of the one being sent, each spliced from its socket to the client's; \
+    distribution relays one GET stream through its memory (its redirect to the store turned off)";
 const RAW_PUSH_NOTE: &str = "object_store's WriteMultipart from the bench process, 8 MiB parts, \
     2 in flight, payloads signed as Portcullis' driver signs them: no hashing, no client \
     connection, no move";

@@ -52,7 +52,16 @@ pub async fn get(
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         None => (StatusCode::OK, 0, size),
     };
-    let body = if head || len == 0 {
+    let relayed = match (&zero_copy, head) {
+        (Some(sender), false) => match blob.relayed(offset, len) {
+            Some(read) => zero_copy::ranges(sender.clone(), read).await,
+            None => None,
+        },
+        _ => None,
+    };
+    let body = if let Some(relayed) = relayed {
+        Body::from_stream(relayed)
+    } else if head || len == 0 {
         Body::empty()
     } else {
         let content = blob.read(offset, Some(len)).await?;

@@ -57,6 +57,14 @@ pub struct S3Config {
     pub redirect_pulls: bool,
     #[serde(default = "default_redirect_expiry")]
     pub redirect_expiry_secs: u64,
+    /// With a plain-HTTP `endpoint`, blob pulls to plain-HTTP/1 clients go
+    /// from the store's sockets to the client's with `splice(2)`, never
+    /// through Portcullis' memory (half the CPU per byte). A range asked
+    /// for ahead then waits in its socket's kernel buffer rather than in
+    /// memory, which is shallower: off for a store that serves each
+    /// connection slowly. Off: pulls are copied through Portcullis.
+    #[serde(default = "default_relay_pulls")]
+    pub relay_pulls: bool,
     /// A pull of more than a part is read in ranged GETs of
     /// `part_size_mib`, this many fetched ahead of the one being sent, so
     /// that the store serves it on several connections at once. 0: one GET
@@ -87,6 +95,10 @@ fn default_redirect_expiry() -> u64 {
     // (the download itself may take longer), short enough that a leaked
     // address is soon worthless.
     60
+}
+
+fn default_relay_pulls() -> bool {
+    true
 }
 
 fn default_region() -> String {

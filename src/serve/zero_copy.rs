@@ -26,8 +26,10 @@
 //! dropped before its end withdraws the bytes it never yielded.
 //!
 //! The same frames carry a body relayed from another socket ([`relay`]): a
-//! v1 layer pulled from the legacy backend goes from the backend's socket
-//! into a pipe and from the pipe to the client's socket with `splice(2)`.
+//! v1 layer pulled from the legacy backend, a blob from an upstream
+//! registry or from an S3 store on plain HTTP ([`ranges`]) goes from the
+//! other server's socket into a pipe and from the pipe to the client's
+//! socket with `splice(2)`.
 //! A queued range's source is then that pipe, and a frame is sent from it
 //! by the same rule: only at the address where its range expects its next
 //! byte.
@@ -55,9 +57,11 @@ use tokio::net::TcpStream;
 use crate::storage::{ByteStream, Content, FileRange};
 
 mod fetch;
+mod ranges;
 mod relay;
 
 pub use fetch::{CONNECT_TIMEOUT, Fetched, fetch};
+pub use ranges::ranges;
 pub use relay::relay;
 
 /// The target of the log line that says which path a body took, for the

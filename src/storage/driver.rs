@@ -138,6 +138,13 @@ pub trait Driver: Send + Sync + 'static {
         None
     }
 
+    /// Its [`PlainGets`], when the store is reached over plain HTTP and
+    /// signs requests the server may send itself: a capability, not part
+    /// of the contract.
+    fn plain_gets(&self) -> Option<std::sync::Arc<dyn PlainGets>> {
+        None
+    }
+
     /// An object's size and when it was last written (what garbage
     /// collection's grace period is measured against).
     async fn stat(&self, key: &str) -> Result<Meta>;
@@ -253,4 +260,44 @@ pub trait Redirects: Send + Sync {
     /// An address that serves the object at `key` for a GET (ranges
     /// included) until it expires.
     async fn presigned_get(&self, key: &str) -> Result<String>;
+}
+
+/// What a driver whose store is reached over plain HTTP can do beside the
+/// contract: sign a `GET` of an object that the server sends on a
+/// connection of its own, so that the answer's body can go from that socket
+/// to the client's with `splice(2)`, never through user space (see
+/// `serve::zero_copy::ranges`). Asked for only after the request was
+/// authorized, and only where a client's connection can take such a body.
+#[async_trait]
+pub trait PlainGets: Send + Sync {
+    /// A signed `GET` of the object at `key`, valid briefly: it is sent at
+    /// once, with a `Range` header of the reader's (which the signature
+    /// leaves out, as presigned S3 requests do).
+    async fn signed_get(&self, key: &str) -> Result<PlainGet>;
+
+    /// How reads are split and bounded.
+    fn plan(&self) -> &RelayPlan;
+}
+
+/// A request [`PlainGets`] signed.
+#[derive(Debug, Clone)]
+pub struct PlainGet {
+    /// `host:port` to connect to (and send as `Host`).
+    pub authority: String,
+    /// The request target: path and query, the signature in the query.
+    pub target: String,
+}
+
+/// How a relayed read is split: ranged `GET`s of `range` bytes, `ahead` of
+/// them sent before the one being relayed is done (their answers wait in
+/// their sockets), each taking one of `budget`'s permits while it waits,
+/// so that all reads together keep a bounded number of connections and
+/// kernel buffers; a read that finds none free asks for its next range only
+/// when it needs it. A source silent for `idle` fails the body.
+#[derive(Debug, Clone)]
+pub struct RelayPlan {
+    pub range: u64,
+    pub ahead: usize,
+    pub budget: std::sync::Arc<tokio::sync::Semaphore>,
+    pub idle: std::time::Duration,
 }

@@ -1,8 +1,9 @@
 //! A driver that tells an [`Observer`] of every operation it passes on:
 //! which, how it ended and how long it took (the storage metrics). It
 //! wraps any driver and changes nothing of what it does; capabilities
-//! (file ranges, redirects) are the wrapped driver's own, and bytes read
-//! through them are counted when the read is opened.
+//! (file ranges, redirects, signed plain GETs) are the wrapped driver's
+//! own, and bytes read through them are counted when the read is opened
+//! (for a relayed read, each ranged GET when it is signed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::driver::{
-    Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta, Precondition,
-    Redirects, Result, Version,
+    Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta, PlainGet, PlainGets,
+    Precondition, Redirects, RelayPlan, Result, Version,
 };
 
 /// How an operation ended: absence is an answer, not a failure.
@@ -102,6 +103,14 @@ impl Driver for Metered {
 
     fn redirects(&self) -> Option<&dyn Redirects> {
         self.inner.redirects()
+    }
+
+    fn plain_gets(&self) -> Option<Arc<dyn PlainGets>> {
+        let inner = self.inner.plain_gets()?;
+        Some(Arc::new(MeteredGets {
+            inner,
+            observer: Arc::clone(&self.observer),
+        }))
     }
 
     async fn stat(&self, key: &str) -> Result<Meta> {
@@ -195,5 +204,26 @@ impl Assembler for MeteredAssembler {
 
     async fn abort(self: Box<Self>) -> Result<()> {
         self.inner.abort().await
+    }
+}
+
+/// The wrapped driver's [`PlainGets`], each signed GET counted as a read.
+struct MeteredGets {
+    inner: Arc<dyn PlainGets>,
+    observer: Arc<dyn Observer>,
+}
+
+#[async_trait]
+impl PlainGets for MeteredGets {
+    async fn signed_get(&self, key: &str) -> Result<PlainGet> {
+        let started = Instant::now();
+        let result = self.inner.signed_get(key).await;
+        self.observer
+            .operation("read", Outcome::of(&result), started.elapsed());
+        result
+    }
+
+    fn plan(&self) -> &RelayPlan {
+        self.inner.plan()
     }
 }

@@ -32,7 +32,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use driver::{
-    Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta, Redirects,
+    Assembler, Assembly, ByteStream, Driver, DriverError, FileRanges, Meta, PlainGet, PlainGets,
+    Redirects, RelayPlan,
 };
 pub use file_range::FileRange;
 pub use index::Page;
@@ -217,6 +218,28 @@ impl LinkedBlob<'_> {
         };
         content.or_unknown(|| StorageError::BlobUnknown(self.digest.clone()))
     }
+
+    /// `len` bytes from `offset` as a read the server may send from the
+    /// store's own answers ([`PlainGets`]), when the driver can sign them;
+    /// otherwise (or should the store decline) [`LinkedBlob::read`].
+    pub fn relayed(&self, offset: u64, len: u64) -> Option<RelayedRead> {
+        let gets = self.storage.driver.plain_gets()?;
+        Some(RelayedRead {
+            gets,
+            key: paths::blob_data(&self.digest),
+            offset,
+            len,
+        })
+    }
+}
+
+/// The bytes `[offset, offset + len)` of the object at `key`, to be fetched
+/// with requests `gets` signs (see [`LinkedBlob::relayed`]).
+pub struct RelayedRead {
+    pub gets: Arc<dyn PlainGets>,
+    pub key: String,
+    pub offset: u64,
+    pub len: u64,
 }
 
 /// The shares of uploads' memory `limits` allows, at least one: an upload

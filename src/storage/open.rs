@@ -81,5 +81,6 @@ pub fn s3_options(config: &S3Config) -> Result<S3Options, String> {
             .then(|| Duration::from_secs(config.redirect_expiry_secs)),
         reads_ahead: config.reads_ahead,
         read_memory: config.read_memory_mib << 20,
+        relay_pulls: config.relay_pulls,
     })
 }

@@ -79,6 +79,7 @@ pub fn s3_config(endpoint: &str, secret: std::path::PathBuf) -> portcullis::conf
         conditional_writes: None,
         redirect_pulls: false,
         redirect_expiry_secs: 60,
+        relay_pulls: true,
         reads_ahead: 2,
         read_memory_mib: 64,
     }

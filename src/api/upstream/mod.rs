@@ -366,7 +366,7 @@ impl Upstream {
         let timeout = self.client.timeout();
         let fetched = match tokio::time::timeout(
             timeout,
-            zero_copy::fetch(authority, path, &headers),
+            zero_copy::fetch(authority, path, &headers, StatusCode::OK),
         )
         .await
         {

@@ -148,7 +148,13 @@ impl Backend {
             &mut headers,
             &[header::AUTHORIZATION, X_DOCKER_TOKEN],
         );
-        zero_copy::fetch(self.authority.as_str(), path, &headers).await
+        zero_copy::fetch(
+            self.authority.as_str(),
+            path,
+            &headers,
+            axum::http::StatusCode::OK,
+        )
+        .await
     }
 
     /// The headers of the backend's answer `from` that reach the client, in

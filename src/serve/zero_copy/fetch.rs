@@ -1,12 +1,14 @@
 //! A `GET` sent on a connection of its own, for a body to relay: the
 //! answer's head is read (bounded), and when the answer is one a relay can
-//! carry — `200` with one `Content-Length` and no `Transfer-Encoding` — the
+//! carry — the status asked for (`200`, or `206` for a range) with one
+//! `Content-Length` and no `Transfer-Encoding` — the
 //! socket is handed over at the body's start with the body bytes that came
 //! with the head. Anything else is declined, and its caller sends the
 //! request again on its pooled path, which handles every answer.
 //!
-//! Used by the v1 backend's layer pulls and by upstream registries' blob
-//! pulls over plain HTTP/1.
+//! Used by the v1 backend's layer pulls, by upstream registries' blob
+//! pulls over plain HTTP/1, and by blob reads from an S3 store on plain
+//! HTTP ([`super::ranges`]).
 
 use std::io;
 use std::time::Duration;
@@ -29,7 +31,7 @@ const HEAD_READ: usize = 4 << 10;
 
 /// What a `GET` on a connection of its own got.
 pub enum Fetched {
-    /// `200` with a `Content-Length`: the head, the socket at the body, the
+    /// The status asked for, with a `Content-Length`: the head, the socket at the body, the
     /// body bytes read with the head, and the body's length.
     Relay(Box<(Parts, TcpStream, Vec<u8>, u64)>),
     /// Anything else, and why: the request goes the pooled way.
@@ -38,8 +40,14 @@ pub enum Fetched {
 
 /// Sends `GET path` with `headers` (and `Host: authority`,
 /// `Connection: close`) to `authority` (`host:port`) on a new connection,
-/// and reads the answer's head. The caller bounds the whole wait.
-pub async fn fetch(authority: &str, path: &str, headers: &HeaderMap) -> io::Result<Fetched> {
+/// and reads the answer's head; a relay takes an answer of `status` only.
+/// The caller bounds the whole wait.
+pub async fn fetch(
+    authority: &str,
+    path: &str,
+    headers: &HeaderMap,
+    status: StatusCode,
+) -> io::Result<Fetched> {
     let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
     let mut socket = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
         .await
@@ -73,7 +81,7 @@ pub async fn fetch(authority: &str, path: &str, headers: &HeaderMap) -> io::Resu
             Err(e) => return Err(invalid(&format!("response head: {e}"))),
         }
     };
-    if head.status != StatusCode::OK {
+    if head.status != status {
         return Ok(Fetched::Declined("status"));
     }
     if head.headers.contains_key(header::TRANSFER_ENCODING) {

@@ -33,7 +33,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResult, ObjectStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::storage::driver::ByteStream;
+use crate::storage::driver::{ByteStream, RelayPlan};
 
 /// How reads of large objects are split, and the memory they may hold.
 #[derive(Debug, Clone)]
@@ -56,6 +56,22 @@ impl ReadAhead {
             range: range as u64,
             ranges,
             budget: Arc::new(Semaphore::new(memory / range)),
+        }
+    }
+
+    /// The same split for reads relayed from the store's answers
+    /// ([`RelayPlan`]): ranges of the same size, as many ahead, waiting on
+    /// the same budget; without read-ahead, one GET for the whole read.
+    pub fn plan(&self, idle: std::time::Duration) -> RelayPlan {
+        RelayPlan {
+            range: if self.ranges == 0 {
+                u64::MAX
+            } else {
+                self.range
+            },
+            ahead: self.ranges,
+            budget: Arc::clone(&self.budget),
+            idle,
         }
     }
 
