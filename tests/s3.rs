@@ -962,14 +962,16 @@ fn logged(
 /// A blob pulled by a plain-HTTP/1 client from Portcullis on a plain-HTTP
 /// store is relayed from the store's answers with `splice(2)`, in ranged
 /// GETs of a part (5 MiB here) asked for several at once: byte for byte
-/// whole (three ranges) and for a range across two parts; a range under
+/// whole (three ranges), six pulls at once sharing a budget of two ranges
+/// ahead, and a range across two parts; a range under
 /// 1 MiB, a small blob, a replica with `relay_pulls = false` and a HEAD
 /// are answered without it, with the same bytes and headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_from_a_plain_http_store_are_relayed_in_ranges() {
     let bucket = Bucket::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = binary_config(&bucket, dir.path(), "", "");
+    // Two ranges' worth of read budget: pulls at once mostly find it spent.
+    let config = binary_config(&bucket, dir.path(), "", "read_memory_mib = 10\n");
     let other = tempfile::tempdir().unwrap();
     let copying = binary_config(&bucket, other.path(), "", "relay_pulls = false\n");
     let filter = "warn,portcullis::serve=debug";
@@ -1006,6 +1008,17 @@ async fn pulls_from_a_plain_http_store_are_relayed_in_ranges() {
         );
         let line = log.wait_for(&["blob sent", r#"path="splice""#]);
         assert!(line.contains(&format!("bytes={}", big.len())), "{line}");
+    }
+
+    // Six at once, the budget shared: each asks for its ranges ahead while
+    // it finds permits, and one at a time when it does not.
+    let pulls = (0..6).map(|_| {
+        let (http, url) = (http.clone(), blob(&server.url, &big));
+        async move { http.get(url).send().await.unwrap().bytes().await.unwrap() }
+    });
+    for body in futures_util::future::join_all(pulls).await {
+        assert!(body[..] == big[..], "a pull among six differs");
+        log.wait_for(&["blob sent", r#"path="splice""#]);
     }
 
     let (first, last) = (4_000_000, 11_000_000);

@@ -264,7 +264,6 @@ impl Ranges {
             &answer.early,
             Some(self.plan.idle),
         )?;
-        self.top_up();
         Poll::Ready(Ok(Some(relay)))
     }
 }
@@ -289,7 +288,12 @@ impl Stream for Ranges {
                 }
             }
             match this.poll_next_range(cx) {
-                Poll::Ready(Ok(Some(relay))) => this.current = Some(relay),
+                Poll::Ready(Ok(Some(relay))) => {
+                    this.current = Some(relay);
+                    // The ranges after it are asked for ahead, as the
+                    // budget allows.
+                    this.top_up();
+                }
                 Poll::Ready(Ok(None)) => return Poll::Ready(None),
                 Poll::Ready(Err(e)) => {
                     this.done = true;
