@@ -1075,3 +1075,95 @@ async fn pulls_from_a_plain_http_store_are_relayed_in_ranges() {
     let body = res.text().await.unwrap();
     assert!(!body.contains("127.0.0.1"), "{body}");
 }
+
+/// A client that stops reading a relayed pull for a while leaves the
+/// ranges asked for ahead waiting in their sockets; once they waited longer
+/// than a quarter of the store's idle time (2 s here) they are asked for
+/// again rather than read from a connection the store may have given up,
+/// and the pull ends byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_a_slow_client_left_waiting_are_asked_for_again() {
+    let bucket = Bucket::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(&bucket, dir.path(), "", "io_timeout_secs = 2\n");
+    let (server, mut log) = logged(&config, "warn,portcullis::serve=debug");
+    let http = reqwest::Client::new();
+    let big = random_bytes(23 * MIB + 3);
+    let url = format!("{}/v2/team/slow/blobs/{}", server.url, sha256(&big));
+    let pushed = http
+        .post(format!(
+            "{}/v2/team/slow/blobs/uploads/?digest={}",
+            server.url,
+            sha256(&big)
+        ))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), StatusCode::CREATED);
+
+    // A client of its own, with a small receive buffer: what it has not
+    // read waits in Portcullis' pipe and the store's sockets, not its own.
+    let (host, path) = (server.host.clone(), url[server.url.len()..].to_owned());
+    let got = tokio::task::spawn_blocking(move || slow_get(&host, &path))
+        .await
+        .unwrap();
+    assert!(
+        got == big,
+        "the bytes differ ({} of {})",
+        got.len(),
+        big.len()
+    );
+    log.wait_for(&["blob sent", r#"path="splice""#]);
+    log.wait_for(&["waited too long for its turn; asked again"]);
+}
+
+/// GETs `path` from `host` on a socket with a 64 KiB receive buffer, reads
+/// 1 MiB of the body, pauses 1.5 s, reads the rest: the body.
+fn slow_get(host: &str, path: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let mut socket = std::net::TcpStream::connect(host).unwrap();
+    let size: libc::c_int = 64 << 10;
+    // SAFETY: setsockopt on a live socket with a pointer to a live c_int.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVBUF");
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let head_end = loop {
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "no head");
+        all.extend_from_slice(&buf[..n]);
+        if let Some(at) = all.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    assert!(
+        all.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&all[..head_end])
+    );
+    let mut body = all.split_off(head_end);
+    while body.len() < MIB {
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "the body ended early");
+        body.extend_from_slice(&buf[..n]);
+    }
+    // The client pauses: the ranges asked for ahead wait past 0.5 s.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    socket.read_to_end(&mut body).unwrap();
+    body
+}

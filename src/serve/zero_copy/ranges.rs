@@ -16,7 +16,8 @@
 //! meanwhile works on all of them. The first range is asked for before the
 //! response is built, so a store that declines (an error, an answer a relay
 //! cannot carry) leaves the read to the driver, which answers whatever the
-//! store said. Every range after it is asked for with the first answer's
+//! store said. An answer that waited for its turn longer than a quarter of
+//! the store's idle time (a slow client) is dropped and asked for again. Every range after it is asked for with the first answer's
 //! `ETag` (`If-Match`), so all come from one version of the object, and each
 //! answer must be `206` for exactly its range: anything else, later, fails
 //! the body, and hyper closes the client's connection rather than end a
@@ -29,7 +30,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use bytes::Bytes;
@@ -116,6 +117,8 @@ struct Answer {
     socket: TcpStream,
     early: Vec<u8>,
     etag: Option<HeaderValue>,
+    /// When its head came: see [`Ranges::stale`].
+    at: Instant,
 }
 
 enum Got {
@@ -170,6 +173,7 @@ impl Gets {
             socket,
             early,
             etag: head.headers.get(header::ETAG).cloned(),
+            at: Instant::now(),
         }))
     }
 }
@@ -226,36 +230,61 @@ impl Ranges {
             };
             let range = self.next..self.end.min(self.next.saturating_add(self.plan.range));
             self.next = range.end;
-            let (gets, etag, asked) = (Arc::clone(&self.gets), self.etag.clone(), range.clone());
-            self.ahead.push_back(Ahead {
-                range,
-                task: tokio::spawn(async move { gets.get(asked, etag).await }),
-                _permit: permit,
-            });
+            let ahead = self.ask(range, permit);
+            self.ahead.push_back(ahead);
         }
+    }
+
+    /// `range` asked for on a task of its own.
+    fn ask(&self, range: Range<u64>, permit: Option<OwnedSemaphorePermit>) -> Ahead {
+        let (gets, etag, asked) = (Arc::clone(&self.gets), self.etag.clone(), range.clone());
+        Ahead {
+            range,
+            task: tokio::spawn(async move { gets.get(asked, etag).await }),
+            _permit: permit,
+        }
+    }
+
+    /// How long an answer may wait in its socket for its turn before it is
+    /// asked for again: a quarter of the store's idle time. A store may
+    /// close a connection whose reader stalls, and a client slow enough to
+    /// leave an answer waiting that long gains nothing from reading ahead.
+    fn stale(&self) -> Duration {
+        self.plan.idle / 4
     }
 
     /// The relay of the front range, once its answer came.
     fn poll_next_range(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<ByteStream>>> {
         self.top_up();
-        let Some(front) = self.ahead.front_mut() else {
-            return Poll::Ready(Ok(None));
-        };
-        let got = match Pin::new(&mut front.task).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(got) => got,
-        };
-        let range = front.range.clone();
-        self.ahead.pop_front();
-        let answer = match got {
-            Ok(Ok(Got::Answer(answer))) => answer,
-            Ok(Ok(Got::Declined(why))) => {
-                return Poll::Ready(Err(io::Error::other(format!(
-                    "the store declined bytes {range:?} of a relayed blob ({why})"
-                ))));
+        let (range, answer) = loop {
+            let Some(front) = self.ahead.front_mut() else {
+                return Poll::Ready(Ok(None));
+            };
+            let got = match Pin::new(&mut front.task).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(got) => got,
+            };
+            let range = front.range.clone();
+            self.ahead.pop_front();
+            match got {
+                Ok(Ok(Got::Answer(answer))) if answer.at.elapsed() > self.stale() => {
+                    tracing::debug!(
+                        target: LOG_TARGET,
+                        ?range,
+                        "a range waited too long for its turn; asked again"
+                    );
+                    let again = self.ask(range, None);
+                    self.ahead.push_front(again);
+                }
+                Ok(Ok(Got::Answer(answer))) => break (range, answer),
+                Ok(Ok(Got::Declined(why))) => {
+                    return Poll::Ready(Err(io::Error::other(format!(
+                        "the store declined bytes {range:?} of a relayed blob ({why})"
+                    ))));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(e) => return Poll::Ready(Err(io::Error::other(e))),
             }
-            Ok(Err(e)) => return Poll::Ready(Err(e)),
-            Err(e) => return Poll::Ready(Err(io::Error::other(e))),
         };
         let relay = relay(
             self.sender.clone(),
