@@ -98,8 +98,10 @@ pub struct V1Config {
     /// they push and pull over v1 only and never split a repository
     /// between the two. Unset: every engine that speaks v2 uses it.
     pub v1_only_engines_below: Option<String>,
-    /// Seconds the backend may take to answer a request's head (a body then
-    /// streams for as long as it needs); past it the client gets `503`.
+    /// Seconds the backend may take to answer a request's head (past it the
+    /// client gets `503`), and the longest it may go silent in a body while
+    /// Portcullis waits on it (past it the client's read fails); a body
+    /// otherwise streams for as long as it needs.
     pub backend_timeout_secs: u64,
 }
 

@@ -122,6 +122,44 @@ fn dying_backend(len: usize) -> u16 {
     port
 }
 
+/// A backend that answers each request `200` with a quarter of a `len`
+/// bytes body (announced by `Content-Length`, or chunked) and then sends
+/// nothing more, the connection held open; its port.
+fn stalling_backend(len: usize, chunked: bool) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match socket.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let part = vec![7u8; len / 4];
+            let answer = match chunked {
+                false => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                     Content-Length: {len}\r\n\r\n"
+                ),
+                true => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                     Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                    part.len()
+                ),
+            };
+            let _ = socket.write_all(answer.as_bytes());
+            let _ = socket.write_all(&part);
+            held.push(socket);
+        }
+    });
+    port
+}
+
 /// Fails when a header or the body of `response` names `port`; the body.
 async fn assert_names_no_port(port: u16, response: reqwest::Response) -> String {
     let port = port.to_string();
@@ -256,6 +294,48 @@ async fn a_layer_from_a_backend_that_dies_mid_body_or_never_answers_fails_visibl
     let body = assert_names_no_port(port, res).await;
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["errors"][0]["code"], "UNAVAILABLE", "{body}");
+}
+
+/// A backend that stops sending mid-layer, on the `splice` path (a
+/// `Content-Length` answer) and on the copying one (a chunked answer, which
+/// a relay does not carry), fails the client's read once it was silent for
+/// the backend timeout (1 s here), rather than hold the client forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_from_a_backend_that_stalls_mid_body_fails_after_the_timeout() {
+    let legacy = LegacyV1::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = configure(dir.path(), &legacy.url(), None);
+    let image = {
+        let (server, _log) = serve(&config);
+        push_big(&server.url).await
+    };
+    drop(legacy);
+    let path = format!("/v1/images/{}/layer", image.id);
+    let client = reqwest::Client::new();
+    for (chunked, way) in [(false, "splice"), (true, "copy")] {
+        let port = stalling_backend(LAYER, chunked);
+        let config = configure(dir.path(), &format!("http://127.0.0.1:{port}"), Some(1));
+        let (server, mut log) = serve(&config);
+        let res = tokio::time::timeout(PATIENCE, async {
+            let res = client
+                .get(server.at(&path))
+                .header("authorization", alice())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{way}");
+            res.bytes().await
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{way}: the read of a stalled layer did not end"));
+        assert!(
+            res.is_err(),
+            "{way}: a stalled body read as complete ({} bytes)",
+            res.map_or(0, |b| b.len())
+        );
+        let line = log.wait_for(&["v1 layer sent"]);
+        assert!(line.contains(&format!("path=\"{way}\"")), "{line}");
+    }
 }
 
 /// The head wait of proxied calls and of Portcullis' own lookups (a pull

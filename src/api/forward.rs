@@ -1,8 +1,15 @@
 //! What crosses a proxy hop: the headers of a request or an answer copied
-//! to the other side but those that describe one connection (the v1 backend
-//! and upstream registries both forward through it).
+//! to the other side but those that describe one connection, and an
+//! answer's body that may not go silent for longer than the hop allows (the
+//! v1 backend and upstream registries both forward through it).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, header};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), which describe one connection and
 /// are never forwarded.
@@ -44,6 +51,73 @@ pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, drop: &[HeaderName]) {
         if let Ok(value) = axum::http::HeaderValue::from_str(id.as_str()) {
             to.insert(X_REQUEST_ID, value);
         }
+    }
+}
+
+/// An answer's body that fails when, waited on, it brings nothing for
+/// `idle`: a backend that stops sending mid-body must not hold a client
+/// forever. The clock runs only while the body is waited on, from the first
+/// wait after a frame, so a slow client (which leaves the body unpolled) is
+/// never taken for a silent backend.
+pub struct IdleLimited<B> {
+    inner: B,
+    idle: Duration,
+    stall: Pin<Box<Sleep>>,
+    /// Set while the clock runs.
+    waiting: bool,
+}
+
+impl<B> IdleLimited<B> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            stall: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+        }
+    }
+}
+
+impl<B> Body for IdleLimited<B>
+where
+    B: Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(std::io::Error::other)))
+            }
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    this.stall.as_mut().reset(Instant::now() + this.idle);
+                }
+                match this.stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the other side stopped sending",
+                    )))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -14,8 +14,9 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use crate::api::forward::IdleLimited;
 use crate::config::UpstreamConfig;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -81,23 +82,19 @@ impl Client {
             .map_err(|_| SendError::Timeout(self.timeout))??;
         let (parts, body) = answer.into_parts();
         let body = Guarded {
-            inner: body,
+            inner: IdleLimited::new(body, self.timeout),
             _permit: permit,
-            idle: self.timeout,
-            stall: Box::pin(tokio::time::sleep(self.timeout)),
         };
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 }
 
 /// An answer's body that holds its request's turn and fails when no byte
-/// arrives for `idle`: a stalled upstream must not hold a client (and a
-/// turn) forever.
+/// arrives for the timeout while it is waited on: a stalled upstream must
+/// not hold a client (and a turn) forever.
 struct Guarded {
-    inner: Incoming,
+    inner: IdleLimited<Incoming>,
     _permit: OwnedSemaphorePermit,
-    idle: Duration,
-    stall: Pin<Box<Sleep>>,
 }
 
 impl hyper::body::Body for Guarded {
@@ -108,20 +105,7 @@ impl hyper::body::Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let idle = self.idle;
-                self.stall.as_mut().reset(Instant::now() + idle);
-                Poll::Ready(frame.map(|f| f.map_err(std::io::Error::other)))
-            }
-            Poll::Pending => match self.stall.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the upstream stopped sending",
-                )))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -13,8 +13,9 @@
 //!
 //! The backend's answer is waited for a bounded time (`[v1]
 //! backend_timeout_secs`): a backend that accepts and never answers gets a
-//! `503 UNAVAILABLE`, not a client hung forever. Only the head is bounded:
-//! a layer's body then takes as long as it takes.
+//! `503 UNAVAILABLE`, not a client hung forever. A body then takes as long
+//! as it takes, but one whose backend sends nothing for as long while it is
+//! waited on fails (the client's read ends in an error, not a hang).
 //!
 //! A layer pull (`GET /v1/images/<id>/layer`) from a plain-TCP HTTP/1
 //! client goes on a connection of its own to the backend, so that the body
@@ -34,7 +35,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::super::forward::copy_headers;
+use super::super::forward::{IdleLimited, copy_headers};
 use crate::error::{ApiError, ErrorCode};
 use crate::serve::zero_copy;
 
@@ -123,10 +124,11 @@ impl Backend {
                         "v1 layer sent"
                     );
                     let body =
-                        zero_copy::relay(sender, socket, len, &early, None).map_err(|e| {
-                            tracing::warn!(error = %e, "cannot relay a v1 layer");
-                            ApiError::new(ErrorCode::Internal)
-                        })?;
+                        zero_copy::relay(sender, socket, len, &early, Some(self.head_timeout))
+                            .map_err(|e| {
+                                tracing::warn!(error = %e, "cannot relay a v1 layer");
+                                ApiError::new(ErrorCode::Internal)
+                            })?;
                     let mut response = Response::new(Body::from_stream(body));
                     *response.status_mut() = head.status;
                     self.answer_headers(&head.headers, response.headers_mut(), public);
@@ -134,7 +136,7 @@ impl Backend {
                 }
             },
         };
-        tracing::debug!(path = "copy", why, "v1 layer sent");
+        tracing::debug!(target: zero_copy::LOG_TARGET, path = "copy", why, "v1 layer sent");
         self.forward(parts, Body::empty(), public).await
     }
 
@@ -261,6 +263,7 @@ impl Backend {
             }
         };
         let (answer, incoming) = answer.into_parts();
+        let incoming = IdleLimited::new(incoming, self.head_timeout);
         let mut response = Response::new(Body::new(incoming));
         *response.status_mut() = answer.status;
         self.answer_headers(&answer.headers, response.headers_mut(), public);
