@@ -160,6 +160,49 @@ fn stalling_backend(len: usize, chunked: bool) -> u16 {
     port
 }
 
+/// A temporary directory set up with an image pushed through Portcullis
+/// to the real backend, which binds it to alice/big in Portcullis' storage
+/// (the same storage then serves in front of failing backends), and the
+/// path of its layer.
+async fn pushed_through_the_real_backend() -> (tempfile::TempDir, String) {
+    let legacy = LegacyV1::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = configure(dir.path(), &legacy.url(), None);
+    let (server, _log) = serve(&config);
+    let image = push_big(&server.url).await;
+    (dir, format!("/v1/images/{}/layer", image.id))
+}
+
+/// alice's pull of `path` from `server` is answered `200` and its body's
+/// read ends (within [`PATIENCE`]) in an error, by the `way` the log names.
+async fn assert_read_fails(
+    client: &reqwest::Client,
+    server: &ServerProcess,
+    path: &str,
+    log: &mut crate::logs::Log,
+    way: &str,
+) {
+    let res = tokio::time::timeout(PATIENCE, async {
+        let res = client
+            .get(server.at(path))
+            .header("authorization", alice())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{way}");
+        res.bytes().await
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{way}: the read did not end"));
+    assert!(
+        res.is_err(),
+        "{way}: a body cut short read as complete ({} bytes)",
+        res.map_or(0, |b| b.len())
+    );
+    let line = log.wait_for(&["v1 layer sent"]);
+    assert!(line.contains(&format!("path=\"{way}\"")), "{line}");
+}
+
 /// Fails when a header or the body of `response` names `port`; the body.
 async fn assert_names_no_port(port: u16, response: reqwest::Response) -> String {
     let port = port.to_string();
@@ -239,15 +282,7 @@ async fn a_layer_from_a_backend_that_dies_mid_body_or_never_answers_fails_visibl
     // The image is pushed through Portcullis to the real backend, which
     // binds it to alice/big in Portcullis' storage; the same storage then
     // serves in front of the failing backends.
-    let legacy = LegacyV1::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = configure(dir.path(), &legacy.url(), None);
-    let image = {
-        let (server, _log) = serve(&config);
-        push_big(&server.url).await
-    };
-    drop(legacy);
-    let path = format!("/v1/images/{}/layer", image.id);
+    let (dir, path) = pushed_through_the_real_backend().await;
     let client = reqwest::Client::new();
 
     let config = configure(
@@ -256,25 +291,7 @@ async fn a_layer_from_a_backend_that_dies_mid_body_or_never_answers_fails_visibl
         None,
     );
     let (server, mut log) = serve(&config);
-    let res = tokio::time::timeout(PATIENCE, async {
-        let res = client
-            .get(server.at(&path))
-            .header("authorization", alice())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        res.bytes().await
-    })
-    .await
-    .expect("the read ended");
-    assert!(
-        res.is_err(),
-        "a body cut short read as complete ({} bytes)",
-        res.map_or(0, |b| b.len())
-    );
-    let line = log.wait_for(&["v1 layer sent"]);
-    assert!(line.contains(r#"path="splice""#), "{line}");
+    assert_read_fails(&client, &server, &path, &mut log, "splice").await;
     drop(server);
 
     let port = silent_backend().await;
@@ -302,39 +319,13 @@ async fn a_layer_from_a_backend_that_dies_mid_body_or_never_answers_fails_visibl
 /// the backend timeout (1 s here), rather than hold the client forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_from_a_backend_that_stalls_mid_body_fails_after_the_timeout() {
-    let legacy = LegacyV1::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = configure(dir.path(), &legacy.url(), None);
-    let image = {
-        let (server, _log) = serve(&config);
-        push_big(&server.url).await
-    };
-    drop(legacy);
-    let path = format!("/v1/images/{}/layer", image.id);
+    let (dir, path) = pushed_through_the_real_backend().await;
     let client = reqwest::Client::new();
     for (chunked, way) in [(false, "splice"), (true, "copy")] {
         let port = stalling_backend(LAYER, chunked);
         let config = configure(dir.path(), &format!("http://127.0.0.1:{port}"), Some(1));
         let (server, mut log) = serve(&config);
-        let res = tokio::time::timeout(PATIENCE, async {
-            let res = client
-                .get(server.at(&path))
-                .header("authorization", alice())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), StatusCode::OK, "{way}");
-            res.bytes().await
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{way}: the read of a stalled layer did not end"));
-        assert!(
-            res.is_err(),
-            "{way}: a stalled body read as complete ({} bytes)",
-            res.map_or(0, |b| b.len())
-        );
-        let line = log.wait_for(&["v1 layer sent"]);
-        assert!(line.contains(&format!("path=\"{way}\"")), "{line}");
+        assert_read_fails(&client, &server, &path, &mut log, way).await;
     }
 }
 

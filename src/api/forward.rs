@@ -58,13 +58,15 @@ pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, drop: &[HeaderName]) {
 /// `idle`: a backend that stops sending mid-body must not hold a client
 /// forever. The clock runs only while the body is waited on, from the first
 /// wait after a frame, so a slow client (which leaves the body unpolled) is
-/// never taken for a silent backend.
-pub struct IdleLimited<B> {
+/// never taken for a silent backend. It may hold something until it ends
+/// (`held`: an upstream request's turn).
+pub struct IdleLimited<B, H = ()> {
     inner: B,
     idle: Duration,
     stall: Pin<Box<Sleep>>,
     /// Set while the clock runs.
     waiting: bool,
+    _held: H,
 }
 
 impl<B> IdleLimited<B> {
@@ -74,11 +76,23 @@ impl<B> IdleLimited<B> {
             idle,
             stall: Box::pin(tokio::time::sleep(idle)),
             waiting: false,
+            _held: (),
+        }
+    }
+
+    /// The same body, holding `held` until it is dropped.
+    pub fn holding<H>(self, held: H) -> IdleLimited<B, H> {
+        IdleLimited {
+            inner: self.inner,
+            idle: self.idle,
+            stall: self.stall,
+            waiting: self.waiting,
+            _held: held,
         }
     }
 }
 
-impl<B> Body for IdleLimited<B>
+impl<B, H: Unpin> Body for IdleLimited<B, H>
 where
     B: Body<Data = bytes::Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

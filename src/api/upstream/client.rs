@@ -3,14 +3,11 @@
 //! in flight, a bounded wait for each answer's head, and a body that may
 //! not stall for longer than that between bytes.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, Response};
-use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -81,38 +78,8 @@ impl Client {
             .await
             .map_err(|_| SendError::Timeout(self.timeout))??;
         let (parts, body) = answer.into_parts();
-        let body = Guarded {
-            inner: IdleLimited::new(body, self.timeout),
-            _permit: permit,
-        };
+        // A stalled upstream must not hold a client (and a turn) forever.
+        let body = IdleLimited::new(body, self.timeout).holding(permit);
         Ok(Response::from_parts(parts, Body::new(body)))
-    }
-}
-
-/// An answer's body that holds its request's turn and fails when no byte
-/// arrives for the timeout while it is waited on: a stalled upstream must
-/// not hold a client (and a turn) forever.
-struct Guarded {
-    inner: IdleLimited<Incoming>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl hyper::body::Body for Guarded {
-    type Data = bytes::Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
