@@ -50,11 +50,23 @@ pub trait Observer: Send + Sync + 'static {
 pub struct Metered {
     inner: Arc<dyn Driver>,
     observer: Arc<dyn Observer>,
+    /// The wrapped driver's, metered: made once, since a read asks for it.
+    plain_gets: Option<Arc<dyn PlainGets>>,
 }
 
 impl Metered {
     pub fn new(inner: Arc<dyn Driver>, observer: Arc<dyn Observer>) -> Self {
-        Self { inner, observer }
+        let plain_gets = inner.plain_gets().map(|inner| {
+            Arc::new(MeteredGets {
+                inner,
+                observer: Arc::clone(&observer),
+            }) as Arc<dyn PlainGets>
+        });
+        Self {
+            inner,
+            observer,
+            plain_gets,
+        }
     }
 
     async fn timed<T>(
@@ -62,12 +74,21 @@ impl Metered {
         operation: &'static str,
         run: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        let started = Instant::now();
-        let result = run.await;
-        self.observer
-            .operation(operation, Outcome::of(&result), started.elapsed());
-        result
+        timed(self.observer.as_ref(), operation, run).await
     }
+}
+
+/// `run`, told to `observer` as `operation`: how it ended and how long it
+/// took.
+async fn timed<T>(
+    observer: &dyn Observer,
+    operation: &'static str,
+    run: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let started = Instant::now();
+    let result = run.await;
+    observer.operation(operation, Outcome::of(&result), started.elapsed());
+    result
 }
 
 #[async_trait]
@@ -106,11 +127,7 @@ impl Driver for Metered {
     }
 
     fn plain_gets(&self) -> Option<Arc<dyn PlainGets>> {
-        let inner = self.inner.plain_gets()?;
-        Some(Arc::new(MeteredGets {
-            inner,
-            observer: Arc::clone(&self.observer),
-        }))
+        self.plain_gets.clone()
     }
 
     async fn stat(&self, key: &str) -> Result<Meta> {
@@ -216,11 +233,7 @@ struct MeteredGets {
 #[async_trait]
 impl PlainGets for MeteredGets {
     async fn signed_get(&self, key: &str) -> Result<PlainGet> {
-        let started = Instant::now();
-        let result = self.inner.signed_get(key).await;
-        self.observer
-            .operation("read", Outcome::of(&result), started.elapsed());
-        result
+        timed(self.observer.as_ref(), "read", self.inner.signed_get(key)).await
     }
 
     fn plan(&self) -> &RelayPlan {

@@ -1,10 +1,10 @@
 //! A `GET` sent on a connection of its own, for a body to relay: the
 //! answer's head is read (bounded), and when the answer is one a relay can
 //! carry — the status asked for (`200`, or `206` for a range) with one
-//! `Content-Length` and no `Transfer-Encoding` — the
-//! socket is handed over at the body's start with the body bytes that came
-//! with the head. Anything else is declined, and its caller sends the
-//! request again on its pooled path, which handles every answer.
+//! `Content-Length` and no `Transfer-Encoding` — the socket is handed over
+//! at the body's start with the body bytes that came with the head.
+//! Anything else is declined, and its caller asks again on its own path
+//! (pooled, or the storage driver's read), which handles every answer.
 //!
 //! Used by the v1 backend's layer pulls, by upstream registries' blob
 //! pulls over plain HTTP/1, and by blob reads from an S3 store on plain
@@ -31,8 +31,9 @@ const HEAD_READ: usize = 4 << 10;
 
 /// What a `GET` on a connection of its own got.
 pub enum Fetched {
-    /// The status asked for, with a `Content-Length`: the head, the socket at the body, the
-    /// body bytes read with the head, and the body's length.
+    /// The status asked for, with a `Content-Length`: the head, the socket
+    /// at the body, the body bytes read with the head, and the body's
+    /// length.
     Relay(Box<(Parts, TcpStream, Vec<u8>, u64)>),
     /// Anything else, and why: the request goes the pooled way.
     Declined(&'static str),

@@ -16,12 +16,13 @@
 //! meanwhile works on all of them. The first range is asked for before the
 //! response is built, so a store that declines (an error, an answer a relay
 //! cannot carry) leaves the read to the driver, which answers whatever the
-//! store said. An answer that waited for its turn longer than a quarter of
-//! the store's idle time (a slow client) is dropped and asked for again. Every range after it is asked for with the first answer's
-//! `ETag` (`If-Match`), so all come from one version of the object, and each
-//! answer must be `206` for exactly its range: anything else, later, fails
-//! the body, and hyper closes the client's connection rather than end a
-//! body short.
+//! store said. Every range after the first is asked for with the first
+//! answer's `ETag` (`If-Match`), so all come from one version of the
+//! object, and each answer must be `206` for exactly its range: anything
+//! else, later, fails the body, and hyper closes the client's connection
+//! rather than end a body short. An answer that waited for its turn longer
+//! than a quarter of the store's idle time (a slow client) is dropped and
+//! asked for again.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -51,7 +52,6 @@ pub const RELAY_MIN: u64 = 1 << 20;
 /// is left to the driver (too small, or the store declined its first
 /// range, which is logged).
 pub async fn ranges(sender: Sender, read: RelayedRead) -> Option<ByteStream> {
-    let plan = read.gets.plan().clone();
     // The driver's read logs the copy it makes; this says why.
     let copy = |why: &str| {
         tracing::debug!(target: LOG_TARGET, why, "the store's answer is not relayed");
@@ -61,12 +61,11 @@ pub async fn ranges(sender: Sender, read: RelayedRead) -> Option<ByteStream> {
         return None;
     }
     let end = read.offset.saturating_add(read.len);
-    let first = read.offset..end.min(read.offset.saturating_add(plan.range));
     let gets = Arc::new(Gets {
         gets: read.gets,
         key: read.key,
-        idle: plan.idle,
     });
+    let first = read.offset..end.min(read.offset.saturating_add(gets.plan().range));
     let answer = match gets.get(first.clone(), None).await {
         Ok(Got::Answer(answer)) => answer,
         Ok(Got::Declined(why)) => return copy(why),
@@ -75,13 +74,8 @@ pub async fn ranges(sender: Sender, read: RelayedRead) -> Option<ByteStream> {
             return copy("store");
         }
     };
-    let current = match relay(
-        sender.clone(),
-        answer.socket,
-        first.end - first.start,
-        &answer.early,
-        Some(plan.idle),
-    ) {
+    let etag = answer.etag.clone();
+    let current = match gets.relay(&sender, &first, answer) {
         Ok(relay) => relay,
         Err(e) => {
             tracing::warn!(error = %e, "cannot relay a blob from the store");
@@ -92,8 +86,7 @@ pub async fn ranges(sender: Sender, read: RelayedRead) -> Option<ByteStream> {
     let mut ranges = Ranges {
         sender,
         gets,
-        etag: answer.etag,
-        plan,
+        etag,
         current: Some(current),
         ahead: VecDeque::new(),
         next: first.end,
@@ -104,11 +97,10 @@ pub async fn ranges(sender: Sender, read: RelayedRead) -> Option<ByteStream> {
     Some(ranges.boxed())
 }
 
-/// The signed GETs of one object.
+/// The signed GETs of one object, and how its read is split.
 struct Gets {
     gets: Arc<dyn PlainGets>,
     key: String,
-    idle: Duration,
 }
 
 /// A range's answer: its socket at the body's start, the body bytes that
@@ -127,6 +119,10 @@ enum Got {
 }
 
 impl Gets {
+    fn plan(&self) -> &RelayPlan {
+        self.gets.plan()
+    }
+
     /// Asks for `range` (of the version `etag`, when set) and reads the
     /// answer's head, within the idle time.
     async fn get(&self, range: Range<u64>, etag: Option<HeaderValue>) -> io::Result<Got> {
@@ -144,7 +140,7 @@ impl Gets {
         if let Some(etag) = etag {
             headers.insert(header::IF_MATCH, etag);
         }
-        let wait = CONNECT_TIMEOUT + self.idle;
+        let wait = CONNECT_TIMEOUT + self.plan().idle;
         let fetched = tokio::time::timeout(
             wait,
             fetch(
@@ -175,6 +171,18 @@ impl Gets {
             etag: head.headers.get(header::ETAG).cloned(),
             at: Instant::now(),
         }))
+    }
+
+    /// `answer`'s body (the bytes of `range`) relayed onto the client
+    /// connection of `sender`.
+    fn relay(&self, sender: &Sender, range: &Range<u64>, answer: Answer) -> io::Result<ByteStream> {
+        relay(
+            sender.clone(),
+            answer.socket,
+            range.end - range.start,
+            &answer.early,
+            Some(self.plan().idle),
+        )
     }
 }
 
@@ -207,7 +215,6 @@ struct Ranges {
     gets: Arc<Gets>,
     /// The first answer's: later ranges must be of the same version.
     etag: Option<HeaderValue>,
-    plan: RelayPlan,
     /// The relay of the range being sent.
     current: Option<ByteStream>,
     ahead: VecDeque<Ahead>,
@@ -221,14 +228,17 @@ impl Ranges {
     /// Asks for the next ranges, up to the plan's count ahead as far as the
     /// budget allows; the range to be sent next is asked for regardless.
     fn top_up(&mut self) {
-        while self.next < self.end && self.ahead.len() < self.plan.ahead.max(1) {
+        while self.next < self.end && self.ahead.len() < self.gets.plan().ahead.max(1) {
             let needed_now = self.current.is_none() && self.ahead.is_empty();
-            let permit = match Arc::clone(&self.plan.budget).try_acquire_owned() {
+            let permit = match Arc::clone(&self.gets.plan().budget).try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) if needed_now => None,
                 Err(_) => break,
             };
-            let range = self.next..self.end.min(self.next.saturating_add(self.plan.range));
+            let range = self.next
+                ..self
+                    .end
+                    .min(self.next.saturating_add(self.gets.plan().range));
             self.next = range.end;
             let ahead = self.ask(range, permit);
             self.ahead.push_back(ahead);
@@ -250,7 +260,7 @@ impl Ranges {
     /// close a connection whose reader stalls, and a client slow enough to
     /// leave an answer waiting that long gains nothing from reading ahead.
     fn stale(&self) -> Duration {
-        self.plan.idle / 4
+        self.gets.plan().idle / 4
     }
 
     /// The relay of the front range, once its answer came.
@@ -286,14 +296,7 @@ impl Ranges {
                 Err(e) => return Poll::Ready(Err(io::Error::other(e))),
             }
         };
-        let relay = relay(
-            self.sender.clone(),
-            answer.socket,
-            range.end - range.start,
-            &answer.early,
-            Some(self.plan.idle),
-        )?;
-        Poll::Ready(Ok(Some(relay)))
+        Poll::Ready(self.gets.relay(&self.sender, &range, answer).map(Some))
     }
 }
 
