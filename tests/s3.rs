@@ -963,9 +963,11 @@ fn logged(
 /// store is relayed from the store's answers with `splice(2)`, in ranged
 /// GETs of a part (5 MiB here) asked for several at once: byte for byte
 /// whole (three ranges), six pulls at once sharing a budget of two ranges
-/// ahead, and a range across two parts; a range under
-/// 1 MiB, a small blob, a replica with `relay_pulls = false` and a HEAD
-/// are answered without it, with the same bytes and headers.
+/// ahead, and a range across two parts; a range under 1 MiB, a small blob,
+/// a replica with `relay_pulls = false` and a HEAD are answered without it,
+/// with the same bytes and headers. When the store declines the first
+/// range (the object gone: 404) or cannot be reached, the driver's read
+/// answers: `BLOB_UNKNOWN`, `503`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_from_a_plain_http_store_are_relayed_in_ranges() {
     let bucket = Bucket::start().await;
@@ -1065,6 +1067,33 @@ async fn pulls_from_a_plain_http_store_are_relayed_in_ranges() {
     );
     second_log.wait_for(&["blob sent", r#"path="copy""#, r#"why="driver""#]);
     assert_eq!(second_log.count(r#"path="splice""#), 0);
+
+    // The blob's bytes gone from the bucket behind the replica's back (it
+    // still knows the blob's size): the store answers the first range 404,
+    // which a relay does not carry, and the driver's read answers it.
+    let gone = random_bytes(2 * MIB);
+    let pushed = http
+        .post(format!(
+            "{}/v2/team/relay/blobs/uploads/?digest={}",
+            server.url,
+            sha256(&gone)
+        ))
+        .body(gone.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), StatusCode::CREATED);
+    let res = http.get(blob(&server.url, &gone)).send().await.unwrap();
+    assert!(res.bytes().await.unwrap()[..] == gone[..]);
+    log.wait_for(&["blob sent", r#"path="splice""#]);
+    let hex = sha256(&gone).trim_start_matches("sha256:").to_owned();
+    let key = format!("{}/blobs/sha256/{}/{hex}", common::S3_PREFIX, &hex[..2]);
+    let (deleted, _) = common::garage::s3_request(&bucket.endpoint(0), "DELETE", &key, None);
+    assert_eq!(deleted, 204, "DELETE {key}");
+    let res = http.get(blob(&server.url, &gone)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(res).await, "BLOB_UNKNOWN");
+    log.wait_for(&["the store's answer is not relayed", r#"why="status""#]);
 
     // The store gone, the first range finds no one: the driver's read
     // answers, as it answers a store that is down.

@@ -103,14 +103,7 @@ fn dying_backend(len: usize) -> u16 {
         for socket in listener.incoming() {
             let Ok(mut socket) = socket else { return };
             // The request's head, then the answer cut short.
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match socket.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
+            read_request_head(&mut socket);
             let answer = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
                  Content-Length: {len}\r\n\r\n"
@@ -120,6 +113,19 @@ fn dying_backend(len: usize) -> u16 {
         }
     });
     port
+}
+
+/// Reads a request's head from `socket`, byte by byte, up to its blank
+/// line (or the connection's end).
+fn read_request_head(socket: &mut std::net::TcpStream) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match socket.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
 }
 
 /// A backend that answers each request `200` with a quarter of a `len`
@@ -132,14 +138,7 @@ fn stalling_backend(len: usize, chunked: bool) -> u16 {
         let mut held = Vec::new();
         for socket in listener.incoming() {
             let Ok(mut socket) = socket else { return };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match socket.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
+            read_request_head(&mut socket);
             let part = vec![7u8; len / 4];
             let answer = match chunked {
                 false => format!(
